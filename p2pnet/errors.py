@@ -1,0 +1,75 @@
+"""One exception hierarchy for the whole library.
+
+Everything p2pnet raises on purpose derives from :class:`P2PError`, so an application can catch
+the library's failures in one place and let programming errors through.
+"""
+
+from __future__ import annotations
+
+
+class P2PError(Exception):
+    """Base class of every error p2pnet raises."""
+
+
+class ProtocolError(P2PError):
+    """The remote peer broke a protocol rule (malformed bytes, illegal frame, limit exceeded)."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A length prefix or frame announced more bytes than the configured maximum."""
+
+
+class HandshakeError(P2PError):
+    """A security or negotiation handshake failed."""
+
+
+class PeerIDMismatch(HandshakeError):
+    """The remote authenticated as a different peer than the one dialed."""
+
+
+class NegotiationError(P2PError):
+    """multistream-select could not agree on a protocol."""
+
+
+class ProtocolNotSupported(NegotiationError):
+    """The remote answered ``na`` to every protocol we proposed."""
+
+
+class DialError(P2PError):
+    """Dialing a peer failed on every address tried."""
+
+
+class ConnectionClosed(P2PError):
+    """The connection was closed (locally or by the remote) while in use."""
+
+
+class StreamError(P2PError):
+    """A stream-level failure."""
+
+
+class StreamReset(StreamError):
+    """The stream was reset, by us or by the remote."""
+
+
+class StreamClosed(StreamError):
+    """Write after the local side closed the stream, or read after EOF where data was required."""
+
+
+class StreamLimitExceeded(StreamError):
+    """Opening the stream would exceed a configured stream limit."""
+
+
+class IncompleteRead(ConnectionClosed):
+    """EOF arrived before the requested number of bytes.
+
+    ``partial`` holds what did arrive.
+    """
+
+    def __init__(self, partial: bytes, expected: int) -> None:
+        super().__init__(f"EOF after {len(partial)} of {expected} bytes")
+        self.partial = partial
+        self.expected = expected
+
+
+class CryptoError(P2PError):
+    """A key could not be decoded or a signature is malformed."""

@@ -1,0 +1,1 @@
+"""Wire encodings shared by every layer: unsigned varints and length-prefixed framing."""
