@@ -73,3 +73,7 @@ class IncompleteRead(ConnectionClosed):
 
 class CryptoError(P2PError):
     """A key could not be decoded or a signature is malformed."""
+
+
+class InvalidPeerID(CryptoError):
+    """A peer id (bytes or text) is malformed: bad multihash, multibase, CID or key."""

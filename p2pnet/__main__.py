@@ -1,0 +1,5 @@
+import sys
+
+from p2pnet.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""Configuration of a host: addresses, timeouts and limits in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2pnet.mux.yamux import YamuxConfig
+
+DEFAULT_AGENT_VERSION = "p2pnet/0.1.0"
+# The libp2p protocol version every implementation announces in identify.
+DEFAULT_PROTOCOL_VERSION = "ipfs/0.1.0"
+
+
+@dataclass
+class HostConfig:
+    """Limits and timeouts of a :class:`~p2pnet.host.host.Host`.
+
+    Every default follows the libp2p specs or the behaviour of go-/js-libp2p; see docs/architecture.md.
+    """
+
+    listen_addrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    #: TCP connect timeout per address.
+    dial_timeout: float = 10.0
+    #: Whole upgrade (multistream + Noise + multistream + yamux) of a new connection.
+    upgrade_timeout: float = 10.0
+    #: multistream-select on a new stream.
+    negotiate_timeout: float = 10.0
+    #: Connections kept at most; new inbound connections beyond it are refused.
+    max_connections: int = 1000
+    agent_version: str = DEFAULT_AGENT_VERSION
+    protocol_version: str = DEFAULT_PROTOCOL_VERSION
+    yamux: YamuxConfig = field(default_factory=YamuxConfig)

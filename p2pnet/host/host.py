@@ -1,0 +1,352 @@
+"""The host: listeners, dialer, connection table and protocol handlers.
+
+It owns every connection and every background task it starts; ``close()`` ends them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from multiaddr import Multiaddr
+
+from p2pnet.crypto.keys import KeyPair
+from p2pnet.errors import DialError, NegotiationError, P2PError
+from p2pnet.host.config import HostConfig
+from p2pnet.host.connection import Connection, Direction
+from p2pnet.host.upgrader import upgrade
+from p2pnet.multistream import negotiate_inbound
+from p2pnet.mux.yamux_connection import YamuxConnection, YamuxStream
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, PeerStore
+from p2pnet.tasks import TaskOwner
+from p2pnet.transport import tcp
+from p2pnet.transport.addr import is_tcp_multiaddr, split_peer_id
+
+log = logging.getLogger("p2pnet.host")
+
+StreamHandler = Callable[[YamuxStream], Awaitable[None]]
+ConnectionListener = Callable[[Connection], None]
+
+
+class Host:
+    """A libp2p host over TCP + Noise + yamux.
+
+    ``async with Host(key) as host:`` starts the listeners; leaving the block closes everything.
+    """
+
+    def __init__(
+        self,
+        key: KeyPair,
+        config: HostConfig | None = None,
+        *,
+        peerstore: PeerStore | None = None,
+    ) -> None:
+        self.key = key
+        self.peer_id = PeerID.from_public_key(key.public_key)
+        self.config = config or HostConfig()
+        self.peerstore = peerstore or PeerStore()
+        self.peerstore.add_pubkey(self.peer_id, key.public_key)
+        self._handlers: dict[str, StreamHandler] = {}
+        self._conns: dict[PeerID, list[Connection]] = {}
+        self._conn_of_muxer: dict[YamuxConnection, Connection] = {}
+        self._pending_dials: dict[PeerID, asyncio.Future[Connection]] = {}
+        self._listeners: list[tcp.TcpListener] = []
+        self._tasks = TaskOwner(f"host {self.peer_id}")
+        self._on_connected: list[ConnectionListener] = []
+        self._on_disconnected: list[ConnectionListener] = []
+        self._on_protocols_changed: list[Callable[[], None]] = []
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        try:
+            for text in self.config.listen_addrs:
+                await self.listen(Multiaddr(text))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def listen(self, addr: Multiaddr) -> list[Multiaddr]:
+        if not is_tcp_multiaddr(addr):
+            raise P2PError(f"cannot listen on {addr}: only TCP multiaddrs are supported")
+        try:
+            listener = await tcp.listen(addr, self._on_inbound_tcp)
+        except OSError as exc:
+            raise P2PError(f"cannot listen on {addr}: {exc}") from exc
+        self._listeners.append(listener)
+        log.info("%s listening on %s", self.peer_id, ", ".join(map(str, listener.multiaddrs)))
+        return listener.multiaddrs
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for listener in self._listeners:
+            await listener.close()
+        self._listeners.clear()
+        conns = [c for cs in self._conns.values() for c in cs]
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        await self._tasks.close()
+        for fut in self._pending_dials.values():
+            if not fut.done():
+                fut.cancel()
+
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def listen_addrs(self) -> list[Multiaddr]:
+        return [a for listener in self._listeners for a in listener.multiaddrs]
+
+    def p2p_addrs(self) -> list[Multiaddr]:
+        """Listen addresses with ``/p2p/<our id>`` appended, ready to hand to another peer."""
+        return [a.encapsulate(Multiaddr(f"/p2p/{self.peer_id}")) for a in self.listen_addrs]
+
+    # -- protocol handlers ------------------------------------------------------------------
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+        self._handlers[protocol] = handler
+        self._protocols_changed()
+
+    def remove_stream_handler(self, protocol: str) -> None:
+        if self._handlers.pop(protocol, None) is not None:
+            self._protocols_changed()
+
+    @property
+    def protocols(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def on_protocols_changed(self, callback: Callable[[], None]) -> None:
+        self._on_protocols_changed.append(callback)
+
+    def _protocols_changed(self) -> None:
+        for cb in self._on_protocols_changed:
+            cb()
+
+    # -- connection events --------------------------------------------------------------------
+
+    def on_connected(self, callback: ConnectionListener) -> None:
+        self._on_connected.append(callback)
+
+    def on_disconnected(self, callback: ConnectionListener) -> None:
+        self._on_disconnected.append(callback)
+
+    def spawn(self, coro: Awaitable[object], name: str) -> asyncio.Task[object]:
+        """Run a background task owned by the host (cancelled and awaited on close)."""
+
+        async def run() -> object:
+            return await coro
+
+        return self._tasks.spawn(run(), name=name)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def connections(self, peer: PeerID | None = None) -> list[Connection]:
+        if peer is not None:
+            return [c for c in self._conns.get(peer, []) if not c.is_closed]
+        return [c for cs in self._conns.values() for c in cs if not c.is_closed]
+
+    def connected_peers(self) -> list[PeerID]:
+        return [p for p, cs in self._conns.items() if any(not c.is_closed for c in cs)]
+
+    def is_connected(self, peer: PeerID) -> bool:
+        return bool(self.connections(peer))
+
+    async def connect(self, addr: Multiaddr | str, *, peer: PeerID | None = None) -> Connection:
+        """Connect to the peer at ``addr`` (``.../tcp/N[/p2p/ID]``), reusing a live connection.
+
+        If the address (or ``peer``) names a peer ID, the remote must prove that identity.
+        """
+        maddr = Multiaddr(addr) if isinstance(addr, str) else addr
+        transport_addr, id_text = split_peer_id(maddr)
+        if id_text is not None:
+            named = PeerID.from_string(id_text)
+            if peer is not None and peer != named:
+                raise DialError(f"{maddr} names {named}, expected {peer}")
+            peer = named
+        if peer is not None:
+            if peer == self.peer_id:
+                raise DialError("cannot dial ourselves")
+            existing = self.connections(peer)
+            if existing:
+                return existing[0]
+            self.peerstore.add_addrs(peer, [transport_addr], RECENTLY_CONNECTED_ADDR_TTL)
+            return await self._dial_peer(peer, [transport_addr])
+        return await self._dial_addr(transport_addr, None)
+
+    async def connect_peer(self, peer: PeerID) -> Connection:
+        """Connect to ``peer`` using the addresses in the peer store."""
+        existing = self.connections(peer)
+        if existing:
+            return existing[0]
+        addrs = [a for a in self.peerstore.addrs(peer) if is_tcp_multiaddr(a)]
+        if not addrs:
+            raise DialError(f"no known TCP address for {peer}")
+        return await self._dial_peer(peer, addrs)
+
+    async def _dial_peer(self, peer: PeerID, addrs: Sequence[Multiaddr]) -> Connection:
+        # Concurrent dials to one peer share a single attempt.
+        pending = self._pending_dials.get(peer)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+        self._pending_dials[peer] = fut
+        try:
+            errors: list[str] = []
+            for addr in addrs:
+                try:
+                    conn = await self._dial_addr(addr, peer)
+                except P2PError as exc:
+                    errors.append(f"{addr}: {exc}")
+                    continue
+                fut.set_result(conn)
+                return conn
+            err = DialError(f"could not dial {peer}: " + "; ".join(errors))
+            fut.set_exception(err)
+            fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise err
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(DialError(f"dial to {peer} aborted: {exc!r}"))
+                fut.exception()
+            raise
+        finally:
+            del self._pending_dials[peer]
+
+    async def _dial_addr(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
+        if self._closed:
+            raise DialError("host is closed")
+        raw = await tcp.dial(addr, timeout=self.config.dial_timeout)
+        secure, muxer = await upgrade(
+            raw,
+            self.key,
+            self.config,
+            initiator=True,
+            expected_peer=peer,
+            on_stream=self._on_inbound_stream,
+        )
+        conn = Connection(
+            secure,
+            muxer,
+            direction=Direction.OUTBOUND,
+            local_addr=raw.local_addr,
+            remote_addr=addr,
+            negotiate_timeout=self.config.negotiate_timeout,
+        )
+        await self._add_connection(conn)
+        return conn
+
+    async def _on_inbound_tcp(self, raw: tcp.TcpConnection) -> None:
+        if self._closed or len(self.connections()) >= self.config.max_connections:
+            log.info("refusing inbound connection from %s: limit reached", raw.remote_addr)
+            raw.abort()
+            return
+        # The upgrade runs in a task the host owns, so close() can cancel it.
+        task = self._tasks.spawn(self._upgrade_inbound(raw), name=f"upgrade {raw.remote_addr}")
+        await asyncio.wait([task])
+
+    async def _upgrade_inbound(self, raw: tcp.TcpConnection) -> None:
+        try:
+            secure, muxer = await upgrade(
+                raw, self.key, self.config, initiator=False, on_stream=self._on_inbound_stream
+            )
+        except P2PError as exc:
+            log.info("inbound connection from %s failed: %s", raw.remote_addr, exc)
+            return
+        conn = Connection(
+            secure,
+            muxer,
+            direction=Direction.INBOUND,
+            local_addr=raw.local_addr,
+            remote_addr=raw.remote_addr,
+            negotiate_timeout=self.config.negotiate_timeout,
+        )
+        await self._add_connection(conn)
+
+    async def _add_connection(self, conn: Connection) -> None:
+        if self._closed:
+            await conn.close()
+            raise DialError("host is closed")
+        peer = conn.remote_peer
+        # Registered before the muxer starts, so its first inbound stream finds the connection.
+        self._conns.setdefault(peer, []).append(conn)
+        self._conn_of_muxer[conn.muxer] = conn
+        await conn.muxer.start()
+        self.peerstore.add_pubkey(peer, conn.secure.remote_public_key)
+        if conn.direction is Direction.OUTBOUND:
+            self.peerstore.add_addrs(peer, [conn.remote_addr], CONNECTED_ADDR_TTL)
+        log.debug("connected %r", conn)
+        self._tasks.spawn(self._watch(conn), name=f"watch {peer}")
+        for cb in self._on_connected:
+            try:
+                cb(conn)
+            except Exception:
+                log.exception("connected callback failed")
+
+    async def _watch(self, conn: Connection) -> None:
+        try:
+            await conn.muxer.wait_closed()
+        finally:
+            peer = conn.remote_peer
+            self._conn_of_muxer.pop(conn.muxer, None)
+            conns = self._conns.get(peer, [])
+            if conn in conns:
+                conns.remove(conn)
+            if not conns:
+                self._conns.pop(peer, None)
+            log.debug("disconnected %r", conn)
+            for cb in self._on_disconnected:
+                try:
+                    cb(conn)
+                except Exception:
+                    log.exception("disconnected callback failed")
+
+    def connection_of(self, stream: YamuxStream) -> Connection:
+        """The connection a stream belongs to (its remote peer, addresses, direction)."""
+        return self._conn_of_muxer[stream.connection]
+
+    async def disconnect(self, peer: PeerID) -> None:
+        conns = self._conns.get(peer, [])
+        await asyncio.gather(*(c.close() for c in list(conns)), return_exceptions=True)
+
+    # -- streams --------------------------------------------------------------------------------
+
+    async def new_stream(self, peer: PeerID, protocols: Iterable[str] | str) -> YamuxStream:
+        """Open a stream to ``peer`` (dialing if needed) speaking the first agreed protocol."""
+        protos = [protocols] if isinstance(protocols, str) else list(protocols)
+        conn = await self.connect_peer(peer)
+        return await conn.new_stream(protos)
+
+    async def _on_inbound_stream(self, stream: YamuxStream) -> None:
+        try:
+            protocol = await negotiate_inbound(
+                stream, self._handlers.keys(), timeout=self.config.negotiate_timeout
+            )
+        except (P2PError, NegotiationError) as exc:
+            log.debug("inbound stream negotiation failed: %s", exc)
+            await stream.reset()
+            return
+        stream.protocol = protocol
+        handler = self._handlers.get(protocol)
+        if handler is None:  # removed while negotiating
+            await stream.reset()
+            return
+        try:
+            await handler(stream)
+        except P2PError as exc:
+            log.debug("handler for %s ended with %s", protocol, exc)
+            await stream.reset()
+        except Exception:
+            log.exception("handler for %s failed", protocol)
+            await stream.reset()

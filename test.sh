@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine and runs lint, types and the whole suite,
+# interop tests against the js-libp2p peer included. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test,dev]'
+(cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+.venv/bin/tox run -e lint,type,test -- -q "$@"

@@ -1,0 +1,113 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memory_pipe import memory_pipe
+from p2pnet.errors import IncompleteRead, MessageTooLarge, ProtocolError
+from p2pnet.wire.framing import (
+    LengthPrefixedDecoder,
+    encode_length_prefixed,
+    read_length_prefixed,
+    read_length_prefixed_or_eof,
+    write_length_prefixed,
+)
+from p2pnet.wire.varint import decode_uvarint, encode_uvarint
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        (0, "00"),
+        (1, "01"),
+        (127, "7f"),
+        (128, "8001"),
+        (255, "ff01"),
+        (300, "ac02"),
+        (16384, "808001"),
+        (2**63 - 1, "ffffffffffffffff7f"),
+    ],
+)
+def test_varint_vectors(value: int, encoded: str) -> None:
+    # Vectors from the multiformats unsigned-varint README.
+    assert encode_uvarint(value).hex() == encoded
+    assert decode_uvarint(bytes.fromhex(encoded)) == (value, len(encoded) // 2)
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1))
+def test_varint_roundtrip(value: int) -> None:
+    enc = encode_uvarint(value)
+    assert decode_uvarint(enc + b"tail") == (value, len(enc))
+    assert decode_uvarint(enc[:-1]) is None
+
+
+def test_varint_rejects_overlong_and_non_minimal() -> None:
+    with pytest.raises(ProtocolError):
+        decode_uvarint(b"\xff" * 9 + b"\x01")
+    with pytest.raises(ProtocolError):
+        decode_uvarint(b"\x81\x00")
+    with pytest.raises(ValueError):
+        encode_uvarint(-1)
+
+
+@given(st.binary(max_size=40))
+def test_varint_random_bytes_only_library_errors(data: bytes) -> None:
+    try:
+        decode_uvarint(data)
+    except ProtocolError:
+        pass
+
+
+def test_decoder_splits_messages_fed_byte_by_byte() -> None:
+    msgs = [b"", b"a", b"x" * 300, b"hello"]
+    stream = b"".join(encode_length_prefixed(m) for m in msgs)
+    dec = LengthPrefixedDecoder(max_size=1000)
+    out: list[bytes] = []
+    for i in range(len(stream)):
+        out += dec.feed(stream[i : i + 1])
+    assert out == msgs
+    assert dec.buffered == 0
+
+
+def test_decoder_enforces_max_size_before_buffering() -> None:
+    dec = LengthPrefixedDecoder(max_size=10)
+    with pytest.raises(MessageTooLarge):
+        dec.feed(encode_uvarint(11))
+
+
+async def test_async_length_prefixed_roundtrip_and_limits() -> None:
+    a, b = memory_pipe()
+    await write_length_prefixed(a, b"abc")
+    await write_length_prefixed(a, b"")
+    await a.write(encode_uvarint(5000) + b"x")
+    assert await read_length_prefixed(b) == b"abc"
+    assert await read_length_prefixed(b) == b""
+    with pytest.raises(MessageTooLarge):
+        await read_length_prefixed(b, max_size=4096)
+
+
+async def test_async_truncated_message_and_clean_eof() -> None:
+    a, b = memory_pipe()
+    await a.write(encode_uvarint(10) + b"short")
+    await a.close()
+    with pytest.raises(IncompleteRead) as info:
+        await read_length_prefixed(b)
+    assert info.value.partial == b"short"
+
+    c, d = memory_pipe()
+    await write_length_prefixed(c, b"one")
+    await c.close()
+    assert await read_length_prefixed_or_eof(d) == b"one"
+    assert await read_length_prefixed_or_eof(d) is None
+
+
+async def test_chunk_reader_keeps_leftovers() -> None:
+    a, b = memory_pipe()
+    await a.write(b"0123456789")
+    await a.write(b"abc")
+    assert await b.read(3) == b"012"
+    assert await b.readexactly(9) == b"3456789ab"
+    assert await b.read() == b"c"
+    await a.close()
+    assert await b.read() == b""
+    with pytest.raises(IncompleteRead):
+        await b.readexactly(1)
