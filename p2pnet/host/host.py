@@ -203,16 +203,20 @@ class Host:
         fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
         self._pending_dials[peer] = fut
         try:
-            errors: list[str] = []
+            errors: list[P2PError] = []
             for addr in addrs:
                 try:
                     conn = await self._dial_addr(addr, peer)
                 except P2PError as exc:
-                    errors.append(f"{addr}: {exc}")
+                    errors.append(exc)
+                    log.debug("dial %s at %s failed: %s", peer, addr, exc)
                     continue
                 fut.set_result(conn)
                 return conn
-            err = DialError(f"could not dial {peer}: " + "; ".join(errors))
+            # With one address the original error (e.g. PeerIDMismatch) says it best.
+            err = errors[0] if len(errors) == 1 else DialError(
+                f"could not dial {peer}: " + "; ".join(f"{a}: {e}" for a, e in zip(addrs, errors))
+            )
             fut.set_exception(err)
             fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
             raise err

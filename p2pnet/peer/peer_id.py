@@ -167,8 +167,8 @@ class PeerID:
             raise InvalidPeerID(f"peer id text must be str, not {type(text).__name__}")
         if not text or len(text) > _MAX_TEXT:
             raise InvalidPeerID(f"peer id text of invalid length {len(text)}")
-        if not text.isascii():
-            raise InvalidPeerID("peer id text must be ASCII")
+        if not (text.isascii() and text.isalnum()):
+            raise InvalidPeerID("peer id text must be ASCII letters and digits only")
         if text[0] == "1" or text.startswith("Qm"):
             return cls.from_base58(text)
         prefix, body = text[0], text[1:]

@@ -64,6 +64,8 @@ __all__ = [
     "NoiseHandshakeResult",
     "NoiseTransport",
     "SymmetricState",
+    "decode_payload",
+    "encode_payload",
 ]
 
 log = logging.getLogger("p2pnet.noise")
@@ -142,7 +144,7 @@ class CipherState:
         return aead.encrypt(self._next_nonce(), plaintext, ad)
 
     def decrypt_with_ad(self, ad: Bytes, ciphertext: Bytes) -> bytes:
-        """Decrypt; raises :class:`ProtocolError` on a bad tag. The nonce only advances on success."""
+        """Decrypt, or raise :class:`ProtocolError` on a bad tag; the nonce advances on success."""
         aead = self._aead
         if aead is None:
             return bytes(ciphertext)
@@ -150,7 +152,9 @@ class CipherState:
         if n >= MAX_NONCE:
             raise ProtocolError("noise nonce exhausted; the session must be closed")
         if len(ciphertext) < TAG_LEN:
-            raise ProtocolError(f"noise ciphertext of {len(ciphertext)} bytes is shorter than a tag")
+            raise ProtocolError(
+                f"noise ciphertext of {len(ciphertext)} bytes is shorter than a tag"
+            )
         try:
             plaintext = aead.decrypt(_pack_nonce(n), ciphertext, ad)
         except InvalidTag:
@@ -162,7 +166,7 @@ class CipherState:
 class SymmetricState:
     """The Noise ``SymmetricState``: chaining key ``ck``, handshake hash ``h`` and a cipher."""
 
-    __slots__ = ("ck", "cipher", "h")
+    __slots__ = ("cipher", "ck", "h")
 
     def __init__(self, protocol_name: bytes = NOISE_PROTOCOL_NAME) -> None:
         if len(protocol_name) <= HASH_LEN:
@@ -356,6 +360,11 @@ class NoiseTransport:
         return len(self._partial)
 
     @property
+    def partial(self) -> bytes:
+        """The raw bytes of the incomplete frame held for the next :meth:`decrypt`."""
+        return bytes(self._partial)
+
+    @property
     def partial_frame_length(self) -> int:
         """Total size (prefix included) of the frame being buffered, or 0 if not yet known."""
         if len(self._partial) < 2:
@@ -364,7 +373,10 @@ class NoiseTransport:
 
     def encrypt(self, data: Bytes) -> bytearray:
         """Frame and encrypt ``data`` (any length; empty data gives no frames)."""
-        total = len(data)
+        src = memoryview(data)
+        if src.format != "B":
+            src = src.cast("B")
+        total = src.nbytes
         if total == 0:
             return bytearray()
         nframes = (total + MAX_PLAINTEXT - 1) // MAX_PLAINTEXT
@@ -373,7 +385,6 @@ class NoiseTransport:
             raise ProtocolError("noise nonce exhausted; the session must be closed")
         out = bytearray(total + nframes * (2 + TAG_LEN))
         dst = memoryview(out)
-        src = memoryview(data).cast("B") if not isinstance(data, bytes) else data
         aead_encrypt_into = self._send.encrypt_into
         pos = 0
         opos = 0
@@ -390,6 +401,7 @@ class NoiseTransport:
             pos = end
         self._send_n = n
         dst.release()
+        src.release()
         return out
 
     def _open(self, ciphertext: Bytes) -> bytes:
@@ -493,6 +505,8 @@ def decode_payload(data: bytes, remote_static: bytes) -> tuple[PublicKey, list[s
         muxers = list(payload.extensions.stream_muxers)
     except (DecodeError, UnicodeDecodeError, ValueError) as exc:
         raise HandshakeError(f"malformed noise handshake payload: {exc}") from None
+    if not all(isinstance(m, str) for m in muxers):  # proto2 hands back bad UTF-8 as bytes
+        raise HandshakeError("noise handshake payload has a stream muxer name that is not UTF-8")
     if not payload.HasField("identity_key") or not identity_key:
         raise HandshakeError("noise handshake payload lacks the identity key")
     if not identity_sig:
@@ -500,7 +514,9 @@ def decode_payload(data: bytes, remote_static: bytes) -> tuple[PublicKey, list[s
     try:
         public_key = unmarshal_public_key(identity_key)
     except CryptoError as exc:
-        raise HandshakeError(f"noise handshake payload has an invalid identity key: {exc}") from None
+        raise HandshakeError(
+            f"noise handshake payload has an invalid identity key: {exc}"
+        ) from None
     try:
         valid = public_key.verify(SIGNATURE_PREFIX + remote_static, identity_sig)
     except (CryptoError, ValueError):
@@ -518,6 +534,9 @@ class NoiseHandshake:
     (after :meth:`receive_data`), :meth:`result` has the authenticated remote and the transport
     ciphers; the initiator must still send its last message from :meth:`data_to_send`.
 
+    ``static_key``, ``ephemeral_key`` and ``prologue`` exist for tests and test vectors; libp2p
+    uses fresh X25519 keys and an empty prologue.
+
     Any failure raises :class:`HandshakeError` (:class:`PeerIDMismatch` when ``expected_peer`` is
     given and the remote is someone else); the object then refuses further input.
     """
@@ -530,13 +549,16 @@ class NoiseHandshake:
         expected_peer: PeerID | None = None,
         stream_muxers: Sequence[str] = (),
         static_key: X25519PrivateKey | None = None,
+        ephemeral_key: X25519PrivateKey | None = None,
         prologue: bytes = b"",
     ) -> None:
         self.initiator = initiator
         self.local_key = local_key
         self.expected_peer = expected_peer
         self.stream_muxers = list(stream_muxers)
-        self._hs = HandshakeState(initiator, prologue=prologue, static=static_key)
+        self._hs = HandshakeState(
+            initiator, prologue=prologue, static=static_key, ephemeral=ephemeral_key
+        )
         self._buf = bytearray()
         self._out = bytearray()
         self._result: NoiseHandshakeResult | None = None

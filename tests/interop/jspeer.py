@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -82,7 +83,10 @@ def missing_requirements() -> str | None:
         return f"{NODE_MODULES} is missing: run `npm ci` in {INTEROP_DIR}"
     missing = [p for p in _REQUIRED_PACKAGES if not (NODE_MODULES / p / "package.json").exists()]
     if missing:
-        return f"npm packages missing in {NODE_MODULES}: {', '.join(missing)}; run `npm ci` in {INTEROP_DIR}"
+        return (
+            f"npm packages missing in {NODE_MODULES}: {', '.join(missing)}; "
+            f"run `npm ci` in {INTEROP_DIR}"
+        )
     return None
 
 
@@ -169,15 +173,18 @@ class JsPeer:
         peer = cls(proc, name)
         try:
             ready = await asyncio.wait_for(asyncio.shield(peer._ready_fut), timeout)
-        except BaseException as exc:
+        except TimeoutError:
             await peer._kill()
-            if isinstance(exc, TimeoutError):
-                raise JsPeerError(
-                    f"js peer did not become ready within {timeout} s",
-                    stderr_tail=peer.stderr_tail(),
-                ) from None
-            if isinstance(exc, JsPeerError):
-                raise JsPeerError(str(exc.args[0]).split("\n--- js")[0], stderr_tail=peer.stderr_tail()) from None
+            raise JsPeerError(
+                f"js peer did not become ready within {timeout} s", stderr_tail=peer.stderr_tail()
+            ) from None
+        except JsPeerError:
+            await peer._kill()  # stderr is complete once the process is reaped
+            raise JsPeerError(
+                f"js peer failed to start ({peer._closed_reason})", stderr_tail=peer.stderr_tail()
+            ) from None
+        except BaseException:
+            await peer._kill()
             raise
         peer.ready = ready
         peer.peer_id = ready["peerId"]
@@ -313,7 +320,7 @@ class JsPeer:
 
     # ------------------------------------------------------------------ events
 
-    async def next_event(self, type: str | None = None, timeout: float = 10.0) -> dict[str, Any]:  # noqa: A002
+    async def next_event(self, type: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
         """Return the next event (of ``type``, if given). Events of other types seen while
         waiting are kept and returned by later calls, in order."""
         for i, ev in enumerate(self._stashed):
@@ -359,9 +366,9 @@ class JsPeer:
             while True:
                 try:
                     line = await self._proc.stdout.readline()
-                except ValueError:  # line longer than the limit
-                    reason = "js peer wrote an over-long stdout line"
-                    break
+                except ValueError:  # line longer than the limit; it was discarded
+                    self._stderr.append("[driver] dropped an over-long stdout line from js peer")
+                    continue
                 if not line:
                     break
                 text = line.decode("utf-8", "replace").strip()
@@ -424,3 +431,7 @@ class JsPeer:
             if not line:
                 return
             self._stderr.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+
+#: The type of the ``js_peer_factory`` fixture: ``await factory(**JsPeer.start kwargs)``.
+JsPeerFactory = Callable[..., Awaitable[JsPeer]]

@@ -8,7 +8,7 @@
 //
 // Startup options: JSON object in argv[2] (all optional):
 //   {"keyType": "ed25519"|"secp256k1", "seed": "<hex>", "listen": "<ma>" | ["<ma>", ...],
-//    "connectionMonitor": true, "pingInterval": 10000}
+//    "connectionMonitor": true, "pingInterval": 10000, "connectionManager": {...}}
 // See README.md for the command list.
 
 // --- Node 20 lacks Promise.withResolvers; js-libp2p 3.x calls it. Must run before any import
@@ -145,7 +145,7 @@ class StreamReader {
       this.queue.push(chunk)
       this.queued += chunk.byteLength
       if (this.queued > READ_HIGH_WATER && stream.readStatus === 'readable') {
-        try { stream.pause() } catch {}
+        try { stream.pause(); stats.pauses++ } catch {}
       }
       this.wake()
     }
@@ -211,9 +211,13 @@ class StreamReader {
 // send() with backpressure: when send() returns false, wait for 'drain' (or fail on close).
 async function sendAll (stream, data) {
   if (!stream.send(data)) {
+    stats.drainWaits++
     await stream.onDrain()
   }
 }
+
+// counters reported by the "stats" command (useful to see that backpressure engaged)
+const stats = { pauses: 0, drainWaits: 0 }
 
 function randomBytes (n) {
   const buf = new Uint8Array(n)
@@ -295,6 +299,9 @@ const node = await createLibp2p({
     enabled: options.connectionMonitor !== false,
     ...(options.pingInterval != null ? { pingInterval: options.pingInterval } : {})
   },
+  // passed through, e.g. {"inboundConnectionThreshold": 1000} for dial_bench: js refuses more
+  // than 5 inbound connections per second from one IP by default
+  ...(options.connectionManager != null ? { connectionManager: options.connectionManager } : {}),
   start: false
 })
 
@@ -401,7 +408,7 @@ async function peerInfo (args) {
   const peerId = requirePeerId(args)
   const key = peerId.toString()
   let identifyDone = identified.has(key)
-  if (args.wait_identify === true && !identifyDone) {
+  if ((args.wait_identify === true || args.waitIdentify === true) && !identifyDone) {
     const ms = typeof args.timeoutMs === 'number' ? args.timeoutMs : 10_000
     identifyDone = await waitIdentify(key, ms)
     if (!identifyDone) throw new CommandError(`identify with ${key} did not complete within ${ms} ms`, 'TimeoutError')
@@ -435,6 +442,7 @@ async function echo (args) {
   if (!Number.isInteger(size) || size < 0) throw new CommandError('size must be an integer >= 0')
   if (!Number.isInteger(nStreams) || nStreams < 1) throw new CommandError('streams must be an integer >= 1')
   if (!Number.isInteger(chunk) || chunk < 1) throw new CommandError('chunk must be an integer >= 1')
+  const readDelayMs = args.readDelayMs ?? 0 // > 0: a slow reader, sleeps after every chunk
   const protocol = args.protocol ?? ECHO_PROTOCOL
   const signal = timeoutSignal(args, 60_000)
   const conn = await node.dial(target(args), { signal })
@@ -459,6 +467,7 @@ async function echo (args) {
             throw new CommandError(`data mismatch in bytes ${off}..${off + buf.byteLength}`)
           }
           off += buf.byteLength
+          if (readDelayMs > 0) await new Promise(resolve => setTimeout(resolve, readDelayMs))
         }
         if (off !== size) throw new CommandError(`stream ended after ${off} of ${size} bytes`)
         return off
@@ -539,6 +548,41 @@ async function throughputSend (args) {
   }
 }
 
+// dial_bench: `count` sequential fresh connections to `addr`, each TCP + Noise + yamux + a first
+// stream on the sink protocol (close write, read the 8-byte count), then the connection is closed.
+// `force: true` makes js open a new connection even if one to that peer exists.
+async function dialBench (args) {
+  const count = args.count ?? 100
+  if (!Number.isInteger(count) || count < 1) throw new CommandError('count must be an integer >= 1')
+  if (typeof args.addr !== 'string' || args.addr === '') throw new CommandError('need "addr"')
+  const ma = multiaddr(args.addr)
+  const protocol = args.protocol ?? SINK_PROTOCOL
+  const signal = timeoutSignal(args, 120_000)
+  const start = performance.now()
+  for (let i = 0; i < count; i++) {
+    let conn
+    try {
+      conn = await node.dial(ma, { signal, force: true })
+      const stream = await conn.newStream(protocol, { signal, maxOutboundStreams: MAX_STREAMS })
+      const reader = new StreamReader(stream)
+      await stream.close({ signal })
+      let got = 0
+      for (;;) {
+        const b = await reader.next()
+        if (b == null) break
+        got += b.byteLength
+      }
+      if (got !== 8) throw new CommandError(`sink replied with ${got} bytes, expected an 8-byte count`)
+      await conn.close({ signal })
+    } catch (err) {
+      conn?.abort(err)
+      throw new CommandError(`setup ${i + 1}/${count}: ${errorText(err)}`, err.name ?? 'Error')
+    }
+  }
+  const ms = performance.now() - start
+  return { count, ms, perSecond: count / (ms / 1000) }
+}
+
 let stopping = null
 
 async function stopNode () {
@@ -589,6 +633,9 @@ const commands = {
   async throughput_send (args) {
     return throughputSend(args)
   },
+  async dial_bench (args) {
+    return dialBench(args)
+  },
   async connections (args) {
     const conns = args.peerId != null ? node.getConnections(peerIdFromString(args.peerId)) : node.getConnections()
     return { connections: conns.map(connSummary) }
@@ -599,6 +646,9 @@ const commands = {
       addrs: node.getMultiaddrs().map(a => a.toString()),
       protocols: node.getProtocols().sort()
     }
+  },
+  async stats () {
+    return { ...stats }
   },
   async stop () {
     await stopNode()

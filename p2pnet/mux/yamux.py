@@ -1,0 +1,697 @@
+"""yamux ``/yamux/1.0.0``: the sans-IO protocol core.
+
+Nothing here does I/O, sleeps or starts tasks. :class:`YamuxSession` is fed the bytes read from the
+connection (:meth:`YamuxSession.receive_data`) and returns what happened as small event objects;
+local actions (open, write, close, reset, ping, go-away) append encoded frames to an outbound
+buffer that the asyncio adapter (:mod:`p2pnet.mux.yamux_connection`) drains and writes.
+
+Wire format (libp2p specs yamux/README.md, the hashicorp spec): a 12-byte big-endian header
+``version u8 (0) | type u8 | flags u16 | stream id u32 | length u32``, followed by ``length`` bytes
+of payload for Data frames only. For Window Update ``length`` is the window delta, for Ping the
+opaque value, for Go Away the error code.
+
+Choices worth knowing:
+
+* Streams are opened and acknowledged with Window Update frames (never empty Data frames); the
+  delta announces how much more than the spec's 256 KiB initial window we accept.
+* Inbound streams are acknowledged when the application takes them (``accept_stream``); until then
+  they count as *unacked* and at most ``max_unacked_inbound`` of them may exist: a SYN beyond that,
+  or beyond ``max_streams`` open inbound streams, is answered with RST and the connection lives on.
+* ``max_streams`` bounds inbound and outbound streams separately.
+* The receive window is given back as the application *consumes* data (``consume``), once at least
+  half the window is free, so a reader that stops reading stops the writer. If half a window was
+  consumed within ``2 * RTT`` of the previous update, the window doubles (up to ``max_window``, and
+  while all stream windows together stay below ``max_connection_window``) - the go-yamux and
+  rust-yamux auto-tuning rule. The RTT comes from session pings.
+* Frames for streams that existed but are gone (closed or reset) are ignored; frames for ids that
+  never existed, SYNs with a reused or wrong-parity id, data beyond the window, a bad version or an
+  unknown type are protocol errors: a Go Away (protocol error) is queued and
+  :class:`~p2pnet.errors.ProtocolError` raised. After that the session accepts no more input.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+
+from p2pnet.errors import (
+    ConnectionClosed,
+    ProtocolError,
+    StreamClosed,
+    StreamLimitExceeded,
+)
+
+log = logging.getLogger("p2pnet.yamux")
+
+PROTOCOL_ID = "/yamux/1.0.0"
+
+VERSION = 0
+
+TYPE_DATA = 0
+TYPE_WINDOW_UPDATE = 1
+TYPE_PING = 2
+TYPE_GO_AWAY = 3
+
+FLAG_SYN = 0x1
+FLAG_ACK = 0x2
+FLAG_FIN = 0x4
+FLAG_RST = 0x8
+
+GO_AWAY_NORMAL = 0
+GO_AWAY_PROTOCOL_ERROR = 1
+GO_AWAY_INTERNAL_ERROR = 2
+
+HEADER_SIZE = 12
+#: The window every stream starts with, in both directions, by the spec.
+DEFAULT_WINDOW = 256 * 1024
+MAX_U32 = 0xFFFFFFFF
+
+HEADER = struct.Struct(">BBHII")
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+
+
+@dataclass
+class YamuxConfig:
+    """Limits and timers of a yamux connection. Defaults follow go-yamux / rust-yamux."""
+
+    #: Receive window of a new stream; at least the spec's 256 KiB (more is announced on open).
+    initial_window: int = DEFAULT_WINDOW
+    #: Ceiling of a stream's receive window under auto-tuning.
+    max_window: int = 16 * 1024 * 1024
+    #: Ceiling of the sum of all stream receive windows of one connection (auto-tuning stops).
+    max_connection_window: int = 1024 * 1024 * 1024
+    #: Open streams per connection, counted separately for each direction: an inbound SYN beyond
+    #: it is reset, a local ``open_stream`` beyond it raises StreamLimitExceeded.
+    max_streams: int = 1000
+    #: Inbound streams not yet accepted by the application; a SYN beyond it is reset.
+    max_unacked_inbound: int = 256
+    #: Outbound streams the remote has not acknowledged yet; ``open_stream`` waits beyond it.
+    max_ack_backlog: int = 256
+    #: Seconds between keepalive pings (None: no keepalive).
+    keepalive_interval: float | None = 30.0
+    #: Seconds to wait for a pong (keepalive and ``ping()``).
+    ping_timeout: float = 10.0
+    #: Largest payload of one Data frame we send.
+    max_frame_payload: int = 256 * 1024
+    #: Seconds ``close()`` waits to flush the go-away and close the connection below.
+    close_timeout: float = 5.0
+    #: Seconds ``open_stream`` waits while the ack backlog is full.
+    open_timeout: float = 30.0
+    #: Bytes of queued outbound frames above which stream writers wait for the writer to catch up.
+    write_high_water: int = 512 * 1024
+    #: Bytes of queued outbound frames above which a frame provoked by the remote (pong, RST of a
+    #: refused stream, window update) means the remote floods us without reading: protocol error.
+    max_outbound_backlog: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.initial_window < DEFAULT_WINDOW or self.initial_window > MAX_U32:
+            raise ValueError(f"initial_window must be in [{DEFAULT_WINDOW}, 2**32)")
+        if self.max_window < self.initial_window or self.max_window > MAX_U32:
+            raise ValueError("max_window must be in [initial_window, 2**32)")
+        if self.max_streams < 1 or self.max_unacked_inbound < 1 or self.max_ack_backlog < 1:
+            raise ValueError("stream limits must be positive")
+        if self.max_frame_payload < 1:
+            raise ValueError("max_frame_payload must be positive")
+
+
+def encode_header(ftype: int, flags: int, stream_id: int, length: int) -> bytes:
+    return _pack_header(VERSION, ftype, flags, stream_id, length)
+
+
+# ---------------------------------------------------------------------------------------------
+# Events returned by receive_data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StreamOpened:
+    """The remote opened a stream (SYN); accept it with :meth:`YamuxSession.accept_stream`."""
+
+    stream_id: int
+
+
+@dataclass(slots=True)
+class DataReceived:
+    stream_id: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class StreamEnded:
+    """The remote half-closed the stream (FIN): no more data will come."""
+
+    stream_id: int
+
+
+@dataclass(slots=True)
+class StreamResetByRemote:
+    stream_id: int
+
+
+@dataclass(slots=True)
+class SendWindowUpdated:
+    """The remote granted more send window (or acknowledged the stream)."""
+
+    stream_id: int
+
+
+@dataclass(slots=True)
+class StreamAcked:
+    """The remote acknowledged (or refused) one of our streams: the ack backlog shrank."""
+
+    stream_id: int
+
+
+@dataclass(slots=True)
+class PongReceived:
+    opaque: int
+    rtt: float
+
+
+@dataclass(slots=True)
+class GoAwayReceived:
+    code: int
+
+
+Event = (
+    StreamOpened
+    | DataReceived
+    | StreamEnded
+    | StreamResetByRemote
+    | SendWindowUpdated
+    | StreamAcked
+    | PongReceived
+    | GoAwayReceived
+)
+
+
+class _Stream:
+    """Flow-control and half-close state of one stream."""
+
+    __slots__ = (
+        "acked",
+        "buffered",
+        "last_update",
+        "local_closed",
+        "need_ack",
+        "outbound",
+        "recv_credit",
+        "recv_window",
+        "remote_closed",
+        "send_window",
+        "stream_id",
+    )
+
+    def __init__(self, stream_id: int, outbound: bool, recv_window: int, now: float) -> None:
+        self.stream_id = stream_id
+        self.outbound = outbound
+        #: The remote acknowledged our SYN (outbound streams only).
+        self.acked = not outbound
+        #: We still owe the remote an ACK (inbound streams not yet accepted).
+        self.need_ack = not outbound
+        self.send_window = DEFAULT_WINDOW
+        #: Current receive window size (grows by auto-tuning).
+        self.recv_window = recv_window
+        #: Bytes the remote may still send before our next window update.
+        self.recv_credit = recv_window
+        #: Bytes received but not yet consumed by the application.
+        self.buffered = 0
+        self.last_update = now
+        self.local_closed = False
+        self.remote_closed = False
+
+
+class YamuxSession:
+    """The state of one yamux connection, without I/O.
+
+    ``receive_data(bytes, now)`` parses incoming frames; local actions queue outbound frames that
+    :meth:`take_outbound` hands over. Times are plain floats (seconds, a monotonic clock).
+    """
+
+    def __init__(self, *, initiator: bool, config: YamuxConfig | None = None) -> None:
+        self.config = config or YamuxConfig()
+        self.initiator = initiator
+        self._streams: dict[int, _Stream] = {}
+        self._next_local_id = 1 if initiator else 2
+        self._remote_parity = 0 if initiator else 1
+        self._highest_remote_id = 0
+        self._inbound_open = 0
+        self._outbound_open = 0
+        self._inbound_unacked = 0
+        self._outbound_unacked = 0
+        self._total_recv_window = 0
+        self._pings: dict[int, float] = {}
+        self._next_ping_id = 1
+        #: Last measured round-trip time in seconds (None until a pong arrived).
+        self.rtt: float | None = None
+        self.local_go_away = False
+        self.remote_go_away: int | None = None
+        #: Set once a protocol error was detected or the session was closed.
+        self.terminated = False
+        # outbound frames (headers and payload views), joined by the writer
+        self._out: list[bytes | memoryview] = []
+        self._out_size = 0
+        # receive parser state
+        self._partial = b""
+        self._data_left = 0
+        self._data_stream: _Stream | None = None
+        self._data_fin = False
+
+    # ----------------------------------------------------------------- outbound buffer
+
+    @property
+    def outbound_size(self) -> int:
+        return self._out_size
+
+    def take_outbound(self) -> list[bytes | memoryview]:
+        out = self._out
+        self._out = []
+        self._out_size = 0
+        return out
+
+    def _queue(self, frame: bytes) -> None:
+        self._out.append(frame)
+        self._out_size += len(frame)
+
+    def _queue_reply(self, frame: bytes) -> None:
+        """Queue a frame the remote provoked; refuse to buffer without bound for a flooder."""
+        if self._out_size > self.config.max_outbound_backlog:
+            raise self._protocol_error("outbound backlog overflow: the remote never reads")
+        self._queue(frame)
+
+    # ----------------------------------------------------------------- queries
+
+    def has_stream(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    def send_window(self, stream_id: int) -> int:
+        st = self._streams.get(stream_id)
+        return st.send_window if st is not None else 0
+
+    def recv_window(self, stream_id: int) -> int:
+        st = self._streams.get(stream_id)
+        return st.recv_window if st is not None else 0
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def inbound_streams(self) -> int:
+        return self._inbound_open
+
+    @property
+    def outbound_streams(self) -> int:
+        return self._outbound_open
+
+    @property
+    def ack_backlog(self) -> int:
+        """Outbound streams the remote has not acknowledged yet."""
+        return self._outbound_unacked
+
+    def can_open_stream(self) -> bool:
+        return self._outbound_unacked < self.config.max_ack_backlog
+
+    # ----------------------------------------------------------------- local actions
+
+    def _check_usable(self) -> None:
+        if self.terminated:
+            raise ConnectionClosed("yamux session is closed")
+
+    def open_stream(self, now: float) -> int:
+        """Allocate a stream id and queue its SYN (a Window Update announcing our window)."""
+        self._check_usable()
+        if self.local_go_away:
+            raise ConnectionClosed("yamux session is going away")
+        if self.remote_go_away is not None:
+            raise ConnectionClosed(f"remote sent go-away (code {self.remote_go_away})")
+        if self._outbound_open >= self.config.max_streams:
+            raise StreamLimitExceeded(
+                f"{self._outbound_open} outbound streams open "
+                f"(max_streams={self.config.max_streams})"
+            )
+        sid = self._next_local_id
+        if sid > MAX_U32:
+            raise StreamLimitExceeded("stream ids exhausted")
+        self._next_local_id += 2
+        st = _Stream(sid, True, self.config.initial_window, now)
+        self._streams[sid] = st
+        self._outbound_open += 1
+        self._outbound_unacked += 1
+        self._total_recv_window += st.recv_window
+        self._queue(
+            _pack_header(
+                VERSION, TYPE_WINDOW_UPDATE, FLAG_SYN, sid, st.recv_window - DEFAULT_WINDOW
+            )
+        )
+        return sid
+
+    def accept_stream(self, stream_id: int) -> None:
+        """Acknowledge an inbound stream (a Window Update with ACK announcing our window)."""
+        st = self._streams.get(stream_id)
+        if st is None or not st.need_ack or self.terminated:
+            return
+        st.need_ack = False
+        self._inbound_unacked -= 1
+        self._queue(
+            _pack_header(
+                VERSION, TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, st.recv_window - DEFAULT_WINDOW
+            )
+        )
+
+    def _flags_for(self, st: _Stream) -> int:
+        if st.need_ack:
+            st.need_ack = False
+            self._inbound_unacked -= 1
+            return FLAG_ACK
+        return 0
+
+    def _writable(self, stream_id: int) -> _Stream:
+        self._check_usable()
+        st = self._streams.get(stream_id)
+        if st is None:
+            raise StreamClosed(f"stream {stream_id} is closed")
+        if st.local_closed:
+            raise StreamClosed(f"stream {stream_id} was closed for writing")
+        return st
+
+    def max_send(self, stream_id: int) -> int:
+        """How many bytes one Data frame on this stream may carry right now."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            return 0
+        return min(st.send_window, self.config.max_frame_payload)
+
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
+        """Queue one Data frame; ``len(data)`` must not exceed :meth:`max_send`."""
+        st = self._writable(stream_id)
+        n = len(data)
+        if n > st.send_window:
+            raise ValueError(f"{n} bytes exceed the send window of {st.send_window}")
+        st.send_window -= n
+        self._out.append(_pack_header(VERSION, TYPE_DATA, self._flags_for(st), stream_id, n))
+        self._out.append(data)
+        self._out_size += HEADER_SIZE + n
+
+    def close_stream(self, stream_id: int) -> None:
+        """Half-close: queue a FIN. Idempotent; no-op for a stream that is gone."""
+        st = self._streams.get(stream_id)
+        if st is None or st.local_closed or self.terminated:
+            return
+        st.local_closed = True
+        self._queue(
+            _pack_header(VERSION, TYPE_WINDOW_UPDATE, self._flags_for(st) | FLAG_FIN, stream_id, 0)
+        )
+        if st.remote_closed:
+            self._remove(st)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Queue an RST and forget the stream. No-op for a stream that is gone."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            return
+        if not self.terminated:
+            self._queue(
+                _pack_header(
+                    VERSION, TYPE_WINDOW_UPDATE, self._flags_for(st) | FLAG_RST, stream_id, 0
+                )
+            )
+        self._remove(st)
+
+    def consume(self, stream_id: int, n: int, now: float) -> None:
+        """The application consumed ``n`` received bytes: maybe give window back (and grow it)."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            return
+        st.buffered -= n
+        if st.remote_closed or self.terminated:
+            return
+        window = st.recv_window
+        delta = window - st.recv_credit - st.buffered
+        if delta < window >> 1:
+            return
+        rtt = self.rtt
+        cfg = self.config
+        if rtt is not None and window < cfg.max_window and now - st.last_update < 2.0 * rtt:
+            grown = min(window * 2, cfg.max_window)
+            if self._total_recv_window + grown - window <= cfg.max_connection_window:
+                self._total_recv_window += grown - window
+                st.recv_window = grown
+                delta += grown - window
+                log.debug("stream %d: receive window grown to %d", stream_id, grown)
+        st.last_update = now
+        st.recv_credit += delta
+        self._queue(
+            _pack_header(VERSION, TYPE_WINDOW_UPDATE, self._flags_for(st), stream_id, delta)
+        )
+
+    def ping(self, now: float) -> int:
+        """Queue a session ping; returns its opaque value (the pong carries it back)."""
+        self._check_usable()
+        opaque = self._next_ping_id
+        self._next_ping_id = (self._next_ping_id % MAX_U32) + 1
+        self._pings[opaque] = now
+        self._queue(_pack_header(VERSION, TYPE_PING, FLAG_SYN, 0, opaque))
+        return opaque
+
+    def forget_ping(self, opaque: int) -> None:
+        self._pings.pop(opaque, None)
+
+    def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
+        """Queue a Go Away (once): no new streams from either side afterwards."""
+        if self.local_go_away:
+            return
+        self.local_go_away = True
+        self._queue(_pack_header(VERSION, TYPE_GO_AWAY, 0, 0, code))
+
+    def terminate(self) -> None:
+        """The connection is gone: refuse further input and local actions."""
+        self.terminated = True
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def _remove(self, st: _Stream) -> None:
+        if self._streams.pop(st.stream_id, None) is None:
+            return
+        self._total_recv_window -= st.recv_window
+        if st.outbound:
+            self._outbound_open -= 1
+            if not st.acked:
+                st.acked = True
+                self._outbound_unacked -= 1
+        else:
+            self._inbound_open -= 1
+            if st.need_ack:
+                st.need_ack = False
+                self._inbound_unacked -= 1
+
+    def _protocol_error(self, message: str) -> ProtocolError:
+        log.warning("yamux protocol error: %s", message)
+        if not self.terminated:
+            self.go_away(GO_AWAY_PROTOCOL_ERROR)
+            self.terminated = True
+        return ProtocolError(message)
+
+    def _is_past_id(self, sid: int) -> bool:
+        """Whether ``sid`` belongs to a stream that existed (now gone)."""
+        if (sid & 1) == self._remote_parity:
+            return sid <= self._highest_remote_id
+        return sid < self._next_local_id
+
+    # ----------------------------------------------------------------- input
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Parse ``data`` (any slice of the byte stream) and return what happened."""
+        if self.terminated:
+            raise ConnectionClosed("yamux session is closed")
+        events: list[Event] = []
+        n = len(data)
+        pos = 0
+        if self._partial:
+            need = HEADER_SIZE - len(self._partial)
+            if n < need:
+                self._partial += data
+                return events
+            header = self._partial + data[:need]
+            self._partial = b""
+            pos = need
+            self._handle_header(header, 0, events, now)
+        while pos < n:
+            left = self._data_left
+            if left:
+                take = n - pos
+                if take > left:
+                    take = left
+                st = self._data_stream
+                if st is not None:
+                    chunk = data if (pos == 0 and take == n) else data[pos : pos + take]
+                    events.append(DataReceived(st.stream_id, chunk))
+                pos += take
+                left -= take
+                self._data_left = left
+                if left == 0:
+                    self._end_data_frame(events)
+                continue
+            if n - pos < HEADER_SIZE:
+                self._partial = data[pos:]
+                break
+            self._handle_header(data, pos, events, now)
+            pos += HEADER_SIZE
+        return events
+
+    def _end_data_frame(self, events: list[Event]) -> None:
+        st = self._data_stream
+        self._data_stream = None
+        if st is not None and self._data_fin:
+            self._remote_fin(st, events)
+        self._data_fin = False
+
+    def _remote_fin(self, st: _Stream, events: list[Event]) -> None:
+        if st.remote_closed:
+            return
+        st.remote_closed = True
+        events.append(StreamEnded(st.stream_id))
+        if st.local_closed:
+            self._remove(st)
+
+    def _handle_header(self, buf: bytes, pos: int, events: list[Event], now: float) -> None:
+        version, ftype, flags, sid, length = _unpack_header(buf, pos)
+        if version != VERSION:
+            raise self._protocol_error(f"unsupported yamux version {version}")
+        if ftype == TYPE_DATA or ftype == TYPE_WINDOW_UPDATE:
+            self._handle_stream_frame(ftype, flags, sid, length, events, now)
+        elif ftype == TYPE_PING:
+            if flags & FLAG_SYN:
+                self._queue_reply(_pack_header(VERSION, TYPE_PING, FLAG_ACK, 0, length))
+            elif flags & FLAG_ACK:
+                sent = self._pings.pop(length, None)
+                if sent is not None:
+                    rtt = max(now - sent, 0.0)
+                    self.rtt = rtt
+                    events.append(PongReceived(length, rtt))
+        elif ftype == TYPE_GO_AWAY:
+            if self.remote_go_away is None:
+                self.remote_go_away = length
+                events.append(GoAwayReceived(length))
+        else:
+            raise self._protocol_error(f"unknown frame type {ftype}")
+
+    def _handle_stream_frame(
+        self, ftype: int, flags: int, sid: int, length: int, events: list[Event], now: float
+    ) -> None:
+        is_data = ftype == TYPE_DATA
+        if sid == 0:
+            raise self._protocol_error("data or window update on stream 0")
+        if flags & FLAG_SYN:
+            st = self._remote_syn(sid, events, now)
+        else:
+            st = self._streams.get(sid)
+            if st is None and not self._is_past_id(sid):
+                raise self._protocol_error(f"frame for stream {sid} that was never opened")
+        if st is None:
+            # a stream that is gone (closed, reset or refused): skip its frames
+            if is_data:
+                self._begin_data(None, length, False)
+            return
+        if flags & FLAG_ACK and not st.acked:
+            st.acked = True
+            self._outbound_unacked -= 1
+            events.append(StreamAcked(sid))
+        if flags & FLAG_RST:
+            self._remove(st)
+            events.append(StreamResetByRemote(sid))
+            if is_data:
+                self._begin_data(None, length, False)
+            return
+        fin = bool(flags & FLAG_FIN)
+        if is_data:
+            if length > st.recv_credit:
+                raise self._protocol_error(
+                    f"stream {sid}: {length} bytes of data exceed the receive window "
+                    f"({st.recv_credit} left)"
+                )
+            if st.remote_closed:
+                # data after FIN: refuse the stream, not the connection
+                log.debug("stream %d: data after FIN, resetting", sid)
+                self.reset_stream(sid)
+                events.append(StreamResetByRemote(sid))
+                self._begin_data(None, length, False)
+                return
+            st.recv_credit -= length
+            st.buffered += length
+            if length:
+                self._begin_data(st, length, fin)
+                return
+        else:
+            if length:
+                window = st.send_window + length
+                if window > MAX_U32:
+                    raise self._protocol_error(f"stream {sid}: send window overflow")
+                st.send_window = window
+                events.append(SendWindowUpdated(sid))
+        if fin:
+            self._remote_fin(st, events)
+
+    def _begin_data(self, st: _Stream | None, length: int, fin: bool) -> None:
+        self._data_left = length
+        self._data_stream = st
+        self._data_fin = fin
+
+    def _remote_syn(self, sid: int, events: list[Event], now: float) -> _Stream | None:
+        if (sid & 1) != self._remote_parity:
+            raise self._protocol_error(f"SYN with stream id {sid} of the wrong parity")
+        if sid <= self._highest_remote_id:
+            raise self._protocol_error(f"SYN reuses stream id {sid}")
+        self._highest_remote_id = sid
+        cfg = self.config
+        reason = None
+        if self.local_go_away:
+            reason = "going away"
+        elif self._inbound_open >= cfg.max_streams:
+            reason = f"max_streams={cfg.max_streams} inbound streams open"
+        elif self._inbound_unacked >= cfg.max_unacked_inbound:
+            reason = f"max_unacked_inbound={cfg.max_unacked_inbound} streams not yet accepted"
+        if reason is not None:
+            log.debug("refusing inbound stream %d: %s", sid, reason)
+            self._queue_reply(_pack_header(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
+            return None
+        st = _Stream(sid, False, cfg.initial_window, now)
+        self._streams[sid] = st
+        self._inbound_open += 1
+        self._inbound_unacked += 1
+        self._total_recv_window += st.recv_window
+        events.append(StreamOpened(sid))
+        return st
+
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "FLAG_ACK",
+    "FLAG_FIN",
+    "FLAG_RST",
+    "FLAG_SYN",
+    "GO_AWAY_INTERNAL_ERROR",
+    "GO_AWAY_NORMAL",
+    "GO_AWAY_PROTOCOL_ERROR",
+    "HEADER",
+    "HEADER_SIZE",
+    "PROTOCOL_ID",
+    "TYPE_DATA",
+    "TYPE_GO_AWAY",
+    "TYPE_PING",
+    "TYPE_WINDOW_UPDATE",
+    "DataReceived",
+    "Event",
+    "GoAwayReceived",
+    "PongReceived",
+    "SendWindowUpdated",
+    "StreamAcked",
+    "StreamEnded",
+    "StreamOpened",
+    "StreamResetByRemote",
+    "YamuxConfig",
+    "YamuxSession",
+    "encode_header",
+]

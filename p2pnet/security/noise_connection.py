@@ -1,0 +1,244 @@
+"""The asyncio side of libp2p Noise: run the handshake over a connection, then encrypt/decrypt.
+
+:func:`noise_handshake` drives the sans-IO :class:`~p2pnet.security.noise.NoiseHandshake` over
+any :class:`~p2pnet.io.ReadWriter` and returns a :class:`NoiseConnection`, itself a ReadWriter
+that carries plaintext. All protocol logic lives in :mod:`p2pnet.security.noise`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+
+from p2pnet.crypto.keys import KeyPair, PublicKey
+from p2pnet.errors import (
+    ConnectionClosed,
+    HandshakeError,
+    IncompleteRead,
+    P2PError,
+    ProtocolError,
+)
+from p2pnet.io import Bytes, ChunkReader, ReadWriter
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.security.noise import PROTOCOL_ID, NoiseHandshake, NoiseTransport
+
+__all__ = ["PROTOCOL_ID", "NoiseConnection", "noise_handshake"]
+
+log = logging.getLogger("p2pnet.noise")
+
+#: How long closing the underlying connection may take after a failure.
+CLOSE_TIMEOUT = 2.0
+#: Decrypted frames smaller than this are joined with their successors into one chunk.
+_SMALL_FRAME = 16 * 1024
+
+
+async def _close_quietly(conn: ReadWriter) -> None:
+    """Close ``conn`` after a failure, bounded in time, swallowing errors of the close itself."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await conn.close()
+    except (TimeoutError, OSError, P2PError):
+        abort = getattr(conn, "abort", None)
+        if callable(abort):
+            abort()
+
+
+class NoiseConnection(ChunkReader):
+    """A Noise-secured connection: plaintext :class:`~p2pnet.io.ReadWriter` over ``raw``.
+
+    ``write`` splits data into frames of at most 65519 plaintext bytes, encrypts them all and
+    hands them to ``raw`` in one write; writes are serialised so concurrent writers never
+    interleave frames or reorder nonces. Reads pull large raw chunks and yield the plaintext of
+    whole frames. A frame that fails authentication raises :class:`ProtocolError` and closes the
+    connection; EOF in the middle of a frame raises :class:`IncompleteRead`.
+    """
+
+    def __init__(
+        self,
+        raw: ReadWriter,
+        transport: NoiseTransport,
+        *,
+        local_peer: PeerID,
+        remote_peer: PeerID,
+        remote_public_key: PublicKey,
+        remote_stream_muxers: Sequence[str] = (),
+        early_data: bytes = b"",
+    ) -> None:
+        super().__init__()
+        self.raw = raw
+        self.local_peer = local_peer
+        self.remote_peer = remote_peer
+        self.remote_public_key = remote_public_key
+        self.remote_stream_muxers = list(remote_stream_muxers)
+        self._transport = transport
+        self._early = early_data
+        self._frames: deque[bytes] = deque()
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+        self._error: P2PError | None = None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _next_frame(self) -> bytes:
+        frames = self._frames
+        first = frames.popleft()
+        if len(first) >= _SMALL_FRAME or not frames or len(frames[0]) >= _SMALL_FRAME:
+            return first
+        parts = [first]
+        size = len(first)
+        while frames and size < _SMALL_FRAME and len(frames[0]) < _SMALL_FRAME:
+            nxt = frames.popleft()
+            parts.append(nxt)
+            size += len(nxt)
+        return b"".join(parts)
+
+    async def _fail(self, exc: P2PError) -> P2PError:
+        self._error = exc
+        if not self._closed:
+            self._closed = True
+            await _close_quietly(self.raw)
+        return exc
+
+    def _decrypt(self, raw: Bytes) -> ProtocolError | None:
+        try:
+            frames = self._transport.decrypt(raw)
+        except ProtocolError as exc:
+            log.debug("noise connection to %s: %s", self.remote_peer, exc)
+            return exc
+        self._frames.extend(f for f in frames if f)
+        return None
+
+    async def _read_chunk(self) -> bytes:
+        while True:
+            if self._frames:
+                return self._next_frame()
+            if self._error is not None:
+                raise self._error
+            if self._early:
+                early, self._early = self._early, b""
+                err = self._decrypt(early)
+                if err is not None:
+                    raise await self._fail(err)
+                continue
+            if self._closed:
+                return b""
+            try:
+                raw = await self.raw.read(-1)
+            except ConnectionClosed as exc:
+                if self._closed:
+                    return b""
+                raise await self._fail(exc) from None
+            if not raw:
+                transport = self._transport
+                if transport.buffered:
+                    partial = transport.partial
+                    expected = transport.partial_frame_length or 2
+                    log.debug("noise connection to %s: EOF inside a frame", self.remote_peer)
+                    raise await self._fail(IncompleteRead(partial, expected))
+                return b""
+            err = self._decrypt(raw)
+            if err is not None:
+                raise await self._fail(err)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def write(self, data: Bytes) -> None:
+        if self._closed:
+            raise ConnectionClosed("write on a closed noise connection")
+        if not data:
+            return
+        async with self._write_lock:
+            if self._closed:
+                raise ConnectionClosed("write on a closed noise connection")
+            out = self._transport.encrypt(data)
+            await self.raw.write(out)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.raw.close()
+
+    def abort(self) -> None:
+        """Drop the underlying connection at once if it supports that, else just mark closed."""
+        self._closed = True
+        abort = getattr(self.raw, "abort", None)
+        if callable(abort):
+            abort()
+
+    def __repr__(self) -> str:
+        return f"<NoiseConnection {self.local_peer} <-> {self.remote_peer}>"
+
+
+async def noise_handshake(
+    conn: ReadWriter,
+    local_key: KeyPair,
+    *,
+    initiator: bool,
+    expected_peer: PeerID | None = None,
+    timeout: float = 10.0,
+    stream_muxers: Sequence[str] = (),
+) -> NoiseConnection:
+    """Secure ``conn`` with libp2p Noise (XX) and return the plaintext connection.
+
+    On any failure ``conn`` is closed and :class:`HandshakeError` is raised
+    (:class:`PeerIDMismatch` if the remote is not ``expected_peer``); a handshake that does not
+    finish within ``timeout`` seconds raises ``HandshakeError("noise handshake timed out")``.
+    """
+    hs = NoiseHandshake(
+        local_key,
+        initiator=initiator,
+        expected_peer=expected_peer,
+        stream_muxers=stream_muxers,
+    )
+    role = "initiator" if initiator else "responder"
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                out = hs.data_to_send()
+                if out:
+                    await conn.write(out)
+                if hs.complete:
+                    break
+                data = await conn.read(-1)
+                if not data:
+                    raise HandshakeError(
+                        "connection closed during the noise handshake"
+                        + (f" ({hs.buffered} bytes of a message pending)" if hs.buffered else "")
+                    )
+                hs.receive_data(data)
+    except TimeoutError:
+        log.debug("noise handshake (%s) timed out after %ss", role, timeout)
+        await _close_quietly(conn)
+        raise HandshakeError("noise handshake timed out") from None
+    except HandshakeError as exc:
+        log.debug("noise handshake (%s) failed: %s", role, exc)
+        await _close_quietly(conn)
+        raise
+    except P2PError as exc:  # ConnectionClosed / IncompleteRead from the raw connection
+        log.debug("noise handshake (%s) failed: %s", role, exc)
+        await _close_quietly(conn)
+        raise HandshakeError(f"noise handshake failed: {exc}") from exc
+    except BaseException:
+        await _close_quietly(conn)
+        raise
+    result = hs.result()
+    local_peer = PeerID.from_public_key(local_key.public_key)
+    log.debug("noise handshake (%s) done: %s <-> %s", role, local_peer, result.remote_peer)
+    return NoiseConnection(
+        conn,
+        result.transport,
+        local_peer=local_peer,
+        remote_peer=result.remote_peer,
+        remote_public_key=result.remote_public_key,
+        remote_stream_muxers=result.remote_stream_muxers,
+        early_data=result.leftover,
+    )
