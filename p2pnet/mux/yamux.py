@@ -100,7 +100,7 @@ class YamuxConfig:
     #: Seconds ``open_stream`` waits while the ack backlog is full.
     open_timeout: float = 30.0
     #: Bytes of queued outbound frames above which stream writers wait for the writer to catch up.
-    write_high_water: int = 512 * 1024
+    write_high_water: int = 1024 * 1024
     #: Bytes of queued outbound frames above which a frame provoked by the remote (pong, RST of a
     #: refused stream, window update) means the remote floods us without reading: protocol error.
     max_outbound_backlog: int = 64 * 1024 * 1024

@@ -411,7 +411,11 @@ class YamuxConnection:
 
     async def _writer_loop(self) -> None:
         session = self._session
-        conn = self.conn
+        write = self.conn.write
+        # a connection that takes a list of buffers (e.g. TCP) spares us joining them
+        writelines: Callable[[list[Bytes]], Awaitable[None]] | None = getattr(
+            self.conn, "writelines", None
+        )
         try:
             while True:
                 if not session.outbound_size:
@@ -419,9 +423,14 @@ class YamuxConnection:
                     self._out_ready.clear()
                     await self._out_ready.wait()
                     continue
-                frames = session.take_outbound()
+                frames: list[Bytes] = list(session.take_outbound())
                 self._room.set()
-                await conn.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                if len(frames) == 1:
+                    await write(frames[0])
+                elif writelines is not None:
+                    await writelines(frames)
+                else:
+                    await write(b"".join(frames))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

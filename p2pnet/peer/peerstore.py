@@ -388,7 +388,7 @@ class PeerStore:
     # -- keys ------------------------------------------------------------------------------
 
     def add_pubkey(self, peer: PeerID, key: PublicKey) -> None:
-        """Store the public key of ``peer``; :class:`PeerIDMismatch` if it is not that peer's key."""
+        """Store the key of ``peer``; :class:`PeerIDMismatch` if it is not that peer's key."""
         if not peer.matches_public_key(key):
             raise PeerIDMismatch(f"public key does not belong to peer {peer}")
         self._touch(peer).pubkey = key
