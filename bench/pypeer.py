@@ -15,7 +15,8 @@ Commands (the same names and results as peer.mjs):
   ``bytes``, close the write side, check the 8-byte count: ``{bytes, ms, MBps, peerId}``;
 * ``dial_bench {addr, count=100}``: ``count`` sequential fresh connections (TCP + Noise + yamux),
   each with a first sink stream (close write, read the 8-byte count) and then closed:
-  ``{count, ms, perSecond}``;
+  ``{count, ms, perSecond, dialMs, streamMs, closeMs}`` (the last three summed over all setups:
+  dial + upgrade, first stream + reply, close);
 * ``info``: ``{peerId, addrs, protocols}``; ``stop``: ``{}``, then the process exits 0.
 
 Served: /p2pnet/sink/1.0.0 (read to EOF, reply with the byte count as 8 bytes big-endian, close).
@@ -130,25 +131,40 @@ async def dial_bench(host: Host, args: dict[str, Any]) -> dict[str, Any]:
     addr = addr_arg(args)
     count = int_arg(args, "count", 100, 1)
     previous: object = None
-    start = time.perf_counter()
+    clock = time.perf_counter
+    dial = stream_s = close = 0.0  # summed over all setups
+    start = clock()
     for i in range(count):
         conn = None
         try:
+            t0 = clock()
             conn = await host.connect(addr)
+            t1 = clock()
             if conn is previous or len(host.connections(conn.remote_peer)) != 1:
                 raise CommandError("host.connect reused a connection; dial_bench needs fresh ones")
             previous = conn
             stream = await conn.new_stream([SINK])
             await stream.close()
             await read_count(stream)
+            t2 = clock()
             await conn.close()
+            dial += t1 - t0
+            stream_s += t2 - t1
+            close += clock() - t2
         except Exception as exc:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
             raise CommandError(f"setup {i + 1}/{count}: {type(exc).__name__}: {exc}") from exc
-    secs = time.perf_counter() - start
-    return {"count": count, "ms": secs * 1000, "perSecond": count / secs}
+    secs = clock() - start
+    return {
+        "count": count,
+        "ms": secs * 1000,
+        "perSecond": count / secs,
+        "dialMs": dial * 1000,
+        "streamMs": stream_s * 1000,
+        "closeMs": close * 1000,
+    }
 
 
 class Peer:
@@ -205,7 +221,14 @@ class Peer:
                 if not isinstance(msg, dict):
                     raise ValueError("not an object")
             except ValueError as exc:
-                emit({"id": None, "ok": False, "error": f"bad JSON command: {exc}", "code": "BadCommand"})
+                emit(
+                    {
+                        "id": None,
+                        "ok": False,
+                        "error": f"bad JSON command: {exc}",
+                        "code": "BadCommand",
+                    }
+                )
                 continue
             task = asyncio.create_task(self.run_command(msg))
             self.tasks.add(task)

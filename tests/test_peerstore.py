@@ -292,19 +292,20 @@ def test_add_pubkey_checks_the_peer_id(store: PeerStore) -> None:
 def test_metadata(store: PeerStore) -> None:
     p = pid(1)
     assert store.agent_version(p) is None
-    assert store.get(p, "anything", 7) == 7
+    assert store.get_metadata(p, "anything", 7) == 7
     store.set_agent_version(p, "js-libp2p/3.3.11 node/20.20.2")
     store.set_protocol_version(p, "ipfs/0.1.0")
     observed = Multiaddr("/ip4/203.0.113.7/tcp/4001")
     store.set_observed_addr(p, observed)
-    store.put(p, "score", 12.5)
+    store.put_metadata(p, "score", 12.5)
     assert store.agent_version(p) == "js-libp2p/3.3.11 node/20.20.2"
-    assert store.get(p, AGENT_VERSION) == "js-libp2p/3.3.11 node/20.20.2"
+    assert store.get_metadata(p, AGENT_VERSION) == "js-libp2p/3.3.11 node/20.20.2"
     assert store.protocol_version(p) == "ipfs/0.1.0"
     assert store.observed_addr(p) == observed
-    assert store.get(p, "score") == 12.5
-    assert store.get(p, "missing") is None
-    store.put(p, AGENT_VERSION, 42)  # wrong type: the typed getter ignores it
+    assert store.get_metadata(p, "score") == 12.5
+    assert store.get_metadata(p, "missing") is None
+    assert AGENT_VERSION == "agent_version"  # the key identify writes
+    store.put_metadata(p, AGENT_VERSION, 42)  # wrong type: the typed getter ignores it
     assert store.agent_version(p) is None
 
 
@@ -327,7 +328,7 @@ def test_evicts_least_recently_updated(clock: FakeClock) -> None:
     store.set_protocols(pid(0), ["/a"])  # an update makes pid(0) the most recent
     store.pubkey(pid(1))  # reads do not count
     store.addrs(pid(1))
-    store.put(pid(3), "k", "v")  # a 4th peer: pid(1) is the least recently updated
+    store.put_metadata(pid(3), "k", "v")  # a 4th peer: pid(1) is the least recently updated
     assert set(store.peers()) == {pid(0), pid(2), pid(3)}
     assert len(store) == 3
 

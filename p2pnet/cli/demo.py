@@ -41,7 +41,7 @@ async def run_demo(pings: int, key_type: KeyType) -> int:
             await services[name][0].wait_identified(other.peer_id, timeout=10)
             store = host.peerstore
             _say(f"{name}: identified {other.peer_id}")
-            _say(f"{name}:   agent    {store.get_metadata(other.peer_id, 'agent_version')}")
+            _say(f"{name}:   agent    {store.agent_version(other.peer_id)}")
             _say(f"{name}:   protocols {', '.join(store.get_protocols(other.peer_id))}")
             _say(f"{name}:   addrs    {', '.join(map(str, store.addrs(other.peer_id)))}")
         for name, host, other in (("bob", bob, alice), ("alice", alice, bob)):

@@ -309,6 +309,8 @@ class Host:
                 conns.remove(conn)
             if not conns:
                 self._conns.pop(peer, None)
+                # Addresses of a peer we no longer reach expire like go's (15 min), not never.
+                self.peerstore.update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL)
             log.debug("disconnected %r", conn)
             for cb in self._on_disconnected:
                 try:

@@ -22,7 +22,7 @@ Choices worth knowing:
   half the window is free, so a reader that stops reading stops the writer. If half a window was
   consumed within ``2 * RTT`` of the previous update, the window doubles (up to ``max_window``, and
   while all stream windows together stay below ``max_connection_window``) - the go-yamux and
-  rust-yamux auto-tuning rule. The RTT comes from session pings.
+  rust-yamux auto-tuning rule. The RTT comes from session pings, floored at ``min_tuning_rtt``.
 * Frames for streams that existed but are gone (closed or reset) are ignored; frames for ids that
   never existed, SYNs with a reused or wrong-parity id, data beyond the window, a bad version or an
   unknown type are protocol errors: a Go Away (protocol error) is queued and
@@ -80,6 +80,10 @@ class YamuxConfig:
     initial_window: int = DEFAULT_WINDOW
     #: Ceiling of a stream's receive window under auto-tuning.
     max_window: int = 16 * 1024 * 1024
+    #: Floor of the RTT used by window auto-tuning. In an event loop the time for a window update
+    #: to turn into data is dominated by scheduling (~1 ms), not by the idle ping RTT (~0.1 ms on
+    #: loopback), so tuning with the raw ping RTT would never grow the window.
+    min_tuning_rtt: float = 0.001
     #: Ceiling of the sum of all stream receive windows of one connection (auto-tuning stops).
     max_connection_window: int = 1024 * 1024 * 1024
     #: Open streams per connection, counted separately for each direction: an inbound SYN beyond
@@ -432,9 +436,11 @@ class YamuxSession:
         delta = window - st.recv_credit - st.buffered
         if delta < window >> 1:
             return
-        rtt = self.rtt
         cfg = self.config
-        if rtt is not None and window < cfg.max_window and now - st.last_update < 2.0 * rtt:
+        rtt = self.rtt or 0.0
+        if rtt < cfg.min_tuning_rtt:
+            rtt = cfg.min_tuning_rtt
+        if window < cfg.max_window and now - st.last_update < 2.0 * rtt:
             grown = min(window * 2, cfg.max_window)
             if self._total_recv_window + grown - window <= cfg.max_connection_window:
                 self._total_recv_window += grown - window

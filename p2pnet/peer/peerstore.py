@@ -83,10 +83,10 @@ DEFAULT_MAX_PROTOCOLS_PER_PEER: Final = 128
 #: Weight of a new sample in the latency moving average (go ``LatencyEWMASmoothing``).
 LATENCY_EWMA_SMOOTHING: Final = 0.1
 
-# Metadata keys, the names go's identify service uses.
-AGENT_VERSION: Final = "AgentVersion"
-PROTOCOL_VERSION: Final = "ProtocolVersion"
-OBSERVED_ADDR: Final = "ObservedAddr"
+# Metadata keys written by the identify service.
+AGENT_VERSION: Final = "agent_version"
+PROTOCOL_VERSION: Final = "protocol_version"
+OBSERVED_ADDR: Final = "observed_addr"
 
 _P2P_CODE: Final = 421
 
@@ -138,9 +138,6 @@ class PeerStore:
         self._peers: OrderedDict[PeerID, _PeerRecord] = OrderedDict()
 
     # -- records ---------------------------------------------------------------------------
-
-    def _get(self, peer: PeerID) -> _PeerRecord | None:
-        return self._peers.get(peer)
 
     def _touch(self, peer: PeerID) -> _PeerRecord:
         """The record of ``peer`` for writing: created if needed, marked most recently updated."""
@@ -405,37 +402,37 @@ class PeerStore:
 
     # -- metadata --------------------------------------------------------------------------
 
-    def put(self, peer: PeerID, key: str, value: Any) -> None:
+    def put_metadata(self, peer: PeerID, key: str, value: Any) -> None:
         """Store any value under ``key`` for ``peer``."""
         self._touch(peer).metadata[key] = value
 
-    def get(self, peer: PeerID, key: str, default: Any = None) -> Any:
+    def get_metadata(self, peer: PeerID, key: str, default: Any = None) -> Any:
         rec = self._peers.get(peer)
         if rec is None:
             return default
         return rec.metadata.get(key, default)
 
     def agent_version(self, peer: PeerID) -> str | None:
-        value = self.get(peer, AGENT_VERSION)
+        value = self.get_metadata(peer, AGENT_VERSION)
         return value if isinstance(value, str) else None
 
     def protocol_version(self, peer: PeerID) -> str | None:
-        value = self.get(peer, PROTOCOL_VERSION)
+        value = self.get_metadata(peer, PROTOCOL_VERSION)
         return value if isinstance(value, str) else None
 
     def observed_addr(self, peer: PeerID) -> Multiaddr | None:
         """The address ``peer`` told us it sees us at (identify ``observedAddr``)."""
-        value = self.get(peer, OBSERVED_ADDR)
+        value = self.get_metadata(peer, OBSERVED_ADDR)
         return value if isinstance(value, Multiaddr) else None
 
     def set_agent_version(self, peer: PeerID, version: str) -> None:
-        self.put(peer, AGENT_VERSION, version)
+        self.put_metadata(peer, AGENT_VERSION, version)
 
     def set_protocol_version(self, peer: PeerID, version: str) -> None:
-        self.put(peer, PROTOCOL_VERSION, version)
+        self.put_metadata(peer, PROTOCOL_VERSION, version)
 
     def set_observed_addr(self, peer: PeerID, addr: Multiaddr) -> None:
-        self.put(peer, OBSERVED_ADDR, addr)
+        self.put_metadata(peer, OBSERVED_ADDR, addr)
 
     # -- latency ---------------------------------------------------------------------------
 

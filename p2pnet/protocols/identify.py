@@ -134,12 +134,12 @@ class IdentifyService:
             info.observed_addr = _decode_addr(msg.observedAddr)
         if msg.HasField("agentVersion"):
             info.agent_version = msg.agentVersion
-            store.put_metadata(peer, "agent_version", msg.agentVersion)
+            store.set_agent_version(peer, msg.agentVersion)
         if msg.HasField("protocolVersion"):
             info.protocol_version = msg.protocolVersion
-            store.put_metadata(peer, "protocol_version", msg.protocolVersion)
+            store.set_protocol_version(peer, msg.protocolVersion)
         if info.observed_addr is not None:
-            store.put_metadata(peer, "observed_addr", info.observed_addr)
+            store.set_observed_addr(peer, info.observed_addr)
         event = self._identified.setdefault(peer, asyncio.Event())
         event.set()
         log.debug("identified %s: %s", peer, info)

@@ -32,7 +32,7 @@ const { createLibp2p } = await import('libp2p')
 const { tcp } = await import('@libp2p/tcp')
 const { noise } = await import('@libp2p/noise')
 const { yamux } = await import('@libp2p/yamux')
-const { identify } = await import('@libp2p/identify')
+const { identify, identifyPush } = await import('@libp2p/identify')
 const { ping } = await import('@libp2p/ping')
 const { generateKeyPair, generateKeyPairFromSeed, privateKeyFromRaw } = await import('@libp2p/crypto/keys')
 const { peerIdFromString } = await import('@libp2p/peer-id')
@@ -293,6 +293,7 @@ const node = await createLibp2p({
   streamMuxers: [yamux()],
   services: {
     identify: identify(),
+    identifyPush: identifyPush(),
     ping: ping()
   },
   connectionMonitor: {
@@ -558,11 +559,14 @@ async function dialBench (args) {
   const ma = multiaddr(args.addr)
   const protocol = args.protocol ?? SINK_PROTOCOL
   const signal = timeoutSignal(args, 120_000)
+  const phases = { dialMs: 0, streamMs: 0, closeMs: 0 } // summed over all setups
   const start = performance.now()
   for (let i = 0; i < count; i++) {
     let conn
     try {
+      const t0 = performance.now()
       conn = await node.dial(ma, { signal, force: true })
+      const t1 = performance.now()
       const stream = await conn.newStream(protocol, { signal, maxOutboundStreams: MAX_STREAMS })
       const reader = new StreamReader(stream)
       await stream.close({ signal })
@@ -573,14 +577,18 @@ async function dialBench (args) {
         got += b.byteLength
       }
       if (got !== 8) throw new CommandError(`sink replied with ${got} bytes, expected an 8-byte count`)
+      const t2 = performance.now()
       await conn.close({ signal })
+      phases.dialMs += t1 - t0
+      phases.streamMs += t2 - t1
+      phases.closeMs += performance.now() - t2
     } catch (err) {
       conn?.abort(err)
       throw new CommandError(`setup ${i + 1}/${count}: ${errorText(err)}`, err.name ?? 'Error')
     }
   }
   const ms = performance.now() - start
-  return { count, ms, perSecond: count / (ms / 1000) }
+  return { count, ms, perSecond: count / (ms / 1000), ...phases }
 }
 
 let stopping = null

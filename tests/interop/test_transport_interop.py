@@ -102,7 +102,7 @@ async def test_identify_both_ways(py_node: PyNode, js_peer: JsPeer, direction: s
         assert p in protos
     js_listen = {str(Multiaddr(a).decapsulate(Multiaddr(f"/p2p/{js_id}"))) for a in js_peer.addrs}
     assert js_listen <= {str(a) for a in store.addrs(js_id)}
-    assert str(store.get_metadata(js_id, "agent_version")).startswith("js-libp2p/")
+    assert str(store.agent_version(js_id)).startswith("js-libp2p/")
     assert store.pubkey(js_id) is not None
     # What js learned about us.
     info = await js_peer.command("peer_info", peerId=str(py_node.host.peer_id), wait_identify=True)
