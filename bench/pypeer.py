@@ -262,4 +262,15 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # P2PNET_PYPEER_PROFILE=FILE: run under cProfile and write the stats to FILE at exit
+    profile_to = os.environ.get("P2PNET_PYPEER_PROFILE")
+    if profile_to:
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            try:
+                asyncio.run(main())
+            finally:
+                prof.dump_stats(profile_to)
+    else:
+        asyncio.run(main())

@@ -197,7 +197,9 @@ async def measure_pair(res: PairResult, args: argparse.Namespace) -> None:
                     sender, "throughput_send", send_timeout, addr=addr, bytes=nbytes
                 )
                 s1, r1 = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
-                res.runs.append(Run(out["MBps"], out["ms"] / 1000, s1 - s0, r1 - r0))
+                res.runs.append(
+                    Run(out["MBps"], out["ms"] / 1000, round(s1 - s0, 3), round(r1 - r0, 3))
+                )
                 progress(
                     f"  {res.label}: {out['MBps']:8.1f} MB/s  cpu send {s1 - s0:5.2f} s"
                     f"  recv {r1 - r0:5.2f} s"

@@ -127,7 +127,6 @@ def encode_messages(texts: Iterable[str]) -> bytes:
 
 HEADER_MESSAGE: Final = encode_message(MULTISTREAM_PROTOCOL_ID)
 NA_MESSAGE: Final = encode_message(NA)
-_HEADER_PAYLOAD: Final = MULTISTREAM_PROTOCOL_ID.encode()
 _NA_PAYLOAD: Final = NA.encode()
 
 
@@ -303,10 +302,19 @@ def _show(payload: Bytes, limit: int = 64) -> str:
 
 
 async def _expect_header(conn: ReadWriter) -> None:
-    payload = await _read_payload(conn)
-    if payload != _HEADER_PAYLOAD:
+    # The header is one fixed message, so a wrong length byte is refused at once instead of
+    # waiting for a body that may never come (an HTTP client, a port scanner, another protocol).
+    expected = encode_message(MULTISTREAM_PROTOCOL_ID)
+    first = await conn.readexactly(1)
+    if first[0] != expected[0]:
         raise NegotiationError(
-            f"expected multistream header {MULTISTREAM_PROTOCOL_ID!r}, got {_show(payload)}"
+            f"expected multistream header {MULTISTREAM_PROTOCOL_ID!r}, "
+            f"got a message starting with byte 0x{first[0]:02x}"
+        )
+    payload = first + await conn.readexactly(len(expected) - 1)
+    if payload != expected:
+        raise NegotiationError(
+            f"expected multistream header {MULTISTREAM_PROTOCOL_ID!r}, got {_show(payload[1:])}"
         )
 
 

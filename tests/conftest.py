@@ -24,7 +24,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if item.get_closest_marker("interop") is not None:
         if report.skipped and _REQUIRE_INTEROP:
             report.outcome = "failed"
-            report.longrepr = f"interop test skipped but P2PNET_REQUIRE_INTEROP is set: {report.longrepr}"
+            why = report.longrepr
+            report.longrepr = f"interop test skipped but P2PNET_REQUIRE_INTEROP is set: {why}"
         elif report.when == "call" and report.passed:
             _interop_passed += 1
     return report

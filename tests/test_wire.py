@@ -1,8 +1,8 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from memory_pipe import memory_pipe
+
 from p2pnet.errors import IncompleteRead, MessageTooLarge, ProtocolError
 from p2pnet.wire.framing import (
     LengthPrefixedDecoder,

@@ -44,7 +44,7 @@ async def run_demo(pings: int, key_type: KeyType) -> int:
             _say(f"{name}:   agent    {store.agent_version(other.peer_id)}")
             _say(f"{name}:   protocols {', '.join(store.get_protocols(other.peer_id))}")
             _say(f"{name}:   addrs    {', '.join(map(str, store.addrs(other.peer_id)))}")
-        for name, host, other in (("bob", bob, alice), ("alice", alice, bob)):
+        for name, other in (("bob", alice), ("alice", bob)):
             rtts = await services[name][1].ping(other.peer_id, count=pings)
             shown = ", ".join(f"{r * 1000:.3f} ms" for r in rtts)
             _say(f"{name}: ping {other.peer_id}: {shown}")

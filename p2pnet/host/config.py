@@ -15,7 +15,7 @@ DEFAULT_PROTOCOL_VERSION = "ipfs/0.1.0"
 class HostConfig:
     """Limits and timeouts of a :class:`~p2pnet.host.host.Host`.
 
-    Every default follows the libp2p specs or the behaviour of go-/js-libp2p; see docs/architecture.md.
+    Defaults follow the libp2p specs and go-/js-libp2p; docs/architecture.md lists them.
     """
 
     listen_addrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])

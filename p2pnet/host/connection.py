@@ -72,4 +72,3 @@ class Connection:
             f"<Connection {self.direction.value} {self.remote_peer} "
             f"{self.local_addr} <-> {self.remote_addr}>"
         )
-

@@ -214,9 +214,11 @@ class Host:
                 fut.set_result(conn)
                 return conn
             # With one address the original error (e.g. PeerIDMismatch) says it best.
-            err = errors[0] if len(errors) == 1 else DialError(
-                f"could not dial {peer}: " + "; ".join(f"{a}: {e}" for a, e in zip(addrs, errors))
-            )
+            if len(errors) == 1:
+                err = errors[0]
+            else:
+                why = "; ".join(f"{a}: {e}" for a, e in zip(addrs, errors, strict=True))
+                err = DialError(f"could not dial {peer}: {why}")
             fut.set_exception(err)
             fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
             raise err

@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 from p2pnet.crypto.keys import KeyPair
-from p2pnet.errors import HandshakeError
+from p2pnet.errors import ConnectionClosed, HandshakeError
 from p2pnet.host.config import HostConfig
 from p2pnet.multistream import negotiate_inbound, negotiate_outbound
 from p2pnet.mux import yamux
@@ -55,6 +55,11 @@ async def upgrade(
         raw.abort()
         raise HandshakeError(
             f"upgrade of {raw.remote_addr} timed out after {config.upgrade_timeout}s"
+        ) from exc
+    except ConnectionClosed as exc:
+        raw.abort()
+        raise HandshakeError(
+            f"{raw.remote_addr} closed the connection during the upgrade: {exc}"
         ) from exc
     except BaseException:
         raw.abort()

@@ -99,6 +99,8 @@ class YamuxStream(ChunkReader):
     def _mark_reset(self) -> None:
         self._reset = True
         self._chunks.clear()
+        self._pending = b""
+        self._pending_pos = 0
         self._readable.set()
         self._writable.set()
 
@@ -315,6 +317,8 @@ class YamuxConnection:
     def _check_open(self) -> None:
         if self._closing:
             raise ConnectionClosed(f"yamux connection is closed: {self._error}")
+        if not self._started:
+            raise RuntimeError("YamuxConnection.start() was not called")
 
     async def open_stream(self) -> YamuxStream:
         """Open an outbound stream (its SYN is sent right away; data may follow before the ACK).
@@ -434,8 +438,10 @@ class YamuxConnection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.debug("yamux write failed: %r", exc)
-            await self._shutdown(ConnectionClosed(f"write failed: {exc!r}"), None)
+            self._writer_idle.set()  # nothing more will be flushed
+            if not self._closing:
+                log.debug("yamux write failed: %r", exc)
+                await self._shutdown(ConnectionClosed(f"write failed: {exc!r}"), None)
 
     async def _reader_loop(self) -> None:
         session = self._session
@@ -472,8 +478,11 @@ class YamuxConnection:
         except ProtocolError as exc:
             await self._shutdown(ConnectionClosed(f"protocol error: {exc}"), GO_AWAY_PROTOCOL_ERROR)
         except Exception as exc:
-            log.debug("yamux read failed: %r", exc)
-            await self._shutdown(ConnectionClosed(f"read failed: {exc!r}"), GO_AWAY_INTERNAL_ERROR)
+            if not self._closing:
+                log.debug("yamux read failed: %r", exc)
+                await self._shutdown(
+                    ConnectionClosed(f"read failed: {exc!r}"), GO_AWAY_INTERNAL_ERROR
+                )
 
     def _dispatch(self, ev: object) -> ConnectionClosed | None:
         """Handle one non-data event; returns an error when the connection must end."""
@@ -529,7 +538,10 @@ class YamuxConnection:
             await handler(stream)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            if self._closing and isinstance(exc, ConnectionClosed):
+                log.debug("stream handler for stream %d: %s", stream.stream_id, exc)
+                return
             log.exception("stream handler for stream %d failed; resetting it", stream.stream_id)
             await stream.reset()
 

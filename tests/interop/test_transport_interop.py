@@ -159,9 +159,7 @@ async def test_echo_both_ways(
     assert len(py_node.host.connections(conn.remote_peer)) == 1
 
 
-async def test_noise_rejects_wrong_peer_id(
-    py_node: PyNode, js_peer_factory: JsPeerFactory
-) -> None:
+async def test_noise_rejects_wrong_peer_id(py_node: PyNode, js_peer_factory: JsPeerFactory) -> None:
     """Dialing js's address with another peer's /p2p/ID fails with PeerIDMismatch."""
     from p2pnet.errors import DialError, PeerIDMismatch
 
