@@ -147,7 +147,7 @@ async def read_all(stream: YamuxStream) -> bytes:
 async def wait_until(pred: Callable[[], bool], timeout: float = T) -> None:
     """Wait for a condition the code under test reaches asynchronously (polled, bounded)."""
     async with asyncio.timeout(timeout):
-        while not pred():  # noqa: ASYNC110 - internal state of the code under test, bounded
+        while not pred():  # polls internal state of the code under test, bounded by timeout
             await asyncio.sleep(0.002)
 
 
