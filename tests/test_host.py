@@ -9,7 +9,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.errors import DialError, HandshakeError, PeerIDMismatch, ProtocolNotSupported
+from p2pnet.errors import (
+    DialError,
+    HandshakeError,
+    P2PError,
+    PeerIDMismatch,
+    ProtocolNotSupported,
+)
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.multistream import encode_message
@@ -254,3 +260,36 @@ async def test_max_connections_refuses_extra_inbound() -> None:
         with pytest.raises(HandshakeError):
             await c.connect(a.p2p_addrs()[0])
         assert len(a.connections()) == 1
+
+
+async def test_listens_on_several_addresses_and_dials_each_form() -> None:
+    listen = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0"]
+    try:
+        import socket
+
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+        listen.append("/ip6/::1/tcp/0")
+    except OSError:  # no IPv6 loopback in this sandbox
+        pass
+    async with make_host(listen_addrs=listen) as b:
+        assert len(b.listen_addrs) == len(listen)
+        ports = {int(a.value_for_protocol("tcp")) for a in b.listen_addrs}
+        assert len(ports) == len(listen)
+        targets = [f"{a}/p2p/{b.peer_id}" for a in b.listen_addrs]
+        port = b.listen_addrs[0].value_for_protocol("tcp")
+        targets.append(f"/dns4/localhost/tcp/{port}/p2p/{b.peer_id}")
+        for target in targets:
+            async with make_host() as a:
+                conn = await a.connect(target)
+                assert conn.remote_peer == b.peer_id
+                stream = await a.new_stream(b.peer_id, ECHO)
+                await stream.write(b"hi")
+                assert await stream.readexactly(2) == b"hi"
+                await stream.close()
+
+
+async def test_listen_on_a_busy_port_fails_clearly() -> None:
+    async with make_host() as a:
+        with pytest.raises(P2PError, match="cannot listen"):
+            async with make_host(listen_addrs=[str(a.listen_addrs[0])]):
+                pass
