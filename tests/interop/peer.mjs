@@ -8,7 +8,9 @@
 //
 // Startup options: JSON object in argv[2] (all optional):
 //   {"keyType": "ed25519"|"secp256k1", "seed": "<hex>", "listen": "<ma>" | ["<ma>", ...],
-//    "connectionMonitor": true, "pingInterval": 10000, "connectionManager": {...}}
+//    "connectionMonitor": true, "pingInterval": 10000, "connectionManager": {...},
+//    "modules": ["<name>", ...]}
+// Each module ./mod_<name>.mjs adds services and commands (see README.md, "Modules").
 // See README.md for the command list.
 
 // --- Node 20 lacks Promise.withResolvers; js-libp2p 3.x calls it. Must run before any import
@@ -285,6 +287,18 @@ const listen = options.listen == null
   ? ['/ip4/127.0.0.1/tcp/0']
   : (Array.isArray(options.listen) ? options.listen : [options.listen])
 
+// Optional modules (./mod_<name>.mjs): each may export `services(options)` -> extra libp2p
+// services, and `commands(ctx)` -> extra commands. Loaded before the node is created.
+const modules = []
+for (const name of options.modules ?? []) {
+  if (!/^[a-z0-9_]+$/.test(name)) throw new CommandError(`bad module name ${JSON.stringify(name)}`)
+  modules.push(await import(`./mod_${name}.mjs`))
+}
+const extraServices = {}
+for (const mod of modules) {
+  if (typeof mod.services === 'function') Object.assign(extraServices, await mod.services(options))
+}
+
 const node = await createLibp2p({
   privateKey,
   addresses: { listen },
@@ -294,7 +308,8 @@ const node = await createLibp2p({
   services: {
     identify: identify(),
     identifyPush: identifyPush(),
-    ping: ping()
+    ping: ping(),
+    ...extraServices
   },
   connectionMonitor: {
     enabled: options.connectionMonitor !== false,
@@ -661,6 +676,19 @@ const commands = {
   async stop () {
     await stopNode()
     return {}
+  }
+}
+
+const moduleContext = {
+  node, options, event, log, errorText, target, requirePeerId, timeoutSignal, CommandError,
+  peerIdFromString, multiaddr
+}
+for (const mod of modules) {
+  if (typeof mod.commands === 'function') {
+    for (const [name, fn] of Object.entries(await mod.commands(moduleContext))) {
+      if (Object.hasOwn(commands, name)) throw new CommandError(`module command ${name} exists`)
+      commands[name] = fn
+    }
   }
 }
 
