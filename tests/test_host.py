@@ -192,12 +192,15 @@ async def test_garbage_from_dialer_closes_connection(
 async def test_identify_and_ping_between_hosts() -> None:
     async with make_host() as a, make_host() as b:
         ida, idb = IdentifyService(a), IdentifyService(b)
+        seen: list[PeerID] = []
+        ida.on_identified(lambda info: seen.append(info.peer))
         ping_a = PingService(a)
         PingService(b)
         await a.connect(b.p2p_addrs()[0])
         await ida.wait_identified(b.peer_id, timeout=5)
         await idb.wait_identified(a.peer_id, timeout=5)
         assert ECHO in a.peerstore.get_protocols(b.peer_id)
+        assert seen == [b.peer_id]
         assert b.listen_addrs == a.peerstore.addrs(b.peer_id)
         assert a.peerstore.observed_addr(b.peer_id) is not None
         assert a.peerstore.agent_version(b.peer_id) == b.config.agent_version

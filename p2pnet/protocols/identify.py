@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -57,11 +58,19 @@ class IdentifyService:
         self.timeout = timeout
         self._identified: dict[PeerID, asyncio.Event] = {}
         self._push_pending = False
+        self._listeners: list[Callable[[IdentifyInfo], None]] = []
         host.set_stream_handler(PROTOCOL_ID, self._handle_identify)
         host.set_stream_handler(PUSH_PROTOCOL_ID, self._handle_push)
         host.on_connected(self._on_connected)
         host.on_disconnected(self._on_disconnected)
         host.on_protocols_changed(self._schedule_push)
+
+    def on_identified(self, callback: Callable[[IdentifyInfo], None]) -> None:
+        """Call ``callback`` after every identify or push from a peer has been applied.
+
+        For a push, ``info`` holds only the fields the push carried.
+        """
+        self._listeners.append(callback)
 
     # -- our side ------------------------------------------------------------------------------
 
@@ -143,6 +152,11 @@ class IdentifyService:
         event = self._identified.setdefault(peer, asyncio.Event())
         event.set()
         log.debug("identified %s: %s", peer, info)
+        for cb in self._listeners:
+            try:
+                cb(info)
+            except Exception:
+                log.exception("identify listener failed")
         return info
 
     async def wait_identified(self, peer: PeerID, timeout: float = 10.0) -> None:
