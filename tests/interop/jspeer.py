@@ -135,13 +135,15 @@ class JsPeer:
         ping_interval_ms: int | None = None,
         env: dict[str, str] | None = None,
         name: str = "js-peer",
+        options: dict[str, Any] | None = None,
     ) -> JsPeer:
         """Spawn peer.mjs and wait for its ``ready`` event.
 
         ``seed``: for ed25519 the 32-byte seed (or 64-byte priv||pub); for secp256k1 the 32-byte
         private scalar. ``env`` is added to the environment (e.g. ``{"DEBUG": "libp2p:*"}`` for
         js logs on stderr). ``connection_monitor=False`` disables js-libp2p's periodic ping of
-        every connection.
+        every connection. ``options`` are merged into peer.mjs's startup options, e.g.
+        ``{"modules": ["dht"], "dhtClientMode": False}`` (see README.md, "Modules").
         """
         reason = missing_requirements()
         if reason is not None:
@@ -153,6 +155,8 @@ class JsPeer:
             opts["connectionMonitor"] = False
         if ping_interval_ms is not None:
             opts["pingInterval"] = ping_interval_ms
+        if options:
+            opts.update(options)
         node = node_executable()
         assert node is not None
         proc_env = dict(os.environ)
