@@ -11,7 +11,7 @@ from multiaddr import Multiaddr
 from p2pnet.multistream import negotiate_outbound
 from p2pnet.mux.yamux_connection import YamuxConnection, YamuxStream
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.security.noise_connection import NoiseConnection
+from p2pnet.security.base import SecureConnection
 
 
 class Direction(enum.Enum):
@@ -24,7 +24,7 @@ class Connection:
 
     def __init__(
         self,
-        secure: NoiseConnection,
+        secure: SecureConnection,
         muxer: YamuxConnection,
         *,
         direction: Direction,

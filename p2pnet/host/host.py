@@ -1,5 +1,8 @@
 """The host: listeners, dialer, connection table and protocol handlers.
 
+Transports (TCP by default, or an in-process memory network) and security protocols (Noise by
+default) are pluggable; everything above them sees the same connections and streams.
+
 It owns every connection and every background task it starts; ``close()`` ends them all.
 """
 
@@ -20,9 +23,12 @@ from p2pnet.multistream import negotiate_inbound
 from p2pnet.mux.yamux_connection import YamuxConnection, YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, PeerStore
+from p2pnet.security.base import SecurityTransport
+from p2pnet.security.noise_connection import NoiseSecurity
 from p2pnet.tasks import TaskOwner
-from p2pnet.transport import tcp
-from p2pnet.transport.addr import is_tcp_multiaddr, split_peer_id
+from p2pnet.transport.addr import split_peer_id
+from p2pnet.transport.base import Listener, RawConnection, Transport
+from p2pnet.transport.tcp import TcpTransport
 
 log = logging.getLogger("p2pnet.host")
 
@@ -42,17 +48,21 @@ class Host:
         config: HostConfig | None = None,
         *,
         peerstore: PeerStore | None = None,
+        transports: Sequence[Transport] | None = None,
+        security: Sequence[SecurityTransport] | None = None,
     ) -> None:
         self.key = key
         self.peer_id = PeerID.from_public_key(key.public_key)
         self.config = config or HostConfig()
         self.peerstore = peerstore or PeerStore()
         self.peerstore.add_pubkey(self.peer_id, key.public_key)
+        self.transports: list[Transport] = list(transports or [TcpTransport()])
+        self.security: list[SecurityTransport] = list(security or [NoiseSecurity()])
         self._handlers: dict[str, StreamHandler] = {}
         self._conns: dict[PeerID, list[Connection]] = {}
         self._conn_of_muxer: dict[YamuxConnection, Connection] = {}
         self._pending_dials: dict[PeerID, asyncio.Future[Connection]] = {}
-        self._listeners: list[tcp.TcpListener] = []
+        self._listeners: list[Listener] = []
         self._tasks = TaskOwner(f"host {self.peer_id}")
         self._on_connected: list[ConnectionListener] = []
         self._on_disconnected: list[ConnectionListener] = []
@@ -74,15 +84,19 @@ class Host:
             raise
 
     async def listen(self, addr: Multiaddr) -> list[Multiaddr]:
-        if not is_tcp_multiaddr(addr):
-            raise P2PError(f"cannot listen on {addr}: only TCP multiaddrs are supported")
+        transport = next((t for t in self.transports if t.can_listen(addr)), None)
+        if transport is None:
+            raise P2PError(f"cannot listen on {addr}: no transport for this address")
         try:
-            listener = await tcp.listen(addr, self._on_inbound_tcp)
+            listener = await transport.listen(addr, self._on_inbound_raw)
         except OSError as exc:
             raise P2PError(f"cannot listen on {addr}: {exc}") from exc
         self._listeners.append(listener)
         log.info("%s listening on %s", self.peer_id, ", ".join(map(str, listener.multiaddrs)))
         return listener.multiaddrs
+
+    def transport_for(self, addr: Multiaddr) -> Transport | None:
+        return next((t for t in self.transports if t.can_dial(addr)), None)
 
     async def close(self) -> None:
         if self._closed:
@@ -190,9 +204,9 @@ class Host:
         existing = self.connections(peer)
         if existing:
             return existing[0]
-        addrs = [a for a in self.peerstore.addrs(peer) if is_tcp_multiaddr(a)]
+        addrs = [a for a in self.peerstore.addrs(peer) if self.transport_for(a) is not None]
         if not addrs:
-            raise DialError(f"no known TCP address for {peer}")
+            raise DialError(f"no known dialable address for {peer}")
         return await self._dial_peer(peer, addrs)
 
     async def _dial_peer(self, peer: PeerID, addrs: Sequence[Multiaddr]) -> Connection:
@@ -233,11 +247,15 @@ class Host:
     async def _dial_addr(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
         if self._closed:
             raise DialError("host is closed")
-        raw = await tcp.dial(addr, timeout=self.config.dial_timeout)
+        transport = self.transport_for(addr)
+        if transport is None:
+            raise DialError(f"no transport can dial {addr}")
+        raw = await transport.dial(addr, timeout=self.config.dial_timeout)
         secure, muxer = await upgrade(
             raw,
             self.key,
             self.config,
+            self.security,
             initiator=True,
             expected_peer=peer,
             on_stream=self._on_inbound_stream,
@@ -253,7 +271,7 @@ class Host:
         await self._add_connection(conn)
         return conn
 
-    async def _on_inbound_tcp(self, raw: tcp.TcpConnection) -> None:
+    async def _on_inbound_raw(self, raw: RawConnection) -> None:
         if self._closed or len(self.connections()) >= self.config.max_connections:
             log.info("refusing inbound connection from %s: limit reached", raw.remote_addr)
             raw.abort()
@@ -262,10 +280,15 @@ class Host:
         task = self._tasks.spawn(self._upgrade_inbound(raw), name=f"upgrade {raw.remote_addr}")
         await asyncio.wait([task])
 
-    async def _upgrade_inbound(self, raw: tcp.TcpConnection) -> None:
+    async def _upgrade_inbound(self, raw: RawConnection) -> None:
         try:
             secure, muxer = await upgrade(
-                raw, self.key, self.config, initiator=False, on_stream=self._on_inbound_stream
+                raw,
+                self.key,
+                self.config,
+                self.security,
+                initiator=False,
+                on_stream=self._on_inbound_stream,
             )
         except P2PError as exc:
             log.info("inbound connection from %s failed: %s", raw.remote_addr, exc)

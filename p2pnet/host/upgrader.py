@@ -1,14 +1,16 @@
-"""Turns a raw TCP connection into an authenticated, multiplexed one.
+"""Turns a raw connection into an authenticated, multiplexed one.
 
-Outbound: multistream ``/noise`` -> Noise XX as initiator -> multistream ``/yamux/1.0.0`` over
-the encrypted channel -> yamux as client (odd stream ids). Inbound is the mirror image. The whole
-upgrade runs under one timeout, so a peer that connects and then stays silent is dropped.
+Outbound: multistream picks a security protocol (``/noise`` by default) -> its handshake as
+initiator -> multistream ``/yamux/1.0.0`` over the secured channel -> yamux as client (odd stream
+ids). Inbound is the mirror image. The whole upgrade runs under one timeout, so a peer that
+connects and then stays silent is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import ConnectionClosed, HandshakeError
@@ -17,30 +19,31 @@ from p2pnet.multistream import negotiate_inbound, negotiate_outbound
 from p2pnet.mux import yamux
 from p2pnet.mux.yamux_connection import StreamCallback, YamuxConnection
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.security import noise
-from p2pnet.security.noise_connection import NoiseConnection, noise_handshake
-from p2pnet.transport.tcp import TcpConnection
+from p2pnet.security.base import SecureConnection, SecurityTransport
+from p2pnet.transport.base import RawConnection
 
 log = logging.getLogger("p2pnet.upgrader")
 
 
 async def upgrade(
-    raw: TcpConnection,
+    raw: RawConnection,
     key: KeyPair,
     config: HostConfig,
+    security: Sequence[SecurityTransport],
     *,
     initiator: bool,
     expected_peer: PeerID | None = None,
     on_stream: StreamCallback | None = None,
-) -> tuple[NoiseConnection, YamuxConnection]:
-    """Secure and multiplex ``raw``; on any failure ``raw`` is closed and the error re-raised."""
+) -> tuple[SecureConnection, YamuxConnection]:
+    """Secure and multiplex ``raw``; on any failure ``raw`` is aborted and the error re-raised."""
+    by_id = {s.protocol_id: s for s in security}
     try:
         async with asyncio.timeout(config.upgrade_timeout):
             if initiator:
-                await negotiate_outbound(raw, [noise.PROTOCOL_ID])
+                chosen = await negotiate_outbound(raw, list(by_id))
             else:
-                await negotiate_inbound(raw, [noise.PROTOCOL_ID])
-            secure = await noise_handshake(
+                chosen = await negotiate_inbound(raw, by_id.keys())
+            secure = await by_id[chosen].secure(
                 raw,
                 key,
                 initiator=initiator,

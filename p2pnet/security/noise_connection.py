@@ -24,7 +24,7 @@ from p2pnet.io import Bytes, ChunkReader, ReadWriter
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.security.noise import PROTOCOL_ID, NoiseHandshake, NoiseTransport
 
-__all__ = ["PROTOCOL_ID", "NoiseConnection", "noise_handshake"]
+__all__ = ["PROTOCOL_ID", "NoiseConnection", "NoiseSecurity", "noise_handshake"]
 
 log = logging.getLogger("p2pnet.noise")
 
@@ -242,3 +242,22 @@ async def noise_handshake(
         remote_stream_muxers=result.remote_stream_muxers,
         early_data=result.leftover,
     )
+
+
+class NoiseSecurity:
+    """Noise as a :class:`~p2pnet.security.base.SecurityTransport` for the upgrader."""
+
+    protocol_id = PROTOCOL_ID
+
+    async def secure(
+        self,
+        conn: ReadWriter,
+        key: KeyPair,
+        *,
+        initiator: bool,
+        expected_peer: PeerID | None,
+        timeout: float,
+    ) -> NoiseConnection:
+        return await noise_handshake(
+            conn, key, initiator=initiator, expected_peer=expected_peer, timeout=timeout
+        )

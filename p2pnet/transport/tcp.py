@@ -11,7 +11,8 @@ from multiaddr import Multiaddr
 
 from p2pnet.errors import ConnectionClosed, DialError
 from p2pnet.io import Bytes, ChunkReader
-from p2pnet.transport.addr import host_port_of, tcp_multiaddr
+from p2pnet.transport.addr import host_port_of, is_tcp_multiaddr, tcp_multiaddr
+from p2pnet.transport.base import RawConnection, RawConnectionHandler
 
 log = logging.getLogger("p2pnet.tcp")
 
@@ -141,3 +142,19 @@ async def dial(addr: Multiaddr, *, timeout: float = 10.0) -> TcpConnection:
     except OSError as exc:
         raise DialError(f"TCP dial to {addr} failed: {exc}") from exc
     return TcpConnection(reader, writer, initiator=True)
+
+
+class TcpTransport:
+    """The :class:`~p2pnet.transport.base.Transport` for ``/ip4|ip6|dns4|dns6/.../tcp/N``."""
+
+    def can_dial(self, addr: Multiaddr) -> bool:
+        return is_tcp_multiaddr(addr)
+
+    def can_listen(self, addr: Multiaddr) -> bool:
+        return is_tcp_multiaddr(addr)
+
+    async def dial(self, addr: Multiaddr, *, timeout: float) -> RawConnection:
+        return await dial(addr, timeout=timeout)
+
+    async def listen(self, addr: Multiaddr, handler: RawConnectionHandler) -> TcpListener:
+        return await listen(addr, handler)

@@ -1,0 +1,232 @@
+"""Agent presence records: where the agent with an Ethereum address can be reached.
+
+Key: ``/agent/0x<40 lowercase hex digits>`` (the agent's ETH address).
+
+Value: ``signature (65 bytes) || payload``, where
+
+* ``payload`` is canonical JSON (keys sorted, no spaces, ASCII) of
+  ``{"addrs": [<multiaddr text>, ...], "address": "0x<lowercase>", "peer_id": "<base58>",
+  "seq": <int>, "timestamp": <unix seconds, int>, "type": "p2pnet/agent-presence/1"}``;
+* ``signature`` is an Ethereum ``personal_sign`` (EIP-191) signature of the payload bytes:
+  secp256k1 ECDSA over ``keccak256("\\x19Ethereum Signed Message:\\n" + len(payload) +
+  payload)``, written ``r (32) || s (32) || v (1)`` with ``v`` in {27, 28} and low ``s``
+  (EIP-2). Any Ethereum wallet can produce it, and anyone can check it by recovering the
+  signer's address (``ethers.verifyMessage``, ``eth_account``, noble-curves).
+
+A record is valid when the value is at most :data:`MAX_AGENT_RECORD_SIZE` bytes, the payload is
+canonical and well formed, its ``address`` equals the key's, and the signature recovers that
+address. Of several valid records the one with the highest ``seq`` wins (then the later
+``timestamp``; on a full tie the first one seen).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coincurve import PrivateKey as _CCPrivateKey
+from coincurve import PublicKey as _CCPublicKey
+from multiaddr import Multiaddr
+
+from p2pnet.crypto.eth import is_eth_address
+from p2pnet.crypto.keys import KeyPair, Secp256k1PrivateKey
+from p2pnet.errors import CryptoError
+from p2pnet.kad.errors import InvalidRecord
+from p2pnet.kad.records import Validator, split_key
+from p2pnet.peer.peer_id import PeerID
+
+AGENT_NAMESPACE = "agent"
+RECORD_TYPE = "p2pnet/agent-presence/1"
+MAX_AGENT_RECORD_SIZE = 4096
+MAX_AGENT_ADDRS = 32
+MAX_ADDR_TEXT = 256
+SIGNATURE_SIZE = 65
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_FIELDS = frozenset({"addrs", "address", "peer_id", "seq", "timestamp", "type"})
+
+
+@dataclass(frozen=True)
+class AgentPresence:
+    """The content of a valid agent presence record."""
+
+    address: str  # 0x + 40 lowercase hex
+    peer_id: PeerID
+    addrs: list[Multiaddr] = field(default_factory=list)
+    seq: int = 0
+    timestamp: int = 0
+
+
+def agent_key(address: str) -> bytes:
+    """The DHT key of an ETH address: ``/agent/0x<lowercase hex>``."""
+    if not is_eth_address(address):
+        raise ValueError(f"not an Ethereum address: {address!r}")
+    return f"/{AGENT_NAMESPACE}/{address.lower()}".encode("ascii")
+
+
+def _keccak256(data: bytes) -> bytes:
+    from eth_hash.auto import keccak  # imported on first use (see p2pnet.crypto.eth)
+
+    digest: bytes = keccak(data)
+    return digest
+
+
+def _personal_digest(payload: bytes) -> bytes:
+    prefix = b"\x19Ethereum Signed Message:\n" + str(len(payload)).encode("ascii")
+    return _keccak256(prefix + payload)
+
+
+def _address_of(pub: _CCPublicKey) -> str:
+    return "0x" + _keccak256(pub.format(compressed=False)[1:])[-20:].hex()
+
+
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _secret_of(key: KeyPair | Secp256k1PrivateKey | bytes) -> bytes:
+    if isinstance(key, KeyPair):
+        if isinstance(key.private_key, Secp256k1PrivateKey):
+            return key.private_key.to_bytes()
+    elif isinstance(key, Secp256k1PrivateKey):
+        return key.to_bytes()
+    if isinstance(key, (bytes, bytearray)) and len(key) == 32:
+        return bytes(key)
+    raise CryptoError("agent records are signed with a secp256k1 key (KeyPair or 32-byte secret)")
+
+
+def eth_address_of_key(key: KeyPair | Secp256k1PrivateKey | bytes) -> str:
+    """The lowercase ETH address of a secp256k1 private key."""
+    return _address_of(_CCPrivateKey(_secret_of(key)).public_key)
+
+
+def sign_agent_record(
+    key: KeyPair | Secp256k1PrivateKey | bytes,
+    peer_id: PeerID,
+    addrs: Iterable[Multiaddr | str],
+    seq: int,
+    timestamp: int | None = None,
+) -> tuple[bytes, bytes]:
+    """Build and sign a presence record; returns ``(dht key, value)``.
+
+    ``key`` is the agent's secp256k1 key (its ETH address becomes the record key); it need not
+    be the key of ``peer_id``.
+    """
+    cc = _CCPrivateKey(_secret_of(key))
+    address = _address_of(cc.public_key)
+    addr_texts = [str(a) for a in addrs]
+    if len(addr_texts) > MAX_AGENT_ADDRS:
+        raise ValueError(f"at most {MAX_AGENT_ADDRS} addresses fit in an agent record")
+    if not 0 <= seq < 2**63:
+        raise ValueError("seq must be in 0 .. 2**63-1")
+    payload = _canonical(
+        {
+            "addrs": addr_texts,
+            "address": address,
+            "peer_id": peer_id.to_base58(),
+            "seq": seq,
+            "timestamp": int(time.time()) if timestamp is None else int(timestamp),
+            "type": RECORD_TYPE,
+        }
+    )
+    sig = cc.sign_recoverable(_personal_digest(payload), hasher=None)  # r || s || recid
+    value = sig[:64] + bytes([27 + sig[64]]) + payload
+    if len(value) > MAX_AGENT_RECORD_SIZE:
+        raise ValueError(f"agent record of {len(value)} bytes exceeds {MAX_AGENT_RECORD_SIZE}")
+    return agent_key(address), value
+
+
+def verify_agent_record(key: bytes, value: bytes) -> AgentPresence:
+    """Check a presence record fully; returns its content or raises :class:`InvalidRecord`."""
+    namespace, rest = split_key(key)
+    if namespace != AGENT_NAMESPACE:
+        raise InvalidRecord(f"not an agent record key: namespace {namespace!r}")
+    try:
+        key_address = rest.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRecord("agent record key is not ASCII") from None
+    if not is_eth_address(key_address) or key_address != key_address.lower():
+        raise InvalidRecord("agent record key must be /agent/0x<40 lowercase hex digits>")
+    if len(value) > MAX_AGENT_RECORD_SIZE:
+        raise InvalidRecord(f"agent record of {len(value)} bytes exceeds {MAX_AGENT_RECORD_SIZE}")
+    if len(value) <= SIGNATURE_SIZE:
+        raise InvalidRecord("agent record too short for a signature and a payload")
+    sig, payload = value[:SIGNATURE_SIZE], value[SIGNATURE_SIZE:]
+    r = int.from_bytes(sig[:32], "big")
+    s = int.from_bytes(sig[32:64], "big")
+    v = sig[64]
+    if v not in (27, 28) or not 0 < r < _SECP256K1_N or not 0 < s <= _SECP256K1_N // 2:
+        raise InvalidRecord("agent record signature is malformed (need r||s||v, low s, v 27/28)")
+    try:
+        pub = _CCPublicKey.from_signature_and_message(
+            sig[:64] + bytes([v - 27]), _personal_digest(payload), hasher=None
+        )
+    except Exception as exc:  # coincurve raises ValueError/Exception on unrecoverable input
+        raise InvalidRecord(f"agent record signature does not recover a key: {exc}") from None
+    if _address_of(pub) != key_address:
+        raise InvalidRecord("agent record is not signed by the key's address")
+    presence = _parse_payload(payload)
+    if presence.address != key_address:
+        raise InvalidRecord("agent record payload names another address than its key")
+    return presence
+
+
+def _parse_payload(payload: bytes) -> AgentPresence:
+    try:
+        obj = json.loads(payload.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRecord("agent record payload is not ASCII JSON") from None
+    if not isinstance(obj, dict) or set(obj) != _FIELDS:
+        raise InvalidRecord(f"agent record payload must have exactly the fields {sorted(_FIELDS)}")
+    if _canonical(obj) != payload:
+        raise InvalidRecord("agent record payload is not canonical JSON")
+    if obj["type"] != RECORD_TYPE:
+        raise InvalidRecord(f"agent record type {obj['type']!r} is not {RECORD_TYPE!r}")
+    seq, ts = obj["seq"], obj["timestamp"]
+    for name, num in (("seq", seq), ("timestamp", ts)):
+        if type(num) is not int or not 0 <= num < 2**63:
+            raise InvalidRecord(f"agent record {name} must be an integer in 0 .. 2**63-1")
+    address = obj["address"]
+    if not isinstance(address, str) or not is_eth_address(address) or address != address.lower():
+        raise InvalidRecord("agent record address must be 0x + 40 lowercase hex digits")
+    try:
+        peer = PeerID.from_base58(obj["peer_id"]) if isinstance(obj["peer_id"], str) else None
+    except CryptoError:
+        peer = None
+    if peer is None:
+        raise InvalidRecord("agent record peer_id is not a peer ID")
+    texts = obj["addrs"]
+    if not isinstance(texts, list) or len(texts) > MAX_AGENT_ADDRS:
+        raise InvalidRecord(f"agent record addrs must be a list of at most {MAX_AGENT_ADDRS}")
+    addrs: list[Multiaddr] = []
+    for text in texts:
+        if not isinstance(text, str) or len(text) > MAX_ADDR_TEXT:
+            raise InvalidRecord("agent record addrs must be multiaddr strings")
+        try:
+            addrs.append(Multiaddr(text))
+        except Exception:  # the multiaddr package raises several unrelated types
+            raise InvalidRecord(f"agent record address {text!r} is not a multiaddr") from None
+    return AgentPresence(address=address, peer_id=peer, addrs=addrs, seq=seq, timestamp=ts)
+
+
+class AgentRecordValidator(Validator):
+    """Validator and selector of the ``/agent/`` namespace (see the module docstring)."""
+
+    def validate(self, key: bytes, value: bytes) -> None:
+        verify_agent_record(key, value)
+
+    def select(self, key: bytes, values: Sequence[bytes]) -> int:
+        best, best_rank = -1, (-1, -1)
+        for i, value in enumerate(values):
+            try:
+                p = verify_agent_record(key, value)
+            except InvalidRecord:
+                continue
+            rank = (p.seq, p.timestamp)
+            if rank > best_rank:
+                best, best_rank = i, rank
+        if best < 0:
+            raise InvalidRecord("no valid agent record to select")
+        return best

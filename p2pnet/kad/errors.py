@@ -1,0 +1,33 @@
+"""Errors of the Kademlia DHT, all under :class:`p2pnet.errors.P2PError`."""
+
+from __future__ import annotations
+
+from p2pnet.errors import P2PError, ProtocolError
+
+
+class KadError(P2PError):
+    """Base class of the DHT's errors."""
+
+
+class NotFound(KadError):
+    """A lookup ended without finding what it looked for."""
+
+
+class PeerNotFound(NotFound):
+    """find_peer: no peer in the DHT knows an address of the target."""
+
+
+class RecordNotFound(NotFound):
+    """get_value: no valid record for the key was found."""
+
+
+class InvalidRecord(KadError):
+    """A record failed its namespace's validator (bad signature, wrong key, too large, ...)."""
+
+
+class KadProtocolError(ProtocolError, KadError):
+    """A peer sent a malformed or nonsensical kad message."""
+
+
+class NoPeersError(KadError):
+    """A lookup could not start: the routing table is empty and no peer is connected."""

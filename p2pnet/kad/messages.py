@@ -1,0 +1,149 @@
+"""kad-dht wire messages: the spec's protobuf ``Message``, built and checked.
+
+Every message travels as one unsigned-varint length-prefixed protobuf; a stream may carry
+several request/response pairs. Parsing is defensive: bad peer IDs and addresses in peer lists
+are skipped (and counted), a message that does not decode raises :class:`KadProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+from multiaddr import Multiaddr
+
+from p2pnet.errors import CryptoError
+from p2pnet.kad.errors import KadProtocolError
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.wire.pb import kad_pb2
+
+Message = kad_pb2.Message
+MessageType = kad_pb2.Message.MessageType
+ConnectionType = kad_pb2.Message.ConnectionType
+
+PUT_VALUE = kad_pb2.Message.PUT_VALUE
+GET_VALUE = kad_pb2.Message.GET_VALUE
+ADD_PROVIDER = kad_pb2.Message.ADD_PROVIDER
+GET_PROVIDERS = kad_pb2.Message.GET_PROVIDERS
+FIND_NODE = kad_pb2.Message.FIND_NODE
+PING = kad_pb2.Message.PING
+
+TYPE_NAMES: dict[int, str] = {
+    PUT_VALUE: "PUT_VALUE",
+    GET_VALUE: "GET_VALUE",
+    ADD_PROVIDER: "ADD_PROVIDER",
+    GET_PROVIDERS: "GET_PROVIDERS",
+    FIND_NODE: "FIND_NODE",
+    PING: "PING",
+}
+
+
+@dataclass
+class PeerInfo:
+    """A peer and the addresses it can be reached at."""
+
+    peer: PeerID
+    addrs: list[Multiaddr] = field(default_factory=list)
+
+
+def type_name(t: int) -> str:
+    return TYPE_NAMES.get(t, f"type {t}")
+
+
+def encode(msg: kad_pb2.Message) -> bytes:
+    return msg.SerializeToString()
+
+
+def decode(data: bytes) -> kad_pb2.Message:
+    """Parse one message; raises :class:`KadProtocolError` on bytes that are not one."""
+    msg = kad_pb2.Message()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, ValueError) as exc:
+        raise KadProtocolError(f"malformed kad message ({len(data)} bytes): {exc}") from None
+    if msg.type not in TYPE_NAMES:
+        raise KadProtocolError(f"unknown kad message type {msg.type}")
+    return msg
+
+
+def peer_to_pb(
+    info: PeerInfo, connection: int = kad_pb2.Message.NOT_CONNECTED
+) -> kad_pb2.Message.Peer:
+    pb = kad_pb2.Message.Peer()
+    pb.id = info.peer.to_bytes()
+    pb.addrs.extend(a.to_bytes() for a in info.addrs)
+    pb.connection = connection  # type: ignore[assignment]
+    return pb
+
+
+def peers_from_pb(
+    peers: Iterable[kad_pb2.Message.Peer], *, max_peers: int = 64, max_addrs: int = 32
+) -> tuple[list[PeerInfo], int]:
+    """Decode a peer list; returns ``(peers, number of entries skipped as malformed)``.
+
+    Duplicate peers are merged; at most ``max_peers`` peers and ``max_addrs`` addresses per peer
+    are kept (the rest count as skipped).
+    """
+    out: dict[PeerID, PeerInfo] = {}
+    bad = 0
+    for pb in peers:
+        if len(out) >= max_peers:
+            bad += 1
+            continue
+        try:
+            peer = PeerID.from_bytes(pb.id)
+        except (CryptoError, ValueError):
+            bad += 1
+            continue
+        info = out.setdefault(peer, PeerInfo(peer))
+        for raw in pb.addrs:
+            if len(info.addrs) >= max_addrs:
+                break
+            try:
+                addr = Multiaddr(raw)
+            except Exception:  # the multiaddr package raises several unrelated types
+                continue
+            if addr not in info.addrs:
+                info.addrs.append(addr)
+    return list(out.values()), bad
+
+
+def make_record(key: bytes, value: bytes, time_received: str = "") -> kad_pb2.Record:
+    rec = kad_pb2.Record()
+    rec.key = key
+    rec.value = value
+    if time_received:
+        rec.timeReceived = time_received
+    return rec
+
+
+def request(msg_type: int, key: bytes) -> kad_pb2.Message:
+    msg = kad_pb2.Message()
+    msg.type = msg_type  # type: ignore[assignment]
+    msg.key = key
+    return msg
+
+
+def find_node(key: bytes) -> kad_pb2.Message:
+    return request(FIND_NODE, key)
+
+
+def get_value(key: bytes) -> kad_pb2.Message:
+    return request(GET_VALUE, key)
+
+
+def get_providers(key: bytes) -> kad_pb2.Message:
+    return request(GET_PROVIDERS, key)
+
+
+def put_value(key: bytes, value: bytes, time_received: str = "") -> kad_pb2.Message:
+    msg = request(PUT_VALUE, key)
+    msg.record.CopyFrom(make_record(key, value, time_received))
+    return msg
+
+
+def add_provider(key: bytes, provider: PeerInfo) -> kad_pb2.Message:
+    msg = request(ADD_PROVIDER, key)
+    msg.providerPeers.append(peer_to_pb(provider))
+    return msg

@@ -1,0 +1,49 @@
+"""Pubsub errors, all under :class:`p2pnet.errors.P2PError`."""
+
+from __future__ import annotations
+
+from p2pnet.errors import P2PError, ProtocolError
+
+
+class PubsubError(P2PError):
+    """Base class of the pubsub layer's errors."""
+
+
+class InvalidParameters(PubsubError, ValueError):
+    """Router, score or threshold parameters are inconsistent (raised at start)."""
+
+
+class InvalidMessage(PubsubError):
+    """A received message breaks the signature policy or is malformed.
+
+    ``reason`` is a short machine-readable tag (``"missing_signature"``, ``"invalid_signature"``,
+    ``"invalid_peer_id"``, ...).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class InvalidRPC(PubsubError, ProtocolError):
+    """An RPC frame could not be decoded."""
+
+
+class PublishError(PubsubError):
+    """A message could not be published."""
+
+
+class MessageTooLargeError(PublishError):
+    """The message does not fit in one RPC frame (``max_message_size``)."""
+
+
+class DuplicateMessageError(PublishError):
+    """The message ID was already seen (published before)."""
+
+
+class NoPeersError(PublishError):
+    """No peer would receive the message (only with ``allow_publish_to_zero_peers=False``)."""
+
+
+class NotStartedError(PubsubError):
+    """The pubsub service is not running (not started yet, or closed)."""

@@ -1,0 +1,231 @@
+"""Pubsub messages: building and signing, checking against the signature policy, message IDs.
+
+The signature (pubsub/README.md, "Message Signing") covers ``"libp2p-pubsub:"`` followed by the
+protobuf encoding of the message without its ``signature`` and ``key`` fields. ``key`` is only
+sent when the peer ID does not inline the public key (RSA). ``seqno`` is 8 bytes big-endian; like
+go and js we count up from the wall clock in nanoseconds so it keeps increasing across restarts.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from p2pnet.crypto.keys import KeyPair, PublicKey, unmarshal_public_key
+from p2pnet.errors import CryptoError
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.pubsub.errors import InvalidMessage
+from p2pnet.pubsub.params import MsgIdFn, SignaturePolicy
+from p2pnet.wire.pb import rpc_pb2
+
+SIGN_PREFIX = b"libp2p-pubsub:"
+SEQNO_LENGTH = 8
+
+
+class ValidationResult(enum.Enum):
+    """What a topic validator decides about a message (gossipsub v1.1 extended validators)."""
+
+    #: Deliver and forward.
+    ACCEPT = "accept"
+    #: Invalid: drop, do not forward, and count against the sender (P4).
+    REJECT = "reject"
+    #: Drop and do not forward, without penalty.
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A pubsub message as the application sees it.
+
+    ``from_peer`` and ``seqno`` are None under StrictNoSign. ``received_from`` is the peer that
+    forwarded it to us (our own ID for messages we published).
+    """
+
+    topic: str
+    data: bytes
+    from_peer: PeerID | None
+    seqno: int | None
+    id: bytes
+    received_from: PeerID
+    signature: bytes | None = None
+    key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(topic={self.topic!r}, data={len(self.data)} bytes, from={self.from_peer}, "
+            f"seqno={self.seqno}, id={self.id.hex()[:16]}...)"
+        )
+
+
+def get_from(msg: rpc_pb2.Message) -> bytes:
+    """The ``from`` field (a Python keyword, hence the helper)."""
+    value: bytes = getattr(msg, "from")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# message IDs
+
+
+def msg_id_from_seqno(msg: rpc_pb2.Message) -> bytes:
+    """The spec's default ID: ``from ‖ seqno`` (go-libp2p-pubsub, py-libp2p).
+
+    The ``from`` bytes are the binary peer ID. Raises InvalidMessage when either is missing.
+    """
+    if not msg.HasField("from") or not msg.HasField("seqno"):
+        raise InvalidMessage("missing_from_or_seqno", "default message ID needs from and seqno")
+    return get_from(msg) + msg.seqno
+
+
+def msg_id_sha256(msg: rpc_pb2.Message) -> bytes:
+    """SHA-256 of the data: the usual choice (and js's default) under StrictNoSign."""
+    return hashlib.sha256(msg.data).digest()
+
+
+def msg_id_js_strict_sign(msg: rpc_pb2.Message) -> bytes:
+    """js @libp2p/gossipsub's StrictSign default: protobuf public key ‖ seqno.
+
+    The key comes from the ``key`` field or, when absent, from the inlined peer ID. Use it on
+    the p2pnet side to agree with js peers running their default message-ID function.
+    """
+    if not msg.HasField("from") or not msg.HasField("seqno"):
+        raise InvalidMessage("missing_from_or_seqno", "message ID needs from and seqno")
+    if msg.HasField("key"):
+        return msg.key + msg.seqno
+    try:
+        pub = PeerID.from_bytes(get_from(msg)).extract_public_key()
+    except CryptoError as exc:
+        raise InvalidMessage("invalid_peer_id", str(exc)) from exc
+    if pub is None:
+        raise InvalidMessage("missing_key", "peer ID does not inline its key and no key field")
+    return pub.to_protobuf() + msg.seqno
+
+
+def default_msg_id_fn(policy: SignaturePolicy) -> MsgIdFn:
+    return msg_id_from_seqno if policy is SignaturePolicy.STRICT_SIGN else msg_id_sha256
+
+
+# --------------------------------------------------------------------------------------------
+# building and signing
+
+
+class SeqnoCounter:
+    """Monotonic 64-bit sequence numbers starting from the wall clock in nanoseconds."""
+
+    def __init__(self, start: int | None = None) -> None:
+        first = time.time_ns() if start is None else start
+        self._counter = itertools.count(first + 1)
+
+    def next(self) -> int:
+        return next(self._counter) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def build_message(
+    topic: str,
+    data: bytes,
+    *,
+    policy: SignaturePolicy,
+    key: KeyPair | None = None,
+    peer_id: PeerID | None = None,
+    seqno: int | None = None,
+) -> rpc_pb2.Message:
+    """A ready-to-send message: signed (StrictSign, needs ``key`` and ``seqno``) or bare."""
+    msg = rpc_pb2.Message(data=bytes(data), topic=topic)
+    if policy is SignaturePolicy.STRICT_NO_SIGN:
+        return msg
+    if key is None or seqno is None:
+        raise ValueError("StrictSign needs a key and a seqno")
+    author = peer_id or PeerID.from_public_key(key.public_key)
+    setattr(msg, "from", author.to_bytes())
+    msg.seqno = seqno.to_bytes(SEQNO_LENGTH, "big")
+    msg.signature = key.sign(SIGN_PREFIX + msg.SerializeToString())
+    if not author.is_inline:
+        msg.key = key.public_key.to_protobuf()
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# checking received messages
+
+
+class SignatureVerifier:
+    """Checks received messages against the signature policy; caches decoded author keys."""
+
+    def __init__(self, policy: SignaturePolicy, cache_size: int = 4096) -> None:
+        self.policy = policy
+        self._cache_size = cache_size
+        self._keys: OrderedDict[bytes, tuple[PeerID, PublicKey | None]] = OrderedDict()
+
+    def _author(self, from_bytes: bytes) -> tuple[PeerID, PublicKey | None]:
+        hit = self._keys.get(from_bytes)
+        if hit is not None:
+            self._keys.move_to_end(from_bytes)
+            return hit
+        try:
+            peer = PeerID.from_bytes(from_bytes)
+            pub = peer.extract_public_key()
+        except CryptoError as exc:
+            raise InvalidMessage("invalid_peer_id", str(exc)) from exc
+        entry = (peer, pub)
+        self._keys[from_bytes] = entry
+        if len(self._keys) > self._cache_size:
+            self._keys.popitem(last=False)
+        return entry
+
+    def verify(self, msg: rpc_pb2.Message) -> PeerID | None:
+        """Return the author (None under StrictNoSign) or raise :class:`InvalidMessage`."""
+        if self.policy is SignaturePolicy.STRICT_NO_SIGN:
+            for name in ("signature", "key", "seqno", "from"):
+                if msg.HasField(name):
+                    raise InvalidMessage("unexpected_" + name, "StrictNoSign forbids it")
+            return None
+        if not msg.HasField("signature"):
+            raise InvalidMessage("missing_signature")
+        if not msg.HasField("from"):
+            raise InvalidMessage("missing_from")
+        if not msg.HasField("seqno") or len(msg.seqno) != SEQNO_LENGTH:
+            raise InvalidMessage("invalid_seqno", "seqno must be 8 bytes")
+        author, pub = self._author(get_from(msg))
+        if msg.HasField("key"):
+            try:
+                pub = unmarshal_public_key(msg.key)
+            except CryptoError as exc:
+                raise InvalidMessage("invalid_key", str(exc)) from exc
+            if not author.matches_public_key(pub):
+                raise InvalidMessage("invalid_key", "key does not match the from peer ID")
+        if pub is None:
+            raise InvalidMessage("missing_key", "from peer ID does not inline its key")
+        unsigned = rpc_pb2.Message()
+        unsigned.CopyFrom(msg)
+        unsigned.ClearField("signature")
+        unsigned.ClearField("key")
+        if not pub.verify(SIGN_PREFIX + unsigned.SerializeToString(), msg.signature):
+            raise InvalidMessage("invalid_signature")
+        return author
+
+
+def seqno_int(msg: rpc_pb2.Message) -> int | None:
+    return int.from_bytes(msg.seqno, "big") if msg.HasField("seqno") else None
+
+
+def to_app_message(
+    msg: rpc_pb2.Message, msg_id: bytes, author: PeerID | None, received_from: PeerID
+) -> Message:
+    return Message(
+        topic=msg.topic,
+        data=msg.data,
+        from_peer=author,
+        seqno=seqno_int(msg),
+        id=msg_id,
+        received_from=received_from,
+        signature=msg.signature if msg.HasField("signature") else None,
+        key=msg.key if msg.HasField("key") else None,
+    )
+
+
+Validator = Callable[[PeerID, Message], object]

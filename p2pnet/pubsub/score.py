@@ -1,0 +1,659 @@
+"""Peer scoring of gossipsub v1.1 (pubsub/gossipsub/gossipsub-v1.1.md, "Peer Scoring").
+
+    score = TopicCap(sum over topics of topic_weight * (w1 P1 + w2 P2 + w3 P3 + w3b P3b + w4 P4))
+            + w5 P5 + w6 P6 + w7 P7
+
+P1 time in mesh, P2 first message deliveries, P3 mesh message delivery deficit (squared, once
+active), P3b mesh failure penalty (sticky, added at prune), P4 invalid messages (squared), P5
+application score, P6 IP colocation surplus (squared), P7 behaviour penalty (squared excess).
+Counters decay multiplicatively every ``decay_interval``; a disconnected peer's score is kept for
+``retain_score`` (unless positive). Time is passed in (``now``, seconds): the class does no IO.
+
+The spec gives no default weights. Ours are those of js @libp2p/gossipsub and rust-libp2p
+(thresholds -10/-50/-80, accept-PX 10, opportunistic graft 20; P6 -5 over 10 peers per IP; P7 -10
+with decay 0.2), except that loopback addresses are exempt from P6 by default so that local
+devnets and tests work. Topics are only scored when ``PeerScoreParams.topics`` has parameters
+for them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.pubsub.errors import InvalidParameters
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _fail(what: str) -> None:
+    raise InvalidParameters(what)
+
+
+@dataclass
+class TopicScoreParams:
+    """Per-topic parameters (P1-P4). Durations in seconds."""
+
+    topic_weight: float = 0.5
+    # P1: time in mesh
+    time_in_mesh_weight: float = 1.0
+    time_in_mesh_quantum: float = 1.0
+    time_in_mesh_cap: float = 3600.0
+    # P2: first message deliveries
+    first_message_deliveries_weight: float = 1.0
+    first_message_deliveries_decay: float = 0.5
+    first_message_deliveries_cap: float = 2000.0
+    # P3: mesh message deliveries
+    mesh_message_deliveries_weight: float = -1.0
+    mesh_message_deliveries_decay: float = 0.5
+    mesh_message_deliveries_cap: float = 100.0
+    mesh_message_deliveries_threshold: float = 20.0
+    mesh_message_deliveries_window: float = 0.01
+    mesh_message_deliveries_activation: float = 5.0
+    # P3b: mesh failure penalty
+    mesh_failure_penalty_weight: float = -1.0
+    mesh_failure_penalty_decay: float = 0.5
+    # P4: invalid messages
+    invalid_message_deliveries_weight: float = -1.0
+    invalid_message_deliveries_decay: float = 0.3
+
+    def validate(self) -> None:
+        if self.topic_weight < 0:
+            _fail("topic_weight must be >= 0")
+        if self.time_in_mesh_weight < 0:
+            _fail("time_in_mesh_weight must be >= 0")
+        if self.time_in_mesh_quantum <= 0:
+            _fail("time_in_mesh_quantum must be > 0")
+        if self.time_in_mesh_weight != 0 and self.time_in_mesh_cap <= 0:
+            _fail("time_in_mesh_cap must be > 0")
+        if self.first_message_deliveries_weight < 0:
+            _fail("first_message_deliveries_weight must be >= 0")
+        if self.first_message_deliveries_weight != 0:
+            if not 0 < self.first_message_deliveries_decay < 1:
+                _fail("first_message_deliveries_decay must be in (0, 1)")
+            if self.first_message_deliveries_cap <= 0:
+                _fail("first_message_deliveries_cap must be > 0")
+        if self.mesh_message_deliveries_weight > 0:
+            _fail("mesh_message_deliveries_weight must be <= 0")
+        if self.mesh_message_deliveries_weight != 0:
+            if not 0 < self.mesh_message_deliveries_decay < 1:
+                _fail("mesh_message_deliveries_decay must be in (0, 1)")
+            if self.mesh_message_deliveries_cap <= 0:
+                _fail("mesh_message_deliveries_cap must be > 0")
+            if self.mesh_message_deliveries_threshold <= 0:
+                _fail("mesh_message_deliveries_threshold must be > 0")
+            if self.mesh_message_deliveries_window < 0:
+                _fail("mesh_message_deliveries_window must be >= 0")
+            if self.mesh_message_deliveries_activation <= 0:
+                _fail("mesh_message_deliveries_activation must be > 0")
+        if self.mesh_failure_penalty_weight > 0:
+            _fail("mesh_failure_penalty_weight must be <= 0")
+        if self.mesh_failure_penalty_weight != 0 and not 0 < self.mesh_failure_penalty_decay < 1:
+            _fail("mesh_failure_penalty_decay must be in (0, 1)")
+        if self.invalid_message_deliveries_weight > 0:
+            _fail("invalid_message_deliveries_weight must be <= 0")
+        if not 0 < self.invalid_message_deliveries_decay < 1:
+            _fail("invalid_message_deliveries_decay must be in (0, 1)")
+
+
+def _default_whitelist() -> list[str]:
+    return ["127.0.0.0/8", "::1/128"]
+
+
+@dataclass
+class PeerScoreParams:
+    """Global score parameters (P5-P7, decay, retention) and the per-topic ones."""
+
+    topics: dict[str, TopicScoreParams] = field(default_factory=dict)
+    #: Cap on the (positive) topic part of the score; 0 = no cap.
+    topic_score_cap: float = 10.0
+    #: P5: optional callback; ``Pubsub.set_app_score`` values are added to it.
+    app_specific_score: Callable[[PeerID], float] | None = None
+    app_specific_weight: float = 10.0
+    # P6
+    ip_colocation_factor_weight: float = -5.0
+    ip_colocation_factor_threshold: float = 10.0
+    #: Networks exempt from P6 (CIDR strings); loopback by default.
+    ip_colocation_factor_whitelist: list[str] = field(default_factory=_default_whitelist)
+    # P7
+    behaviour_penalty_weight: float = -10.0
+    behaviour_penalty_threshold: float = 0.0
+    behaviour_penalty_decay: float = 0.2
+    #: Counters decay every this many seconds (applied on the heartbeat).
+    decay_interval: float = 1.0
+    #: A decayed counter below this becomes 0.
+    decay_to_zero: float = 0.1
+    #: Non-positive scores of disconnected peers are remembered this long.
+    retain_score: float = 3600.0
+
+    def validate(self) -> None:
+        for topic, tp in self.topics.items():
+            try:
+                tp.validate()
+            except InvalidParameters as exc:
+                raise InvalidParameters(f"score parameters of topic {topic!r}: {exc}") from None
+        if self.topic_score_cap < 0:
+            _fail("topic_score_cap must be >= 0 (0 = no cap)")
+        if self.ip_colocation_factor_weight > 0:
+            _fail("ip_colocation_factor_weight must be <= 0")
+        if self.ip_colocation_factor_weight != 0 and self.ip_colocation_factor_threshold < 1:
+            _fail("ip_colocation_factor_threshold must be >= 1")
+        for net in self.ip_colocation_factor_whitelist:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise InvalidParameters(f"bad ip_colocation_factor_whitelist entry: {exc}") from None
+        if self.behaviour_penalty_weight > 0:
+            _fail("behaviour_penalty_weight must be <= 0")
+        if self.behaviour_penalty_weight != 0 and not 0 < self.behaviour_penalty_decay < 1:
+            _fail("behaviour_penalty_decay must be in (0, 1)")
+        if self.behaviour_penalty_threshold < 0:
+            _fail("behaviour_penalty_threshold must be >= 0")
+        if self.decay_interval <= 0:
+            _fail("decay_interval must be > 0")
+        if not 0 < self.decay_to_zero < 1:
+            _fail("decay_to_zero must be in (0, 1)")
+        if self.retain_score < 0:
+            _fail("retain_score must be >= 0")
+
+
+@dataclass
+class PeerScoreThresholds:
+    """Score thresholds the router acts on (gossipsub v1.1, "Score Thresholds")."""
+
+    #: Below: no gossip to or from the peer.
+    gossip_threshold: float = -10.0
+    #: Below: our own messages are not flood-published to the peer.
+    publish_threshold: float = -50.0
+    #: Below: all RPCs from the peer are ignored.
+    graylist_threshold: float = -80.0
+    #: At or above: peer exchange from the peer's PRUNE is followed.
+    accept_px_threshold: float = 10.0
+    #: Median mesh score below this triggers opportunistic grafting.
+    opportunistic_graft_threshold: float = 20.0
+
+    def validate(self) -> None:
+        if self.gossip_threshold > 0:
+            _fail("gossip_threshold must be <= 0")
+        if self.publish_threshold > 0 or self.publish_threshold > self.gossip_threshold:
+            _fail("publish_threshold must be <= 0 and <= gossip_threshold")
+        if self.graylist_threshold > 0 or self.graylist_threshold > self.publish_threshold:
+            _fail("graylist_threshold must be <= 0 and <= publish_threshold")
+        if self.accept_px_threshold < 0:
+            _fail("accept_px_threshold must be >= 0")
+        if self.opportunistic_graft_threshold < 0:
+            _fail("opportunistic_graft_threshold must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class _TopicStats:
+    __slots__ = (
+        "first_deliveries",
+        "graft_time",
+        "in_mesh",
+        "invalid_deliveries",
+        "mesh_deliveries",
+        "mesh_failure_penalty",
+    )
+
+    def __init__(self) -> None:
+        self.in_mesh = False
+        self.graft_time = 0.0
+        self.first_deliveries = 0.0
+        self.mesh_deliveries = 0.0
+        self.mesh_failure_penalty = 0.0
+        self.invalid_deliveries = 0.0
+
+
+class _PeerStats:
+    __slots__ = ("behaviour_penalty", "connected", "expire", "ips", "topics")
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.expire = 0.0
+        self.topics: dict[str, _TopicStats] = {}
+        self.ips: set[str] = set()
+        self.behaviour_penalty = 0.0
+
+
+# delivery record states
+_UNKNOWN, _VALID, _INVALID, _IGNORED = range(4)
+
+
+class _DeliveryRecord:
+    __slots__ = ("first_seen", "peers", "status", "validated")
+
+    def __init__(self, now: float) -> None:
+        self.status = _UNKNOWN
+        self.first_seen = now
+        self.validated = 0.0
+        self.peers: set[PeerID] = set()
+
+
+@dataclass
+class ScoreBreakdown:
+    """The parts of one peer's score, for inspection and tests."""
+
+    total: float
+    topics: dict[str, dict[str, float]]
+    app: float
+    ip_colocation: float
+    behaviour_penalty: float
+
+
+class PeerScore:
+    """Sans-IO score keeper; every mutating call takes ``now`` in seconds."""
+
+    def __init__(
+        self,
+        params: PeerScoreParams,
+        *,
+        delivery_record_ttl: float = 120.0,
+    ) -> None:
+        self.params = params
+        self._peers: dict[PeerID, _PeerStats] = {}
+        self._peer_ips: dict[str, set[PeerID]] = {}
+        self._app: dict[PeerID, float] = {}
+        self._records: dict[bytes, _DeliveryRecord] = {}
+        self._record_queue: deque[tuple[float, bytes]] = deque()
+        self._record_ttl = delivery_record_ttl
+        self._last_decay: float | None = None
+        self._whitelist: list[IPNetwork] = [
+            ipaddress.ip_network(n, strict=False) for n in params.ip_colocation_factor_whitelist
+        ]
+        self._whitelisted_ips: dict[str, bool] = {}
+
+    # -- peers ---------------------------------------------------------------------------------
+
+    def add_peer(self, peer: PeerID, ips: Iterable[str] = ()) -> None:
+        stats = self._peers.get(peer)
+        if stats is None:
+            stats = self._peers[peer] = _PeerStats()
+        stats.connected = True
+        self._set_ips(peer, stats, set(ips))
+
+    def _set_ips(self, peer: PeerID, stats: _PeerStats, ips: set[str]) -> None:
+        for ip in stats.ips - ips:
+            peers = self._peer_ips.get(ip)
+            if peers is not None:
+                peers.discard(peer)
+                if not peers:
+                    del self._peer_ips[ip]
+        for ip in ips - stats.ips:
+            self._peer_ips.setdefault(ip, set()).add(peer)
+        stats.ips = ips
+
+    def remove_peer(self, peer: PeerID, now: float) -> None:
+        stats = self._peers.get(peer)
+        if stats is None:
+            return
+        if self.score(peer, now) > 0:
+            self._forget(peer, stats)
+            return
+        # Keep a non-positive score so that reconnecting does not reset it.
+        for topic, ts in stats.topics.items():
+            ts.first_deliveries = 0.0
+            tp = self.params.topics.get(topic)
+            if tp is not None and ts.in_mesh:
+                self._apply_mesh_failure(ts, tp, now)
+            ts.in_mesh = False
+        stats.connected = False
+        stats.expire = now + self.params.retain_score
+
+    def _forget(self, peer: PeerID, stats: _PeerStats) -> None:
+        self._set_ips(peer, stats, set())
+        del self._peers[peer]
+        self._app.pop(peer, None)
+
+    def known(self, peer: PeerID) -> bool:
+        return peer in self._peers
+
+    # -- mesh ----------------------------------------------------------------------------------
+
+    def _topic_stats(self, peer: PeerID, topic: str) -> _TopicStats | None:
+        if topic not in self.params.topics:
+            return None
+        stats = self._peers.get(peer)
+        if stats is None:
+            return None
+        ts = stats.topics.get(topic)
+        if ts is None:
+            ts = stats.topics[topic] = _TopicStats()
+        return ts
+
+    def graft(self, peer: PeerID, topic: str, now: float) -> None:
+        ts = self._topic_stats(peer, topic)
+        if ts is None:
+            return
+        ts.in_mesh = True
+        ts.graft_time = now
+
+    def prune(self, peer: PeerID, topic: str, now: float) -> None:
+        ts = self._topic_stats(peer, topic)
+        if ts is None or not ts.in_mesh:
+            return
+        self._apply_mesh_failure(ts, self.params.topics[topic], now)
+        ts.in_mesh = False
+
+    @staticmethod
+    def _p3_active(ts: _TopicStats, tp: TopicScoreParams, now: float) -> bool:
+        return ts.in_mesh and now - ts.graft_time > tp.mesh_message_deliveries_activation
+
+    def _apply_mesh_failure(self, ts: _TopicStats, tp: TopicScoreParams, now: float) -> None:
+        if self._p3_active(ts, tp, now) and ts.mesh_deliveries < tp.mesh_message_deliveries_threshold:
+            deficit = tp.mesh_message_deliveries_threshold - ts.mesh_deliveries
+            ts.mesh_failure_penalty += deficit * deficit
+
+    # -- message deliveries ----------------------------------------------------------------------
+
+    def _record(self, msg_id: bytes, now: float) -> _DeliveryRecord:
+        rec = self._records.get(msg_id)
+        if rec is None:
+            rec = self._records[msg_id] = _DeliveryRecord(now)
+            self._record_queue.append((now + self._record_ttl, msg_id))
+        return rec
+
+    def validate_message(self, msg_id: bytes, now: float) -> None:
+        """A new message passed the signature checks and starts validation."""
+        self._record(msg_id, now)
+
+    def deliver_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
+        """The message from ``peer`` (its first sender) was accepted."""
+        self._mark_first_delivery(peer, topic)
+        rec = self._record(msg_id, now)
+        if rec.status != _UNKNOWN:
+            return
+        rec.status = _VALID
+        rec.validated = now
+        for other in rec.peers:
+            if other != peer:
+                self._mark_duplicate_delivery(other, topic, rec.validated, now)
+
+    def reject_message(self, peer: PeerID, msg_id: bytes | None, topic: str, now: float) -> None:
+        """The message from ``peer`` is invalid (bad signature, or a validator rejected it)."""
+        if msg_id is None:
+            self._mark_invalid_delivery(peer, topic)
+            return
+        rec = self._record(msg_id, now)
+        if rec.status != _UNKNOWN:
+            if rec.status == _INVALID:
+                self._mark_invalid_delivery(peer, topic)
+            return
+        rec.status = _INVALID
+        self._mark_invalid_delivery(peer, topic)
+        for other in rec.peers:
+            self._mark_invalid_delivery(other, topic)
+        rec.peers.clear()
+
+    def ignore_message(self, msg_id: bytes, now: float) -> None:
+        """A validator ignored the message: no one is credited or penalised."""
+        rec = self._record(msg_id, now)
+        if rec.status != _UNKNOWN:
+            return
+        rec.status = _IGNORED
+        rec.peers.clear()
+
+    def duplicate_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
+        rec = self._records.get(msg_id)
+        if rec is None or peer in rec.peers:
+            return
+        if rec.status == _UNKNOWN:
+            rec.peers.add(peer)  # settled when validation ends
+        elif rec.status == _VALID:
+            rec.peers.add(peer)
+            self._mark_duplicate_delivery(peer, topic, rec.validated, now)
+        elif rec.status == _INVALID:
+            self._mark_invalid_delivery(peer, topic)
+
+    def _mark_first_delivery(self, peer: PeerID, topic: str) -> None:
+        ts = self._topic_stats(peer, topic)
+        if ts is None:
+            return
+        tp = self.params.topics[topic]
+        ts.first_deliveries = min(ts.first_deliveries + 1, tp.first_message_deliveries_cap)
+        if ts.in_mesh:
+            ts.mesh_deliveries = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
+
+    def _mark_duplicate_delivery(
+        self, peer: PeerID, topic: str, validated: float, now: float
+    ) -> None:
+        ts = self._topic_stats(peer, topic)
+        if ts is None or not ts.in_mesh:
+            return
+        tp = self.params.topics[topic]
+        if validated and now > validated + tp.mesh_message_deliveries_window:
+            return
+        ts.mesh_deliveries = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
+
+    def _mark_invalid_delivery(self, peer: PeerID, topic: str) -> None:
+        ts = self._topic_stats(peer, topic)
+        if ts is not None:
+            ts.invalid_deliveries += 1
+
+    # -- P5, P7 --------------------------------------------------------------------------------
+
+    def add_penalty(self, peer: PeerID, count: float = 1.0) -> None:
+        stats = self._peers.get(peer)
+        if stats is not None:
+            stats.behaviour_penalty += count
+
+    def set_app_score(self, peer: PeerID, value: float) -> None:
+        if not math.isfinite(value):
+            raise InvalidParameters(f"application score must be finite, got {value}")
+        self._app[peer] = value
+
+    # -- the score -----------------------------------------------------------------------------
+
+    def score(self, peer: PeerID, now: float) -> float:
+        stats = self._peers.get(peer)
+        if stats is None:
+            return 0.0
+        return self._compute(peer, stats, now, None)
+
+    def breakdown(self, peer: PeerID, now: float) -> ScoreBreakdown:
+        parts: dict[str, dict[str, float]] = {}
+        stats = self._peers.get(peer)
+        if stats is None:
+            return ScoreBreakdown(0.0, {}, 0.0, 0.0, 0.0)
+        total = self._compute(peer, stats, now, parts)
+        p = self.params
+        return ScoreBreakdown(
+            total=total,
+            topics=parts,
+            app=self._app_value(peer) * p.app_specific_weight,
+            ip_colocation=self._ip_colocation(stats) * p.ip_colocation_factor_weight,
+            behaviour_penalty=self._p7(stats) * p.behaviour_penalty_weight,
+        )
+
+    def _app_value(self, peer: PeerID) -> float:
+        value = self._app.get(peer, 0.0)
+        fn = self.params.app_specific_score
+        if fn is not None:
+            value += fn(peer)
+        return value
+
+    def _p7(self, stats: _PeerStats) -> float:
+        excess = stats.behaviour_penalty - self.params.behaviour_penalty_threshold
+        return excess * excess if excess > 0 else 0.0
+
+    def _compute(
+        self,
+        peer: PeerID,
+        stats: _PeerStats,
+        now: float,
+        parts: dict[str, dict[str, float]] | None,
+    ) -> float:
+        p = self.params
+        score = 0.0
+        for topic, ts in stats.topics.items():
+            tp = p.topics.get(topic)
+            if tp is None:
+                continue
+            p1 = 0.0
+            if ts.in_mesh:
+                p1 = min((now - ts.graft_time) / tp.time_in_mesh_quantum, tp.time_in_mesh_cap)
+            p2 = ts.first_deliveries
+            p3 = 0.0
+            if (
+                self._p3_active(ts, tp, now)
+                and ts.mesh_deliveries < tp.mesh_message_deliveries_threshold
+            ):
+                deficit = tp.mesh_message_deliveries_threshold - ts.mesh_deliveries
+                p3 = deficit * deficit
+            p3b = ts.mesh_failure_penalty
+            p4 = ts.invalid_deliveries * ts.invalid_deliveries
+            topic_score = (
+                p1 * tp.time_in_mesh_weight
+                + p2 * tp.first_message_deliveries_weight
+                + p3 * tp.mesh_message_deliveries_weight
+                + p3b * tp.mesh_failure_penalty_weight
+                + p4 * tp.invalid_message_deliveries_weight
+            )
+            score += topic_score * tp.topic_weight
+            if parts is not None:
+                parts[topic] = {"p1": p1, "p2": p2, "p3": p3, "p3b": p3b, "p4": p4}
+        if p.topic_score_cap > 0 and score > p.topic_score_cap:
+            score = p.topic_score_cap
+        score += self._app_value(peer) * p.app_specific_weight
+        score += self._ip_colocation(stats) * p.ip_colocation_factor_weight
+        score += self._p7(stats) * p.behaviour_penalty_weight
+        return score
+
+    def _whitelisted(self, ip: str) -> bool:
+        hit = self._whitelisted_ips.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                hit = False
+            else:
+                hit = any(addr in net for net in self._whitelist)
+            if len(self._whitelisted_ips) > 10_000:
+                self._whitelisted_ips.clear()
+            self._whitelisted_ips[ip] = hit
+        return hit
+
+    def _ip_colocation(self, stats: _PeerStats) -> float:
+        result = 0.0
+        threshold = self.params.ip_colocation_factor_threshold
+        for ip in stats.ips:
+            if self._whitelisted(ip):
+                continue
+            count = len(self._peer_ips.get(ip, ()))
+            if count > threshold:
+                surplus = count - threshold
+                result += surplus * surplus
+        return result
+
+    # -- decay ---------------------------------------------------------------------------------
+
+    def refresh(self, now: float) -> None:
+        """Apply every decay interval that has passed; expire old records (call per heartbeat)."""
+        while self._record_queue and self._record_queue[0][0] <= now:
+            _, mid = self._record_queue.popleft()
+            self._records.pop(mid, None)
+        if self._last_decay is None:
+            self._last_decay = now
+            return
+        steps = int((now - self._last_decay) / self.params.decay_interval)
+        if steps <= 0:
+            return
+        self._last_decay += steps * self.params.decay_interval
+        for _ in range(min(steps, 100)):
+            self._decay_once(now)
+
+    def _decay_once(self, now: float) -> None:
+        p = self.params
+        zero = p.decay_to_zero
+
+        def decay(value: float, factor: float) -> float:
+            value *= factor
+            return 0.0 if value < zero else value
+
+        for peer, stats in list(self._peers.items()):
+            if not stats.connected:
+                if now > stats.expire:
+                    self._forget(peer, stats)
+                continue  # retained scores do not decay
+            for topic, ts in stats.topics.items():
+                tp = p.topics.get(topic)
+                if tp is None:
+                    continue
+                ts.first_deliveries = decay(ts.first_deliveries, tp.first_message_deliveries_decay)
+                ts.mesh_deliveries = decay(ts.mesh_deliveries, tp.mesh_message_deliveries_decay)
+                ts.mesh_failure_penalty = decay(
+                    ts.mesh_failure_penalty, tp.mesh_failure_penalty_decay
+                )
+                ts.invalid_deliveries = decay(
+                    ts.invalid_deliveries, tp.invalid_message_deliveries_decay
+                )
+            stats.behaviour_penalty = decay(stats.behaviour_penalty, p.behaviour_penalty_decay)
+
+
+class GossipTracer:
+    """IWANT promises: a peer that advertised a message must deliver it after our IWANT.
+
+    One random ID per IWANT is tracked (as go does); an unkept promise is a P7 penalty.
+    """
+
+    def __init__(self, followup_time: float, rng: random.Random) -> None:
+        self.followup_time = followup_time
+        self._rng = rng
+        self._promises: dict[bytes, dict[PeerID, float]] = {}
+        self._by_peer: dict[PeerID, set[bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._promises)
+
+    def add_promise(self, peer: PeerID, msg_ids: list[bytes], now: float) -> None:
+        if not msg_ids:
+            return
+        mid = self._rng.choice(msg_ids)
+        peers = self._promises.setdefault(mid, {})
+        if peer not in peers:
+            peers[peer] = now + self.followup_time
+            self._by_peer.setdefault(peer, set()).add(mid)
+
+    def fulfil(self, msg_id: bytes) -> None:
+        peers = self._promises.pop(msg_id, None)
+        if peers is None:
+            return
+        for peer in peers:
+            mids = self._by_peer.get(peer)
+            if mids is not None:
+                mids.discard(msg_id)
+                if not mids:
+                    del self._by_peer[peer]
+
+    def remove_peer(self, peer: PeerID) -> None:
+        for mid in self._by_peer.pop(peer, set()):
+            peers = self._promises.get(mid)
+            if peers is not None:
+                peers.pop(peer, None)
+                if not peers:
+                    del self._promises[mid]
+
+    def broken_promises(self, now: float) -> dict[PeerID, int]:
+        """Count (and forget) the promises whose time ran out, per peer."""
+        out: dict[PeerID, int] = {}
+        for mid in list(self._promises):
+            peers = self._promises[mid]
+            for peer, expire in list(peers.items()):
+                if expire < now:
+                    out[peer] = out.get(peer, 0) + 1
+                    del peers[peer]
+                    mids = self._by_peer.get(peer)
+                    if mids is not None:
+                        mids.discard(mid)
+                        if not mids:
+                            del self._by_peer[peer]
+            if not peers:
+                del self._promises[mid]
+        return out

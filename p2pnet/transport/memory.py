@@ -1,0 +1,184 @@
+"""An in-process transport: ``/memory/<port>`` addresses inside one :class:`MemoryNetwork`.
+
+Large simulations (hundreds of nodes in one event loop) run the real host, muxer and protocols
+over it without sockets. There is no global state: every network is its own object, so tests
+cannot see each other's nodes. Writes apply backpressure like a socket: a writer waits while the
+remote has more than ``high_water`` bytes unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+
+from multiaddr import Multiaddr
+
+from p2pnet.errors import ConnectionClosed, DialError
+from p2pnet.io import Bytes, ChunkReader
+from p2pnet.transport.base import RawConnection, RawConnectionHandler
+
+DEFAULT_HIGH_WATER = 4 * 1024 * 1024
+
+
+def memory_port(addr: Multiaddr) -> int | None:
+    """The port of a ``/memory/<port>[/p2p/<id>]`` address, else None."""
+    names = [p.name for p in addr.protocols()]
+    if not names or names[0] != "memory" or any(n != "p2p" for n in names[1:]):
+        return None
+    return int(addr.value_for_protocol("memory"))
+
+
+class MemoryConnection(ChunkReader):
+    def __init__(
+        self, local_addr: Multiaddr, remote_addr: Multiaddr, *, high_water: int, initiator: bool
+    ) -> None:
+        super().__init__()
+        self.local_addr = local_addr
+        self.remote_addr = remote_addr
+        self.initiator = initiator
+        self.peer: MemoryConnection | None = None
+        self._inbox: deque[bytes] = deque()
+        self._buffered = 0
+        self._high_water = high_water
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._remote_eof = False
+        self._closed = False
+
+    # Called by the other end.
+    def _deliver(self, data: bytes) -> None:
+        self._inbox.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self._high_water:
+            self._writable.clear()
+        self._readable.set()
+
+    def _deliver_eof(self) -> None:
+        self._remote_eof = True
+        self._readable.set()
+        self._writable.set()
+
+    async def _read_chunk(self) -> bytes:
+        while not self._inbox:
+            if self._remote_eof or self._closed:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._inbox.popleft()
+        self._buffered -= len(data)
+        if self._buffered < self._high_water:
+            self._writable.set()
+        return data
+
+    async def write(self, data: Bytes) -> None:
+        peer = self.peer
+        if self._closed or peer is None or peer._closed:
+            raise ConnectionClosed("memory connection closed")
+        if data:
+            peer._deliver(bytes(data))
+        while not peer._writable.is_set():
+            await peer._writable.wait()
+            if self._closed or peer._closed:
+                raise ConnectionClosed("memory connection closed")
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._readable.set()
+        self._writable.set()
+        if self.peer is not None:
+            self.peer._deliver_eof()
+
+    def __repr__(self) -> str:
+        return f"<MemoryConnection {self.local_addr} <-> {self.remote_addr}>"
+
+
+class MemoryListener:
+    def __init__(self, network: MemoryNetwork, port: int, handler: RawConnectionHandler) -> None:
+        self.network = network
+        self.port = port
+        self.handler = handler
+        self.multiaddrs = [Multiaddr(f"/memory/{port}")]
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        self.network._listeners.pop(self.port, None)
+        for t in list(self.tasks):
+            t.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=5)
+
+
+class MemoryNetwork:
+    """A namespace of ``/memory/<port>`` listeners; hosts on one network can reach each other."""
+
+    def __init__(self, *, high_water: int = DEFAULT_HIGH_WATER) -> None:
+        self.high_water = high_water
+        self._listeners: dict[int, MemoryListener] = {}
+        self._ports = itertools.count(1)
+
+    def transport(self) -> MemoryTransport:
+        return MemoryTransport(self)
+
+    def _free_port(self) -> int:
+        while True:
+            port = next(self._ports)
+            if port not in self._listeners:
+                return port
+
+
+class MemoryTransport:
+    """The :class:`~p2pnet.transport.base.Transport` of one :class:`MemoryNetwork`."""
+
+    def __init__(self, network: MemoryNetwork) -> None:
+        self.network = network
+
+    def can_dial(self, addr: Multiaddr) -> bool:
+        return memory_port(addr) is not None
+
+    def can_listen(self, addr: Multiaddr) -> bool:
+        return memory_port(addr) is not None
+
+    async def listen(self, addr: Multiaddr, handler: RawConnectionHandler) -> MemoryListener:
+        port = memory_port(addr)
+        if port is None:
+            raise ValueError(f"not a memory address: {addr}")
+        if port == 0:
+            port = self.network._free_port()
+        if port in self.network._listeners:
+            raise OSError(f"memory port {port} is in use")
+        listener = MemoryListener(self.network, port, handler)
+        self.network._listeners[port] = listener
+        return listener
+
+    async def dial(self, addr: Multiaddr, *, timeout: float) -> RawConnection:
+        port = memory_port(addr)
+        listener = self.network._listeners.get(port) if port is not None else None
+        if listener is None:
+            raise DialError(f"nothing listens on {addr}")
+        local = Multiaddr(f"/memory/{self.network._free_port()}")
+        remote = Multiaddr(f"/memory/{port}")
+        hw = self.network.high_water
+        ours = MemoryConnection(local, remote, high_water=hw, initiator=True)
+        theirs = MemoryConnection(remote, local, high_water=hw, initiator=False)
+        ours.peer, theirs.peer = theirs, ours
+        # The listener's handler runs like an accepted socket's callback: in its own task,
+        # owned by the listener until the handler returns.
+        task = asyncio.get_running_loop().create_task(self._accept(listener, theirs))
+        listener.tasks.add(task)
+        task.add_done_callback(listener.tasks.discard)
+        return ours
+
+    @staticmethod
+    async def _accept(listener: MemoryListener, conn: MemoryConnection) -> None:
+        await listener.handler(conn)

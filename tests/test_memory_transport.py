@@ -1,0 +1,147 @@
+"""Hosts on an in-process MemoryNetwork, with Noise and with /plaintext/2.0.0."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from p2pnet.crypto.keys import KeyPair
+from p2pnet.errors import DialError, PeerIDMismatch, ProtocolNotSupported
+from p2pnet.host.config import HostConfig
+from p2pnet.host.host import Host
+from p2pnet.mux.yamux_connection import YamuxStream
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.protocols.identify import IdentifyService
+from p2pnet.protocols.ping import PingService
+from p2pnet.security.base import SecurityTransport
+from p2pnet.security.noise_connection import NoiseSecurity
+from p2pnet.security.plaintext import PlaintextSecurity
+from p2pnet.transport.memory import MemoryNetwork
+
+ECHO = "/test/echo/1.0.0"
+
+
+async def echo(stream: YamuxStream) -> None:
+    async with stream:
+        while data := await stream.read():
+            await stream.write(data)
+
+
+def memory_host(net: MemoryNetwork, security: list[SecurityTransport] | None = None) -> Host:
+    host = Host(
+        KeyPair.generate(),
+        HostConfig(listen_addrs=["/memory/0"]),
+        transports=[net.transport()],
+        security=security or [PlaintextSecurity()],
+    )
+    host.set_stream_handler(ECHO, echo)
+    return host
+
+
+@pytest.mark.parametrize("security", [PlaintextSecurity, NoiseSecurity])
+async def test_memory_hosts_connect_identify_ping_echo(security: type) -> None:
+    net = MemoryNetwork()
+    async with memory_host(net, [security()]) as a, memory_host(net, [security()]) as b:
+        ida = IdentifyService(a)
+        IdentifyService(b)
+        ping = PingService(a)
+        PingService(b)
+        assert str(b.listen_addrs[0]).startswith("/memory/")
+        conn = await a.connect(b.p2p_addrs()[0])
+        assert conn.remote_peer == b.peer_id
+        await ida.wait_identified(b.peer_id, timeout=5)
+        assert a.peerstore.addrs(b.peer_id) == b.listen_addrs
+        assert len(await ping.ping(b.peer_id, count=2)) == 2
+        stream = await a.new_stream(b.peer_id, ECHO)
+        payload = bytes(range(256)) * 4096
+
+        async def send() -> None:
+            await stream.write(payload)
+            await stream.close()
+
+        # Read while writing: an echo peer stops reading once our receive window is full.
+        _, got = await asyncio.gather(send(), stream.readexactly(len(payload)))
+        assert got == payload
+        assert await stream.read() == b""
+
+
+async def test_plaintext_checks_the_expected_peer() -> None:
+    net = MemoryNetwork()
+    async with memory_host(net) as a, memory_host(net) as b:
+        other = PeerID.from_public_key(KeyPair.generate().public_key)
+        with pytest.raises(PeerIDMismatch):
+            await a.connect(f"{b.listen_addrs[0]}/p2p/{other}")
+
+
+async def test_security_mismatch_fails_negotiation() -> None:
+    net = MemoryNetwork()
+    async with (
+        memory_host(net, [PlaintextSecurity()]) as a,
+        memory_host(net, [NoiseSecurity()]) as b,
+    ):
+        with pytest.raises(ProtocolNotSupported):
+            await a.connect(b.p2p_addrs()[0])
+        # A host offering both agrees on the first the listener supports.
+        async with memory_host(net, [PlaintextSecurity(), NoiseSecurity()]) as c:
+            conn = await c.connect(b.p2p_addrs()[0])
+            assert conn.remote_peer == b.peer_id
+
+
+async def test_dial_nothing_listening() -> None:
+    net = MemoryNetwork()
+    async with memory_host(net) as a:
+        with pytest.raises(DialError):
+            await a.connect("/memory/999")
+        with pytest.raises(DialError):
+            await a.connect("/ip4/127.0.0.1/tcp/1")  # no TCP transport on this host
+
+
+async def test_memory_backpressure_bounds_buffering() -> None:
+    net = MemoryNetwork(high_water=64 * 1024)
+    async with memory_host(net) as a, memory_host(net) as b:
+        got_stream: asyncio.Future[YamuxStream] = asyncio.get_running_loop().create_future()
+
+        async def hold(stream: YamuxStream) -> None:
+            got_stream.set_result(stream)
+            await asyncio.Event().wait()  # never reads
+
+        b.set_stream_handler("/test/hold/1.0.0", hold)
+        await a.connect(b.p2p_addrs()[0])
+        stream = await a.new_stream(b.peer_id, "/test/hold/1.0.0")
+        sent = 0
+
+        async def writer() -> None:
+            nonlocal sent
+            while True:
+                await stream.write(b"x" * 65536)
+                sent += 65536
+
+        task = asyncio.create_task(writer())
+        await asyncio.wait_for(got_stream, 5)
+        # The writer stalls once the yamux window (256 KiB) is used up.
+        async with asyncio.timeout(5):
+            while True:
+                before = sent
+                await asyncio.sleep(0.05)
+                if sent == before and sent > 0:
+                    break
+        assert sent <= 512 * 1024
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_hundred_hosts_in_a_ring() -> None:
+    net = MemoryNetwork()
+    hosts = [memory_host(net) for _ in range(100)]
+    try:
+        for h in hosts:
+            await h.start()
+        await asyncio.gather(
+            *(h.connect(hosts[(i + 1) % 100].p2p_addrs()[0]) for i, h in enumerate(hosts))
+        )
+        for i, h in enumerate(hosts):
+            assert h.is_connected(hosts[(i + 1) % 100].peer_id)
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts))
