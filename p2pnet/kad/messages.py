@@ -100,13 +100,22 @@ def peers_from_pb(
         for raw in pb.addrs:
             if len(info.addrs) >= max_addrs:
                 break
-            try:
-                addr = Multiaddr(raw)
-            except Exception:  # the multiaddr package raises several unrelated types
-                continue
-            if addr not in info.addrs:
+            addr = parse_multiaddr(raw)
+            if addr is not None and addr not in info.addrs:
                 info.addrs.append(addr)
     return list(out.values()), bad
+
+
+def parse_multiaddr(raw: bytes) -> Multiaddr | None:
+    """A binary multiaddr, or None unless it parses completely and re-encodes to the same
+    bytes (the multiaddr package parses lazily and tolerates truncated input)."""
+    try:
+        addr = Multiaddr(bytes(raw))
+        if Multiaddr(str(addr)).to_bytes() != raw:
+            return None
+    except Exception:  # the multiaddr package raises several unrelated types
+        return None
+    return addr
 
 
 def make_record(key: bytes, value: bytes, time_received: str = "") -> kad_pb2.Record:

@@ -12,7 +12,7 @@ K = TypeVar("K", bound=Hashable)
 
 
 class _Entry:
-    __slots__ = ("data", "counts", "topic")
+    __slots__ = ("counts", "data", "topic")
 
     def __init__(self, topic: str, data: bytes) -> None:
         self.topic = topic

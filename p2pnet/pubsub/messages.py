@@ -63,9 +63,8 @@ class Message:
 
 
 def get_from(msg: rpc_pb2.Message) -> bytes:
-    """The ``from`` field (a Python keyword, hence the helper)."""
-    value: bytes = getattr(msg, "from")
-    return value
+    """The ``from`` field (``from_`` in our .proto: ``from`` is a Python keyword)."""
+    return msg.from_
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,7 +76,7 @@ def msg_id_from_seqno(msg: rpc_pb2.Message) -> bytes:
 
     The ``from`` bytes are the binary peer ID. Raises InvalidMessage when either is missing.
     """
-    if not msg.HasField("from") or not msg.HasField("seqno"):
+    if not msg.HasField("from_") or not msg.HasField("seqno"):
         raise InvalidMessage("missing_from_or_seqno", "default message ID needs from and seqno")
     return get_from(msg) + msg.seqno
 
@@ -93,7 +92,7 @@ def msg_id_js_strict_sign(msg: rpc_pb2.Message) -> bytes:
     The key comes from the ``key`` field or, when absent, from the inlined peer ID. Use it on
     the p2pnet side to agree with js peers running their default message-ID function.
     """
-    if not msg.HasField("from") or not msg.HasField("seqno"):
+    if not msg.HasField("from_") or not msg.HasField("seqno"):
         raise InvalidMessage("missing_from_or_seqno", "message ID needs from and seqno")
     if msg.HasField("key"):
         return msg.key + msg.seqno
@@ -141,7 +140,7 @@ def build_message(
     if key is None or seqno is None:
         raise ValueError("StrictSign needs a key and a seqno")
     author = peer_id or PeerID.from_public_key(key.public_key)
-    setattr(msg, "from", author.to_bytes())
+    msg.from_ = author.to_bytes()
     msg.seqno = seqno.to_bytes(SEQNO_LENGTH, "big")
     msg.signature = key.sign(SIGN_PREFIX + msg.SerializeToString())
     if not author.is_inline:
@@ -180,13 +179,15 @@ class SignatureVerifier:
     def verify(self, msg: rpc_pb2.Message) -> PeerID | None:
         """Return the author (None under StrictNoSign) or raise :class:`InvalidMessage`."""
         if self.policy is SignaturePolicy.STRICT_NO_SIGN:
-            for name in ("signature", "key", "seqno", "from"):
+            for name in ("signature", "key", "seqno", "from_"):
                 if msg.HasField(name):
-                    raise InvalidMessage("unexpected_" + name, "StrictNoSign forbids it")
+                    raise InvalidMessage(
+                        "unexpected_" + name.rstrip("_"), "StrictNoSign forbids it"
+                    )
             return None
         if not msg.HasField("signature"):
             raise InvalidMessage("missing_signature")
-        if not msg.HasField("from"):
+        if not msg.HasField("from_"):
             raise InvalidMessage("missing_from")
         if not msg.HasField("seqno") or len(msg.seqno) != SEQNO_LENGTH:
             raise InvalidMessage("invalid_seqno", "seqno must be 8 bytes")

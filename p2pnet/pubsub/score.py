@@ -147,7 +147,7 @@ class PeerScoreParams:
             try:
                 ipaddress.ip_network(net, strict=False)
             except ValueError as exc:
-                raise InvalidParameters(f"bad ip_colocation_factor_whitelist entry: {exc}") from None
+                raise InvalidParameters(f"bad ip_colocation_factor_whitelist: {exc}") from None
         if self.behaviour_penalty_weight > 0:
             _fail("behaviour_penalty_weight must be <= 0")
         if self.behaviour_penalty_weight != 0 and not 0 < self.behaviour_penalty_decay < 1:
@@ -347,7 +347,8 @@ class PeerScore:
         return ts.in_mesh and now - ts.graft_time > tp.mesh_message_deliveries_activation
 
     def _apply_mesh_failure(self, ts: _TopicStats, tp: TopicScoreParams, now: float) -> None:
-        if self._p3_active(ts, tp, now) and ts.mesh_deliveries < tp.mesh_message_deliveries_threshold:
+        threshold = tp.mesh_message_deliveries_threshold
+        if self._p3_active(ts, tp, now) and ts.mesh_deliveries < threshold:
             deficit = tp.mesh_message_deliveries_threshold - ts.mesh_deliveries
             ts.mesh_failure_penalty += deficit * deficit
 

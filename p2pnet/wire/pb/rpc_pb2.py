@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18p2pnet/wire/pb/rpc.proto\x12\rp2pnet.pubsub\"\xc0\x01\n\x03RPC\x12\x31\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x1a.p2pnet.pubsub.RPC.SubOpts\x12\'\n\x07publish\x18\x02 \x03(\x0b\x32\x16.p2pnet.pubsub.Message\x12.\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x1d.p2pnet.pubsub.ControlMessage\x1a-\n\x07SubOpts\x12\x11\n\tsubscribe\x18\x01 \x01(\x08\x12\x0f\n\x07topicid\x18\x02 \x01(\t\"c\n\x07Message\x12\x0c\n\x04\x66rom\x18\x01 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05seqno\x18\x03 \x01(\x0c\x12\r\n\x05topic\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x0b\n\x03key\x18\x06 \x01(\x0c\"\xf4\x01\n\x0e\x43ontrolMessage\x12*\n\x05ihave\x18\x01 \x03(\x0b\x32\x1b.p2pnet.pubsub.ControlIHave\x12*\n\x05iwant\x18\x02 \x03(\x0b\x32\x1b.p2pnet.pubsub.ControlIWant\x12*\n\x05graft\x18\x03 \x03(\x0b\x32\x1b.p2pnet.pubsub.ControlGraft\x12*\n\x05prune\x18\x04 \x03(\x0b\x32\x1b.p2pnet.pubsub.ControlPrune\x12\x32\n\tidontwant\x18\x05 \x03(\x0b\x32\x1f.p2pnet.pubsub.ControlIDontWant\"3\n\x0c\x43ontrolIHave\x12\x0f\n\x07topicID\x18\x01 \x01(\t\x12\x12\n\nmessageIDs\x18\x02 \x03(\x0c\"\"\n\x0c\x43ontrolIWant\x12\x12\n\nmessageIDs\x18\x01 \x03(\x0c\"\x1f\n\x0c\x43ontrolGraft\x12\x0f\n\x07topicID\x18\x01 \x01(\t\"X\n\x0c\x43ontrolPrune\x12\x0f\n\x07topicID\x18\x01 \x01(\t\x12&\n\x05peers\x18\x02 \x03(\x0b\x32\x17.p2pnet.pubsub.PeerInfo\x12\x0f\n\x07\x62\x61\x63koff\x18\x03 \x01(\x04\"4\n\x08PeerInfo\x12\x0e\n\x06peerID\x18\x01 \x01(\x0c\x12\x18\n\x10signedPeerRecord\x18\x02 \x01(\x0c\"&\n\x10\x43ontrolIDontWant\x12\x12\n\nmessageIDs\x18\x01 \x03(\x0c')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18p2pnet/wire/pb/rpc.proto\x12\rp2pnet.pubsub\"\xc0\x01\n\x03RPC\x12\x31\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x1a.p2pnet.pubsub.RPC.SubOpts\x12\'\n\x07publish\x18\x02 \x03(\x0b\x32\x16.p2pnet.pubsub.Message\x12.\n\x07\x63ontrol\x18\x03 \x01(\x0b\x32\x1d.p2pnet.pubsub.ControlMessage\x1a-\n\x07SubOpts\x12\x11\n\tsubscribe\x18\x01 \x01(\x08\x12\x0f\n\x07topicid\x18\x02 \x01(\t\"d\n\x07Message\x12\r\n\x05\x66rom_\x18\x01 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05seqno\x18\x03 \x01(\x0c\x12\r\n\x05topic\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x0b\n\x03key\x18\x06 \x01(\x0c\"\xf4\x01\n\x0e\x43ontrolMessage\x12*\n\x05ihave\x18\x01 \x03(\x0b\x32\x1b.p2pnet.pubsub.ControlIHave\x12*\n\x05iwant\x18\x02 \x03(\x0b\x32\x1b.p2pnet.pubsub.ControlIWant\x12*\n\x05graft\x18\x03 \x03(\x0b\x32\x1b.p2pnet.pubsub.ControlGraft\x12*\n\x05prune\x18\x04 \x03(\x0b\x32\x1b.p2pnet.pubsub.ControlPrune\x12\x32\n\tidontwant\x18\x05 \x03(\x0b\x32\x1f.p2pnet.pubsub.ControlIDontWant\"3\n\x0c\x43ontrolIHave\x12\x0f\n\x07topicID\x18\x01 \x01(\t\x12\x12\n\nmessageIDs\x18\x02 \x03(\x0c\"\"\n\x0c\x43ontrolIWant\x12\x12\n\nmessageIDs\x18\x01 \x03(\x0c\"\x1f\n\x0c\x43ontrolGraft\x12\x0f\n\x07topicID\x18\x01 \x01(\t\"X\n\x0c\x43ontrolPrune\x12\x0f\n\x07topicID\x18\x01 \x01(\t\x12&\n\x05peers\x18\x02 \x03(\x0b\x32\x17.p2pnet.pubsub.PeerInfo\x12\x0f\n\x07\x62\x61\x63koff\x18\x03 \x01(\x04\"4\n\x08PeerInfo\x12\x0e\n\x06peerID\x18\x01 \x01(\x0c\x12\x18\n\x10signedPeerRecord\x18\x02 \x01(\x0c\"&\n\x10\x43ontrolIDontWant\x12\x12\n\nmessageIDs\x18\x01 \x03(\x0c')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RPC_SUBOPTS']._serialized_start=191
   _globals['_RPC_SUBOPTS']._serialized_end=236
   _globals['_MESSAGE']._serialized_start=238
-  _globals['_MESSAGE']._serialized_end=337
-  _globals['_CONTROLMESSAGE']._serialized_start=340
-  _globals['_CONTROLMESSAGE']._serialized_end=584
-  _globals['_CONTROLIHAVE']._serialized_start=586
-  _globals['_CONTROLIHAVE']._serialized_end=637
-  _globals['_CONTROLIWANT']._serialized_start=639
-  _globals['_CONTROLIWANT']._serialized_end=673
-  _globals['_CONTROLGRAFT']._serialized_start=675
-  _globals['_CONTROLGRAFT']._serialized_end=706
-  _globals['_CONTROLPRUNE']._serialized_start=708
-  _globals['_CONTROLPRUNE']._serialized_end=796
-  _globals['_PEERINFO']._serialized_start=798
-  _globals['_PEERINFO']._serialized_end=850
-  _globals['_CONTROLIDONTWANT']._serialized_start=852
-  _globals['_CONTROLIDONTWANT']._serialized_end=890
+  _globals['_MESSAGE']._serialized_end=338
+  _globals['_CONTROLMESSAGE']._serialized_start=341
+  _globals['_CONTROLMESSAGE']._serialized_end=585
+  _globals['_CONTROLIHAVE']._serialized_start=587
+  _globals['_CONTROLIHAVE']._serialized_end=638
+  _globals['_CONTROLIWANT']._serialized_start=640
+  _globals['_CONTROLIWANT']._serialized_end=674
+  _globals['_CONTROLGRAFT']._serialized_start=676
+  _globals['_CONTROLGRAFT']._serialized_end=707
+  _globals['_CONTROLPRUNE']._serialized_start=709
+  _globals['_CONTROLPRUNE']._serialized_end=797
+  _globals['_PEERINFO']._serialized_start=799
+  _globals['_PEERINFO']._serialized_end=851
+  _globals['_CONTROLIDONTWANT']._serialized_start=853
+  _globals['_CONTROLIDONTWANT']._serialized_end=891
 # @@protoc_insertion_point(module_scope)

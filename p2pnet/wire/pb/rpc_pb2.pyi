@@ -25,19 +25,20 @@ class RPC(_message.Message):
     def __init__(self, subscriptions: _Optional[_Iterable[_Union[RPC.SubOpts, _Mapping]]] = ..., publish: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., control: _Optional[_Union[ControlMessage, _Mapping]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("data", "seqno", "topic", "signature", "key")
-    FROM_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("from_", "data", "seqno", "topic", "signature", "key")
+    FROM__FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SEQNO_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    from_: bytes
     data: bytes
     seqno: bytes
     topic: str
     signature: bytes
     key: bytes
-    def __init__(self, data: _Optional[bytes] = ..., seqno: _Optional[bytes] = ..., topic: _Optional[str] = ..., signature: _Optional[bytes] = ..., key: _Optional[bytes] = ..., **kwargs) -> None: ...
+    def __init__(self, from_: _Optional[bytes] = ..., data: _Optional[bytes] = ..., seqno: _Optional[bytes] = ..., topic: _Optional[str] = ..., signature: _Optional[bytes] = ..., key: _Optional[bytes] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("ihave", "iwant", "graft", "prune", "idontwant")

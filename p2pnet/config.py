@@ -1,0 +1,114 @@
+"""NodeConfig: every setting of a :class:`~p2pnet.node.Node` in one typed object.
+
+It can be built in code, or loaded from an env file / the environment (``PRIVATE_KEY``,
+``BOOTSTRAP_PEERS``, ``LISTEN_ADDRS``, ``DHT_MODE``, ``REGISTRY_ADDRESS``, ``RPC_URL``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pnet.crypto.keys import KeyPair, KeyType
+from p2pnet.errors import P2PError
+from p2pnet.host.config import HostConfig
+from p2pnet.kad.config import KadConfig, Mode
+
+
+class ConfigError(P2PError, ValueError):
+    """A setting is missing, malformed or contradicts another."""
+
+
+@dataclass
+class NodeConfig:
+    #: Multiaddrs to listen on. Port 0 picks a free port.
+    listen_addrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
+    #: The node's identity. If unset: ``private_key`` (an Ethereum key, hex), else a new key.
+    identity: KeyPair | None = None
+    #: An Ethereum private key (hex, with or without 0x): the node's secp256k1 identity.
+    private_key: str | None = None
+    #: Key type of a freshly generated identity.
+    key_type: KeyType = KeyType.Ed25519
+    #: Peers to connect to at start (multiaddrs with /p2p/<id>).
+    bootstrap_peers: list[str] = field(default_factory=list)
+    #: Run the Kademlia DHT.
+    enable_dht: bool = True
+    #: Run gossipsub.
+    enable_pubsub: bool = True
+    host: HostConfig = field(default_factory=HostConfig)
+    kad: KadConfig = field(default_factory=lambda: KadConfig(mode=Mode.CLIENT))
+    #: On-chain agent registry (later milestone); carried so env files stay one format.
+    registry_address: str | None = None
+    rpc_url: str | None = None
+
+    def make_identity(self) -> KeyPair:
+        if self.identity is not None:
+            return self.identity
+        if self.private_key:
+            try:
+                return KeyPair.from_eth_private_key(self.private_key)
+            except P2PError as exc:
+                raise ConfigError(
+                    f"PRIVATE_KEY is not a valid Ethereum private key: {exc}"
+                ) from exc
+        return KeyPair.generate(self.key_type)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> NodeConfig:
+        """A config from environment variables (``os.environ`` by default)."""
+        env = os.environ if env is None else env
+        cfg = cls(**overrides)  # type: ignore[arg-type]
+        if env.get("PRIVATE_KEY"):
+            cfg.private_key = env["PRIVATE_KEY"].strip()
+        if env.get("BOOTSTRAP_PEERS"):
+            cfg.bootstrap_peers = split_list(env["BOOTSTRAP_PEERS"])
+        if env.get("LISTEN_ADDRS"):
+            cfg.listen_addrs = split_list(env["LISTEN_ADDRS"])
+        if env.get("DHT_MODE"):
+            mode = env["DHT_MODE"].strip().lower()
+            if mode not in ("client", "server"):
+                raise ConfigError(f"DHT_MODE must be client or server, not {mode!r}")
+            cfg.kad.mode = Mode(mode)
+        if env.get("REGISTRY_ADDRESS"):
+            cfg.registry_address = env["REGISTRY_ADDRESS"].strip()
+        if env.get("RPC_URL"):
+            cfg.rpc_url = env["RPC_URL"].strip()
+        return cfg
+
+    @classmethod
+    def from_env_file(cls, path: str | Path, **overrides: object) -> NodeConfig:
+        return cls.from_env(read_env_file(path), **overrides)
+
+
+def split_list(text: str) -> list[str]:
+    """Comma- or whitespace-separated values."""
+    return [p for p in re.split(r"[,\s]+", text.strip()) if p]
+
+
+_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """Parse ``KEY=value`` lines (``#`` comments, optional quotes and ``export``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file {path}: {exc}") from exc
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        m = _ENV_LINE.match(line)
+        if m is None:
+            raise ConfigError(f"{path}:{number}: not a KEY=value line")
+        key, value = m.group(1), m.group(2)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].strip()
+        values[key] = value
+    return values

@@ -1,0 +1,1103 @@
+"""The gossipsub router as a sans-IO state machine (gossipsub v1.0, v1.1 and v1.2 IDONTWANT).
+
+Feed it what happens, with the current time in seconds:
+
+* ``add_peer`` / ``remove_peer`` when a pubsub stream to a peer is ready / the peer is gone,
+* ``handle_rpc`` with every RPC frame a peer sent,
+* ``join`` / ``leave`` / ``publish`` for the local application,
+* ``report_validation`` with the verdict of an asynchronous topic validator,
+* ``heartbeat`` every ``heartbeat_interval``.
+
+It never does IO. After each call, ``take_outgoing()`` returns the RPC frames to write (one
+protobuf ``RPC`` per frame, without the length prefix) and ``take_events()`` the messages to
+deliver, the messages to validate, and the peers to connect to (peer exchange, direct peers).
+
+Behaviour follows go-libp2p-pubsub (the reference for v1.1), with two additions also found in
+rust-libp2p and js: a peer that subscribes to a topic whose mesh is below ``d_lo`` is grafted at
+once rather than at the next heartbeat, and an unsubscribing peer leaves our mesh at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from p2pnet.crypto.keys import KeyPair
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.pubsub.errors import (
+    DuplicateMessageError,
+    InvalidMessage,
+    InvalidParameters,
+    InvalidRPC,
+    MessageTooLargeError,
+)
+from p2pnet.pubsub.mcache import MessageCache, TimeCache
+from p2pnet.pubsub.messages import (
+    Message,
+    SeqnoCounter,
+    SignatureVerifier,
+    ValidationResult,
+    build_message,
+    default_msg_id_fn,
+    get_from,
+    to_app_message,
+)
+from p2pnet.pubsub.params import (
+    FLOODSUB_ID,
+    GOSSIPSUB_PROTOCOLS,
+    GossipsubConfig,
+    SignaturePolicy,
+    supports_backoff,
+    supports_idontwant,
+)
+from p2pnet.pubsub.score import GossipTracer, PeerScore, PeerScoreParams, PeerScoreThresholds
+from p2pnet.wire.pb import rpc_pb2
+from p2pnet.wire.varint import encode_uvarint
+
+log = logging.getLogger("p2pnet.pubsub")
+
+# RPC field tags (field number << 3 | wire type 2), for assembling frames from encoded parts.
+_TAG_SUBSCRIPTION = b"\x0a"
+_TAG_PUBLISH = b"\x12"
+_TAG_CONTROL = b"\x1a"
+
+
+# --------------------------------------------------------------------------------------------
+# events
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverMessage:
+    """A valid message in a topic we subscribe to: hand it to the application."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateMessage:
+    """Run the topic validator on ``message``, then call ``report_validation(message.id, ...)``."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectPeer:
+    """Connect to ``peer`` (``reason`` is ``"px"`` or ``"direct"``).
+
+    ``signed_record`` is the signed peer record offered with it in peer exchange, if any.
+    """
+
+    peer: PeerID
+    reason: str
+    signed_record: bytes | None = None
+
+
+RouterEvent = DeliverMessage | ValidateMessage | ConnectPeer
+
+
+# --------------------------------------------------------------------------------------------
+# per-peer state
+
+
+class _Outbox:
+    __slots__ = ("control", "msg_ids", "msgs", "subs")
+
+    def __init__(self) -> None:
+        self.subs: list[bytes] = []
+        self.msgs: list[bytes] = []
+        self.msg_ids: set[bytes] = set()
+        self.control: rpc_pb2.ControlMessage | None = None
+
+    def ctrl(self) -> rpc_pb2.ControlMessage:
+        if self.control is None:
+            self.control = rpc_pb2.ControlMessage()
+        return self.control
+
+
+class _Peer:
+    __slots__ = (
+        "dont_send",
+        "iasked",
+        "id",
+        "idontwant_count",
+        "ihave_count",
+        "is_gossip",
+        "iwant_spam",
+        "outbound",
+        "outbox",
+        "protocol",
+        "topics",
+    )
+
+    def __init__(self, peer: PeerID, protocol: str, outbound: bool) -> None:
+        self.id = peer
+        self.protocol = protocol
+        self.is_gossip = protocol in GOSSIPSUB_PROTOCOLS
+        self.outbound = outbound
+        self.topics: set[str] = set()
+        self.ihave_count = 0
+        self.iasked = 0
+        self.idontwant_count = 0
+        self.iwant_spam = False
+        self.dont_send: dict[bytes, int] = {}
+        self.outbox = _Outbox()
+
+
+class _Pending:
+    __slots__ = ("data", "message", "source")
+
+    def __init__(self, source: PeerID, data: bytes, message: Message) -> None:
+        self.source = source
+        self.data = data
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class GossipsubRouter:
+    """One node's gossipsub state. See the module docstring for how to drive it."""
+
+    def __init__(
+        self,
+        local_peer: PeerID,
+        config: GossipsubConfig | None = None,
+        score_params: PeerScoreParams | None = None,
+        score_thresholds: PeerScoreThresholds | None = None,
+        *,
+        key: KeyPair | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or GossipsubConfig()
+        self.score_params = score_params or PeerScoreParams()
+        self.thresholds = score_thresholds or PeerScoreThresholds()
+        self.config.validate()
+        self.score_params.validate()
+        self.thresholds.validate()
+        if self.config.signature_policy is SignaturePolicy.STRICT_SIGN and key is None:
+            raise InvalidParameters("StrictSign needs the node's key to sign messages")
+        self.local_peer = local_peer
+        self.key = key
+        self.rng = rng or random.Random()
+        self.msg_id_fn = self.config.msg_id_fn or default_msg_id_fn(self.config.signature_policy)
+        self.verifier = SignatureVerifier(self.config.signature_policy)
+        self.seqno = SeqnoCounter()
+
+        self.peers: dict[PeerID, _Peer] = {}
+        self.topics: dict[str, set[PeerID]] = {}
+        self.subscriptions: set[str] = set()
+        self.mesh: dict[str, set[PeerID]] = {}
+        self.fanout: dict[str, set[PeerID]] = {}
+        self.fanout_lastpub: dict[str, float] = {}
+        self.backoff: dict[str, dict[PeerID, float]] = {}
+        self.direct: set[PeerID] = set()
+        self.validated_topics: set[str] = set()
+        self.peer_records: dict[PeerID, bytes] = {}
+
+        self.mcache = MessageCache(self.config.mcache_gossip, self.config.mcache_len)
+        self.seen: TimeCache[bytes] = TimeCache(self.config.seen_ttl)
+        self.score = PeerScore(self.score_params, delivery_record_ttl=self.config.seen_ttl)
+        self.tracer = GossipTracer(self.config.iwant_followup_time, self.rng)
+        self.pending: dict[bytes, _Pending] = {}
+
+        self.heartbeat_ticks = 0
+        self.now = 0.0
+        self._dirty: set[PeerID] = set()
+        self._events: list[RouterEvent] = []
+        #: counters for tests and metrics
+        self.stats: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ outputs
+
+    def take_outgoing(self) -> list[tuple[PeerID, bytes]]:
+        """The RPC frames to send since the last call (each fits ``max_message_size``)."""
+        out: list[tuple[PeerID, bytes]] = []
+        limit = self.config.max_message_size
+        for pid in self._dirty:
+            peer = self.peers.get(pid)
+            if peer is None:
+                continue
+            box = peer.outbox
+            if not box.subs and not box.msgs and box.control is None:
+                continue
+            peer.outbox = _Outbox()
+            parts: list[bytes] = []
+            size = 0
+            if box.control is not None and box.control.ByteSize() > 0:
+                c = box.control.SerializeToString()
+                parts += (_TAG_CONTROL, encode_uvarint(len(c)), c)
+                size += len(c) + 6
+            for s in box.subs:
+                parts += (_TAG_SUBSCRIPTION, encode_uvarint(len(s)), s)
+                size += len(s) + 6
+            for m in box.msgs:
+                n = len(m) + 6
+                if parts and size + n > limit:
+                    out.append((pid, b"".join(parts)))
+                    parts, size = [], 0
+                parts += (_TAG_PUBLISH, encode_uvarint(len(m)), m)
+                size += n
+            if parts:
+                out.append((pid, b"".join(parts)))
+        self._dirty.clear()
+        return out
+
+    def take_events(self) -> list[RouterEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + n
+
+    def _box(self, pid: PeerID) -> _Outbox:
+        self._dirty.add(pid)
+        return self.peers[pid].outbox
+
+    def _send_message(self, pid: PeerID, msg_id: bytes, data: bytes) -> None:
+        box = self._box(pid)
+        if msg_id not in box.msg_ids:
+            box.msg_ids.add(msg_id)
+            box.msgs.append(data)
+
+    def _send_subscription(self, pid: PeerID, topic: str, subscribe: bool) -> None:
+        sub = rpc_pb2.RPC.SubOpts(subscribe=subscribe, topicid=topic)
+        self._box(pid).subs.append(sub.SerializeToString())
+
+    def _send_graft(self, pid: PeerID, topic: str) -> None:
+        self._box(pid).ctrl().graft.add(topicID=topic)
+
+    def _send_prune(self, pid: PeerID, topic: str, *, px: bool, unsubscribe: bool) -> None:
+        prune = self._make_prune(pid, topic, px, unsubscribe)
+        self._box(pid).ctrl().prune.append(prune)
+
+    # ------------------------------------------------------------------ peers
+
+    def add_peer(
+        self,
+        peer: PeerID,
+        protocol: str,
+        *,
+        outbound: bool = False,
+        ips: Iterable[str] = (),
+        now: float,
+    ) -> None:
+        """A stream to ``peer`` speaking ``protocol`` is ready: greet it with our topics."""
+        self.now = now
+        if peer in self.peers:
+            p = self.peers[peer]
+            p.protocol = protocol
+            p.is_gossip = protocol in GOSSIPSUB_PROTOCOLS
+            return
+        if protocol not in GOSSIPSUB_PROTOCOLS and protocol != FLOODSUB_ID:
+            raise InvalidParameters(f"unknown pubsub protocol {protocol!r}")
+        self.peers[peer] = _Peer(peer, protocol, outbound)
+        self.score.add_peer(peer, ips)
+        log.debug("peer %s added (%s, %s)", peer, protocol, "out" if outbound else "in")
+        for topic in sorted(self.subscriptions):
+            self._send_subscription(peer, topic, True)
+
+    def remove_peer(self, peer: PeerID, now: float) -> None:
+        self.now = now
+        p = self.peers.pop(peer, None)
+        if p is None:
+            return
+        for topic in p.topics:
+            subs = self.topics.get(topic)
+            if subs is not None:
+                subs.discard(peer)
+                if not subs:
+                    del self.topics[topic]
+        for topic, mesh in self.mesh.items():
+            if peer in mesh:
+                mesh.discard(peer)
+                self.score.prune(peer, topic, now)
+        for fanout in self.fanout.values():
+            fanout.discard(peer)
+        self.tracer.remove_peer(peer)
+        self.score.remove_peer(peer, now)
+        self._dirty.discard(peer)
+        log.debug("peer %s removed", peer)
+
+    def add_direct_peer(self, peer: PeerID) -> None:
+        """Always forward to ``peer``, never mesh it; reconnect it when it goes away."""
+        if peer == self.local_peer or peer in self.direct:
+            return
+        self.direct.add(peer)
+        for topic, mesh in self.mesh.items():
+            if peer in mesh:
+                mesh.discard(peer)
+                self.score.prune(peer, topic, self.now)
+        if peer not in self.peers:
+            self._events.append(ConnectPeer(peer, "direct"))
+
+    def set_app_score(self, peer: PeerID, value: float) -> None:
+        self.score.set_app_score(peer, value)
+
+    def peer_score(self, peer: PeerID, now: float | None = None) -> float:
+        return self.score.score(peer, self.now if now is None else now)
+
+    def _score(self, peer: PeerID) -> float:
+        return self.score.score(peer, self.now)
+
+    # ------------------------------------------------------------------ queries
+
+    def mesh_peers(self, topic: str) -> set[PeerID]:
+        return set(self.mesh.get(topic, ()))
+
+    def fanout_peers(self, topic: str) -> set[PeerID]:
+        return set(self.fanout.get(topic, ()))
+
+    def topic_peers(self, topic: str) -> set[PeerID]:
+        return set(self.topics.get(topic, ()))
+
+    def peer_protocol(self, peer: PeerID) -> str | None:
+        p = self.peers.get(peer)
+        return None if p is None else p.protocol
+
+    def backoff_remaining(self, peer: PeerID, topic: str, now: float | None = None) -> float:
+        expire = self.backoff.get(topic, {}).get(peer)
+        t = self.now if now is None else now
+        return 0.0 if expire is None else max(0.0, expire - t)
+
+    # ------------------------------------------------------------------ backoff
+
+    def _add_backoff(self, peer: PeerID, topic: str, seconds: float) -> None:
+        entries = self.backoff.setdefault(topic, {})
+        expire = self.now + seconds
+        if entries.get(peer, 0.0) < expire:
+            entries[peer] = expire
+
+    def _backed_off(self, peer: PeerID, topic: str, slack: bool = False) -> bool:
+        expire = self.backoff.get(topic, {}).get(peer)
+        if expire is None:
+            return False
+        if slack:  # one heartbeat of slack against clock skew (specs PR 289)
+            expire += self.config.heartbeat_interval
+        return self.now < expire
+
+    def _clear_backoff(self) -> None:
+        slack = self.config.heartbeat_interval
+        for topic in list(self.backoff):
+            entries = self.backoff[topic]
+            for peer in [p for p, e in entries.items() if e + slack < self.now]:
+                del entries[peer]
+            if not entries:
+                del self.backoff[topic]
+
+    # ------------------------------------------------------------------ local application
+
+    def join(self, topic: str, now: float) -> None:
+        """Subscribe: announce it to every peer and build a mesh (from the fanout first)."""
+        self.now = now
+        if topic in self.subscriptions:
+            return
+        self.subscriptions.add(topic)
+        for pid in self.peers:
+            self._send_subscription(pid, topic, True)
+        if topic in self.mesh:
+            return
+        d = self.config.d
+        mesh = self.fanout.pop(topic, set())
+        self.fanout_lastpub.pop(topic, None)
+        mesh = {
+            p
+            for p in mesh
+            if p in self.peers and self._score(p) >= 0 and not self._backed_off(p, topic, True)
+        }
+        if len(mesh) < d:
+            mesh.update(
+                self._get_peers(
+                    topic,
+                    d - len(mesh),
+                    lambda p: (
+                        p not in mesh
+                        and p not in self.direct
+                        and not self._backed_off(p, topic, True)
+                        and self._score(p) >= 0
+                    ),
+                )
+            )
+        self.mesh[topic] = mesh
+        for p in mesh:
+            self.score.graft(p, topic, now)
+            self._send_graft(p, topic)
+        log.debug("joined %s with %d mesh peers", topic, len(mesh))
+
+    def leave(self, topic: str, now: float) -> None:
+        """Unsubscribe: announce it, prune the mesh with the unsubscribe backoff."""
+        self.now = now
+        if topic not in self.subscriptions:
+            return
+        self.subscriptions.discard(topic)
+        for pid in self.peers:
+            self._send_subscription(pid, topic, False)
+        mesh = self.mesh.pop(topic, set())
+        for p in mesh:
+            self.score.prune(p, topic, now)
+            self._send_prune(p, topic, px=self.config.do_px, unsubscribe=True)
+            self._add_backoff(p, topic, self.config.unsubscribe_backoff)
+
+    def publish(self, topic: str, data: bytes, now: float) -> bytes:
+        """Sign (per policy) and send a new message; returns its message ID."""
+        self.now = now
+        cfg = self.config
+        msg = build_message(
+            topic,
+            data,
+            policy=cfg.signature_policy,
+            key=self.key,
+            peer_id=self.local_peer,
+            seqno=self.seqno.next() if self.key is not None else None,
+        )
+        return self.publish_message(msg, now)
+
+    def publish_message(self, msg: rpc_pb2.Message, now: float) -> bytes:
+        """Send a message built by the caller (see :func:`messages.build_message`)."""
+        self.now = now
+        data = msg.SerializeToString()
+        if len(data) + 16 > self.config.max_message_size:
+            raise MessageTooLargeError(
+                f"message of {len(data)} bytes does not fit in an RPC of at most "
+                f"{self.config.max_message_size} bytes"
+            )
+        msg_id = self.msg_id_fn(msg)
+        if msg_id in self.seen:
+            raise DuplicateMessageError(f"message {msg_id.hex()} was already published or seen")
+        self.seen.add(msg_id, now)
+        topic = msg.topic
+        self.mcache.put(msg_id, topic, data)
+        self.tracer.fulfil(msg_id)
+        for pid in self._publish_targets(topic):
+            self._send_message(pid, msg_id, data)
+        self._count("published")
+        if self.config.emit_self and topic in self.subscriptions:
+            author = PeerID.from_bytes(get_from(msg)) if msg.HasField("from_") else None
+            self._events.append(
+                DeliverMessage(to_app_message(msg, msg_id, author, self.local_peer))
+            )
+        return msg_id
+
+    def publish_targets(self, topic: str) -> set[PeerID]:
+        """The peers a message published now would be sent to (without side effects)."""
+        saved = dict(self.fanout), dict(self.fanout_lastpub)
+        try:
+            return self._publish_targets(topic)
+        finally:
+            self.fanout, self.fanout_lastpub = saved
+
+    def _publish_targets(self, topic: str) -> set[PeerID]:
+        tmap = self.topics.get(topic, set())
+        pub_threshold = self.thresholds.publish_threshold
+        tosend: set[PeerID] = set()
+        if self.config.flood_publish:
+            for p in tmap:
+                if p in self.direct or self._score(p) >= pub_threshold:
+                    tosend.add(p)
+            return tosend
+        tosend.update(p for p in self.direct if p in tmap)
+        for p in tmap:
+            if not self.peers[p].is_gossip and self._score(p) >= pub_threshold:
+                tosend.add(p)
+        gmap = self.mesh.get(topic)
+        if gmap is None:
+            gmap = self.fanout.get(topic)
+            if not gmap:
+                gmap = set(
+                    self._get_peers(
+                        topic,
+                        self.config.d,
+                        lambda p: p not in self.direct and self._score(p) >= pub_threshold,
+                    )
+                )
+                if gmap:
+                    self.fanout[topic] = gmap
+            self.fanout_lastpub[topic] = self.now
+        tosend.update(gmap)
+        return tosend
+
+    # ------------------------------------------------------------------ receiving
+
+    def accept_from(self, peer: PeerID) -> bool:
+        """False when the peer is graylisted: its RPCs are ignored."""
+        if peer in self.direct:
+            return True
+        return self._score(peer) >= self.thresholds.graylist_threshold
+
+    def handle_rpc(self, peer: PeerID, data: bytes, now: float) -> None:
+        """Process one RPC frame from ``peer``. Raises InvalidRPC if it cannot be decoded."""
+        self.now = now
+        p = self.peers.get(peer)
+        if p is None:
+            log.debug("RPC from unknown peer %s dropped", peer)
+            self._count("rpc_unknown_peer")
+            return
+        if not self.accept_from(peer):
+            log.debug("RPC from graylisted peer %s ignored", peer)
+            self._count("rpc_graylisted")
+            return
+        try:
+            rpc = rpc_pb2.RPC.FromString(data)
+        except DecodeError as exc:
+            self._count("rpc_invalid")
+            raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
+        self._count("rpc_received")
+        for sub in rpc.subscriptions:
+            self._handle_subscription(p, sub)
+        for msg in rpc.publish:
+            self._handle_message(p, msg)
+        if rpc.HasField("control") and p.is_gossip:
+            self._handle_control(p, rpc.control)
+
+    def _handle_subscription(self, p: _Peer, sub: rpc_pb2.RPC.SubOpts) -> None:
+        if not sub.HasField("topicid"):
+            return
+        topic = sub.topicid
+        if sub.subscribe:
+            if topic in p.topics:
+                return
+            if (
+                len(p.topics) >= self.config.max_topics_per_peer
+                or len(topic) > self.config.max_topic_length
+            ):
+                self._count("subscriptions_refused")
+                return
+            p.topics.add(topic)
+            self.topics.setdefault(topic, set()).add(p.id)
+            self._graft_on_subscribe(p, topic)
+        else:
+            if topic not in p.topics:
+                return
+            p.topics.discard(topic)
+            subs = self.topics.get(topic)
+            if subs is not None:
+                subs.discard(p.id)
+                if not subs:
+                    del self.topics[topic]
+            mesh = self.mesh.get(topic)
+            if mesh is not None and p.id in mesh:
+                mesh.discard(p.id)
+                self.score.prune(p.id, topic, self.now)
+            fanout = self.fanout.get(topic)
+            if fanout is not None:
+                fanout.discard(p.id)
+
+    def _graft_on_subscribe(self, p: _Peer, topic: str) -> None:
+        mesh = self.mesh.get(topic)
+        if (
+            mesh is None
+            or p.id in mesh
+            or len(mesh) >= self.config.d_lo
+            or not p.is_gossip
+            or p.id in self.direct
+            or self._backed_off(p.id, topic, True)
+            or self._score(p.id) < 0
+        ):
+            return
+        mesh.add(p.id)
+        self.score.graft(p.id, topic, self.now)
+        self._send_graft(p.id, topic)
+
+    def _handle_message(self, p: _Peer, msg: rpc_pb2.Message) -> None:
+        now = self.now
+        topic = msg.topic
+        if not msg.HasField("topic") or topic not in self.subscriptions:
+            self._count("msg_not_subscribed")
+            return
+        try:
+            msg_id = self.msg_id_fn(msg)
+        except InvalidMessage as exc:
+            log.debug("message from %s without a usable ID: %s", p.id, exc)
+            self.score.reject_message(p.id, None, topic, now)
+            self._count("msg_invalid")
+            return
+        if msg_id in self.seen or msg_id in self.pending:
+            self.score.duplicate_message(p.id, msg_id, topic, now)
+            self._count("msg_duplicate")
+            return
+        try:
+            author = self.verifier.verify(msg)
+        except InvalidMessage as exc:
+            log.debug("invalid message from %s: %s", p.id, exc)
+            self.score.reject_message(p.id, None, topic, now)
+            self._count("msg_invalid")
+            return
+        if author == self.local_peer:
+            # our own message came back after the seen cache forgot it, or a forgery
+            self._count("msg_self_origin")
+            return
+        self.seen.add(msg_id, now)
+        self.score.validate_message(msg_id, now)
+        self.tracer.fulfil(msg_id)
+        data = msg.SerializeToString()
+        if len(msg.data) >= self.config.idontwant_message_threshold:
+            self._send_idontwant(msg_id, topic, p.id)
+        app_msg = to_app_message(msg, msg_id, author, p.id)
+        if topic in self.validated_topics:
+            if len(self.pending) >= self.config.max_pending_validations:
+                self.score.ignore_message(msg_id, now)
+                self._count("msg_throttled")
+                return
+            self.pending[msg_id] = _Pending(p.id, data, app_msg)
+            self._events.append(ValidateMessage(app_msg))
+            return
+        self._accept(p.id, msg_id, data, app_msg)
+
+    def report_validation(self, msg_id: bytes, result: ValidationResult, now: float) -> None:
+        """The validator's verdict for a message announced with ValidateMessage."""
+        self.now = now
+        pending = self.pending.pop(msg_id, None)
+        if pending is None:
+            return
+        topic = pending.message.topic
+        if result is ValidationResult.ACCEPT:
+            if pending.source in self.peers or pending.source == self.local_peer:
+                self._accept(pending.source, msg_id, pending.data, pending.message)
+            else:  # the sender left meanwhile: still deliver and forward
+                self._accept(pending.source, msg_id, pending.data, pending.message)
+        elif result is ValidationResult.REJECT:
+            self.score.reject_message(pending.source, msg_id, topic, now)
+            self._count("msg_rejected")
+        else:
+            self.score.ignore_message(msg_id, now)
+            self._count("msg_ignored")
+
+    def _accept(self, source: PeerID, msg_id: bytes, data: bytes, message: Message) -> None:
+        topic = message.topic
+        self.mcache.put(msg_id, topic, data)
+        self.score.deliver_message(source, msg_id, topic, self.now)
+        self._count("msg_delivered")
+        if topic in self.subscriptions:
+            self._events.append(DeliverMessage(message))
+        self._forward(msg_id, topic, data, source, message.from_peer)
+
+    def _forward(
+        self, msg_id: bytes, topic: str, data: bytes, source: PeerID, origin: PeerID | None
+    ) -> None:
+        tmap = self.topics.get(topic)
+        if not tmap:
+            return
+        tosend: set[PeerID] = set()
+        for p in self.direct:
+            if p in tmap:
+                tosend.add(p)
+        pub_threshold = self.thresholds.publish_threshold
+        for pid in tmap:
+            if not self.peers[pid].is_gossip and self._score(pid) >= pub_threshold:
+                tosend.add(pid)
+        for pid in self.mesh.get(topic, ()):
+            if msg_id not in self.peers[pid].dont_send:
+                tosend.add(pid)
+        tosend.discard(source)
+        if origin is not None:
+            tosend.discard(origin)
+        for pid in tosend:
+            self._send_message(pid, msg_id, data)
+        self._count("msg_forwarded", len(tosend))
+
+    def _send_idontwant(self, msg_id: bytes, topic: str, source: PeerID) -> None:
+        for pid in self.mesh.get(topic, ()):
+            if pid != source and supports_idontwant(self.peers[pid].protocol):
+                ctrl = self._box(pid).ctrl()
+                if ctrl.idontwant:
+                    ctrl.idontwant[0].messageIDs.append(msg_id)
+                else:
+                    ctrl.idontwant.add(messageIDs=[msg_id])
+                self._count("idontwant_sent")
+
+    # ------------------------------------------------------------------ control
+
+    def _handle_control(self, p: _Peer, ctrl: rpc_pb2.ControlMessage) -> None:
+        if ctrl.ihave:
+            self._handle_ihave(p, ctrl.ihave)
+        if ctrl.iwant:
+            self._handle_iwant(p, ctrl.iwant)
+        if ctrl.graft:
+            self._handle_graft(p, ctrl.graft)
+        if ctrl.prune:
+            self._handle_prune(p, ctrl.prune)
+        if ctrl.idontwant:
+            self._handle_idontwant(p, ctrl.idontwant)
+
+    def _handle_ihave(self, p: _Peer, ihaves: Iterable[rpc_pb2.ControlIHave]) -> None:
+        cfg = self.config
+        if self._score(p.id) < self.thresholds.gossip_threshold:
+            self._count("ihave_ignored_score")
+            return
+        p.ihave_count += 1
+        if p.ihave_count > cfg.max_ihave_messages:
+            self._count("ihave_ignored_flood")
+            return
+        if p.iasked >= cfg.max_ihave_length:
+            self._count("ihave_ignored_flood")
+            return
+        want: dict[bytes, None] = {}
+        for ihave in ihaves:
+            if ihave.topicID not in self.mesh:
+                continue
+            for mid in ihave.messageIDs:
+                if mid not in self.seen and mid not in self.pending and mid not in want:
+                    want[mid] = None
+                    if len(want) >= cfg.max_ihave_length:
+                        break
+        if not want:
+            return
+        iask = min(len(want), cfg.max_ihave_length - p.iasked)
+        ids = list(want)
+        self.rng.shuffle(ids)
+        ids = ids[:iask]
+        p.iasked += iask
+        self._box(p.id).ctrl().iwant.add(messageIDs=ids)
+        self.tracer.add_promise(p.id, ids, self.now)
+        self._count("iwant_sent")
+
+    def _handle_iwant(self, p: _Peer, iwants: Iterable[rpc_pb2.ControlIWant]) -> None:
+        if self._score(p.id) < self.thresholds.gossip_threshold:
+            self._count("iwant_ignored_score")
+            return
+        limit = self.config.gossip_retransmission
+        n = 0
+        for iwant in iwants:
+            for mid in iwant.messageIDs:
+                n += 1
+                if n > self.config.max_ihave_length:
+                    return
+                if mid in p.dont_send:
+                    continue
+                entry = self.mcache.get_for_peer(mid, p.id)
+                if entry is None:
+                    continue
+                data, _topic, count = entry
+                if count > limit:
+                    self._count("iwant_over_limit")
+                    if self.config.penalize_iwant_spam and not p.iwant_spam:
+                        # once per heartbeat: a peer asking again and again is spamming
+                        p.iwant_spam = True
+                        self.score.add_penalty(p.id, 1)
+                    continue
+                self._send_message(p.id, mid, data)
+                self._count("iwant_answered")
+
+    def _handle_graft(self, p: _Peer, grafts: Iterable[rpc_pb2.ControlGraft]) -> None:
+        cfg = self.config
+        score = self._score(p.id)
+        do_px = cfg.do_px
+        prune: list[str] = []
+        for graft in grafts:
+            topic = graft.topicID
+            mesh = self.mesh.get(topic)
+            if mesh is None:
+                do_px = False  # do not leak our peers for topics we are not in
+                continue
+            if p.id in mesh:
+                continue
+            if p.id in self.direct:
+                log.warning("GRAFT from direct peer %s in %s: refused", p.id, topic)
+                prune.append(topic)
+                do_px = False
+                continue
+            expire = self.backoff.get(topic, {}).get(p.id)
+            if expire is not None and self.now < expire:
+                log.debug("GRAFT from %s in %s during backoff: penalised", p.id, topic)
+                self.score.add_penalty(p.id, 1)
+                self._count("graft_backoff_violation")
+                do_px = False
+                flood_cutoff = expire + cfg.graft_flood_threshold - cfg.prune_backoff
+                if self.now < flood_cutoff:
+                    self.score.add_penalty(p.id, 1)
+                self._add_backoff(p.id, topic, cfg.prune_backoff)
+                prune.append(topic)
+                continue
+            if score < 0:
+                prune.append(topic)
+                do_px = False
+                self._add_backoff(p.id, topic, cfg.prune_backoff)
+                continue
+            if len(mesh) >= cfg.d_hi and not p.outbound:
+                prune.append(topic)
+                self._add_backoff(p.id, topic, cfg.prune_backoff)
+                continue
+            mesh.add(p.id)
+            self.score.graft(p.id, topic, self.now)
+            self._count("graft_accepted")
+        for topic in prune:
+            self._send_prune(p.id, topic, px=do_px, unsubscribe=False)
+
+    def _handle_prune(self, p: _Peer, prunes: Iterable[rpc_pb2.ControlPrune]) -> None:
+        score = self._score(p.id)
+        for prune in prunes:
+            topic = prune.topicID
+            mesh = self.mesh.get(topic)
+            if mesh is None:
+                continue
+            if p.id in mesh:
+                mesh.discard(p.id)
+                self.score.prune(p.id, topic, self.now)
+            self._count("prune_received")
+            if prune.HasField("backoff") and prune.backoff > 0:
+                self._add_backoff(p.id, topic, min(float(prune.backoff), 24 * 3600.0))
+            else:
+                self._add_backoff(p.id, topic, self.config.prune_backoff)
+            if prune.peers:
+                if score < self.thresholds.accept_px_threshold:
+                    self._count("px_ignored_score")
+                    continue
+                self._px_connect(prune.peers)
+
+    def _px_connect(self, infos: Iterable[rpc_pb2.PeerInfo]) -> None:
+        infos = list(infos)
+        if len(infos) > self.config.prune_peers:
+            self.rng.shuffle(infos)
+            infos = infos[: self.config.prune_peers]
+        for info in infos:
+            try:
+                peer = PeerID.from_bytes(info.peerID)
+            except Exception:  # a malformed ID in someone's PX: skip it
+                continue
+            if peer == self.local_peer or peer in self.peers:
+                continue
+            record = info.signedPeerRecord if info.HasField("signedPeerRecord") else None
+            self._events.append(ConnectPeer(peer, "px", record))
+            self._count("px_offered")
+
+    def _handle_idontwant(self, p: _Peer, idontwants: Iterable[rpc_pb2.ControlIDontWant]) -> None:
+        limit = self.config.max_idontwant_messages
+        for idw in idontwants:
+            for mid in idw.messageIDs:
+                if p.idontwant_count >= limit:
+                    self._count("idontwant_over_limit")
+                    return
+                p.idontwant_count += 1
+                p.dont_send[mid] = self.heartbeat_ticks
+
+    def _make_prune(
+        self, pid: PeerID, topic: str, px: bool, unsubscribe: bool
+    ) -> rpc_pb2.ControlPrune:
+        prune = rpc_pb2.ControlPrune(topicID=topic)
+        peer = self.peers.get(pid)
+        if peer is None or not supports_backoff(peer.protocol):
+            return prune
+        seconds = self.config.unsubscribe_backoff if unsubscribe else self.config.prune_backoff
+        prune.backoff = max(1, math.ceil(seconds))
+        if px:
+            for other in self._get_peers(
+                topic, self.config.prune_peers, lambda x: x != pid and self._score(x) >= 0
+            ):
+                info = prune.peers.add(peerID=other.to_bytes())
+                record = self.peer_records.get(other)
+                if record is not None:
+                    info.signedPeerRecord = record
+        return prune
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def _get_peers(self, topic: str, count: int, accept: Callable[[PeerID], bool]) -> list[PeerID]:
+        """Up to ``count`` random gossipsub peers in ``topic`` for which ``accept`` holds."""
+        candidates = [
+            pid for pid in self.topics.get(topic, ()) if self.peers[pid].is_gossip and accept(pid)
+        ]
+        self.rng.shuffle(candidates)
+        return candidates[:count]
+
+    def heartbeat(self, now: float) -> None:
+        """Mesh maintenance, fanout expiry, gossip emission, score decay, cache shifting."""
+        self.now = now
+        cfg = self.config
+        self.heartbeat_ticks += 1
+        self.score.refresh(now)
+        self.seen.expire(now)
+        if self.heartbeat_ticks % 15 == 0:
+            self._clear_backoff()
+        # broken IWANT promises are P7 penalties
+        for pid, count in self.tracer.broken_promises(now).items():
+            if pid in self.peers:
+                log.debug("peer %s broke %d IWANT promises", pid, count)
+                self.score.add_penalty(pid, count)
+                self._count("broken_promises", count)
+        # per-heartbeat counters and IDONTWANT expiry
+        ttl = cfg.idontwant_ttl
+        for p in self.peers.values():
+            p.ihave_count = 0
+            p.iasked = 0
+            p.idontwant_count = 0
+            p.iwant_spam = False
+            if p.dont_send:
+                ticks = self.heartbeat_ticks
+                p.dont_send = {m: t for m, t in p.dont_send.items() if ticks - t < ttl}
+        if self.direct and self.heartbeat_ticks % cfg.direct_connect_ticks == 0:
+            for pid in self.direct:
+                if pid not in self.peers:
+                    self._events.append(ConnectPeer(pid, "direct"))
+
+        scores = {pid: self._score(pid) for pid in self.peers}
+        to_graft: dict[PeerID, list[str]] = {}
+        to_prune: dict[PeerID, list[str]] = {}
+        no_px: set[PeerID] = set()
+
+        for topic, mesh in self.mesh.items():
+            self._maintain_mesh(topic, mesh, scores, to_graft, to_prune, no_px)
+            self._emit_gossip(topic, mesh, scores)
+
+        # fanout: expire, keep peers in the topic and above the publish threshold, top up
+        publish_threshold = self.thresholds.publish_threshold
+        for topic in [t for t, last in self.fanout_lastpub.items() if last + cfg.fanout_ttl < now]:
+            self.fanout.pop(topic, None)
+            del self.fanout_lastpub[topic]
+        for topic, fanout in self.fanout.items():
+            tmap = self.topics.get(topic, set())
+            for pid in [
+                q for q in fanout if q not in tmap or scores.get(q, 0.0) < publish_threshold
+            ]:
+                fanout.discard(pid)
+            if len(fanout) < cfg.d:
+
+                def fanout_ok(q: PeerID, fanout: set[PeerID] = fanout) -> bool:
+                    return (
+                        q not in fanout
+                        and q not in self.direct
+                        and scores.get(q, 0.0) >= publish_threshold
+                    )
+
+                fanout.update(self._get_peers(topic, cfg.d - len(fanout), fanout_ok))
+            self._emit_gossip(topic, fanout, scores)
+
+        # coalesced GRAFT / PRUNE
+        for pid, topics in to_graft.items():
+            for topic in topics:
+                self._send_graft(pid, topic)
+            for topic in to_prune.pop(pid, []):
+                self._send_prune(pid, topic, px=cfg.do_px and pid not in no_px, unsubscribe=False)
+        for pid, topics in to_prune.items():
+            for topic in topics:
+                self._send_prune(pid, topic, px=cfg.do_px and pid not in no_px, unsubscribe=False)
+
+        self.mcache.shift()
+
+    def _maintain_mesh(
+        self,
+        topic: str,
+        mesh: set[PeerID],
+        scores: dict[PeerID, float],
+        to_graft: dict[PeerID, list[str]],
+        to_prune: dict[PeerID, list[str]],
+        no_px: set[PeerID],
+    ) -> None:
+        cfg = self.config
+        now = self.now
+
+        def prune_peer(pid: PeerID) -> None:
+            mesh.discard(pid)
+            self.score.prune(pid, topic, now)
+            self._add_backoff(pid, topic, cfg.prune_backoff)
+            to_prune.setdefault(pid, []).append(topic)
+
+        def graft_peer(pid: PeerID) -> None:
+            mesh.add(pid)
+            self.score.graft(pid, topic, now)
+            to_graft.setdefault(pid, []).append(topic)
+
+        def usable(pid: PeerID) -> bool:
+            return (
+                pid not in mesh
+                and pid not in self.direct
+                and not self._backed_off(pid, topic, True)
+                and scores.get(pid, 0.0) >= 0
+            )
+
+        def usable_outbound(pid: PeerID) -> bool:
+            return usable(pid) and self.peers[pid].outbound
+
+        # drop peers with a negative score, without peer exchange
+        for pid in [q for q in mesh if scores.get(q, 0.0) < 0]:
+            prune_peer(pid)
+            no_px.add(pid)
+
+        # too few peers: graft up to D
+        if len(mesh) < cfg.d_lo:
+            for pid in self._get_peers(topic, cfg.d - len(mesh), usable):
+                graft_peer(pid)
+
+        # too many: keep the best d_score by score, the rest at random, and d_out outbound
+        if len(mesh) > cfg.d_hi:
+            plst = list(mesh)
+            self.rng.shuffle(plst)
+            plst.sort(key=lambda q: scores.get(q, 0.0), reverse=True)
+            rest = plst[cfg.d_score :]
+            self.rng.shuffle(rest)
+            plst[cfg.d_score :] = rest
+            outbound = sum(1 for q in plst[: cfg.d] if self.peers[q].outbound)
+            if outbound < cfg.d_out:
+
+                def rotate(i: int) -> None:
+                    plst.insert(0, plst.pop(i))
+
+                # bring the outbound peers among the first D to the front ...
+                if outbound > 0:
+                    left = outbound
+                    i = 1
+                    while i < cfg.d and left > 0:
+                        if self.peers[plst[i]].outbound:
+                            rotate(i)
+                            left -= 1
+                        i += 1
+                # ... and enough outbound peers from beyond D to keep the quota
+                ineed = cfg.d_out - outbound
+                i = cfg.d
+                while i < len(plst) and ineed > 0:
+                    if self.peers[plst[i]].outbound:
+                        rotate(i)
+                        ineed -= 1
+                    i += 1
+            for pid in plst[cfg.d :]:
+                prune_peer(pid)
+
+        # enough peers but too few outbound ones: graft outbound peers
+        if len(mesh) >= cfg.d_lo:
+            outbound = sum(1 for q in mesh if self.peers[q].outbound)
+            if outbound < cfg.d_out:
+                for pid in self._get_peers(topic, cfg.d_out - outbound, usable_outbound):
+                    graft_peer(pid)
+
+        # opportunistic grafting: the mesh is poor, add peers scoring above its median
+        if self.heartbeat_ticks % cfg.opportunistic_graft_ticks == 0 and len(mesh) > 1:
+            ordered = sorted(mesh, key=lambda q: scores.get(q, 0.0))
+            median = scores.get(ordered[len(ordered) // 2], 0.0)
+            if median < self.thresholds.opportunistic_graft_threshold:
+
+                def better(pid: PeerID) -> bool:
+                    return usable(pid) and scores.get(pid, 0.0) > median
+
+                for pid in self._get_peers(topic, cfg.opportunistic_graft_peers, better):
+                    graft_peer(pid)
+                    self._count("opportunistic_graft")
+
+    def _emit_gossip(self, topic: str, exclude: set[PeerID], scores: dict[PeerID, float]) -> None:
+        cfg = self.config
+        mids = self.mcache.gossip_ids(topic)
+        if not mids:
+            return
+        threshold = self.thresholds.gossip_threshold
+        peers = [
+            pid
+            for pid in self.topics.get(topic, ())
+            if pid not in exclude
+            and pid not in self.direct
+            and self.peers[pid].is_gossip
+            and scores.get(pid, 0.0) >= threshold
+        ]
+        target = max(cfg.d_lazy, int(cfg.gossip_factor * len(peers)))
+        if target < len(peers):
+            self.rng.shuffle(peers)
+            peers = peers[:target]
+        for pid in peers:
+            ids = mids
+            if len(ids) > cfg.max_ihave_length:
+                ids = list(mids)
+                self.rng.shuffle(ids)
+                ids = ids[: cfg.max_ihave_length]
+            self._box(pid).ctrl().ihave.add(topicID=topic, messageIDs=ids)
+            self._count("ihave_sent")
