@@ -91,7 +91,7 @@ def test_env_file(tmp_path: Path) -> None:
     assert cfg.rpc_url == "http://127.0.0.1:8545"
     bad = tmp_path / "bad.env"
     bad.write_text("this is not an assignment\n")
-    with pytest.raises(ConfigError, match="bad.env:1"):
+    with pytest.raises(ConfigError, match=r"bad\.env:1"):
         NodeConfig.from_env_file(bad)
     with pytest.raises(ConfigError):
         NodeConfig.from_env({"DHT_MODE": "both"})
