@@ -135,3 +135,37 @@ def test_to_checksum_address_errors() -> None:
         to_checksum_address(b"\x00" * 19)
     with pytest.raises(CryptoError):
         to_checksum_address("0x1234")
+
+
+# viem's documented signMessage example: Anvil account #0 signs "hello world"
+# (viem docs, actions/wallet/signMessage; the same value is in viem's test suite).
+_ANVIL0_SECRET = bytes.fromhex("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
+_HELLO_SIG = bytes.fromhex(
+    "a461f509887bd19e312c0c58467ce8ff8e300d3c1a90b608a760c5b80318eaf1"
+    "5fe57c96f9175d6cd4daad4663763baa7e78836e067d0163e9a2ccf2ff753f5b1b"
+)
+
+
+def test_personal_sign_matches_viem_vector() -> None:
+    from p2pnet.crypto.eth import personal_sign, recover_personal_signer
+
+    assert personal_sign(_ANVIL0_SECRET, b"hello world") == _HELLO_SIG
+    signer = recover_personal_signer(b"hello world", _HELLO_SIG)
+    assert signer == "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"
+    assert recover_personal_signer(b"hello world!", _HELLO_SIG) != signer
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _HELLO_SIG[:64],  # too short
+        _HELLO_SIG[:64] + b"\x01",  # v not 27/28
+        b"\x00" * 32 + _HELLO_SIG[32:],  # r = 0
+        _HELLO_SIG[:32] + (2**256 - 1).to_bytes(32, "big") + b"\x1b",  # high s
+    ],
+)
+def test_recover_rejects_malformed_signatures(bad: bytes) -> None:
+    from p2pnet.crypto.eth import recover_personal_signer
+
+    with pytest.raises(CryptoError):
+        recover_personal_signer(b"hello world", bad)

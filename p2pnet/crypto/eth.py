@@ -23,7 +23,14 @@ from p2pnet.errors import CryptoError
 if TYPE_CHECKING:
     from p2pnet.peer.peer_id import PeerID
 
-__all__ = ["eth_address", "eth_address_from_public_key", "is_eth_address", "to_checksum_address"]
+__all__ = [
+    "eth_address",
+    "eth_address_from_public_key",
+    "is_eth_address",
+    "personal_sign",
+    "recover_personal_signer",
+    "to_checksum_address",
+]
 
 _HEX_ADDRESS = re.compile(r"0[xX][0-9a-fA-F]{40}")
 _keccak_fn: Callable[[bytes], bytes] | None = None
@@ -95,3 +102,47 @@ def is_eth_address(value: object, *, strict: bool = False) -> bool:
     if not strict and (body == body.lower() or body == body.upper()):
         return True
     return _checksum(body)[2:] == body
+
+
+# -- EIP-191 personal_sign -------------------------------------------------------------------
+
+#: Bytes of a ``personal_sign`` signature: r (32) || s (32) || v (1, 27 or 28).
+PERSONAL_SIGNATURE_SIZE = 65
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def personal_digest(message: bytes) -> bytes:
+    """keccak256("\\x19Ethereum Signed Message:\\n" + len(message) + message) (EIP-191)."""
+    prefix = b"\x19Ethereum Signed Message:\n" + str(len(message)).encode("ascii")
+    return _keccak256(prefix + message)
+
+
+def personal_sign(secret: bytes, message: bytes) -> bytes:
+    """Sign ``message`` as Ethereum wallets' ``personal_sign`` does (low s, v in {27, 28})."""
+    from coincurve import PrivateKey
+
+    sig: bytes = PrivateKey(secret).sign_recoverable(personal_digest(message), hasher=None)
+    return sig[:64] + bytes([27 + sig[64]])
+
+
+def recover_personal_signer(message: bytes, signature: bytes) -> str:
+    """The lowercase ``0x`` address that produced ``signature`` over ``message``.
+
+    Raises :class:`CryptoError` for a malformed signature (wrong size, v not 27/28, high s).
+    """
+    from coincurve import PublicKey
+
+    if len(signature) != PERSONAL_SIGNATURE_SIZE:
+        raise CryptoError(f"personal_sign signature must be 65 bytes, got {len(signature)}")
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:64], "big")
+    v = signature[64]
+    if v not in (27, 28) or not 0 < r < _SECP256K1_N or not 0 < s <= _SECP256K1_N // 2:
+        raise CryptoError("malformed personal_sign signature (need r||s||v, low s, v 27/28)")
+    try:
+        pub = PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v - 27]), personal_digest(message), hasher=None
+        )
+    except Exception as exc:  # coincurve raises plain Exception for unrecoverable input
+        raise CryptoError(f"signature does not recover a public key: {exc}") from None
+    return "0x" + _keccak256(pub.format(compressed=False)[1:])[-20:].hex()

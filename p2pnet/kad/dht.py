@@ -553,8 +553,9 @@ class KadDHT:
 
     async def bootstrap(self, peers: Iterable[str | Multiaddr] | None = None) -> int:
         """Connect to ``peers`` (default: ``config.bootstrap_peers``), wait for them to be
-        identified, then look ourselves up and refresh the buckets. Returns the routing table
-        size. Raises :class:`KadError` if none of the peers could be reached."""
+        identified, then look ourselves up (which fills the table with our neighbours; the
+        other buckets are refreshed on the timer, or by :meth:`refresh`). Returns the routing
+        table size. Raises :class:`KadError` if none of the peers could be reached."""
         addrs = list(self.config.bootstrap_peers if peers is None else peers)
         if addrs:
             results = await asyncio.gather(
@@ -564,7 +565,7 @@ class KadDHT:
             if not ok:
                 errors = "; ".join(str(r) for r in results)
                 raise KadError(f"could not reach any bootstrap peer: {errors}")
-        await self.refresh(force=True)
+        await self.get_closest_peers(self.host.peer_id.to_bytes())
         return len(self.routing_table)
 
     async def _connect_bootstrap(self, addr: str | Multiaddr) -> PeerID:
@@ -689,6 +690,9 @@ class KadDHT:
         if t == m.FIND_NODE:
             resp = m.request(m.FIND_NODE, msg.key)
             resp.closerPeers.extend(self._closer_peers(msg.key, peer))
+            target = self._known_target(bytes(msg.key), peer)
+            if target is not None and target.id not in {p.id for p in resp.closerPeers}:
+                resp.closerPeers.append(target)
             return resp
         if t == m.GET_VALUE:
             return self._handle_get_value(peer, msg)
@@ -713,6 +717,17 @@ class KadDHT:
             else kad_pb2.Message.NOT_CONNECTED
         )
         return m.peer_to_pb(PeerInfo(peer, addrs[: self.config.max_addrs_per_peer]), conn)
+
+    def _known_target(self, key: bytes, requester: PeerID) -> kad_pb2.Message.Peer | None:
+        """FIND_NODE for a peer we know an address of (say a connected client, which is in no
+        routing table): name it too, as go does, so that clients can be found."""
+        try:
+            target = PeerID.from_bytes(key)
+        except (P2PError, ValueError):
+            return None
+        if target in (requester, self.host.peer_id):
+            return None
+        return self._peer_pb(target)
 
     def _closer_peers(self, key: bytes, requester: PeerID) -> list[kad_pb2.Message.Peer]:
         """The k closest peers of our table to ``key`` (never the requester), with addresses;

@@ -1,0 +1,31 @@
+"""Names every agent agrees on: topics, protocols, and the default bootstrap list."""
+
+from __future__ import annotations
+
+#: Join, leave and periodic presence announcements.
+ANNOUNCEMENTS_TOPIC = "agent-announcements"
+#: Broadcast messages between agents.
+MESSAGES_TOPIC = "agent-messages"
+#: Health and metrics of nodes.
+STATUS_TOPIC = "node-status"
+AGENT_TOPICS = (ANNOUNCEMENTS_TOPIC, MESSAGES_TOPIC, STATUS_TOPIC)
+
+#: Direct messages travel on a stream of this protocol (see docs/agents.md for why).
+DIRECT_MESSAGE_PROTOCOL = "/p2pnet/agent/message/1.0.0"
+
+#: The regions the public bootstrap nodes will run in, one node each.
+BOOTSTRAP_REGIONS = ("us-east", "eu-west", "ap-southeast", "sa-east")
+
+#: Public bootstrap nodes by region: ``{"us-east": "/dns4/<host>/tcp/<port>/p2p/<id>", ...}``.
+#:
+#: Empty on purpose: no public p2pnet bootstrap node runs yet, and an invented address would
+#: only make nodes dial nothing. Fill it when the nodes exist (start each with
+#: ``p2p-node --bootstrap --port <port> -e <env file with its PRIVATE_KEY>`` and put the address
+#: from its ``ready`` event here), or override per run with ``BOOTSTRAP_PEERS`` (env),
+#: ``--bootstrap-peers`` (flag) or ``AgentConfig(bootstrap_peers=[...])``. ``p2pnet devnet``
+#: starts one local bootstrap node per region name on loopback and passes their addresses on.
+DEFAULT_BOOTSTRAP_PEERS: dict[str, str] = {}
+
+
+def default_bootstrap_peers() -> list[str]:
+    return [DEFAULT_BOOTSTRAP_PEERS[r] for r in BOOTSTRAP_REGIONS if r in DEFAULT_BOOTSTRAP_PEERS]

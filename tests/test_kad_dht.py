@@ -1,0 +1,521 @@
+"""The kad DHT service over real loopback TCP: modes, lookups, records, providers, bad input.
+
+The helpers at the top (KadNode, make_node, make_network) are shared with the scale test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from multiaddr import Multiaddr
+
+from p2pnet.crypto.keys import KeyPair, KeyType
+from p2pnet.errors import ProtocolNotSupported, StreamReset
+from p2pnet.host.host import Host
+from p2pnet.kad import (
+    InvalidRecord,
+    KadConfig,
+    KadDHT,
+    KadError,
+    Mode,
+    PeerNotFound,
+    RecordNotFound,
+    sign_agent_record,
+)
+from p2pnet.kad import messages as m
+from p2pnet.kad.records import StoredRecord
+from p2pnet.kad.routing_table import distance, kad_key
+from p2pnet.mux.yamux_connection import YamuxStream
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.protocols.identify import IdentifyService
+from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
+
+PROTO = "/ipfs/kad/1.0.0"
+
+
+@dataclass
+class KadNode:
+    host: Host
+    identify: IdentifyService
+    dht: KadDHT
+
+    @property
+    def peer_id(self) -> PeerID:
+        return self.host.peer_id
+
+    @property
+    def addr(self) -> Multiaddr:
+        return self.host.p2p_addrs()[0]
+
+    async def close(self) -> None:
+        await self.dht.close()
+        await self.host.close()
+
+
+HostFactory = Callable[[KeyPair], Host]
+
+
+def tcp_host(key: KeyPair) -> Host:
+    return Host(key)
+
+
+async def make_node(
+    mode: Mode = Mode.SERVER,
+    *,
+    host_factory: HostFactory = tcp_host,
+    key: KeyPair | None = None,
+    **config: Any,
+) -> KadNode:
+    config.setdefault("auto_refresh", False)
+    host = host_factory(key or KeyPair.generate())
+    await host.start()
+    identify = IdentifyService(host)
+    dht = KadDHT(host, identify, KadConfig(mode=mode, **config))
+    await dht.start()
+    return KadNode(host, identify, dht)
+
+
+async def make_network(
+    n: int,
+    *,
+    clients: int = 0,
+    host_factory: HostFactory = tcp_host,
+    concurrency: int = 50,
+    **config: Any,
+) -> list[KadNode]:
+    """``n`` servers (and ``clients`` clients) bootstrapped off the first server; every
+    server then refreshes its table once."""
+    nodes = [await make_node(host_factory=host_factory, **config) for _ in range(n)]
+    nodes += [
+        await make_node(Mode.CLIENT, host_factory=host_factory, **config) for _ in range(clients)
+    ]
+    boot = nodes[0]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def connect(node: KadNode) -> None:
+        async with sem:
+            await link(node, boot)
+
+    async def self_lookup(node: KadNode) -> None:
+        async with sem:
+            await node.dht.get_closest_peers(node.peer_id.to_bytes())
+
+    await asyncio.gather(*(connect(x) for x in nodes[1:]))
+    await asyncio.gather(*(self_lookup(x) for x in nodes))
+    return nodes
+
+
+async def close_all(nodes: list[KadNode]) -> None:
+    await asyncio.gather(*(x.close() for x in nodes), return_exceptions=True)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def link(x: KadNode, y: KadNode) -> None:
+    """Connect x to y and wait until both identified each other (no lookup)."""
+    await x.host.connect(y.addr)
+    await x.identify.wait_identified(y.peer_id)
+    await y.identify.wait_identified(x.peer_id)
+
+
+def no_errors(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+@pytest.fixture
+async def net10() -> AsyncIterator[list[KadNode]]:
+    nodes = await make_network(10, clients=2)
+    try:
+        yield nodes
+    finally:
+        await close_all(nodes)
+
+
+# -- modes ----------------------------------------------------------------------------------------
+
+
+async def test_server_advertises_client_does_not(net10: list[KadNode]) -> None:
+    servers, clients = net10[:10], net10[10:]
+    boot = servers[0]
+    for s in servers[1:]:
+        assert PROTO in boot.host.peerstore.get_protocols(s.peer_id)
+    for c in clients:
+        assert PROTO not in boot.host.peerstore.get_protocols(c.peer_id)
+        assert c.peer_id not in boot.dht.routing_table
+        # clients have a table of servers to query
+        assert len(c.dht.routing_table) > 0
+        assert all(p not in {x.peer_id for x in clients} for p in c.dht.routing_table)
+    # only servers ever enter tables
+    client_ids = {c.peer_id for c in clients}
+    for s in servers:
+        assert not client_ids & set(s.dht.routing_table)
+    # a client answers nothing
+    with pytest.raises(ProtocolNotSupported):
+        await boot.host.new_stream(clients[0].peer_id, [PROTO])
+
+
+async def test_mode_switch_is_announced(net10: list[KadNode]) -> None:
+    boot, client = net10[0], net10[10]
+    client.dht.mode = Mode.SERVER
+    await wait_for(lambda: client.peer_id in boot.dht.routing_table)
+    resp = await boot.dht._rpc(client.peer_id, m.find_node(b"x"))
+    assert resp is not None and resp.type == m.FIND_NODE
+    client.dht.set_mode("client")
+    await wait_for(lambda: client.peer_id not in boot.dht.routing_table)
+    with pytest.raises(ProtocolNotSupported):
+        await boot.dht._rpc(client.peer_id, m.find_node(b"x"))
+
+
+# -- lookups --------------------------------------------------------------------------------------
+
+
+async def test_every_node_finds_every_other(net10: list[KadNode]) -> None:
+    for a in net10:
+        for b in net10:
+            if a is b:
+                continue
+            info = await a.dht.find_peer(b.peer_id)
+            assert info.peer == b.peer_id
+            assert b.host.listen_addrs[0] in info.addrs
+
+
+async def test_find_peer_through_a_chain_of_strangers() -> None:
+    """A knows only B, B only C, C only T: A finds T in two hops."""
+    a, b, c, t = [await make_node() for _ in range(4)]
+    try:
+        await link(b, c)
+        await link(c, t)
+        await link(a, b)
+        await a.host.disconnect(b.peer_id)  # the lookup has to dial from the table
+        assert set(a.dht.routing_table) == {b.peer_id}
+        assert t.peer_id not in a.host.peerstore.peers()
+        info = await a.dht.find_peer(t.peer_id)
+        assert info.peer == t.peer_id and t.host.listen_addrs[0] in info.addrs
+        stats = a.dht.lookup_history[-1]
+        assert stats.kind == "find_peer" and stats.found
+        assert stats.hops == 2 and stats.messages >= 2
+        with pytest.raises(PeerNotFound):
+            await a.dht.find_peer(PeerID.from_public_key(KeyPair.generate().public_key))
+    finally:
+        await close_all([a, b, c, t])
+
+
+async def test_get_closest_peers_are_the_true_closest() -> None:
+    nodes = await make_network(24, k=6)
+    try:
+        key = b"some content key"
+        target = kad_key(key)
+        for asker in (nodes[0], nodes[7], nodes[-1]):
+            got = await asker.dht.get_closest_peers(key)
+            others = [x.peer_id for x in nodes if x is not asker]
+            want = sorted(others, key=lambda p: distance(kad_key(p.to_bytes()), target))[:6]
+            assert got == want
+            stats = asker.dht.lookup_history[-1]
+            assert stats.kind == "get_closest_peers" and 1 <= stats.hops <= 5
+    finally:
+        await close_all(nodes)
+
+
+async def test_lookup_with_an_empty_table_returns_nothing() -> None:
+    lone = await make_node()
+    try:
+        assert await lone.dht.get_closest_peers(b"k") == []
+        with pytest.raises(PeerNotFound):
+            await lone.dht.find_peer(PeerID.from_public_key(KeyPair.generate().public_key))
+        with pytest.raises(KadError, match="bootstrap"):
+            await lone.dht.bootstrap(["/ip4/127.0.0.1/tcp/1"])
+    finally:
+        await lone.close()
+
+
+async def test_custom_protocol_id_keeps_networks_apart() -> None:
+    private = [await make_node(protocol_id="/private/kad/1.0.0") for _ in range(3)]
+    public = await make_node()
+    try:
+        for x in private[1:]:
+            await x.dht.bootstrap([private[0].addr])
+        await public.host.connect(private[0].addr)
+        await public.identify.wait_identified(private[0].peer_id)
+        await private[0].identify.wait_identified(public.peer_id)
+        assert len(public.dht.routing_table) == 0
+        assert public.peer_id not in private[0].dht.routing_table
+        info = await private[1].dht.find_peer(private[2].peer_id)
+        assert info.peer == private[2].peer_id
+        assert "/private/kad/1.0.0" in private[0].host.protocols
+        assert PROTO not in private[0].host.protocols
+    finally:
+        await close_all([*private, public])
+
+
+async def test_full_bucket_keeps_live_peers_and_replaces_dead_ones() -> None:
+    """k = 1: a newcomer to a full bucket triggers a liveness check of the resident; a live
+    resident stays, a dead one is replaced by the newcomer."""
+    a = await make_node(k=1, liveness_timeout=1.0)
+    others = [await make_node() for _ in range(40)]
+    try:
+        by_cpl: dict[int, list[KadNode]] = {}
+        for x in others:
+            by_cpl.setdefault(a.dht.routing_table.cpl(x.peer_id), []).append(x)
+        resident, newcomer, dead_one = next(v for v in by_cpl.values() if len(v) >= 3)[:3]
+        await link(a, resident)
+        assert a.dht.routing_table.peers() == [resident.peer_id]
+        # a live resident is kept
+        await link(a, newcomer)
+        await wait_for(lambda: resident.dht.counters.get("received FIND_NODE", 0) >= 1)
+        await asyncio.sleep(0.1)
+        assert a.dht.routing_table.peers() == [resident.peer_id]
+        assert newcomer.peer_id in a.dht.routing_table.replacements(
+            a.dht.routing_table.cpl(newcomer.peer_id)
+        )
+        # once the resident is gone, the next check replaces it
+        await resident.close()
+        await wait_for(lambda: not a.host.is_connected(resident.peer_id))
+        await link(a, dead_one)
+        await wait_for(lambda: resident.peer_id not in a.dht.routing_table)
+        assert a.dht.routing_table.peers() in ([dead_one.peer_id], [newcomer.peer_id])
+    finally:
+        await close_all([a, *others])
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+async def test_put_and_get_public_key_record(net10: list[KadNode]) -> None:
+    owner = net10[3]
+    key = b"/pk/" + owner.peer_id.to_bytes()
+    value = owner.host.key.public_key.to_protobuf()
+    stored = await owner.dht.put_value(key, value)
+    assert stored == 9  # every other server (k = 20 > 9); clients do not store
+    holders = [x for x in net10[:10] if x.dht.records.get(key) is not None]
+    assert len(holders) == 10
+    for reader in (net10[0], net10[7], net10[11]):
+        assert await reader.dht.get_value(key) == value
+    with pytest.raises(InvalidRecord):
+        await owner.dht.put_value(key, KeyPair.generate().public_key.to_protobuf())
+
+
+async def test_agent_record_put_get_newest_wins_and_outdated_holders_corrected(
+    net10: list[KadNode],
+) -> None:
+    agent = KeyPair.generate(KeyType.Secp256k1)
+    writer, reader = net10[2], net10[11]  # a server writes, a client reads
+    key, v1 = sign_agent_record(agent, writer.peer_id, writer.host.listen_addrs, seq=1)
+    assert await writer.dht.put_value(key, v1) >= 5
+    assert await reader.dht.get_value(key) == v1
+    _, v2 = sign_agent_record(agent, writer.peer_id, writer.host.listen_addrs, seq=2)
+    assert await writer.dht.put_value(key, v2) >= 5
+    # Someone still holds v1 (e.g. was offline during the second put).
+    stale = net10[5]
+    stale.dht.records.put(StoredRecord(key, v1, time.time()))
+    # An older record is refused by a server that holds a newer one.
+    with pytest.raises(InvalidRecord, match="better"):
+        net10[6].dht._store_local(key, v1)
+    assert await reader.dht.get_value(key, quorum=0) == v2  # quorum 0: ask everybody
+    await wait_for(lambda: getattr(stale.dht.records.get(key), "value", None) == v2)
+
+
+async def test_records_with_bad_signatures_are_refused_on_put_and_get(
+    net10: list[KadNode], caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = KeyPair.generate(KeyType.Secp256k1)
+    key, good = sign_agent_record(agent, net10[0].peer_id, [], seq=5)
+    forged = good[:70] + bytes([good[70] ^ 1]) + good[71:]
+    # PUT: the local validator refuses, and so does a remote server
+    with pytest.raises(InvalidRecord):
+        await net10[1].dht.put_value(key, forged)
+    with pytest.raises(StreamReset):
+        await net10[1].dht._rpc(net10[2].peer_id, m.put_value(key, forged))
+    assert net10[2].dht.records.get(key) is None
+    with pytest.raises(StreamReset):
+        await net10[1].dht._rpc(net10[2].peer_id, m.put_value(key, b"x" * 20000))
+    # GET: a hostile server holding a forged record cannot make anyone accept it
+    for x in net10[:10]:
+        x.dht.records.put(StoredRecord(key, forged, time.time()))
+    with pytest.raises(RecordNotFound):
+        await net10[11].dht.get_value(key, quorum=0)
+    # ... and a valid record held by one honest node wins over the forged ones
+    net10[4].dht.records.put(StoredRecord(key, good, time.time()))
+    assert await net10[11].dht.get_value(key, quorum=0) == good
+    with pytest.raises(InvalidRecord, match="no validator"):
+        await net10[11].dht.get_value(b"/unknown-namespace/x")
+    no_errors(caplog)
+
+
+# -- providers ------------------------------------------------------------------------------------
+
+
+async def test_provide_and_find_providers(net10: list[KadNode]) -> None:
+    content = b"\x12\x20" + bytes(range(32))  # a sha2-256 multihash, as js requires
+    p1, p2 = net10[3], net10[8]
+    assert await p1.dht.provide(content) == 9
+    assert await p2.dht.provide(content) == 9
+    for asker in (net10[0], net10[11]):
+        found = await asker.dht.find_providers(content, count=2)
+        assert {f.peer for f in found} == {p1.peer_id, p2.peer_id}
+        for f in found:
+            owner = p1 if f.peer == p1.peer_id else p2
+            assert owner.host.listen_addrs[0] in f.addrs
+    only_one = await net10[11].dht.find_providers(content, count=1)
+    assert len(only_one) == 1
+    assert await net10[1].dht.find_providers(b"\x12\x20" + bytes(32)) == []
+
+
+async def test_add_provider_for_someone_else_is_ignored(net10: list[KadNode]) -> None:
+    liar, victim, server = net10[1], net10[2], net10[3]
+    key = b"\x12\x20" + bytes([7]) * 32
+    msg = m.add_provider(key, victim.dht.self_info())
+    await liar.dht._rpc(server.peer_id, msg, expect_response=False)
+    msg = m.add_provider(key, liar.dht.self_info())
+    await liar.dht._rpc(server.peer_id, msg, expect_response=False)
+    await wait_for(lambda: server.dht.providers.get_providers(key, time.time()) != [])
+    assert server.dht.providers.get_providers(key, time.time()) == [liar.peer_id]
+
+
+# -- the RPC server -------------------------------------------------------------------------------
+
+
+async def test_several_requests_on_one_stream(net10: list[KadNode]) -> None:
+    a, b = net10[0], net10[1]
+    stream = await a.host.new_stream(b.peer_id, [PROTO])
+    async with stream:
+        for msg in (
+            m.find_node(b"one"),
+            m.request(m.PING, b""),
+            m.get_providers(b"\x12\x20" + bytes(32)),
+        ):
+            await write_length_prefixed(stream, m.encode(msg))
+            resp = m.decode(await read_length_prefixed(stream))
+            assert resp.type == msg.type
+            if msg.type == m.FIND_NODE:
+                assert len(resp.closerPeers) > 0
+                assert a.peer_id.to_bytes() not in [p.id for p in resp.closerPeers]
+        await stream.close()
+        assert await stream.read() == b""
+
+
+async def test_find_node_for_the_server_itself_includes_it(net10: list[KadNode]) -> None:
+    a, b = net10[0], net10[1]
+    resp = await a.dht._rpc(b.peer_id, m.find_node(b.peer_id.to_bytes()))
+    assert resp is not None
+    assert resp.closerPeers[0].id == b.peer_id.to_bytes()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xff\xff\xff",  # not protobuf
+        b"\x08\x09\x12\x01k",  # unknown message type
+        m.encode(m.find_node(b"")),  # no key
+        m.encode(m.request(m.PUT_VALUE, b"/pk/x")),  # PUT without a record
+        m.encode(m.put_value(b"/pk/x", b"v")),  # invalid record
+        m.encode(m.find_node(b"k" * 5000)),  # key too long
+    ],
+)
+async def test_malformed_requests_reset_the_stream_and_the_server_survives(
+    net10: list[KadNode], payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = net10[0], net10[1]
+    stream = await a.host.new_stream(b.peer_id, [PROTO])
+    await write_length_prefixed(stream, payload)
+    with pytest.raises((StreamReset, Exception)) as info:
+        await read_length_prefixed(stream)
+    assert isinstance(info.value, StreamReset)
+    assert (await a.dht._rpc(b.peer_id, m.find_node(b"still alive"))) is not None
+    assert b.dht.counters.get("bad requests", 0) >= 1
+    no_errors(caplog)
+
+
+async def test_oversized_message_is_refused(net10: list[KadNode]) -> None:
+    a, b = net10[0], net10[1]
+    b.dht.config.max_message_size = 1000
+    stream = await a.host.new_stream(b.peer_id, [PROTO])
+    await stream.write(b"\xff\xff\x03")  # announces 65535 bytes
+    with pytest.raises(StreamReset):
+        await read_length_prefixed(stream)
+
+
+# -- hostile and broken peers during lookups ---------------------------------------------------
+
+
+async def _fake_server(handler: Callable[[YamuxStream], Any]) -> tuple[Host, IdentifyService]:
+    host = Host(KeyPair.generate())
+    await host.start()
+    identify = IdentifyService(host)
+    host.set_stream_handler(PROTO, handler)
+    return host, identify
+
+
+async def test_lookups_survive_garbage_silence_and_lies(
+    net10: list[KadNode], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hostile servers: one answers garbage, one never answers, one names the asker and
+    unreachable peers as closer. Every lookup still terminates with the honest result; the
+    garbage and silent peers are dropped from the table."""
+
+    async def garbage(stream: YamuxStream) -> None:
+        await read_length_prefixed(stream)
+        await write_length_prefixed(stream, b"\xff\xfe garbage")
+        await stream.close()
+
+    async def silent(stream: YamuxStream) -> None:
+        await read_length_prefixed(stream)
+        await asyncio.sleep(30)
+
+    liar_ref: list[Host] = []
+
+    async def liar(stream: YamuxStream) -> None:
+        data = await read_length_prefixed(stream)
+        req = m.decode(data)
+        asker = liar_ref[0].connection_of(stream).remote_peer
+        resp = m.request(req.type, req.key)
+        fakes = [PeerID.from_public_key(KeyPair.generate().public_key) for _ in range(20)]
+        resp.closerPeers.append(
+            m.peer_to_pb(m.PeerInfo(asker, [Multiaddr("/ip4/127.0.0.1/tcp/1")]))
+        )
+        for f in fakes:
+            resp.closerPeers.append(
+                m.peer_to_pb(m.PeerInfo(f, [Multiaddr("/ip4/127.0.0.1/tcp/1")]))
+            )
+        resp.closerPeers.append(m.peer_to_pb(m.PeerInfo(fakes[0], [])))  # a duplicate
+        await write_length_prefixed(stream, m.encode(resp))
+        await stream.close()
+
+    hostile = [await _fake_server(h) for h in (garbage, silent, liar)]
+    liar_ref.append(hostile[2][0])
+    asker = await make_node(request_timeout=1.0, query_timeout=20.0, max_failures=1)
+    try:
+        for host, identify in hostile:
+            await asker.host.connect(host.p2p_addrs()[0])
+            await asker.identify.wait_identified(host.peer_id)
+        await asker.dht.bootstrap([net10[0].addr])
+        assert all(h.peer_id in asker.dht.routing_table for h, _ in hostile)
+        t0 = time.monotonic()
+        target = net10[6]
+        asker.dht.routing_table.remove(target.peer_id)
+        await asker.host.disconnect(target.peer_id)
+        info = await asker.dht.find_peer(target.peer_id)
+        assert info.peer == target.peer_id
+        got = await asker.dht.get_closest_peers(b"anything")
+        honest = {x.peer_id for x in net10[:10]}
+        assert got and set(got) <= honest | {h.peer_id for h, _ in hostile}
+        assert time.monotonic() - t0 < 15
+        for host, _ in hostile[:2]:
+            assert host.peer_id not in asker.dht.routing_table
+        assert asker.dht.counters.get("failed requests", 0) >= 2
+        assert asker.peer_id not in got
+    finally:
+        await asker.close()
+        for host, _ in hostile:
+            await host.close()
+    no_errors(caplog)
