@@ -16,6 +16,7 @@ from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import P2PError
 from p2pnet.host.config import HostConfig
 from p2pnet.kad.config import KadConfig, Mode
+from p2pnet.pubsub.params import GossipsubConfig
 
 
 class ConfigError(P2PError, ValueError):
@@ -40,6 +41,7 @@ class NodeConfig:
     enable_pubsub: bool = True
     host: HostConfig = field(default_factory=HostConfig)
     kad: KadConfig = field(default_factory=lambda: KadConfig(mode=Mode.CLIENT))
+    pubsub: GossipsubConfig = field(default_factory=GossipsubConfig)
     #: On-chain agent registry (later milestone); carried so env files stay one format.
     registry_address: str | None = None
     rpc_url: str | None = None

@@ -20,6 +20,7 @@ from p2pnet.errors import P2PError
 from p2pnet.events import (
     EventBus,
     EventStream,
+    MessageReceived,
     PeerConnected,
     PeerDisconnected,
     PeerDiscovered,
@@ -33,7 +34,9 @@ from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyInfo, IdentifyService
 from p2pnet.protocols.ping import PingService
+from p2pnet.pubsub.gossipsub import Pubsub, Subscription
 from p2pnet.security.base import SecurityTransport
+from p2pnet.tasks import TaskOwner
 from p2pnet.transport.base import Transport
 
 log = logging.getLogger("p2pnet.node")
@@ -63,7 +66,9 @@ class Node:
         self.dht: KadDHT | None = (
             KadDHT(self.host, self.identify, cfg.kad) if cfg.enable_dht else None
         )
+        self.pubsub: Pubsub | None = Pubsub(self.host, cfg.pubsub) if cfg.enable_pubsub else None
         self._events = EventBus()
+        self._tasks = TaskOwner("node")
         self._known: set[PeerID] = set()
         self.host.on_connected(self._on_connected)
         self.host.on_disconnected(self._on_disconnected)
@@ -81,6 +86,8 @@ class Node:
             await self.host.start()
             if self.dht is not None:
                 await self.dht.start()
+            if self.pubsub is not None:
+                await self.pubsub.start()
         except BaseException:
             await self.close()
             raise
@@ -95,6 +102,9 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        await self._tasks.close()
+        if self.pubsub is not None:
+            await self.pubsub.close()
         if self.dht is not None:
             await self.dht.close()
         await self.host.close()
@@ -192,6 +202,37 @@ class Node:
 
     async def find_providers(self, key: bytes, count: int = 20) -> list[PeerInfo]:
         return await self._need_dht().find_providers(key, count)
+
+    # -- pubsub ---------------------------------------------------------------------------------
+
+    def _need_pubsub(self) -> Pubsub:
+        if self.pubsub is None:
+            raise NodeError("pubsub is disabled in this node's config")
+        return self.pubsub
+
+    def subscribe(self, topic: str, *, events: bool = False) -> Subscription:
+        """Join ``topic``; the returned subscription iterates its messages.
+
+        With ``events=True`` the messages go to :meth:`events` as ``MessageReceived`` instead
+        (the subscription is then consumed by the node; cancel it to leave the topic).
+        """
+        sub = self._need_pubsub().subscribe(topic)
+        if events:
+            self._tasks.spawn(self._pump(sub), name=f"events of {topic}")
+        return sub
+
+    async def _pump(self, sub: Subscription) -> None:
+        async for msg in sub:
+            self._events.emit(
+                MessageReceived(msg.topic, msg.from_peer, msg.data, msg.seqno, msg.id)
+            )
+
+    async def unsubscribe(self, topic: str) -> None:
+        await self._need_pubsub().unsubscribe(topic)
+
+    async def publish(self, topic: str, data: bytes) -> bytes:
+        """Publish ``data`` on ``topic``; returns the message ID."""
+        return await self._need_pubsub().publish(topic, data)
 
     # -- events -------------------------------------------------------------------------------
 

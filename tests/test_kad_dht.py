@@ -498,8 +498,8 @@ async def test_lookups_survive_garbage_silence_and_lies(
         for host, identify in hostile:
             await asker.host.connect(host.p2p_addrs()[0])
             await asker.identify.wait_identified(host.peer_id)
-        await asker.dht.bootstrap([net10[0].addr])
         assert all(h.peer_id in asker.dht.routing_table for h, _ in hostile)
+        await asker.dht.bootstrap([net10[0].addr])
         t0 = time.monotonic()
         target = net10[6]
         asker.dht.routing_table.remove(target.peer_id)

@@ -132,3 +132,26 @@ async def test_unreachable_bootstrap_does_not_stop_the_node() -> None:
         assert node.peers() == []
         with pytest.raises(Exception, match="bootstrap"):
             await node.bootstrap()
+
+
+async def test_pubsub_through_the_facade() -> None:
+    from p2pnet.events import MessageReceived
+    from p2pnet.pubsub.params import GossipsubConfig
+
+    fast = GossipsubConfig(heartbeat_interval=0.1)
+    async with Node(NodeConfig(pubsub=fast)) as a, Node(NodeConfig(pubsub=fast)) as b:
+        events = b.events()
+        sub_a = a.subscribe("news")
+        b.subscribe("news", events=True)
+        await a.connect(b.p2p_addrs()[0])
+        async with asyncio.timeout(10):
+            while b.peer_id not in a.pubsub.mesh_peers("news"):  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
+        await a.publish("news", b"hello")
+        while True:
+            ev = await events.next(10)
+            if isinstance(ev, MessageReceived):
+                break
+        assert ev.topic == "news" and ev.data == b"hello" and ev.from_peer == a.peer_id
+        own = await sub_a.get(timeout=5)  # the publisher's own subscription sees it too
+        assert own.data == b"hello"
