@@ -17,6 +17,7 @@ from p2pnet.errors import P2PError
 from p2pnet.host.config import HostConfig
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.pubsub.params import GossipsubConfig
+from p2pnet.pubsub.score import PeerScoreParams
 
 
 class ConfigError(P2PError, ValueError):
@@ -42,6 +43,8 @@ class NodeConfig:
     host: HostConfig = field(default_factory=HostConfig)
     kad: KadConfig = field(default_factory=lambda: KadConfig(mode=Mode.CLIENT))
     pubsub: GossipsubConfig = field(default_factory=GossipsubConfig)
+    #: Gossipsub peer-score parameters (topics without parameters score no P1-P4).
+    pubsub_score: PeerScoreParams = field(default_factory=PeerScoreParams)
     #: On-chain agent registry (later milestone); carried so env files stay one format.
     registry_address: str | None = None
     rpc_url: str | None = None

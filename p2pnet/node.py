@@ -21,6 +21,7 @@ from p2pnet.events import (
     EventBus,
     EventStream,
     MessageReceived,
+    NodeEvent,
     PeerConnected,
     PeerDisconnected,
     PeerDiscovered,
@@ -66,8 +67,10 @@ class Node:
         self.dht: KadDHT | None = (
             KadDHT(self.host, self.identify, cfg.kad) if cfg.enable_dht else None
         )
-        self.pubsub: Pubsub | None = Pubsub(self.host, cfg.pubsub) if cfg.enable_pubsub else None
-        self._events = EventBus()
+        self.pubsub: Pubsub | None = None
+        if cfg.enable_pubsub:
+            self.pubsub = Pubsub(self.host, cfg.pubsub, score_params=cfg.pubsub_score)
+        self._events: EventBus[NodeEvent] = EventBus()
         self._tasks = TaskOwner("node")
         self._known: set[PeerID] = set()
         self.host.on_connected(self._on_connected)
@@ -236,7 +239,7 @@ class Node:
 
     # -- events -------------------------------------------------------------------------------
 
-    def events(self) -> EventStream:
+    def events(self) -> EventStream[NodeEvent]:
         """A stream of :mod:`p2pnet.events` (connected, disconnected, discovered, message).
 
         Registered at once: events that happen before the first ``async for`` step are kept.

@@ -495,7 +495,7 @@ async def test_lookups_survive_garbage_silence_and_lies(
     liar_ref.append(hostile[2][0])
     asker = await make_node(request_timeout=1.0, query_timeout=20.0, max_failures=1)
     try:
-        for host, identify in hostile:
+        for host, _ in hostile:
             await asker.host.connect(host.p2p_addrs()[0])
             await asker.identify.wait_identified(host.peer_id)
         assert all(h.peer_id in asker.dht.routing_table for h, _ in hostile)

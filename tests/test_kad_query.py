@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -82,7 +83,7 @@ def test_lookup_finds_the_true_k_closest(n: int) -> None:
         key = net.rng.randbytes(16)
         seeds = net.tables[asker].closest(kad_key(key), K)
         lookup = Lookup(key, seeds, local=asker, k=K, alpha=10)
-        drive(lookup, lambda p, key=key: net.answer(p, key))
+        drive(lookup, functools.partial(net.answer, key=key))
         want = [p for p in net.true_closest(key, K + 1) if p != asker][:K]
         assert lookup.closest() == want
         hops.append(lookup.depth())
@@ -120,7 +121,11 @@ def test_failing_peers_are_dropped_and_lookup_terminates() -> None:
     for i in range(10):
         key = rng.randbytes(8) + bytes([i])
         lookup = Lookup(key, net.tables[asker].closest(kad_key(key)), local=asker, k=K)
-        drive(lookup, lambda p, key=key: None if p in dead else net.answer(p, key))
+
+        def respond(p: PeerID, key: bytes = key) -> list[PeerID] | None:
+            return None if p in dead else net.answer(p, key)
+
+        drive(lookup, respond)
         alive = [p for p in net.peers if p not in dead and p != asker]
         want = net.true_closest(key, K, among=alive)
         got = lookup.closest()

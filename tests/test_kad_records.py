@@ -116,13 +116,13 @@ def test_agent_record_roundtrip_and_content() -> None:
 
 def test_agent_record_signature_matches_eth_personal_sign() -> None:
     """The signature is a standard EIP-191 personal_sign: eth_keys recovers the same address."""
-    from eth_keys import keys as eth_keys_mod
-    from eth_utils import keccak
+    from eth_hash.auto import keccak
+    from eth_keys.datatypes import Signature
 
     key, value = sign_agent_record(SECP_KEY, SECP_PEER, [], seq=1)
     sig, payload = value[:65], value[65:]
     digest = keccak(b"\x19Ethereum Signed Message:\n" + str(len(payload)).encode() + payload)
-    signature = eth_keys_mod.Signature(sig[:64] + bytes([sig[64] - 27]))
+    signature = Signature(sig[:64] + bytes([sig[64] - 27]))
     recovered = signature.recover_public_key_from_msg_hash(digest)
     assert recovered.to_checksum_address().lower() == key.decode().split("/")[-1]
 

@@ -1,4 +1,4 @@
-"""The ``p2pnet`` command."""
+"""The ``p2pnet`` command: ``p2pnet demo`` and ``p2pnet node`` (the same as ``p2p-node``)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,35 @@ import argparse
 import logging
 import sys
 
-from p2pnet.cli import demo
+from p2pnet.cli import demo, p2p_node
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="p2pnet", description="p2pnet: libp2p in Python")
     parser.add_argument(
         "--log-level",
+        dest="stderr_log_level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
-        help="log level on stderr (default warning)",
+        help="log level on stderr (default warning; `node` has its own --log-level)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    node = sub.add_parser(
+        "node",
+        help="run one agent node driven by JSON lines on stdin/stdout (the p2p-node executable)",
+        description="Run one p2pnet agent node driven by JSON lines on stdin/stdout "
+        "(see docs/cli.md). The same as the p2p-node executable.",
     )
+    p2p_node.add_arguments(node)
+    node.set_defaults(func=p2p_node.run)
+    args = parser.parse_args(argv)
+    if args.command != "node":  # p2p-node sends its logs as JSON events on stdout
+        logging.basicConfig(
+            level=args.stderr_log_level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     try:
         result = args.func(args)
     except KeyboardInterrupt:
