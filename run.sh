@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up p2pnet on a fresh machine and runs the local network on loopback.
-# Extra arguments go to `p2pnet demo` (try --help).
+# Sets up p2pnet on a fresh machine and runs the local agent network on loopback: four bootstrap
+# nodes and six agents that find each other through the DHT and exchange signed messages.
+# Ctrl-C stops it. Extra arguments go to `p2pnet devnet` (e.g. --agents 10 --duration 30).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -9,4 +10,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e .
-exec .venv/bin/p2pnet demo "$@"
+exec .venv/bin/p2pnet devnet "$@"

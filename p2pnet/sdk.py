@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -295,6 +295,8 @@ class P2PNode:
             if proc.returncode is None:  # cancelled on the way: never leave it running
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
+            elif self._readers:  # let the readers see EOF, so the pipes close cleanly
+                await asyncio.wait(self._readers, timeout=2.0)
             for task in self._readers:
                 task.cancel()
             await asyncio.gather(*self._readers, return_exceptions=True)
@@ -504,20 +506,13 @@ class P2PNode:
                 message = f"p2p-node exited (status {self.returncode})"
         last = self._last_error
         if last is not None:
-            code = str(last.get("code", PROCESS_EXITED))
             message += f"; its last error: {last.get('code')}: {last.get('message')}"
-            if code == "INVALID_FIELDS" and not self._stopping:  # e.g. a bad env file
-                return P2PNodeError(code, message, last)
+            if self.returncode == 2 and not self._stopping:  # a startup failure (bad env file)
+                return P2PNodeError(str(last.get("code", PROCESS_EXITED)), message, last)
         tail = self.stderr_tail()
         if tail:
             message += "\n--- p2p-node stderr (tail) ---\n" + tail
         return P2PNodeError(PROCESS_EXITED, message)
-
-
-async def iterate_events(node: P2PNode) -> AsyncIterator[Event]:
-    """``async for event in iterate_events(node)``: the same as ``node.events()``."""
-    async for event in node.events():
-        yield event
 
 
 __all__ = ["PROCESS_EXITED", "TIMEOUT", "EventIterator", "P2PNode", "P2PNodeError"]

@@ -7,6 +7,7 @@ addresses where the agent listens.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -25,6 +26,8 @@ class Presence:
         self.host = host
         self.dht = dht
         self.published_seq = 0
+        #: Set once a record has been stored in the DHT.
+        self.published = asyncio.Event()
 
     async def publish(self) -> int:
         """Sign and store our record; returns the number of DHT peers that took it."""
@@ -35,6 +38,7 @@ class Presence:
         )
         stored = await self.dht.put_value(key, value)
         self.published_seq = seq
+        self.published.set()
         log.debug("presence seq %d stored on %d peers", seq, stored)
         return stored
 

@@ -373,14 +373,16 @@ class KadDHT:
         lookup.stats.found = bool(lookup.closest())
         return lookup.closest()
 
-    async def find_peer(self, peer: PeerID | str) -> PeerInfo:
-        """The addresses of ``peer``: from a live connection or the routing table, else by an
-        iterative lookup. Raises :class:`PeerNotFound` when nobody knows an address."""
+    async def find_peer(self, peer: PeerID | str, *, use_cache: bool = True) -> PeerInfo:
+        """The addresses of ``peer``: from a live connection or the routing table (unless
+        ``use_cache`` is false), else by an iterative lookup. Raises :class:`PeerNotFound` when
+        nobody knows an address."""
         target = PeerID.from_string(peer) if isinstance(peer, str) else peer
         if target == self.host.peer_id:
             return self.self_info()
         addrs = self.host.peerstore.addrs(target)
-        if addrs and (self.host.is_connected(target) or target in self.routing_table):
+        known = self.host.is_connected(target) or target in self.routing_table
+        if use_cache and addrs and known:
             self.lookup_history.append(LookupStats(kind="find_peer", found=True))
             return PeerInfo(target, addrs)
         found: list[PeerInfo] = []

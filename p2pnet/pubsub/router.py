@@ -897,10 +897,10 @@ class GossipsubRouter:
 
     def _get_peers(self, topic: str, count: int, accept: Callable[[PeerID], bool]) -> list[PeerID]:
         """Up to ``count`` random gossipsub peers in ``topic`` for which ``accept`` holds."""
-        candidates = [
+        candidates = sorted(
             pid for pid in self.topics.get(topic, ()) if self.peers[pid].is_gossip and accept(pid)
-        ]
-        self.rng.shuffle(candidates)
+        )
+        self.rng.shuffle(candidates)  # sorted first: runs are reproducible from the rng seed
         return candidates[:count]
 
     def heartbeat(self, now: float) -> None:
@@ -1023,7 +1023,7 @@ class GossipsubRouter:
 
         # too many: keep the best d_score by score, the rest at random, and d_out outbound
         if len(mesh) > cfg.d_hi:
-            plst = list(mesh)
+            plst = sorted(mesh)
             self.rng.shuffle(plst)
             plst.sort(key=lambda q: scores.get(q, 0.0), reverse=True)
             rest = plst[cfg.d_score :]
@@ -1081,14 +1081,14 @@ class GossipsubRouter:
         if not mids:
             return
         threshold = self.thresholds.gossip_threshold
-        peers = [
+        peers = sorted(
             pid
             for pid in self.topics.get(topic, ())
             if pid not in exclude
             and pid not in self.direct
             and self.peers[pid].is_gossip
             and scores.get(pid, 0.0) >= threshold
-        ]
+        )
         target = max(cfg.d_lazy, int(cfg.gossip_factor * len(peers)))
         if target < len(peers):
             self.rng.shuffle(peers)

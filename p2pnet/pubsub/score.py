@@ -30,6 +30,9 @@ from p2pnet.pubsub.errors import InvalidParameters
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: A score is recomputed after this long even if nothing changed (P1 grows with time).
+SCORE_CACHE_TIME = 0.1
+
 
 def _fail(what: str) -> None:
     raise InvalidParameters(what)
@@ -213,9 +216,25 @@ class _TopicStats:
 
 
 class _PeerStats:
-    __slots__ = ("behaviour_penalty", "connected", "expire", "ips", "topics")
+    __slots__ = (
+        "behaviour_penalty",
+        "cache_epoch",
+        "cache_time",
+        "cache_value",
+        "cache_version",
+        "connected",
+        "expire",
+        "ips",
+        "topics",
+        "version",
+    )
 
     def __init__(self) -> None:
+        self.version = 0  # bumped by every change of this peer's counters
+        self.cache_version = -1
+        self.cache_epoch = -1
+        self.cache_time = 0.0
+        self.cache_value = 0.0
         self.connected = True
         self.expire = 0.0
         self.topics: dict[str, _TopicStats] = {}
@@ -265,6 +284,7 @@ class PeerScore:
         self._record_queue: deque[tuple[float, bytes]] = deque()
         self._record_ttl = delivery_record_ttl
         self._last_decay: float | None = None
+        self._epoch = 0  # bumped by changes that affect every peer (decay, IPs)
         self._whitelist: list[IPNetwork] = [
             ipaddress.ip_network(n, strict=False) for n in params.ip_colocation_factor_whitelist
         ]
@@ -277,9 +297,12 @@ class PeerScore:
         if stats is None:
             stats = self._peers[peer] = _PeerStats()
         stats.connected = True
+        stats.version += 1
         self._set_ips(peer, stats, set(ips))
 
     def _set_ips(self, peer: PeerID, stats: _PeerStats, ips: set[str]) -> None:
+        if ips != stats.ips:
+            self._epoch += 1
         for ip in stats.ips - ips:
             peers = self._peer_ips.get(ip)
             if peers is not None:
@@ -305,6 +328,7 @@ class PeerScore:
                 self._apply_mesh_failure(ts, tp, now)
             ts.in_mesh = False
         stats.connected = False
+        stats.version += 1
         stats.expire = now + self.params.retain_score
 
     def _forget(self, peer: PeerID, stats: _PeerStats) -> None:
@@ -323,6 +347,7 @@ class PeerScore:
         stats = self._peers.get(peer)
         if stats is None:
             return None
+        stats.version += 1  # only mutators look up topic stats
         ts = stats.topics.get(topic)
         if ts is None:
             ts = stats.topics[topic] = _TopicStats()
@@ -444,19 +469,35 @@ class PeerScore:
         stats = self._peers.get(peer)
         if stats is not None:
             stats.behaviour_penalty += count
+            stats.version += 1
 
     def set_app_score(self, peer: PeerID, value: float) -> None:
         if not math.isfinite(value):
             raise InvalidParameters(f"application score must be finite, got {value}")
         self._app[peer] = value
+        stats = self._peers.get(peer)
+        if stats is not None:
+            stats.version += 1
 
     # -- the score -----------------------------------------------------------------------------
 
     def score(self, peer: PeerID, now: float) -> float:
+        """The peer's score; cached while its counters are unchanged, for at most 0.1 s."""
         stats = self._peers.get(peer)
         if stats is None:
             return 0.0
-        return self._compute(peer, stats, now, None)
+        if (
+            stats.cache_version == stats.version
+            and stats.cache_epoch == self._epoch
+            and 0.0 <= now - stats.cache_time < SCORE_CACHE_TIME
+        ):
+            return stats.cache_value
+        value = self._compute(peer, stats, now, None)
+        stats.cache_version = stats.version
+        stats.cache_epoch = self._epoch
+        stats.cache_time = now
+        stats.cache_value = value
+        return value
 
     def breakdown(self, peer: PeerID, now: float) -> ScoreBreakdown:
         parts: dict[str, dict[str, float]] = {}
@@ -571,6 +612,7 @@ class PeerScore:
             self._decay_once(now)
 
     def _decay_once(self, now: float) -> None:
+        self._epoch += 1
         p = self.params
         zero = p.decay_to_zero
 

@@ -1,0 +1,84 @@
+"""`p2pnet devnet` as a user runs it: a real process, its output checked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+
+async def test_devnet_every_agent_finds_every_other_and_messages_arrive() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "p2pnet",
+        "devnet",
+        "--agents",
+        "5",
+        "--duration",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = out.decode()
+    assert proc.returncode == 0, text[-3000:] + err.decode()[-3000:]
+    result_lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
+    assert len(result_lines) == 1
+    result = json.loads(result_lines[0][len("RESULT ") :])
+    assert result["agents"] == 5 and result["bootstrap"] == 4
+    assert result["resolved"] == result["resolve_expected"] == 20
+    assert result["direct_delivered"] == result["direct_expected"] == 20
+    assert result["broadcast_delivered"] == result["broadcast_expected"] == 20
+    assert result["discovered"] == result["discover_expected"] == 4
+    assert result["errors"] == []
+    # The narration shows the steps a user should see.
+    for needle in (
+        "bootstrap (DHT server) up",
+        "joined as 0x",
+        "via DHT",
+        "<- direct from",
+        "<- broadcast on agent-messages",
+        "status: peers=",
+        "all nodes closed",
+    ):
+        assert needle in text, needle
+
+
+async def test_devnet_ctrl_c_closes_everything() -> None:
+    import signal
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "p2pnet",
+        "devnet",
+        "--agents",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    seen = []
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "devnet ended before the exchange"
+                seen.append(line)
+                if "exchanged messages" in line:
+                    break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130
+    assert "all nodes closed" in rest.decode()
+    assert "Traceback" not in rest.decode()
