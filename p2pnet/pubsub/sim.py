@@ -200,8 +200,10 @@ class SimNetwork:
                         self.connect(node.index, target)
             if not events:
                 break
-        for peer, data in router.take_outgoing():
-            dst = self._index[peer]
+        index = self._index
+        # sorted by node (stable: frames to one peer keep their order), for reproducible runs
+        for peer, data in sorted(router.take_outgoing(), key=lambda f: index[f[0]]):
+            dst = index[peer]
             if self.frame_filter is not None:
                 filtered = self.frame_filter(node.index, dst, data)
                 if filtered is None:
