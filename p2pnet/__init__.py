@@ -25,7 +25,19 @@ _EXPORTS = {
     "AgentConfig": "p2pnet.agent.agent",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "ConfigError",
+    "KeyPair",
+    "KeyType",
+    "Node",
+    "NodeConfig",
+    "NodeError",
+    "P2PError",
+    "PeerID",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from p2pnet.agent.agent import Agent, AgentConfig

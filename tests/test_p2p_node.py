@@ -33,8 +33,12 @@ TIMEOUT = 15.0
 Event = dict[str, Any]
 
 
+def peer_id_of(key: KeyPair) -> str:
+    return str(PeerID.from_public_key(key.public_key))
+
+
 def random_peer_id() -> str:
-    return str(KeyPair.generate(KeyType.Secp256k1).peer_id)
+    return peer_id_of(KeyPair.generate(KeyType.Secp256k1))
 
 
 def random_eth() -> str:
@@ -373,7 +377,7 @@ async def test_lonely_node_dht_lookups_fail(spawn: Any) -> None:
     await node.error({"type": "discover", "topic": "nobody"}, "DHT_LOOKUP_FAILED")
     # Requests the agent refuses: to itself, a key type without ETH address, reserved topics.
     await node.error({"type": "send", "peerId": node.peer_id, "data": 1}, "INVALID_FIELDS")
-    ed25519 = str(KeyPair.generate(KeyType.Ed25519).peer_id)
+    ed25519 = peer_id_of(KeyPair.generate(KeyType.Ed25519))
     await node.error({"type": "send", "peerId": ed25519, "data": 1}, "INVALID_FIELDS")
     await node.error(
         {"type": "send", "topic": "agent-announcements", "data": 1}, "INVALID_FIELDS"
@@ -503,7 +507,7 @@ async def test_five_nodes_two_bootstrap(spawn: Any, tmp_path: Path) -> None:
     await asyncio.gather(alice.connect(), bob.connect())
     carol.ready = await carol.expect("ready")
     assert carol.eth == ANVIL_ADDRESS
-    assert carol.peer_id == str(KeyPair.from_eth_private_key(ANVIL_KEY).peer_id)
+    assert carol.peer_id == peer_id_of(KeyPair.from_eth_private_key(ANVIL_KEY))
     assert eth_address(PeerID.from_string(carol.peer_id)) == ANVIL_ADDRESS
 
     clients = (alice, bob, carol)
