@@ -330,6 +330,8 @@ class Agent:
         try:
             await self.node.find_peer(peer)
         except KadPeerNotFound as exc:
+            if len(self.dht.routing_table) == 0:
+                raise DhtLookupFailed("no DHT server known to ask (routing table empty)") from exc
             raise PeerNotFound(f"{peer} is not in the DHT") from exc
         except KadError as exc:
             raise DhtLookupFailed(f"looking up {peer} failed: {exc}") from exc

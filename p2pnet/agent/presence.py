@@ -50,6 +50,9 @@ class Presence:
         try:
             value = await self.dht.get_value(key, quorum=1)
         except RecordNotFound as exc:
+            if len(self.dht.routing_table) == 0:
+                # Nobody was asked: that is a failed lookup, not an absent agent.
+                raise DhtLookupFailed("no DHT server known to ask (routing table empty)") from exc
             raise PeerNotFound(f"no presence record for {address} in the DHT") from exc
         except NoPeersError as exc:
             raise DhtLookupFailed(f"cannot query the DHT: {exc}") from exc

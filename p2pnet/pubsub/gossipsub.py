@@ -36,7 +36,7 @@ from p2pnet.host.host import Host
 from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import PERMANENT_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL
-from p2pnet.pubsub.errors import InvalidRPC, NoPeersError, NotStartedError
+from p2pnet.pubsub.errors import InvalidRPC, MessageTooLargeError, NoPeersError, NotStartedError
 from p2pnet.pubsub.messages import Message, ValidationResult
 from p2pnet.pubsub.params import GossipsubConfig
 from p2pnet.pubsub.peer_record import InvalidPeerRecord, verify_peer_record
@@ -314,7 +314,15 @@ class Pubsub:
         off and no peer would receive it.
         """
         router = self.router
-        if not self.config.allow_publish_to_zero_peers and not router.publish_targets(topic):
+        if len(data) >= self.config.max_message_size:
+            raise MessageTooLargeError(
+                f"{len(data)} bytes of data exceed max_message_size {self.config.max_message_size}"
+            )
+        if (
+            not self.config.allow_publish_to_zero_peers
+            and not router.publish_targets(topic)
+            and not (self.config.emit_self and topic in router.subscriptions)
+        ):
             raise NoPeersError(f"no peer to publish to in {topic!r}")
         msg_id = router.publish(topic, bytes(data), self._now())
         self._pump()

@@ -1,0 +1,311 @@
+"""The asyncio Pubsub service on real hosts over TCP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from p2pnet.crypto.keys import KeyPair
+from p2pnet.host.host import Host
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.pubsub import (
+    FLOODSUB_ID,
+    MESHSUB_V10,
+    MESHSUB_V12,
+    GossipsubConfig,
+    InvalidParameters,
+    Message,
+    MessageTooLargeError,
+    NoPeersError,
+    NotStartedError,
+    PeerScoreThresholds,
+    Pubsub,
+    ValidationResult,
+)
+from p2pnet.pubsub.peer_record import make_peer_record
+from p2pnet.wire.framing import encode_length_prefixed
+
+T = "topic"
+
+
+def fast(**kw: Any) -> GossipsubConfig:
+    kw.setdefault("heartbeat_interval", 0.05)
+    kw.setdefault("heartbeat_initial_delay", 0.01)
+    return GossipsubConfig(**kw)
+
+
+Node = tuple[Host, Pubsub]
+Factory = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def make_node() -> AsyncIterator[Factory]:
+    nodes: list[Node] = []
+
+    async def factory(config: GossipsubConfig | None = None, **kw: Any) -> Node:
+        key = kw.pop("key", None) or KeyPair.generate()
+        host = Host(key)
+        await host.start()
+        ps = Pubsub(host, config or fast(), **kw)
+        nodes.append((host, ps))
+        await ps.start()
+        return host, ps
+
+    yield factory
+    for host, ps in reversed(nodes):
+        await ps.close()
+        await host.close()
+
+
+async def until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def connect(a: Host, b: Host) -> None:
+    await a.connect(b.p2p_addrs()[0])
+
+
+async def collect(sub: Any, n: int, timeout: float = 10.0) -> list[Message]:
+    out = []
+    async with asyncio.timeout(timeout):
+        while len(out) < n:
+            out.append(await sub.get())
+    return out
+
+
+async def test_six_nodes_every_message_once(make_node: Factory) -> None:
+    nodes = [await make_node() for _ in range(6)]
+    for i in range(6):
+        for j in range(i + 1, 6):
+            await connect(nodes[i][0], nodes[j][0])
+    subs = [ps.subscribe(T) for _, ps in nodes]
+    await until(lambda: all(len(ps.mesh_peers(T)) == 5 for _, ps in nodes), what="meshes")
+    for _, ps in nodes:
+        assert len(ps.topic_peers(T)) == 5
+        assert ps.topics() == [T]
+    sent = []
+    for k in range(10):
+        for i, (_, ps) in enumerate(nodes):
+            sent.append(await ps.publish(T, b"from %d #%d" % (i, k)))
+    for sub in subs:
+        got = await collect(sub, 60)
+        assert sorted(m.id for m in got) == sorted(sent)
+        await asyncio.sleep(0.1)
+        assert sub.pending() == 0  # nothing delivered twice
+    m = got[0]
+    assert m.from_peer is not None and m.seqno is not None and m.topic == T
+    assert m.id == m.from_peer.to_bytes() + m.seqno.to_bytes(8, "big")
+    for _, ps in nodes:
+        for p in ps.peers():
+            assert ps.peer_protocol(p) == MESHSUB_V12
+            assert ps.peer_score(p) >= 0
+
+
+async def test_validators_accept_reject_ignore_and_timeout(make_node: Factory) -> None:
+    (ha, a), (hb, b), (hc, c) = [await make_node(fast(validate_timeout=0.3)) for _ in range(3)]
+    await connect(ha, hb)
+    await connect(hb, hc)
+    seen: list[tuple[PeerID, bytes]] = []
+
+    async def check(peer: PeerID, msg: Message) -> ValidationResult | bool:
+        seen.append((peer, msg.data))
+        if msg.data == b"slow":
+            await asyncio.sleep(5)
+        if msg.data == b"bad":
+            return False
+        if msg.data == b"meh":
+            return ValidationResult.IGNORE
+        if msg.data == b"boom":
+            raise RuntimeError("validator bug")
+        return True
+
+    b.set_validator(T, check)
+    sub_b, sub_c = b.subscribe(T), c.subscribe(T)
+    a.subscribe(T)
+    await until(lambda: ha.peer_id in b.mesh_peers(T) and hc.peer_id in b.mesh_peers(T))
+    for data in (b"bad", b"meh", b"slow", b"boom", b"good"):
+        await a.publish(T, data)
+    got_c = await collect(sub_c, 1)
+    assert [m.data for m in got_c] == [b"good"]
+    assert [m.data for m in await collect(sub_b, 1)] == [b"good"]
+    assert {d for _, d in seen} == {b"bad", b"meh", b"slow", b"boom", b"good"}
+    assert all(p == ha.peer_id for p, _ in seen)
+    await asyncio.sleep(0.5)  # the slow one timed out: ignored, not forwarded
+    assert sub_c.pending() == 0 and sub_b.pending() == 0
+    assert b.router.stats["msg_rejected"] == 1
+    assert b.router.stats["msg_ignored"] == 3
+    b.set_validator(T, None)
+    await a.publish(T, b"bad")
+    assert [m.data for m in await collect(sub_c, 1)] == [b"bad"]
+
+
+async def test_unsubscribe_prunes_and_ends_iteration(make_node: Factory) -> None:
+    (ha, a), (hb, b) = await make_node(), await make_node()
+    await connect(ha, hb)
+    sub_a = a.subscribe(T)
+    second = a.subscribe(T)
+    b.subscribe(T)
+    await until(lambda: ha.peer_id in b.mesh_peers(T))
+    await second.cancel()
+    assert T in a.topics()  # one subscription left
+    received = []
+
+    async def consume() -> None:
+        async for msg in sub_a:
+            received.append(msg)
+
+    task = asyncio.create_task(consume())
+    await b.publish(T, b"one")
+    await until(lambda: len(received) == 1)
+    await sub_a.cancel()
+    await asyncio.wait_for(task, 2)  # the iterator ended
+    assert a.topics() == []
+    await until(lambda: ha.peer_id not in b.mesh_peers(T), what="PRUNE")
+    await until(lambda: ha.peer_id not in b.topic_peers(T))
+    assert b.router.backoff_remaining(ha.peer_id, T) > 5  # our unsubscribe backoff (10 s)
+    with pytest.raises(StopAsyncIteration):
+        await sub_a.get()
+
+
+async def test_floodsub_and_meshsub_v10_peers(make_node: Factory) -> None:
+    hn, n = await make_node()
+    hf, f = await make_node(fast(protocols=(FLOODSUB_ID,)))
+    ho, o = await make_node(fast(protocols=(MESHSUB_V10,)))
+    await connect(hf, hn)
+    await connect(ho, hn)
+    subs = [ps.subscribe(T) for ps in (n, f, o)]
+    await until(lambda: len(n.topic_peers(T)) == 2 and ho.peer_id in n.mesh_peers(T))
+    assert n.peer_protocol(hf.peer_id) == FLOODSUB_ID
+    assert n.peer_protocol(ho.peer_id) == MESHSUB_V10
+    assert hf.peer_id not in n.mesh_peers(T)
+    ids = [await ps.publish(T, b"from %d" % i) for i, ps in enumerate((n, f, o))]
+    for sub in subs:
+        assert sorted(m.id for m in await collect(sub, 3)) == sorted(ids)
+
+
+async def test_direct_peers_connect_and_are_not_meshed(make_node: Factory) -> None:
+    hb, b = await make_node()
+    addr = str(hb.p2p_addrs()[0])
+    ha, a = await make_node(fast(direct_peers=[addr], direct_connect_ticks=2))
+    b.add_direct_peer(ha.peer_id)
+    await until(lambda: ha.is_connected(hb.peer_id), what="direct connect")
+    sub_b = b.subscribe(T)
+    a.subscribe(T)
+    await until(lambda: hb.peer_id in a.topic_peers(T))
+    await asyncio.sleep(0.2)
+    assert a.mesh_peers(T) == [] and b.mesh_peers(T) == []
+    await a.publish(T, b"direct")
+    assert (await collect(sub_b, 1))[0].data == b"direct"
+    await ha.disconnect(hb.peer_id)
+    await until(lambda: ha.is_connected(hb.peer_id), what="reconnect of a direct peer")
+
+
+async def test_peer_exchange_over_tcp(make_node: Factory) -> None:
+    cfg = fast(do_px=True, d=2, d_lo=1, d_hi=3, d_score=1, d_out=0, prune_backoff=30.0)
+    hub_host, hub = await make_node(cfg)
+    leaves = [await make_node(fast(d=2, d_lo=1, d_hi=3, d_score=1, d_out=0)) for _ in range(5)]
+    for host, ps in leaves:
+        await connect(host, hub_host)
+        ps.set_app_score(hub_host.peer_id, 2.0)  # trusted enough to follow its PX (>= 10)
+        # the hub offers signed peer records (normally learnt through identify)
+        hub.router.peer_records[host.peer_id] = make_peer_record(host.key, host.listen_addrs, 1)
+    hub.subscribe(T)
+    for _, ps in leaves:
+        ps.subscribe(T)
+
+    def leaf_links() -> int:
+        return sum(
+            1
+            for h1, _ in leaves
+            for h2, _ in leaves
+            if h1 is not h2 and h1.is_connected(h2.peer_id)
+        )
+
+    await until(lambda: leaf_links() > 0, what="leaves connected through PX")
+    assert sum(ps.router.stats.get("px_offered", 0) for _, ps in leaves) > 0
+
+
+async def test_bad_frames_reset_the_stream_only(make_node: Factory) -> None:
+    (ha, a), (hb, b) = await make_node(fast(max_message_size=4096)), await make_node()
+    await connect(hb, ha)
+    sub = a.subscribe(T)
+    b.subscribe(T)
+    await until(lambda: hb.peer_id in a.mesh_peers(T))
+    raw = await hb.new_stream(ha.peer_id, [MESHSUB_V12])
+    await raw.write(encode_length_prefixed(b"\xff\xff\xff\xff"))  # not a protobuf RPC
+    with pytest.raises(Exception):  # noqa: B017 - reset, EOF or closed: all fine
+        async with asyncio.timeout(2):
+            while await raw.read():
+                pass
+            await raw.write(b"more")
+    raw2 = await hb.new_stream(ha.peer_id, [MESHSUB_V12])
+    await raw2.write(encode_length_prefixed(bytes(10_000)))  # above max_message_size
+    await asyncio.sleep(0.2)
+    assert ha.is_connected(hb.peer_id)
+    await b.publish(T, b"still fine")
+    assert (await collect(sub, 1))[0].data == b"still fine"
+
+
+async def test_slow_subscription_drops_oldest(make_node: Factory) -> None:
+    _, a = await make_node(fast(subscription_queue_size=5))
+    sub = a.subscribe(T)
+    for i in range(20):
+        await a.publish(T, b"%d" % i)
+    assert sub.dropped == 15 and sub.pending() == 5
+    assert [m.data for m in await collect(sub, 5)] == [b"%d" % i for i in range(15, 20)]
+
+
+async def test_publish_errors_and_lifecycle(make_node: Factory) -> None:
+    host = Host(KeyPair.generate())
+    await host.start()
+    try:
+        ps = Pubsub(host, fast(d_lo=9))
+        with pytest.raises(NotStartedError):
+            ps.subscribe(T)
+        with pytest.raises(InvalidParameters, match="d_lo"):
+            await ps.start()
+        ps2 = Pubsub(host, fast(), score_thresholds=PeerScoreThresholds(gossip_threshold=1))
+        with pytest.raises(InvalidParameters, match="gossip"):
+            await ps2.start()
+    finally:
+        await host.close()
+    _, a = await make_node(fast(allow_publish_to_zero_peers=False, max_message_size=2048))
+    with pytest.raises(NoPeersError):
+        await a.publish(T, b"nobody")
+    with pytest.raises(MessageTooLargeError):
+        await a.publish(T, bytes(4096))
+
+
+async def test_graylisted_peer_ignored_and_close_is_clean(make_node: Factory) -> None:
+    (ha, a), (hb, b) = await make_node(), await make_node()
+    await connect(ha, hb)
+    sub = a.subscribe(T)
+    b.subscribe(T)
+    await until(lambda: hb.peer_id in a.mesh_peers(T))
+    a.set_app_score(hb.peer_id, -10.0)  # -100: below the graylist threshold
+    assert a.peer_score(hb.peer_id) == -100.0
+    await b.publish(T, b"ignored")
+    await until(lambda: a.router.stats.get("rpc_graylisted", 0) > 0)
+    assert sub.pending() == 0
+    await until(lambda: hb.peer_id not in a.mesh_peers(T), what="negative peer pruned")
+    received: list[Message] = []
+
+    async def consume() -> None:
+        async for msg in sub:
+            received.append(msg)
+
+    task = asyncio.create_task(consume())
+    await a.close()
+    await asyncio.wait_for(task, 2)  # close ends the subscriptions
+    assert len(a._tasks) == 0
+    assert not [p for p in ha.protocols if "sub" in p]
+    with pytest.raises(NotStartedError):
+        a.subscribe(T)
