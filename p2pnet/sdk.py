@@ -269,28 +269,37 @@ class P2PNode:
             fields["privateKey"] = self.private_key
         try:
             answer = await self._request("connect", fields, {"ready"}, self.start_timeout)
+        except P2PNodeError as exc:
+            # A node that answered can shut down cleanly; one that did not is terminated.
+            await self._stop(graceful=exc.code != TIMEOUT)
+            raise
         except BaseException:
-            await self.stop()
+            await self._stop(graceful=False)
             raise
         self.ready = answer[-1]
         return self.ready
 
     async def stop(self) -> int | None:
-        """Shut the node down (shutdown command, then SIGTERM, then SIGKILL) and reap it.
+        """Shut the node down (shutdown command and EOF, then SIGTERM, then SIGKILL) and reap it.
 
         Idempotent; returns the exit status. Pending calls fail, event iterators end.
         """
+        return await self._stop(graceful=True)
+
+    async def _stop(self, graceful: bool) -> int | None:
         proc = self._proc
         if proc is None:
             return None
         self._stopping = True
         try:
             if proc.returncode is None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(1.0):
-                        await self._write({"type": "shutdown"})
+                if graceful:
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(1.0):
+                            # With an id nobody waits for: not passed on to events().
+                            await self._write({"type": "shutdown", "id": next(self._ids)})
                 await self._close_stdin()
-                await self._wait_or_escalate(proc)
+                await self._wait_or_escalate(proc, self.stop_timeout if graceful else 0.0)
         finally:
             if proc.returncode is None:  # cancelled on the way: never leave it running
                 with contextlib.suppress(ProcessLookupError):
@@ -304,16 +313,17 @@ class P2PNode:
             self._finish(f"p2p-node {self.name} was stopped")
         return proc.returncode
 
-    async def _wait_or_escalate(self, proc: asyncio.subprocess.Process) -> None:
-        try:
-            await asyncio.wait_for(proc.wait(), self.stop_timeout)
-            return
-        except TimeoutError:
-            self._log.warning("p2p-node did not stop within %.1f s: terminating", self.stop_timeout)
+    async def _wait_or_escalate(self, proc: asyncio.subprocess.Process, grace: float) -> None:
+        if grace > 0:
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+                return
+            except TimeoutError:
+                self._log.warning("p2p-node did not stop within %.1f s: terminating", grace)
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), 3.0)
+            await asyncio.wait_for(proc.wait(), min(3.0, max(1.0, grace)))
             return
         except TimeoutError:
             self._log.warning("p2p-node ignored SIGTERM: killing it")

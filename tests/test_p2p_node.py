@@ -380,14 +380,11 @@ async def test_lonely_node_refusals_and_dht_lookup_failure(spawn: Any) -> None:
     status = await node.ok({"type": "status"}, "node-status")
     assert status["connected"] is True and status["peerId"] == node.peer_id
     # No DHT peer to ask: the lookup itself fails (not "not found").
-    outcomes = []
-    for target in (random_eth(), random_peer_id()):
-        event = await node.request({"type": "send", "peerId": target, "data": 1}, "sent")
-        assert event["type"] == "error", event
-        outcomes.append(event["code"])
-    if outcomes != ["DHT_LOOKUP_FAILED", "DHT_LOOKUP_FAILED"]:
-        assert set(outcomes) <= {"PEER_NOT_FOUND", "DHT_LOOKUP_FAILED"}
-        pytest.xfail(f"a lookup with an empty routing table reports {outcomes}")
+    await node.error({"type": "send", "peerId": random_eth(), "data": 1}, "DHT_LOOKUP_FAILED")
+    await node.error({"type": "send", "peerId": random_peer_id(), "data": 1}, "DHT_LOOKUP_FAILED")
+    # discover finds nobody rather than failing (the agent layer's choice).
+    done = await node.ok({"type": "discover", "topic": "nobody"}, "discover_done")
+    assert done["count"] == 0
 
 
 async def test_send_failed_refused_and_slow_send_does_not_block_shutdown(spawn: Any) -> None:
@@ -555,17 +552,23 @@ async def test_five_nodes_two_bootstrap(spawn: Any, tmp_path: Path) -> None:
 # -- the other ways to start it ---------------------------------------------------------------
 
 
+CONSOLE_SCRIPT = Path(sys.executable).parent / "p2p-node"
+
+
 @pytest.mark.parametrize(
     "cmd",
     [
-        [str(Path(sys.executable).parent / "p2p-node")],
-        [sys.executable, "-m", "p2pnet", "node"],
+        pytest.param(
+            [str(CONSOLE_SCRIPT)],
+            marks=pytest.mark.skipif(
+                not CONSOLE_SCRIPT.exists(), reason="p2p-node not installed (pip install -e .)"
+            ),
+            id="console-script",
+        ),
+        pytest.param([sys.executable, "-m", "p2pnet", "node"], id="python-m-p2pnet-node"),
     ],
-    ids=["console-script", "python-m-p2pnet-node"],
 )
 async def test_entry_points(spawn: Any, cmd: list[str]) -> None:
-    if not os.path.exists(cmd[0]):
-        pytest.skip(f"{cmd[0]} not installed (pip install -e .)")
     node = await spawn("--name", "entry", cmd=cmd)
     status = await node.ok({"type": "status"}, "node-status")
     assert status["name"] == "entry"

@@ -191,6 +191,7 @@ async def test_sdk_process_death_fails_pending_calls_and_ends_events(
 
 async def test_sdk_timeouts_and_stop_escalation(nodes: list[P2PNode]) -> None:
     silent = P2PNode("silent", executable=fake_node("time.sleep(60)\n"), start_timeout=0.5)
+    assert silent.stop_timeout == 10.0  # a node that never answered is not waited for
     stubborn = P2PNode(
         "stubborn",
         executable=fake_node(

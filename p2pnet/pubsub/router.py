@@ -866,6 +866,7 @@ class GossipsubRouter:
 
     def _handle_idontwant(self, p: _Peer, idontwants: Iterable[rpc_pb2.ControlIDontWant]) -> None:
         limit = self.config.max_idontwant_messages
+        self._count("idontwant_received")
         for idw in idontwants:
             for mid in idw.messageIDs:
                 if p.idontwant_count >= limit:
