@@ -16,7 +16,8 @@ rate the whole network sustains. Per row:
 - deliveries/s: deliveries to the application (msgs/s x (N - 1)),
 - delivery: deliveries / (messages x (N - 1)) (the publisher's own copy is not counted),
 - p50 / p99 latency: publish -> delivery to each other node, over all deliveries,
-- frames/msg: RPC frames written per message (mesh forwarding, gossip, duplicates included).
+- frames/msg: RPC frames written per message (mesh forwarding, gossip, duplicates included),
+- then ``--idle-messages`` (100) more, one at a time: p50 / p99 latency without queueing.
 
 All nodes share one CPU core here, so the rate is that of the whole network on one core, not of
 one node. ``--sim`` runs the same workload on :mod:`p2pnet.pubsub.sim` (routers without sockets,
@@ -56,15 +57,17 @@ class Row:
     expected: int
     latencies: list[float]
     frames: int
+    #: publish -> delivery with one message in flight at a time (no queueing)
+    idle_latencies: list[float] | None = None
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds if self.seconds > 0 else 0.0
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
+    def percentile(self, q: float, idle: bool = False) -> float:
+        data = sorted((self.idle_latencies or []) if idle else self.latencies)
+        if not data:
             return float("nan")
-        data = sorted(self.latencies)
         return data[min(len(data) - 1, int(q * len(data)))]
 
 
@@ -105,7 +108,10 @@ async def run_tcp(n: int, args: argparse.Namespace) -> Row:
         await asyncio.sleep(args.heartbeat * 4)
         sizes = [len(ps.mesh_peers(TOPIC)) for ps in nodes]
         log(f"  mesh sizes min {min(sizes)} median {statistics.median(sizes)} max {max(sizes)}")
-        return await _load(n, nodes, subs, rng, args)
+        row = await _load(n, nodes, subs, rng, args, args.messages, args.window)
+        idle = await _load(n, nodes, subs, rng, args, args.idle_messages, 1)
+        row.idle_latencies = idle.latencies
+        return row
     finally:
         for ps in nodes:
             await ps.close()
@@ -113,18 +119,23 @@ async def run_tcp(n: int, args: argparse.Namespace) -> Row:
 
 
 async def _load(
-    n: int, nodes: list[Pubsub], subs: list[Subscription], rng: random.Random, args: argparse.Namespace
+    n: int,
+    nodes: list[Pubsub],
+    subs: list[Subscription],
+    rng: random.Random,
+    args: argparse.Namespace,
+    total: int,
+    in_flight: int,
 ) -> Row:
     sent_at: dict[bytes, float] = {}
     remaining: dict[bytes, int] = {}
     latencies: list[float] = []
     delivered = 0
-    window = asyncio.Semaphore(args.window)
+    window = asyncio.Semaphore(in_flight)
     done = asyncio.Event()
-    total = args.messages
     finished = 0
     loop = asyncio.get_running_loop()
-    frames_before = sum(sum(ps.router.stats.get("rpc_received", 0) for ps in nodes) for _ in [0])
+    frames_before = sum(ps.router.stats.get("rpc_received", 0) for ps in nodes)
 
     async def consume(i: int, sub: Subscription) -> None:
         nonlocal delivered, finished
@@ -154,7 +165,7 @@ async def _load(
         for k in range(total):
             await window.acquire()
             node = nodes[rng.randrange(n)]
-            data = k.to_bytes(8, "big") + payload[8:]
+            data = (k + (1 << 40) * in_flight).to_bytes(8, "big") + payload[8:]
             t = loop.time()
             mid = await node.publish(TOPIC, data)
             sent_at[mid] = t
@@ -227,16 +238,22 @@ def print_table(rows: list[Row], mode: str, args: argparse.Namespace) -> None:
     )
     head = (
         "| nodes | messages | msgs/s | deliveries/s | delivery | p50 latency | p99 latency "
-        "| frames/msg |"
+        "| frames/msg | p50 / p99 latency, 1 in flight |"
     )
     print(head)
     print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
     for r in rows:
+        idle = (
+            f"{1000 * r.percentile(0.5, True):.1f} / {1000 * r.percentile(0.99, True):.1f} ms"
+            if r.idle_latencies
+            else "-"
+        )
         print(
             f"| {r.nodes} | {r.messages} | {r.rate:,.0f} | {r.rate * (r.nodes - 1):,.0f} "
             f"| {100 * r.delivered / max(1, r.expected):.2f} % "
             f"| {1000 * r.percentile(0.5):.1f} ms | {1000 * r.percentile(0.99):.1f} ms "
-            f"| {r.frames / max(1, r.messages):.1f} |"
+            f"| {r.frames / max(1, r.messages):.1f} "
+            f"| {idle} |"
         )
 
 
@@ -247,6 +264,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=128, help="bytes per message (>= 8)")
     ap.add_argument("--degree", type=int, default=6, help="random dials per node")
     ap.add_argument("--window", type=int, default=50, help="messages in flight at most")
+    ap.add_argument(
+        "--idle-messages", type=int, default=100, help="then this many, one at a time (TCP)"
+    )
     ap.add_argument("--heartbeat", type=float, default=0.5)
     ap.add_argument("--drain", type=float, default=60.0, help="seconds to wait for stragglers")
     ap.add_argument("--seed", type=int, default=1)
@@ -260,7 +280,9 @@ def main() -> int:
         row = run_sim(n, args) if args.sim else asyncio.run(run_tcp(n, args))
         log(f"  {row.rate:.0f} msgs/s, delivery {100 * row.delivered / max(1, row.expected):.2f} %")
         rows.append(row)
-    print_table(rows, "sim (virtual clock)" if args.sim else "TCP + Noise + yamux, one process", args)
+    print_table(
+        rows, "sim (virtual clock)" if args.sim else "TCP + Noise + yamux, one process", args
+    )
     return 0
 
 

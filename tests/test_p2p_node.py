@@ -336,6 +336,37 @@ async def test_shutdown_sigterm_and_eof_exit_0(spawn: Any) -> None:
         assert n.stderr == b""
 
 
+async def test_node_stops_when_nobody_reads_its_stdout() -> None:
+    read_end, write_end = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        *P2P_NODE, stdin=asyncio.subprocess.PIPE, stdout=write_end, stderr=asyncio.subprocess.PIPE
+    )
+    os.close(write_end)
+    os.close(read_end)  # the reader is gone: the next event cannot be written
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b'{"type": "status"}\n')
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proc.communicate()
+
+
+async def test_ignore_eof_runs_as_a_service_until_sigterm(spawn: Any) -> None:
+    service = await spawn("--ignore-eof", "--connect", "--bootstrap", "--bootstrap-peers", "")
+    assert service.proc.stdin is not None
+    service.proc.stdin.close()  # like a service started with stdin at /dev/null
+    await service.expect("ready")
+    with pytest.raises(TimeoutError):
+        await service.wait_exit(1.0)
+    service.proc.send_signal(signal.SIGTERM)
+    assert await service.wait_exit() == 0
+    assert service.events[-1]["type"] == "shutdown"
+
+
 async def test_stdout_is_json_only_with_logs_and_prints_go_to_stderr(spawn: Any) -> None:
     # A library that prints (here: a patched function) must not corrupt stdout.
     noisy = (
@@ -366,6 +397,24 @@ async def test_stdout_is_json_only_with_logs_and_prints_go_to_stderr(spawn: Any)
     quiet.assert_clean()
 
 
+async def test_unexpected_failure_is_internal_and_the_node_keeps_running(spawn: Any) -> None:
+    broken = (
+        "import sys; from p2pnet.cli import p2p_node as m; from p2pnet.agent.agent import Agent\n"
+        "async def boom(self, topic):\n"
+        "    raise RuntimeError('boom: ' + topic)\n"
+        "Agent.subscribe = boom; sys.exit(m.main(sys.argv[1:]))\n"
+    )
+    node = await spawn("--bootstrap-peers", "", cmd=[sys.executable, "-c", broken])
+    await node.connect()
+    event = await node.error({"type": "subscribe", "topic": "t"}, "INTERNAL")
+    assert "boom: t" in event["message"]
+    log = await node.expect("log", level="error")
+    assert "RuntimeError" in log["meta"]["exception"]
+    await node.ok({"type": "send", "topic": "t", "data": 1}, "sent")  # still running
+    await node.ok({"type": "shutdown"}, "shutdown")
+    assert await node.wait_exit() == 0
+
+
 # -- errors of a running network -------------------------------------------------------------
 
 
@@ -382,9 +431,8 @@ async def test_lonely_node_refusals_and_dht_lookup_failure(spawn: Any) -> None:
     # No DHT peer to ask: the lookup itself fails (not "not found").
     await node.error({"type": "send", "peerId": random_eth(), "data": 1}, "DHT_LOOKUP_FAILED")
     await node.error({"type": "send", "peerId": random_peer_id(), "data": 1}, "DHT_LOOKUP_FAILED")
-    # discover finds nobody rather than failing (the agent layer's choice).
-    done = await node.ok({"type": "discover", "topic": "nobody"}, "discover_done")
-    assert done["count"] == 0
+    # discover with no DHT server to ask fails the same way.
+    await node.error({"type": "discover", "topic": "nobody"}, "DHT_LOOKUP_FAILED")
 
 
 async def test_send_failed_refused_and_slow_send_does_not_block_shutdown(spawn: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -309,3 +310,28 @@ async def test_graylisted_peer_ignored_and_close_is_clean(make_node: Factory) ->
     assert not [p for p in ha.protocols if "sub" in p]
     with pytest.raises(NotStartedError):
         a.subscribe(T)
+
+
+async def test_thirty_nodes_over_tcp(make_node: Factory) -> None:
+    rng = random.Random(4)
+    nodes = [await make_node(fast(heartbeat_interval=0.1)) for _ in range(30)]
+    for i, (host, _) in enumerate(nodes):
+        for j in rng.sample([x for x in range(30) if x != i], 4):
+            await host.connect(nodes[j][0].p2p_addrs()[0])
+    subs = [ps.subscribe(T) for _, ps in nodes]
+    cfg = GossipsubConfig()
+
+    def meshes_ok() -> bool:
+        return all(cfg.d_lo <= len(ps.mesh_peers(T)) <= cfg.d_hi for _, ps in nodes)
+
+    await until(meshes_ok, timeout=10, what="all meshes within [Dlo, Dhi]")
+    ids = []
+    for k in range(200):
+        ids.append(await nodes[rng.randrange(30)][1].publish(T, b"m%d" % k))
+        if k % 20 == 19:
+            await asyncio.sleep(0.01)
+    for sub in subs:
+        got = await collect(sub, 200, timeout=30)
+        assert sorted(m.id for m in got) == sorted(ids)
+    await asyncio.sleep(0.2)
+    assert all(sub.pending() == 0 for sub in subs)

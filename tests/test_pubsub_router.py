@@ -826,3 +826,30 @@ def test_parameters_validated() -> None:
             PeerScoreParams(topics={"x": TopicScoreParams(mesh_message_deliveries_weight=1.0)}),
             key=make_key(1),
         )
+
+
+def test_prune_above_dhi_keeps_the_best_scored() -> None:
+    h = Harness()
+    peers = h.add(16)
+    h.r.join(T, 0.0)
+    h.r.mesh[T] = set(peers)
+    best = peers[3:7]
+    for p in best:
+        h.r.set_app_score(p, 1.0)
+    h.heartbeat()
+    assert len(h.r.mesh_peers(T)) == 6
+    assert set(best) <= h.r.mesh_peers(T)  # the top d_score (4) by score stay
+
+
+def test_seen_cache_ttl() -> None:
+    h = Harness(seen_ttl=5.0)
+    (a,) = h.add(1)
+    h.r.join(T, 0.0)
+    m = h.msg(a, b"again")
+    h.feed(a, rpc_pb2.RPC(publish=[m]))
+    h.heartbeat(2.0)
+    h.feed(a, rpc_pb2.RPC(publish=[m]))
+    assert h.deliveries() == [b"again"]
+    assert len(h.r.seen) == 1
+    h.heartbeat(4.0)  # 6 s > seen_ttl: forgotten
+    assert len(h.r.seen) == 0

@@ -9,8 +9,9 @@ import signal
 import socket
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,13 @@ async def nodes() -> AsyncIterator[list[P2PNode]]:
         assert leaked == [], leaked
 
 
+def data_is(data: Any, topic: str | None = None) -> Callable[[dict[str, Any]], bool]:
+    def match(event: dict[str, Any]) -> bool:
+        return event["data"] == data and (topic is None or event.get("topic") == topic)
+
+    return match
+
+
 async def start_all(registry: list[P2PNode], *new: P2PNode) -> None:
     registry.extend(new)
     await asyncio.gather(*(n.start() for n in new))
@@ -88,18 +96,14 @@ async def test_sdk_network(nodes: list[P2PNode]) -> None:
     assert await alice.send(bob.peer_id, {"n": 1}) == bob.peer_id
     assert await alice.send(bob.eth_address, {"n": 2}) == bob.peer_id
     for n in (1, 2):
-        msg = await bob_events.wait_for("message", lambda e, n=n: e["data"] == {"n": n})
+        msg = await bob_events.wait_for("message", data_is({"n": n}))
         assert msg["from"] == alice.peer_id and msg["fromEth"] == alice.eth_address
         assert msg["direct"] is True
     async with asyncio.timeout(TIMEOUT_S):
         for n in range(100):
             await alice.broadcast({"b": n}, "room")
             try:
-                await bob_events.wait_for(
-                    "message",
-                    lambda e, n=n: e.get("topic") == "room" and e["data"] == {"b": n},
-                    0.5,
-                )
+                await bob_events.wait_for("message", data_is({"b": n}, topic="room"), 0.5)
                 break
             except TimeoutError:
                 continue
@@ -117,13 +121,11 @@ async def test_sdk_network(nodes: list[P2PNode]) -> None:
     assert err.value.code == "INVALID_FIELDS" and err.value.event is not None
 
     # Concurrent calls are matched to their own answers.
-    results = await asyncio.gather(
-        *(alice.send(bob.peer_id, {"c": i}) for i in range(10)),
-        alice.status(),
-        alice.discover("room"),
-        return_exceptions=True,
+    sends = [alice.send(bob.peer_id, {"c": i}) for i in range(10)]
+    results, status, _ = await asyncio.gather(
+        asyncio.gather(*sends), alice.status(), alice.discover("room")
     )
-    assert results[:10] == [bob.peer_id] * 10 and results[10]["type"] == "node-status"
+    assert results == [bob.peer_id] * 10 and status["type"] == "node-status"
 
     assert await bob.stop() == 0
     assert not bob.running
@@ -265,11 +267,18 @@ async def test_example_agent_replies_and_greets(nodes: list[P2PNode]) -> None:
             "message", lambda e: isinstance(e["data"], dict) and e["data"].get("kind") == "reply"
         )
         assert reply["data"]["re"] == {"question": "are you there?"}
+        # It prints what it does (the reply's line comes once our acknowledgement arrived).
+        assert example.stdout is not None
+        lines: list[str] = []
+        async with asyncio.timeout(TIMEOUT_S):
+            while not any("replied to" in line for line in lines):
+                lines.append((await example.stdout.readline()).decode())
+                assert lines[-1], f"example ended early: {lines}"
         example.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(example.communicate(), TIMEOUT_S)
         assert example.returncode == 0
-        text = out.decode()
-        assert "ready: peer" in text and "replied to" in text and "greeted" in text
+        text = "".join(lines) + out.decode()
+        assert "ready: peer" in text and "greeted" in text and "message direct from" in text
         assert "stopped (p2p-node exit status 0)" in text
     finally:
         if example.returncode is None:

@@ -396,6 +396,8 @@ class Agent:
             if peer not in found:
                 found[peer] = AgentDiscovered(peer, _eth_of(peer), store.addrs(peer), [topic])
         found.pop(self.peer_id, None)
+        if not found and dht_error is None and len(self.dht.routing_table) == 0:
+            dht_error = KadError("no DHT server known to ask (routing table empty)")
         if not found and dht_error is not None:
             raise DhtLookupFailed(f"finding agents on {topic!r} failed: {dht_error}")
         named = []

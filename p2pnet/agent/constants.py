@@ -19,9 +19,10 @@ BOOTSTRAP_REGIONS = ("us-east", "eu-west", "ap-southeast", "sa-east")
 #: Public bootstrap nodes by region: ``{"us-east": "/dns4/<host>/tcp/<port>/p2p/<id>", ...}``.
 #:
 #: Empty on purpose: no public p2pnet bootstrap node runs yet, and an invented address would
-#: only make nodes dial nothing. Fill it when the nodes exist (start each with
-#: ``p2p-node --bootstrap --port <port> -e <env file with its PRIVATE_KEY>`` and put the address
-#: from its ``ready`` event here), or override per run with ``BOOTSTRAP_PEERS`` (env),
+#: only make nodes dial nothing. Fill it when the nodes exist (run each as a service with
+#: ``p2p-node --bootstrap --connect --ignore-eof --host <ip> --port <port> -e <env file with its
+#: PRIVATE_KEY and BOOTSTRAP_PEERS=the other three>`` and put the address from its ``ready``
+#: event here), or override per run with ``BOOTSTRAP_PEERS`` (env),
 #: ``--bootstrap-peers`` (flag) or ``AgentConfig(bootstrap_peers=[...])``. ``p2pnet devnet``
 #: starts one local bootstrap node per region name on loopback and passes their addresses on.
 DEFAULT_BOOTSTRAP_PEERS: dict[str, str] = {}

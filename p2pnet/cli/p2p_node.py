@@ -23,7 +23,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from p2pnet.peer.peer_id import PeerID
 from p2pnet.tasks import TaskOwner
 
 if TYPE_CHECKING:
-    from p2pnet.agent.agent import Agent, AgentConfig, AgentDiscovered
+    from p2pnet.agent.agent import Agent, AgentConfig, AgentDiscovered, AgentEvent
 
 log = logging.getLogger("p2pnet.cli.p2p_node")
 
@@ -398,7 +398,7 @@ def parse_command(line: bytes) -> Command:
     if not isinstance(obj, dict):
         raise CommandError("INVALID_JSON", "a command must be a JSON object")
     ctype = obj.get("type")
-    cmd = Command(str(ctype), obj, obj.get("id"), "id" in obj)
+    cmd = Command(ctype if isinstance(ctype, str) else "", obj, obj.get("id"), "id" in obj)
     if not isinstance(ctype, str) or ctype not in COMMANDS:
         shown = "missing" if ctype is None else repr(ctype)
         raise CommandError("UNKNOWN_COMMAND", f"unknown command type {shown}", cmd)
@@ -506,7 +506,7 @@ class NodeProcess:
 
     def emit_error(self, code: str, message: str, cmd: Command | None = None) -> None:
         event: dict[str, Any] = {"type": "error", "code": code, "message": message}
-        if cmd is not None:
+        if cmd is not None and cmd.type:
             event["command"] = cmd.type
         self.emit(event, cmd)
 
@@ -522,6 +522,9 @@ class NodeProcess:
         while not self.stopping.is_set():
             item = await lines.get()
             if item is None:
+                if self.args.ignore_eof:
+                    log.info("stdin closed: running until SIGTERM (--ignore-eof)")
+                    return
                 # The commands already sent still get their answers, then the node stops.
                 log.debug("end of stdin: shutting down after %d running commands", self._running)
                 await self._idle.wait()
@@ -542,6 +545,13 @@ class NodeProcess:
         except CommandError as exc:
             self.emit_error(exc.code, exc.message, exc.command)
             return
+        try:
+            await self._dispatch(cmd)
+        except Exception as exc:  # a bug: report it and keep going
+            log.error("%s failed unexpectedly", cmd.type, exc_info=exc)
+            self.emit_error("INTERNAL", _error_message(exc), cmd)
+
+    async def _dispatch(self, cmd: Command) -> None:
         if cmd.type == "shutdown":
             self.request_shutdown(cmd)
             return
@@ -603,6 +613,7 @@ class NodeProcess:
             from p2pnet.agent.agent import Agent
 
             agent = Agent(self.agent_config(cmd))
+            events = agent.events()  # from before the start: nothing it sees is lost
             try:
                 await agent.start()
             except BaseException:
@@ -618,7 +629,6 @@ class NodeProcess:
         self.agent = agent
         self._connecting = None
         connecting.set_result(agent)
-        self._tasks.spawn(self._pump_events(agent), name="agent-events")
         self.emit(
             {
                 "type": "ready",
@@ -630,6 +640,7 @@ class NodeProcess:
             },
             cmd,
         )
+        self._tasks.spawn(self._pump_events(events), name="agent-events")
 
     async def _need_agent(self) -> Agent:
         if self.agent is not None:
@@ -684,10 +695,10 @@ class NodeProcess:
             )
         return status
 
-    async def _pump_events(self, agent: Agent) -> None:
+    async def _pump_events(self, events: AsyncIterator[AgentEvent]) -> None:
         from p2pnet.agent.agent import AgentDiscovered, AgentMessage
 
-        async for event in agent.events():
+        async for event in events:
             if isinstance(event, AgentMessage):
                 out: dict[str, Any] = {
                     "type": "message",
@@ -794,6 +805,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--connect", action="store_true", help="connect at start, without a connect command"
     )
     parser.add_argument(
+        "--ignore-eof",
+        action="store_true",
+        help="keep running when stdin closes (a service with stdin at /dev/null; stop it with "
+        "SIGTERM)",
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=LOG_LEVELS, help="level of log events"
     )
 
@@ -838,8 +855,11 @@ async def serve(args: argparse.Namespace, writer: JsonLineWriter, env: Mapping[s
         try:
             # Ends at shutdown, SIGTERM, EOF, or if reading commands failed (a bug: logged).
             await asyncio.wait({commands, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if commands.done() and not commands.cancelled() and commands.exception():
-                log.error("reading commands failed", exc_info=commands.exception())
+            if commands.done() and not commands.cancelled():
+                if commands.exception() is not None:
+                    log.error("reading commands failed", exc_info=commands.exception())
+                else:  # EOF with --ignore-eof: a signal ends the node
+                    await node.stopping.wait()
         finally:
             for task in (commands, stopping):
                 task.cancel()

@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pnet.crypto.keys import KeyPair, PublicKey, unmarshal_public_key
@@ -227,6 +226,3 @@ def to_app_message(
         signature=msg.signature if msg.HasField("signature") else None,
         key=msg.key if msg.HasField("key") else None,
     )
-
-
-Validator = Callable[[PeerID, Message], object]

@@ -196,6 +196,7 @@ class GossipsubRouter:
         self.fanout_lastpub: dict[str, float] = {}
         self.backoff: dict[str, dict[PeerID, float]] = {}
         self.direct: set[PeerID] = set()
+        self.floodsub_peers: set[PeerID] = set()
         self.validated_topics: set[str] = set()
         self.peer_records: dict[PeerID, bytes] = {}
 
@@ -292,10 +293,16 @@ class GossipsubRouter:
             p = self.peers[peer]
             p.protocol = protocol
             p.is_gossip = protocol in GOSSIPSUB_PROTOCOLS
+            if p.is_gossip:
+                self.floodsub_peers.discard(peer)
+            else:
+                self.floodsub_peers.add(peer)
             return
         if protocol not in GOSSIPSUB_PROTOCOLS and protocol != FLOODSUB_ID:
             raise InvalidParameters(f"unknown pubsub protocol {protocol!r}")
         self.peers[peer] = _Peer(peer, protocol, outbound)
+        if protocol == FLOODSUB_ID:
+            self.floodsub_peers.add(peer)
         self.score.add_peer(peer, ips)
         log.debug("peer %s added (%s, %s)", peer, protocol, "out" if outbound else "in")
         for topic in sorted(self.subscriptions):
@@ -306,6 +313,7 @@ class GossipsubRouter:
         p = self.peers.pop(peer, None)
         if p is None:
             return
+        self.floodsub_peers.discard(peer)
         for topic in p.topics:
             subs = self.topics.get(topic)
             if subs is not None:
@@ -500,8 +508,8 @@ class GossipsubRouter:
                     tosend.add(p)
             return tosend
         tosend.update(p for p in self.direct if p in tmap)
-        for p in tmap:
-            if not self.peers[p].is_gossip and self._score(p) >= pub_threshold:
+        for p in self.floodsub_peers:
+            if p in tmap and self._score(p) >= pub_threshold:
                 tosend.add(p)
         gmap = self.mesh.get(topic)
         if gmap is None:
@@ -655,10 +663,8 @@ class GossipsubRouter:
             return
         topic = pending.message.topic
         if result is ValidationResult.ACCEPT:
-            if pending.source in self.peers or pending.source == self.local_peer:
-                self._accept(pending.source, msg_id, pending.data, pending.message)
-            else:  # the sender left meanwhile: still deliver and forward
-                self._accept(pending.source, msg_id, pending.data, pending.message)
+            # delivered and forwarded even if the sender left meanwhile
+            self._accept(pending.source, msg_id, pending.data, pending.message)
         elif result is ValidationResult.REJECT:
             self.score.reject_message(pending.source, msg_id, topic, now)
             self._count("msg_rejected")
@@ -686,11 +692,12 @@ class GossipsubRouter:
             if p in tmap:
                 tosend.add(p)
         pub_threshold = self.thresholds.publish_threshold
-        for pid in tmap:
-            if not self.peers[pid].is_gossip and self._score(pid) >= pub_threshold:
+        for pid in self.floodsub_peers:
+            if pid in tmap and self._score(pid) >= pub_threshold:
                 tosend.add(pid)
+        peers = self.peers
         for pid in self.mesh.get(topic, ()):
-            if msg_id not in self.peers[pid].dont_send:
+            if msg_id not in peers[pid].dont_send:
                 tosend.add(pid)
         tosend.discard(source)
         if origin is not None:
