@@ -40,6 +40,11 @@ class KadConfig:
     query_timeout: float = 60.0
     #: How long an inbound stream may stay idle between two requests (js: 10 s).
     inbound_idle_timeout: float = 10.0
+    #: Outbound streams are reused for later requests to the same peer while idle for less than
+    #: this (keep it below the remote's inbound idle timeout: ours and js's are 10 s).
+    stream_idle_timeout: float = 5.0
+    #: Idle outbound streams kept per peer (0: a new stream per request).
+    max_idle_streams_per_peer: int = 2
     #: Largest kad message accepted (go allows 4 MiB, rust 16 KiB).
     max_message_size: int = 1024 * 1024
     #: Largest record value accepted on PUT_VALUE and from GET_VALUE answers.

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from multiaddr import Multiaddr
 
-from p2pnet.errors import NegotiationError, P2PError, ProtocolError
+from p2pnet.errors import ConnectionClosed, NegotiationError, P2PError, ProtocolError, StreamError
 from p2pnet.kad import messages as m
 from p2pnet.kad.agent_record import AGENT_NAMESPACE, AgentRecordValidator
 from p2pnet.kad.config import KadConfig, Mode
@@ -110,6 +110,7 @@ class KadDHT:
         self._wake = asyncio.Event()
         self._provided: dict[bytes, float] = {}  # keys we provide -> unix time last provided
         self._rng = random.Random()
+        self._idle_streams: dict[PeerID, list[tuple[YamuxStream, float]]] = {}
         #: The most recent lookups (their cost), newest last.
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
         #: Counters: requests sent/received by type name, failures, bad messages.
@@ -139,6 +140,7 @@ class KadDHT:
         if self._started and self._mode is Mode.SERVER:
             self.host.remove_stream_handler(self.config.protocol_id)
         await self._tasks.close()
+        await self._close_pooled_streams()
 
     async def __aenter__(self) -> KadDHT:
         await self.start()
@@ -238,32 +240,77 @@ class KadDHT:
         *,
         expect_response: bool = True,
     ) -> kad_pb2.Message | None:
-        """Send one request on a new stream and read the answer (``None`` when none is
-        expected). Raises P2PError subclasses or TimeoutError."""
+        """Send one request and read the answer (``None`` when none is expected).
+
+        Streams are reused: an idle stream to ``peer`` (at most ``stream_idle_timeout`` old) is
+        taken from the pool and put back after a clean exchange; a reused stream the remote
+        has meanwhile closed is replaced by a fresh one once. Raises P2PError subclasses or
+        TimeoutError."""
         self._count("sent " + m.type_name(msg.type))
+        data = m.encode(msg)
         async with asyncio.timeout(timeout or self.config.request_timeout):
-            stream = await self.host.new_stream(peer, [self.config.protocol_id])
-            try:
-                await write_length_prefixed(stream, m.encode(msg))
-                if not expect_response:
-                    await stream.close()
-                    return None
-                data = await read_length_prefixed(stream, self.config.max_message_size)
-                resp = m.decode(data)
-            except BaseException:
-                await stream.reset()
-                raise
-            await stream.close()
-        if resp.type != msg.type:
+            stream = await self._take_stream(peer)
+            if stream is not None:
+                try:
+                    resp = await self._exchange(stream, data, expect_response)
+                except (StreamError, ConnectionClosed):
+                    self._count("stale pooled streams")
+                    stream = None
+            if stream is None:
+                stream = await self.host.new_stream(peer, [self.config.protocol_id])
+                resp = await self._exchange(stream, data, expect_response)
+        await self._put_stream(peer, stream)
+        if resp is not None and resp.type != msg.type:
             raise KadProtocolError(
                 f"{peer} answered {m.type_name(msg.type)} with {m.type_name(resp.type)}"
             )
         return resp
 
+    async def _exchange(
+        self, stream: YamuxStream, data: bytes, expect_response: bool
+    ) -> kad_pb2.Message | None:
+        try:
+            await write_length_prefixed(stream, data)
+            if not expect_response:
+                return None
+            return m.decode(await read_length_prefixed(stream, self.config.max_message_size))
+        except BaseException:
+            await stream.reset()
+            raise
+
+    async def _take_stream(self, peer: PeerID) -> YamuxStream | None:
+        pool = self._idle_streams.get(peer)
+        limit = asyncio.get_running_loop().time() - self.config.stream_idle_timeout
+        while pool:
+            stream, since = pool.pop()
+            if since >= limit and not stream.local_closed and not stream.remote_closed:
+                return stream
+            await stream.close()
+        self._idle_streams.pop(peer, None)
+        return None
+
+    async def _put_stream(self, peer: PeerID, stream: YamuxStream) -> None:
+        pool = self._idle_streams.setdefault(peer, [])
+        if self._closed or len(pool) >= self.config.max_idle_streams_per_peer:
+            await stream.close()
+            return
+        pool.append((stream, asyncio.get_running_loop().time()))
+
+    async def _close_pooled_streams(self) -> None:
+        pools, self._idle_streams = self._idle_streams, {}
+        for pool in pools.values():
+            for stream, _ in pool:
+                await stream.close()
+
     def _learn_peers(self, infos: Iterable[PeerInfo], ttl: float = TEMP_ADDR_TTL) -> None:
         store = self.host.peerstore
         for info in infos:
-            if info.addrs and info.peer != self.host.peer_id:
+            # a connected peer's addresses are known (and kept while connected)
+            if (
+                info.addrs
+                and info.peer != self.host.peer_id
+                and not self.host.is_connected(info.peer)
+            ):
                 store.add_addrs(info.peer, info.addrs, ttl)
 
     # -- lookups --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ are skipped (and counted), a message that does not decode raises :class:`KadProt
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -108,9 +109,19 @@ def peers_from_pb(
 
 def parse_multiaddr(raw: bytes) -> Multiaddr | None:
     """A binary multiaddr, or None unless it parses completely and re-encodes to the same
-    bytes (the multiaddr package parses lazily and tolerates truncated input)."""
+    bytes (the multiaddr package parses lazily and tolerates truncated input).
+
+    Parsing is slow in the multiaddr package and the same addresses come back in answer after
+    answer, so results are memoised (a bounded cache of a pure function)."""
+    return _parse_multiaddr(bytes(raw))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_multiaddr(raw: bytes) -> Multiaddr | None:
+    if len(raw) > 1024:
+        return None
     try:
-        addr = Multiaddr(bytes(raw))
+        addr = Multiaddr(raw)
         if Multiaddr(str(addr)).to_bytes() != raw:
             return None
     except Exception:  # the multiaddr package raises several unrelated types

@@ -144,11 +144,29 @@ class RoutingTable:
     ) -> list[PeerID]:
         """Up to ``count`` (default k) peers closest to ``hashed_key``, nearest first."""
         n = self.k if count is None else count
+        if n <= 0:
+            return []
         target = key_int(hashed_key)
         skip = set(exclude)
-        entries = (e for b in self._buckets if b for e in b.values() if e.peer not in skip)
-        best = heapq.nsmallest(n, entries, key=lambda e: e.key ^ target)
-        return [e.peer for e in best]
+        # Buckets come in tiers of distance to the target (c = its prefix length with us):
+        # bucket c is nearest, then buckets c+1.. (all differ from the target at bit c), then
+        # c-1, c-2, ..., 0 (each differs at its own, ever more significant bit). Only the tiers
+        # needed to collect n peers are sorted.
+        c = min(KEY_BITS - (self._local_int ^ target).bit_length(), KEY_BITS - 1)
+        tiers: list[list[OrderedDict[PeerID, Entry]]] = [[self._buckets[c]]]
+        tiers.append(self._buckets[c + 1 :])
+        tiers.extend([self._buckets[j]] for j in range(c - 1, -1, -1))
+        out: list[PeerID] = []
+        for tier in tiers:
+            entries = [e for b in tier if b for e in b.values() if e.peer not in skip]
+            if not entries:
+                continue
+            need = n - len(out)
+            best = heapq.nsmallest(need, entries, key=lambda e: e.key ^ target)
+            out.extend(e.peer for e in best)
+            if len(out) >= n:
+                break
+        return out
 
     # -- updates ----------------------------------------------------------------------------
 

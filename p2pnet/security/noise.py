@@ -93,6 +93,9 @@ _pack_len = struct.Struct(">H").pack
 _pack_len_into = struct.Struct(">H").pack_into
 
 _EMPTY_KEY = b""
+#: :meth:`NoiseTransport.encrypt_many` copies pieces shorter than this into shared frames and
+#: encrypts longer ones in place.
+_GATHER_LIMIT: Final = 8 * 1024
 
 
 def _hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
@@ -342,7 +345,7 @@ class NoiseTransport:
     failed :meth:`decrypt` the receive side is unusable and every further call raises again.
     """
 
-    __slots__ = ("_failed", "_partial", "_recv", "_recv_n", "_send", "_send_n")
+    __slots__ = ("_failed", "_partial", "_partial_n", "_recv", "_recv_n", "_send", "_send_n")
 
     def __init__(self, send: CipherState, recv: CipherState) -> None:
         if send._aead is None or recv._aead is None:
@@ -351,23 +354,26 @@ class NoiseTransport:
         self._send_n = send.n
         self._recv = recv._aead
         self._recv_n = recv.n
+        # An incomplete frame: once its length is known, a buffer of its full size, filled
+        # up to ``_partial_n`` (so each byte of a frame split across chunks is copied once).
         self._partial = bytearray()
+        self._partial_n = 0
         self._failed: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes of an incomplete frame held for the next :meth:`decrypt`."""
-        return len(self._partial)
+        return self._partial_n
 
     @property
     def partial(self) -> bytes:
         """The raw bytes of the incomplete frame held for the next :meth:`decrypt`."""
-        return bytes(self._partial)
+        return bytes(self._partial[: self._partial_n])
 
     @property
     def partial_frame_length(self) -> int:
         """Total size (prefix included) of the frame being buffered, or 0 if not yet known."""
-        if len(self._partial) < 2:
+        if self._partial_n < 2:
             return 0
         return 2 + ((self._partial[0] << 8) | self._partial[1])
 
@@ -404,6 +410,73 @@ class NoiseTransport:
         src.release()
         return out
 
+    def encrypt_many(self, pieces: Sequence[Bytes]) -> bytearray:
+        """Frame and encrypt several buffers, in order, into one buffer ready for one write.
+
+        Unlike ``encrypt(b"".join(pieces))`` no big piece is copied: a piece of at least
+        :data:`_GATHER_LIMIT` bytes is encrypted in place, cut into frames of
+        :data:`MAX_PLAINTEXT` bytes, and frames never span two big pieces. Small pieces (and the
+        short tail of a big piece) are gathered with their neighbours into shared frames, so a
+        yamux header becomes part of a small frame and the payload after it starts a new frame
+        (which also lets the receiver hand out the decrypted payload without slicing it).
+        """
+        plan: list[Bytes] = []  # the plaintext of each frame, in order
+        run: bytearray | None = None  # gathered small bytes, at most MAX_PLAINTEXT
+        total = 0
+        for piece in pieces:
+            mv = memoryview(piece)
+            if mv.format != "B" or mv.ndim != 1:
+                mv = mv.cast("B")
+            size = mv.nbytes
+            if size == 0:
+                continue
+            total += size
+            if size < _GATHER_LIMIT:
+                if run is None:
+                    run = bytearray(mv)
+                elif len(run) + size <= MAX_PLAINTEXT:
+                    run += mv
+                else:
+                    take = MAX_PLAINTEXT - len(run)
+                    run += mv[:take]
+                    plan.append(run)
+                    run = bytearray(mv[take:])
+                continue
+            if run is not None:
+                plan.append(run)
+                run = None
+            pos = 0
+            while size - pos >= MAX_PLAINTEXT:
+                plan.append(mv[pos : pos + MAX_PLAINTEXT])
+                pos += MAX_PLAINTEXT
+            if pos < size:
+                if size - pos < _GATHER_LIMIT:
+                    run = bytearray(mv[pos:])
+                else:
+                    plan.append(mv[pos:])
+        if run is not None:
+            plan.append(run)
+        nframes = len(plan)
+        if nframes == 0:
+            return bytearray()
+        n = self._send_n
+        if n + nframes > MAX_NONCE:
+            raise ProtocolError("noise nonce exhausted; the session must be closed")
+        out = bytearray(total + nframes * (2 + TAG_LEN))
+        dst = memoryview(out)
+        aead_encrypt_into = self._send.encrypt_into
+        opos = 0
+        for plain in plan:
+            clen = len(plain) + TAG_LEN
+            _pack_len_into(out, opos, clen)
+            opos += 2
+            aead_encrypt_into(_pack_nonce(n), plain, None, dst[opos : opos + clen])
+            n += 1
+            opos += clen
+        self._send_n = n
+        dst.release()
+        return out
+
     def _open(self, ciphertext: Bytes) -> bytes:
         n = self._recv_n
         if n >= MAX_NONCE:
@@ -420,6 +493,7 @@ class NoiseTransport:
     def _fail(self, exc: ProtocolError) -> ProtocolError:
         self._failed = exc
         self._partial = bytearray()
+        self._partial_n = 0
         return exc
 
     def decrypt(self, data: Bytes) -> list[bytes]:
@@ -430,43 +504,55 @@ class NoiseTransport:
         total = len(data)
         pos = 0
         with memoryview(data) as mv:
-            partial = self._partial
-            if partial:
+            if self._partial_n:
                 # Complete the frame started by an earlier chunk with as few bytes as needed.
-                if len(partial) < 2:
-                    take = min(2 - len(partial), total)
-                    partial += mv[:take]
-                    pos = take
-                    if len(partial) < 2:
+                partial = self._partial
+                have = self._partial_n
+                if have < 2:
+                    if total == 0:
                         return out
+                    partial += mv[:1]
+                    pos = 1
+                    have = 2
                 flen = (partial[0] << 8) | partial[1]
                 if flen < TAG_LEN:
                     raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
-                need = 2 + flen - len(partial)
+                if len(partial) < 2 + flen:
+                    full = bytearray(2 + flen)
+                    full[:have] = partial[:have]
+                    self._partial = partial = full
+                need = 2 + flen - have
                 if total - pos < need:
-                    partial += mv[pos:]
+                    partial[have : have + total - pos] = mv[pos:]
+                    self._partial_n = have + total - pos
                     return out
-                partial += mv[pos : pos + need]
+                partial[have:] = mv[pos : pos + need]
                 pos += need
+                self._partial = bytearray()
+                self._partial_n = 0
                 try:
                     out.append(self._open(memoryview(partial)[2:]))
                 except ProtocolError as exc:
                     raise self._fail(exc) from None
-                self._partial = bytearray()
             while total - pos >= 2:
                 flen = (mv[pos] << 8) | mv[pos + 1]
                 if flen < TAG_LEN:
                     raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
                 end = pos + 2 + flen
                 if end > total:
-                    break
+                    partial = bytearray(2 + flen)
+                    partial[: total - pos] = mv[pos:]
+                    self._partial = partial
+                    self._partial_n = total - pos
+                    return out
                 try:
                     out.append(self._open(mv[pos + 2 : end]))
                 except ProtocolError as exc:
                     raise self._fail(exc) from None
                 pos = end
-            if pos < total:
+            if pos < total:  # one byte of a length prefix
                 self._partial = bytearray(mv[pos:])
+                self._partial_n = 1
         return out
 
 

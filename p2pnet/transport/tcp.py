@@ -1,10 +1,19 @@
-"""TCP transport: listen on and dial ``/ip4|ip6|dns4|dns6/<host>/tcp/<port>`` multiaddrs."""
+"""TCP transport: listen on and dial ``/ip4|ip6|dns4|dns6/<host>/tcp/<port>`` multiaddrs.
+
+The connection is an :class:`asyncio.Protocol` of our own rather than a StreamReader/StreamWriter
+pair: the ``bytes`` objects the event loop receives are queued as they are and handed whole to
+the reader (a StreamReader copies every byte twice, into its buffer and out of it again).
+Backpressure both ways: reading from the socket pauses while more than :data:`READ_HIGH_WATER`
+bytes wait unread and resumes below :data:`READ_LOW_WATER`; :meth:`TcpConnection.write` waits
+while the transport's write buffer is above its high-water mark (``pause_writing``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from multiaddr import Multiaddr
@@ -16,76 +25,240 @@ from p2pnet.transport.base import RawConnection, RawConnectionHandler
 
 log = logging.getLogger("p2pnet.tcp")
 
-# Big reads amortise the per-call cost of the event loop; the StreamReader limit bounds how much is
-# buffered before asyncio pauses the socket (backpressure towards the remote's TCP window).
+#: Bytes asked of each ``recv``: big reads amortise the per-call cost of the event loop and of
+#: the layers above (and split fewer Noise frames across chunks).
 READ_SIZE = 1 << 20
-STREAM_LIMIT = 1 << 20
+#: Reading from the socket pauses while this much received data waits for the reader (the
+#: remote then fills its TCP window and stops), and resumes once it is down to the low mark.
+READ_HIGH_WATER = 2 << 20
+READ_LOW_WATER = 512 << 10
+#: Queued chunks smaller than this are joined into one read (up to :data:`READ_SIZE` bytes).
+_SMALL_CHUNK = 16 << 10
+#: How long :meth:`TcpConnection.close` waits for the write buffer to flush before aborting.
+CLOSE_TIMEOUT = 2.0
+
+
+class _TcpProtocol(asyncio.Protocol):
+    """The event loop's side of a :class:`TcpConnection`: receive queue, flow-control state."""
+
+    def __init__(self, on_made: Callable[[_TcpProtocol], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.eof = False
+        self.lost = False
+        self.error: BaseException | None = None
+        self.read_paused = False
+        self.write_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._closed_waiter: asyncio.Future[None] | None = None
+        self._on_made = on_made
+
+    # -- callbacks of the event loop -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # the selector transport asks ``recv`` for ``max_size`` bytes (256 KiB by default)
+        if isinstance(getattr(transport, "max_size", None), int):
+            transport.max_size = READ_SIZE  # type: ignore[attr-defined]
+        if self._on_made is not None:
+            on_made, self._on_made = self._on_made, None
+            on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.buffered > READ_HIGH_WATER and not self.read_paused and not self.lost:
+            self.read_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return True  # half-close: we may still write
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.error = exc
+        self._wake_reader()
+        for fut in self._drain_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._drain_waiters.clear()
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for fut in self._drain_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._drain_waiters.clear()
+
+    # -- used by TcpConnection -----------------------------------------------------------------
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_readable(self) -> None:
+        if self._read_waiter is not None:
+            raise RuntimeError("another coroutine is already reading from this TCP connection")
+        assert self.transport is not None
+        if self.read_paused:  # nothing queued, so the reader is far below the low mark
+            self.read_paused = False
+            self.transport.resume_reading()
+        fut = asyncio.get_running_loop().create_future()
+        self._read_waiter = fut
+        try:
+            await fut
+        finally:
+            self._read_waiter = None
+
+    async def wait_writable(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        await fut
+
+    async def wait_lost(self) -> None:
+        if self.lost:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed_waiter)
+
+
+def _lost_error(proto: _TcpProtocol) -> ConnectionClosed:
+    if proto.error is not None:
+        return ConnectionClosed(f"TCP connection lost: {proto.error}")
+    return ConnectionClosed("TCP connection closed")
 
 
 class TcpConnection(ChunkReader):
-    """A raw TCP connection, speaking the :class:`~p2pnet.io.ReadWriter` interface."""
+    """A raw TCP connection, speaking the :class:`~p2pnet.io.ReadWriter` interface.
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        initiator: bool,
-    ) -> None:
+    ``read`` returns the received chunks as the event loop produced them (small ones joined),
+    ``b""`` at EOF (the remote's FIN, or after :meth:`close`/:meth:`abort`); a connection reset
+    raises :class:`ConnectionClosed` once the data received before it has been read.
+    """
+
+    def __init__(self, protocol: _TcpProtocol, *, initiator: bool) -> None:
         super().__init__()
-        self._reader = reader
-        self._writer = writer
+        transport = protocol.transport
+        if transport is None:
+            raise ValueError("the protocol has no transport yet")
+        self._proto = protocol
+        self._transport = transport
         self.initiator = initiator
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.local_addr = tcp_multiaddr(writer.get_extra_info("sockname"))
-        self.remote_addr = tcp_multiaddr(writer.get_extra_info("peername"))
+        sockname = transport.get_extra_info("sockname")
+        peername = transport.get_extra_info("peername")
+        if sockname is None or peername is None:
+            if sock is None:
+                raise OSError("TCP socket without addresses")
+            sockname, peername = sock.getsockname(), sock.getpeername()  # OSError if gone
+        self.local_addr = tcp_multiaddr(sockname)
+        self.remote_addr = tcp_multiaddr(peername)
         self._closed = False
 
+    # -- reading ------------------------------------------------------------------------------
+
     async def _read_chunk(self) -> bytes:
-        try:
-            return await self._reader.read(READ_SIZE)
-        except (ConnectionError, OSError) as exc:
-            raise ConnectionClosed(f"TCP connection lost: {exc}") from exc
+        proto = self._proto
+        chunks = proto.chunks
+        while not chunks:
+            if proto.lost:
+                if proto.error is not None:
+                    raise _lost_error(proto)
+                return b""
+            if proto.eof:
+                return b""
+            await proto.wait_readable()
+        chunk = chunks.popleft()
+        if len(chunk) < _SMALL_CHUNK and chunks and len(chunks[0]) < _SMALL_CHUNK:
+            parts = [chunk]
+            size = len(chunk)
+            while chunks and size < READ_SIZE and len(chunks[0]) < _SMALL_CHUNK:
+                nxt = chunks.popleft()
+                parts.append(nxt)
+                size += len(nxt)
+            chunk = b"".join(parts)
+        proto.buffered -= len(chunk)
+        if proto.read_paused and proto.buffered <= READ_LOW_WATER and not proto.lost:
+            proto.read_paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise ConnectionClosed("write on a closed TCP connection")
+        if self._proto.lost or self._transport.is_closing():
+            raise _lost_error(self._proto)
+
+    async def _drain(self) -> None:
+        proto = self._proto
+        while proto.write_paused:
+            if proto.lost:
+                raise _lost_error(proto)
+            await proto.wait_writable()
+        if proto.lost and proto.error is not None:
+            raise _lost_error(proto)
 
     async def write(self, data: Bytes) -> None:
-        if self._closed:
-            raise ConnectionClosed("write on a closed TCP connection")
+        """Send ``data``; waits while the transport's write buffer is full."""
+        self._check_writable()
         try:
-            self._writer.write(data)
-            await self._writer.drain()
-        except (ConnectionError, OSError) as exc:
+            self._transport.write(data)
+        except (ConnectionError, OSError) as exc:  # pragma: no cover - asyncio reports later
             raise ConnectionClosed(f"TCP connection lost: {exc}") from exc
+        if self._proto.write_paused:
+            await self._drain()
 
     async def writelines(self, chunks: list[Bytes]) -> None:
-        """Several buffers in one call, so the transport can send them in one syscall."""
-        if self._closed:
-            raise ConnectionClosed("write on a closed TCP connection")
+        """Several buffers in one call (one ``sendmsg`` where asyncio supports it)."""
+        self._check_writable()
         try:
-            self._writer.writelines(chunks)
-            await self._writer.drain()
-        except (ConnectionError, OSError) as exc:
+            self._transport.writelines(chunks)
+        except (ConnectionError, OSError) as exc:  # pragma: no cover - asyncio reports later
             raise ConnectionClosed(f"TCP connection lost: {exc}") from exc
+        if self._proto.write_paused:
+            await self._drain()
+
+    # -- closing ------------------------------------------------------------------------------
 
     @property
     def is_closed(self) -> bool:
         return self._closed
 
     async def close(self) -> None:
+        """Flush what is buffered, send FIN and close (abort after :data:`CLOSE_TIMEOUT`)."""
         if self._closed:
             return
         self._closed = True
-        self._writer.close()
+        self._transport.close()
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), timeout=2.0)
-        except (TimeoutError, ConnectionError, OSError):
-            self._writer.transport.abort()
+            await asyncio.wait_for(self._proto.wait_lost(), timeout=CLOSE_TIMEOUT)
+        except TimeoutError:
+            self._transport.abort()
 
     def abort(self) -> None:
         """Drop the connection at once, without flushing."""
         self._closed = True
-        self._writer.transport.abort()
+        self._transport.abort()
 
     def __repr__(self) -> str:
         return f"<TcpConnection {self.local_addr} <-> {self.remote_addr}>"
@@ -97,51 +270,93 @@ ConnectionHandler = Callable[[TcpConnection], Awaitable[None]]
 class TcpListener:
     """A listening socket; each accepted connection is handed to ``handler``.
 
-    The handler runs in the task asyncio creates per connection; :meth:`close` stops accepting
-    (the owner of the accepted connections closes them).
+    The handler runs in a task the listener owns: :meth:`close` stops accepting, then cancels
+    and awaits the handlers still running. The connections themselves belong to whoever the
+    handler gave them to; a handler that fails with an exception gets its connection aborted.
     """
 
-    def __init__(self, server: asyncio.Server, requested: Multiaddr) -> None:
-        self._server = server
+    def __init__(self, handler: ConnectionHandler, requested: Multiaddr) -> None:
+        self._handler = handler
         self.requested = requested
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.multiaddrs: list[Multiaddr] = []
+
+    def _start(self, server: asyncio.Server) -> None:
+        self._server = server
         self.multiaddrs = [tcp_multiaddr(s.getsockname()) for s in server.sockets]
 
-    async def close(self) -> None:
-        self._server.close()
+    def _protocol(self) -> _TcpProtocol:
+        return _TcpProtocol(on_made=self._accepted)
+
+    def _accepted(self, proto: _TcpProtocol) -> None:
+        assert proto.transport is not None
+        if self._closed:
+            proto.transport.abort()
+            return
         try:
-            await asyncio.wait_for(self._server.wait_closed(), timeout=2.0)
-        except TimeoutError:  # pragma: no cover - connections still open are closed by their owner
-            pass
+            conn = TcpConnection(proto, initiator=False)
+        except OSError:  # the peer went away before we looked at it
+            proto.transport.abort()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run_handler(conn), name=f"tcp-accept {conn.remote_addr}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, conn: TcpConnection) -> None:
+        try:
+            await self._handler(conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler of the TCP connection from %s failed", conn.remote_addr)
+            conn.abort()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            # closes the listening sockets at once; not awaiting wait_closed(), which on newer
+            # Pythons waits for every accepted connection to end
+            self._server.close()
+        tasks = [t for t in self._tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+            for t in pending:  # pragma: no cover - a handler that ignores cancellation
+                log.error("TCP connection handler %s did not stop", t.get_name())
 
 
 async def listen(addr: Multiaddr, handler: ConnectionHandler) -> TcpListener:
     host, port = host_port_of(addr)
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            conn = TcpConnection(reader, writer, initiator=False)
-        except OSError:  # the peer went away before we looked at it
-            writer.transport.abort()
-            return
-        await handler(conn)
-
-    server = await asyncio.start_server(
-        on_connect, host, port, limit=STREAM_LIMIT, reuse_address=True
-    )
-    return TcpListener(server, addr)
+    listener = TcpListener(handler, addr)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(listener._protocol, host, port, reuse_address=True)
+    listener._start(server)
+    return listener
 
 
 async def dial(addr: Multiaddr, *, timeout: float = 10.0) -> TcpConnection:
     host, port = host_port_of(addr)
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=STREAM_LIMIT), timeout
+        transport, proto = await asyncio.wait_for(
+            loop.create_connection(_TcpProtocol, host, port), timeout
         )
     except TimeoutError as exc:
         raise DialError(f"TCP dial to {addr} timed out after {timeout}s") from exc
     except OSError as exc:
         raise DialError(f"TCP dial to {addr} failed: {exc}") from exc
-    return TcpConnection(reader, writer, initiator=True)
+    try:
+        return TcpConnection(proto, initiator=True)
+    except OSError as exc:
+        transport.abort()
+        raise DialError(f"TCP dial to {addr} failed: {exc}") from exc
 
 
 class TcpTransport:
