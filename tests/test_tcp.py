@@ -242,6 +242,25 @@ async def test_big_transfer_both_ways(pair: tuple[TcpConnection, TcpConnection])
     assert results[3] == hashlib.sha256(b_to_a).hexdigest()
 
 
+async def test_read_size_follows_the_traffic(pair: tuple[TcpConnection, TcpConnection]) -> None:
+    client, server = pair
+    proto = server._proto
+    if not proto._read_size:
+        pytest.skip("this event loop's transport has no tunable read size")
+    assert proto._read_size == tcp.MIN_READ_SIZE
+    payload = os.urandom(16 << 20)
+    sender = asyncio.create_task(client.write(payload))
+    await asyncio.sleep(0.2)  # let the socket buffers fill, so reads come back full
+    got = 0
+    while got < len(payload):
+        got += len(await asyncio.wait_for(server.read(), T))
+    await sender
+    assert proto._read_size == tcp.READ_SIZE
+    await client.write(b"small")
+    assert await asyncio.wait_for(server.read(), T) == b"small"
+    assert proto._read_size == tcp.MIN_READ_SIZE
+
+
 async def test_many_small_writes_are_read_in_order(
     pair: tuple[TcpConnection, TcpConnection],
 ) -> None:

@@ -52,7 +52,7 @@ from p2pnet.kad.records import (
     format_rfc3339,
     split_key,
 )
-from p2pnet.kad.routing_table import AddResult, RoutingTable, kad_key
+from p2pnet.kad.routing_table import KEY_BITS, AddResult, RoutingTable, kad_key
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import TEMP_ADDR_TTL
 from p2pnet.tasks import TaskOwner
@@ -602,9 +602,9 @@ class KadDHT:
 
     async def bootstrap(self, peers: Iterable[str | Multiaddr] | None = None) -> int:
         """Connect to ``peers`` (default: ``config.bootstrap_peers``), wait for them to be
-        identified, then look ourselves up (which fills the table with our neighbours; the
-        other buckets are refreshed on the timer, or by :meth:`refresh`). Returns the routing
-        table size. Raises :class:`KadError` if none of the peers could be reached."""
+        identified, then look ourselves up (which fills the table with our neighbours) and
+        refresh the buckets that hold fewer than k peers (the far ones a newcomer lacks).
+        Returns the routing table size. Raises :class:`KadError` if no peer could be reached."""
         addrs = list(self.config.bootstrap_peers if peers is None else peers)
         if addrs:
             results = await asyncio.gather(
@@ -614,7 +614,7 @@ class KadDHT:
             if not ok:
                 errors = "; ".join(str(r) for r in results)
                 raise KadError(f"could not reach any bootstrap peer: {errors}")
-        await self.get_closest_peers(self.host.peer_id.to_bytes())
+        await self.refresh(force=True, sparse_only=True)
         return len(self.routing_table)
 
     async def _connect_bootstrap(self, addr: str | Multiaddr) -> PeerID:
@@ -628,16 +628,24 @@ class KadDHT:
         self._consider_peer(peer)
         return peer
 
-    async def refresh(self, *, force: bool = False) -> None:
-        """Self lookup, then a lookup of a random key in every bucket not refreshed within
-        ``refresh_interval`` (all buckets up to the deepest non-empty one when ``force``)."""
+    async def refresh(self, *, force: bool = False, sparse_only: bool = False) -> None:
+        """Self lookup, then a lookup of a random key in every bucket (up to the deepest
+        non-empty one) not refreshed within ``refresh_interval``; ``force``: regardless of when
+        it was refreshed; ``sparse_only``: only buckets holding fewer than k peers."""
         await self.get_closest_peers(self.host.peer_id.to_bytes())
+        table = self.routing_table
         interval = 0.0 if force else self.config.refresh_interval
-        cpls = self.routing_table.buckets_to_refresh(
+        cpls = table.buckets_to_refresh(
             self._now() + (1.0 if force else 0.0), interval, self.config.max_refresh_cpl
         )
+        if sparse_only:
+            # Buckets deeper than our k-th closest peer are complete: the self lookup just met
+            # every peer in them. Only the sparse ones up to there need a lookup.
+            near = table.closest(table.local_key, table.k)
+            frontier = table.cpl(near[-1]) if len(near) >= table.k else KEY_BITS
+            cpls = [c for c in cpls if c <= frontier and len(table.bucket(c)) < table.k]
         for cpl in cpls:
-            key = self.routing_table.random_key_for_cpl(cpl, self._rng.randbytes)
+            key = table.random_key_for_cpl(cpl, self._rng.randbytes)
             await self.get_closest_peers(key)
 
     async def _maintenance(self) -> None:
