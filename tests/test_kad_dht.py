@@ -54,8 +54,10 @@ class KadNode:
         return self.host.p2p_addrs()[0]
 
     async def close(self) -> None:
-        await self.dht.close()
+        # host first: a DHT closing on a live host withdraws its protocol, which makes identify
+        # push to every connected peer (right for a running node, wasted work at teardown)
         await self.host.close()
+        await self.dht.close()
 
 
 HostFactory = Callable[[KeyPair], Host]

@@ -20,6 +20,7 @@ streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -300,7 +301,8 @@ class KadDHT:
         pools, self._idle_streams = self._idle_streams, {}
         for pool in pools.values():
             for stream, _ in pool:
-                await stream.close()
+                with contextlib.suppress(P2PError):
+                    await stream.close()
 
     def _learn_peers(self, infos: Iterable[PeerInfo], ttl: float = TEMP_ADDR_TTL) -> None:
         store = self.host.peerstore

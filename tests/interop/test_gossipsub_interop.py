@@ -233,7 +233,12 @@ async def test_js_honours_our_prune_backoff(
 
     async def settled() -> bool:
         in_js = [me in await js_mesh(j) for j in js]
-        return len(py_mesh(ps)) == 1 and sum(in_js) == 1
+        mesh = py_mesh(ps)
+        # The js peer outside our mesh must have tried to GRAFT and been pruned (a backoff is
+        # recorded), not merely be waiting for its next heartbeat.
+        outside = [PeerID.from_string(j.peer_id) for j in js if j.peer_id not in mesh]
+        pruned = all(ps.router.backoff_remaining(p, T) > 0 for p in outside)
+        return len(mesh) == 1 and sum(in_js) == 1 and pruned
 
     await until(settled, what="one js peer pruned")
     (kept,) = py_mesh(ps)

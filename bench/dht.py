@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Kademlia DHT benchmark: lookup latency and cost in networks of p2pnet nodes in one process.
+
+Usage::
+
+    .venv/bin/python bench/dht.py                          # 50, 200 and 1000 nodes
+    .venv/bin/python bench/dht.py --sizes 50,200 --lookups 500 --k 20 --alpha 10
+    .venv/bin/python bench/dht.py --sizes 50 --transport tcp   # loopback TCP + Noise
+
+For each size N the benchmark starts N DHT servers (host + identify + KadDHT; by default on the
+in-memory transport with /plaintext/2.0.0, ``--transport tcp`` for loopback TCP + Noise), lets
+each join through the first node with ``bootstrap()`` (connect, self lookup, refresh of the
+sparse buckets), then runs ``--lookups`` find_peer lookups for random targets from random nodes
+with ``use_cache=False`` (always through the network, never answered from the asker's own table
+or connections), one after the other. Printed per N: build time, success rate, hops and
+messages per lookup (mean, p50, p95, max) next to log2(N), lookup latency percentiles, the mean
+routing table size and connections per node, and a get_closest_peers row (full convergence on
+the k closest, which costs at least k messages).
+
+Progress goes to stderr, the table to stdout. Figures depend on the machine: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from p2pnet.crypto.keys import KeyPair  # noqa: E402
+from p2pnet.host.config import HostConfig  # noqa: E402
+from p2pnet.host.host import Host  # noqa: E402
+from p2pnet.kad import KadConfig, KadDHT, LookupStats  # noqa: E402
+from p2pnet.protocols.identify import IdentifyService  # noqa: E402
+from p2pnet.security.plaintext import PlaintextSecurity  # noqa: E402
+from p2pnet.transport.memory import MemoryNetwork  # noqa: E402
+
+
+@dataclass
+class Node:
+    host: Host
+    dht: KadDHT
+
+
+@dataclass
+class Result:
+    n: int
+    transport: str
+    build_s: float
+    table: float
+    conns: float
+    find: list[LookupStats] = field(default_factory=list)
+    find_ok: int = 0
+    closest: list[LookupStats] = field(default_factory=list)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+async def build(n: int, args: argparse.Namespace) -> list[Node]:
+    net = MemoryNetwork()
+    nodes: list[Node] = []
+    for _ in range(n):
+        if args.transport == "memory":
+            host = Host(
+                KeyPair.generate(),
+                HostConfig(listen_addrs=["/memory/0"]),
+                transports=[net.transport()],
+                security=[PlaintextSecurity()],
+            )
+        else:
+            host = Host(KeyPair.generate())
+        await host.start()
+        identify = IdentifyService(host)
+        cfg = KadConfig(k=args.k, alpha=args.alpha, auto_refresh=False)
+        dht = KadDHT(host, identify, cfg)
+        await dht.start()
+        nodes.append(Node(host, dht))
+    boot = nodes[0].host.p2p_addrs()[0]
+    sem = asyncio.Semaphore(args.join_concurrency)
+    done = 0
+
+    async def join(node: Node) -> None:
+        nonlocal done
+        async with sem:
+            await node.dht.bootstrap([boot])
+        done += 1
+        if done % max(1, n // 10) == 0:
+            log(f"  {done}/{n - 1} joined")
+
+    await asyncio.gather(*(join(x) for x in nodes[1:]))
+    return nodes
+
+
+async def run_size(n: int, args: argparse.Namespace) -> Result:
+    log(f"N={n}: building ({args.transport})")
+    t0 = time.perf_counter()
+    nodes = await build(n, args)
+    build_s = time.perf_counter() - t0
+    res = Result(
+        n=n,
+        transport=args.transport,
+        build_s=build_s,
+        table=statistics.mean(len(x.dht.routing_table) for x in nodes),
+        conns=statistics.mean(len(x.host.connections()) for x in nodes),
+    )
+    log(f"N={n}: built in {build_s:.1f} s; {args.lookups} find_peer lookups")
+    rng = random.Random(args.seed)
+    for _ in range(args.lookups):
+        a, b = rng.sample(nodes, 2)
+        try:
+            info = await a.dht.find_peer(b.host.peer_id, use_cache=False)
+            res.find_ok += int(info.peer == b.host.peer_id and bool(info.addrs))
+        except Exception as exc:  # a failed lookup is a figure here, not a crash
+            log(f"  lookup failed: {exc!r}")
+        res.find.append(a.dht.lookup_history[-1])
+    for _ in range(args.closest):
+        a = rng.choice(nodes)
+        await a.dht.get_closest_peers(rng.randbytes(32))
+        res.closest.append(a.dht.lookup_history[-1])
+    log(f"N={n}: closing")
+    await asyncio.gather(*(x.dht.close() for x in nodes))
+    await asyncio.gather(*(x.host.close() for x in nodes), return_exceptions=True)
+    return res
+
+
+def row(label: str, n: int, stats: list[LookupStats], ok: int | None) -> str:
+    hops = [float(s.hops) for s in stats]
+    msgs = [float(s.messages) for s in stats]
+    lat = [s.duration * 1000 for s in stats]
+    okcol = f"{ok}/{len(stats)}" if ok is not None else "-"
+    return (
+        f"| {n} | {label} | {okcol} | {statistics.mean(hops):.2f} / {pct(hops, 50):.0f} / "
+        f"{pct(hops, 95):.0f} / {max(hops):.0f} | {statistics.mean(msgs):.1f} / "
+        f"{pct(msgs, 50):.0f} / {pct(msgs, 95):.0f} / {max(msgs):.0f} | {math.log2(n):.1f} | "
+        f"{pct(lat, 50):.1f} / {pct(lat, 90):.1f} / {pct(lat, 99):.1f} |"
+    )
+
+
+async def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", default="50,200,1000", help="network sizes, comma-separated")
+    p.add_argument("--lookups", type=int, default=200, help="find_peer lookups per size")
+    p.add_argument("--closest", type=int, default=20, help="get_closest_peers lookups per size")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--alpha", type=int, default=10)
+    p.add_argument("--transport", choices=["memory", "tcp"], default="memory")
+    p.add_argument("--join-concurrency", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    results = [await run_size(int(s), args) for s in args.sizes.split(",")]
+    print(f"\nDHT lookups, k={args.k}, alpha={args.alpha}, transport={args.transport}\n")
+    print("| N | build s | table size | conns/node |")
+    print("|---|---|---|---|")
+    for r in results:
+        print(f"| {r.n} | {r.build_s:.1f} | {r.table:.1f} | {r.conns:.1f} |")
+    print()
+    print(
+        "| N | lookup | found | hops mean / p50 / p95 / max | messages mean / p50 / p95 / max "
+        "| log2 N | latency ms p50 / p90 / p99 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(row("find_peer", r.n, r.find, r.find_ok))
+        if r.closest:
+            print(row("get_closest_peers", r.n, r.closest, None))
+    return 0 if all(r.find_ok == len(r.find) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
