@@ -117,3 +117,30 @@ def read_env_file(path: str | Path) -> dict[str, str]:
             value = value.split(" #", 1)[0].strip()
         values[key] = value
     return values
+
+
+def load_or_create_eth_key(path: str | Path) -> KeyPair:
+    """The secp256k1 identity kept in ``path`` (an env file with ``PRIVATE_KEY``).
+
+    If the file does not exist, a new key is generated and written there, readable by the owner
+    only, so the node keeps its PeerID and ETH address across restarts.
+    """
+    file = Path(path)
+    if file.exists():
+        key = read_env_file(file).get("PRIVATE_KEY", "")
+        if not key:
+            raise ConfigError(f"{file} has no PRIVATE_KEY line")
+        try:
+            return KeyPair.from_eth_private_key(key)
+        except P2PError as exc:
+            raise ConfigError(f"{file}: PRIVATE_KEY is not an Ethereum private key: {exc}") from exc
+    pair = KeyPair.generate(KeyType.Secp256k1)
+    secret = pair.private_key.to_bytes().hex()
+    text = f"# p2pnet node identity (keep it secret)\nPRIVATE_KEY=0x{secret}\n"
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot create key file {file}: {exc}") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    return pair

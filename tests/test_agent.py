@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -235,3 +236,12 @@ def test_envelope_must_bind_peer_id_to_signer() -> None:
         open_envelope(forged)
     with pytest.raises(CryptoError):
         seal(KeyPair.generate(KeyType.Ed25519), "direct", 1)
+
+
+def test_agent_key_file_keeps_the_identity(tmp_path: Path) -> None:
+    path = str(tmp_path / "agent.key")
+    first = AgentConfig(key_file=path).node_config().identity
+    second = AgentConfig(key_file=path).node_config().identity
+    assert first is not None and second is not None
+    assert first.public_key == second.public_key
+    assert first.key_type is KeyType.Secp256k1

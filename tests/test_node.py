@@ -155,3 +155,20 @@ async def test_pubsub_through_the_facade() -> None:
         assert ev.topic == "news" and ev.data == b"hello" and ev.from_peer == a.peer_id
         own = await sub_a.get(timeout=5)  # the publisher's own subscription sees it too
         assert own.data == b"hello"
+
+
+def test_key_file_is_created_once_and_reused(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from p2pnet.config import load_or_create_eth_key
+
+    path = tmp_path / "identity.env"
+    first = load_or_create_eth_key(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert "PRIVATE_KEY=0x" in path.read_text()
+    again = load_or_create_eth_key(path)
+    assert again.public_key == first.public_key
+    path.write_text("NOTHING=here\n")
+    with pytest.raises(ConfigError, match="no PRIVATE_KEY"):
+        load_or_create_eth_key(path)

@@ -44,7 +44,13 @@ from p2pnet.agent.errors import (
 )
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
-from p2pnet.config import NodeConfig, read_env_file, split_list
+from p2pnet.config import (
+    ConfigError,
+    NodeConfig,
+    load_or_create_eth_key,
+    read_env_file,
+    split_list,
+)
 from p2pnet.crypto.eth import eth_address, is_eth_address, to_checksum_address
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import CryptoError, P2PError
@@ -93,6 +99,9 @@ class AgentConfig:
     name: str = ""
     #: Ethereum private key (hex); None generates a fresh secp256k1 identity.
     private_key: str | None = None
+    #: Without ``private_key``: keep the identity in this file (read it if it exists, else
+    #: generate one and save it there), so the agent keeps its address across restarts.
+    key_file: str | None = None
     listen_host: str = "127.0.0.1"
     port: int = 0
     #: Multiaddrs with /p2p/ of bootstrap nodes; None: the defaults in agent/constants.py.
@@ -133,6 +142,11 @@ class AgentConfig:
                 identity = KeyPair.from_eth_private_key(self.private_key)
             except P2PError as exc:
                 raise InvalidFields(f"PRIVATE_KEY is not an Ethereum private key: {exc}") from exc
+        elif self.key_file:
+            try:
+                identity = load_or_create_eth_key(self.key_file)
+            except ConfigError as exc:
+                raise InvalidFields(str(exc)) from exc
         else:
             identity = KeyPair.generate(KeyType.Secp256k1)
         kad = dataclasses.replace(self.kad) if self.kad is not None else KadConfig()

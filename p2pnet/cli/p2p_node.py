@@ -750,6 +750,8 @@ def agent_config(
         overrides["bootstrap_peers"] = split_list(args.bootstrap_peers)
     if f.get("privateKey"):
         overrides["private_key"] = f["privateKey"]
+    if args.key_file:
+        overrides["key_file"] = args.key_file
     return AgentConfig.from_env(env, **overrides)
 
 
@@ -794,6 +796,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("-n", "--name", default="", help="a name shown in logs and events")
     parser.add_argument("-e", "--env-file", help="KEY=value file (PRIVATE_KEY, BOOTSTRAP_PEERS…)")
+    parser.add_argument(
+        "--key-file",
+        help="keep the identity in this file: read PRIVATE_KEY from it, or create it with a new "
+        "key (used when no PRIVATE_KEY is given)",
+    )
     parser.add_argument(
         "--bootstrap", action="store_true", help="run as a bootstrap node (DHT server mode)"
     )
