@@ -34,13 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2pnet.crypto.keys import KeyPair  # noqa: E402
-from p2pnet.host.config import HostConfig  # noqa: E402
-from p2pnet.host.host import Host  # noqa: E402
-from p2pnet.kad import KadConfig, KadDHT, LookupStats  # noqa: E402
-from p2pnet.protocols.identify import IdentifyService  # noqa: E402
-from p2pnet.security.plaintext import PlaintextSecurity  # noqa: E402
-from p2pnet.transport.memory import MemoryNetwork  # noqa: E402
+from p2pnet.crypto.keys import KeyPair
+from p2pnet.host.config import HostConfig
+from p2pnet.host.host import Host
+from p2pnet.kad import KadConfig, KadDHT, LookupStats
+from p2pnet.protocols.identify import IdentifyService
+from p2pnet.security.plaintext import PlaintextSecurity
+from p2pnet.transport.memory import MemoryNetwork
 
 
 @dataclass

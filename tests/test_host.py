@@ -21,6 +21,7 @@ from p2pnet.host.host import Host
 from p2pnet.multistream import encode_message
 from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.peer.record import SIGNED_PEER_RECORD, verify_peer_record
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.protocols.ping import PingService
 
@@ -204,6 +205,8 @@ async def test_identify_and_ping_between_hosts() -> None:
         assert b.listen_addrs == a.peerstore.addrs(b.peer_id)
         assert a.peerstore.observed_addr(b.peer_id) is not None
         assert a.peerstore.agent_version(b.peer_id) == b.config.agent_version
+        record = a.peerstore.get_metadata(b.peer_id, SIGNED_PEER_RECORD)
+        assert verify_peer_record(record, b.peer_id) == (b.peer_id, b.listen_addrs)
         rtts = await ping_a.ping(b.peer_id, count=5)
         assert len(rtts) == 5 and all(r > 0 for r in rtts)
         # Push: a new protocol on b reaches a without a new connection.
@@ -296,3 +299,17 @@ async def test_listen_on_a_busy_port_fails_clearly() -> None:
         with pytest.raises(P2PError, match="cannot listen"):
             async with make_host(listen_addrs=[str(a.listen_addrs[0])]):
                 pass
+
+
+async def test_identify_ignores_a_peer_record_of_someone_else() -> None:
+    from p2pnet.peer.record import make_peer_record
+
+    async with make_host() as a, make_host() as b:
+        ida, idb = IdentifyService(a), IdentifyService(b)
+        # b lies: it hands out a record signed by another key.
+        stranger = KeyPair.generate()
+        idb.signed_peer_record = lambda: make_peer_record(stranger, b.listen_addrs, 1)  # type: ignore[method-assign]
+        await a.connect(b.p2p_addrs()[0])
+        await ida.wait_identified(b.peer_id, timeout=5)
+        assert ECHO in a.peerstore.get_protocols(b.peer_id)  # identify itself still worked
+        assert a.peerstore.get_metadata(b.peer_id, SIGNED_PEER_RECORD) is None

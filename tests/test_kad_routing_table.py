@@ -177,3 +177,17 @@ def test_refresh_bookkeeping() -> None:
     table.mark_key_refreshed(kad_key(table.random_key_for_cpl(2)), 95.0)
     assert table.buckets_to_refresh(100.0, 10.0) == [0, 3]
     assert table.buckets_to_refresh(100.0, 10.0, max_cpl=2) == [0]
+
+
+def test_closest_matches_brute_force_for_any_key() -> None:
+    """The tiered bucket walk equals a full sort, for random keys and for our own key."""
+    rng = random.Random(11)
+    table = RoutingTable(random_peer(rng), k=8)
+    for _ in range(500):
+        table.add(random_peer(rng), 0.0)
+    everyone = table.peers()
+    targets = [table.local_key, kad_key(b"x")] + [rng.randbytes(32) for _ in range(50)]
+    for target in targets:
+        for n in (1, 8, 30, 1000):
+            want = sorted(everyone, key=lambda p: distance(kad_key(p.to_bytes()), target))[:n]
+            assert table.closest(target, n) == want

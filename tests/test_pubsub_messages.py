@@ -24,7 +24,7 @@ from p2pnet.pubsub.messages import (
     build_message,
     to_app_message,
 )
-from p2pnet.pubsub.peer_record import InvalidPeerRecord, make_peer_record, verify_peer_record
+from p2pnet.peer.record import InvalidPeerRecord, make_peer_record, verify_peer_record
 from p2pnet.wire.pb import rpc_pb2
 
 SIGN = SignaturePolicy.STRICT_SIGN

@@ -26,7 +26,7 @@ from p2pnet.pubsub import (
     Pubsub,
     ValidationResult,
 )
-from p2pnet.pubsub.peer_record import make_peer_record
+from p2pnet.peer.record import make_peer_record
 from p2pnet.wire.framing import encode_length_prefixed
 
 T = "topic"

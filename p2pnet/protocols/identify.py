@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,12 @@ from p2pnet.host.host import Host
 from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL
+from p2pnet.peer.record import (
+    SIGNED_PEER_RECORD,
+    InvalidPeerRecord,
+    make_peer_record,
+    verify_peer_record,
+)
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 from p2pnet.wire.pb import identify_pb2
 
@@ -59,6 +66,7 @@ class IdentifyService:
         self._identified: dict[PeerID, asyncio.Event] = {}
         self._push_pending = False
         self._listeners: list[Callable[[IdentifyInfo], None]] = []
+        self._record: tuple[tuple[bytes, ...], bytes] | None = None
         host.set_stream_handler(PROTOCOL_ID, self._handle_identify)
         host.set_stream_handler(PUSH_PROTOCOL_ID, self._handle_push)
         host.on_connected(self._on_connected)
@@ -82,7 +90,18 @@ class IdentifyService:
         msg.listenAddrs.extend(a.to_bytes() for a in self.host.listen_addrs)
         msg.protocols.extend(self.host.protocols)
         msg.observedAddr = conn.remote_addr.to_bytes()
+        msg.signedPeerRecord = self.signed_peer_record()
         return msg
+
+    def signed_peer_record(self) -> bytes:
+        """Our signed peer record (RFC 0003), re-signed only when our addresses change."""
+        addrs = self.host.listen_addrs
+        key = tuple(a.to_bytes() for a in addrs)
+        if self._record is None or self._record[0] != key:
+            # Milliseconds since the epoch: a later record always has a higher sequence number.
+            seq = time.time_ns() // 1_000_000
+            self._record = (key, make_peer_record(self.host.key, addrs, seq))
+        return self._record[1]
 
     async def _handle_identify(self, stream: YamuxStream) -> None:
         conn = self.host.connection_of(stream)
@@ -149,6 +168,14 @@ class IdentifyService:
             store.set_protocol_version(peer, msg.protocolVersion)
         if info.observed_addr is not None:
             store.set_observed_addr(peer, info.observed_addr)
+        if msg.HasField("signedPeerRecord"):
+            try:
+                verify_peer_record(msg.signedPeerRecord, peer)
+            except InvalidPeerRecord as exc:
+                log.info("identify from %s carries an invalid peer record: %s", peer, exc)
+            else:
+                # Kept for gossipsub peer exchange, which passes records on to third parties.
+                store.put_metadata(peer, SIGNED_PEER_RECORD, msg.signedPeerRecord)
         event = self._identified.setdefault(peer, asyncio.Event())
         event.set()
         log.debug("identified %s: %s", peer, info)

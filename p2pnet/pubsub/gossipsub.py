@@ -36,10 +36,10 @@ from p2pnet.host.host import Host
 from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import PERMANENT_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL
+from p2pnet.peer.record import SIGNED_PEER_RECORD, InvalidPeerRecord, verify_peer_record
 from p2pnet.pubsub.errors import InvalidRPC, MessageTooLargeError, NoPeersError, NotStartedError
 from p2pnet.pubsub.messages import Message, ValidationResult
 from p2pnet.pubsub.params import GossipsubConfig
-from p2pnet.pubsub.peer_record import InvalidPeerRecord, verify_peer_record
 from p2pnet.pubsub.router import (
     ConnectPeer,
     DeliverMessage,
@@ -229,6 +229,7 @@ class Pubsub:
             rng=self._rng,
         )
         self._router.now = self._now()
+        self._router.record_source = self._peer_record
         self._started = True
         for proto in self.config.protocols:
             self.host.set_stream_handler(proto, self._handle_inbound)
@@ -246,6 +247,11 @@ class Pubsub:
         self._tasks.spawn(self._heartbeat_loop(), name="pubsub heartbeat")
         self._pump()
         log.info("pubsub started on %s (%s)", self.host.peer_id, ", ".join(self.config.protocols))
+
+    def _peer_record(self, peer: PeerID) -> bytes | None:
+        # identify verified and stored it
+        record = self.host.peerstore.get_metadata(peer, SIGNED_PEER_RECORD)
+        return record if isinstance(record, bytes) else None
 
     async def close(self) -> None:
         """Stop: unregister, end every subscription, stop all tasks, reset our streams."""

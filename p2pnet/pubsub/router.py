@@ -199,6 +199,8 @@ class GossipsubRouter:
         self.floodsub_peers: set[PeerID] = set()
         self.validated_topics: set[str] = set()
         self.peer_records: dict[PeerID, bytes] = {}
+        #: Where records not in ``peer_records`` are looked up (the host's peer store).
+        self.record_source: Callable[[PeerID], bytes | None] | None = None
 
         self.mcache = MessageCache(self.config.mcache_gossip, self.config.mcache_len)
         self.seen: TimeCache[bytes] = TimeCache(self.config.seen_ttl)
@@ -897,6 +899,8 @@ class GossipsubRouter:
             ):
                 info = prune.peers.add(peerID=other.to_bytes())
                 record = self.peer_records.get(other)
+                if record is None and self.record_source is not None:
+                    record = self.record_source(other)
                 if record is not None:
                     info.signedPeerRecord = record
         return prune

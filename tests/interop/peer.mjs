@@ -444,6 +444,9 @@ async function peerInfo (args) {
     peerId: key,
     protocols: [...peer.protocols].sort(),
     addrs: peer.addresses.map(a => a.multiaddr.toString()),
+    // addresses from the peer's signed peer record (identify field 8), which js verified
+    certifiedAddrs: peer.addresses.filter(a => a.isCertified).map(a => a.multiaddr.toString()),
+    hasPeerRecord: peer.peerRecordEnvelope != null,
     agentVersion: meta('AgentVersion'),
     protocolVersion: meta('ProtocolVersion'),
     identified: identifyDone,

@@ -19,6 +19,7 @@ from p2pnet.host.connection import Connection
 from p2pnet.host.host import Host
 from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.peer.record import SIGNED_PEER_RECORD, verify_peer_record
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.protocols.ping import PingService
 
@@ -111,6 +112,13 @@ async def test_identify_both_ways(py_node: PyNode, js_peer: JsPeer, direction: s
     ours = {str(a) for a in py_node.host.listen_addrs}
     assert ours <= {a.split("/p2p/")[0] for a in info["addrs"]}
     assert info["agentVersion"] == py_node.host.config.agent_version
+    # Signed peer records both ways: js verified ours, we verified js's.
+    assert info["hasPeerRecord"] is True
+    assert ours <= {a.split("/p2p/")[0] for a in info["certifiedAddrs"]}
+    record = store.get_metadata(js_id, SIGNED_PEER_RECORD)
+    assert isinstance(record, bytes)
+    peer, addrs = verify_peer_record(record, js_id)
+    assert {str(a) for a in addrs} >= js_listen
 
 
 async def test_identify_push_reaches_js(py_node: PyNode, js_peer: JsPeer, direction: str) -> None:

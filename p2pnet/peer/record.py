@@ -1,4 +1,7 @@
-"""Checking the signed peer records that gossipsub peer exchange (PRUNE.peers) carries.
+"""Signed peer records: a peer's own signed list of its addresses.
+
+Identify carries one (field 8), and gossipsub peer exchange (PRUNE.peers) passes them on, so a
+peer can trust addresses it learned from a third party.
 
 A record is a signed envelope (specs RFC 0002) whose payload is a peer record (RFC 0003):
 the signature covers ``uvarint(len(domain)) ‖ domain ‖ uvarint(len(type)) ‖ type ‖
@@ -12,18 +15,19 @@ from google.protobuf.message import DecodeError
 from multiaddr import Multiaddr
 
 from p2pnet.crypto.keys import KeyPair, unmarshal_public_key
-from p2pnet.errors import CryptoError
+from p2pnet.errors import CryptoError, ProtocolError
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.pubsub.errors import PubsubError
 from p2pnet.wire.pb import envelope_pb2, peer_record_pb2
 from p2pnet.wire.varint import encode_uvarint
 
 PEER_RECORD_DOMAIN = b"libp2p-peer-record"
 PEER_RECORD_PAYLOAD_TYPE = b"\x03\x01"
 MAX_RECORD_SIZE = 64 * 1024
+#: Peer store metadata key under which identify keeps a peer's verified record (envelope bytes).
+SIGNED_PEER_RECORD = "signed_peer_record"
 
 
-class InvalidPeerRecord(PubsubError):
+class InvalidPeerRecord(ProtocolError):
     """A signed peer record is malformed, badly signed or for another peer."""
 
 
@@ -78,7 +82,7 @@ def verify_peer_record(
 
 
 def make_peer_record(key: KeyPair, addrs: list[Multiaddr], seq: int) -> bytes:
-    """A signed peer record for ``key`` (what we would offer in peer exchange; tests use it)."""
+    """A signed peer record for ``key``: ``addrs`` with sequence number ``seq``."""
     peer = PeerID.from_public_key(key.public_key)
     record = peer_record_pb2.PeerRecord(
         peer_id=peer.to_bytes(),
