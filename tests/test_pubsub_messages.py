@@ -9,6 +9,7 @@ from multiaddr import Multiaddr
 
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.peer.record import InvalidPeerRecord, make_peer_record, verify_peer_record
 from p2pnet.pubsub import (
     InvalidMessage,
     SignaturePolicy,
@@ -24,7 +25,6 @@ from p2pnet.pubsub.messages import (
     build_message,
     to_app_message,
 )
-from p2pnet.peer.record import InvalidPeerRecord, make_peer_record, verify_peer_record
 from p2pnet.wire.pb import rpc_pb2
 
 SIGN = SignaturePolicy.STRICT_SIGN

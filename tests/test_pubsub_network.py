@@ -12,6 +12,7 @@ import pytest
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.peer.record import make_peer_record
 from p2pnet.pubsub import (
     FLOODSUB_ID,
     MESHSUB_V10,
@@ -26,7 +27,6 @@ from p2pnet.pubsub import (
     Pubsub,
     ValidationResult,
 )
-from p2pnet.peer.record import make_peer_record
 from p2pnet.wire.framing import encode_length_prefixed
 
 T = "topic"

@@ -117,7 +117,7 @@ async def test_identify_both_ways(py_node: PyNode, js_peer: JsPeer, direction: s
     assert ours <= {a.split("/p2p/")[0] for a in info["certifiedAddrs"]}
     record = store.get_metadata(js_id, SIGNED_PEER_RECORD)
     assert isinstance(record, bytes)
-    peer, addrs = verify_peer_record(record, js_id)
+    _, addrs = verify_peer_record(record, js_id)
     assert {str(a) for a in addrs} >= js_listen
 
 
