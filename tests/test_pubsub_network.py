@@ -184,6 +184,8 @@ async def test_floodsub_and_meshsub_v10_peers(make_node: Factory) -> None:
     await connect(ho, hn)
     subs = [ps.subscribe(T) for ps in (n, f, o)]
     await until(lambda: len(n.topic_peers(T)) == 2 and ho.peer_id in n.mesh_peers(T))
+    # f and o must have seen n's subscription too, or their publish reaches nobody.
+    await until(lambda: hn.peer_id in f.topic_peers(T) and hn.peer_id in o.topic_peers(T))
     assert n.peer_protocol(hf.peer_id) == FLOODSUB_ID
     assert n.peer_protocol(ho.peer_id) == MESHSUB_V10
     assert hf.peer_id not in n.mesh_peers(T)
