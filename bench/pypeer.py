@@ -40,6 +40,8 @@ from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.mux.yamux_connection import YamuxStream
+from p2pnet.protocols.identify import IdentifyService
+from p2pnet.protocols.ping import PingService
 
 SINK = "/p2pnet/sink/1.0.0"
 DEFAULT_CHUNK = 1 << 20
@@ -245,6 +247,10 @@ async def main() -> None:
 
     host = Host(KeyPair.generate(KeyType.Ed25519), HostConfig(listen_addrs=[args.listen]))
     host.set_stream_handler(SINK, sink_handler)
+    # Like js-libp2p, run identify (and answer ping) on every connection, so that the setup
+    # figures of both stacks include the same work.
+    IdentifyService(host)
+    PingService(host)
     async with host:
         peer = Peer(host)
         loop = asyncio.get_running_loop()
