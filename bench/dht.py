@@ -163,22 +163,20 @@ async def main() -> int:
     p.add_argument("--join-concurrency", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
-    results = [await run_size(int(s), args) for s in args.sizes.split(",")]
-    print(f"\nDHT lookups, k={args.k}, alpha={args.alpha}, transport={args.transport}\n")
-    print("| N | build s | table size | conns/node |")
-    print("|---|---|---|---|")
-    for r in results:
-        print(f"| {r.n} | {r.build_s:.1f} | {r.table:.1f} | {r.conns:.1f} |")
-    print()
+    print(f"DHT lookups, k={args.k}, alpha={args.alpha}, transport={args.transport}\n")
     print(
         "| N | lookup | found | hops mean / p50 / p95 / max | messages mean / p50 / p95 / max "
-        "| log2 N | latency ms p50 / p90 / p99 |"
+        "| log2 N | latency ms p50 / p90 / p99 | build s | table | conns/node |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        print(row("find_peer", r.n, r.find, r.find_ok))
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    results: list[Result] = []
+    for size in args.sizes.split(","):
+        r = await run_size(int(size), args)
+        results.append(r)
+        extra = f" {r.build_s:.1f} | {r.table:.1f} | {r.conns:.1f} |"
+        print(row("find_peer", r.n, r.find, r.find_ok) + extra, flush=True)
         if r.closest:
-            print(row("get_closest_peers", r.n, r.closest, None))
+            print(row("get_closest_peers", r.n, r.closest, None) + " | | |", flush=True)
     return 0 if all(r.find_ok == len(r.find) for r in results) else 1
 
 

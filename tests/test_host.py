@@ -313,3 +313,31 @@ async def test_identify_ignores_a_peer_record_of_someone_else() -> None:
         await ida.wait_identified(b.peer_id, timeout=5)
         assert ECHO in a.peerstore.get_protocols(b.peer_id)  # identify itself still worked
         assert a.peerstore.get_metadata(b.peer_id, SIGNED_PEER_RECORD) is None
+
+
+async def test_ping_listener_allows_two_streams_per_peer() -> None:
+    from p2pnet.errors import StreamReset
+    from p2pnet.protocols.ping import PROTOCOL_ID as PING
+
+    async with make_host() as a, make_host() as b:
+        PingService(b)
+        await a.connect(b.p2p_addrs()[0])
+        streams = [await a.new_stream(b.peer_id, PING) for _ in range(2)]
+        for s in streams:
+            await s.write(b"x" * 32)
+            assert await s.readexactly(32) == b"x" * 32
+        with pytest.raises(StreamReset):
+            third = await a.new_stream(b.peer_id, PING)
+            await third.write(b"y" * 32)
+            await third.readexactly(32)
+        for s in streams:
+            await s.close()
+        # Once those end, a new one is accepted again.
+        ping = PingService(a)
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    await ping.ping(b.peer_id)
+                    break
+                except P2PError:
+                    await asyncio.sleep(0.05)

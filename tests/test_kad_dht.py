@@ -521,3 +521,22 @@ async def test_lookups_survive_garbage_silence_and_lies(
         for host, _ in hostile:
             await host.close()
     no_errors(caplog)
+
+
+async def test_outbound_streams_are_reused_and_stale_ones_replaced(net10: list[KadNode]) -> None:
+    a, b = net10[0], net10[1]
+    await a.dht._rpc(b.peer_id, m.find_node(b"one"))
+    muxer = a.host.connections(b.peer_id)[0].muxer
+    before = muxer.num_streams
+    pooled = a.dht._idle_streams[b.peer_id][0][0]
+    for i in range(5):
+        await a.dht._rpc(b.peer_id, m.find_node(b"again %d" % i))
+    assert muxer.num_streams == before
+    assert [s for s, _ in a.dht._idle_streams[b.peer_id]] == [pooled]
+    # the server drops idle streams: the next request notices and uses a fresh stream
+    b.dht.config.inbound_idle_timeout = 0.05
+    await a.dht._rpc(b.peer_id, m.find_node(b"arm the short timeout"))
+    await asyncio.sleep(0.3)
+    resp = await a.dht._rpc(b.peer_id, m.find_node(b"after the reset"))
+    assert resp is not None and resp.type == m.FIND_NODE
+    assert [s for s, _ in a.dht._idle_streams[b.peer_id]] != [pooled]

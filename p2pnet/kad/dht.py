@@ -260,11 +260,12 @@ class KadDHT:
             if stream is None:
                 stream = await self.host.new_stream(peer, [self.config.protocol_id])
                 resp = await self._exchange(stream, data, expect_response)
-        await self._put_stream(peer, stream)
         if resp is not None and resp.type != msg.type:
+            await stream.reset()
             raise KadProtocolError(
                 f"{peer} answered {m.type_name(msg.type)} with {m.type_name(resp.type)}"
             )
+        await self._put_stream(peer, stream)
         return resp
 
     async def _exchange(

@@ -14,6 +14,8 @@ from p2pnet.peer.peer_id import PeerID
 
 PROTOCOL_ID = "/ipfs/ping/1.0.0"
 PING_SIZE = 32
+#: The ping spec lets a listener refuse more than two concurrent ping streams per peer.
+MAX_INBOUND_PER_PEER = 2
 
 log = logging.getLogger("p2pnet.ping")
 
@@ -24,9 +26,27 @@ class PingService:
     def __init__(self, host: Host, *, timeout: float = 10.0) -> None:
         self.host = host
         self.timeout = timeout
+        self._inbound: dict[PeerID, int] = {}
         host.set_stream_handler(PROTOCOL_ID, self._handle)
 
     async def _handle(self, stream: YamuxStream) -> None:
+        peer = self.host.connection_of(stream).remote_peer
+        active = self._inbound.get(peer, 0)
+        if active >= MAX_INBOUND_PER_PEER:
+            log.debug("refusing a ping stream from %s: %d already open", peer, active)
+            await stream.reset()
+            return
+        self._inbound[peer] = active + 1
+        try:
+            await self._echo(stream)
+        finally:
+            left = self._inbound[peer] - 1
+            if left:
+                self._inbound[peer] = left
+            else:
+                del self._inbound[peer]
+
+    async def _echo(self, stream: YamuxStream) -> None:
         # Echo 32-byte payloads until the dialer closes its side.
         async with stream:
             while True:
