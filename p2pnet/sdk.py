@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any
 
 from p2pnet.errors import P2PError
+from p2pnet.eventbus import EventBus, EventStream
 
 log = logging.getLogger("p2pnet.sdk")
 
@@ -71,40 +72,11 @@ def default_command() -> list[str]:
     return [sys.executable, "-m", "p2pnet.cli.p2p_node"]
 
 
-class EventIterator:
+class EventIterator(EventStream[Event]):
     """Events of one node, from the moment the iterator was made; ends when the node stops.
 
-    ``async for event in it`` or ``await it.next(timeout)``.
+    ``async for event in it``, ``await it.next(timeout)`` or ``await it.wait_for("message")``.
     """
-
-    def __init__(self, node: P2PNode) -> None:
-        self._node = node
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(_EVENT_QUEUE_MAX)
-        self._done = False
-        self.dropped = 0
-
-    def _put(self, event: Event | None) -> None:
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(event)
-
-    def __aiter__(self) -> EventIterator:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._done:
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
-            self.close()
-            raise StopAsyncIteration
-        return event
-
-    async def next(self, timeout: float | None = None) -> Event:
-        """The next event; TimeoutError after ``timeout`` s, StopAsyncIteration at the end."""
-        async with asyncio.timeout(timeout):
-            return await self.__anext__()
 
     async def wait_for(
         self,
@@ -113,17 +85,18 @@ class EventIterator:
         timeout: float = 30.0,
     ) -> Event:
         """The next event of ``type`` for which ``predicate`` holds (others are skipped)."""
-        async with asyncio.timeout(timeout):
-            async for event in self:
-                if type is not None and event.get("type") != type:
-                    continue
-                if predicate is None or predicate(event):
-                    return event
-        raise P2PNodeError(PROCESS_EXITED, f"node ended before a {type or 'matching'} event")
 
-    def close(self) -> None:
-        self._done = True
-        self._node._iterators.discard(self)
+        def wanted(event: Event) -> bool:
+            if type is not None and event.get("type") != type:
+                return False
+            return predicate is None or predicate(event)
+
+        try:
+            return await self.first(wanted, timeout)
+        except StopAsyncIteration:
+            raise P2PNodeError(
+                PROCESS_EXITED, f"node ended before a {type or 'matching'} event"
+            ) from None
 
 
 class P2PNode:
@@ -178,7 +151,7 @@ class P2PNode:
         self._proc: asyncio.subprocess.Process | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Queue[Event | None]] = {}
-        self._iterators: set[EventIterator] = set()
+        self._events: EventBus[Event] = EventBus(_EVENT_QUEUE_MAX)
         self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_KEEP)
         self._write_lock = asyncio.Lock()
         self._readers: list[asyncio.Task[None]] = []
@@ -378,12 +351,7 @@ class P2PNode:
     def events(self) -> EventIterator:
         """Events not answering a call (``message``, ``peer_discovered``; ``log`` with
         ``include_logs``), from now on. Ends when the process exits."""
-        it = EventIterator(self)
-        if self._exited:
-            it._put(None)
-        else:
-            self._iterators.add(it)
-        return it
+        return EventIterator(self._events)
 
     async def _request(
         self,
@@ -489,8 +457,7 @@ class P2PNode:
                 return
         if etype == "shutdown" and cid is not None:
             return
-        for it in list(self._iterators):
-            it._put(event)
+        self._events.emit(event)
 
     def _finish(self, reason: str | None) -> None:
         """The process is gone (or going): fail pending calls, end iterators."""
@@ -501,9 +468,7 @@ class P2PNode:
             self._log.debug("p2p-node exited with status %s", self.returncode)
         for answers in self._pending.values():
             answers.put_nowait(None)
-        for it in list(self._iterators):
-            it._put(None)
-        self._iterators.clear()
+        self._events.close()
 
     def stderr_tail(self, lines: int = 20) -> str:
         return "\n".join(list(self._stderr)[-lines:])

@@ -1,0 +1,94 @@
+"""A bounded fan-out of events to any number of async iterators (asyncio only, no p2pnet deps).
+
+Used by the Node and the Agent for their events, and by the SDK for a p2p-node's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+E = TypeVar("E")
+
+
+class EventStream(Generic[E]):
+    """One consumer's view of the bus; registered from creation, so nothing is missed between
+    ``node.events()`` and the first ``async for`` step."""
+
+    def __init__(self, bus: EventBus[E]) -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[E | None] = asyncio.Queue(bus.maxsize)
+        self._done = False
+        #: Events this consumer lost because it fell ``maxsize`` events behind.
+        self.dropped = 0
+        if bus.closed:
+            self._queue.put_nowait(None)
+        else:
+            bus._streams.add(self)
+
+    def _put(self, event: E | None) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+            self._bus.dropped += 1
+        self._queue.put_nowait(event)
+
+    def __aiter__(self) -> EventStream[E]:
+        return self
+
+    async def __anext__(self) -> E:
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            self.close()
+            raise StopAsyncIteration
+        return event
+
+    async def next(self, timeout: float | None = None) -> E:
+        """The next event; TimeoutError after ``timeout`` s, StopAsyncIteration at the end."""
+        async with asyncio.timeout(timeout):
+            return await self.__anext__()
+
+    async def first(self, predicate: Callable[[E], bool], timeout: float | None = None) -> E:
+        """The next event for which ``predicate`` holds (others are skipped).
+
+        TimeoutError after ``timeout`` s; StopAsyncIteration if the stream ends first.
+        """
+        async with asyncio.timeout(timeout):
+            async for event in self:
+                if predicate(event):
+                    return event
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        self._done = True
+        self._bus._streams.discard(self)
+
+
+class EventBus(Generic[E]):
+    """Fan-out of events to any number of :class:`EventStream` consumers, each bounded.
+
+    A consumer that falls ``maxsize`` events behind loses the oldest ones (counted in
+    ``dropped``) instead of growing memory without bound or blocking the network code.
+    """
+
+    def __init__(self, maxsize: int = 1000) -> None:
+        self.maxsize = maxsize
+        self._streams: set[EventStream[E]] = set()
+        self.dropped = 0
+        self.closed = False
+
+    def emit(self, event: E) -> None:
+        for stream in self._streams:
+            stream._put(event)
+
+    def subscribe(self) -> EventStream[E]:
+        return EventStream(self)
+
+    def close(self) -> None:
+        """End every stream (after the events already queued)."""
+        self.closed = True
+        for stream in list(self._streams):
+            stream._put(None)
