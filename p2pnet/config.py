@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import P2PError
@@ -66,10 +67,8 @@ class NodeConfig:
         """A config from environment variables (``os.environ`` by default)."""
         env = os.environ if env is None else env
         cfg = cls(**overrides)  # type: ignore[arg-type]
-        if env.get("PRIVATE_KEY"):
-            cfg.private_key = env["PRIVATE_KEY"].strip()
-        if env.get("BOOTSTRAP_PEERS"):
-            cfg.bootstrap_peers = split_list(env["BOOTSTRAP_PEERS"])
+        for name, value in common_env_settings(env).items():
+            setattr(cfg, name, value)
         if env.get("LISTEN_ADDRS"):
             cfg.listen_addrs = split_list(env["LISTEN_ADDRS"])
         if env.get("DHT_MODE"):
@@ -77,15 +76,25 @@ class NodeConfig:
             if mode not in ("client", "server"):
                 raise ConfigError(f"DHT_MODE must be client or server, not {mode!r}")
             cfg.kad.mode = Mode(mode)
-        if env.get("REGISTRY_ADDRESS"):
-            cfg.registry_address = env["REGISTRY_ADDRESS"].strip()
-        if env.get("RPC_URL"):
-            cfg.rpc_url = env["RPC_URL"].strip()
         return cfg
 
     @classmethod
     def from_env_file(cls, path: str | Path, **overrides: object) -> NodeConfig:
         return cls.from_env(read_env_file(path), **overrides)
+
+
+def common_env_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings every node and agent reads from an env file, by config field name."""
+    settings: dict[str, Any] = {}
+    if env.get("PRIVATE_KEY"):
+        settings["private_key"] = env["PRIVATE_KEY"].strip()
+    if env.get("BOOTSTRAP_PEERS"):
+        settings["bootstrap_peers"] = split_list(env["BOOTSTRAP_PEERS"])
+    if env.get("REGISTRY_ADDRESS"):
+        settings["registry_address"] = env["REGISTRY_ADDRESS"].strip()
+    if env.get("RPC_URL"):
+        settings["rpc_url"] = env["RPC_URL"].strip()
+    return settings
 
 
 def split_list(text: str) -> list[str]:

@@ -47,9 +47,9 @@ from p2pnet.agent.presence import Presence
 from p2pnet.config import (
     ConfigError,
     NodeConfig,
+    common_env_settings,
     load_or_create_eth_key,
     read_env_file,
-    split_list,
 )
 from p2pnet.crypto.eth import eth_address, is_eth_address, to_checksum_address
 from p2pnet.crypto.keys import KeyPair, KeyType
@@ -121,16 +121,9 @@ class AgentConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> AgentConfig:
-        cfg = cls(**overrides)
-        if env.get("PRIVATE_KEY") and "private_key" not in overrides:
-            cfg.private_key = env["PRIVATE_KEY"].strip()
-        if env.get("BOOTSTRAP_PEERS") and "bootstrap_peers" not in overrides:
-            cfg.bootstrap_peers = split_list(env["BOOTSTRAP_PEERS"])
-        if env.get("REGISTRY_ADDRESS"):
-            cfg.registry_address = env["REGISTRY_ADDRESS"].strip()
-        if env.get("RPC_URL"):
-            cfg.rpc_url = env["RPC_URL"].strip()
-        return cfg
+        # Explicit overrides (a connect command, flags) win over the env file.
+        settings = {k: v for k, v in common_env_settings(env).items() if k not in overrides}
+        return cls(**settings, **overrides)
 
     @classmethod
     def from_env_file(cls, path: str | Path, **overrides: Any) -> AgentConfig:
