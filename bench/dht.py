@@ -91,14 +91,24 @@ async def build(n: int, args: argparse.Namespace) -> list[Node]:
         dht = KadDHT(host, identify, cfg)
         await dht.start()
         nodes.append(Node(host, dht))
-    boot = nodes[0].host.p2p_addrs()[0]
     sem = asyncio.Semaphore(args.join_concurrency)
+    rng = random.Random(args.seed)
+    joined = [nodes[0]]
     done = 0
 
     async def join(node: Node) -> None:
+        # through a random node already in (not always the first: in a loaded event loop a
+        # single hub's upgrades queue up past the timeout); a failed join is retried
         nonlocal done
         async with sem:
-            await node.dht.bootstrap([boot])
+            for attempt in range(3):
+                via = rng.choice(joined)
+                try:
+                    await node.dht.bootstrap(via.host.p2p_addrs()[:1])
+                    break
+                except Exception as exc:  # a benchmark reports, it does not stop
+                    log(f"  join via {via.host.peer_id} failed ({exc!r}), attempt {attempt + 1}")
+            joined.append(node)
         done += 1
         if done % max(1, n // 10) == 0:
             log(f"  {done}/{n - 1} joined")
