@@ -106,11 +106,13 @@ class Node:
             return
         self._closed = True
         await self._tasks.close()
+        # The host goes first: services removing their handlers afterwards then announce
+        # nothing (no identify push) to peers we are leaving anyway.
+        await self.host.close()
         if self.pubsub is not None:
             await self.pubsub.close()
         if self.dht is not None:
             await self.dht.close()
-        await self.host.close()
         self._events.close()
 
     async def __aenter__(self) -> Node:
