@@ -179,18 +179,13 @@ def test_agent_record_refusals() -> None:
 )
 def test_agent_record_payload_checks(field: str, bad: object) -> None:
     """Well-signed payloads with bad fields are still refused (signed here by the same key)."""
-    from coincurve import PrivateKey
-
-    from p2pnet.kad.agent_record import _personal_digest
+    from p2pnet.crypto.eth import personal_sign
 
     key, value = sign_agent_record(SECP_KEY, SECP_PEER, [], seq=1)
     payload = json.loads(value[65:])
     payload[field] = bad
     raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    sig = PrivateKey(SECP_KEY.private_key.to_bytes()).sign_recoverable(
-        _personal_digest(raw), hasher=None
-    )
-    forged = sig[:64] + bytes([27 + sig[64]]) + raw
+    forged = personal_sign(SECP_KEY.private_key.to_bytes(), raw) + raw
     with pytest.raises(InvalidRecord):
         verify_agent_record(key, forged)
 

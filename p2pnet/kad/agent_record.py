@@ -28,11 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coincurve import PrivateKey as _CCPrivateKey
-from coincurve import PublicKey as _CCPublicKey
 from multiaddr import Multiaddr
 
-from p2pnet.crypto.eth import is_eth_address
-from p2pnet.crypto.keys import KeyPair, Secp256k1PrivateKey
+from p2pnet.crypto.eth import (
+    PERSONAL_SIGNATURE_SIZE,
+    eth_address_from_public_key,
+    is_eth_address,
+    personal_sign,
+    recover_personal_signer,
+)
+from p2pnet.crypto.keys import KeyPair, Secp256k1PrivateKey, Secp256k1PublicKey
 from p2pnet.errors import CryptoError
 from p2pnet.kad.errors import InvalidRecord
 from p2pnet.kad.records import Validator, split_key
@@ -43,8 +48,7 @@ RECORD_TYPE = "p2pnet/agent-presence/1"
 MAX_AGENT_RECORD_SIZE = 4096
 MAX_AGENT_ADDRS = 32
 MAX_ADDR_TEXT = 256
-SIGNATURE_SIZE = 65
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SIGNATURE_SIZE = PERSONAL_SIGNATURE_SIZE
 _FIELDS = frozenset({"addrs", "address", "peer_id", "seq", "timestamp", "type"})
 
 
@@ -66,22 +70,6 @@ def agent_key(address: str) -> bytes:
     return f"/{AGENT_NAMESPACE}/{address.lower()}".encode("ascii")
 
 
-def _keccak256(data: bytes) -> bytes:
-    from eth_hash.auto import keccak  # imported on first use (see p2pnet.crypto.eth)
-
-    digest: bytes = keccak(data)
-    return digest
-
-
-def _personal_digest(payload: bytes) -> bytes:
-    prefix = b"\x19Ethereum Signed Message:\n" + str(len(payload)).encode("ascii")
-    return _keccak256(prefix + payload)
-
-
-def _address_of(pub: _CCPublicKey) -> str:
-    return "0x" + _keccak256(pub.format(compressed=False)[1:])[-20:].hex()
-
-
 def _canonical(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
@@ -99,7 +87,8 @@ def _secret_of(key: KeyPair | Secp256k1PrivateKey | bytes) -> bytes:
 
 def eth_address_of_key(key: KeyPair | Secp256k1PrivateKey | bytes) -> str:
     """The lowercase ETH address of a secp256k1 private key."""
-    return _address_of(_CCPrivateKey(_secret_of(key)).public_key)
+    public = _CCPrivateKey(_secret_of(key)).public_key.format(compressed=True)
+    return eth_address_from_public_key(Secp256k1PublicKey(public)).lower()
 
 
 def sign_agent_record(
@@ -114,8 +103,8 @@ def sign_agent_record(
     ``key`` is the agent's secp256k1 key (its ETH address becomes the record key); it need not
     be the key of ``peer_id``.
     """
-    cc = _CCPrivateKey(_secret_of(key))
-    address = _address_of(cc.public_key)
+    secret = _secret_of(key)
+    address = eth_address_of_key(secret)
     addr_texts = [str(a) for a in addrs]
     if len(addr_texts) > MAX_AGENT_ADDRS:
         raise ValueError(f"at most {MAX_AGENT_ADDRS} addresses fit in an agent record")
@@ -131,8 +120,7 @@ def sign_agent_record(
             "type": RECORD_TYPE,
         }
     )
-    sig = cc.sign_recoverable(_personal_digest(payload), hasher=None)  # r || s || recid
-    value = sig[:64] + bytes([27 + sig[64]]) + payload
+    value = personal_sign(secret, payload) + payload
     if len(value) > MAX_AGENT_RECORD_SIZE:
         raise ValueError(f"agent record of {len(value)} bytes exceeds {MAX_AGENT_RECORD_SIZE}")
     return agent_key(address), value
@@ -154,18 +142,11 @@ def verify_agent_record(key: bytes, value: bytes) -> AgentPresence:
     if len(value) <= SIGNATURE_SIZE:
         raise InvalidRecord("agent record too short for a signature and a payload")
     sig, payload = value[:SIGNATURE_SIZE], value[SIGNATURE_SIZE:]
-    r = int.from_bytes(sig[:32], "big")
-    s = int.from_bytes(sig[32:64], "big")
-    v = sig[64]
-    if v not in (27, 28) or not 0 < r < _SECP256K1_N or not 0 < s <= _SECP256K1_N // 2:
-        raise InvalidRecord("agent record signature is malformed (need r||s||v, low s, v 27/28)")
     try:
-        pub = _CCPublicKey.from_signature_and_message(
-            sig[:64] + bytes([v - 27]), _personal_digest(payload), hasher=None
-        )
-    except Exception as exc:  # coincurve raises ValueError/Exception on unrecoverable input
-        raise InvalidRecord(f"agent record signature does not recover a key: {exc}") from None
-    if _address_of(pub) != key_address:
+        signer = recover_personal_signer(payload, sig)
+    except CryptoError as exc:
+        raise InvalidRecord(f"agent record signature: {exc}") from None
+    if signer != key_address:
         raise InvalidRecord("agent record is not signed by the key's address")
     presence = _parse_payload(payload)
     if presence.address != key_address:
