@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any
 
 from multiaddr import Multiaddr
 
@@ -156,13 +157,9 @@ class Host:
     def on_disconnected(self, callback: ConnectionListener) -> None:
         self._on_disconnected.append(callback)
 
-    def spawn(self, coro: Awaitable[object], name: str) -> asyncio.Task[object]:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a background task owned by the host (cancelled and awaited on close)."""
-
-        async def run() -> object:
-            return await coro
-
-        return self._tasks.spawn(run(), name=name)
+        return self._tasks.spawn(coro, name=name)
 
     # -- connections ----------------------------------------------------------------------
 
