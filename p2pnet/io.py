@@ -49,11 +49,6 @@ class ChunkReader:
     async def _read_chunk(self) -> bytes:
         raise NotImplementedError
 
-    def _unread(self, data: bytes) -> None:
-        """Put bytes back in front of what is buffered (used after a lookahead)."""
-        self._pending = data + self._pending[self._pending_pos :]
-        self._pending_pos = 0
-
     def _take_pending(self, n: int) -> bytes:
         start = self._pending_pos
         avail = len(self._pending) - start

@@ -33,6 +33,8 @@ async def test_devnet_every_agent_finds_every_other_and_messages_arrive() -> Non
     result = json.loads(result_lines[0][len("RESULT ") :])
     assert result["agents"] == 5 and result["bootstrap"] == 4
     assert result["resolved"] == result["resolve_expected"] == 20
+    assert result["resolve_failed"] == 0
+    assert result["direct_sent"] == 20 and result["broadcast_sent"] == 5
     assert result["direct_delivered"] == result["direct_expected"] == 20
     assert result["broadcast_delivered"] == result["broadcast_expected"] == 20
     assert result["discovered"] == result["discover_expected"] == 4

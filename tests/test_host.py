@@ -209,6 +209,7 @@ async def test_identify_and_ping_between_hosts() -> None:
         assert verify_peer_record(record, b.peer_id) == (b.peer_id, b.listen_addrs)
         rtts = await ping_a.ping(b.peer_id, count=5)
         assert len(rtts) == 5 and all(r > 0 for r in rtts)
+        assert a.peerstore.latency(b.peer_id) is not None
         # Push: a new protocol on b reaches a without a new connection.
         b.set_stream_handler("/test/late/1.0.0", echo)
         await wait_for(lambda: "/test/late/1.0.0" in a.peerstore.get_protocols(b.peer_id))

@@ -417,7 +417,7 @@ class Agent:
 
     # -- incoming -------------------------------------------------------------------------------
 
-    def _validate(self, propagator: PeerID, msg: Message) -> ValidationResult:
+    def _validate(self, _propagator: PeerID, msg: Message) -> ValidationResult:
         try:
             env = open_envelope(msg.data)
             if msg.from_peer != env.peer_id:

@@ -71,4 +71,5 @@ class PingService:
                     rtts.append(time.perf_counter() - start)
                     if echo != payload:
                         raise ProtocolError(f"ping reply from {peer} does not match what we sent")
+                    self.host.peerstore.record_latency(peer, rtts[-1])
                 return rtts
