@@ -1,0 +1,131 @@
+"""The interfaces services see: a :class:`Stream`, the connection it belongs to, and muxers.
+
+Every service (identify, ping, kad, gossipsub, agent messaging) and the ``Node`` facade speak to
+streams only through :class:`Stream`; no code outside ``mux/`` names a concrete muxer. A
+:class:`StreamMuxer` is negotiated by multistream-select after security, exactly like a
+:class:`~p2pnet.security.base.SecurityTransport`, and produces a :class:`MuxedConnection`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from multiaddr import Multiaddr
+
+from p2pnet.io import Bytes, ReadWriter
+from p2pnet.peer.peer_id import PeerID
+
+
+class Direction(enum.Enum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+@runtime_checkable
+class ConnectionInfo(Protocol):
+    """What was negotiated for one connection and who is on the other end."""
+
+    @property
+    def local_peer(self) -> PeerID: ...
+
+    @property
+    def remote_peer(self) -> PeerID: ...
+
+    @property
+    def direction(self) -> Direction: ...
+
+    @property
+    def local_addr(self) -> Multiaddr: ...
+
+    @property
+    def remote_addr(self) -> Multiaddr: ...
+
+    @property
+    def security(self) -> str:
+        """The security protocol id (``/noise``, ``/plaintext/2.0.0``)."""
+        ...
+
+    @property
+    def muxer(self) -> str:
+        """The stream muxer protocol id (``/yamux/1.0.0``)."""
+        ...
+
+    @property
+    def opened_at(self) -> float:
+        """When the upgrade finished, on the node's monotonic clock."""
+        ...
+
+    @property
+    def is_closed(self) -> bool: ...
+
+
+@runtime_checkable
+class Stream(ReadWriter, Protocol):
+    """One multiplexed, bidirectional byte stream.
+
+    ``read`` returns ``b""`` after the remote's half-close; ``close`` half-closes our side (we can
+    still read); ``reset`` aborts both directions. ``protocol`` is the application protocol agreed
+    by multistream-select, ``conn`` the connection the stream runs on.
+    """
+
+    protocol: str | None
+
+    @property
+    def conn(self) -> ConnectionInfo: ...
+
+    async def reset(self) -> None: ...
+
+    async def __aenter__(self) -> Stream: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+StreamCallback = Callable[[Stream], Awaitable[None]]
+
+
+class MuxedConnection(Protocol):
+    """A secured connection carrying many streams."""
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def open_stream(self) -> Stream: ...
+
+    async def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class StreamMuxer(Protocol):
+    """A muxer negotiated by multistream-select (``/yamux/1.0.0``)."""
+
+    protocol_id: str
+
+    def create(
+        self,
+        secure: ReadWriter,
+        *,
+        initiator: bool,
+        on_stream: StreamCallback | None,
+    ) -> MuxedConnection: ...
+
+
+__all__ = [
+    "Bytes",
+    "ConnectionInfo",
+    "Direction",
+    "MuxedConnection",
+    "Stream",
+    "StreamCallback",
+    "StreamMuxer",
+]
