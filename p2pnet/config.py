@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pnet.clock import Clock, SystemClock
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import P2PError
 from p2pnet.host.config import HostConfig
@@ -46,6 +47,10 @@ class NodeConfig:
     pubsub: GossipsubConfig = field(default_factory=GossipsubConfig)
     #: Gossipsub peer-score parameters (topics without parameters score no P1-P4).
     pubsub_score: PeerScoreParams = field(default_factory=PeerScoreParams)
+    #: The node's one clock (timers, ages, record timestamps); a VirtualClock in simulations.
+    clock: Clock = field(default_factory=SystemClock)
+    #: Seed of the node's random number generator; None draws one from the OS.
+    seed: int | None = None
     #: On-chain agent registry (later milestone); carried so env files stay one format.
     registry_address: str | None = None
     rpc_url: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from collections.abc import Iterable, Sequence
 
 from multiaddr import Multiaddr
@@ -60,6 +61,9 @@ class Node:
         self.config = config or NodeConfig()
         cfg = self.config
         self.key = cfg.make_identity()
+        #: The clock every service of this node reads, and its one seeded RNG.
+        self.clock = cfg.clock
+        self.rng = random.Random(cfg.seed)
         host_config = dataclasses.replace(cfg.host, listen_addrs=list(cfg.listen_addrs))
         self.host = Host(self.key, host_config, transports=transports, security=security)
         self.identify = IdentifyService(self.host)

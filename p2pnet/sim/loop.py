@@ -50,7 +50,7 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
 
 
 def run_virtual(main: Coroutine[Any, Any, T], clock: VirtualClock | None = None) -> T:
-    """Run ``main`` to completion on a fresh :class:`VirtualTimeEventLoop` (like ``asyncio.run``)."""
+    """Run ``main`` on a fresh :class:`VirtualTimeEventLoop`, like ``asyncio.run``."""
     loop = VirtualTimeEventLoop(clock)
     runner = asyncio.Runner(loop_factory=lambda: loop)
     with runner:
