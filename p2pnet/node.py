@@ -32,12 +32,12 @@ from p2pnet.host.host import Host, StreamHandler
 from p2pnet.kad.dht import KadDHT
 from p2pnet.kad.errors import KadError
 from p2pnet.kad.messages import PeerInfo
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyInfo, IdentifyService
 from p2pnet.protocols.ping import PingService
 from p2pnet.pubsub.gossipsub import Pubsub, Subscription
 from p2pnet.security.base import SecurityTransport
+from p2pnet.stream import Stream
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.base import Transport
 
@@ -65,7 +65,9 @@ class Node:
         self.clock = cfg.clock
         self.rng = random.Random(cfg.seed)
         host_config = dataclasses.replace(cfg.host, listen_addrs=list(cfg.listen_addrs))
-        self.host = Host(self.key, host_config, transports=transports, security=security)
+        self.host = Host(
+            self.key, host_config, transports=transports, security=security, clock=self.clock
+        )
         self.identify = IdentifyService(self.host)
         self.ping_service = PingService(self.host)
         self.dht: KadDHT | None = (
@@ -164,7 +166,7 @@ class Node:
     def remove_stream_handler(self, protocol: str) -> None:
         self.host.remove_stream_handler(protocol)
 
-    async def new_stream(self, peer: PeerID, protocols: Iterable[str] | str) -> YamuxStream:
+    async def new_stream(self, peer: PeerID, protocols: Iterable[str] | str) -> Stream:
         return await self.host.new_stream(peer, protocols)
 
     async def ping(self, peer: PeerID) -> float:

@@ -10,19 +10,19 @@ from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import DialError, PeerIDMismatch, ProtocolNotSupported
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.protocols.ping import PingService
 from p2pnet.security.base import SecurityTransport
 from p2pnet.security.noise_connection import NoiseSecurity
 from p2pnet.security.plaintext import PlaintextSecurity
+from p2pnet.stream import Stream
 from p2pnet.transport.memory import MemoryNetwork
 
 ECHO = "/test/echo/1.0.0"
 
 
-async def echo(stream: YamuxStream) -> None:
+async def echo(stream: Stream) -> None:
     async with stream:
         while data := await stream.read():
             await stream.write(data)
@@ -100,9 +100,9 @@ async def test_dial_nothing_listening() -> None:
 async def test_memory_backpressure_bounds_buffering() -> None:
     net = MemoryNetwork(high_water=64 * 1024)
     async with memory_host(net) as a, memory_host(net) as b:
-        got_stream: asyncio.Future[YamuxStream] = asyncio.get_running_loop().create_future()
+        got_stream: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
 
-        async def hold(stream: YamuxStream) -> None:
+        async def hold(stream: Stream) -> None:
             got_stream.set_result(stream)
             await asyncio.Event().wait()  # never reads
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.errors import (
     ConnectionClosed,
     P2PError,
@@ -38,6 +38,7 @@ from p2pnet.mux.yamux import (
     GO_AWAY_INTERNAL_ERROR,
     GO_AWAY_NORMAL,
     GO_AWAY_PROTOCOL_ERROR,
+    PROTOCOL_ID,
     DataReceived,
     GoAwayReceived,
     PongReceived,
@@ -49,12 +50,9 @@ from p2pnet.mux.yamux import (
     YamuxConfig,
     YamuxSession,
 )
+from p2pnet.stream import ConnectionInfo, StreamCallback
 
 log = logging.getLogger("p2pnet.yamux")
-
-StreamCallback = Callable[["YamuxStream"], Awaitable[None]]
-
-_clock = time.monotonic
 
 
 class YamuxStream(ChunkReader):
@@ -207,6 +205,14 @@ class YamuxStream(ChunkReader):
         else:
             await self.reset()
 
+    @property
+    def conn(self) -> ConnectionInfo:
+        """The connection this stream runs on (set by whoever created the muxer)."""
+        info = self.connection.info
+        if info is None:
+            raise RuntimeError("this yamux connection was created without a ConnectionInfo")
+        return info
+
     def __repr__(self) -> str:
         return f"<YamuxStream {self.stream_id} protocol={self.protocol!r}>"
 
@@ -227,8 +233,13 @@ class YamuxConnection:
         initiator: bool,
         config: YamuxConfig | None = None,
         on_stream: StreamCallback | None = None,
+        info: ConnectionInfo | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.conn = conn
+        #: What the streams report as their ``conn`` (the host's Connection).
+        self.info = info
+        self._now = clock.monotonic
         self.initiator = initiator
         self.config = config or YamuxConfig()
         self._session = YamuxSession(initiator=initiator, config=self.config)
@@ -298,7 +309,7 @@ class YamuxConnection:
                 name=f"yamux-{side}-keepalive",
             )
         # the pong sets session.rtt, which receive-window auto-tuning needs
-        self._session.ping(_clock())
+        self._session.ping(self._now())
         self._kick()
 
     async def close(self, code: int = GO_AWAY_NORMAL) -> None:
@@ -340,7 +351,7 @@ class YamuxConnection:
                     f"{session.ack_backlog} streams wait for an ACK from the remote"
                 ) from None
         self._check_open()
-        sid = session.open_stream(_clock())
+        sid = session.open_stream(self._now())
         stream = YamuxStream(self, sid)
         self._streams[sid] = stream
         self._kick()
@@ -365,7 +376,7 @@ class YamuxConnection:
     async def ping(self) -> float:
         """Round-trip time in seconds of one session ping; TimeoutError after ``ping_timeout``."""
         self._check_open()
-        opaque = self._session.ping(_clock())
+        opaque = self._session.ping(self._now())
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pong_waiters[opaque] = fut
         self._kick()
@@ -390,7 +401,7 @@ class YamuxConnection:
 
     def _consumed(self, sid: int, n: int) -> None:
         session = self._session
-        session.consume(sid, n, _clock())
+        session.consume(sid, n, self._now())
         if session.outbound_size:
             self._out_ready.set()
 
@@ -455,7 +466,7 @@ class YamuxConnection:
                     return
                 if type(data) is not bytes:
                     data = bytes(data)
-                events = session.receive_data(data, _clock())
+                events = session.receive_data(data, self._now())
                 for ev in events:
                     if type(ev) is DataReceived:
                         stream = streams.get(ev.stream_id)
@@ -465,7 +476,7 @@ class YamuxConnection:
                             if len(chunks) == 1:
                                 stream._readable.set()
                         else:  # pragma: no cover - the core only reports live streams
-                            session.consume(ev.stream_id, len(ev.data), _clock())
+                            session.consume(ev.stream_id, len(ev.data), self._now())
                     else:
                         error = self._dispatch(ev)
                         if error is not None:
@@ -617,3 +628,30 @@ class YamuxConnection:
                     log.debug("yamux: closing the connection below failed: %r", exc)
             finally:
                 self.closed.set()
+
+
+class YamuxMuxer:
+    """The :class:`~p2pnet.stream.StreamMuxer` for ``/yamux/1.0.0``."""
+
+    protocol_id = PROTOCOL_ID
+
+    def __init__(self, config: YamuxConfig | None = None) -> None:
+        self.config = config or YamuxConfig()
+
+    def create(
+        self,
+        secure: ReadWriter,
+        *,
+        initiator: bool,
+        info: ConnectionInfo,
+        on_stream: StreamCallback | None,
+        clock: Clock,
+    ) -> YamuxConnection:
+        return YamuxConnection(
+            secure,
+            initiator=initiator,
+            config=self.config,
+            on_stream=on_stream,
+            info=info,
+            clock=clock,
+        )

@@ -20,7 +20,6 @@ from p2pnet.crypto.keys import unmarshal_public_key
 from p2pnet.errors import CryptoError, P2PError, ProtocolError
 from p2pnet.host.connection import Connection
 from p2pnet.host.host import Host
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL
 from p2pnet.peer.record import (
@@ -29,6 +28,7 @@ from p2pnet.peer.record import (
     make_peer_record,
     verify_peer_record,
 )
+from p2pnet.stream import ConnectionInfo, Stream
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 from p2pnet.wire.pb import identify_pb2
 
@@ -82,7 +82,7 @@ class IdentifyService:
 
     # -- our side ------------------------------------------------------------------------------
 
-    def build_message(self, conn: Connection) -> identify_pb2.Identify:
+    def build_message(self, conn: ConnectionInfo) -> identify_pb2.Identify:
         msg = identify_pb2.Identify()
         msg.protocolVersion = self.host.config.protocol_version
         msg.agentVersion = self.host.config.agent_version
@@ -103,8 +103,8 @@ class IdentifyService:
             self._record = (key, make_peer_record(self.host.key, addrs, seq))
         return self._record[1]
 
-    async def _handle_identify(self, stream: YamuxStream) -> None:
-        conn = self.host.connection_of(stream)
+    async def _handle_identify(self, stream: Stream) -> None:
+        conn = stream.conn
         async with stream:
             await write_length_prefixed(stream, self.build_message(conn).SerializeToString())
 
@@ -128,8 +128,8 @@ class IdentifyService:
         except (P2PError, TimeoutError) as exc:
             log.info("identify of %s failed: %s", conn.remote_peer, exc)
 
-    async def _handle_push(self, stream: YamuxStream) -> None:
-        conn = self.host.connection_of(stream)
+    async def _handle_push(self, stream: Stream) -> None:
+        conn = stream.conn
         async with stream:
             data = await read_length_prefixed(stream, MAX_IDENTIFY_SIZE)
         self._apply(conn.remote_peer, data, push=True)

@@ -9,8 +9,8 @@ import time
 
 from p2pnet.errors import ProtocolError
 from p2pnet.host.host import Host
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.stream import Stream
 
 PROTOCOL_ID = "/ipfs/ping/1.0.0"
 PING_SIZE = 32
@@ -29,8 +29,8 @@ class PingService:
         self._inbound: dict[PeerID, int] = {}
         host.set_stream_handler(PROTOCOL_ID, self._handle)
 
-    async def _handle(self, stream: YamuxStream) -> None:
-        peer = self.host.connection_of(stream).remote_peer
+    async def _handle(self, stream: Stream) -> None:
+        peer = stream.conn.remote_peer
         active = self._inbound.get(peer, 0)
         if active >= MAX_INBOUND_PER_PEER:
             log.debug("refusing a ping stream from %s: %d already open", peer, active)
@@ -46,7 +46,7 @@ class PingService:
             else:
                 del self._inbound[peer]
 
-    async def _echo(self, stream: YamuxStream) -> None:
+    async def _echo(self, stream: Stream) -> None:
         # Echo 32-byte payloads until the dialer closes its side.
         async with stream:
             while True:

@@ -33,7 +33,6 @@ from multiaddr import Multiaddr
 from p2pnet.errors import P2PError, ProtocolNotSupported
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import PERMANENT_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL
 from p2pnet.peer.record import SIGNED_PEER_RECORD, InvalidPeerRecord, verify_peer_record
@@ -47,6 +46,7 @@ from p2pnet.pubsub.router import (
     ValidateMessage,
 )
 from p2pnet.pubsub.score import PeerScoreParams, PeerScoreThresholds, ScoreBreakdown
+from p2pnet.stream import Stream
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.wire.framing import LengthPrefixedDecoder
@@ -152,11 +152,11 @@ class _PeerState:
     )
 
     def __init__(self, queue_size: int) -> None:
-        self.outbound: YamuxStream | None = None
+        self.outbound: Stream | None = None
         self.opening: asyncio.Task[Any] | None = None
         self.writer: asyncio.Task[Any] | None = None
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
-        self.inbound: set[YamuxStream] = set()
+        self.inbound: set[Stream] = set()
         self.ready = asyncio.Event()
         self.reopens = 0
 
@@ -538,7 +538,7 @@ class Pubsub:
         log.debug("pubsub stream to %s open (%s)", peer, stream.protocol)
         self._pump()
 
-    async def _writer(self, peer: PeerID, state: _PeerState, stream: YamuxStream) -> None:
+    async def _writer(self, peer: PeerID, state: _PeerState, stream: Stream) -> None:
         queue = state.queue
         try:
             while not self._closed:
@@ -564,11 +564,11 @@ class Pubsub:
             if not self._closed and self.host.is_connected(peer) and peer not in self._peers:
                 self._ensure_outbound(peer).reopens = reopens + 1
 
-    async def _handle_inbound(self, stream: YamuxStream) -> None:
+    async def _handle_inbound(self, stream: Stream) -> None:
         if self._closed:
             await stream.reset()
             return
-        peer = self.host.connection_of(stream).remote_peer
+        peer = stream.conn.remote_peer
         state = self._ensure_outbound(peer)
         state.inbound.add(stream)
         try:
@@ -583,7 +583,7 @@ class Pubsub:
         finally:
             state.inbound.discard(stream)
 
-    async def _read_loop(self, peer: PeerID, state: _PeerState, stream: YamuxStream) -> None:
+    async def _read_loop(self, peer: PeerID, state: _PeerState, stream: Stream) -> None:
         decoder = LengthPrefixedDecoder(self.config.max_message_size)
         timeout = self.config.frame_read_timeout
         while not self._closed:
@@ -655,7 +655,7 @@ def _verdict(result: object) -> ValidationResult:
     return ValidationResult.IGNORE
 
 
-async def _reset_quietly(stream: YamuxStream) -> None:
+async def _reset_quietly(stream: Stream) -> None:
     with contextlib.suppress(P2PError):
         await stream.reset()
 
