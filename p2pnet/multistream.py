@@ -9,14 +9,18 @@ listener then answers with the protocols it supports.
 
 Layout:
 
-* a sans-IO part: :func:`encode_message`, :class:`MessageDecoder` (feed bytes, pop messages),
-  :func:`encode_ls_reply` / :func:`decode_ls_reply`;
-* the asyncio part: :func:`negotiate_outbound` (dialer), :func:`negotiate_inbound` (listener) and
-  :func:`list_protocols` (dialer-side ``ls``), each over a :class:`~p2pnet.io.ReadWriter`.
-
-The async functions read a message as exactly its length prefix plus exactly the announced number
-of bytes, so they never consume a byte past the negotiation: application data the remote sends in
-the same segment as its last negotiation message stays in ``conn`` for the protocol handler.
+* the sans-IO core: :class:`MultistreamDialer`, :class:`MultistreamListener` and
+  :class:`ProtocolLister`, state machines fed with :meth:`~Negotiator.receive_data` that return
+  events (:class:`ProtocolAgreed`, :class:`ProtocolRefused`, :class:`ProtocolsListed`) and queue
+  bytes for :meth:`~Negotiator.data_to_send`. Every decision (the dialer's fallback through
+  ``na``, the pipelined header + first proposal, the listener's limits and ``ls``) is made there.
+  Messages are framed by :class:`~p2pnet.wire.framing.FrameDecoder`, the one varint framing
+  implementation of p2pnet.
+* the asyncio adapters :func:`negotiate_outbound`, :func:`negotiate_inbound` and
+  :func:`list_protocols` only move bytes: they write what the core queued and read exactly
+  :attr:`~Negotiator.bytes_wanted` bytes, so they never consume a byte past the negotiation
+  (application data the remote sends in the same segment as its last negotiation message stays in
+  ``conn`` for the protocol handler), and bound the whole negotiation with a timeout.
 
 Limits (checked against go-multistream ``lpReadBuf`` and js ``@libp2p/multistream-select``):
 
@@ -39,14 +43,21 @@ dropped ``ls`` and answers it with ``na``; :func:`list_protocols` reports that a
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final, TypeVar
+from typing import Final
 
-from p2pnet.errors import MessageTooLarge, NegotiationError, ProtocolError, ProtocolNotSupported
+from p2pnet.errors import (
+    NegotiationError,
+    P2PError,
+    ProtocolError,
+    ProtocolNotSupported,
+)
 from p2pnet.io import Bytes, ReadWriter
-from p2pnet.wire.varint import decode_uvarint, encode_uvarint
+from p2pnet.wire.framing import FrameDecoder, encode_length_prefixed
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -58,8 +69,17 @@ __all__ = [
     "MAX_PROTOCOL_ID_LENGTH",
     "MULTISTREAM_PROTOCOL_ID",
     "NA",
-    "MessageDecoder",
+    "MultistreamDialer",
+    "MultistreamListener",
+    "NegotiationEvent",
+    "NegotiationState",
+    "Negotiator",
+    "ProtocolAgreed",
+    "ProtocolLister",
+    "ProtocolRefused",
+    "ProtocolsListed",
     "decode_ls_reply",
+    "decode_message",
     "decode_text",
     "encode_ls_reply",
     "encode_message",
@@ -91,11 +111,9 @@ DEFAULT_TIMEOUT: Final = 10.0
 _NEWLINE: Final = 0x0A
 _RESERVED: Final = frozenset((MULTISTREAM_PROTOCOL_ID, NA, LS))
 
-_T = TypeVar("_T")
-
 
 # ---------------------------------------------------------------------------------------------
-# sans-IO: encoding and decoding
+# messages
 
 
 @lru_cache(maxsize=512)
@@ -105,7 +123,7 @@ def _encode_cached(text: str) -> bytes:
         raise ValueError(
             f"multistream message of {len(data)} bytes exceeds {MAX_PROTOCOL_ID_LENGTH} bytes"
         )
-    return encode_uvarint(len(data) + 1) + data + b"\n"
+    return encode_length_prefixed(data + b"\n")
 
 
 def encode_message(text: str) -> bytes:
@@ -127,6 +145,7 @@ def encode_messages(texts: Iterable[str]) -> bytes:
 
 HEADER_MESSAGE: Final = encode_message(MULTISTREAM_PROTOCOL_ID)
 NA_MESSAGE: Final = encode_message(NA)
+LS_MESSAGE: Final = encode_message(LS)
 _NA_PAYLOAD: Final = NA.encode()
 
 
@@ -138,24 +157,17 @@ def decode_text(payload: Bytes) -> str:
         raise ProtocolError(f"multistream message is not valid UTF-8: {exc.reason}") from None
 
 
-def _check_length(length: int, max_length: int) -> None:
-    if length == 0:
-        raise ProtocolError("empty multistream message (no trailing newline)")
-    if length > max_length:
-        raise MessageTooLarge(
-            f"multistream message of {length} bytes exceeds the limit of {max_length}"
-        )
-
-
 def _strip_newline(frame: bytes) -> bytes:
+    if not frame:
+        raise ProtocolError("empty multistream message (no trailing newline)")
     if frame[-1] != _NEWLINE:
         raise ProtocolError("multistream message does not end with a newline")
     return frame[:-1]
 
 
-def _prefix_bytes(max_length: int) -> int:
-    """How many varint bytes a length up to ``max_length`` needs."""
-    return len(encode_uvarint(max_length))
+def decode_message(frame: bytes) -> str:
+    """The text of one framed message body (``text || "\\n"``)."""
+    return decode_text(_strip_newline(frame))
 
 
 def encode_ls_reply(protocols: Iterable[str]) -> bytes:
@@ -179,120 +191,21 @@ def encode_ls_reply(protocols: Iterable[str]) -> bytes:
         body += item
         count += 1
     body += b"\n"
-    return encode_uvarint(len(body)) + bytes(body)
+    return encode_length_prefixed(body)
 
 
 def decode_ls_reply(payload: Bytes) -> list[str]:
     """Parse the payload of an ``ls`` answer (outer newline already stripped) into ids."""
-    buf = bytes(payload)
+    decoder = FrameDecoder(MAX_MESSAGE_LENGTH)
+    decoder.feed(payload)
     out: list[str] = []
-    pos = 0
-    end = len(buf)
-    while pos < end:
+    while (frame := decoder.next_frame()) is not None:
         if len(out) >= MAX_LS_PROTOCOLS:
             raise ProtocolError(f"ls answer lists more than {MAX_LS_PROTOCOLS} protocols")
-        decoded = decode_uvarint(buf, pos)
-        if decoded is None:
-            raise ProtocolError("ls answer ends inside a length prefix")
-        length, start = decoded
-        _check_length(length, MAX_MESSAGE_LENGTH)
-        if start + length > end:
-            raise ProtocolError("ls answer entry runs past the end of the answer")
-        item = _strip_newline(buf[start : start + length])
-        out.append(decode_text(item))
-        pos = start + length
+        out.append(decode_message(frame))
+    if decoder.buffered:
+        raise ProtocolError("ls answer ends inside an entry")
     return out
-
-
-class MessageDecoder:
-    """Incremental decoder: :meth:`feed` bytes, :meth:`next_message` pops complete messages.
-
-    Bytes after the last complete message stay buffered; :meth:`take_buffered` hands them over,
-    e.g. to the protocol that was just agreed. Errors (:class:`ProtocolError`,
-    :class:`MessageTooLarge`) are raised by :meth:`next_message` as soon as the buffered bytes
-    prove the stream bad; after an error the decoder should be discarded.
-    """
-
-    def __init__(self, max_length: int = MAX_MESSAGE_LENGTH) -> None:
-        if max_length < 1:
-            raise ValueError("max_length must be positive")
-        self.max_length = max_length
-        self._buf = bytearray()
-
-    def feed(self, data: Bytes) -> None:
-        self._buf += data
-
-    def next_message(self, max_length: int | None = None) -> bytes | None:
-        """The next payload (without its newline), or ``None`` if not complete yet.
-
-        ``max_length`` overrides the decoder's limit for this one message (an ``ls`` answer).
-        """
-        limit = self.max_length if max_length is None else max_length
-        buf = self._buf
-        if not buf:
-            return None
-        decoded = decode_uvarint(buf)
-        if decoded is None:
-            if len(buf) >= _prefix_bytes(limit):
-                raise MessageTooLarge(
-                    f"multistream length prefix exceeds the limit of {limit} bytes"
-                )
-            return None
-        length, start = decoded
-        _check_length(length, limit)
-        if len(buf) - start < length:
-            return None
-        payload = _strip_newline(bytes(buf[start : start + length]))
-        del buf[: start + length]
-        return payload
-
-    def next_text(self) -> str | None:
-        """Like :meth:`next_message`, decoded as UTF-8."""
-        payload = self.next_message()
-        return None if payload is None else decode_text(payload)
-
-    def messages(self) -> list[str]:
-        """All complete messages currently buffered, as text."""
-        out: list[str] = []
-        while (text := self.next_text()) is not None:
-            out.append(text)
-        return out
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    def take_buffered(self) -> bytes:
-        """Remove and return the bytes not yet consumed as messages."""
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
-
-
-# ---------------------------------------------------------------------------------------------
-# asyncio adapter
-
-
-async def _read_payload(conn: ReadWriter, max_length: int = MAX_MESSAGE_LENGTH) -> bytes:
-    """Read exactly one message (prefix, then body) and return its payload."""
-    prefix = await conn.readexactly(1)
-    if prefix[0] < 0x80:
-        length = prefix[0]
-    else:
-        limit = _prefix_bytes(max_length)
-        buf = bytearray(prefix)
-        while True:
-            if len(buf) >= limit:
-                raise MessageTooLarge(
-                    f"multistream length prefix exceeds the limit of {max_length} bytes"
-                )
-            buf += await conn.readexactly(1)
-            decoded = decode_uvarint(buf)
-            if decoded is not None:
-                length = decoded[0]
-                break
-    _check_length(length, max_length)
-    return _strip_newline(await conn.readexactly(length))
 
 
 def _show(payload: Bytes, limit: int = 64) -> str:
@@ -301,29 +214,260 @@ def _show(payload: Bytes, limit: int = 64) -> str:
     return repr(text + ("..." if len(payload) > limit else ""))
 
 
-async def _expect_header(conn: ReadWriter) -> None:
-    # The header is one fixed message, so a wrong length byte is refused at once instead of
-    # waiting for a body that may never come (an HTTP client, a port scanner, another protocol).
-    expected = encode_message(MULTISTREAM_PROTOCOL_ID)
-    first = await conn.readexactly(1)
-    if first[0] != expected[0]:
-        raise NegotiationError(
-            f"expected multistream header {MULTISTREAM_PROTOCOL_ID!r}, "
-            f"got a message starting with byte 0x{first[0]:02x}"
-        )
-    payload = first + await conn.readexactly(len(expected) - 1)
-    if payload != expected:
-        raise NegotiationError(
-            f"expected multistream header {MULTISTREAM_PROTOCOL_ID!r}, got {_show(payload[1:])}"
-        )
+# ---------------------------------------------------------------------------------------------
+# sans-IO core: states, events, negotiators
 
 
-async def _bounded(aw: Awaitable[_T], timeout: float, what: str) -> _T:
-    try:
-        async with asyncio.timeout(timeout):
-            return await aw
-    except TimeoutError as exc:
-        raise NegotiationError(f"multistream {what} timed out after {timeout:g} s") from exc
+class NegotiationState(enum.Enum):
+    HEADER = "awaiting the remote's header"
+    PROPOSAL = "awaiting a proposal"  # listener
+    ANSWER = "awaiting the answer to a proposal"  # dialer
+    LS_ANSWER = "awaiting the ls answer"  # dialer
+    AGREED = "agreed"
+    LISTED = "listed"  # ls answered; the header is exchanged
+    FAILED = "failed"
+
+
+_S = NegotiationState
+#: Every legal transition; anything else is a bug in this module.
+_TRANSITIONS: Final[dict[NegotiationState, frozenset[NegotiationState]]] = {
+    _S.HEADER: frozenset({_S.PROPOSAL, _S.ANSWER, _S.LS_ANSWER, _S.FAILED}),
+    _S.PROPOSAL: frozenset({_S.PROPOSAL, _S.AGREED, _S.FAILED}),
+    _S.ANSWER: frozenset({_S.ANSWER, _S.AGREED, _S.FAILED}),
+    _S.LS_ANSWER: frozenset({_S.LISTED, _S.FAILED}),
+    _S.AGREED: frozenset(),
+    _S.LISTED: frozenset(),
+    _S.FAILED: frozenset(),
+}
+_FINISHED: Final = frozenset({_S.AGREED, _S.LISTED, _S.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolAgreed:
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolRefused:
+    """The listener answered ``na`` to one of the dialer's proposals."""
+
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolsListed:
+    protocols: list[str]
+
+
+NegotiationEvent = ProtocolAgreed | ProtocolRefused | ProtocolsListed
+
+
+class Negotiator:
+    """What the dialer, listener and lister share: header check, framing, output, state.
+
+    Feed bytes with :meth:`receive_data` (any slices; bytes past the end of the negotiation are
+    kept for :meth:`take_unused`), send what :meth:`data_to_send` returns. Protocol violations
+    raise :class:`NegotiationError` or :class:`~p2pnet.errors.ProtocolError` and leave the
+    negotiator in :attr:`NegotiationState.FAILED`.
+    """
+
+    def __init__(self, after_header: NegotiationState, out: bytes) -> None:
+        self.state = NegotiationState.HEADER
+        self._after_header = after_header
+        self._header_seen = 0
+        self._decoder = FrameDecoder(MAX_MESSAGE_LENGTH)
+        self._out = bytearray(out)
+        self._unused = b""
+
+    # -- driving --------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.state in _FINISHED
+
+    @property
+    def bytes_wanted(self) -> int:
+        """How many bytes to read next without reading past the negotiation (0 when finished).
+
+        The header is a fixed message: its length byte first (so a wrong one is refused at once),
+        then the rest. After it, what the frame decoder needs.
+        """
+        if self.finished:
+            return 0
+        if self.state is NegotiationState.HEADER:
+            return 1 if self._header_seen == 0 else len(HEADER_MESSAGE) - self._header_seen
+        return self._decoder.wanted
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def take_unused(self) -> bytes:
+        """Bytes received after the negotiation finished (application data)."""
+        out, self._unused = self._unused, b""
+        return out
+
+    def receive_data(self, data: Bytes) -> list[NegotiationEvent]:
+        if self.finished:
+            raise RuntimeError(f"negotiation already {self.state.value}")
+        events: list[NegotiationEvent] = []
+        try:
+            data = bytes(data)
+            if self.state is NegotiationState.HEADER:
+                used = self._match_header(data)
+                data = data[used:]
+            if not self.finished and self.state is not NegotiationState.HEADER:
+                self._decoder.feed(data)
+                while not self.finished:
+                    frame = self._decoder.next_frame(self._frame_limit())
+                    if frame is None:
+                        break
+                    self._on_message(frame, events)
+                if self.finished and self.state is not NegotiationState.FAILED:
+                    self._unused = self._decoder.take_buffered()
+        except P2PError:
+            self._enter(NegotiationState.FAILED)
+            raise
+        return events
+
+    # -- for subclasses ---------------------------------------------------------------------------
+
+    def _enter(self, state: NegotiationState) -> None:
+        if state is not self.state and state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"multistream: no transition from {self.state} to {state}")
+        self.state = state
+
+    def _send(self, message: bytes) -> None:
+        self._out += message
+
+    def _frame_limit(self) -> int:
+        return MAX_MESSAGE_LENGTH
+
+    def _on_message(self, frame: bytes, events: list[NegotiationEvent]) -> None:
+        raise NotImplementedError
+
+    def _match_header(self, data: bytes) -> int:
+        seen = self._header_seen
+        take = min(len(data), len(HEADER_MESSAGE) - seen)
+        if data[:take] != HEADER_MESSAGE[seen : seen + take]:
+            if seen == 0:
+                raise NegotiationError(
+                    f"expected multistream header {MULTISTREAM_PROTOCOL_ID!r}, "
+                    f"got a message starting with byte 0x{data[0]:02x}"
+                )
+            got = HEADER_MESSAGE[1:seen] + data[:take]
+            raise NegotiationError(
+                f"expected multistream header {MULTISTREAM_PROTOCOL_ID!r}, got {_show(got)}"
+            )
+        self._header_seen = seen + take
+        if self._header_seen == len(HEADER_MESSAGE):
+            self._enter(self._after_header)
+        return take
+
+
+class MultistreamDialer(Negotiator):
+    """The dialer: proposes ``protocols`` in order until the listener echoes one.
+
+    The header and the first proposal are queued together (one write), so a listener that
+    supports the first protocol costs one round trip; each ``na`` queues the next proposal.
+    ``header_exchanged=True`` skips the header (after :class:`ProtocolLister` on the same
+    connection). Raises :class:`ValueError` for an unusable ``protocols`` argument.
+    """
+
+    def __init__(self, protocols: Sequence[str], *, header_exchanged: bool = False) -> None:
+        self.protocols = _proposals(protocols)
+        self._index = 0
+        first = encode_message(self.protocols[0])
+        super().__init__(
+            NegotiationState.ANSWER, first if header_exchanged else HEADER_MESSAGE + first
+        )
+        if header_exchanged:
+            self._enter(NegotiationState.ANSWER)
+
+    def _on_message(self, frame: bytes, events: list[NegotiationEvent]) -> None:
+        payload = _strip_newline(frame)
+        proto = self.protocols[self._index]
+        if payload == _NA_PAYLOAD:
+            logger.debug("remote refused %r", proto)
+            events.append(ProtocolRefused(proto))
+            self._index += 1
+            if self._index == len(self.protocols):
+                raise ProtocolNotSupported(f"remote supports none of {self.protocols!r}")
+            self._send(encode_message(self.protocols[self._index]))
+            return
+        if decode_text(payload) != proto:
+            raise NegotiationError(f"unexpected answer {_show(payload)} to proposal {proto!r}")
+        logger.debug("negotiated %r", proto)
+        self._enter(NegotiationState.AGREED)
+        events.append(ProtocolAgreed(proto))
+
+
+class ProtocolLister(Negotiator):
+    """Dialer-side ``ls``: header + ``ls`` out, the listener's protocol list in.
+
+    Afterwards the header has been exchanged: continue with
+    ``MultistreamDialer(protos, header_exchanged=True)`` or close. A listener without ``ls``
+    (go) answers ``na``: :class:`ProtocolNotSupported`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(NegotiationState.LS_ANSWER, HEADER_MESSAGE + LS_MESSAGE)
+
+    def _frame_limit(self) -> int:
+        return MAX_LS_REPLY_LENGTH
+
+    def _on_message(self, frame: bytes, events: list[NegotiationEvent]) -> None:
+        payload = _strip_newline(frame)
+        if payload == _NA_PAYLOAD:
+            raise ProtocolNotSupported("remote does not answer ls")
+        protocols = decode_ls_reply(payload)
+        self._enter(NegotiationState.LISTED)
+        events.append(ProtocolsListed(protocols))
+
+
+Supported = Collection[str] | Callable[[str], bool]
+
+
+class MultistreamListener(Negotiator):
+    """The listener: answers proposals with an echo (accepted), ``na`` or, for ``ls``, the list.
+
+    ``supported`` is a collection of protocol ids (its order is the order of an ``ls`` answer) or
+    a predicate (which cannot be listed: ``ls`` then gets an empty list). Our header is queued at
+    once; the dialer's header must be its first message. After ``max_attempts`` refusals and
+    ``ls`` answers the negotiation fails.
+    """
+
+    def __init__(
+        self, supported: Supported, *, max_attempts: int = MAX_NEGOTIATION_ATTEMPTS
+    ) -> None:
+        super().__init__(NegotiationState.PROPOSAL, HEADER_MESSAGE)
+        if isinstance(supported, str):
+            supported = (supported,)
+        if callable(supported):
+            self._accepts: Callable[[str], bool] = supported
+            self._listing: Collection[str] = ()
+        else:
+            self._accepts = supported.__contains__
+            self._listing = supported
+        self.max_attempts = max_attempts
+        self._attempts = 0
+
+    def _on_message(self, frame: bytes, events: list[NegotiationEvent]) -> None:
+        text = decode_message(frame)
+        if text == LS:
+            self._send(encode_ls_reply(self._listing))
+        elif text not in _RESERVED and self._accepts(text):
+            self._send(encode_length_prefixed(frame))
+            logger.debug("accepted %r", text)
+            self._enter(NegotiationState.AGREED)
+            events.append(ProtocolAgreed(text))
+            return
+        else:
+            self._send(NA_MESSAGE)
+        self._attempts += 1
+        if self._attempts >= self.max_attempts:
+            raise NegotiationError(f"dialer made more than {self.max_attempts} proposals")
 
 
 def _proposals(protocols: Sequence[str]) -> list[str]:
@@ -337,6 +481,31 @@ def _proposals(protocols: Sequence[str]) -> list[str]:
     return protos
 
 
+# ---------------------------------------------------------------------------------------------
+# asyncio adapters
+
+
+async def _drive(conn: ReadWriter, neg: Negotiator, timeout: float, what: str) -> NegotiationEvent:
+    """Write what ``neg`` queued, read exactly what it wants, until it agrees or lists."""
+    try:
+        async with asyncio.timeout(timeout):
+            if out := neg.data_to_send():
+                await conn.write(out)
+            while True:
+                data = await conn.readexactly(neg.bytes_wanted)
+                try:
+                    events = neg.receive_data(data)
+                finally:
+                    # what was queued before a failure (the listener's last ``na``) still goes out
+                    if out := neg.data_to_send():
+                        await conn.write(out)
+                for event in events:
+                    if not isinstance(event, ProtocolRefused):
+                        return event
+    except TimeoutError as exc:
+        raise NegotiationError(f"multistream {what} timed out after {timeout:g} s") from exc
+
+
 async def negotiate_outbound(
     conn: ReadWriter,
     protocols: Sequence[str],
@@ -346,63 +515,27 @@ async def negotiate_outbound(
 ) -> str:
     """Dialer side: propose ``protocols`` in order and return the first one the listener accepts.
 
-    The header and the first proposal go out in one write, so a listener that supports the first
-    protocol costs one round trip. On ``na`` the next protocol is proposed.
-
-    ``header_exchanged=True`` skips the header (used after :func:`list_protocols` on the same
-    connection).
-
-    Raises :class:`ProtocolNotSupported` if every protocol was refused, :class:`NegotiationError`
-    if the listener answers something else than the header / the echo / ``na`` or the whole
-    negotiation takes longer than ``timeout`` seconds, :class:`ProtocolError` on malformed
-    messages, :class:`~p2pnet.errors.IncompleteRead` if the connection closes midway, and
-    :class:`ValueError` for an unusable ``protocols`` argument.
+    See :class:`MultistreamDialer`. Raises :class:`ProtocolNotSupported` if every protocol was
+    refused, :class:`NegotiationError` if the listener answers something else than the header /
+    the echo / ``na`` or the whole negotiation takes longer than ``timeout`` seconds,
+    :class:`ProtocolError` on malformed messages, :class:`~p2pnet.errors.IncompleteRead` if the
+    connection closes midway, and :class:`ValueError` for an unusable ``protocols`` argument.
     """
-    protos = _proposals(protocols)
-    return await _bounded(_select(conn, protos, header_exchanged), timeout, "dial negotiation")
-
-
-async def _select(conn: ReadWriter, protos: list[str], header_exchanged: bool) -> str:
-    first = encode_message(protos[0])
-    if header_exchanged:
-        await conn.write(first)
-    else:
-        await conn.write(HEADER_MESSAGE + first)
-        await _expect_header(conn)
-    for i, proto in enumerate(protos):
-        if i:
-            await conn.write(encode_message(proto))
-        payload = await _read_payload(conn)
-        if payload == _NA_PAYLOAD:
-            logger.debug("remote refused %r", proto)
-            continue
-        if decode_text(payload) == proto:
-            logger.debug("negotiated %r", proto)
-            return proto
-        raise NegotiationError(f"unexpected answer {_show(payload)} to proposal {proto!r}")
-    raise ProtocolNotSupported(f"remote supports none of {protos!r}")
+    neg = MultistreamDialer(protocols, header_exchanged=header_exchanged)
+    event = await _drive(conn, neg, timeout, "dial negotiation")
+    assert isinstance(event, ProtocolAgreed)
+    return event.protocol
 
 
 async def list_protocols(conn: ReadWriter, *, timeout: float = DEFAULT_TIMEOUT) -> list[str]:
-    """Dialer-side ``ls``: send the header and ``ls``, return the listener's protocol list.
+    """Dialer-side ``ls`` (see :class:`ProtocolLister`): the listener's protocol list.
 
-    Afterwards the header has been exchanged; propose with
-    ``negotiate_outbound(conn, protos, header_exchanged=True)`` or close ``conn``. A listener
-    without ``ls`` support (go) answers ``na``: :class:`ProtocolNotSupported`.
+    Afterwards propose with ``negotiate_outbound(conn, protos, header_exchanged=True)`` or close
+    ``conn``.
     """
-    return await _bounded(_ls(conn), timeout, "ls")
-
-
-async def _ls(conn: ReadWriter) -> list[str]:
-    await conn.write(HEADER_MESSAGE + encode_message(LS))
-    await _expect_header(conn)
-    payload = await _read_payload(conn, MAX_LS_REPLY_LENGTH)
-    if payload == _NA_PAYLOAD:
-        raise ProtocolNotSupported("remote does not answer ls")
-    return decode_ls_reply(payload)
-
-
-Supported = Collection[str] | Callable[[str], bool]
+    event = await _drive(conn, ProtocolLister(), timeout, "ls")
+    assert isinstance(event, ProtocolsListed)
+    return event.protocols
 
 
 async def negotiate_inbound(
@@ -414,39 +547,11 @@ async def negotiate_inbound(
 ) -> str:
     """Listener side: answer the dialer's proposals and return the protocol agreed on.
 
-    ``supported`` is a collection of protocol ids (a set or dict is fastest; its order is the
-    order of an ``ls`` answer) or a predicate; a predicate cannot be listed, so ``ls`` then gets an
-    empty list. Our header is sent at once; the dialer's header must be its first message.
-    Unsupported proposals get ``na``, ``ls`` gets the list; after ``max_attempts`` of those the
-    negotiation fails.
-
-    Raises :class:`NegotiationError` (wrong header, too many attempts, timeout),
-    :class:`ProtocolError` on malformed messages, :class:`~p2pnet.errors.IncompleteRead` if the
-    dialer closes midway.
+    See :class:`MultistreamListener`. Raises :class:`NegotiationError` (wrong header, too many
+    attempts, timeout), :class:`ProtocolError` on malformed messages,
+    :class:`~p2pnet.errors.IncompleteRead` if the dialer closes midway.
     """
-    if isinstance(supported, str):
-        supported = (supported,)
-    return await _bounded(_handle(conn, supported, max_attempts), timeout, "listen negotiation")
-
-
-async def _handle(conn: ReadWriter, supported: Supported, max_attempts: int) -> str:
-    if callable(supported):
-        accepts: Callable[[str], bool] = supported
-        listing: Collection[str] = ()
-    else:
-        accepts = supported.__contains__
-        listing = supported
-    await conn.write(HEADER_MESSAGE)
-    await _expect_header(conn)
-    for _ in range(max_attempts):
-        payload = await _read_payload(conn)
-        text = decode_text(payload)
-        if text == LS:
-            await conn.write(encode_ls_reply(listing))
-            continue
-        if text not in _RESERVED and accepts(text):
-            await conn.write(encode_uvarint(len(payload) + 1) + payload + b"\n")
-            logger.debug("accepted %r", text)
-            return text
-        await conn.write(NA_MESSAGE)
-    raise NegotiationError(f"dialer made more than {max_attempts} proposals")
+    neg = MultistreamListener(supported, max_attempts=max_attempts)
+    event = await _drive(conn, neg, timeout, "listen negotiation")
+    assert isinstance(event, ProtocolAgreed)
+    return event.protocol

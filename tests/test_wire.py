@@ -5,7 +5,7 @@ from memory_pipe import memory_pipe
 
 from p2pnet.errors import IncompleteRead, MessageTooLarge, ProtocolError
 from p2pnet.wire.framing import (
-    LengthPrefixedDecoder,
+    FrameDecoder,
     encode_length_prefixed,
     read_length_prefixed,
     read_length_prefixed_or_eof,
@@ -60,18 +60,20 @@ def test_varint_random_bytes_only_library_errors(data: bytes) -> None:
 def test_decoder_splits_messages_fed_byte_by_byte() -> None:
     msgs = [b"", b"a", b"x" * 300, b"hello"]
     stream = b"".join(encode_length_prefixed(m) for m in msgs)
-    dec = LengthPrefixedDecoder(max_size=1000)
+    dec = FrameDecoder(max_length=1000)
     out: list[bytes] = []
     for i in range(len(stream)):
-        out += dec.feed(stream[i : i + 1])
+        dec.feed(stream[i : i + 1])
+        out += dec.frames()
     assert out == msgs
     assert dec.buffered == 0
 
 
 def test_decoder_enforces_max_size_before_buffering() -> None:
-    dec = LengthPrefixedDecoder(max_size=10)
+    dec = FrameDecoder(max_length=10)
+    dec.feed(encode_uvarint(11))
     with pytest.raises(MessageTooLarge):
-        dec.feed(encode_uvarint(11))
+        dec.next_frame()
 
 
 async def test_async_length_prefixed_roundtrip_and_limits() -> None:

@@ -49,8 +49,7 @@ from p2pnet.pubsub.score import PeerScoreParams, PeerScoreThresholds, ScoreBreak
 from p2pnet.stream import Stream
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
-from p2pnet.wire.framing import LengthPrefixedDecoder
-from p2pnet.wire.varint import encode_uvarint
+from p2pnet.wire.framing import FrameDecoder, length_prefixed_parts
 
 log = logging.getLogger("p2pnet.pubsub")
 
@@ -542,15 +541,13 @@ class Pubsub:
         queue = state.queue
         try:
             while not self._closed:
-                frame = await queue.get()
-                parts = [encode_uvarint(len(frame)), frame]
-                size = len(frame)
+                frames = [await queue.get()]
+                size = len(frames[0])
                 while size < 256 * 1024 and not queue.empty():
-                    frame = queue.get_nowait()
-                    parts += (encode_uvarint(len(frame)), frame)
-                    size += len(frame)
+                    frames.append(queue.get_nowait())
+                    size += len(frames[-1])
                 async with asyncio.timeout(self.config.write_timeout):
-                    await stream.write(b"".join(parts))
+                    await stream.write(b"".join(length_prefixed_parts(frames)))
         except (P2PError, TimeoutError, OSError) as exc:
             log.debug("pubsub stream to %s failed: %s", peer, exc)
         if self._closed or self._peers.get(peer) is not state:
@@ -584,7 +581,7 @@ class Pubsub:
             state.inbound.discard(stream)
 
     async def _read_loop(self, peer: PeerID, state: _PeerState, stream: Stream) -> None:
-        decoder = LengthPrefixedDecoder(self.config.max_message_size)
+        decoder = FrameDecoder(self.config.max_message_size)
         timeout = self.config.frame_read_timeout
         while not self._closed:
             if decoder.buffered:
@@ -594,7 +591,8 @@ class Pubsub:
                 chunk = await stream.read()
             if not chunk:
                 return  # EOF: the peer closed its stream
-            frames = decoder.feed(chunk)  # MessageTooLarge ends the stream (host resets it)
+            decoder.feed(chunk)
+            frames = decoder.frames()  # MessageTooLarge ends the stream (host resets it)
             if self._peers.get(peer) is not state:
                 return
             router = self.router
