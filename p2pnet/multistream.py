@@ -147,6 +147,7 @@ HEADER_MESSAGE: Final = encode_message(MULTISTREAM_PROTOCOL_ID)
 NA_MESSAGE: Final = encode_message(NA)
 LS_MESSAGE: Final = encode_message(LS)
 _NA_PAYLOAD: Final = NA.encode()
+_HEADER_LENGTH: Final = len(HEADER_MESSAGE)
 
 
 def decode_text(payload: Bytes) -> str:
@@ -227,6 +228,9 @@ class NegotiationState(enum.Enum):
     LISTED = "listed"  # ls answered; the header is exchanged
     FAILED = "failed"
 
+    # members are singletons: identity hashing is correct and much cheaper than Enum's
+    __hash__ = object.__hash__
+
 
 _S = NegotiationState
 #: Every legal transition; anything else is a bug in this module.
@@ -271,34 +275,48 @@ class Negotiator:
     negotiator in :attr:`NegotiationState.FAILED`.
     """
 
-    def __init__(self, after_header: NegotiationState, out: bytes) -> None:
+    def __init__(
+        self,
+        after_header: NegotiationState,
+        out: bytes,
+        *,
+        frame_limit: int = MAX_MESSAGE_LENGTH,
+        header_exchanged: bool = False,
+    ) -> None:
         self.state = NegotiationState.HEADER
+        #: The state is AGREED, LISTED or FAILED (kept as a flag: it is read on every input).
+        self.finished = False
         self._after_header = after_header
         self._header_seen = 0
         self._decoder = FrameDecoder(MAX_MESSAGE_LENGTH)
+        self._frame_limit = frame_limit
         self._out = bytearray(out)
         self._unused = b""
+        if header_exchanged:
+            self._header_seen = _HEADER_LENGTH
+            self._enter(after_header)
 
     # -- driving --------------------------------------------------------------------------------
-
-    @property
-    def finished(self) -> bool:
-        return self.state in _FINISHED
 
     @property
     def bytes_wanted(self) -> int:
         """How many bytes to read next without reading past the negotiation (0 when finished).
 
         The header is a fixed message: its length byte first (so a wrong one is refused at once),
-        then the rest. After it, what the frame decoder needs.
+        then the rest plus the first byte of the next message, which always follows the header
+        (the dialer's proposal, the listener's answer), so one read is saved. After it, what the
+        frame decoder needs.
         """
         if self.finished:
             return 0
-        if self.state is NegotiationState.HEADER:
-            return 1 if self._header_seen == 0 else len(HEADER_MESSAGE) - self._header_seen
+        seen = self._header_seen
+        if seen < _HEADER_LENGTH:
+            return 1 if seen == 0 else _HEADER_LENGTH - seen + 1
         return self._decoder.wanted
 
     def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -311,21 +329,24 @@ class Negotiator:
     def receive_data(self, data: Bytes) -> list[NegotiationEvent]:
         if self.finished:
             raise RuntimeError(f"negotiation already {self.state.value}")
+        if type(data) is not bytes:
+            data = bytes(data)
         events: list[NegotiationEvent] = []
         try:
-            data = bytes(data)
-            if self.state is NegotiationState.HEADER:
+            if self._header_seen < _HEADER_LENGTH:
                 used = self._match_header(data)
+                if used == len(data):
+                    return events
                 data = data[used:]
-            if not self.finished and self.state is not NegotiationState.HEADER:
-                self._decoder.feed(data)
-                while not self.finished:
-                    frame = self._decoder.next_frame(self._frame_limit())
-                    if frame is None:
-                        break
-                    self._on_message(frame, events)
-                if self.finished and self.state is not NegotiationState.FAILED:
-                    self._unused = self._decoder.take_buffered()
+            decoder = self._decoder
+            decoder.feed(data)
+            limit = self._frame_limit
+            while (frame := decoder.next_frame(limit)) is not None:
+                self._on_message(frame, events)
+                if self.finished:
+                    if decoder.buffered:
+                        self._unused = decoder.take_buffered()
+                    break
         except P2PError:
             self._enter(NegotiationState.FAILED)
             raise
@@ -337,20 +358,18 @@ class Negotiator:
         if state is not self.state and state not in _TRANSITIONS[self.state]:
             raise RuntimeError(f"multistream: no transition from {self.state} to {state}")
         self.state = state
+        self.finished = state in _FINISHED
 
     def _send(self, message: bytes) -> None:
         self._out += message
-
-    def _frame_limit(self) -> int:
-        return MAX_MESSAGE_LENGTH
 
     def _on_message(self, frame: bytes, events: list[NegotiationEvent]) -> None:
         raise NotImplementedError
 
     def _match_header(self, data: bytes) -> int:
         seen = self._header_seen
-        take = min(len(data), len(HEADER_MESSAGE) - seen)
-        if data[:take] != HEADER_MESSAGE[seen : seen + take]:
+        take = min(len(data), _HEADER_LENGTH - seen)
+        if not HEADER_MESSAGE.startswith(data[:take] if take < len(data) else data, seen):
             if seen == 0:
                 raise NegotiationError(
                     f"expected multistream header {MULTISTREAM_PROTOCOL_ID!r}, "
@@ -360,8 +379,9 @@ class Negotiator:
             raise NegotiationError(
                 f"expected multistream header {MULTISTREAM_PROTOCOL_ID!r}, got {_show(got)}"
             )
-        self._header_seen = seen + take
-        if self._header_seen == len(HEADER_MESSAGE):
+        seen += take
+        self._header_seen = seen
+        if seen == _HEADER_LENGTH:
             self._enter(self._after_header)
         return take
 
@@ -379,11 +399,8 @@ class MultistreamDialer(Negotiator):
         self.protocols = _proposals(protocols)
         self._index = 0
         first = encode_message(self.protocols[0])
-        super().__init__(
-            NegotiationState.ANSWER, first if header_exchanged else HEADER_MESSAGE + first
-        )
-        if header_exchanged:
-            self._enter(NegotiationState.ANSWER)
+        out = first if header_exchanged else HEADER_MESSAGE + first
+        super().__init__(NegotiationState.ANSWER, out, header_exchanged=header_exchanged)
 
     def _on_message(self, frame: bytes, events: list[NegotiationEvent]) -> None:
         payload = _strip_newline(frame)
@@ -412,10 +429,11 @@ class ProtocolLister(Negotiator):
     """
 
     def __init__(self) -> None:
-        super().__init__(NegotiationState.LS_ANSWER, HEADER_MESSAGE + LS_MESSAGE)
-
-    def _frame_limit(self) -> int:
-        return MAX_LS_REPLY_LENGTH
+        super().__init__(
+            NegotiationState.LS_ANSWER,
+            HEADER_MESSAGE + LS_MESSAGE,
+            frame_limit=MAX_LS_REPLY_LENGTH,
+        )
 
     def _on_message(self, frame: bytes, events: list[NegotiationEvent]) -> None:
         payload = _strip_newline(frame)
@@ -458,7 +476,7 @@ class MultistreamListener(Negotiator):
         if text == LS:
             self._send(encode_ls_reply(self._listing))
         elif text not in _RESERVED and self._accepts(text):
-            self._send(encode_length_prefixed(frame))
+            self._send(_encode_cached(text))
             logger.debug("accepted %r", text)
             self._enter(NegotiationState.AGREED)
             events.append(ProtocolAgreed(text))
@@ -487,21 +505,22 @@ def _proposals(protocols: Sequence[str]) -> list[str]:
 
 async def _drive(conn: ReadWriter, neg: Negotiator, timeout: float, what: str) -> NegotiationEvent:
     """Write what ``neg`` queued, read exactly what it wants, until it agrees or lists."""
+    write = conn.write
+    readexactly = conn.readexactly
     try:
         async with asyncio.timeout(timeout):
             if out := neg.data_to_send():
-                await conn.write(out)
+                await write(out)
             while True:
-                data = await conn.readexactly(neg.bytes_wanted)
+                data = await readexactly(neg.bytes_wanted)
                 try:
                     events = neg.receive_data(data)
                 finally:
                     # what was queued before a failure (the listener's last ``na``) still goes out
                     if out := neg.data_to_send():
-                        await conn.write(out)
-                for event in events:
-                    if not isinstance(event, ProtocolRefused):
-                        return event
+                        await write(out)
+                if neg.finished:
+                    return events[-1]
     except TimeoutError as exc:
         raise NegotiationError(f"multistream {what} timed out after {timeout:g} s") from exc
 
