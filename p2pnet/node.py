@@ -68,10 +68,10 @@ class Node:
         self.host = Host(
             self.key, host_config, transports=transports, security=security, clock=self.clock
         )
-        self.identify = IdentifyService(self.host)
+        self.identify_service = IdentifyService(self.host)
         self.ping_service = PingService(self.host)
         self.dht: KadDHT | None = (
-            KadDHT(self.host, self.identify, cfg.kad) if cfg.enable_dht else None
+            KadDHT(self.host, self.identify_service, cfg.kad) if cfg.enable_dht else None
         )
         self.pubsub: Pubsub | None = None
         if cfg.enable_pubsub:
@@ -81,7 +81,7 @@ class Node:
         self._known: set[PeerID] = set()
         self.host.on_connected(self._on_connected)
         self.host.on_disconnected(self._on_disconnected)
-        self.identify.on_identified(self._on_identified)
+        self.identify_service.on_identified(self._on_identified)
         self._started = False
         self._closed = False
 
@@ -174,7 +174,14 @@ class Node:
         return (await self.ping_service.ping(peer))[0]
 
     async def wait_identified(self, peer: PeerID, timeout: float = 10.0) -> None:
-        await self.identify.wait_identified(peer, timeout)
+        await self.identify_service.wait_identified(peer, timeout)
+
+    async def identify(self, peer: PeerID) -> IdentifyInfo:
+        """Run identify with ``peer`` again (connecting if needed): what it says about itself now.
+
+        The answer also updates the peer store, as the identify on every new connection does.
+        """
+        return await self.identify_service.identify(peer)
 
     # -- DHT ------------------------------------------------------------------------------------
 
