@@ -61,7 +61,7 @@ class Host:
         self.clock = clock
         self.peer_id = PeerID.from_public_key(key.public_key)
         self.config = config or HostConfig()
-        self.peerstore = peerstore or PeerStore()
+        self.peerstore = peerstore or PeerStore(clock=clock.monotonic)
         self.peerstore.add_pubkey(self.peer_id, key.public_key)
         self.transports: list[Transport] = list(transports or [TcpTransport()])
         self.security: list[SecurityTransport] = list(security or [NoiseSecurity()])

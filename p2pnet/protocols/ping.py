@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 
 from p2pnet.errors import ProtocolError
 from p2pnet.host.host import Host
@@ -63,12 +62,13 @@ class PingService:
             stream = await self.host.new_stream(peer, [PROTOCOL_ID])
             async with stream:
                 rtts = []
+                now = self.host.clock.monotonic
                 for _ in range(count):
                     payload = os.urandom(PING_SIZE)
-                    start = time.perf_counter()
+                    start = now()
                     await stream.write(payload)
                     echo = await stream.readexactly(PING_SIZE)
-                    rtts.append(time.perf_counter() - start)
+                    rtts.append(now() - start)
                     if echo != payload:
                         raise ProtocolError(f"ping reply from {peer} does not match what we sent")
                     self.host.peerstore.record_latency(peer, rtts[-1])

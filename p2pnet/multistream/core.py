@@ -1,48 +1,13 @@
-"""multistream-select 1.0: agree on the protocol spoken over a connection or stream.
+"""multistream-select 1.0, the sans-IO core: message encoding and the negotiation state machines.
 
-Spec: https://github.com/multiformats/multistream-select (and libp2p specs connections/).
-
-Every message is ``uvarint(len(text) + 1) || UTF-8 text || "\\n"``. Both sides start with the
-header ``/multistream/1.0.0``; the dialer then proposes protocol ids one at a time and the listener
-answers each with the same id (accepted) or ``na`` (refused). The dialer may also send ``ls``; the
-listener then answers with the protocols it supports.
-
-Layout:
-
-* the sans-IO core: :class:`MultistreamDialer`, :class:`MultistreamListener` and
-  :class:`ProtocolLister`, state machines fed with :meth:`~Negotiator.receive_data` that return
-  events (:class:`ProtocolAgreed`, :class:`ProtocolRefused`, :class:`ProtocolsListed`) and queue
-  bytes for :meth:`~Negotiator.data_to_send`. Every decision (the dialer's fallback through
-  ``na``, the pipelined header + first proposal, the listener's limits and ``ls``) is made there.
-  Messages are framed by :class:`~p2pnet.wire.framing.FrameDecoder`, the one varint framing
-  implementation of p2pnet.
-* the asyncio adapters :func:`negotiate_outbound`, :func:`negotiate_inbound` and
-  :func:`list_protocols` only move bytes: they write what the core queued and read exactly
-  :attr:`~Negotiator.bytes_wanted` bytes, so they never consume a byte past the negotiation
-  (application data the remote sends in the same segment as its last negotiation message stays in
-  ``conn`` for the protocol handler), and bound the whole negotiation with a timeout.
-
-Limits (checked against go-multistream ``lpReadBuf`` and js ``@libp2p/multistream-select``):
-
-* :data:`MAX_MESSAGE_LENGTH` = 1024: the largest accepted length prefix, newline included. go
-  refuses ``length > 1024`` and js uses ``maxDataLength: 1024``, so a protocol id may have at most
-  1023 UTF-8 bytes. We neither send nor accept anything the reference stacks would refuse.
-* :data:`MAX_LS_REPLY_LENGTH` = 16383 and :data:`MAX_LS_PROTOCOLS` = 1000: the bounds of an ``ls``
-  answer (rust-libp2p caps frames at a 2-byte length prefix, i.e. 16383, and answers at 1000
-  protocols); an ``ls`` answer is a list and so may exceed the per-message limit.
-* :data:`MAX_NEGOTIATION_ATTEMPTS` = 32: how many proposals (and ``ls`` requests) a listener answers
-  before it gives up. Real dialers propose one to four ids (gossipsub: meshsub 1.2/1.1/1.0 and
-  floodsub), so 32 leaves room while stopping a peer that streams ``na``-bait at us.
-
-``ls`` answers use the layout of js-libp2p and rust-libp2p: one outer message whose body is, per
-protocol, ``uvarint(len(id) + 1) || id || "\\n"``, followed by the outer ``"\\n"``. (go-multistream
-dropped ``ls`` and answers it with ``na``; :func:`list_protocols` reports that as
-:class:`~p2pnet.errors.ProtocolNotSupported`.)
+No I/O, no clock: :class:`MultistreamDialer`, :class:`MultistreamListener` and
+:class:`ProtocolLister` take bytes (:meth:`Negotiator.receive_data`), return events and queue
+bytes (:meth:`Negotiator.data_to_send`). The limits and the wire layout are described in
+:mod:`p2pnet.multistream`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -56,11 +21,10 @@ from p2pnet.errors import (
     ProtocolError,
     ProtocolNotSupported,
 )
-from p2pnet.io import Bytes, ReadWriter
+from p2pnet.io import Bytes
 from p2pnet.wire.framing import FrameDecoder, encode_length_prefixed
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "LS",
     "MAX_LS_PROTOCOLS",
     "MAX_LS_REPLY_LENGTH",
@@ -84,9 +48,6 @@ __all__ = [
     "encode_ls_reply",
     "encode_message",
     "encode_messages",
-    "list_protocols",
-    "negotiate_inbound",
-    "negotiate_outbound",
 ]
 
 logger = logging.getLogger("p2pnet.multistream")
@@ -105,8 +66,6 @@ MAX_LS_REPLY_LENGTH: Final = (1 << 14) - 1
 MAX_LS_PROTOCOLS: Final = 1000
 #: Proposals plus ``ls`` requests a listener answers before giving up.
 MAX_NEGOTIATION_ATTEMPTS: Final = 32
-#: Default bound, in seconds, on one whole negotiation.
-DEFAULT_TIMEOUT: Final = 10.0
 
 _NEWLINE: Final = 0x0A
 _RESERVED: Final = frozenset((MULTISTREAM_PROTOCOL_ID, NA, LS))
@@ -497,80 +456,3 @@ def _proposals(protocols: Sequence[str]) -> list[str]:
             raise ValueError(f"{proto!r} is a multistream keyword, not a protocol id")
         encode_message(proto)  # raises ValueError if it cannot be sent
     return protos
-
-
-# ---------------------------------------------------------------------------------------------
-# asyncio adapters
-
-
-async def _drive(conn: ReadWriter, neg: Negotiator, timeout: float, what: str) -> NegotiationEvent:
-    """Write what ``neg`` queued, read exactly what it wants, until it agrees or lists."""
-    write = conn.write
-    readexactly = conn.readexactly
-    try:
-        async with asyncio.timeout(timeout):
-            if out := neg.data_to_send():
-                await write(out)
-            while True:
-                data = await readexactly(neg.bytes_wanted)
-                try:
-                    events = neg.receive_data(data)
-                finally:
-                    # what was queued before a failure (the listener's last ``na``) still goes out
-                    if out := neg.data_to_send():
-                        await write(out)
-                if neg.finished:
-                    return events[-1]
-    except TimeoutError as exc:
-        raise NegotiationError(f"multistream {what} timed out after {timeout:g} s") from exc
-
-
-async def negotiate_outbound(
-    conn: ReadWriter,
-    protocols: Sequence[str],
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-    header_exchanged: bool = False,
-) -> str:
-    """Dialer side: propose ``protocols`` in order and return the first one the listener accepts.
-
-    See :class:`MultistreamDialer`. Raises :class:`ProtocolNotSupported` if every protocol was
-    refused, :class:`NegotiationError` if the listener answers something else than the header /
-    the echo / ``na`` or the whole negotiation takes longer than ``timeout`` seconds,
-    :class:`ProtocolError` on malformed messages, :class:`~p2pnet.errors.IncompleteRead` if the
-    connection closes midway, and :class:`ValueError` for an unusable ``protocols`` argument.
-    """
-    neg = MultistreamDialer(protocols, header_exchanged=header_exchanged)
-    event = await _drive(conn, neg, timeout, "dial negotiation")
-    assert isinstance(event, ProtocolAgreed)
-    return event.protocol
-
-
-async def list_protocols(conn: ReadWriter, *, timeout: float = DEFAULT_TIMEOUT) -> list[str]:
-    """Dialer-side ``ls`` (see :class:`ProtocolLister`): the listener's protocol list.
-
-    Afterwards propose with ``negotiate_outbound(conn, protos, header_exchanged=True)`` or close
-    ``conn``.
-    """
-    event = await _drive(conn, ProtocolLister(), timeout, "ls")
-    assert isinstance(event, ProtocolsListed)
-    return event.protocols
-
-
-async def negotiate_inbound(
-    conn: ReadWriter,
-    supported: Supported,
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-    max_attempts: int = MAX_NEGOTIATION_ATTEMPTS,
-) -> str:
-    """Listener side: answer the dialer's proposals and return the protocol agreed on.
-
-    See :class:`MultistreamListener`. Raises :class:`NegotiationError` (wrong header, too many
-    attempts, timeout), :class:`ProtocolError` on malformed messages,
-    :class:`~p2pnet.errors.IncompleteRead` if the dialer closes midway.
-    """
-    neg = MultistreamListener(supported, max_attempts=max_attempts)
-    event = await _drive(conn, neg, timeout, "listen negotiation")
-    assert isinstance(event, ProtocolAgreed)
-    return event.protocol
