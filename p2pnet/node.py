@@ -93,6 +93,8 @@ class Node:
         self._started = True
         try:
             await self.host.start()
+            await self.identify_service.start()
+            await self.ping_service.start()
             if self.dht is not None:
                 await self.dht.start()
             if self.pubsub is not None:
@@ -115,6 +117,8 @@ class Node:
         # The host goes first: services removing their handlers afterwards then announce
         # nothing (no identify push) to peers we are leaving anyway.
         await self.host.close()
+        await self.ping_service.close()
+        await self.identify_service.close()
         if self.pubsub is not None:
             await self.pubsub.close()
         if self.dht is not None:

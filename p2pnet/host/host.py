@@ -19,6 +19,7 @@ from multiaddr import Multiaddr
 from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import DialError, NegotiationError, P2PError
+from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.upgrader import Upgraded, upgrade
@@ -71,9 +72,8 @@ class Host:
         self._pending_dials: dict[PeerID, asyncio.Future[Connection]] = {}
         self._listeners: list[Listener] = []
         self._tasks = TaskOwner(f"host {self.peer_id}")
-        self._on_connected: list[ConnectionListener] = []
-        self._on_disconnected: list[ConnectionListener] = []
-        self._on_protocols_changed: list[Callable[[], None]] = []
+        #: Typed events for services: ConnectionOpened, ConnectionEnded, ProtocolsChanged, ...
+        self.bus = ServiceBus()
         self._started = False
         self._closed = False
 
@@ -148,20 +148,22 @@ class Host:
     def protocols(self) -> list[str]:
         return sorted(self._handlers)
 
-    def on_protocols_changed(self, callback: Callable[[], None]) -> None:
-        self._on_protocols_changed.append(callback)
-
     def _protocols_changed(self) -> None:
-        for cb in self._on_protocols_changed:
-            cb()
+        self.bus.emit(ProtocolsChanged(tuple(self.protocols)))
 
-    # -- connection events --------------------------------------------------------------------
+    # -- connection events: shorthands for subscribing on the bus ------------------------------
 
-    def on_connected(self, callback: ConnectionListener) -> None:
-        self._on_connected.append(callback)
+    def on_protocols_changed(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Subscribe to :class:`ProtocolsChanged`; returns the unsubscribe function."""
+        return self.bus.subscribe(ProtocolsChanged, lambda _: callback())
 
-    def on_disconnected(self, callback: ConnectionListener) -> None:
-        self._on_disconnected.append(callback)
+    def on_connected(self, callback: ConnectionListener) -> Callable[[], None]:
+        """Subscribe to :class:`ConnectionOpened`; returns the unsubscribe function."""
+        return self.bus.subscribe(ConnectionOpened, lambda e: callback(e.connection))
+
+    def on_disconnected(self, callback: ConnectionListener) -> Callable[[], None]:
+        """Subscribe to :class:`ConnectionEnded`; returns the unsubscribe function."""
+        return self.bus.subscribe(ConnectionEnded, lambda e: callback(e.connection))
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a background task owned by the host (cancelled and awaited on close)."""
@@ -315,11 +317,7 @@ class Host:
             self.peerstore.add_addrs(peer, [conn.remote_addr], CONNECTED_ADDR_TTL)
         log.debug("connected %r", conn)
         self._tasks.spawn(self._watch(conn), name=f"watch {peer}")
-        for cb in self._on_connected:
-            try:
-                cb(conn)
-            except Exception:
-                log.exception("connected callback failed")
+        self.bus.emit(ConnectionOpened(conn))
 
     async def _watch(self, conn: Connection) -> None:
         try:
@@ -334,11 +332,7 @@ class Host:
                 # Addresses of a peer we no longer reach expire like go's (15 min), not never.
                 self.peerstore.update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL)
             log.debug("disconnected %r", conn)
-            for cb in self._on_disconnected:
-                try:
-                    cb(conn)
-                except Exception:
-                    log.exception("disconnected callback failed")
+            self.bus.emit(ConnectionEnded(conn))
 
     def connection_of(self, stream: Stream) -> Connection:
         """The host connection a stream belongs to (``stream.conn``, typed as a Connection)."""

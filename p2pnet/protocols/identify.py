@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from p2pnet.errors import P2PError
+from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, PeerIdentified, ProtocolsChanged
 from p2pnet.host.connection import Connection
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
@@ -43,20 +44,46 @@ class IdentifyService:
         self.timeout = timeout
         self._identified: dict[PeerID, asyncio.Event] = {}
         self._push_pending = False
-        self._listeners: list[Callable[[IdentifyInfo], None]] = []
         self._record: tuple[tuple[bytes, ...], bytes] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._attach()  # working from construction; start() is for a service closed before
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _attach(self) -> None:
+        if self._unsubscribe:
+            return
+        host = self.host
         host.set_stream_handler(PROTOCOL_ID, self._handle_identify)
         host.set_stream_handler(PUSH_PROTOCOL_ID, self._handle_push)
-        host.on_connected(self._on_connected)
-        host.on_disconnected(self._on_disconnected)
-        host.on_protocols_changed(self._schedule_push)
+        bus = host.bus
+        self._unsubscribe = [
+            bus.subscribe(ConnectionOpened, lambda e: self._on_connected(e.connection)),
+            bus.subscribe(ConnectionEnded, lambda e: self._on_disconnected(e.connection)),
+            bus.subscribe(ProtocolsChanged, lambda _: self._schedule_push()),
+        ]
 
-    def on_identified(self, callback: Callable[[IdentifyInfo], None]) -> None:
+    async def start(self) -> None:
+        """Serve identify and identify new connections (already so after construction)."""
+        self._attach()
+
+    async def close(self) -> None:
+        """Stop: no more identify of new connections, no handlers, no pushes."""
+        unsubscribe, self._unsubscribe = self._unsubscribe, []
+        for stop in unsubscribe:
+            stop()
+        if unsubscribe:
+            self.host.remove_stream_handler(PROTOCOL_ID)
+            self.host.remove_stream_handler(PUSH_PROTOCOL_ID)
+
+    def on_identified(self, callback: Callable[[IdentifyInfo], None]) -> Callable[[], None]:
         """Call ``callback`` after every identify or push from a peer has been applied.
 
-        For a push, ``info`` holds only the fields the push carried.
+        A shorthand for subscribing to :class:`~p2pnet.host.bus.PeerIdentified` on the host's
+        bus; returns the unsubscribe function. For a push, ``info`` holds only the fields the
+        push carried.
         """
-        self._listeners.append(callback)
+        return self.host.bus.subscribe(PeerIdentified, lambda e: callback(e.info))
 
     # -- our side ------------------------------------------------------------------------------
 
@@ -127,11 +154,7 @@ class IdentifyService:
         apply_identify(self.host.peerstore, info)
         self._identified.setdefault(info.peer, asyncio.Event()).set()
         log.debug("identified %s: %s", info.peer, info)
-        for cb in self._listeners:
-            try:
-                cb(info)
-            except Exception:
-                log.exception("identify listener failed")
+        self.host.bus.emit(PeerIdentified(info))
         return info
 
     async def wait_identified(self, peer: PeerID, timeout: float = 10.0) -> None:

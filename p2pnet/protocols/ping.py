@@ -26,7 +26,23 @@ class PingService:
         self.host = host
         self.timeout = timeout
         self._inbound: dict[PeerID, int] = {}
-        host.set_stream_handler(PROTOCOL_ID, self._handle)
+        self._serving = False
+        self._attach()  # answering from construction; start() is for a service closed before
+
+    def _attach(self) -> None:
+        if not self._serving:
+            self._serving = True
+            self.host.set_stream_handler(PROTOCOL_ID, self._handle)
+
+    async def start(self) -> None:
+        """Answer pings (already so after construction)."""
+        self._attach()
+
+    async def close(self) -> None:
+        """Stop answering pings (our own pings still work while connected)."""
+        if self._serving:
+            self._serving = False
+            self.host.remove_stream_handler(PROTOCOL_ID)
 
     async def _handle(self, stream: Stream) -> None:
         peer = stream.conn.remote_peer
