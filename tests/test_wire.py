@@ -113,3 +113,33 @@ async def test_chunk_reader_keeps_leftovers() -> None:
     assert await b.read() == b""
     with pytest.raises(IncompleteRead):
         await b.readexactly(1)
+
+
+def test_frame_decoder_refuses_an_oversized_prefix_before_it_ends() -> None:
+    # limit 1000: after two continuation bytes the length is at least 2**14, too large already
+    dec = FrameDecoder(max_length=1000)
+    dec.feed(b"\x80")
+    assert dec.next_frame() is None and dec.wanted == 1
+    dec.feed(b"\x80")
+    with pytest.raises(MessageTooLarge):
+        dec.next_frame()
+
+
+def test_frame_decoder_wanted_never_reaches_past_the_frame() -> None:
+    frame = encode_length_prefixed(b"x" * 300) + b"NEXT"
+    dec = FrameDecoder()
+    pos = 0
+    while (got := dec.next_frame()) is None:
+        n = dec.wanted
+        dec.feed(frame[pos : pos + n])
+        pos += n
+    assert got == b"x" * 300
+    assert frame[pos:] == b"NEXT" and dec.buffered == 0
+
+
+@pytest.mark.parametrize("data", [b"\x80\x00", b"\xff" * 9 + b"\x01"])
+def test_frame_decoder_refuses_bad_varints(data: bytes) -> None:
+    dec = FrameDecoder(max_length=1 << 62)
+    dec.feed(data)
+    with pytest.raises(ProtocolError):
+        dec.next_frame()
