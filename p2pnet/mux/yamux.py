@@ -495,13 +495,19 @@ class YamuxSession:
         frame_max = self.config.max_frame_payload
         pos = 0
         out = self._out
+        view: memoryview | None = None
         while pos < total and self._out_size < high_water:
             take = min(st.send_window, frame_max, total - pos)
             if take <= 0:
                 break
             st.send_window -= take
             out.append(_pack_header(VERSION, TYPE_DATA, self._flags_for(st), stream_id, take))
-            out.append(data if take == total else data[pos : pos + take])
+            if take == total:
+                out.append(data)
+            else:
+                if view is None:
+                    view = memoryview(data)  # slices of a view share the buffer: no copy
+                out.append(view[pos : pos + take])
             self._out_size += HEADER_SIZE + take
             pos += take
         return pos
