@@ -17,7 +17,7 @@ from multiaddr import Multiaddr
 from p2pnet.config import NodeConfig
 from p2pnet.crypto.eth import eth_address
 from p2pnet.crypto.keys import KeyType
-from p2pnet.errors import P2PError
+from p2pnet.errors import NodeError, P2PError
 from p2pnet.events import (
     EventBus,
     EventStream,
@@ -42,10 +42,6 @@ from p2pnet.tasks import TaskOwner
 from p2pnet.transport.base import Transport
 
 log = logging.getLogger("p2pnet.node")
-
-
-class NodeError(P2PError):
-    """A node-level operation failed (not started, a service disabled, ...)."""
 
 
 class Node:

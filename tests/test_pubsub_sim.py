@@ -170,7 +170,7 @@ def test_rejecting_validator_penalises_the_sender() -> None:
         return ValidationResult.REJECT if data.startswith(b"spam") else ValidationResult.ACCEPT
 
     net.nodes[1].validators[T] = no_spam
-    net.nodes[1].router.validated_topics.add(T)
+    net.nodes[1].router.set_validated(T, True)
     net.publish(0, T, b"spam 1")
     net.publish(0, T, b"ham")
     net.run(0.5)

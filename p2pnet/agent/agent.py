@@ -53,7 +53,7 @@ from p2pnet.config import (
 )
 from p2pnet.crypto.eth import eth_address, is_eth_address, to_checksum_address
 from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.errors import CryptoError, P2PError
+from p2pnet.errors import CryptoError, MessageTooLargeError, NoPeersError, P2PError
 from p2pnet.events import EventBus, EventStream
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.errors import KadError
@@ -340,7 +340,7 @@ class Agent:
             if len(self.dht.routing_table) == 0:
                 raise DhtLookupFailed("no DHT server known to ask (routing table empty)") from exc
             raise PeerNotFound(f"{peer} is not in the DHT") from exc
-        except KadError as exc:
+        except (KadError, NoPeersError) as exc:
             raise DhtLookupFailed(f"looking up {peer} failed: {exc}") from exc
 
     async def broadcast(self, data: Any, topic: str = MESSAGES_TOPIC) -> None:
@@ -355,7 +355,7 @@ class Agent:
         self._join(topic)
         try:
             await self.pubsub.publish(topic, envelope)
-        except PubsubError as exc:
+        except (PubsubError, MessageTooLargeError, NoPeersError) as exc:
             raise SendFailed(f"publishing on {topic!r} failed: {exc}") from exc
         self.messages_out += 1
 
@@ -380,7 +380,7 @@ class Agent:
         if topic not in AGENT_TOPICS:
             try:
                 await self.node.provide(topic_key(topic))
-            except (KadError, ValueError) as exc:
+            except (KadError, NoPeersError, ValueError) as exc:
                 log.info("%s: cannot announce %r in the DHT yet: %s", self.name, topic, exc)
         await self._announce("subscribe", topic=topic)
 
@@ -396,7 +396,7 @@ class Agent:
                 found[info.peer] = AgentDiscovered(
                     info.peer, _eth_of(info.peer), list(info.addrs), [topic]
                 )
-        except KadError as exc:
+        except (KadError, NoPeersError) as exc:
             dht_error = exc
         store = self.node.host.peerstore
         for peer in self.pubsub.topic_peers(topic):
@@ -501,13 +501,13 @@ class Agent:
         envelope = seal(self.node.key, "announce", data, topic=ANNOUNCEMENTS_TOPIC)
         try:
             await self.pubsub.publish(ANNOUNCEMENTS_TOPIC, envelope)
-        except PubsubError as exc:
+        except (PubsubError, MessageTooLargeError, NoPeersError) as exc:
             log.debug("%s: announcement %s not sent: %s", self.name, event, exc)
 
     async def _publish_presence(self) -> None:
         try:
             stored = await self.presence.publish()
-        except (KadError, ValueError) as exc:
+        except (KadError, NoPeersError, ValueError) as exc:
             log.info("%s: presence not published yet: %s", self.name, exc)
             return
         log.info("%s: presence stored on %d DHT peers", self.name, stored)
@@ -529,7 +529,7 @@ class Agent:
         envelope = seal(self.node.key, "status", self.status(), topic=STATUS_TOPIC)
         try:
             await self.pubsub.publish(STATUS_TOPIC, envelope)
-        except PubsubError as exc:
+        except (PubsubError, MessageTooLargeError, NoPeersError) as exc:
             log.debug("%s: status not sent: %s", self.name, exc)
 
     async def _maintenance(self) -> None:

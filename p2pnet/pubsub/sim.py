@@ -137,7 +137,7 @@ class SimNetwork:
 
     def publish(self, i: int, topic: str, data: bytes) -> bytes:
         node = self.nodes[i]
-        msg_id = node.router.publish(topic, data, self.now)
+        msg_id = node.router.publish(topic, data, self.now).message_id
         self._flush(node)
         return msg_id
 
