@@ -15,7 +15,6 @@ import dataclasses
 import errno
 import hashlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -183,9 +182,14 @@ class Agent:
         self.dht = self.node.dht
         self.pubsub = self.node.pubsub
         self.eth_address: str = eth_address(self.node.peer_id)
-        self.presence = Presence(self.node.host, self.dht)
+        self.clock = self.node.clock
+        self.presence = Presence(self.node.host, self.dht, self.clock)
         self.messaging = DirectMessaging(
-            self.node.host, self.eth_address, self._deliver_direct, timeout=cfg.message_timeout
+            self.node.host,
+            self.eth_address,
+            self._deliver_direct,
+            clock=self.clock,
+            timeout=cfg.message_timeout,
         )
         self._events: EventBus[AgentEvent] = EventBus()
         self._tasks = TaskOwner(f"agent {cfg.name or self.node.peer_id}")
@@ -227,9 +231,10 @@ class Agent:
         if self._started:
             return
         self._started = True
-        self._started_at = time.monotonic()
+        self._started_at = self.clock.monotonic()
         try:
             await self._start_node()
+            await self.messaging.start()
             for topic in AGENT_TOPICS:
                 self._join(topic)
             peers = self.config.bootstrap_peers
@@ -274,6 +279,7 @@ class Agent:
             except (TimeoutError, P2PError) as exc:
                 log.debug("leave announcement failed: %s", exc)
         await self._tasks.close()
+        await self.messaging.close()
         await self.node.close()
         self._events.close()
 
@@ -294,6 +300,20 @@ class Agent:
         return self._events.subscribe()
 
     # -- sending --------------------------------------------------------------------------------
+
+    def _seal(
+        self, kind: str, data: Any, *, to: str | None = None, topic: str | None = None
+    ) -> bytes:
+        """An envelope signed now (the node's wall clock) with a nonce from the node's RNG."""
+        return seal(
+            self.node.key,
+            kind,
+            data,
+            now=self.clock.time(),
+            nonce=self.node.rng.randbytes(8),
+            to=to,
+            topic=topic,
+        )
 
     async def resolve(self, address: str) -> PeerID:
         """PeerID of the agent with ETH ``address``, by a DHT query; its addresses are noted."""
@@ -322,7 +342,7 @@ class Agent:
         if peer == self.peer_id:
             raise InvalidFields("cannot send a message to ourselves")
         try:
-            envelope = seal(self.node.key, "direct", data, to=address)
+            envelope = self._seal("direct", data, to=address)
         except (TypeError, ValueError) as exc:
             raise InvalidFields(f"data cannot be sent: {exc}") from exc
         await self.messaging.send(peer, envelope)
@@ -349,7 +369,7 @@ class Agent:
         if not topic or topic in (ANNOUNCEMENTS_TOPIC, STATUS_TOPIC):
             raise InvalidFields(f"cannot broadcast application data on {topic!r}")
         try:
-            envelope = seal(self.node.key, "broadcast", data, topic=topic)
+            envelope = self._seal("broadcast", data, topic=topic)
         except (TypeError, ValueError) as exc:
             raise InvalidFields(f"data cannot be sent: {exc}") from exc
         self._join(topic)
@@ -419,7 +439,7 @@ class Agent:
 
     def _validate(self, _propagator: PeerID, msg: Message) -> ValidationResult:
         try:
-            env = open_envelope(msg.data)
+            env = open_envelope(msg.data, now=self.clock.time())
             if msg.from_peer != env.peer_id:
                 raise InvalidEnvelope(f"published by {msg.from_peer}, signed for {env.peer_id}")
             if env.topic is not None and env.topic != msg.topic:
@@ -443,7 +463,7 @@ class Agent:
             env = self._verified.pop(msg.id, None)
             if env is None:  # our own messages skip validation; open them for uniformity
                 try:
-                    env = open_envelope(msg.data)
+                    env = open_envelope(msg.data, now=self.clock.time())
                 except InvalidEnvelope:
                     continue
             if env.peer_id == self.peer_id:
@@ -498,7 +518,7 @@ class Agent:
             "topics": sorted(self._app_topics),
             **extra,
         }
-        envelope = seal(self.node.key, "announce", data, topic=ANNOUNCEMENTS_TOPIC)
+        envelope = self._seal("announce", data, topic=ANNOUNCEMENTS_TOPIC)
         try:
             await self.pubsub.publish(ANNOUNCEMENTS_TOPIC, envelope)
         except (PubsubError, MessageTooLargeError, NoPeersError) as exc:
@@ -516,7 +536,7 @@ class Agent:
         return {
             "name": self.name,
             "ethAddress": self.eth_address,
-            "uptime": round(time.monotonic() - self._started_at, 1),
+            "uptime": round(self.clock.monotonic() - self._started_at, 1),
             "peers": len(self.node.peers()),
             "mesh": {t: len(self.pubsub.mesh_peers(t)) for t in sorted(self._subs)},
             "dhtTableSize": len(self.dht.routing_table),
@@ -526,7 +546,7 @@ class Agent:
         }
 
     async def _report_status(self) -> None:
-        envelope = seal(self.node.key, "status", self.status(), topic=STATUS_TOPIC)
+        envelope = self._seal("status", self.status(), topic=STATUS_TOPIC)
         try:
             await self.pubsub.publish(STATUS_TOPIC, envelope)
         except (PubsubError, MessageTooLargeError, NoPeersError) as exc:
@@ -534,12 +554,13 @@ class Agent:
 
     async def _maintenance(self) -> None:
         cfg = self.config
-        next_presence = time.monotonic() + cfg.presence_interval
-        next_status = time.monotonic() + min(cfg.status_interval, 2.0)
+        clock = self.clock
+        next_presence = clock.monotonic() + cfg.presence_interval
+        next_status = clock.monotonic() + min(cfg.status_interval, 2.0)
         # Until the presence record is stored somewhere (no DHT peer yet), retry quickly.
         retry = 1.0
         while True:
-            now = time.monotonic()
+            now = clock.monotonic()
             if self.presence.published_seq == 0 and self.node.peers():
                 await self._publish_presence()
             if now >= next_presence:
@@ -552,4 +573,4 @@ class Agent:
             wake = min(next_presence, next_status)
             if self.presence.published_seq == 0:
                 wake = min(wake, now + retry)
-            await asyncio.sleep(max(0.05, wake - time.monotonic()))
+            await asyncio.sleep(max(0.05, wake - clock.monotonic()))
