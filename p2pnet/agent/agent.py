@@ -65,6 +65,7 @@ from p2pnet.pubsub.gossipsub import Subscription
 from p2pnet.pubsub.messages import Message, ValidationResult
 from p2pnet.pubsub.params import GossipsubConfig
 from p2pnet.pubsub.score import PeerScoreParams, TopicScoreParams
+from p2pnet.service import Lifecycle, ServiceState
 from p2pnet.tasks import TaskOwner
 
 log = logging.getLogger("p2pnet.agent")
@@ -205,8 +206,7 @@ class Agent:
         self.messages_out = 0
         self.rejected = 0
         self._started_at = 0.0
-        self._started = False
-        self._closed = False
+        self._lifecycle = Lifecycle(f"agent {cfg.name}")
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -228,9 +228,10 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._started:
+        if self._lifecycle.closed:
+            raise NotConnected("a closed agent cannot be restarted")
+        if not self._lifecycle.begin_start():
             return
-        self._started = True
         self._started_at = self.clock.monotonic()
         try:
             await self._start_node()
@@ -269,10 +270,10 @@ class Agent:
             raise DialFailed(f"no bootstrap peer could be reached: {exc}") from exc
 
     async def close(self) -> None:
-        if self._closed:
+        previous = self._lifecycle.begin_close()
+        if previous is None:
             return
-        self._closed = True
-        if self._started and self.node.peers():
+        if previous is ServiceState.RUNNING and self.node.peers():
             try:
                 async with asyncio.timeout(2):
                     await self._announce("leave")
@@ -291,7 +292,7 @@ class Agent:
         await self.close()
 
     def _check_running(self) -> None:
-        if not self._started or self._closed:
+        if not self._lifecycle.running:
             raise NotConnected("the agent is not running")
 
     # -- events ---------------------------------------------------------------------------------
