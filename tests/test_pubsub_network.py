@@ -161,7 +161,7 @@ async def test_unsubscribe_prunes_and_ends_iteration(make_node: Factory) -> None
     second = a.subscribe(T)
     b.subscribe(T)
     await until(lambda: ha.peer_id in b.mesh_peers(T))
-    await second.cancel()
+    second.cancel()
     assert T in a.topics()  # one subscription left
     received = []
 
@@ -172,7 +172,7 @@ async def test_unsubscribe_prunes_and_ends_iteration(make_node: Factory) -> None
     task = asyncio.create_task(consume())
     await b.publish(T, b"one")
     await until(lambda: len(received) == 1)
-    await sub_a.cancel()
+    sub_a.cancel()
     await asyncio.wait_for(task, 2)  # the iterator ended
     assert a.topics() == []
     await until(lambda: ha.peer_id not in b.mesh_peers(T), what="PRUNE")
@@ -180,6 +180,9 @@ async def test_unsubscribe_prunes_and_ends_iteration(make_node: Factory) -> None
     assert b.router.backoff_remaining(ha.peer_id, T) > 5  # our unsubscribe backoff (10 s)
     with pytest.raises(StopAsyncIteration):
         await sub_a.get()
+    a.unsubscribe(T)  # idempotent; awaiting it is the deprecated form and still works
+    with pytest.warns(DeprecationWarning, match="synchronous"):
+        await a.unsubscribe(T)
 
 
 async def test_floodsub_and_meshsub_v10_peers(make_node: Factory) -> None:

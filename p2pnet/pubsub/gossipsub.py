@@ -30,6 +30,7 @@ import enum
 import inspect
 import logging
 import random
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
@@ -83,13 +84,18 @@ class _Done:
     """The result of a call that completed synchronously and used to be a coroutine.
 
     ``subscription.cancel()`` and ``pubsub.unsubscribe()`` act at once; awaiting what they
-    return is accepted (and does nothing) so that code written for the coroutine versions keeps
-    working. Deprecated: new code should not await them.
+    return is accepted (and does nothing but warn) so that code written for the coroutine
+    versions keeps working. Deprecated: new code should not await them.
     """
 
     __slots__ = ()
 
     def __await__(self) -> Generator[Any, None, None]:
+        warnings.warn(
+            "cancel() and unsubscribe() are synchronous now: call them without await",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return
         yield  # a generator that finishes at once
 
@@ -295,7 +301,9 @@ class Pubsub:
         """Validate the parameters, register the protocols, start the heartbeat."""
         if self._lifecycle.closed:
             raise NotStartedError("a closed pubsub cannot be restarted")
-        router = GossipsubRouter(
+        if self._lifecycle.running:
+            return
+        router = GossipsubRouter(  # raises InvalidParameters; the service stays startable
             self.host.peer_id,
             self.config,
             self.score_params,
@@ -306,8 +314,7 @@ class Pubsub:
             # repeat the message IDs of its previous run
             seqno_start=int(self.clock.time() * 1e9),
         )
-        if not self._lifecycle.begin_start():
-            return
+        self._lifecycle.begin_start()
         self._router = router
         router.now = self._now()
         router.record_source = self._peer_record
