@@ -142,7 +142,8 @@ async def test_pubsub_through_the_facade() -> None:
     async with Node(NodeConfig(pubsub=fast)) as a, Node(NodeConfig(pubsub=fast)) as b:
         events = b.events()
         sub_a = a.subscribe("news")
-        b.subscribe("news", events=True)
+        sub_b = b.subscribe("news", events=True)
+        assert b.subscribe("news", events=True) is sub_b  # one subscription, one event pump
         await a.connect(b.p2p_addrs()[0])
         async with asyncio.timeout(10):
             while b.peer_id not in a.pubsub.mesh_peers("news"):  # type: ignore[union-attr]
