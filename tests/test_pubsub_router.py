@@ -19,6 +19,7 @@ from p2pnet.pubsub import (
     InvalidParameters,
     InvalidRPC,
     MessageTooLargeError,
+    NoPeersError,
     PeerScoreParams,
     PeerScoreThresholds,
     SignaturePolicy,
@@ -813,6 +814,19 @@ def test_undecodable_rpc_raises_and_the_router_penalises() -> None:
     h.r.report_bad_frame(b, BadFrame.TRUNCATED, 0.0)
     assert h.r.score.breakdown(b, h.now).behaviour_penalty == 0.0
     assert h.r.stats["frame_oversized"] == h.r.stats["frame_truncated"] == 1
+
+
+def test_publish_result_and_zero_peer_policy() -> None:
+    h = Harness(allow_publish_to_zero_peers=False)
+    with pytest.raises(NoPeersError):
+        h.r.publish("elsewhere", b"nobody", 0.0)
+    assert h.r.take_outgoing() == [] and len(h.r.seen) == 0
+    h.r.join(T, 0.0)  # our own subscription receives it (emit_self): not nobody
+    assert h.r.publish(T, b"self only", 0.0).peers == 0
+    a, b = h.add(2)
+    result = h.r.publish(T, b"two", 0.0)
+    assert result.recipients == {a, b} and result.peers == 2
+    assert set(h.sent()) == {a, b}
 
 
 def test_validator_failures_are_ignored_without_penalty() -> None:

@@ -38,7 +38,7 @@ from typing import Any
 from multiaddr import Multiaddr
 
 from p2pnet.clock import SYSTEM_CLOCK, Clock
-from p2pnet.errors import MessageTooLargeError, NoPeersError, P2PError, ProtocolNotSupported
+from p2pnet.errors import MessageTooLargeError, P2PError, ProtocolNotSupported
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
 from p2pnet.mux.yamux_connection import YamuxStream
@@ -422,18 +422,7 @@ class Pubsub:
         MessageTooLargeError, and NoPeersError instead of sending to nobody when
         ``allow_publish_to_zero_peers`` is off.
         """
-        router = self.router
-        if len(data) >= self.config.max_message_size:
-            raise MessageTooLargeError(
-                f"{len(data)} bytes of data exceed max_message_size {self.config.max_message_size}"
-            )
-        if (
-            not self.config.allow_publish_to_zero_peers
-            and not router.publish_targets(topic)
-            and not (self.config.emit_self and topic in router.subscriptions)
-        ):
-            raise NoPeersError(f"no peer to publish to in {topic!r}")
-        result = router.publish(topic, bytes(data), self._now())
+        result = self.router.publish(topic, bytes(data), self._now())
         self._pump()
         return result
 

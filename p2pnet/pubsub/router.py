@@ -41,6 +41,7 @@ from p2pnet.pubsub.errors import (
     InvalidParameters,
     InvalidRPC,
     MessageTooLargeError,
+    NoPeersError,
 )
 from p2pnet.pubsub.mcache import MessageCache, TimeCache
 from p2pnet.pubsub.messages import (
@@ -477,9 +478,17 @@ class GossipsubRouter:
             self._add_backoff(p, topic, self.config.unsubscribe_backoff)
 
     def publish(self, topic: str, data: bytes, now: float) -> PublishResult:
-        """Sign (per policy) and send a new message: its ID and the peers it went to."""
+        """Sign (per policy) and send a new message: its ID and the peers it went to.
+
+        Raises MessageTooLargeError (checked before signing, and again on the built message),
+        and NoPeersError when ``allow_publish_to_zero_peers`` is off and nobody would get it.
+        """
         self.now = now
         cfg = self.config
+        if len(data) >= cfg.max_message_size:
+            raise MessageTooLargeError(
+                f"{len(data)} bytes of data exceed max_message_size {cfg.max_message_size}"
+            )
         msg = build_message(
             topic,
             data,
@@ -502,8 +511,14 @@ class GossipsubRouter:
         msg_id = self.msg_id_fn(msg)
         if msg_id in self.seen:
             raise DuplicateMessageError(f"message {msg_id.hex()} was already published or seen")
-        self.seen.add(msg_id, now)
         topic = msg.topic
+        if (
+            not self.config.allow_publish_to_zero_peers
+            and not self.publish_targets(topic)
+            and not (self.config.emit_self and topic in self.subscriptions)
+        ):
+            raise NoPeersError(f"no peer to publish to in {topic!r}")
+        self.seen.add(msg_id, now)
         self.mcache.put(msg_id, topic, data)
         self.tracer.fulfil(msg_id)
         targets = self._publish_targets(topic)
