@@ -50,3 +50,16 @@ def test_pubsub_cores_read_no_clock_and_do_no_io(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"asyncio", "socket", "time", "selectors", "threading"}, imported
+
+
+def test_one_error_hierarchy() -> None:
+    import p2pnet.errors as errors
+    import p2pnet.kad.errors as kad_errors
+    import p2pnet.node as node
+    import p2pnet.pubsub as pubsub
+
+    assert pubsub.NoPeersError is kad_errors.NoPeersError is errors.NoPeersError
+    assert pubsub.MessageTooLargeError is errors.MessageTooLargeError
+    assert issubclass(errors.MessageTooLargeError, errors.ProtocolError)
+    assert node.NodeError is errors.NodeError is p2pnet.NodeError
+    assert not hasattr(errors, "MessageTooLarge")  # one name
