@@ -264,11 +264,18 @@ async def test_bad_frames_reset_the_stream_only(make_node: Factory) -> None:
                 pass
             await raw.write(b"more")
     assert a.router.stats["frame_undecodable"] == 1
-    assert a.score_breakdown(hb.peer_id).behaviour_penalty < 0  # the router's decision
     raw2 = await hb.new_stream(ha.peer_id, [MESHSUB_V12])
     await raw2.write(encode_length_prefixed(bytes(10_000)))  # above max_message_size
     await until(lambda: a.router.stats.get("frame_oversized", 0) == 1, what="oversized frame")
     assert ha.is_connected(hb.peer_id)
+    raw3 = await hb.new_stream(ha.peer_id, [MESHSUB_V12])
+    await raw3.write(encode_length_prefixed(bytes(100))[:20])  # a frame cut off by EOF
+    await raw3.close()
+    await until(lambda: a.router.stats.get("frame_truncated", 0) == 1, what="truncated frame")
+    assert ha.is_connected(hb.peer_id)
+    stats = a.router.stats
+    # each reported once; what each costs is the router's decision (tests/test_pubsub_router.py)
+    assert [stats[f"frame_{f}"] for f in ("undecodable", "oversized", "truncated")] == [1, 1, 1]
     await b.publish(T, b"still fine")
     assert (await collect(sub, 1))[0].data == b"still fine"
 
