@@ -260,13 +260,14 @@ class Pubsub:
         rng: random.Random | None = None,
     ) -> None:
         """``clock`` and ``rng``: the node's (``Node`` passes ``node.clock`` and ``node.rng``);
-        by default the system clock and an RNG seeded from the peer ID."""
+        by default the system clock and an RNG seeded by the OS (mesh and gossip choices must
+        not be predictable from outside; pass a seeded one to reproduce a run)."""
         self.host = host
         self.config = config or GossipsubConfig()
         self.score_params = score_params or PeerScoreParams()
         self.score_thresholds = score_thresholds or PeerScoreThresholds()
         self.clock = clock if clock is not None else SYSTEM_CLOCK
-        self._rng = rng
+        self._rng = rng if rng is not None else random.Random()
         self._router: GossipsubRouter | None = None
         self._tasks = TaskOwner(f"pubsub {host.peer_id}")
         self._peers: dict[PeerID, _PeerState] = {}

@@ -194,9 +194,11 @@ class GossipsubRouter:
         rng: random.Random | None = None,
         seqno_start: int | None = None,
     ) -> None:
-        """``rng``: the node's seeded RNG (default: one seeded from ``local_peer``, so a router
-        alone is reproducible too). ``seqno_start``: where our seqnos count up from; pass the wall
-        clock in nanoseconds as go and js do (default: a random 64-bit value from ``rng``)."""
+        """``rng``: the node's RNG (default: one seeded from ``local_peer``, so a router alone is
+        reproducible; a running node passes its own, seeded by the OS unless configured, since
+        mesh and gossip choices must not be predictable from outside). ``seqno_start``: where our
+        seqnos count up from; pass the wall clock in nanoseconds as go and js do (default: a
+        random 64-bit value from ``rng``)."""
         self.config = config or GossipsubConfig()
         self.score_params = score_params or PeerScoreParams()
         self.thresholds = score_thresholds or PeerScoreThresholds()
