@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 from multiaddr import Multiaddr
 
-from p2pnet.backoff import ExponentialBackoff
+from p2pnet.backoff import BootstrapSchedule, ExponentialBackoff
 from p2pnet.config import NodeConfig
 from p2pnet.crypto.eth import eth_address
 from p2pnet.crypto.keys import KeyType
@@ -93,11 +93,10 @@ class Node:
         self._subscriptions: dict[str, Subscription] = {}
         self._pumped: set[str] = set()
         self._bootstrap_ids = _peer_ids(cfg.bootstrap_peers)
-        self._bootstrap_backoff = ExponentialBackoff(
-            cfg.bootstrap_retry_initial, cfg.bootstrap_retry_max, self.rng
+        #: When to (re)try the bootstrap peers: the decisions; the node only waits and dials.
+        self.bootstrap_schedule = BootstrapSchedule(
+            ExponentialBackoff(cfg.bootstrap_retry_initial, cfg.bootstrap_retry_max, self.rng)
         )
-        self._bootstrap_attempts = 0
-        self._next_bootstrap_delay = 0.0
         self._bootstrap_task: asyncio.Task[None] | None = None
         self.host.on_connected(self._on_connected)
         self.host.on_disconnected(self._on_disconnected)
@@ -221,18 +220,17 @@ class Node:
 
     async def _try_bootstrap(self) -> bool:
         """One attempt at the configured bootstrap peers; emits the event saying how it went."""
-        self._bootstrap_attempts += 1
-        attempt = self._bootstrap_attempts
+        schedule = self.bootstrap_schedule
+        attempt = schedule.attempt_started()
         try:
             size = await self.bootstrap()
         except (P2PError, OSError, TimeoutError) as exc:
-            delay = self._bootstrap_backoff.next_delay()
+            delay = schedule.attempt_failed()
             log.warning("bootstrap attempt %d failed (retry in %.1f s): %s", attempt, delay, exc)
             self._events.emit(BootstrapFailed(attempt, str(exc), delay))
-            self._next_bootstrap_delay = delay
             return False
+        schedule.attempt_succeeded()
         log.info("bootstrap attempt %d reached the network (routing table %d)", attempt, size)
-        self._bootstrap_backoff.reset()
         self._events.emit(BootstrapSucceeded(attempt, size))
         return True
 
@@ -244,18 +242,19 @@ class Node:
 
     async def _retry_bootstrap(self) -> None:
         while self._lifecycle.running:
-            await asyncio.sleep(self._next_bootstrap_delay)
+            await asyncio.sleep(self.bootstrap_schedule.retry_in)
             if await self._try_bootstrap():
                 return
 
     def _lost_bootstrap_peers(self) -> None:
-        """The last bootstrap peer went away: bootstrap again, after a backoff delay."""
-        delay = self._bootstrap_backoff.next_delay()
+        """The last bootstrap peer went away: bootstrap again after a backoff delay, unless a
+        retry is already scheduled (the schedule decides)."""
+        schedule = self.bootstrap_schedule
+        delay = schedule.peers_lost()
+        if delay is None:
+            return
         log.warning("lost every bootstrap peer: bootstrapping again in %.1f s", delay)
-        self._events.emit(
-            BootstrapFailed(self._bootstrap_attempts, "lost every bootstrap peer", delay)
-        )
-        self._next_bootstrap_delay = delay
+        self._events.emit(BootstrapFailed(schedule.attempts, "lost every bootstrap peer", delay))
         self._start_bootstrap_retries()
 
     async def find_peer(self, peer: PeerID | str) -> PeerInfo:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from p2pnet.backoff import ExponentialBackoff
+from p2pnet.backoff import BootstrapSchedule, BootstrapState, ExponentialBackoff
 from p2pnet.clock import VirtualClock
 from p2pnet.config import NodeConfig
 from p2pnet.crypto.keys import KeyPair
@@ -30,6 +30,25 @@ def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
     assert [again.next_delay() for _ in range(6)] == delays  # the seed decides
     with pytest.raises(ValueError):
         ExponentialBackoff(2.0, 1.0, random.Random())
+
+
+def test_bootstrap_schedule_states() -> None:
+    schedule = BootstrapSchedule(ExponentialBackoff(1.0, 4.0, random.Random(1)))
+    assert schedule.state is BootstrapState.IDLE
+    assert schedule.peers_lost() is None  # nothing to lose yet
+    assert schedule.attempt_started() == 1
+    first = schedule.attempt_failed()
+    assert schedule.state is BootstrapState.WAITING and 0.5 <= first <= 1.0
+    assert schedule.peers_lost() is None  # a retry is already scheduled: no second one
+    schedule.attempt_started()
+    assert 1.0 <= schedule.attempt_failed() <= 2.0  # backing off
+    schedule.attempt_started()
+    schedule.attempt_succeeded()
+    assert schedule.state is BootstrapState.CONNECTED
+    lost = schedule.peers_lost()
+    assert lost is not None and lost <= 1.0  # the backoff starts over after a success
+    assert schedule.state is BootstrapState.WAITING and schedule.retry_in == lost
+    assert schedule.peers_lost() is None  # flapping does not speed retries up
 
 
 def _memory_node(net: MemoryNetwork, clock: VirtualClock, **kw: object) -> Node:
