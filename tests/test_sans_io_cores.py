@@ -1,4 +1,4 @@
-"""Protocol cores are sans-IO: they never import asyncio, socket or time.
+"""Protocol cores are sans-IO: they never import asyncio, socket, time (or selectors, threading).
 
 Each core gets bytes, events and ``now`` in and gives bytes, events and timers out; adapters do
 the I/O and read the node's clock. A core that imported one of these modules could block, sleep
@@ -32,8 +32,10 @@ CORE_MODULES = [
     "pubsub/router.py",
     "pubsub/score.py",
     "pubsub/mcache.py",
+    "pubsub/messages.py",
+    "backoff.py",
 ]
-FORBIDDEN = {"asyncio", "socket", "time"}
+FORBIDDEN = {"asyncio", "socket", "time", "selectors", "threading"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -20,6 +20,7 @@ from p2pnet.host.host import Host
 from p2pnet.protocols.identify import PROTOCOL_ID, PUSH_PROTOCOL_ID, IdentifyService
 from p2pnet.protocols.ping import PROTOCOL_ID as PING_ID
 from p2pnet.protocols.ping import PingService
+from p2pnet.service import Service
 from p2pnet.stream import Stream
 
 
@@ -70,25 +71,38 @@ async def test_host_emits_connection_and_protocol_events() -> None:
     ]
 
 
-async def test_services_close_and_start_again() -> None:
+async def test_services_run_from_construction_and_close_for_good() -> None:
     a, b = Host(KeyPair.generate()), Host(KeyPair.generate())
     ident_a, ident_b = IdentifyService(a), IdentifyService(b)
     ping_b = PingService(b)
+    assert isinstance(ident_a, Service) and isinstance(ping_b, Service)
     identified: list[PeerIdentified] = []
-    a.bus.subscribe(PeerIdentified, identified.append)
+    both_done = asyncio.Event()
+
+    def record(event: PeerIdentified) -> None:
+        identified.append(event)
+        if len(identified) == 2:
+            both_done.set()
+
+    a.bus.subscribe(PeerIdentified, record)
     async with a, b:
+        await ident_a.start()  # already running: a no-op
+        await a.connect(b.p2p_addrs()[0])  # identifies b in the background
+        info = await ident_a.identify(b.peer_id)  # and once more on request
+        assert PING_ID in info.protocols and PROTOCOL_ID in info.protocols
+        await asyncio.wait_for(both_done.wait(), 5)
+        assert info in [e.info for e in identified]
         await ident_b.close()
         await ping_b.close()
+        await ident_b.close()  # idempotent
         assert {PROTOCOL_ID, PUSH_PROTOCOL_ID, PING_ID}.isdisjoint(b.protocols)
         assert b.bus.subscribers(ConnectionOpened) == 0
-        # a still identifies b, but b no longer answers: a's identify fails, nothing applied
-        conn = await a.connect(b.p2p_addrs()[0])
+        # b no longer answers identify: a's request fails and nothing is applied
+        before = len(identified)
         with pytest.raises(ProtocolNotSupported):
-            await ident_a.identify_connection(conn)
-        assert identified == []
-        await ident_b.start()
-        await ping_b.start()
-        assert {PROTOCOL_ID, PUSH_PROTOCOL_ID, PING_ID} <= set(b.protocols)
-        info = await ident_a.identify(b.peer_id)
-        assert PING_ID in info.protocols
-        assert [e.info for e in identified] == [info]
+            await ident_a.identify(b.peer_id)
+        assert len(identified) == before
+        with pytest.raises(RuntimeError, match="cannot be restarted"):
+            await ident_b.start()
+        with pytest.raises(RuntimeError, match="cannot be restarted"):
+            await ping_b.start()

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from memory_pipe import memory_pipe
 
-from p2pnet.errors import IncompleteRead, MessageTooLarge, ProtocolError
+from p2pnet.errors import IncompleteRead, MessageTooLargeError, ProtocolError
 from p2pnet.wire.framing import (
     FrameDecoder,
     encode_length_prefixed,
@@ -72,7 +72,7 @@ def test_decoder_splits_messages_fed_byte_by_byte() -> None:
 def test_decoder_enforces_max_size_before_buffering() -> None:
     dec = FrameDecoder(max_length=10)
     dec.feed(encode_uvarint(11))
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(MessageTooLargeError):
         dec.next_frame()
 
 
@@ -83,7 +83,7 @@ async def test_async_length_prefixed_roundtrip_and_limits() -> None:
     await a.write(encode_uvarint(5000) + b"x")
     assert await read_length_prefixed(b) == b"abc"
     assert await read_length_prefixed(b) == b""
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(MessageTooLargeError):
         await read_length_prefixed(b, max_size=4096)
 
 
@@ -121,7 +121,7 @@ def test_frame_decoder_refuses_an_oversized_prefix_before_it_ends() -> None:
     dec.feed(b"\x80")
     assert dec.next_frame() is None and dec.wanted == 1
     dec.feed(b"\x80")
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(MessageTooLargeError):
         dec.next_frame()
 
 

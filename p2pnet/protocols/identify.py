@@ -25,6 +25,7 @@ from p2pnet.protocols.identify_messages import (
     build_identify,
     parse_identify,
 )
+from p2pnet.service import Lifecycle
 from p2pnet.stream import ConnectionInfo, Stream
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 
@@ -46,13 +47,14 @@ class IdentifyService:
         self._push_pending = False
         self._record: tuple[tuple[bytes, ...], bytes] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
-        self._attach()  # working from construction; start() is for a service closed before
+        # Serving from construction (what every caller relies on): the service starts here.
+        self._lifecycle = Lifecycle("identify")
+        self._lifecycle.begin_start()
+        self._attach()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _attach(self) -> None:
-        if self._unsubscribe:
-            return
         host = self.host
         host.set_stream_handler(PROTOCOL_ID, self._handle_identify)
         host.set_stream_handler(PUSH_PROTOCOL_ID, self._handle_push)
@@ -64,17 +66,18 @@ class IdentifyService:
         ]
 
     async def start(self) -> None:
-        """Serve identify and identify new connections (already so after construction)."""
-        self._attach()
+        """A no-op: identify runs from construction (RuntimeError once closed)."""
+        self._lifecycle.begin_start()
 
     async def close(self) -> None:
-        """Stop: no more identify of new connections, no handlers, no pushes."""
+        """Stop for good: no more identify of new connections, no handlers, no pushes."""
+        if self._lifecycle.begin_close() is None:
+            return
         unsubscribe, self._unsubscribe = self._unsubscribe, []
         for stop in unsubscribe:
             stop()
-        if unsubscribe:
-            self.host.remove_stream_handler(PROTOCOL_ID)
-            self.host.remove_stream_handler(PUSH_PROTOCOL_ID)
+        self.host.remove_stream_handler(PROTOCOL_ID)
+        self.host.remove_stream_handler(PUSH_PROTOCOL_ID)
 
     def on_identified(self, callback: Callable[[IdentifyInfo], None]) -> Callable[[], None]:
         """Call ``callback`` after every identify or push from a peer has been applied.

@@ -9,6 +9,7 @@ import os
 from p2pnet.errors import ProtocolError
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.service import Lifecycle
 from p2pnet.stream import Stream
 
 PROTOCOL_ID = "/ipfs/ping/1.0.0"
@@ -26,22 +27,18 @@ class PingService:
         self.host = host
         self.timeout = timeout
         self._inbound: dict[PeerID, int] = {}
-        self._serving = False
-        self._attach()  # answering from construction; start() is for a service closed before
-
-    def _attach(self) -> None:
-        if not self._serving:
-            self._serving = True
-            self.host.set_stream_handler(PROTOCOL_ID, self._handle)
+        # Answering from construction (what every caller relies on): the service starts here.
+        self._lifecycle = Lifecycle("ping")
+        self._lifecycle.begin_start()
+        host.set_stream_handler(PROTOCOL_ID, self._handle)
 
     async def start(self) -> None:
-        """Answer pings (already so after construction)."""
-        self._attach()
+        """A no-op: ping is answered from construction (RuntimeError once closed)."""
+        self._lifecycle.begin_start()
 
     async def close(self) -> None:
-        """Stop answering pings (our own pings still work while connected)."""
-        if self._serving:
-            self._serving = False
+        """Stop answering pings for good (our own pings still work while connected)."""
+        if self._lifecycle.begin_close() is not None:
             self.host.remove_stream_handler(PROTOCOL_ID)
 
     async def _handle(self, stream: Stream) -> None:

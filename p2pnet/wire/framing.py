@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from p2pnet.errors import MessageTooLarge, ProtocolError
+from p2pnet.errors import MessageTooLargeError, ProtocolError
 from p2pnet.io import Bytes, ReadWriter
 from p2pnet.wire.varint import MAX_VARINT_BYTES, encode_uvarint
 
@@ -40,9 +40,9 @@ class FrameDecoder:
     """Sans-IO decoder of length-prefixed frames.
 
     :meth:`feed` any slices of the byte stream; :meth:`next_frame` returns the next complete body
-    or ``None``. A prefix announcing more than the limit raises :class:`MessageTooLarge` as soon as
-    its bytes prove it (before the body arrives); an over-long or non-minimal varint raises
-    :class:`ProtocolError`. After an error the decoder must be discarded.
+    or ``None``. A prefix announcing more than the limit raises :class:`MessageTooLargeError` as
+    soon as its bytes prove it (before the body arrives); an over-long or non-minimal varint
+    raises :class:`ProtocolError`. After an error the decoder must be discarded.
     """
 
     __slots__ = (
@@ -141,7 +141,9 @@ class FrameDecoder:
                 self._pos = pos
                 self._value = self._shift = self._prefix_bytes = 0
                 if value > limit:
-                    raise MessageTooLarge(f"message of {value} bytes exceeds the limit of {limit}")
+                    raise MessageTooLargeError(
+                        f"message of {value} bytes exceeds the limit of {limit}"
+                    )
                 self._length = value
                 return value
             shift += 7
@@ -149,7 +151,7 @@ class FrameDecoder:
                 raise ProtocolError("varint length prefix longer than 9 bytes")
             # The last byte is at least 1, so the length is at least value + 2**shift.
             if value + (1 << shift) > limit:
-                raise MessageTooLarge(f"length prefix exceeds the limit of {limit} bytes")
+                raise MessageTooLargeError(f"length prefix exceeds the limit of {limit} bytes")
         self._pos = pos
         self._value = value
         self._shift = shift
