@@ -46,7 +46,7 @@ from p2pnet.pubsub.gossipsub import Pubsub, Subscription
 from p2pnet.pubsub.messages import PublishResult
 from p2pnet.security.base import SecurityTransport
 from p2pnet.service import Lifecycle
-from p2pnet.stream import Stream
+from p2pnet.stream import Stream, StreamMuxer
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.transport.base import Transport
@@ -63,6 +63,7 @@ class Node:
         *,
         transports: Sequence[Transport] | None = None,
         security: Sequence[SecurityTransport] | None = None,
+        muxers: Sequence[StreamMuxer] | None = None,
     ) -> None:
         self.config = config or NodeConfig()
         cfg = self.config
@@ -72,7 +73,12 @@ class Node:
         self.rng = random.Random(cfg.seed)
         host_config = dataclasses.replace(cfg.host, listen_addrs=list(cfg.listen_addrs))
         self.host = Host(
-            self.key, host_config, transports=transports, security=security, clock=self.clock
+            self.key,
+            host_config,
+            transports=transports,
+            security=security,
+            muxers=muxers,
+            clock=self.clock,
         )
         self.identify_service = IdentifyService(self.host)
         self.ping_service = PingService(self.host)
