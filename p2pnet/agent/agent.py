@@ -44,6 +44,7 @@ from p2pnet.agent.errors import (
 )
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
+from p2pnet.agent.status import build_status
 from p2pnet.config import (
     ConfigError,
     NodeConfig,
@@ -118,6 +119,8 @@ class AgentConfig:
     kad: KadConfig | None = None
     registry_address: str | None = None
     rpc_url: str | None = None
+    #: What node-status reports as this node's role; empty: "bootstrap" or "agent" by mode.
+    role: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> AgentConfig:
@@ -512,18 +515,14 @@ class Agent:
             return
         log.info("%s: presence stored on %d DHT peers", self.name, stored)
 
+    @property
+    def uptime(self) -> float:
+        """Seconds since :meth:`start` (0 before)."""
+        return time.monotonic() - self._started_at if self._started else 0.0
+
     def status(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "ethAddress": self.eth_address,
-            "uptime": round(time.monotonic() - self._started_at, 1),
-            "peers": len(self.node.peers()),
-            "mesh": {t: len(self.pubsub.mesh_peers(t)) for t in sorted(self._subs)},
-            "dhtTableSize": len(self.dht.routing_table),
-            "messagesIn": self.messages_in,
-            "messagesOut": self.messages_out,
-            "rejected": self.rejected + self.messaging.rejected,
-        }
+        """What this node reports on node-status (see :mod:`p2pnet.agent.status`)."""
+        return build_status(self)
 
     async def _report_status(self) -> None:
         envelope = seal(self.node.key, "status", self.status(), topic=STATUS_TOPIC)

@@ -47,6 +47,7 @@ from p2pnet.pubsub.router import (
     ValidateMessage,
 )
 from p2pnet.pubsub.score import PeerScoreParams, PeerScoreThresholds, ScoreBreakdown
+from p2pnet.stats import DurationHistogram
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.wire.framing import LengthPrefixedDecoder
@@ -198,6 +199,8 @@ class Pubsub:
         self._closed = False
         #: frames dropped because a peer's queue was full
         self.dropped_frames = 0
+        #: how long each heartbeat took (router work and sending its output), for metrics
+        self.heartbeat_durations = DurationHistogram()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -428,11 +431,13 @@ class Pubsub:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         while not self._closed:
+            started = loop.time()
             try:
-                self.router.heartbeat(loop.time())
+                self.router.heartbeat(started)
                 self._pump()
             except Exception:
                 log.exception("heartbeat failed")
+            self.heartbeat_durations.observe(loop.time() - started)
             deadline += cfg.heartbeat_interval
             delay = deadline - loop.time()
             if delay < 0:  # we fell behind: skip the missed beats
