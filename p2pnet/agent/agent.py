@@ -170,6 +170,18 @@ def topic_key(topic: str) -> bytes:
     return b"\x12\x20" + hashlib.sha256(b"/p2pnet/topic/" + topic.encode()).digest()
 
 
+#: Peers remembered in ``Agent.announced`` and ``Agent.statuses``; the least recently heard
+#: ones are forgotten first, so a flood of announcing identities cannot grow memory.
+MAX_KNOWN_PEERS = 1024
+
+
+def _remember(known: OrderedDict[PeerID, Any], peer: PeerID, value: Any) -> None:
+    known[peer] = value
+    known.move_to_end(peer)
+    while len(known) > MAX_KNOWN_PEERS:
+        known.popitem(last=False)
+
+
 def _eth_of(peer: PeerID) -> str | None:
     try:
         return eth_address(peer)
@@ -197,9 +209,9 @@ class Agent:
         self._verified: OrderedDict[bytes, Envelope] = OrderedDict()
         #: Agents seen on agent-announcements: PeerID -> what they announced (for discovery
         #: events and the devnet display; never used to resolve addresses).
-        self.announced: dict[PeerID, AgentDiscovered] = {}
+        self.announced: OrderedDict[PeerID, AgentDiscovered] = OrderedDict()
         #: The latest node-status report of each node.
-        self.statuses: dict[PeerID, dict[str, Any]] = {}
+        self.statuses: OrderedDict[PeerID, dict[str, Any]] = OrderedDict()
         self.messages_in = 0
         self.messages_out = 0
         self.rejected = 0
@@ -455,7 +467,7 @@ class Agent:
                 self._on_announcement(env)
             elif topic == STATUS_TOPIC:
                 if isinstance(env.data, dict):
-                    self.statuses[env.peer_id] = env.data
+                    _remember(self.statuses, env.peer_id, env.data)
                 if topic in self._app_topics:
                     self._deliver(env, topic)
             else:
@@ -487,7 +499,7 @@ class Agent:
             name = ""
         info = AgentDiscovered(env.peer_id, to_checksum_address(env.sender), addrs, topics, name)
         before = self.announced.get(env.peer_id)
-        self.announced[env.peer_id] = info
+        _remember(self.announced, env.peer_id, info)
         if before is None or before.topics != info.topics:
             self._events.emit(info)
 
