@@ -44,7 +44,7 @@ from p2pnet.agent.errors import (
 )
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
-from p2pnet.agent.status import build_status
+from p2pnet.agent.status import MAX_STATUS_BYTES, build_status
 from p2pnet.config import (
     ConfigError,
     NodeConfig,
@@ -466,7 +466,7 @@ class Agent:
             if topic == ANNOUNCEMENTS_TOPIC:
                 self._on_announcement(env)
             elif topic == STATUS_TOPIC:
-                if isinstance(env.data, dict):
+                if isinstance(env.data, dict) and len(msg.data) <= MAX_STATUS_BYTES:
                     _remember(self.statuses, env.peer_id, env.data)
                 if topic in self._app_topics:
                     self._deliver(env, topic)

@@ -21,6 +21,9 @@ MAX_SCORES = 50
 MAX_TOPICS = 32
 MAX_ADDRS = 8
 MAX_NAME = 64
+#: A report larger than this (the whole signed envelope) is not kept by receivers; real
+#: reports, bounded as above, stay far below it.
+MAX_STATUS_BYTES = 32 * 1024
 
 
 def node_role(agent: Agent) -> str:

@@ -21,13 +21,13 @@ from p2pnet.agent.status import (
     MAX_MESH_TOPICS,
     MAX_NAME,
     MAX_SCORES,
+    MAX_STATUS_BYTES,
     MAX_TOPICS,
 )
 
+__all__ = ["MAX_STATUS_BYTES", "InvalidStatus", "NetworkView", "ViewConfig", "sanitize_status"]
+
 ROLES = ("bootstrap", "agent", "explorer")
-#: A node-status envelope larger than this is ignored (the sender's own bounds keep real
-#: reports far below it).
-MAX_STATUS_BYTES = 32 * 1024
 MAX_TEXT = 200
 MAX_TOPIC_NAME = 100
 #: Topics with a rate series of their own (the agent topics come first).

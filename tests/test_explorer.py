@@ -1,0 +1,334 @@
+"""The explorer's JSON endpoints and event stream against a real loopback network, its DHT
+crawl, and bad input: malformed and oversized status reports, 1000 announcing identities,
+bootstrap peers down at start. The page itself is tested in test_explorer_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from explorer_net import (
+    FAST,
+    Net,
+    agent_config,
+    eventually,
+    explorer_config,
+    flood_announcements,
+)
+
+from p2pnet.agent.agent import Agent, AgentConfig
+from p2pnet.agent.constants import STATUS_TOPIC
+from p2pnet.agent.envelope import seal
+from p2pnet.crypto.keys import KeyPair, KeyType
+from p2pnet.explorer import Explorer, ExplorerWeb
+from p2pnet.explorer.crawler import crawl
+from p2pnet.explorer.view import MAX_STATUS_BYTES, NetworkView, ViewConfig, sanitize_status
+from p2pnet.peer.peer_id import PeerID
+
+
+@pytest.fixture
+async def net() -> AsyncIterator[Net]:
+    network = Net()
+    try:
+        yield await network.start(boots=2, agents=3)
+    finally:
+        await network.close()
+
+
+async def test_graph_nodes_roles_edges_and_details(net: Net) -> None:
+    expected = net.expected_roles()
+    await eventually(lambda: _same_roles(net, expected))
+    graph = await net.graph()
+    by_id = {n["id"]: n for n in graph["nodes"]}
+    agent = net.agents[0]
+    assert by_id[str(agent.peer_id)]["name"] == "agent-0"
+    assert by_id[str(agent.peer_id)]["ethAddress"].lower() == agent.eth_address.lower()
+    # every agent is connected to the bootstrap nodes; the explorer too
+    edges = {frozenset((e["source"], e["target"])) for e in graph["edges"]}
+
+    def linked() -> bool:
+        return all(
+            frozenset((str(a.peer_id), str(net.boots[0].peer_id))) in edges for a in net.agents
+        )
+
+    async def fresh_edges() -> bool:
+        nonlocal edges
+        g = await net.graph()
+        edges = {frozenset((e["source"], e["target"])) for e in g["edges"]}
+        return linked()
+
+    await eventually(fresh_edges)
+    assert net.explorer is not None
+    me = str(net.explorer.peer_id)
+    assert frozenset((me, str(net.boots[0].peer_id))) in edges
+    # mesh links per topic
+    graph = await net.graph()
+    assert graph["mesh"]["node-status"]
+
+    async def reported() -> Any:
+        status, details = await net.get(f"/api/nodes/{agent.peer_id}")
+        assert status == 200
+        return details if details["statusAge"] is not None else None
+
+    details = await eventually(reported)
+    assert details["name"] == "agent-0" and details["role"] == "agent"
+    assert details["agentVersion"] == "p2pnet/0.1.0"
+    assert details["dhtTableSize"] == 2 and details["mode"] == "client"
+    assert details["registry"] is None  # not reported until the registry lands
+    assert str(net.boots[0].peer_id) in details["scores"]
+    assert details["uptime"] > 0 and details["messagesOut"] >= 0
+    assert set(details["topics"]) >= {"agent-announcements", "agent-messages", "node-status"}
+
+    assert (await net.get(f"/api/nodes/{PeerID.from_public_key(_key().public_key)}"))[0] == 404
+    assert (await net.get("/api/nodes/not-a-peer-id"))[0] == 404
+    assert (await net.get("/api/nodes/" + "x" * 5000))[0] == 404
+    assert net.http is not None
+    async with net.http.post(net.url + "api/graph") as resp:
+        assert resp.status == 405  # read-only
+
+
+async def test_later_node_appears_crashed_and_leaving_nodes_disappear(net: Net) -> None:
+    await eventually(lambda: _same_roles(net, net.expected_roles()))
+    late = await net.add_agent("late")
+    await eventually(lambda: _has(net, late, "agent"))
+    crashed = net.agents[0]
+    await net.crash(crashed)
+    # no status, no connection: gone after node_ttl (3 s here, 90 s by default)
+    await eventually(lambda: _gone(net, crashed), timeout=10)
+    leaving = net.agents[1]
+    await leaving.close()  # announces "leave": gone at once
+    await eventually(lambda: _gone(net, leaving), timeout=2.5)
+    await eventually(lambda: _same_roles(net, net.expected_roles()))
+
+
+async def test_event_stream_carries_graph_and_moving_rates(net: Net) -> None:
+    await eventually(lambda: _same_roles(net, net.expected_roles()))
+    assert net.http is not None
+    async with net.http.get(net.url + "api/events") as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        events = _sse(resp)
+        first = {}
+        while len(first) < 5:
+            name, data = await asyncio.wait_for(events.__anext__(), 5)
+            first[name] = data
+        assert {"graph", "explorer", "rates", "announcements", "dht"} <= set(first)
+        assert len(first["graph"]["nodes"]) == len(net.expected_roles())
+        before = first["rates"]["totals"].get("agent-messages", 0)
+        await _wait_mesh(net.agents)
+        for i in range(6):
+            await net.agents[i % len(net.agents)].broadcast({"n": i})
+        async with asyncio.timeout(10):
+            while True:
+                name, data = await events.__anext__()
+                if name == "rates" and data["totals"].get("agent-messages", 0) >= before + 6:
+                    break
+
+
+async def test_crawl_reads_each_servers_buckets() -> None:
+    network = Net()
+    try:
+        await network.start(boots=4, agents=1)
+        assert network.explorer is not None
+        host = network.explorer.agent.node.host
+        for boot in network.boots:
+            result = await crawl(host, boot.peer_id, timeout=5)
+            table = boot.dht.routing_table
+            want = {c: set(table.bucket(c)) for c in table.bucket_sizes()}
+            got = {c: set(peers) for c, peers in result.buckets.items()}
+            assert got == want and sum(len(v) for v in want.values()) == 3
+        # the explorer's own crawl loop shows them on /api/state
+        _, state = await eventually(lambda: _crawled(network, 4))
+        rows = {row["id"]: row for row in state["dht"]}
+        boot = network.boots[0]
+        assert {p for peers in rows[str(boot.peer_id)]["buckets"].values() for p in peers} == {
+            str(b.peer_id) for b in network.boots[1:]
+        }
+    finally:
+        await network.close()
+
+
+async def test_malformed_and_oversized_status_reports_are_ignored(net: Net) -> None:
+    liar = net.agents[0]
+    await eventually(lambda: _has(net, liar, "agent"))
+    assert net.explorer is not None
+    view = net.explorer.view
+    await _wait_mesh(net.agents, STATUS_TOPIC)
+    await eventually(lambda: view.nodes[str(liar.peer_id)].status is not None)
+    bad_reports: list[Any] = [
+        "not an object",
+        {"name": 5},
+        {**liar.status(), "peers": -1},
+        {**liar.status(), "connectedPeers": "everyone"},
+        {**liar.status(), "uptime": float("inf")},
+        {**liar.status(), "name": "x" * (MAX_STATUS_BYTES + 10)},  # oversized
+    ]
+    ignored = view.ignored_statuses
+    for report in bad_reports:
+        try:
+            envelope = seal(liar.node.key, "status", report, topic=STATUS_TOPIC)
+        except ValueError:  # inf is not JSON: send what a buggy node would (a string)
+            envelope = seal(
+                liar.node.key, "status", {**report, "uptime": "inf"}, topic=STATUS_TOPIC
+            )
+        await liar.pubsub.publish(STATUS_TOPIC, envelope)
+    await eventually(lambda: view.ignored_statuses >= ignored + len(bad_reports))
+    # the node keeps its last good report, the explorer keeps serving
+    node = view.nodes.get(str(liar.peer_id))
+    assert node is not None and node.status is not None and node.status["name"] == "agent-0"
+    status, state = await net.get("/api/state")
+    assert status == 200 and state["explorer"]["ignoredStatuses"] >= len(bad_reports)
+    assert (await net.get(f"/api/nodes/{liar.peer_id}"))[0] == 200
+
+
+async def test_a_thousand_announcing_identities_keep_memory_bounded() -> None:
+    network = Net()
+    try:
+        await network.start(boots=1, agents=2, max_nodes=300)
+        assert network.explorer is not None
+        explorer = network.explorer
+        await _wait_mesh(network.agents, "agent-announcements")
+        await eventually(lambda: _same_roles(network, network.expected_roles()))
+        fakes = await flood_announcements(network.agents[0], 1000)
+        await eventually(lambda: explorer.view.evicted >= 600, timeout=30)
+        view = explorer.view
+        assert len(view.nodes) <= 300
+        assert len(view.announcements) <= view.config.max_announcements
+        assert len(explorer.agent.announced) <= 1024
+        # the real nodes stay (they keep reporting), the page's JSON stays bounded
+        await eventually(lambda: _same_roles_subset(network, network.expected_roles()))
+        status, graph = await network.get("/api/graph")
+        assert status == 200 and len(graph["nodes"]) <= 300
+        assert len(json.dumps(graph)) < 300 * 400
+        shown = {n["id"] for n in graph["nodes"]}
+        assert len(shown & {str(f) for f in fakes}) > 0
+    finally:
+        await network.close()
+
+
+async def test_bootstrap_down_at_start_is_reported_and_retried() -> None:
+    key = KeyPair.generate(KeyType.Secp256k1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    peer = PeerID.from_public_key(key.public_key)
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"
+    network = Net()
+    network.boots = []
+    network.explorer = Explorer(explorer_config([addr]))
+    await network.explorer.start()
+    network.web = ExplorerWeb(network.explorer, port=0)
+    await network.web.start()
+    network.http = aiohttp.ClientSession()
+    try:
+
+        async def retrying() -> Any:
+            _, state = await network.get("/api/state")
+            b = state["explorer"]["bootstrap"]
+            return b["state"] == "retrying" and b["attempts"] >= 2 and b["lastError"] and state
+
+        state = await eventually(retrying, timeout=10)
+        assert state["explorer"]["connectedPeers"] == 0
+        # the bootstrap node comes up at that address: the explorer gets in on its own
+        boot = Agent(
+            AgentConfig(
+                name="boot",
+                private_key="0x" + key.private_key.to_bytes().hex(),
+                port=port,
+                bootstrap_node=True,
+                bootstrap_peers=[],
+                pubsub=FAST,
+                status_interval=0.5,
+            )
+        )
+        await boot.start()
+        network.boots.append(boot)
+        agent = Agent(agent_config("agent", [addr]))
+        await agent.start()
+        network.agents.append(agent)
+
+        async def connected() -> bool:
+            _, state = await network.get("/api/state")
+            return bool(state["explorer"]["bootstrap"]["state"] == "connected")
+
+        await eventually(connected, timeout=10)
+        await eventually(lambda: _same_roles(network, network.expected_roles()))
+    finally:
+        await network.close()
+
+
+def test_sanitize_status_keeps_documented_fields_and_bounds() -> None:
+    key = _key()
+    pid = str(PeerID.from_public_key(key.public_key))
+    report = {
+        "name": "n" * 500,
+        "ethAddress": "0x" + "ab" * 20,
+        "uptime": 1.5,
+        "peers": 1,
+        "mesh": {"t": 1},
+        "dhtTableSize": 3,
+        "messagesIn": 1,
+        "messagesOut": 2,
+        "rejected": 0,
+        "connectedPeers": [pid] * 500 + ["<script>"],
+        "unknown": "dropped",
+        "role": "overlord",
+    }
+    clean = sanitize_status(report)
+    assert len(clean["name"]) == 64 and "unknown" not in clean
+    assert clean["role"] == "agent"  # unknown roles become agents
+    assert len(clean["connectedPeers"]) == 50 and "<script>" not in clean["connectedPeers"]
+    view = NetworkView("self", ViewConfig(max_nodes=10))
+    for i in range(50):
+        other = str(PeerID.from_public_key(_key().public_key))
+        view.on_status(other, "0x" + "00" * 20, {**report, "name": f"n{i}"}, 100, float(i))
+    assert len(view.nodes) == 10 and view.evicted == 40
+    assert not view.on_status(pid, "0x", report, MAX_STATUS_BYTES + 1, 60.0)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _key() -> KeyPair:
+    return KeyPair.generate(KeyType.Secp256k1)
+
+
+async def _same_roles(net: Net, expected: dict[str, str]) -> bool:
+    return await net.roles() == expected
+
+
+async def _same_roles_subset(net: Net, expected: dict[str, str]) -> bool:
+    roles = await net.roles()
+    return all(roles.get(p) == r for p, r in expected.items())
+
+
+async def _has(net: Net, agent: Agent, role: str) -> bool:
+    return (await net.roles()).get(str(agent.peer_id)) == role
+
+
+async def _gone(net: Net, agent: Agent) -> bool:
+    return str(agent.peer_id) not in await net.roles()
+
+
+async def _crawled(net: Net, servers: int) -> Any:
+    status, state = await net.get("/api/state")
+    rows = [r for r in state["dht"] if r["buckets"]]
+    return (status, state) if len(rows) >= servers else None
+
+
+async def _wait_mesh(agents: list[Agent], topic: str = "agent-messages") -> None:
+    await eventually(lambda: all(a.pubsub.mesh_peers(topic) for a in agents))
+
+
+async def _sse(resp: Any) -> AsyncIterator[tuple[str, Any]]:
+    name = ""
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            yield name, json.loads(line[6:])
