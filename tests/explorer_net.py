@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -165,3 +166,35 @@ async def flood_announcements(publisher: Agent, count: int, batch: int = 100) ->
         publisher.pubsub._pump()
         await asyncio.sleep(0.05)  # let the writer drain between batches
     return peers
+
+
+async def dead_bootstrap_network() -> tuple[Net, Callable[[], Awaitable[None]]]:
+    """An explorer whose one bootstrap peer is down (nothing listens at its address); the
+    returned ``boot_up()`` starts that bootstrap node (same key, same port) and an agent."""
+    key = KeyPair.generate(KeyType.Secp256k1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{PeerID.from_public_key(key.public_key)}"
+    net = Net()
+    net.explorer = Explorer(explorer_config([addr]))
+    await net.explorer.start()
+    net.web = ExplorerWeb(net.explorer, port=0)
+    await net.web.start()
+    net.http = aiohttp.ClientSession()
+
+    async def boot_up() -> None:
+        boot = Agent(
+            agent_config(
+                "boot",
+                [],
+                private_key="0x" + key.private_key.to_bytes().hex(),
+                port=port,
+                bootstrap_node=True,
+            )
+        )
+        await boot.start()
+        net.boots.append(boot)
+        await net.add_agent("agent")
+
+    return net, boot_up

@@ -6,26 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from explorer_net import (
-    FAST,
     Net,
-    agent_config,
+    dead_bootstrap_network,
     eventually,
-    explorer_config,
     flood_announcements,
 )
 
-from p2pnet.agent.agent import Agent, AgentConfig
+from p2pnet.agent.agent import Agent
 from p2pnet.agent.constants import STATUS_TOPIC
 from p2pnet.agent.envelope import seal
 from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.explorer import Explorer, ExplorerWeb
 from p2pnet.explorer.crawler import crawl
 from p2pnet.explorer.view import MAX_STATUS_BYTES, NetworkView, ViewConfig, sanitize_status
 from p2pnet.peer.peer_id import PeerID
@@ -211,19 +206,7 @@ async def test_a_thousand_announcing_identities_keep_memory_bounded() -> None:
 
 
 async def test_bootstrap_down_at_start_is_reported_and_retried() -> None:
-    key = KeyPair.generate(KeyType.Secp256k1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    peer = PeerID.from_public_key(key.public_key)
-    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"
-    network = Net()
-    network.boots = []
-    network.explorer = Explorer(explorer_config([addr]))
-    await network.explorer.start()
-    network.web = ExplorerWeb(network.explorer, port=0)
-    await network.web.start()
-    network.http = aiohttp.ClientSession()
+    network, boot_up = await dead_bootstrap_network()
     try:
 
         async def retrying() -> Any:
@@ -234,22 +217,7 @@ async def test_bootstrap_down_at_start_is_reported_and_retried() -> None:
         state = await eventually(retrying, timeout=10)
         assert state["explorer"]["connectedPeers"] == 0
         # the bootstrap node comes up at that address: the explorer gets in on its own
-        boot = Agent(
-            AgentConfig(
-                name="boot",
-                private_key="0x" + key.private_key.to_bytes().hex(),
-                port=port,
-                bootstrap_node=True,
-                bootstrap_peers=[],
-                pubsub=FAST,
-                status_interval=0.5,
-            )
-        )
-        await boot.start()
-        network.boots.append(boot)
-        agent = Agent(agent_config("agent", [addr]))
-        await agent.start()
-        network.agents.append(agent)
+        await boot_up()
 
         async def connected() -> bool:
             _, state = await network.get("/api/state")

@@ -333,7 +333,7 @@ class Explorer:
 
     async def _push_loop(self) -> None:
         """Expire departed nodes and hand changes to the page, at most every push_interval."""
-        sent = (-1, -1, -1, -1)
+        sent = (-1, -1, -1, -1, -1)
         last_bucket = -1
         last_info = ""
         while True:
@@ -354,7 +354,15 @@ class Explorer:
                 last_info = info
             if view.dht_version != sent[3]:
                 self._emit("dht", view.dht(now))
-            sent = (view.version, view.rates_version, view.announcements_version, view.dht_version)
+            if view.status_version != sent[4]:
+                self._emit("statuses", {"version": view.status_version})
+            sent = (
+                view.version,
+                view.rates_version,
+                view.announcements_version,
+                view.dht_version,
+                view.status_version,
+            )
             last_bucket = bucket
             self._changed.clear()
             with contextlib.suppress(TimeoutError):

@@ -194,6 +194,8 @@ class NetworkView:
         self._rates: dict[str, dict[int, int]] = {}
         self.rates_version = 0
         self.dht_version = 0
+        #: grows with every accepted status report (the page refreshes node details on it)
+        self.status_version = 0
 
     # -- nodes ----------------------------------------------------------------------------------
 
@@ -258,6 +260,7 @@ class NetworkView:
         node.agent_version = status.get("agentVersion", node.agent_version)
         old = node.status
         node.status, node.status_at = status, now
+        self.status_version += 1
         if old is None or _graph_fields(old) != _graph_fields(status):
             self.version += 1
         return True

@@ -7,7 +7,8 @@
 - ``GET /api/state``: explorer status (bootstrap connectivity), message rates, recent
   announcements, crawled DHT buckets;
 - ``GET /api/events``: server-sent events ``graph``, ``rates``, ``announcements``, ``explorer``,
-  ``dht`` whenever they change (each carries the same JSON as the endpoints).
+  ``dht`` whenever they change (each carries the same JSON as the endpoints), and ``statuses``
+  (``{"version": n}``) when new status reports arrived (the page then refreshes the details).
 
 Only GET routes exist. Each event-stream client has a bounded queue; one that falls behind is
 disconnected (the browser's EventSource reconnects and reloads the state) rather than letting

@@ -146,7 +146,9 @@ async function showDetails() {
   row(dl, "Connected peers", d.peers);
   row(dl, "Mesh sizes", Object.entries(d.mesh || {}).map(([t, n]) => `${t}: ${n}`).join(", "));
   row(dl, "DHT table size", d.dhtTableSize);
-  const scores = Object.entries(d.scores || {}).map(([p, s]) => `${short(p)}: ${s}`);
+  const names = new Map(state.graph.nodes.map((n) => [n.id, n.name]));
+  const scores = Object.entries(d.scores || {})
+    .map(([p, s]) => `${names.get(p) || short(p)}: ${s}`);
   row(dl, "Peer scores", scores.join("\n")).style.whiteSpace = "pre-line";
   row(dl, "Last heard", `${d.lastSeen} s ago (${(d.sources || []).join(", ")})`);
   box.replaceChildren(dl);
@@ -252,6 +254,7 @@ function connect() {
   source.addEventListener("announcements", (ev) => drawAnnouncements(JSON.parse(ev.data)));
   source.addEventListener("dht", (ev) => drawDht(JSON.parse(ev.data)));
   source.addEventListener("explorer", (ev) => drawExplorer(JSON.parse(ev.data)));
+  source.addEventListener("statuses", () => { if (state.selected) showDetails(); });
 }
 
 document.getElementById("link-mode").addEventListener("change", (ev) => {
