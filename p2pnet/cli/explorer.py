@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 
+from p2pnet.agent.agent import Agent
 from p2pnet.config import ConfigError, common_env_settings, read_env_file, split_list
 from p2pnet.explorer import Explorer, ExplorerConfig, ExplorerWeb
-from p2pnet.metrics.server import serve_agent_metrics
+from p2pnet.metrics.server import MetricsServer, serve_agent_metrics
+from p2pnet.pubsub.params import GossipsubConfig
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,3 +102,56 @@ def _main(args: argparse.Namespace) -> int:
         print(f"explorer: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(run_explorer(config, args.metrics_port))
+
+
+class DevnetExtras:
+    """The explorer and the metrics server that ``p2pnet devnet`` runs beside its nodes."""
+
+    def __init__(self) -> None:
+        self.explorer: Explorer | None = None
+        self.web: ExplorerWeb | None = None
+        self.metrics: MetricsServer | None = None
+
+    async def start(
+        self,
+        seeds: list[str],
+        explorer_port: int | None,
+        metrics_port: int | None,
+        agents: Callable[[], list[Agent]],
+        say: Callable[[str, str], None],
+        status_interval: float,
+    ) -> None:
+        if explorer_port is not None:
+            self.explorer = Explorer(
+                ExplorerConfig(
+                    bootstrap_peers=seeds,
+                    status_interval=status_interval,
+                    crawl_interval=10.0,
+                    pubsub=GossipsubConfig(heartbeat_interval=0.5),
+                )
+            )
+            await self.explorer.start()
+            self.web = ExplorerWeb(self.explorer, port=explorer_port)
+            try:
+                await self.web.start()
+            except OSError as exc:
+                say("explorer", f"port {explorer_port} is taken ({exc.strerror}): using a free one")
+                self.web = ExplorerWeb(self.explorer, port=0)
+                await self.web.start()
+            say("explorer", f"the network live in your browser: {self.web.url}")
+        if metrics_port is not None:
+            explorer = self.explorer
+
+            def nodes() -> list[Agent]:
+                return agents() + ([explorer.agent] if explorer is not None else [])
+
+            self.metrics = await serve_agent_metrics(metrics_port, nodes)
+            say("metrics", f"Prometheus metrics of every node: {self.metrics.url}")
+
+    async def close(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.web is not None:
+            await self.web.close()
+        if self.explorer is not None:
+            await self.explorer.close()
