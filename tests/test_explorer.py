@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from explorer_net import (
     Net,
@@ -23,6 +27,9 @@ from p2pnet.agent.envelope import seal
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.explorer.crawler import crawl
 from p2pnet.explorer.view import MAX_STATUS_BYTES, NetworkView, ViewConfig, sanitize_status
+from p2pnet.explorer.web import MAX_EVENT_CLIENTS
+from p2pnet.kad.errors import KadProtocolError
+from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
 
 
@@ -300,3 +307,103 @@ async def _sse(resp: Any) -> AsyncIterator[tuple[str, Any]]:
             name = line[7:]
         elif line.startswith("data: "):
             yield name, json.loads(line[6:])
+
+
+async def test_event_streams_are_limited(net: Net) -> None:
+    assert net.http is not None
+    streams = []
+    try:
+        for _ in range(MAX_EVENT_CLIENTS):
+            resp = await net.http.get(net.url + "api/events")
+            assert resp.status == 200
+            streams.append(resp)
+        async with net.http.get(net.url + "api/events") as resp:
+            assert resp.status == 503
+    finally:
+        for resp in streams:
+            resp.close()
+    # closed streams free their slots
+    await eventually(lambda: _stream_ok(net))
+
+
+async def _stream_ok(net: Net) -> bool:
+    assert net.http is not None
+    async with net.http.get(net.url + "api/events") as resp:
+        return resp.status == 200
+
+
+async def test_crawl_of_a_lying_or_silent_server_fails_cleanly() -> None:
+    """A "DHT server" that answers garbage, or nothing: the crawl fails with a protocol error
+    or a timeout, the stream is reset, the explorer counts the failure and carries on."""
+    async with Node() as liar, Node() as silent, Node() as asker:
+
+        async def garbage(stream: Any) -> None:
+            await stream.read()
+            await stream.write(b"\x05\xff\xff\xff\xff\xff")  # a frame that is no kad message
+            await stream.close()
+
+        async def mute(stream: Any) -> None:
+            await asyncio.sleep(30)
+
+        liar.set_stream_handler("/ipfs/kad/1.0.0", garbage)
+        silent.set_stream_handler("/ipfs/kad/1.0.0", mute)
+        await asker.connect(liar.p2p_addrs()[0])
+        await asker.connect(silent.p2p_addrs()[0])
+        with pytest.raises(KadProtocolError):
+            await crawl(asker.host, liar.peer_id, timeout=5)
+        with pytest.raises(TimeoutError):
+            await crawl(asker.host, silent.peer_id, timeout=0.5)
+        kad = [
+            s
+            for c in asker.host.connections()
+            for s in c.muxer.streams
+            if s.protocol == "/ipfs/kad/1.0.0"
+        ]
+        assert kad == []  # both crawl streams were reset
+
+
+async def test_explorer_command_serves_the_page_and_metrics(tmp_path: Any) -> None:
+    """`p2pnet explorer -e env` as a user runs it, its bootstrap peer down: it prints the URL,
+    says it is retrying, serves /metrics, and stops cleanly on SIGTERM."""
+    key = _key()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{PeerID.from_public_key(key.public_key)}"
+    env = tmp_path / "explorer.env"
+    env.write_text(f"BOOTSTRAP_PEERS={addr}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pnet", "explorer", "-e", str(env), "--http-port", "0",
+        "--metrics-port", "0", "--retry-max", "1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    urls: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(30):
+            while "explorer" not in urls:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "explorer ended early"
+                name, _, url = line.partition(": ")
+                urls[name] = url.strip()
+            async with aiohttp.ClientSession() as http:
+                while True:
+                    async with http.get(urls["explorer"] + "api/state") as resp:
+                        state = await resp.json()
+                    if state["explorer"]["bootstrap"]["state"] == "retrying":
+                        break
+                    await asyncio.sleep(0.1)
+                assert state["explorer"]["bootstrapPeers"] == [addr]
+                async with http.get(urls["explorer"]) as resp:
+                    assert "p2pnet explorer" in await resp.text()
+                async with http.get(urls["metrics"]) as resp:
+                    assert "libp2p_swarm_outgoing_connection_error_total" in await resp.text()
+                async with http.get(urls["metrics"].replace("/metrics", "/healthz")) as resp:
+                    assert resp.status == 503  # no connection yet
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+        assert proc.returncode == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -34,6 +34,8 @@ MAX_EVENT_CLIENTS = 64
 CLIENT_QUEUE = 64
 #: A comment line every so often keeps proxies and the browser from timing the stream out.
 KEEPALIVE_SECONDS = 15.0
+#: A client that does not take an event within this time is disconnected.
+WRITE_TIMEOUT = 30.0
 _STATIC = {
     "index.html": "text/html",
     "app.js": "application/javascript",
@@ -174,9 +176,10 @@ class ExplorerWeb:
                     chunk = ": keepalive\n\n"
                 if chunk is None:
                     break
-                await response.write(chunk.encode())
-        except ConnectionResetError:
-            pass  # the browser went away
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await response.write(chunk.encode())
+        except (ConnectionResetError, TimeoutError):
+            pass  # the browser went away, or stopped reading
         finally:
             self._clients.discard(client)
         return response
