@@ -407,3 +407,35 @@ async def test_explorer_command_serves_the_page_and_metrics(tmp_path: Any) -> No
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_rates_of_unwatched_topics_come_from_published_counters() -> None:
+    view = NetworkView("self", ViewConfig(rate_bucket=5.0, rate_buckets=12))
+    view.observed.add("agent-messages")
+    peer = str(PeerID.from_public_key(_key().public_key))
+    base = {
+        "name": "n",
+        "ethAddress": "0x" + "ab" * 20,
+        "uptime": 1.0,
+        "peers": 0,
+        "mesh": {},
+        "dhtTableSize": 0,
+        "messagesIn": 0,
+        "messagesOut": 0,
+        "rejected": 0,
+    }
+
+    def report(chat: int, watched: int) -> dict[str, Any]:
+        counters = {"chat": {"published": chat}, "agent-messages": {"published": watched}}
+        return {**base, "topicCounters": counters}
+
+    assert view.on_status(peer, "0x", report(0, 0), 100, 100.0)
+    assert view.on_status(peer, "0x", report(10, 50), 100, 110.0)  # 10 in 10 s
+    rates = view.rates(110.0)
+    assert rates["totals"] == {"chat": 10}  # the watched topic is counted from messages only
+    assert rates["series"]["chat"][-3:] == [1.0, 1.0, 0.0]  # 5 per 5-s bucket: 1 msg/s
+    # a restarted node (counter went back) adds nothing
+    assert view.on_status(peer, "0x", report(3, 0), 100, 115.0)
+    assert view.rates(115.0)["totals"] == {"chat": 10}
+    view.on_message("agent-messages", 115.0)
+    assert view.rates(115.0)["totals"] == {"agent-messages": 1, "chat": 10}

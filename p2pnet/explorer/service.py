@@ -117,6 +117,7 @@ class Explorer:
                 rate_buckets=cfg.rate_buckets,
             ),
         )
+        self.view.observed.update(WATCHED_TOPICS)
         self.bootstrap = BootstrapState(state="starting" if cfg.bootstrap_peers else "none")
         self.crawls = 0
         self.crawl_failures = 0

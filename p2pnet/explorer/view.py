@@ -32,6 +32,8 @@ MAX_TEXT = 200
 MAX_TOPIC_NAME = 100
 #: Topics with a rate series of their own (the agent topics come first).
 MAX_RATE_TOPICS = 16
+#: Edges sent to the page at most (each node reports at most 50 connections).
+MAX_EDGES = 20_000
 _B58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
@@ -191,7 +193,10 @@ class NetworkView:
         self.announcements: deque[dict[str, Any]] = deque(maxlen=self.config.max_announcements)
         self.announcements_version = 0
         #: topic -> counts per bucket index (bucket index = floor(now / rate_bucket)).
-        self._rates: dict[str, dict[int, int]] = {}
+        self._rates: dict[str, dict[int, float]] = {}
+        #: Topics whose rate the explorer counts itself (it subscribes to them); the rates of
+        #: other topics come from the published counters in status reports.
+        self.observed: set[str] = set()
         self.rates_version = 0
         self.dht_version = 0
         #: grows with every accepted status report (the page refreshes node details on it)
@@ -258,8 +263,9 @@ class NetworkView:
         node.addrs = status.get("addrs", node.addrs)
         node.topics = status.get("topics", node.topics)
         node.agent_version = status.get("agentVersion", node.agent_version)
-        old = node.status
+        old, old_at = node.status, node.status_at
         node.status, node.status_at = status, now
+        self._published_since(old, old_at, status, now)
         self.status_version += 1
         if old is None or _graph_fields(old) != _graph_fields(status):
             self.version += 1
@@ -342,18 +348,42 @@ class NetworkView:
     # -- messages -------------------------------------------------------------------------------
 
     def on_message(self, topic: str, now: float) -> None:
+        """The explorer received a message on ``topic`` (one it subscribes to)."""
+        self._add_rate(topic, int(now // self.config.rate_bucket), 1.0)
+
+    def _add_rate(self, topic: str, index: int, count: float) -> None:
         series = self._rates.get(topic)
         if series is None:
             if len(self._rates) >= MAX_RATE_TOPICS:
                 return
             series = self._rates[topic] = {}
-        index = int(now // self.config.rate_bucket)
-        series[index] = series.get(index, 0) + 1
+        series[index] = series.get(index, 0.0) + count
         if len(series) > self.config.rate_buckets + 1:
-            oldest = index - self.config.rate_buckets
+            oldest = max(series) - self.config.rate_buckets
             for i in [i for i in series if i <= oldest]:
                 del series[i]
         self.rates_version += 1
+
+    def _published_since(
+        self, old: dict[str, Any] | None, old_at: float | None, new: dict[str, Any], now: float
+    ) -> None:
+        """Topics the explorer does not subscribe to: the rate comes from the nodes' own
+        ``published`` counters, the growth since their last report spread over that time."""
+        if old is None or old_at is None or now <= old_at:
+            return
+        before = old.get("topicCounters", {})
+        width = self.config.rate_bucket
+        first, last = int(old_at // width), int(now // width)
+        for topic, counters in new.get("topicCounters", {}).items():
+            if topic in self.observed or topic not in before:
+                continue
+            grown = counters.get("published", 0) - before[topic].get("published", 0)
+            if grown <= 0:  # nothing new, or the node restarted
+                continue
+            for index in range(max(first, last - self.config.rate_buckets), last + 1):
+                start, end = max(old_at, index * width), min(now, (index + 1) * width)
+                if end > start:
+                    self._add_rate(topic, index, grown * (end - start) / (now - old_at))
 
     def rates(self, now: float) -> dict[str, Any]:
         """Messages per second on each topic over the last ``rate_buckets`` buckets (oldest
@@ -366,7 +396,7 @@ class NetworkView:
             for topic, counts in sorted(self._rates.items())
         }
         totals = {
-            topic: sum(n for i, n in counts.items() if i >= first)
+            topic: round(sum(n for i, n in counts.items() if i >= first))
             for topic, counts in sorted(self._rates.items())
         }
         return {"bucketSeconds": cfg.rate_bucket, "series": series, "totals": totals}
@@ -402,7 +432,8 @@ class NetworkView:
                 edges.add(_pair(self.self_id, peer))
         return {
             "nodes": nodes,
-            "edges": [{"source": a, "target": b} for a, b in sorted(edges)],
+            "edges": [{"source": a, "target": b} for a, b in sorted(edges)[:MAX_EDGES]],
+            "edgesTruncated": len(edges) > MAX_EDGES,
             "mesh": {
                 t: [{"source": a, "target": b} for a, b in sorted(links)]
                 for t, links in sorted(mesh.items())
