@@ -231,3 +231,13 @@ async def test_p2p_node_metrics_port() -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_metrics_and_status_of_a_node_not_started_yet() -> None:
+    agent = Agent(AgentConfig(name="idle"))
+    samples = scrape(agent)
+    assert value(samples, "libp2p_peers") == 0
+    assert not any(name.startswith("gossipsub_") for name, _ in samples)
+    status = agent.status()
+    assert status["peers"] == 0 and status["mesh"] == {} and status["role"] == "agent"
+    await agent.close()

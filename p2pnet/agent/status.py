@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from p2pnet.pubsub.errors import NotStartedError
+
 if TYPE_CHECKING:
     from p2pnet.agent.agent import Agent
+    from p2pnet.pubsub.gossipsub import Pubsub
+    from p2pnet.pubsub.router import GossipsubRouter
 
 #: Bounds of the report (receivers, such as the explorer, check them again).
 MAX_CONNECTED_PEERS = 50
@@ -33,10 +37,19 @@ def node_role(agent: Agent) -> str:
     return "bootstrap" if agent.mode == "server" else "agent"
 
 
+def running_router(pubsub: Pubsub) -> GossipsubRouter | None:
+    """The gossipsub router, or None before start / after close."""
+    try:
+        return pubsub.router
+    except NotStartedError:
+        return None
+
+
 def build_status(agent: Agent) -> dict[str, Any]:
     node = agent.node
     pubsub = agent.pubsub
-    topics = pubsub.topics() if pubsub._router is not None else []
+    router = running_router(pubsub)
+    topics = pubsub.topics() if router is not None else []
     peers = sorted(node.peers(), key=str)
     truncated = len(peers) > MAX_CONNECTED_PEERS or len(topics) > MAX_TOPICS
     mesh_peers: dict[str, list[str]] = {}
@@ -46,15 +59,15 @@ def build_status(agent: Agent) -> dict[str, Any]:
         mesh_peers[topic] = members[:MAX_MESH_PEERS]
     truncated |= len(topics) > MAX_MESH_TOPICS
     scores: dict[str, float] = {}
-    if pubsub._router is not None:
+    if router is not None:
         scored = sorted(pubsub.peers(), key=str)
         truncated |= len(scored) > MAX_SCORES
         for peer in scored[:MAX_SCORES]:
             scores[str(peer)] = round(pubsub.peer_score(peer), 3)
     counters: dict[str, dict[str, int]] = {}
-    if pubsub._router is not None:
+    if router is not None:
         for topic in topics[:MAX_MESH_TOPICS]:
-            stats = pubsub.router.topic_stats.get(topic, {})
+            stats = router.topic_stats.get(topic, {})
             counters[topic] = {
                 k: stats.get(k, 0) for k in ("published", "delivered", "rejected", "invalid")
             }

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,7 +132,7 @@ class Explorer:
         return self.agent.peer_id
 
     def now(self) -> float:
-        return time.monotonic()
+        return self.agent.node.clock.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -315,7 +314,9 @@ class Explorer:
         async def one(server: PeerID) -> bool:
             async with gate:
                 try:
-                    result = await crawl(host, server, timeout=self.config.crawl_timeout)
+                    result = await crawl(
+                        host, server, timeout=self.config.crawl_timeout, rng=self.agent.node.rng
+                    )
                 except (P2PError, TimeoutError, OSError) as exc:
                     self.crawl_failures += 1
                     log.debug("crawl of %s failed: %s", server, exc)

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from p2pnet.agent.status import running_router
 from p2pnet.host.connection import Direction
 from p2pnet.stats import DurationHistogram
 
@@ -184,9 +185,9 @@ class NodeCollector(Collector):
 
     def _pubsub_metrics(self) -> Iterator[Metric]:
         pubsub = self.node.pubsub
-        if pubsub is None or pubsub._router is None:  # not started yet
+        router = None if pubsub is None else running_router(pubsub)
+        if pubsub is None or router is None:  # disabled, or not started yet
             return
-        router = pubsub._router
         ours = sorted(router.subscriptions)
         keep = bounded_labels(
             set(router.topics) | set(router.mesh) | set(router.topic_stats),
