@@ -338,14 +338,21 @@ class Explorer:
         sent = (-1, -1, -1, -1, -1)
         last_bucket = -1
         last_info = ""
+        graph_due = 0.0
         while True:
             now = self.now()
             self._update_self()
             self.view.expire(now)
             view = self.view
             bucket = int(now // view.config.rate_bucket)
-            if view.version != sent[0]:
+            graph_version = sent[0]
+            if view.version != sent[0] and now >= graph_due:
+                # A big network's graph takes a while to build and send: keep that under a
+                # tenth of the time (a 2000-node graph is about 6 MB).
+                started = self.now()
                 self._emit("graph", view.graph())
+                graph_due = now + 10 * (self.now() - started)
+                graph_version = view.version
             if view.rates_version != sent[1] or bucket != last_bucket:
                 self._emit("rates", view.rates(now))
             if view.announcements_version != sent[2]:
@@ -359,7 +366,7 @@ class Explorer:
             if view.status_version != sent[4]:
                 self._emit("statuses", {"version": view.status_version})
             sent = (
-                view.version,
+                graph_version,
                 view.rates_version,
                 view.announcements_version,
                 view.dht_version,

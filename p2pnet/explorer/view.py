@@ -9,7 +9,9 @@ not heard from for ``node_ttl`` seconds is removed, as is one that announces it 
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +36,12 @@ MAX_TOPIC_NAME = 100
 MAX_RATE_TOPICS = 16
 #: Edges sent to the page at most (each node reports at most 50 connections).
 MAX_EDGES = 20_000
-_B58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+_PEER_ID_TEXT = re.compile(r"[1-9A-HJ-NP-Za-km-z]{30,64}")
 
 
 def is_peer_id_text(text: object) -> bool:
     """Cheap shape check of a base58 PeerID (status reports name up to hundreds of them)."""
-    return isinstance(text, str) and 30 <= len(text) <= 64 and set(text) <= _B58
+    return isinstance(text, str) and _PEER_ID_TEXT.fullmatch(text) is not None
 
 
 class InvalidStatus(ValueError):
@@ -199,6 +201,7 @@ class NetworkView:
         self.observed: set[str] = set()
         self.rates_version = 0
         self.dht_version = 0
+        self._graph_cache: tuple[int, dict[str, Any]] | None = None
         #: grows with every accepted status report (the page refreshes node details on it)
         self.status_version = 0
 
@@ -404,6 +407,15 @@ class NetworkView:
     # -- JSON for the page ----------------------------------------------------------------------
 
     def graph(self) -> dict[str, Any]:
+        """Nodes, edges and per-topic mesh links for the page (cached until ``version``
+        changes; edges in no particular order)."""
+        if self._graph_cache is not None and self._graph_cache[0] == self.version:
+            return self._graph_cache[1]
+        graph = self._build_graph()
+        self._graph_cache = (self.version, graph)
+        return graph
+
+    def _build_graph(self) -> dict[str, Any]:
         nodes = [
             {
                 "id": n.id,
@@ -432,11 +444,11 @@ class NetworkView:
                 edges.add(_pair(self.self_id, peer))
         return {
             "nodes": nodes,
-            "edges": [{"source": a, "target": b} for a, b in sorted(edges)[:MAX_EDGES]],
+            "edges": [{"source": a, "target": b} for a, b in itertools.islice(edges, MAX_EDGES)],
             "edgesTruncated": len(edges) > MAX_EDGES,
             "mesh": {
-                t: [{"source": a, "target": b} for a, b in sorted(links)]
-                for t, links in sorted(mesh.items())
+                t: [{"source": a, "target": b} for a, b in itertools.islice(links, MAX_EDGES)]
+                for t, links in sorted(mesh.items())[:MAX_RATE_TOPICS]
             },
         }
 
