@@ -85,7 +85,7 @@ async def test_page_shows_the_network_live(browser: BrowserContext) -> None:
         # clicking a node shows its details
         agent = net.agents[0]
         await page.click(_node(agent.peer_id) + " circle")
-        details = page.locator(f'#details dl[data-peer-id="{agent.peer_id}"]')
+        details = page.locator(f'#details dl[data-details-of="{agent.peer_id}"]')
         await details.wait_for(timeout=5_000)
         text = await details.inner_text()
         assert "agent-0" in text and agent.eth_address.lower() in text.lower()
@@ -111,7 +111,7 @@ async def test_page_shows_the_network_live(browser: BrowserContext) -> None:
 
         # the DHT view lists the crawled servers
         for boot in net.boots:
-            await page.wait_for_selector(f'#dht tr[data-peer-id="{boot.peer_id}"]', timeout=10_000)
+            await page.wait_for_selector(f'#dht tr[data-server="{boot.peer_id}"]', timeout=10_000)
 
         ARTIFACTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, tiny
         await page.screenshot(path=str(ARTIFACTS / "explorer.png"), full_page=True)
@@ -122,6 +122,8 @@ async def test_page_shows_the_network_live(browser: BrowserContext) -> None:
         crashed = net.agents[1]
         await net.crash(crashed)
         await page.wait_for_selector(_node(crashed.peer_id), state="detached", timeout=15_000)
+        # only live graph nodes carry data-peer-id
+        assert await page.locator(f'[data-peer-id="{crashed.peer_id}"]').count() == 0
         assert await page.locator(_node(late.peer_id)).count() == 1
         assert errors == []
     finally:
@@ -166,7 +168,9 @@ async def test_page_stays_usable_with_a_thousand_announcing_identities(
         # still responsive: a click on a real node shows its details at once
         agent = net.agents[1]
         await page.click(_node(agent.peer_id) + " circle", timeout=10_000)
-        await page.locator(f'#details dl[data-peer-id="{agent.peer_id}"]').wait_for(timeout=5_000)
+        await page.locator(f'#details dl[data-details-of="{agent.peer_id}"]').wait_for(
+            timeout=5_000
+        )
         assert await page.locator("#announcements li").count() <= 30
         assert errors == []
         await asyncio.sleep(0)

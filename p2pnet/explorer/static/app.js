@@ -131,7 +131,7 @@ async function showDetails() {
     return; // the stream status badge already says the explorer is unreachable
   }
   if (state.selected !== id) return;
-  const dl = el("dl", { "data-peer-id": d.id });
+  const dl = el("dl", { "data-details-of": d.id });
   row(dl, "Name", d.name);
   row(dl, "Role", d.role);
   row(dl, "PeerID", d.id, true);
@@ -186,7 +186,7 @@ function drawAnnouncements(list) {
   const ol = document.getElementById("announcements");
   ol.replaceChildren();
   for (const a of list.slice().reverse().slice(0, 30)) {
-    ol.appendChild(el("li", { "data-peer-id": a.peerId },
+    ol.appendChild(el("li", { "data-announcer": a.peerId },
       `${a.event} · ${a.name || short(a.peerId)} · ${a.ethAddress}`));
   }
 }
@@ -206,7 +206,7 @@ function drawDht(servers) {
   head.appendChild(el("th", {}, "crawled"));
   table.appendChild(head);
   for (const s of servers) {
-    const tr = el("tr", { "data-peer-id": s.id });
+    const tr = el("tr", { "data-server": s.id });
     tr.appendChild(el("td", { class: "name" }, s.name || short(s.id)));
     for (let c = 0; c <= deepest; c++) {
       const peers = s.buckets[String(c)] || [];
