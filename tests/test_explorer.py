@@ -439,3 +439,15 @@ def test_rates_of_unwatched_topics_come_from_published_counters() -> None:
     assert view.rates(115.0)["totals"] == {"chat": 10}
     view.on_message("agent-messages", 115.0)
     assert view.rates(115.0)["totals"] == {"agent-messages": 1, "chat": 10}
+
+
+def test_connected_peers_stay_and_silent_ones_expire() -> None:
+    view = NetworkView("self", ViewConfig(node_ttl=10.0))
+    plain, gone = (str(PeerID.from_public_key(_key().public_key)) for _ in range(2))
+    view.on_identify(plain, "js-libp2p/1.0", ["/ipfs/id/1.0.0"], [], 0.0)
+    view.on_identify(gone, "go-libp2p/1.0", ["/ipfs/kad/1.0.0"], [], 0.0)
+    assert view.nodes[gone].role == "bootstrap" and view.nodes[plain].role == "agent"
+    for t in range(1, 30):
+        view.set_own_peers([plain], float(t))  # still connected to `plain` only
+        view.expire(float(t))
+    assert plain in view.nodes and gone not in view.nodes

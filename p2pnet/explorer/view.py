@@ -238,11 +238,16 @@ class NetworkView:
         node.name, node.eth, node.addrs = name, eth, addrs
 
     def set_own_peers(self, peers: list[str], now: float) -> None:
-        """Who the explorer itself is connected to (edges from the explorer)."""
+        """Who the explorer itself is connected to (edges from the explorer). A known node we
+        are connected to is alive, even if it reports nothing (a plain libp2p peer)."""
         peers = sorted(peers)
         if peers != self.own_peers:
             self.own_peers = peers
             self.version += 1
+        for peer in peers:
+            node = self.nodes.get(peer)
+            if node is not None:
+                node.last_seen = now
         self.set_self_seen(now)
 
     def set_self_seen(self, now: float) -> None:
