@@ -451,3 +451,24 @@ def test_connected_peers_stay_and_silent_ones_expire() -> None:
         view.set_own_peers([plain], float(t))  # still connected to `plain` only
         view.expire(float(t))
     assert plain in view.nodes and gone not in view.nodes
+
+
+async def test_explorer_command_with_its_port_taken_exits_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p2pnet", "explorer", "--http-port", str(port),
+            "--bootstrap-peers", "",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 2
+    assert f"cannot serve on 127.0.0.1:{port}" in err.decode()
+    assert "Traceback" not in err.decode()

@@ -150,6 +150,7 @@ async function showDetails() {
   const scores = Object.entries(d.scores || {})
     .map(([p, s]) => `${names.get(p) || short(p)}: ${s}`);
   row(dl, "Peer scores", scores.join("\n")).style.whiteSpace = "pre-line";
+  row(dl, "Protocols", (d.protocols || []).join("\n")).style.whiteSpace = "pre-line";
   row(dl, "Last heard", `${d.lastSeen} s ago (${(d.sources || []).join(", ")})`);
   box.replaceChildren(dl);
 }
