@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -152,7 +153,14 @@ async def flood_announcements(publisher: Agent, count: int, batch: int = 100) ->
             key = KeyPair.generate(KeyType.Secp256k1)
             peer = PeerID.from_public_key(key.public_key)
             data = {"event": "join", "name": f"fake-{i}", "addrs": [], "topics": []}
-            envelope = seal(key, "announce", data, topic=ANNOUNCEMENTS_TOPIC)
+            envelope = seal(
+                key,
+                "announce",
+                data,
+                topic=ANNOUNCEMENTS_TOPIC,
+                now=publisher.clock.time(),
+                nonce=os.urandom(8),
+            )
             msg = build_message(
                 ANNOUNCEMENTS_TOPIC,
                 envelope,

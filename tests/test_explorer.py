@@ -172,11 +172,10 @@ async def test_malformed_and_oversized_status_reports_are_ignored(net: Net) -> N
     ignored = view.ignored_statuses
     for report in bad_reports:
         try:
-            envelope = seal(liar.node.key, "status", report, topic=STATUS_TOPIC)
+            envelope = seal(liar.node.key, "status", report, topic=STATUS_TOPIC, **fresh(liar))
         except ValueError:  # inf is not JSON: send what a buggy node would (a string)
-            envelope = seal(
-                liar.node.key, "status", {**report, "uptime": "inf"}, topic=STATUS_TOPIC
-            )
+            report = {**report, "uptime": "inf"}
+            envelope = seal(liar.node.key, "status", report, topic=STATUS_TOPIC, **fresh(liar))
         await liar.pubsub.publish(STATUS_TOPIC, envelope)
     await eventually(lambda: view.ignored_statuses >= ignored + len(bad_reports))
     # the node keeps its last good report, the explorer keeps serving
@@ -266,6 +265,11 @@ def test_sanitize_status_keeps_documented_fields_and_bounds() -> None:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def fresh(agent: Agent) -> dict[str, Any]:
+    """The time and nonce an agent signs an envelope with."""
+    return {"now": agent.clock.time(), "nonce": agent.node.rng.randbytes(8)}
 
 
 def _key() -> KeyPair:

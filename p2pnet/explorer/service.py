@@ -22,6 +22,8 @@ from multiaddr import Multiaddr
 from p2pnet.agent.agent import Agent, AgentConfig
 from p2pnet.agent.constants import ANNOUNCEMENTS_TOPIC, MESSAGES_TOPIC, STATUS_TOPIC
 from p2pnet.agent.envelope import InvalidEnvelope, open_envelope
+from p2pnet.backoff import BootstrapSchedule, ExponentialBackoff
+from p2pnet.backoff import BootstrapState as ScheduleState
 from p2pnet.errors import P2PError
 from p2pnet.explorer.crawler import crawl
 from p2pnet.explorer.view import NetworkView, ViewConfig
@@ -67,7 +69,7 @@ class ExplorerConfig:
 
 
 @dataclass
-class BootstrapState:
+class BootstrapStatus:
     state: str = "starting"  # starting | connected | retrying | none (no bootstrap peers)
     attempts: int = 0
     last_error: str = ""
@@ -117,7 +119,7 @@ class Explorer:
             ),
         )
         self.view.observed.update(WATCHED_TOPICS)
-        self.bootstrap = BootstrapState(state="starting" if cfg.bootstrap_peers else "none")
+        self.bootstrap = BootstrapStatus(state="starting" if cfg.bootstrap_peers else "none")
         self.crawls = 0
         self.crawl_failures = 0
         self._tasks = TaskOwner(f"explorer {self.agent.peer_id}")
@@ -155,7 +157,7 @@ class Explorer:
     async def close(self) -> None:
         await self._tasks.close()
         for sub in self._subs:
-            await sub.cancel()
+            sub.cancel()
         await self.agent.close()
 
     async def __aenter__(self) -> Explorer:
@@ -230,7 +232,7 @@ class Explorer:
                 continue
             # The agent's validator accepted it already; open it again for its content.
             try:
-                env = open_envelope(msg.data)
+                env = open_envelope(msg.data, now=self.agent.clock.time())
             except InvalidEnvelope:
                 continue
             if env.peer_id == self.peer_id:
@@ -257,38 +259,43 @@ class Explorer:
     # -- background work ------------------------------------------------------------------------
 
     async def _bootstrap_loop(self) -> None:
+        """Reach the bootstrap peers, and again whenever every connection is lost; when and how
+        often is the node's :class:`~p2pnet.backoff.BootstrapSchedule` decision."""
         cfg = self.config
         if not cfg.bootstrap_peers:
             return
-        delay = cfg.retry_initial
         node = self.agent.node
+        schedule = BootstrapSchedule(ExponentialBackoff(cfg.retry_initial, cfg.retry_max, node.rng))
+        status = self.bootstrap
         while True:
-            if node.peers():
-                if self.bootstrap.state != "connected":
-                    self.bootstrap.state = "connected"
-                    self.bootstrap.connected_at = self.now()
-                    self.bootstrap.next_retry_at = None
-                    self._changed.set()
-                delay = cfg.retry_initial
-                await asyncio.sleep(cfg.push_interval)
-                continue
-            self.bootstrap.attempts += 1
+            if schedule.state is ScheduleState.CONNECTED:
+                if node.peers():
+                    await asyncio.sleep(cfg.push_interval)
+                    continue
+                delay = schedule.peers_lost()
+                if delay is not None:
+                    self._set_bootstrap("retrying", "lost every connection", delay)
+                    await asyncio.sleep(delay)
+            status.attempts = schedule.attempt_started()
             try:
                 await node.bootstrap(cfg.bootstrap_peers)
             except (P2PError, ValueError, OSError, TimeoutError) as exc:
-                self.bootstrap.state = "retrying"
-                self.bootstrap.last_error = str(exc)[:300]
-                self.bootstrap.next_retry_at = self.now() + delay
-                log.info("explorer: bootstrap peers unreachable (retry in %.0f s): %s", delay, exc)
-                self._changed.set()
+                delay = schedule.attempt_failed()
+                log.info("explorer: bootstrap peers unreachable (retry in %.1f s): %s", delay, exc)
+                self._set_bootstrap("retrying", str(exc), delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.retry_max)
                 continue
-            self.bootstrap.state = "connected"
-            self.bootstrap.last_error = ""
-            self.bootstrap.next_retry_at = None
-            self.bootstrap.connected_at = self.now()
-            self._changed.set()
+            schedule.attempt_succeeded()
+            self._set_bootstrap("connected", "", None)
+
+    def _set_bootstrap(self, state: str, error: str, retry_in: float | None) -> None:
+        status = self.bootstrap
+        status.state = state
+        status.last_error = error[:300]
+        status.next_retry_at = None if retry_in is None else self.now() + retry_in
+        if state == "connected":
+            status.connected_at = self.now()
+        self._changed.set()
 
     async def _crawl_loop(self) -> None:
         cfg = self.config
