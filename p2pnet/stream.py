@@ -9,7 +9,7 @@ streams only through :class:`Stream`; no code outside ``mux/`` names a concrete 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -78,6 +78,11 @@ class Stream(ReadWriter, Protocol):
     def conn(self) -> ConnectionInfo: ...
 
     @property
+    def direction(self) -> Direction:
+        """OUTBOUND if we opened the stream, INBOUND if the remote did."""
+        ...
+
+    @property
     def local_closed(self) -> bool:
         """We half-closed the stream (or it is reset or its connection is gone)."""
         ...
@@ -115,6 +120,21 @@ class MuxedConnection(Protocol):
     @property
     def num_streams(self) -> int:
         """Streams open now (either direction)."""
+        ...
+
+    @property
+    def streams(self) -> Sequence[Stream]:
+        """The streams open now."""
+        ...
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from the secured channel (muxer framing included)."""
+        ...
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to the secured channel (muxer framing included)."""
         ...
 
     async def start(self) -> None: ...

@@ -76,6 +76,14 @@ class Host:
         self.bus = ServiceBus()
         self._started = False
         self._closed = False
+        #: Outbound connection attempts (one per address tried) and how many of them failed.
+        self.dial_attempts = 0
+        self.dial_failures = 0
+        #: Connections established since start, by direction; bytes of the closed ones (the
+        #: open ones count theirs in their muxers). For metrics.
+        self.connections_opened = {Direction.INBOUND: 0, Direction.OUTBOUND: 0}
+        self.closed_bytes_received = 0
+        self.closed_bytes_sent = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -179,6 +187,14 @@ class Host:
     def connected_peers(self) -> list[PeerID]:
         return [p for p, cs in self._conns.items() if any(not c.is_closed for c in cs)]
 
+    def traffic(self) -> tuple[int, int]:
+        """Bytes received and sent over all connections since start (muxed, decrypted)."""
+        # every registered connection counts its own bytes until _watch moves them to closed_*
+        conns = [c for cs in self._conns.values() for c in cs]
+        received = self.closed_bytes_received + sum(c.muxed.bytes_received for c in conns)
+        sent = self.closed_bytes_sent + sum(c.muxed.bytes_sent for c in conns)
+        return received, sent
+
     def is_connected(self, peer: PeerID) -> bool:
         return bool(self.connections(peer))
 
@@ -250,6 +266,14 @@ class Host:
             del self._pending_dials[peer]
 
     async def _dial_addr(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
+        self.dial_attempts += 1
+        try:
+            return await self._dial_addr_counted(addr, peer)
+        except Exception:
+            self.dial_failures += 1
+            raise
+
+    async def _dial_addr_counted(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
         if self._closed:
             raise DialError("host is closed")
         transport = self.transport_for(addr)
@@ -311,6 +335,7 @@ class Host:
         peer = conn.remote_peer
         # Registered before the muxer starts, so its first inbound stream finds the connection.
         self._conns.setdefault(peer, []).append(conn)
+        self.connections_opened[conn.direction] += 1
         await conn.muxed.start()
         self.peerstore.add_pubkey(peer, conn.secure.remote_public_key)
         if conn.direction is Direction.OUTBOUND:
@@ -324,6 +349,8 @@ class Host:
             await conn.muxed.wait_closed()
         finally:
             peer = conn.remote_peer
+            self.closed_bytes_received += conn.muxed.bytes_received
+            self.closed_bytes_sent += conn.muxed.bytes_sent
             conns = self._conns.get(peer, [])
             if conn in conns:
                 conns.remove(conn)

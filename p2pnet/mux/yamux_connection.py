@@ -57,7 +57,7 @@ from p2pnet.mux.yamux import (
     YamuxConfig,
     YamuxSession,
 )
-from p2pnet.stream import ConnectionInfo, StreamCallback
+from p2pnet.stream import ConnectionInfo, Direction, StreamCallback
 
 log = logging.getLogger("p2pnet.yamux")
 
@@ -98,6 +98,10 @@ class YamuxStream(ChunkReader):
     @property
     def is_reset(self) -> bool:
         return self.record.is_reset
+
+    @property
+    def direction(self) -> Direction:
+        return Direction.OUTBOUND if self.record.outbound else Direction.INBOUND
 
     @property
     def buffered(self) -> int:
@@ -266,6 +270,9 @@ class YamuxConnection:
         self._error: P2PError | None = None
         #: Set once the connection is fully closed (tasks stopped, ``conn`` closed).
         self.closed = asyncio.Event()
+        #: Bytes of yamux frames read from and written to ``conn`` (for metrics).
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     # ----------------------------------------------------------------- properties
 
@@ -448,6 +455,7 @@ class YamuxConnection:
                     self._out_ready.clear()
                     await self._out_ready.wait()
                     continue
+                self.bytes_sent += session.outbound_size
                 frames: list[Bytes] = list(session.take_outbound())
                 self._room.set()
                 if len(frames) == 1:
@@ -477,6 +485,7 @@ class YamuxConnection:
                     return
                 if type(data) is not bytes:
                     data = bytes(data)
+                self.bytes_received += len(data)
                 for ev in session.receive_data(data, now()):
                     if type(ev) is DataReceived:
                         stream = streams.get(ev.stream_id)
