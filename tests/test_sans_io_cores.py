@@ -34,6 +34,7 @@ CORE_MODULES = [
     "pubsub/mcache.py",
     "pubsub/messages.py",
     "backoff.py",
+    "host/addresses.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "threading"}
 

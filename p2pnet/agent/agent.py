@@ -54,7 +54,15 @@ from p2pnet.config import (
 from p2pnet.crypto.eth import eth_address, is_eth_address, to_checksum_address
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import CryptoError, MessageTooLargeError, NoPeersError, P2PError
-from p2pnet.events import EventBus, EventStream
+from p2pnet.events import (
+    BootstrapFailed,
+    BootstrapSucceeded,
+    EventBus,
+    EventStream,
+    NodeEvent,
+    PeerConnected,
+    PeerDisconnected,
+)
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.errors import KadError
 from p2pnet.kad.errors import PeerNotFound as KadPeerNotFound
@@ -92,7 +100,39 @@ class AgentDiscovered:
     name: str = ""
 
 
-AgentEvent = AgentMessage | AgentDiscovered
+@dataclass(frozen=True)
+class AgentPeerConnected:
+    """A connection to ``peer`` opened (its first one: a peer is connected once)."""
+
+    peer_id: PeerID
+    eth_address: str | None
+    addr: Multiaddr
+    direction: str  # "inbound" or "outbound"
+
+
+@dataclass(frozen=True)
+class AgentPeerDisconnected:
+    """The last connection to ``peer`` ended: closed, reset, or the peer died."""
+
+    peer_id: PeerID
+    eth_address: str | None
+
+
+@dataclass(frozen=True)
+class AgentBootstrap:
+    """How a bootstrap attempt went: ``ok`` (``routing_table`` DHT size), else ``error`` and the
+    seconds until the node tries again by itself (``retry_in``)."""
+
+    ok: bool
+    attempt: int
+    routing_table: int = 0
+    error: str = ""
+    retry_in: float = 0.0
+
+
+AgentEvent = (
+    AgentMessage | AgentDiscovered | AgentPeerConnected | AgentPeerDisconnected | AgentBootstrap
+)
 
 
 @dataclass
@@ -109,6 +149,12 @@ class AgentConfig:
     bootstrap_peers: list[str] | None = None
     #: Run the DHT in server mode and answer other nodes (a bootstrap node).
     bootstrap_node: bool = False
+    #: True: :meth:`Agent.start` fails with ``DIAL_FAILED`` when no bootstrap peer answers its
+    #: first attempt. False: start anyway; the node keeps retrying with backoff and the agent
+    #: publishes its presence when it gets through (a service started before its bootstrap
+    #: nodes). Bootstrap nodes never require it (they start one after another). Either way a
+    #: running agent that loses every bootstrap peer bootstraps again by itself.
+    require_bootstrap: bool = True
     #: Seconds between re-publications of the presence record and the presence announcement.
     presence_interval: float = 300.0
     #: Seconds between node-status reports.
@@ -148,8 +194,13 @@ class AgentConfig:
         kad = dataclasses.replace(self.kad) if self.kad is not None else KadConfig()
         kad.mode = Mode.SERVER if self.bootstrap_node else Mode.CLIENT
         ip = "ip6" if ":" in self.listen_host else "ip4"
+        peers = self.bootstrap_peers
+        if peers is None:
+            peers = default_bootstrap_peers()
         return NodeConfig(
             listen_addrs=[f"/{ip}/{self.listen_host}/tcp/{self.port}"],
+            # The node bootstraps at start and retries with backoff (also after losing them).
+            bootstrap_peers=list(peers),
             identity=identity,
             kad=kad,
             pubsub=self.pubsub,
@@ -173,6 +224,11 @@ def topic_key(topic: str) -> bytes:
 #: Peers remembered in ``Agent.announced`` and ``Agent.statuses``; the least recently heard
 #: ones are forgotten first, so a flood of announcing identities cannot grow memory.
 MAX_KNOWN_PEERS = 1024
+
+
+#: Seconds a peer named by a DHT provider record has to answer a dial before ``discover`` leaves
+#: it out as gone.
+LIVENESS_TIMEOUT = 5.0
 
 
 def _remember(known: OrderedDict[PeerID, Any], peer: PeerID, value: Any) -> None:
@@ -221,6 +277,8 @@ class Agent:
         self.messages_out = 0
         self.rejected = 0
         self._started_at = 0.0
+        #: The addresses our last presence record named (republished when they change).
+        self._published_addrs: frozenset[Multiaddr] = frozenset()
         self._lifecycle = Lifecycle(f"agent {cfg.name}")
 
     # -- identity ------------------------------------------------------------------------------
@@ -249,17 +307,18 @@ class Agent:
             return
         self._started_at = self.clock.monotonic()
         try:
+            # Registered before the node starts, so its first bootstrap result is seen too.
+            node_events = self.node.events()
+            # The node bootstraps as it starts; our handler and topics reach the bootstrap
+            # peers right after (identify push, pubsub subscription announcements).
             await self._start_node()
             await self.messaging.start()
             for topic in AGENT_TOPICS:
                 self._join(topic)
-            peers = self.config.bootstrap_peers
-            if peers is None:
-                peers = default_bootstrap_peers()
-            if peers:
-                await self._bootstrap(peers)
+            self._check_bootstrap()
             await self._publish_presence()
             await self._announce("join")
+            self._tasks.spawn(self._follow_node(node_events), name="agent node events")
             self._tasks.spawn(self._maintenance(), name="agent maintenance")
         except BaseException:
             await self.close()
@@ -274,15 +333,15 @@ class Agent:
                 raise PortInUse(f"port {self.config.port} is already in use") from exc
             raise AgentError(f"cannot start the node: {exc}") from exc
 
-    async def _bootstrap(self, peers: list[str]) -> None:
-        try:
-            await self.node.bootstrap(peers)
-        except (P2PError, ValueError) as exc:
-            if self.config.bootstrap_node:
-                # Bootstrap nodes start one after another; the others may not be up yet.
-                log.warning("%s: bootstrap peers not reachable yet: %s", self.name, exc)
-                return
-            raise DialFailed(f"no bootstrap peer could be reached: {exc}") from exc
+    def _check_bootstrap(self) -> None:
+        """After the node's first bootstrap attempt: fail the start if it failed and the config
+        requires it; otherwise the node is retrying in the background."""
+        error = self.node.bootstrap_error
+        if error is None:
+            return
+        if self.config.require_bootstrap and not self.config.bootstrap_node:
+            raise DialFailed(f"no bootstrap peer could be reached: {error}")
+        log.warning("%s: bootstrap peers not reachable yet, retrying: %s", self.name, error)
 
     async def close(self) -> None:
         previous = self._lifecycle.begin_close()
@@ -428,12 +487,18 @@ class Agent:
         found: dict[PeerID, AgentDiscovered] = {}
         dht_error: Exception | None = None
         try:
-            for info in await self.node.find_providers(topic_key(topic)):
+            providers = await self.node.find_providers(topic_key(topic))
+        except (KadError, NoPeersError) as exc:
+            dht_error = exc
+            providers = []
+        # A provider record outlives its agent (it expires after hours): answer only with the
+        # agents that are reachable now, connected or answering a dial within LIVENESS_TIMEOUT.
+        alive = await self._reachable([info.peer for info in providers])
+        for info in providers:
+            if info.peer in alive:
                 found[info.peer] = AgentDiscovered(
                     info.peer, _eth_of(info.peer), list(info.addrs), [topic]
                 )
-        except (KadError, NoPeersError) as exc:
-            dht_error = exc
         store = self.node.host.peerstore
         for peer in self.pubsub.topic_peers(topic):
             if peer not in found:
@@ -450,6 +515,25 @@ class Agent:
                 agent = dataclasses.replace(agent, name=known.name)
             named.append(agent)
         return named
+
+    async def _reachable(self, peers: list[PeerID]) -> set[PeerID]:
+        """The peers among ``peers`` we are connected to or can dial now (at once, each within
+        :data:`LIVENESS_TIMEOUT`); the others are left out, with a log line."""
+        host = self.node.host
+        alive = {p for p in peers if p == self.peer_id or host.is_connected(p)}
+        unknown = [p for p in dict.fromkeys(peers) if p not in alive]
+
+        async def probe(peer: PeerID) -> None:
+            try:
+                async with asyncio.timeout(LIVENESS_TIMEOUT):
+                    await host.connect_peer(peer)
+            except (P2PError, OSError, TimeoutError) as exc:
+                log.info("%s: %s is not reachable, left out: %s", self.name, peer, exc)
+                return
+            alive.add(peer)
+
+        await asyncio.gather(*(probe(p) for p in unknown))
+        return alive
 
     # -- incoming -------------------------------------------------------------------------------
 
@@ -524,6 +608,30 @@ class Agent:
         if before is None or before.topics != info.topics:
             self._events.emit(info)
 
+    # -- churn ----------------------------------------------------------------------------------
+
+    async def _follow_node(self, events: EventStream[NodeEvent]) -> None:
+        """Turn the node's connection and bootstrap events into agent events, and publish our
+        presence again whenever the node (re)joins the network through its bootstrap peers: a
+        bootstrap node that restarted has forgotten every record it held."""
+        async for event in events:
+            if isinstance(event, PeerConnected):
+                self._events.emit(
+                    AgentPeerConnected(event.peer, _eth_of(event.peer), event.addr, event.direction)
+                )
+            elif isinstance(event, PeerDisconnected):
+                self._events.emit(AgentPeerDisconnected(event.peer, _eth_of(event.peer)))
+            elif isinstance(event, BootstrapFailed):
+                self._events.emit(
+                    AgentBootstrap(False, event.attempt, error=event.error, retry_in=event.retry_in)
+                )
+            elif isinstance(event, BootstrapSucceeded):
+                self._events.emit(AgentBootstrap(True, event.attempt, event.routing_table))
+                if event.attempt > 1 or self.presence.published_seq == 0:
+                    log.info("%s: (re)joined the network: publishing presence", self.name)
+                    await self._publish_presence()
+                    await self._announce("presence")
+
     # -- periodic work --------------------------------------------------------------------------
 
     async def _announce(self, event: str, **extra: Any) -> None:
@@ -541,12 +649,16 @@ class Agent:
             log.debug("%s: announcement %s not sent: %s", self.name, event, exc)
 
     async def _publish_presence(self) -> None:
+        self._published_addrs = self._presence_addrs()
         try:
             stored = await self.presence.publish()
         except (KadError, NoPeersError, ValueError) as exc:
             log.info("%s: presence not published yet: %s", self.name, exc)
             return
         log.info("%s: presence stored on %d DHT peers", self.name, stored)
+
+    def _presence_addrs(self) -> frozenset[Multiaddr]:
+        return frozenset(self.node.host.advertised_addrs)
 
     @property
     def uptime(self) -> float:
@@ -575,6 +687,10 @@ class Agent:
             now = clock.monotonic()
             if self.presence.published_seq == 0 and self.node.peers():
                 await self._publish_presence()
+            elif self._presence_addrs() != self._published_addrs and self.node.peers():
+                log.info("%s: our addresses changed: publishing presence", self.name)
+                await self._publish_presence()
+                await self._announce("presence")
             if now >= next_presence:
                 next_presence = now + cfg.presence_interval
                 await self._publish_presence()

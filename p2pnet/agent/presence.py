@@ -38,7 +38,7 @@ class Presence:
         # A time-based sequence number keeps increasing across restarts of the agent.
         seq = max(self.published_seq + 1, int(self.clock.time() * 1000))
         key, value = sign_agent_record(
-            self.host.key, self.host.peer_id, self.host.listen_addrs, seq
+            self.host.key, self.host.peer_id, self.host.advertised_addrs, seq
         )
         stored = await self.dht.put_value(key, value)
         self.published_seq = seq

@@ -428,6 +428,7 @@ def _validate(cmd: Command) -> None:
             raise CommandError("INVALID_FIELDS", "'bootstrapPeers' must be a list of multiaddrs")
         _field(f, "privateKey", str, "a hex string")
         _field(f, "name", str, "a string")
+        _field(f, "retryBootstrap", bool, "a boolean")
     elif cmd.type == "send":
         if "data" not in f:
             raise CommandError("INVALID_FIELDS", "'data' is required")
@@ -697,7 +698,13 @@ class NodeProcess:
         return status
 
     async def _pump_events(self, events: AsyncIterator[AgentEvent]) -> None:
-        from p2pnet.agent.agent import AgentDiscovered, AgentMessage
+        from p2pnet.agent.agent import (
+            AgentBootstrap,
+            AgentDiscovered,
+            AgentMessage,
+            AgentPeerConnected,
+            AgentPeerDisconnected,
+        )
 
         async for event in events:
             if isinstance(event, AgentMessage):
@@ -713,6 +720,42 @@ class NodeProcess:
                 self.emit(out)
             elif isinstance(event, AgentDiscovered):
                 self.emit(discovered_event(event))
+            elif isinstance(event, AgentPeerConnected):
+                self.emit(
+                    {
+                        "type": "peer_connected",
+                        "peerId": str(event.peer_id),
+                        "ethAddress": event.eth_address,
+                        "addr": _addr_text(event.addr),
+                        "direction": event.direction,
+                    }
+                )
+            elif isinstance(event, AgentPeerDisconnected):
+                self.emit(
+                    {
+                        "type": "peer_disconnected",
+                        "peerId": str(event.peer_id),
+                        "ethAddress": event.eth_address,
+                    }
+                )
+            elif isinstance(event, AgentBootstrap):
+                if event.ok:
+                    self.emit(
+                        {
+                            "type": "bootstrap_succeeded",
+                            "attempt": event.attempt,
+                            "dhtTableSize": event.routing_table,
+                        }
+                    )
+                else:
+                    self.emit(
+                        {
+                            "type": "bootstrap_failed",
+                            "attempt": event.attempt,
+                            "error": event.error,
+                            "retryIn": round(event.retry_in, 3),
+                        }
+                    )
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -749,6 +792,8 @@ def agent_config(
         overrides["bootstrap_peers"] = list(f["bootstrapPeers"])
     elif args.bootstrap_peers is not None:
         overrides["bootstrap_peers"] = split_list(args.bootstrap_peers)
+    if f.get("retryBootstrap"):
+        overrides["require_bootstrap"] = False
     if f.get("privateKey"):
         overrides["private_key"] = f["privateKey"]
     if args.key_file:
@@ -873,7 +918,9 @@ async def serve(args: argparse.Namespace, writer: JsonLineWriter, env: Mapping[s
     reader.start()
     try:
         if args.connect:
-            await node.handle_line(b'{"type":"connect"}')
+            # Nobody is there to send connect again: the node keeps retrying its bootstrap
+            # peers until they answer (a service may start before its bootstrap nodes).
+            await node.handle_line(b'{"type":"connect","retryBootstrap":true}')
         commands = asyncio.create_task(node.read_commands(reader.queue), name="stdin-commands")
         stopping = asyncio.create_task(node.stopping.wait(), name="stopping")
         try:

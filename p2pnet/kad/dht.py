@@ -421,7 +421,7 @@ class KadDHT:
     # -- public API: peers ----------------------------------------------------------------------
 
     def self_info(self) -> PeerInfo:
-        return PeerInfo(self.host.peer_id, list(self.host.listen_addrs))
+        return PeerInfo(self.host.peer_id, list(self.host.advertised_addrs))
 
     async def get_closest_peers(self, key: bytes) -> list[PeerID]:
         """The k peers closest to ``key`` that answered an iterative FIND_NODE lookup."""
