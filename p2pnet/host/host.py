@@ -302,7 +302,11 @@ class Host:
         transport = self.transport_for(addr)
         if transport is None:
             raise DialError(f"no transport can dial {addr}")
-        raw = await transport.dial(addr, timeout=self.config.dial_timeout)
+        dial_addr = addr
+        if peer is not None and any(p.name == "p2p-circuit" for p in addr.protocols()):
+            # A relay is asked for the target by its ID: the relayed transport needs it.
+            dial_addr = addr.encapsulate(Multiaddr(f"/p2p/{peer}"))
+        raw = await transport.dial(dial_addr, timeout=self.config.dial_timeout)
         upgraded = await upgrade(
             raw,
             self.key,
