@@ -101,6 +101,8 @@ class Node:
         self._subscriptions: dict[str, Subscription] = {}
         self._pumped: set[str] = set()
         self._bootstrap_ids = _peer_ids(cfg.bootstrap_peers)
+        #: The peer IDs named in ``config.bootstrap_peers``.
+        self.bootstrap_peer_ids = frozenset(self._bootstrap_ids)
         #: When to (re)try the bootstrap peers: the decisions; the node only waits and dials.
         self.bootstrap_schedule = BootstrapSchedule(
             ExponentialBackoff(cfg.bootstrap_retry_initial, cfg.bootstrap_retry_max, self.rng)

@@ -142,3 +142,25 @@ async def test_killed_peer_is_reported_and_left_out_of_discover(spawn: Any) -> N
     assert after["count"] == 0, alice.events
     failed = await alice.request({"type": "send", "peerId": carol.eth, "data": 1}, "sent", 30)
     assert failed["type"] == "error" and failed["code"] in ("DIAL_FAILED", "SEND_FAILED")
+
+
+async def test_agent_reachable_only_through_a_relay_gets_direct_messages(spawn: Any) -> None:
+    """An agent with no listener of its own (as behind a NAT) reserves a slot on the bootstrap
+    node, publishes its relayed address, and receives direct messages through the relay."""
+    boot = await spawn("--bootstrap", "--bootstrap-peers", "", name="boot")
+    await boot.connect()
+    alice = await spawn("--via-relay", name="alice")
+    await alice.connect(bootstrapPeers=boot.addrs)
+    relayed = f"{boot.addrs[0]}/p2p-circuit/p2p/{alice.peer_id}"
+    assert alice.addrs == [relayed], alice.addrs
+    bob = await spawn(name="bob")
+    await bob.connect(bootstrapPeers=boot.addrs)
+
+    await bob.ok({"type": "send", "peerId": alice.eth, "data": {"via": "relay"}}, "sent")
+    got = await alice.expect("message")
+    assert got["data"] == {"via": "relay"} and got["direct"] is True
+    conn = await bob.expect("peer_connected", peerId=alice.peer_id)
+    assert "/p2p-circuit" in conn["addr"], conn  # the connection that carried it
+    # And back: alice dials bob directly.
+    await alice.ok({"type": "send", "peerId": bob.eth, "data": "reply"}, "sent")
+    assert (await bob.expect("message"))["data"] == "reply"

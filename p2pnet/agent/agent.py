@@ -74,6 +74,10 @@ from p2pnet.pubsub.gossipsub import Subscription
 from p2pnet.pubsub.messages import Message, ValidationResult
 from p2pnet.pubsub.params import GossipsubConfig
 from p2pnet.pubsub.score import PeerScoreParams, TopicScoreParams
+from p2pnet.relay.messages import HOP_PROTOCOL
+from p2pnet.relay.reservations import RelayLimits
+from p2pnet.relay.service import RelayService
+from p2pnet.relay.transport import CircuitTransport
 from p2pnet.service import Lifecycle, ServiceState
 from p2pnet.tasks import TaskOwner
 
@@ -155,6 +159,17 @@ class AgentConfig:
     #: nodes). Bootstrap nodes never require it (they start one after another). Either way a
     #: running agent that loses every bootstrap peer bootstraps again by itself.
     require_bootstrap: bool = True
+    #: Serve as a circuit relay (``/libp2p/circuit/relay/0.2.0/hop``) with ``relay_limits``;
+    #: None: on for bootstrap nodes, off for other agents.
+    relay_service: bool | None = None
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    #: Reserve a relay slot on every bootstrap peer that serves as a relay, and advertise the
+    #: relayed addresses (presence record, identify): for an agent others cannot dial (behind
+    #: NAT). Renewed while connected, taken again after the agent rejoins.
+    reserve_relay: bool = False
+    #: Listen for direct TCP connections on ``listen_host:port``. False: dial out only and be
+    #: reachable through relay reservations alone (with ``reserve_relay``).
+    listen_direct: bool = True
     #: Seconds between re-publications of the presence record and the presence announcement.
     presence_interval: float = 300.0
     #: Seconds between node-status reports.
@@ -198,7 +213,9 @@ class AgentConfig:
         if peers is None:
             peers = default_bootstrap_peers()
         return NodeConfig(
-            listen_addrs=[f"/{ip}/{self.listen_host}/tcp/{self.port}"],
+            listen_addrs=[f"/{ip}/{self.listen_host}/tcp/{self.port}"]
+            if self.listen_direct
+            else [],
             # The node bootstraps at start and retries with backoff (also after losing them).
             bootstrap_peers=list(peers),
             identity=identity,
@@ -263,6 +280,15 @@ class Agent:
             clock=self.clock,
             timeout=cfg.message_timeout,
         )
+        #: Relayed connections: every agent can dial /p2p-circuit addresses; with
+        #: ``reserve_relay`` it also accepts them and keeps reservations.
+        self.circuit = CircuitTransport(self.node.host)
+        self.node.host.transports.append(self.circuit)
+        self.circuit.on_addrs_changed = self._relay_addrs_changed
+        serve = cfg.relay_service if cfg.relay_service is not None else cfg.bootstrap_node
+        self.relay: RelayService | None = (
+            RelayService(self.node.host, cfg.relay_limits) if serve else None
+        )
         self._events: EventBus[AgentEvent] = EventBus()
         self._tasks = TaskOwner(f"agent {cfg.name or self.node.peer_id}")
         self._subs: dict[str, Subscription] = {}
@@ -312,10 +338,16 @@ class Agent:
             # The node bootstraps as it starts; our handler and topics reach the bootstrap
             # peers right after (identify push, pubsub subscription announcements).
             await self._start_node()
+            await self.circuit.start()
+            if self.relay is not None:
+                await self.relay.start()
+            if self.config.reserve_relay:
+                await self.node.host.listen(Multiaddr("/p2p-circuit"))
             await self.messaging.start()
             for topic in AGENT_TOPICS:
                 self._join(topic)
             self._check_bootstrap()
+            await self._reserve_relays()
             await self._publish_presence()
             await self._announce("join")
             self._tasks.spawn(self._follow_node(node_events), name="agent node events")
@@ -355,6 +387,9 @@ class Agent:
                 log.debug("leave announcement failed: %s", exc)
         await self._tasks.close()
         await self.messaging.close()
+        if self.relay is not None:
+            await self.relay.close()
+        await self.circuit.close()
         await self.node.close()
         self._events.close()
 
@@ -627,10 +662,38 @@ class Agent:
                 )
             elif isinstance(event, BootstrapSucceeded):
                 self._events.emit(AgentBootstrap(True, event.attempt, event.routing_table))
+                if event.attempt > 1:
+                    await self._reserve_relays()
                 if event.attempt > 1 or self.presence.published_seq == 0:
                     log.info("%s: (re)joined the network: publishing presence", self.name)
                     await self._publish_presence()
                     await self._announce("presence")
+
+    async def _reserve_relays(self) -> None:
+        """With ``reserve_relay``: a slot on each connected bootstrap peer that is a relay."""
+        if not self.config.reserve_relay:
+            return
+        host = self.node.host
+        candidates = [
+            p
+            for p in host.connected_peers()
+            if p in self.node.bootstrap_peer_ids
+            and p not in self.circuit.reservations
+            and HOP_PROTOCOL in host.peerstore.get_protocols(p)
+        ]
+        for relay in candidates:
+            try:
+                await self.circuit.reserve(relay)
+            except (P2PError, TimeoutError) as exc:
+                log.info("%s: no relay slot on %s: %s", self.name, relay, exc)
+        if not self.circuit.reservations:
+            log.warning("%s: no relay reservation: others cannot dial this agent", self.name)
+
+    def _relay_addrs_changed(self) -> None:
+        """Our relayed addresses changed: tell the DHT at once (the maintenance loop would only
+        notice at its next wake-up)."""
+        if self._lifecycle.running and self.presence.published_seq:
+            self._tasks.spawn(self._publish_presence(), name="presence after relay change")
 
     # -- periodic work --------------------------------------------------------------------------
 

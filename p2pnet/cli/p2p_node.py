@@ -792,6 +792,8 @@ def agent_config(
         overrides["bootstrap_peers"] = list(f["bootstrapPeers"])
     elif args.bootstrap_peers is not None:
         overrides["bootstrap_peers"] = split_list(args.bootstrap_peers)
+    if args.via_relay:
+        overrides.update(listen_direct=False, reserve_relay=True)
     if f.get("retryBootstrap"):
         overrides["require_bootstrap"] = False
     if f.get("privateKey"):
@@ -853,6 +855,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap-peers",
         help="comma-separated multiaddrs (overrides the env file and the defaults; '' for none)",
+    )
+    parser.add_argument(
+        "--via-relay",
+        action="store_true",
+        help="no direct listener: reserve a slot on the bootstrap nodes (circuit relay v2) and "
+        "be reachable through them only (an agent behind NAT)",
     )
     parser.add_argument(
         "--connect", action="store_true", help="connect at start, without a connect command"
