@@ -35,6 +35,8 @@ CORE_MODULES = [
     "pubsub/messages.py",
     "backoff.py",
     "host/addresses.py",
+    "relay/messages.py",
+    "relay/reservations.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "threading"}
 
