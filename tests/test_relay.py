@@ -14,6 +14,7 @@ from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import DialError
 from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.protocols.identify import IdentifyInfo
 from p2pnet.relay.messages import (
     HOP_PROTOCOL,
     HopMessage,
@@ -104,7 +105,15 @@ async def trio() -> AsyncIterator[Trio]:
 
 async def test_reserve_then_dial_through_the_relay_end_to_end(trio: Trio) -> None:
     relay_addr = trio.relay.p2p_addrs()[0]
+    pushed = asyncio.Event()
+
+    def on_identified(info: IdentifyInfo) -> None:
+        if info.push and any(is_relayed(a) for a in info.listen_addrs):
+            pushed.set()
+
+    trio.relay.identify_service.on_identified(on_identified)
     info = await trio.private_circuit.reserve(trio.relay.peer_id, relay_addr)
+    await asyncio.wait_for(pushed.wait(), 5)  # identify push of the new relayed address
     assert info.limit == Limit(120, 1 << 20)
     assert trio.service.table.reservations == 1
     advertised = [str(a) for a in trio.private.host.advertised_addrs]

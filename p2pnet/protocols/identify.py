@@ -14,7 +14,13 @@ import logging
 from collections.abc import Callable
 
 from p2pnet.errors import P2PError
-from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, PeerIdentified, ProtocolsChanged
+from p2pnet.host.bus import (
+    AddressesChanged,
+    ConnectionEnded,
+    ConnectionOpened,
+    PeerIdentified,
+    ProtocolsChanged,
+)
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
@@ -63,6 +69,7 @@ class IdentifyService:
             bus.subscribe(ConnectionOpened, lambda e: self._on_connected(e.connection)),
             bus.subscribe(ConnectionEnded, lambda e: self._on_disconnected(e.connection)),
             bus.subscribe(ProtocolsChanged, lambda _: self._schedule_push()),
+            bus.subscribe(AddressesChanged, lambda _: self._schedule_push()),
         ]
 
     async def start(self) -> None:
@@ -172,7 +179,7 @@ class IdentifyService:
                 "confirmed addresses now %s",
                 self.host.addresses.confirmed(self.host.clock.monotonic()),
             )
-            self._schedule_push()
+            self.host.bus.emit(AddressesChanged())
 
     def _apply(self, info: IdentifyInfo) -> IdentifyInfo:
         apply_identify(self.host.peerstore, info)

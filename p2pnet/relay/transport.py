@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from multiaddr import Multiaddr
 
 from p2pnet.errors import DialError, P2PError
-from p2pnet.host.bus import ConnectionEnded
+from p2pnet.host.bus import AddressesChanged, ConnectionEnded
 from p2pnet.host.host import Host
 from p2pnet.io import Bytes
 from p2pnet.peer.peer_id import PeerID
@@ -315,5 +315,6 @@ class CircuitTransport:
             self._changed()
 
     def _changed(self) -> None:
+        self.host.bus.emit(AddressesChanged())  # identify pushes our new addresses
         if self.on_addrs_changed is not None:
             self.on_addrs_changed()
