@@ -1,0 +1,100 @@
+"""Agents behind a real NAT (network namespaces + nftables masquerade, tests/natlab.py).
+
+Root only: elsewhere these tests skip with the reason; with P2PNET_REQUIRE_NATLAB=1 (set by
+.ci/run, which runs as root) a skip is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from natlab import NatLab, lab_unavailable, leftover_namespaces
+from test_p2p_node import NodeProc
+
+P2P_NODE = [sys.executable, "-m", "p2pnet.cli.p2p_node"]
+
+
+@pytest.fixture
+def nat_lab() -> Iterator[NatLab]:
+    reason = lab_unavailable()
+    if reason is not None:
+        if os.environ.get("P2PNET_REQUIRE_NATLAB", "") not in ("", "0"):
+            pytest.fail(f"NAT lab required but unavailable: {reason}", pytrace=False)
+        pytest.skip(reason)
+    lab = NatLab()
+    with lab:
+        yield lab
+    assert leftover_namespaces(lab.tag) == [], "the lab left namespaces behind"
+
+
+@pytest.fixture
+async def spawn_in(nat_lab: NatLab) -> AsyncIterator[Callable[..., Any]]:
+    """``await spawn_in(namespace, *flags, name=...)``: a p2p-node in that namespace; every
+    process is reaped before the lab's namespaces are deleted."""
+    procs: list[NodeProc] = []
+
+    async def start(namespace: str, *args: str, name: str = "") -> NodeProc:
+        cmd = [*nat_lab.exec_prefix(namespace), *P2P_NODE]
+        proc = await NodeProc.spawn(*args, cmd=cmd, name=name)
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        await asyncio.gather(*(p.close() for p in procs))
+        for p in procs:
+            p.assert_clean()
+
+
+def test_lab_cleans_up_even_when_a_step_fails() -> None:
+    reason = lab_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    lab = NatLab()
+    with pytest.raises(RuntimeError), lab:
+        lab.add_private()
+        lab.ns(lab.pub, "ip", "link", "set", "no-such-interface", "up")  # fails
+    assert leftover_namespaces(lab.tag) == []
+
+
+async def test_agent_behind_nat_is_reached_through_the_relay(
+    nat_lab: NatLab, spawn_in: Any
+) -> None:
+    seg = nat_lab.add_private()
+    pub, ip = nat_lab.pub, nat_lab.public_ip
+    boot = await spawn_in(pub, "--bootstrap", "--host", ip, "--bootstrap-peers", "", name="boot")
+    await boot.connect()
+    bob = await spawn_in(pub, "--host", ip, name="bob")
+    await bob.connect(bootstrapPeers=boot.addrs)
+    # Behind the NAT: one agent that only listens on its private interfaces, one on a relay.
+    hidden = await spawn_in(seg.host, "--host", "0.0.0.0", name="hidden")
+    await hidden.connect(bootstrapPeers=boot.addrs)
+    relayed = await spawn_in(seg.host, "--via-relay", name="relayed")
+    await relayed.connect(bootstrapPeers=boot.addrs)
+
+    # The bootstrap node sees them come from the NAT's public address, not their own.
+    seen = await boot.expect("peer_connected", peerId=hidden.peer_id)
+    assert seen["addr"].startswith(f"/ip4/{seg.public_ip}/tcp/"), seen
+    # 0.0.0.0 is never advertised: the private interface (and loopback) are, and mean nothing
+    # from outside.
+    assert any(f"/ip4/{seg.private_ip}/" in a for a in hidden.addrs), hidden.addrs
+    assert not any("/0.0.0.0/" in a for a in hidden.addrs)
+
+    failed = await bob.request({"type": "send", "peerId": hidden.eth, "data": 1}, "sent", 40)
+    assert failed["type"] == "error" and failed["code"] in ("DIAL_FAILED", "SEND_FAILED")
+
+    assert relayed.addrs == [f"{boot.addrs[0]}/p2p-circuit/p2p/{relayed.peer_id}"]
+    await bob.ok({"type": "send", "peerId": relayed.eth, "data": "through the NAT"}, "sent")
+    got = await relayed.expect("message")
+    assert got["data"] == "through the NAT" and got["direct"] is True
+    via = await bob.expect("peer_connected", peerId=relayed.peer_id)
+    assert "/p2p-circuit" in via["addr"]
+    # Outbound from behind the NAT works directly.
+    await hidden.ok({"type": "send", "peerId": bob.eth, "data": "out"}, "sent")
+    assert (await bob.expect("message"))["data"] == "out"
