@@ -72,7 +72,7 @@ async def test_agent_behind_nat_is_reached_through_the_relay(
     await boot.connect()
     bob = await spawn_in(pub, "--host", ip, name="bob")
     await bob.connect(bootstrapPeers=boot.addrs)
-    # Behind the NAT: one agent that only listens on its private interfaces, one on a relay.
+    # Behind the NAT: one agent listening on its private interfaces only, one on a relay.
     hidden = await spawn_in(seg.host, "--host", "0.0.0.0", name="hidden")
     await hidden.connect(bootstrapPeers=boot.addrs)
     relayed = await spawn_in(seg.host, "--via-relay", name="relayed")
@@ -82,9 +82,10 @@ async def test_agent_behind_nat_is_reached_through_the_relay(
     seen = await boot.expect("peer_connected", peerId=hidden.peer_id)
     assert seen["addr"].startswith(f"/ip4/{seg.public_ip}/tcp/"), seen
     # 0.0.0.0 is never advertised: the private interface (and loopback) are, and mean nothing
-    # from outside.
+    # from outside. This bootstrap node does not dial private addresses back (AutoNAT), so
+    # `hidden` gets no verdict and takes no relay slot.
     assert any(f"/ip4/{seg.private_ip}/" in a for a in hidden.addrs), hidden.addrs
-    assert not any("/0.0.0.0/" in a for a in hidden.addrs)
+    assert not any("/0.0.0.0/" in a or "/p2p-circuit" in a for a in hidden.addrs)
 
     failed = await bob.request({"type": "send", "peerId": hidden.eth, "data": 1}, "sent", 40)
     assert failed["type"] == "error" and failed["code"] in ("DIAL_FAILED", "SEND_FAILED")
@@ -98,3 +99,45 @@ async def test_agent_behind_nat_is_reached_through_the_relay(
     # Outbound from behind the NAT works directly.
     await hidden.ok({"type": "send", "peerId": bob.eth, "data": "out"}, "sent")
     assert (await bob.expect("message"))["data"] == "out"
+
+
+async def test_agent_learns_it_is_behind_nat_and_takes_a_relay_slot(
+    nat_lab: NatLab, spawn_in: Any
+) -> None:
+    """AutoNAT v2 with the bootstrap node (allowed to dial the lab's private ranges): the agent
+    behind the NAT is not dialled back (after paying the dial data: its address is not the IP
+    the request came from), concludes it is private and reserves; the public agent is dialled
+    back and does not."""
+    seg = nat_lab.add_private()
+    pub, ip = nat_lab.pub, nat_lab.public_ip
+    boot = await spawn_in(
+        pub,
+        "--bootstrap",
+        "--autonat-allow-private",
+        "--host",
+        ip,
+        "--bootstrap-peers",
+        "",
+        "--log-level",
+        "info",
+        name="boot",
+    )
+    await boot.connect()
+    bob = await spawn_in(pub, "--host", ip, "--log-level", "info", name="bob")
+    await bob.connect(bootstrapPeers=boot.addrs)
+    natted = await spawn_in(seg.host, "--host", "0.0.0.0", "--log-level", "info", name="natted")
+    await natted.connect(bootstrapPeers=boot.addrs)
+
+    assert not any("/p2p-circuit" in a for a in bob.addrs), bob.addrs
+    assert any(
+        e["message"].endswith("reachability public") for e in bob.events if e["type"] == "log"
+    )
+    relayed = [a for a in natted.addrs if "/p2p-circuit" in a]
+    assert relayed == [f"{boot.addrs[0]}/p2p-circuit/p2p/{natted.peer_id}"], natted.addrs
+    assert any(
+        e["message"].endswith("reachability private") for e in natted.events if e["type"] == "log"
+    )
+    await bob.ok({"type": "send", "peerId": natted.eth, "data": "found you"}, "sent", 40)
+    assert (await natted.expect("message"))["data"] == "found you"
+    via = await bob.expect("peer_connected", peerId=natted.peer_id)
+    assert "/p2p-circuit" in via["addr"], via

@@ -37,6 +37,7 @@ CORE_MODULES = [
     "host/addresses.py",
     "relay/messages.py",
     "relay/reservations.py",
+    "autonat/messages.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "threading"}
 

@@ -44,6 +44,13 @@ from p2pnet.agent.errors import (
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
 from p2pnet.agent.status import MAX_STATUS_BYTES, build_status
+from p2pnet.autonat.messages import (
+    DIAL_REQUEST_PROTOCOL,
+    Reachability,
+    candidate_order,
+    conclude,
+)
+from p2pnet.autonat.service import AutoNATClient, AutoNATServer
 from p2pnet.config import (
     ConfigError,
     NodeConfig,
@@ -166,7 +173,14 @@ class AgentConfig:
     #: Reserve a relay slot on every bootstrap peer that serves as a relay, and advertise the
     #: relayed addresses (presence record, identify): for an agent others cannot dial (behind
     #: NAT). Renewed while connected, taken again after the agent rejoins.
-    reserve_relay: bool = False
+    #: None: only when AutoNAT v2 says none of our addresses is reachable (checked with the
+    #: bootstrap peers after each bootstrap).
+    reserve_relay: bool | None = None
+    #: Answer AutoNAT v2 dial requests; None: on for bootstrap nodes. ``autonat_allow_private``
+    #: also dials private and loopback addresses (a LAN, a lab, the devnet), which a server on
+    #: the internet should not.
+    autonat_server: bool | None = None
+    autonat_allow_private: bool = False
     #: Listen for direct TCP connections on ``listen_host:port``. False: dial out only and be
     #: reachable through relay reservations alone (with ``reserve_relay``).
     listen_direct: bool = True
@@ -289,6 +303,15 @@ class Agent:
         self.relay: RelayService | None = (
             RelayService(self.node.host, cfg.relay_limits) if serve else None
         )
+        serve_autonat = cfg.autonat_server if cfg.autonat_server is not None else cfg.bootstrap_node
+        self.autonat_server: AutoNATServer | None = (
+            AutoNATServer(self.node.host, allow_private=cfg.autonat_allow_private)
+            if serve_autonat
+            else None
+        )
+        self.autonat = AutoNATClient(self.node.host, self.node.rng)
+        #: What AutoNAT concluded about our addresses (``Reachability``).
+        self.reachability = Reachability.UNKNOWN
         self._events: EventBus[AgentEvent] = EventBus()
         self._tasks = TaskOwner(f"agent {cfg.name or self.node.peer_id}")
         self._subs: dict[str, Subscription] = {}
@@ -341,7 +364,10 @@ class Agent:
             await self.circuit.start()
             if self.relay is not None:
                 await self.relay.start()
-            if self.config.reserve_relay:
+            await self.autonat.start()
+            if self.autonat_server is not None:
+                await self.autonat_server.start()
+            if self.config.reserve_relay is not False:
                 await self.node.host.listen(Multiaddr("/p2p-circuit"))
             await self.messaging.start()
             for topic in AGENT_TOPICS:
@@ -390,6 +416,9 @@ class Agent:
         if self.relay is not None:
             await self.relay.close()
         await self.circuit.close()
+        await self.autonat.close()
+        if self.autonat_server is not None:
+            await self.autonat_server.close()
         await self.node.close()
         self._events.close()
 
@@ -670,9 +699,14 @@ class Agent:
                     await self._announce("presence")
 
     async def _reserve_relays(self) -> None:
-        """With ``reserve_relay``: a slot on each connected bootstrap peer that is a relay."""
-        if not self.config.reserve_relay:
+        """A slot on each connected bootstrap peer that is a relay: always with
+        ``reserve_relay=True``, when AutoNAT finds us unreachable with ``None``."""
+        if self.config.reserve_relay is False:
             return
+        if self.config.reserve_relay is None:
+            self.reachability = await self._check_reachability()
+            if self.reachability != Reachability.PRIVATE:
+                return
         host = self.node.host
         candidates = [
             p
@@ -688,6 +722,34 @@ class Agent:
                 log.info("%s: no relay slot on %s: %s", self.name, relay, exc)
         if not self.circuit.reservations:
             log.warning("%s: no relay reservation: others cannot dial this agent", self.name)
+
+    async def _check_reachability(self) -> str:
+        """Ask every connected bootstrap peer that serves AutoNAT v2 about our addresses."""
+        host = self.node.host
+        addrs = candidate_order(host.advertised_addrs)
+        if not addrs:
+            return Reachability.PRIVATE  # nothing anyone could dial
+        servers = [
+            p
+            for p in host.connected_peers()
+            if p in self.node.bootstrap_peer_ids
+            and DIAL_REQUEST_PROTOCOL in host.peerstore.get_protocols(p)
+        ]
+
+        async def ask(server: PeerID) -> bool | None:
+            try:
+                result = await self.autonat.check(server, addrs)
+            except (P2PError, TimeoutError) as exc:
+                log.info("%s: autonat with %s failed: %s", self.name, server, exc)
+                return None
+            log.info("%s: autonat %s: %s %s", self.name, server, result.status, result.addr)
+            if result.reachable is True and result.addr is not None:
+                host.addresses.confirm(result.addr, self.clock.monotonic())
+            return result.reachable
+
+        verdict = conclude(await asyncio.gather(*(ask(s) for s in servers)))
+        log.info("%s: reachability %s", self.name, verdict)
+        return verdict
 
     def _relay_addrs_changed(self) -> None:
         """Our relayed addresses changed: tell the DHT at once (the maintenance loop would only

@@ -84,3 +84,45 @@ def parse_addrs(raw: Sequence[bytes]) -> list[Multiaddr]:
         except Exception:  # undecodable: keep the index aligned with a placeholder
             out.append(Multiaddr("/p2p-circuit"))
     return out
+
+
+class Reachability:
+    """What a node concludes from several servers' verdicts (sans-IO)."""
+
+    PUBLIC = "public"
+    PRIVATE = "private"
+    UNKNOWN = "unknown"
+
+
+def conclude(verdicts: Sequence[bool | None]) -> str:
+    """PUBLIC if any server dialled us back; PRIVATE if at least one could not and none could;
+    UNKNOWN without a verdict (refused, rejected, unverified). With the few bootstrap nodes an
+    agent knows, one confirmed dial-back is evidence enough; the spec's suggestion (more than
+    three servers agreeing) fits large networks."""
+    if any(v is True for v in verdicts):
+        return Reachability.PUBLIC
+    if any(v is False for v in verdicts):
+        return Reachability.PRIVATE
+    return Reachability.UNKNOWN
+
+
+def candidate_order(addrs: Sequence[Multiaddr]) -> list[Multiaddr]:
+    """Our addresses to have checked, most useful first: public, then private, loopback last;
+    relayed and undialable ones left out."""
+
+    def rank(addr: Multiaddr) -> int:
+        ip = ip_of(addr)
+        if ip is None:
+            return 3
+        if ip.is_global:
+            return 0
+        return 2 if ip.is_loopback else 1
+
+    usable = [
+        a
+        for a in addrs
+        if is_advertisable(a)
+        and ip_of(a) is not None
+        and not any(p.name == "p2p-circuit" for p in a.protocols())
+    ]
+    return sorted(usable, key=rank)

@@ -142,9 +142,7 @@ class AutoNATServer:
         dial_status = await self._dial_back(peer, addr, nonce)
         await self._respond(stream, pb.DialResponse.OK, idx, dial_status)
 
-    async def _dial_back(
-        self, peer: PeerID, addr: Multiaddr, nonce: int
-    ) -> pb.DialStatus:
+    async def _dial_back(self, peer: PeerID, addr: Multiaddr, nonce: int) -> pb.DialStatus:
         key = KeyPair.generate(KeyType.Ed25519)
         dialer = Host(key, HostConfig(listen_addrs=[]), clock=self.host.clock)
         try:

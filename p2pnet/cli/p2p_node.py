@@ -794,6 +794,8 @@ def agent_config(
         overrides["bootstrap_peers"] = split_list(args.bootstrap_peers)
     if args.via_relay:
         overrides.update(listen_direct=False, reserve_relay=True)
+    if args.autonat_allow_private:
+        overrides["autonat_allow_private"] = True
     if f.get("retryBootstrap"):
         overrides["require_bootstrap"] = False
     if f.get("privateKey"):
@@ -861,6 +863,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no direct listener: reserve a slot on the bootstrap nodes (circuit relay v2) and "
         "be reachable through them only (an agent behind NAT)",
+    )
+    parser.add_argument(
+        "--autonat-allow-private",
+        action="store_true",
+        help="as an AutoNAT v2 server (bootstrap nodes), also dial back private and loopback "
+        "addresses (a LAN or a lab; not on the internet)",
     )
     parser.add_argument(
         "--connect", action="store_true", help="connect at start, without a connect command"

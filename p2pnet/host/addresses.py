@@ -111,6 +111,8 @@ class AddressBook:
         self.max_observed = max_observed
         self.max_observers = max_observers
         self._observed: dict[tuple[bytes, bool], ObservedAddr] = {}
+        #: Addresses an AutoNAT server dialled back on: address -> when.
+        self._dialled_back: dict[bytes, tuple[Multiaddr, float]] = {}
 
     def observe(
         self, observed: Multiaddr, *, observer: Multiaddr, inbound: bool, now: float
@@ -132,6 +134,13 @@ class AddressBook:
             del self._observed[next(iter(self._observed))]
         return self.confirmed(now) != before
 
+    def confirm(self, addr: Multiaddr, now: float) -> None:
+        """An AutoNAT v2 server dialled us back on ``addr``: confirmed for ``ttl`` seconds."""
+        if is_advertisable(addr):
+            self._dialled_back[addr.to_bytes()] = (addr, now)
+            while len(self._dialled_back) > self.max_observed:
+                del self._dialled_back[next(iter(self._dialled_back))]
+
     def expire(self, now: float) -> None:
         for key, entry in list(self._observed.items()):
             entry.observers = {
@@ -149,12 +158,17 @@ class AddressBook:
         ]
 
     def confirmed(self, now: float) -> list[Multiaddr]:
-        """Inbound-observed addresses reported by at least ``activation`` observer IPs."""
-        return [
-            e.addr
+        """Inbound-observed addresses reported by at least ``activation`` observer IPs, and
+        addresses an AutoNAT server dialled us back on (within ``ttl``)."""
+        found = {
+            e.addr.to_bytes(): e.addr
             for e in self._observed.values()
             if e.inbound and e.live_observers(now, self.ttl) >= self.activation
-        ]
+        }
+        for key, (addr, when) in self._dialled_back.items():
+            if now - when <= self.ttl:
+                found.setdefault(key, addr)
+        return list(found.values())
 
     def advertised(
         self, listen: Iterable[Multiaddr], ips: Sequence[IPAddress], now: float
