@@ -1,13 +1,15 @@
 """A NAT lab: Linux network namespaces, veth pairs and nftables masquerade (root only).
 
-    pub  10.77.0.1 ---- 10.77.0.2  natN  192.168.N.1 ---- 192.168.N.2  privN
-                        (masquerade out of its public side)
+    pub1 10.77.0.1 --+                      (public hosts: add_public)
+    pub2 10.77.0.2 --+-- br0 (namespace core)
+                     +-- 10.77.0.10N natN 192.168.N.1 ---- 192.168.N.2 privN
 
-``pub`` is the public segment (bootstrap/relay nodes and public agents listen on 10.77.0.1,
-several processes sharing it on different ports; with several NATs, pub holds one veth per NAT,
-10.77.N.1). Each ``privN`` sits behind the router namespace ``natN``, which forwards and
-masquerades its traffic: a private host can dial out; nothing in ``pub`` can dial in (it has no
-route to 192.168.N.0/24). ``tc netem`` does not work on these machines; no delay is added.
+The public segment is a bridge in its own namespace; each public host is a namespace with one
+address on it (``pub`` is the first, 10.77.0.1; several processes may share a host on different
+ports). Each private host ``privN`` sits behind the router namespace ``natN``, which forwards and
+masquerades its traffic out of its public side: a private host can dial out; nothing public can
+dial in (no route to 192.168.N.0/24). ``tc netem`` does not work on these machines; no delay is
+added.
 
 :class:`NatLab` is a context manager: it records every namespace as it creates it and deletes
 all of them on exit, whatever failed in between (deleting a namespace deletes its veths).
@@ -54,14 +56,23 @@ class Segment:
 
 @dataclass
 class NatLab:
-    public_ip: str = "10.77.0.1"
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     namespaces: list[str] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
+    #: Public host namespaces and their addresses, in creation order.
+    public: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def core(self) -> str:
+        return f"p2pn-{self.tag}-core"
 
     @property
     def pub(self) -> str:
-        return f"p2pn-{self.tag}-pub"
+        return self.public[0][0]
+
+    @property
+    def public_ip(self) -> str:
+        return self.public[0][1]
 
     def _netns(self, name: str) -> str:
         _run("ip", "netns", "add", name)
@@ -78,7 +89,10 @@ class NatLab:
 
     def __enter__(self) -> NatLab:
         try:
-            self._netns(self.pub)
+            self._netns(self.core)
+            self.ns(self.core, "ip", "link", "add", "br0", "type", "bridge")
+            self.ns(self.core, "ip", "link", "set", "br0", "up")
+            self.add_public()
         except BaseException:
             self.close()
             raise
@@ -87,25 +101,41 @@ class NatLab:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _plug(self, namespace: str, ifname: str, ip: str, index: int) -> None:
+        """A veth from the bridge to ``namespace`` (as ``ifname``, address ``ip``/24)."""
+        # Created in the root namespace under unique names, renamed once moved.
+        outer, inner = f"b{self.tag}{index}", f"i{self.tag}{index}"
+        _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+        _run("ip", "link", "set", outer, "netns", self.core)
+        _run("ip", "link", "set", inner, "netns", namespace)
+        self.ns(namespace, "ip", "link", "set", inner, "name", ifname)
+        self.ns(self.core, "ip", "link", "set", outer, "master", "br0")
+        self.ns(self.core, "ip", "link", "set", outer, "up")
+        self.ns(namespace, "ip", "addr", "add", f"{ip}/24", "dev", ifname)
+        self.ns(namespace, "ip", "link", "set", ifname, "up")
+
+    def add_public(self) -> str:
+        """A new public host on the bridge; returns its namespace (its IP: ``public[-1][1]``)."""
+        n = len(self.public) + 1
+        try:
+            name = self._netns(f"p2pn-{self.tag}-pub{n}")
+            ip = f"10.77.0.{n}"
+            self._plug(name, "eth0", ip, n)
+        except BaseException:
+            self.close()
+            raise
+        self.public.append((name, ip))
+        return name
+
     def add_private(self) -> Segment:
-        """A new private host behind its own NAT, linked to pub."""
+        """A new private host behind its own NAT on the public segment."""
         n = len(self.segments) + 1
+        wan_ip = f"10.77.0.{100 + n}"
         try:
             nat = self._netns(f"p2pn-{self.tag}-nat{n}")
             host = self._netns(f"p2pn-{self.tag}-priv{n}")
-            pub_if, wan_if = f"p{self.tag}w{n}", f"n{self.tag}w{n}"
+            self._plug(nat, "wan", wan_ip, 100 + n)
             lan_if, host_if = f"n{self.tag}l{n}", f"h{self.tag}l{n}"
-            # pub <-> nat (the NAT's public side)
-            _run("ip", "link", "add", pub_if, "type", "veth", "peer", "name", wan_if)
-            _run("ip", "link", "set", pub_if, "netns", self.pub)
-            _run("ip", "link", "set", wan_if, "netns", nat)
-            pub_ip = self.public_ip if n == 1 else f"10.77.{n - 1}.1"
-            nat_wan = f"10.77.{n - 1}.2"
-            self.ns(self.pub, "ip", "addr", "add", f"{pub_ip}/24", "dev", pub_if)
-            self.ns(self.pub, "ip", "link", "set", pub_if, "up")
-            self.ns(nat, "ip", "addr", "add", f"{nat_wan}/24", "dev", wan_if)
-            self.ns(nat, "ip", "link", "set", wan_if, "up")
-            # nat <-> private host
             _run("ip", "link", "add", lan_if, "type", "veth", "peer", "name", host_if)
             _run("ip", "link", "set", lan_if, "netns", nat)
             _run("ip", "link", "set", host_if, "netns", host)
@@ -114,13 +144,12 @@ class NatLab:
             self.ns(host, "ip", "addr", "add", f"192.168.{n}.2/24", "dev", host_if)
             self.ns(host, "ip", "link", "set", host_if, "up")
             self.ns(host, "ip", "route", "add", "default", "via", f"192.168.{n}.1")
-            self.ns(nat, "ip", "route", "add", "default", "via", pub_ip)
             self.ns(nat, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
             rules = (
                 "table ip nat {\n"
                 " chain postrouting {\n"
                 "  type nat hook postrouting priority srcnat; policy accept;\n"
-                f'  oifname "{wan_if}" masquerade\n'
+                '  oifname "wan" masquerade\n'
                 " }\n"
                 "}\n"
             )
@@ -134,7 +163,7 @@ class NatLab:
         except BaseException:
             self.close()
             raise
-        segment = Segment(nat, host, nat_wan, f"192.168.{n}.2")
+        segment = Segment(nat, host, wan_ip, f"192.168.{n}.2")
         self.segments.append(segment)
         return segment
 

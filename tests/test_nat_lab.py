@@ -141,3 +141,65 @@ async def test_agent_learns_it_is_behind_nat_and_takes_a_relay_slot(
     assert (await natted.expect("message"))["data"] == "found you"
     via = await bob.expect("peer_connected", peerId=natted.peer_id)
     assert "/p2p-circuit" in via["addr"], via
+
+
+REGIONS = ("us-east", "us-west", "eu-west", "sea")
+
+
+async def test_four_regions_public_and_natted_agents_all_reach_each_other(
+    nat_lab: NatLab, spawn_in: Any
+) -> None:
+    """Four bootstrap nodes in four public hosts (the design's regions), two public agents and
+    two behind NATs (which find out by AutoNAT and take relay slots): every agent finds every
+    other by ETH address, and every direct and broadcast message arrives."""
+    hosts = [(nat_lab.pub, nat_lab.public_ip)]
+    for _ in REGIONS[1:]:
+        name = nat_lab.add_public()
+        hosts.append((name, nat_lab.public[-1][1]))
+    boots: list[NodeProc] = []
+    for region, (ns, ip) in zip(REGIONS, hosts, strict=True):
+        boot = await spawn_in(
+            ns, "--bootstrap", "--autonat-allow-private", "--host", ip, name=f"boot-{region}"
+        )
+        await boot.connect(bootstrapPeers=[a for b in boots for a in b.addrs])
+        boots.append(boot)
+    seeds = [a for b in boots for a in b.addrs]
+    natted = [nat_lab.add_private() for _ in range(2)]
+    places = [(hosts[0][0], hosts[0][1]), (hosts[2][0], hosts[2][1])]
+    agents = [
+        await spawn_in(ns, "--host", ip, name=f"public-{i}") for i, (ns, ip) in enumerate(places)
+    ]
+    agents += [
+        await spawn_in(seg.host, "--host", "0.0.0.0", name=f"natted-{i}")
+        for i, seg in enumerate(natted)
+    ]
+    await asyncio.gather(*(a.connect(bootstrapPeers=seeds) for a in agents))
+    for agent in agents[2:]:
+        assert any("/p2p-circuit" in a for a in agent.addrs), (agent.name, agent.addrs)
+    for agent in agents[:2]:
+        assert not any("/p2p-circuit" in a for a in agent.addrs), (agent.name, agent.addrs)
+
+    async def greet_all(sender: NodeProc) -> None:
+        for other in agents:
+            if other is not sender:
+                cmd = {"type": "send", "peerId": other.eth, "data": {"from": sender.name}}
+                await sender.ok(cmd, "sent", timeout=40)
+
+    await asyncio.gather(*(greet_all(a) for a in agents))
+    for agent in agents:
+        senders = set()
+        for _ in range(len(agents) - 1):
+            got = await agent.wait_for(lambda e: e["type"] == "message" and e.get("direct"), 20)
+            senders.add(got["data"]["from"])
+        assert senders == {a.name for a in agents if a is not agent}
+
+    for agent in agents:
+        await agent.ok({"type": "send", "topic": "agent-messages", "data": agent.name}, "sent")
+    for agent in agents:
+        heard = set()
+        for _ in range(len(agents) - 1):
+            got = await agent.wait_for(
+                lambda e: e["type"] == "message" and e.get("topic") == "agent-messages", 30
+            )
+            heard.add(got["data"])
+        assert heard == {a.name for a in agents if a is not agent}
