@@ -691,12 +691,16 @@ class Agent:
                 )
             elif isinstance(event, BootstrapSucceeded):
                 self._events.emit(AgentBootstrap(True, event.attempt, event.routing_table))
-                if event.attempt > 1:
-                    await self._reserve_relays()
                 if event.attempt > 1 or self.presence.published_seq == 0:
-                    log.info("%s: (re)joined the network: publishing presence", self.name)
-                    await self._publish_presence()
-                    await self._announce("presence")
+                    # In a task: the AutoNAT check may take seconds, events keep flowing.
+                    self._tasks.spawn(self._rejoined(event.attempt), name="agent rejoined")
+
+    async def _rejoined(self, attempt: int) -> None:
+        if attempt > 1:
+            await self._reserve_relays()
+        log.info("%s: (re)joined the network: publishing presence", self.name)
+        await self._publish_presence()
+        await self._announce("presence")
 
     async def _reserve_relays(self) -> None:
         """A slot on each connected bootstrap peer that is a relay: always with
