@@ -16,18 +16,23 @@ class EventStream(Generic[E]):
     """One consumer's view of the bus; registered from creation, so nothing is missed between
     ``node.events()`` and the first ``async for`` step."""
 
-    def __init__(self, bus: EventBus[E]) -> None:
+    def __init__(self, bus: EventBus[E], predicate: Callable[[E], bool] | None = None) -> None:
         self._bus = bus
         self._queue: asyncio.Queue[E | None] = asyncio.Queue(bus.maxsize)
         self._done = False
+        #: Only the events for which this holds are queued (None: all).
+        self.predicate = predicate
         #: Events this consumer lost because it fell ``maxsize`` events behind.
         self.dropped = 0
+        self._dropped_seen = 0
         if bus.closed:
             self._queue.put_nowait(None)
         else:
             bus._streams.add(self)
 
     def _put(self, event: E | None) -> None:
+        if event is not None and self.predicate is not None and not self.predicate(event):
+            return
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
@@ -62,6 +67,13 @@ class EventStream(Generic[E]):
                     return event
         raise StopAsyncIteration
 
+    def take_dropped(self) -> int:
+        """Events lost since the last call. Called right after an event was taken, it counts
+        the events lost just before that one (the oldest are the ones dropped)."""
+        missed = self.dropped - self._dropped_seen
+        self._dropped_seen = self.dropped
+        return missed
+
     def close(self) -> None:
         self._done = True
         self._bus._streams.discard(self)
@@ -84,8 +96,13 @@ class EventBus(Generic[E]):
         for stream in self._streams:
             stream._put(event)
 
-    def subscribe(self) -> EventStream[E]:
-        return EventStream(self)
+    @property
+    def subscribers(self) -> int:
+        return len(self._streams)
+
+    def subscribe(self, predicate: Callable[[E], bool] | None = None) -> EventStream[E]:
+        """A new consumer; with ``predicate``, of the events for which it holds."""
+        return EventStream(self, predicate)
 
     def close(self) -> None:
         """End every stream (after the events already queued)."""
