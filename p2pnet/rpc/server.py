@@ -254,26 +254,33 @@ class AgentNodeService:
                 f"{self.options.max_event_streams} event streams are open already",
             )
 
-    async def Events(self, request: pb.EventsRequest) -> AsyncIterator[bytes]:
+    async def Events(self, request: pb.EventsRequest, context: Any) -> AsyncIterator[bytes]:
         self._check_streams()
-        async for item in self._stream(None):
+        async for item in self._stream(None, context):
             yield item
 
-    async def Messages(self, request: pb.MessagesRequest) -> AsyncIterator[bytes]:
+    async def Messages(self, request: pb.MessagesRequest, context: Any) -> AsyncIterator[bytes]:
         topic = check_topic(request.topic)
         self._check_streams()
 
         def wanted(event: NodeEvent) -> bool:
             return event.type == "message" and event.payload.get("topic") == topic
 
-        async for item in self._stream(wanted):
+        async for item in self._stream(wanted, context):
             yield item
 
-    async def _stream(self, predicate: Callable[[NodeEvent], bool] | None) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, predicate: Callable[[NodeEvent], bool] | None, context: Any
+    ) -> AsyncIterator[bytes]:
         """Serialized events from now on; a ``lagged`` event stands for those this subscriber
-        lost by falling behind (its queue holds the newest ``--event-backlog`` events)."""
+        lost by falling behind (its queue holds the newest ``--event-backlog`` events).
+
+        The initial metadata goes out once the subscriber is registered, so a client that
+        waits for it knows every later event will be in its stream.
+        """
         stream = self.events.subscribe(predicate)
         try:
+            await context.send_initial_metadata((("p2pnet-last-seq", str(self.events.last_seq)),))
             async for event in stream:
                 missed = stream.take_dropped()
                 if missed:
@@ -313,10 +320,10 @@ def _unary(fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitabl
     return handler
 
 
-def _streaming(fn: Callable[[Any], AsyncIterator[bytes]]) -> Callable[[Any, Any], Any]:
+def _streaming(fn: Callable[[Any, Any], AsyncIterator[bytes]]) -> Callable[[Any, Any], Any]:
     async def handler(request: Any, context: Any) -> AsyncIterator[bytes]:
         try:
-            async for item in fn(request):
+            async for item in fn(request, context):
                 yield item
         except CommandError as exc:
             await abort(context, exc)
