@@ -682,6 +682,8 @@ class P2PNode:
                 return
         if etype == "shutdown" and cid is not None:
             return
+        if etype == "ready" and self.interface == "grpc":
+            return  # the answer of a Connect (made here or by an Agent), as over JSON lines
         self._events.emit(event)
 
     def _finish(self, reason: str | None) -> None:

@@ -72,12 +72,15 @@ async def start_all(registry: list[P2PNode], *new: P2PNode) -> None:
     await asyncio.gather(*(n.start() for n in new))
 
 
-async def test_sdk_network(nodes: list[P2PNode]) -> None:
-    boot = P2PNode("boot", bootstrap=True, bootstrap_peers=[])
+@pytest.mark.parametrize("interface", ["grpc", "json"])
+async def test_sdk_network(nodes: list[P2PNode], interface: str) -> None:
+    boot = P2PNode("boot", bootstrap=True, bootstrap_peers=[], interface=interface)
     await start_all(nodes, boot)
     assert boot.mode == "server" and boot.peer_id in boot.addrs[0]
-    alice = P2PNode("alice", bootstrap_peers=boot.addrs)
-    bob = P2PNode("bob", bootstrap_peers=boot.addrs, include_logs=True, log_level="info")
+    alice = P2PNode("alice", bootstrap_peers=boot.addrs, interface=interface)
+    bob = P2PNode(
+        "bob", bootstrap_peers=boot.addrs, include_logs=True, log_level="info", interface=interface
+    )
     bob_logs = bob.events()  # from before the start: sees the start's logs
     await start_all(nodes, alice, bob)
     assert alice.eth_address.startswith("0x") and alice.mode == "client"
@@ -181,7 +184,7 @@ async def test_sdk_private_key_sets_the_identity(nodes: list[P2PNode]) -> None:
 async def test_sdk_process_death_fails_pending_calls_and_ends_events(
     nodes: list[P2PNode],
 ) -> None:
-    node = P2PNode("dies", executable=fake_node(READY + "read()\nsys.exit(3)\n"))
+    node = P2PNode("dies", interface="json", executable=fake_node(READY + "read()\nsys.exit(3)\n"))
     await start_all(nodes, node)
     events = node.events()
     with pytest.raises(P2PNodeError) as err:
@@ -192,10 +195,13 @@ async def test_sdk_process_death_fails_pending_calls_and_ends_events(
 
 
 async def test_sdk_timeouts_and_stop_escalation(nodes: list[P2PNode]) -> None:
-    silent = P2PNode("silent", executable=fake_node("time.sleep(60)\n"), start_timeout=0.5)
+    silent = P2PNode(
+        "silent", interface="json", executable=fake_node("time.sleep(60)\n"), start_timeout=0.5
+    )
     assert silent.stop_timeout == 10.0  # a node that never answered is not waited for
     stubborn = P2PNode(
         "stubborn",
+        interface="json",
         executable=fake_node(
             "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
             + READY
@@ -217,7 +223,7 @@ async def test_sdk_timeouts_and_stop_escalation(nodes: list[P2PNode]) -> None:
 
 
 async def test_sdk_cancelled_start_reaps_the_process(nodes: list[P2PNode]) -> None:
-    slow = P2PNode("slow", executable=fake_node("time.sleep(60)\n"))
+    slow = P2PNode("slow", interface="json", executable=fake_node("time.sleep(60)\n"))
     nodes.append(slow)
     task = asyncio.create_task(slow.start())
     await asyncio.sleep(0.5)
@@ -287,7 +293,14 @@ async def test_example_agent_replies_and_greets(nodes: list[P2PNode]) -> None:
 
 
 async def test_default_command_runs_this_interpreter() -> None:
-    node = P2PNode("x", bootstrap=True, env_file="a.env", log_level="debug", extra_args=["-p", "5"])
+    node = P2PNode(
+        "x",
+        bootstrap=True,
+        env_file="a.env",
+        log_level="debug",
+        extra_args=["-p", "5"],
+        interface="json",
+    )
     cmd = node.command()
     assert cmd[:3] == [sys.executable, "-m", "p2pnet.cli.p2p_node"]
     assert cmd[3:] == [

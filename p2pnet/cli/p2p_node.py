@@ -926,7 +926,8 @@ async def serve(
         events.close()  # ends the event streams of gRPC clients
         if grpc_server is not None:
             await grpc_server.stop()
-        json_lines.write_shutdown()
+        if args.json_lines:
+            json_lines.write_shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

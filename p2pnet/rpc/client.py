@@ -57,7 +57,10 @@ def rpc_error(exc: grpc.aio.AioRpcError) -> P2PNodeError:
         message = details or status.name
     else:
         message = details[len(code) + 2 :] if details.startswith(f"{code}: ") else details
-    return P2PNodeError(str(code), message, status=status.name, field=trailing.get("p2pnet-field"))
+    event: dict[str, Any] = {"type": "error", "code": str(code), "message": message}
+    return P2PNodeError(
+        str(code), message, event, status=status.name, field=trailing.get("p2pnet-field")
+    )
 
 
 class AgentNodeClient:
