@@ -347,7 +347,7 @@ class P2PNode:
             if not self._stopping:
                 self._log.debug("event stream ended: %s", exc)
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
             await self._wait_exit(2.0)
             self._finish(None)
 
@@ -897,7 +897,7 @@ class Agent:
                         "LAGGED", f"{event.lagged.missed} events lost: the agent fell behind"
                     )
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
     def on_message(
         self, handler: Callable[[Message], Awaitable[None]]

@@ -783,6 +783,12 @@ def add_grpc_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--grpc-tls-cert", metavar="PEM", help="serve gRPC over TLS: certificate")
     group.add_argument("--grpc-tls-key", metavar="PEM", help="serve gRPC over TLS: private key")
     group.add_argument(
+        "--grpc-max-streams",
+        type=_positive,
+        default=1024,
+        help="event streams (Events, Messages) open at once (default 1024)",
+    )
+    group.add_argument(
         "--event-backlog",
         type=_positive,
         default=EVENT_BACKLOG,
@@ -854,6 +860,7 @@ async def serve(
                 token=grpc_token,
                 tls_cert=args.grpc_tls_cert,
                 tls_key=args.grpc_tls_key,
+                max_event_streams=args.grpc_max_streams,
             ),
         )
         try:

@@ -16,7 +16,7 @@ docs/cli.md (``status``: the gRPC status name). A service that cannot be reached
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -135,20 +135,27 @@ class AgentNodeClient:
         except grpc.aio.AioRpcError as exc:
             raise rpc_error(exc) from None
 
-    async def open_stream(self, method: str, request: Any) -> AsyncIterator[pb.Event]:
+    async def open_stream(self, method: str, request: Any) -> EventCall:
         """Open a server stream and wait until the node has registered it (its initial
         metadata came): every event from then on is in it. Iterating raises
         :class:`P2PNodeError` if the stream fails."""
         call = self._streams[method](request, metadata=self._metadata)
         try:
             await call.initial_metadata()
+            if call.done() and await call.code() != grpc.StatusCode.OK:  # refused at once
+                raise grpc.aio.AioRpcError(
+                    await call.code(),
+                    await call.initial_metadata(),
+                    await call.trailing_metadata(),
+                    await call.details(),
+                )
         except grpc.aio.AioRpcError as exc:
             call.cancel()
             raise rpc_error(exc) from None
         except BaseException:
             call.cancel()
             raise
-        return _iterate(call)
+        return EventCall(call)
 
     # -- the methods -----------------------------------------------------------------------
 
@@ -198,23 +205,36 @@ class AgentNodeClient:
     async def shutdown(self, timeout: float | None = None) -> None:
         await self.call("Shutdown", pb.ShutdownRequest(), timeout)
 
-    async def events(self) -> AsyncIterator[pb.Event]:
+    async def events(self) -> EventCall:
         """The node's event stream from now on (see :meth:`open_stream`)."""
         return await self.open_stream("Events", pb.EventsRequest())
 
-    async def messages(self, topic: str) -> AsyncIterator[pb.Event]:
+    async def messages(self, topic: str) -> EventCall:
         """The messages of one topic from now on (and ``lagged`` events)."""
         return await self.open_stream("Messages", pb.MessagesRequest(topic=topic))
 
 
-async def _iterate(call: Any) -> AsyncIterator[pb.Event]:
-    try:
-        async for event in call:
-            yield event
-    except grpc.aio.AioRpcError as exc:
-        raise rpc_error(exc) from None
-    finally:
-        call.cancel()
+class EventCall:
+    """The events of one server stream: ``async for``; ``await aclose()`` ends the call (also
+    before the first event)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __aiter__(self) -> EventCall:
+        return self
+
+    async def __anext__(self) -> pb.Event:
+        try:
+            event = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc) from None
+        if event is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return event  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        self._call.cancel()
 
 
 def _dumps(data: Any) -> str:
