@@ -385,3 +385,98 @@ async def test_grpc_status_of_a_dead_service_is_unavailable() -> None:
         )
     finally:
         await client.close()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+async def test_a_thousand_event_streams_that_never_read_stay_bounded(spawn: Any) -> None:
+    boot = await spawn("--bootstrap")
+    alice = await spawn("--event-backlog", "64")
+    bob = await spawn()
+    boot_info = await boot.client.connect(bootstrap_peers=[])
+    a_info = await alice.client.connect(bootstrap_peers=list(boot_info.addrs))
+    await bob.client.connect(bootstrap_peers=list(boot_info.addrs))
+    streams = await asyncio.gather(*(alice.client.events() for _ in range(1000)))
+    before = rss_kib(alice.proc.pid)
+    blob = "y" * 20_000
+    for n in range(200):  # 4 MB of events, delivered to 1000 streams nobody reads
+        await bob.client.send(a_info.peer_id, {"n": n, "blob": blob})
+    grown = rss_kib(alice.proc.pid) - before
+    print(f"RSS growth with 1000 unread streams: {grown} KiB")
+    # Each stream keeps at most 64 events, all shared: far less than 1000 copies of 4 MB.
+    assert grown < 60_000, f"the node grew by {grown} KiB"
+    assert (await alice.client.get_info()).stats.messages_in == 200
+    # Every stream still works, and starts with what it kept or a lagged count.
+    firsts = await asyncio.wait_for(asyncio.gather(*(anext(s) for s in streams)), TIMEOUT)
+    assert {e.WhichOneof("kind") for e in firsts} <= {"message", "lagged", "peer_connected"}
+    await asyncio.gather(*(s.aclose() for s in streams))
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2pnet test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    proc = await spawn_raw("-g", "0", "--grpc-tls-cert", str(cert), "--grpc-tls-key", str(key))
+    node = GrpcNode(proc, await first_line(proc))
+    secure = AgentNodeClient(
+        f"127.0.0.1:{node.port}", root_certificates=cert.read_bytes(), timeout=TIMEOUT
+    )
+    try:
+        assert not (await secure.get_info()).connected
+        plain = AgentNodeClient(f"127.0.0.1:{node.port}", timeout=2.0)
+        try:
+            with pytest.raises(P2PNodeError) as err:
+                await plain.get_info()
+            assert err.value.code in ("UNAVAILABLE", "TIMEOUT")
+        finally:
+            await plain.close()
+    finally:
+        await secure.close()
+        await node.close()
+    only_cert = await spawn_raw("-g", "0", "--grpc-tls-cert", str(cert))
+    event = await first_line(only_cert)
+    await only_cert.communicate()
+    assert only_cert.returncode == 2 and "go together" in event["message"]
