@@ -946,6 +946,7 @@ async def _connect_at_start(commands: NodeCommands) -> None:
         commands.begin_connect()
         await commands.run("connect", commands.connect({}))
     except CommandError as exc:
+        log.warning("connect at start failed: %s: %s", exc.code, exc.message)
         commands.events.publish(
             {"type": "error", "code": exc.code, "message": exc.message, "command": "connect"}
         )
