@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from p2pnet.agent.errors import NotConnected
+from p2pnet.agent.errors import MessageTooLarge, NotConnected
 from p2pnet.config import ConfigError, split_list
 from p2pnet.errors import ConnectionClosed, DialError, StreamError
 from p2pnet.eventbus import EventBus, EventStream
@@ -84,6 +84,7 @@ class CommandError(Exception):
         *,
         field: str | None = None,
         timeout: bool = False,
+        too_large: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -91,6 +92,7 @@ class CommandError(Exception):
         self.command = command
         self.field = field
         self.timeout = timeout
+        self.too_large = too_large
 
 
 def error_code(exc: BaseException) -> str:
@@ -270,7 +272,9 @@ class NodeCommands:
             code = error_code(exc)
             if code == "INTERNAL":
                 log.error("%s failed unexpectedly", name, exc_info=exc)
-            raise CommandError(code, error_message(exc)) from exc
+            raise CommandError(
+                code, error_message(exc), too_large=isinstance(exc, MessageTooLarge)
+            ) from exc
 
     # -- connect ---------------------------------------------------------------------------
 

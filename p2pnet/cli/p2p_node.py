@@ -539,7 +539,10 @@ class NodeProcess:
             item = await lines.get()
             if item is None:
                 if self.ignore_eof:
-                    log.info("stdin closed: running until shutdown or SIGTERM")
+                    if self.args.ignore_eof:
+                        log.info("stdin closed: running until SIGTERM (--ignore-eof)")
+                    else:
+                        log.info("stdin closed: serving gRPC until Shutdown or SIGTERM")
                     return
                 # The commands already sent still get their answers, then the node stops.
                 log.debug("end of stdin: shutting down after %d running commands", self._running)

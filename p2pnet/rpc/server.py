@@ -22,7 +22,6 @@ from grpc_reflection.v1alpha import reflection
 
 from p2pnet.agent.constants import ANNOUNCEMENTS_TOPIC, STATUS_TOPIC
 from p2pnet.agent.envelope import MAX_ENVELOPE_SIZE
-from p2pnet.agent.errors import MessageTooLarge
 from p2pnet.cli.node_commands import CommandError, NodeCommands, NodeEvent
 from p2pnet.crypto.eth import is_eth_address
 from p2pnet.errors import P2PError
@@ -79,7 +78,7 @@ class GrpcOptions:
 
 
 def status_of(exc: CommandError) -> grpc.StatusCode:
-    if isinstance(exc.__cause__, MessageTooLarge):
+    if exc.too_large:
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if exc.timeout:
         return grpc.StatusCode.DEADLINE_EXCEEDED
@@ -132,12 +131,12 @@ def _reject_constant(name: str) -> Any:
 
 def check_json(text: str, field: str = "data_json") -> Any:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_ENVELOPE_SIZE:
-        exc = CommandError(
+        raise CommandError(
             "INVALID_FIELDS",
             f"{field}: {len(text)} characters exceed the {MAX_ENVELOPE_SIZE} byte message limit",
             field=field,
+            too_large=True,
         )
-        raise exc from MessageTooLarge(exc.message)
     if not text:
         raise invalid(field, "JSON text is required (e.g. 'null')")
     try:
@@ -459,22 +458,18 @@ class GrpcServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def _bind(self, server: Any, address: str, credentials: Any) -> int:
+        """Add a listening address; grpc answers 0 (or raises) when it cannot bind."""
         try:
             if credentials is not None:
                 port = server.add_secure_port(address, credentials)
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as exc:
-            port = 0
-            reason = str(exc)
-        else:
-            reason = ""
-        if not port and not address.startswith("unix:"):
+            raise GrpcStartError("PORT_IN_USE", f"cannot serve gRPC on {address}: {exc}") from exc
+        if not port:
             raise GrpcStartError(
-                "PORT_IN_USE", f"cannot serve gRPC on {address}: in use or not ours {reason}"
+                "PORT_IN_USE", f"cannot serve gRPC on {address}: it is in use or not ours"
             )
-        if port == 0 and address.startswith("unix:"):
-            raise GrpcStartError("PORT_IN_USE", f"cannot serve gRPC on {address} {reason}")
         return int(port)
 
     async def set_not_serving(self) -> None:
