@@ -480,3 +480,70 @@ async def test_tls(tmp_path: Path) -> None:
     event = await first_line(only_cert)
     await only_cert.communicate()
     assert only_cert.returncode == 2 and "go together" in event["message"]
+
+
+async def test_json_lines_and_grpc_at_once(spawn: Any) -> None:
+    node = await spawn("--name", "both", "--log-level", "info")
+    assert node.proc.stdin is not None and node.proc.stdout is not None
+
+    async def write(obj: dict[str, Any]) -> None:
+        assert node.proc.stdin is not None
+        node.proc.stdin.write(json.dumps(obj).encode() + b"\n")
+        await node.proc.stdin.drain()
+
+    async def read() -> dict[str, Any]:
+        while True:  # the next line that is not a log event
+            event = await first_line(node.proc)
+            if event["type"] != "log":
+                return event
+
+    events = await node.client.events()
+    # A JSON connect: answered on stdout with its id, seen by the gRPC side.
+    await write({"type": "connect", "id": "c1", "bootstrapPeers": []})
+    ready = await read()
+    assert ready["type"] == "ready" and ready["id"] == "c1" and ready["grpcPort"] == node.port
+    info = await node.client.get_info()
+    assert info.connected and info.peer_id == ready["peerId"]
+    first = await anext(events)
+    while first.WhichOneof("kind") == "log":
+        first = await anext(events)
+    assert first.WhichOneof("kind") == "ready" and first.ready.peer_id == ready["peerId"]
+    # Commands from both sides; a gRPC error does not show on stdout.
+    await rpc_fails(node.client.connect(), "FAILED_PRECONDITION", "ALREADY_CONNECTED")
+    await write({"type": "status", "id": 2})
+    status = await read()
+    assert status["type"] == "node-status" and status["id"] == 2 and status["connected"] is True
+    # The end of stdin does not stop a node that serves gRPC (it says so in a log event) ...
+    node.proc.stdin.close()
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            e = await anext(events)
+            if e.WhichOneof("kind") == "log" and "stdin closed" in e.log.message:
+                break
+    assert node.proc.returncode is None and (await node.client.get_info()).connected
+    # ... a gRPC Shutdown does, and the JSON side gets its last line.
+    await node.client.shutdown()
+    assert await asyncio.wait_for(node.proc.wait(), TIMEOUT) == 0
+    assert await read() == {"type": "shutdown"}
+
+
+async def test_no_json_lines_and_exit_on_eof() -> None:
+    proc = await spawn_raw("-g", "0", "--no-json-lines", "--exit-on-eof", "--bootstrap-peers", "")
+    first = await first_line(proc)
+    client = AgentNodeClient(f"127.0.0.1:{first['grpcPort']}", timeout=TIMEOUT)
+    try:
+        await client.connect()
+        assert proc.stdin is not None
+        proc.stdin.close()  # the parent is gone: the node stops
+        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+        assert proc.returncode == 0
+        assert out == b""  # no ready, no shutdown: only the first line was written
+    finally:
+        await client.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    bad = await spawn_raw("--no-json-lines")
+    out, err = await bad.communicate()
+    assert bad.returncode == 2 and b"needs --grpc-port" in err
+    assert json.loads(out)["code"] == "INVALID_FIELDS"
