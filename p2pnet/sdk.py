@@ -38,7 +38,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -761,8 +761,9 @@ class Agent:
         self.timeout = timeout
         self.client: AgentNodeClient | None = None
         self.info: Event = {}
-        self._handlers: list[Callable[[Message], Awaitable[None]]] = []
-        self._handler_task: asyncio.Task[None] | None = None
+        self._messages: EventBus[Message | Lagged] = EventBus(_EVENT_QUEUE_MAX)
+        self._pump: asyncio.Task[None] | None = None
+        self._handler_tasks: list[asyncio.Task[None]] = []
 
     @property
     def peer_id(self) -> str:
@@ -822,19 +823,51 @@ class Agent:
                     "ALREADY_CONNECTED",
                     f"the node already joined the network on other ports: {info.get('addrs')}",
                 )
+            # One event stream for the agent, registered on the node before start() returns:
+            # messages() iterators made from now on miss nothing.
+            stream = await self.client.events()
         except BaseException:
             await self.client.close()
             self.client = None
             raise
         self.info = info
+        self._pump = asyncio.create_task(self._pump_messages(stream), name="agent events")
         return info
 
+    async def _pump_messages(self, stream: Any) -> None:
+        try:
+            async for event in stream:
+                kind = event.WhichOneof("kind")
+                if kind == "message":
+                    m = event.message
+                    data = json.loads(m.data_json) if m.data_json else None
+                    self._messages.emit(
+                        Message(
+                            m.from_peer_id,
+                            m.from_eth or None,
+                            data,
+                            m.topic or None,
+                            m.direct,
+                            event.seq,
+                        )
+                    )
+                elif kind == "lagged":
+                    self._messages.emit(Lagged(event.lagged.missed, event.seq))
+        except P2PNodeError as exc:
+            log.debug("%s: the node's event stream ended: %s", self.agent_name, exc)
+        finally:
+            await stream.aclose()
+            self._messages.close()
+
     async def stop(self) -> None:
-        """Let go of the node (the node itself keeps running: stop it with its P2PNode)."""
-        task, self._handler_task = self._handler_task, None
-        if task is not None:
+        """Let go of the node (the node itself keeps running: stop it with its P2PNode).
+        Message iterators end."""
+        tasks = [*self._handler_tasks, *([self._pump] if self._pump is not None else [])]
+        self._handler_tasks, self._pump = [], None
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._messages.close()
         client, self.client = self.client, None
         if client is not None:
             await client.close()
@@ -873,49 +906,72 @@ class Agent:
     async def peers(self) -> list[str]:
         return [p.peer_id for p in await self._client().list_peers()]
 
-    async def messages(self, topic: str | None = None) -> AsyncIterator[Message]:
-        """The messages that reach the agent from now on (direct and on its topics), or those
-        of one ``topic``. Raises P2PNodeError when the node goes away or the agent fell
-        behind so far that messages were lost (code ``LAGGED``)."""
-        client = self._client()
-        stream = await (client.events() if topic is None else client.messages(topic))
-        try:
-            async for event in stream:
-                kind = event.WhichOneof("kind")
-                if kind == "message":
-                    m = event.message
-                    yield Message(
-                        m.from_peer_id,
-                        m.from_eth or None,
-                        json.loads(m.data_json) if m.data_json else None,
-                        m.topic or None,
-                        m.direct,
-                        event.seq,
-                    )
-                elif kind == "lagged":
-                    raise P2PNodeError(
-                        "LAGGED", f"{event.lagged.missed} events lost: the agent fell behind"
-                    )
-        finally:
-            await stream.aclose()
+    def messages(self, topic: str | None = None) -> MessageIterator:
+        """The messages that reach the agent from the moment of the call (direct ones and
+        those of its topics), or those of one ``topic``; ``async for`` or ``await .next()``.
+
+        Ends when the agent stops or the node goes away. Raises P2PNodeError ``LAGGED`` if
+        messages were lost because the application fell behind (the node keeps at most
+        ``--event-backlog`` events for the agent, the agent 10,000 per iterator).
+        """
+        self._client()
+
+        def wanted(item: Message | Lagged) -> bool:
+            return isinstance(item, Lagged) or topic is None or item.topic == topic
+
+        return MessageIterator(self._messages, wanted)
 
     def on_message(
         self, handler: Callable[[Message], Awaitable[None]]
     ) -> Callable[[Message], Awaitable[None]]:
-        """Call ``handler`` for each message from now on (usable as a decorator); a handler
-        that raises is logged and the next message still comes."""
-        self._handlers.append(handler)
-        if self._handler_task is None:
-            self._handler_task = asyncio.create_task(self._run_handlers(), name="agent messages")
+        """Call ``await handler(message)`` for each message from now on (usable as a
+        decorator); a handler that raises is logged and the next message still comes."""
+        messages = self.messages()
+        self._handler_tasks.append(
+            asyncio.create_task(self._run_handler(handler, messages), name="agent handler")
+        )
         return handler
 
-    async def _run_handlers(self) -> None:
-        async for message in self.messages():
-            for handler in list(self._handlers):
-                try:
-                    await handler(message)
-                except Exception:
-                    log.exception("message handler of %s failed", self.agent_name)
+    async def _run_handler(
+        self, handler: Callable[[Message], Awaitable[None]], messages: MessageIterator
+    ) -> None:
+        async for message in messages:
+            try:
+                await handler(message)
+            except Exception:
+                log.exception("message handler of %s failed", self.agent_name)
+
+
+@dataclass(frozen=True)
+class Lagged:
+    """Messages lost before this point (the node's ``lagged`` event)."""
+
+    missed: int
+    seq: int
+
+
+class MessageIterator(EventStream["Message | Lagged"]):
+    """An agent's messages, registered from creation (see :meth:`Agent.messages`)."""
+
+    def __init__(
+        self, bus: EventBus[Message | Lagged], predicate: Callable[[Message | Lagged], bool]
+    ) -> None:
+        super().__init__(bus, predicate)
+
+    def __aiter__(self) -> MessageIterator:
+        return self
+
+    async def __anext__(self) -> Message:
+        item = await super().__anext__()
+        if isinstance(item, Lagged):
+            raise P2PNodeError("LAGGED", f"{item.missed} events lost: the agent fell behind")
+        if self.take_dropped():
+            raise P2PNodeError("LAGGED", "messages lost: the application fell behind")
+        return item
+
+    async def next(self, timeout: float | None = None) -> Message:
+        async with asyncio.timeout(timeout):
+            return await self.__anext__()
 
 
 __all__ = [

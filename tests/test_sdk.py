@@ -316,3 +316,66 @@ async def test_default_command_runs_this_interpreter() -> None:
     ]
     with pytest.raises(ValueError):
         P2PNode(log_level="loud")
+
+
+async def test_agent_in_the_design_flow(nodes: list[P2PNode]) -> None:
+    from p2pnet.sdk import Agent, Message
+
+    key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+    boot = P2PNode("boot", bootstrap=True, bootstrap_peers=[])
+    await start_all(nodes, boot)
+    with pytest.raises(P2PNodeError) as err:
+        await Agent("nobody", 0, key).start()
+    assert err.value.code == "UNAVAILABLE" and "start P2PNode('nobody'" in err.value.message
+
+    node = P2PNode("design", 0, key, bootstrap_peers=boot.addrs)  # grpc_port given: no join
+    await start_all(nodes, node)
+    assert node.ready["connected"] is False and node.grpc_port > 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        p2p_port = s.getsockname()[1]
+    agent = Agent("design", p2p_port, key)
+    info = await agent.start()
+    assert info["ethAddress"] == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+    assert any(f"/tcp/{p2p_port}/" in a for a in agent.addrs)
+    # Another handle on the same node, found by its gRPC port, agrees on the port ...
+    same = Agent("design", p2p_port, grpc_port=node.grpc_port)
+    assert (await same.start())["peerId"] == agent.peer_id
+    await same.stop()
+    # ... one that wants another port is told the node joined elsewhere.
+    other = Agent("design", p2p_port + 1 if p2p_port < 65535 else 1, node=node)
+    with pytest.raises(P2PNodeError) as err:
+        await other.start()
+    assert err.value.code == "ALREADY_CONNECTED"
+
+    peer = P2PNode("peer", bootstrap_peers=boot.addrs)
+    await start_all(nodes, peer)
+    got: asyncio.Queue[Message] = asyncio.Queue()
+
+    @agent.on_message
+    async def collect(message: Message) -> None:
+        await got.put(message)
+
+    room = agent.messages("room")  # registered now: nothing from here on is missed
+    await agent.subscribe("room")
+    await peer.subscribe("room")
+    await peer.send(agent.eth_address, {"direct": True})
+    direct = await asyncio.wait_for(got.get(), TIMEOUT_S)
+    assert direct.data == {"direct": True} and direct.direct and direct.from_eth == peer.eth_address
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:  # until the topic's mesh formed
+            await peer.broadcast({"room": 1}, "room")
+            try:
+                msg = await room.next(timeout=0.5)
+                break
+            except TimeoutError:
+                continue
+    assert msg.topic == "room" and msg.data == {"room": 1} and not msg.direct
+    assert peer.peer_id in await agent.peers()
+    assert await agent.send(peer.eth_address, "hi") == peer.peer_id
+    await agent.unsubscribe("room")
+    await agent.stop()
+    rest = [m async for m in room]  # what was still queued, then the end
+    assert all(m.data == {"room": 1} for m in rest)
+    with pytest.raises(P2PNodeError):
+        await agent.send(peer.eth_address, "after stop")
