@@ -547,3 +547,20 @@ async def test_no_json_lines_and_exit_on_eof() -> None:
     out, err = await bad.communicate()
     assert bad.returncode == 2 and b"needs --grpc-port" in err
     assert json.loads(out)["code"] == "INVALID_FIELDS"
+
+
+async def test_connect_at_start_without_json_lines() -> None:
+    proc = await spawn_raw("-g", "0", "--no-json-lines", "--connect", "--bootstrap-peers", "")
+    first = await first_line(proc)
+    client = AgentNodeClient(f"127.0.0.1:{first['grpcPort']}", timeout=TIMEOUT)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not (await client.get_info()).connected:
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+    finally:
+        await client.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -28,7 +28,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -637,6 +637,10 @@ class NodeProcess:
 
     # -- shutdown --------------------------------------------------------------------------
 
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` with the commands (cancelled with them at shutdown)."""
+        self._tasks.spawn(work, name=name)
+
     async def close_commands(self) -> None:
         """Abandon the commands still running (they get no answer)."""
         await self._tasks.close()
@@ -900,8 +904,9 @@ async def serve(
         if args.connect:
             if args.json_lines:
                 await json_lines.handle_line(b'{"type":"connect"}')
-            else:
-                await _connect_at_start(commands)
+            else:  # in the background, like a command: a signal still stops the node
+                commands.begin_connect()
+                json_lines.spawn(_connect_at_start(commands), "connect-at-start")
         commands_task: asyncio.Task[Any]
         if reader is None:
             commands_task = asyncio.create_task(commands.stopping.wait(), name="no-stdin")
@@ -946,7 +951,6 @@ async def serve(
 
 async def _connect_at_start(commands: NodeCommands) -> None:
     try:
-        commands.begin_connect()
         await commands.run("connect", commands.connect({}))
     except CommandError as exc:
         log.warning("connect at start failed: %s: %s", exc.code, exc.message)
