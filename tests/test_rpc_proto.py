@@ -74,3 +74,46 @@ def test_proto_ships_with_the_package() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     assert '"rpc/*.proto"' in text
     assert (RPC_DIR / "agent_node.proto").read_text().count("package p2pnet.v1;") == 1
+
+
+def test_conversions_round_trip() -> None:
+    from p2pnet.rpc import convert
+
+    status = {
+        "type": "node-status",
+        "connected": True,
+        "name": "a",
+        "peerId": "16Uiu2x",
+        "ethAddress": "0xabc",
+        "addrs": ["/ip4/127.0.0.1/tcp/1/p2p/16Uiu2x"],
+        "mode": "client",
+        "peers": 2,
+        "mesh": {"t": 1},
+        "dhtTableSize": 3,
+        "uptime": 1.5,
+        "messagesIn": 4,
+        "messagesOut": 5,
+        "rejected": 6,
+        "registry": {
+            "policy": "enforce",
+            "registry": "eip155:31337:0x1",
+            "registered": True,
+            "agentId": 0,
+            "error": "",
+        },
+    }
+    info = convert.node_info(status, grpc_port=7)
+    assert info.registry.HasField("agent_id") and info.registry.agent_id == 0
+    back = convert.info_dict(info)
+    assert back == {**{k: v for k, v in status.items() if k != "type"}, "grpcPort": 7}
+    message = {
+        "type": "message",
+        "from": "16Uiu2x",
+        "fromEth": "0xabc",
+        "data": [1, "é"],
+        "direct": False,
+        "topic": "t",
+    }
+    assert convert.event_dict(convert.event(9, message)) == {**message, "seq": 9}
+    with pytest.raises(ValueError):
+        convert.event(1, {"type": "sent"})

@@ -38,6 +38,23 @@ def node_info(info: Mapping[str, Any], grpc_port: int = 0) -> pb.NodeInfo:
                 rejected=int(info.get("rejected", 0)),
             )
         )
+    registry = info.get("registry")
+    if isinstance(registry, Mapping):
+        out.registry.CopyFrom(registry_status(registry))
+    return out
+
+
+def registry_status(r: Mapping[str, Any]) -> pb.RegistryStatus:
+    """A RegistryStatus from the ``registry`` object of ``node-status`` (policy, registry,
+    registered, agentId, error): where the on-chain registry's state enters GetInfo."""
+    out = pb.RegistryStatus(
+        policy=str(r.get("policy") or ""),
+        registry=str(r.get("registry") or ""),
+        registered=bool(r.get("registered")),
+        error=str(r.get("error") or ""),
+    )
+    if r.get("agentId") is not None:
+        out.agent_id = int(r["agentId"])
     return out
 
 
