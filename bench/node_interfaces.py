@@ -21,6 +21,13 @@ consumers, ``alice-json`` driven by the SDK over JSON lines (``interface="json"`
   events behind is told so by ``lagged`` events (counted here); messages that never reached a
   node were dropped by gossipsub under load (the producer logs "queue ... full").
 
+Then the capacity of each interface alone (``--capacity N``, 20000; 0 skips it): a child process
+holds a node's event log and its interface without any network, and publishes N synthetic
+``message`` events as fast as its event loop allows, yielding to the loop every 50; the parent
+reads them over JSON lines (stdout) or over one gRPC ``Events`` stream. Shown: events delivered
+per second, and over gRPC how many the reader was told it lost (``lagged``) because the producer
+outran it; JSON lines never drop such events (its writer queue grows instead).
+
 Figures vary with the machine and its load: compare them within one run.
 """
 
@@ -152,6 +159,89 @@ async def run(args: argparse.Namespace) -> None:
         await boot.stop()
 
 
+# -- the interfaces alone --------------------------------------------------------------------
+
+
+def _synthetic(n: int) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "from": "16Uiu2HAmBUswuXdATx1MDhJ8NhisSbp2De8YyDSkHz35ZWeRfL9p",
+        "fromEth": "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
+        "data": {"n": n, "p": "x" * 100},
+        "direct": True,
+    }
+
+
+async def feed(kind: str, count: int) -> None:
+    """The child: an event log with one interface, fed ``count`` synthetic events."""
+    from p2pnet.cli.node_commands import EventLog, NodeCommands
+    from p2pnet.cli.p2p_node import JsonLineWriter, NodeProcess
+
+    events = EventLog()
+    commands = NodeCommands(argparse.Namespace(name="feed"), {}, events)
+    writer = JsonLineWriter(sys.stdout.fileno())
+    server = None
+    if kind == "grpc":
+        from p2pnet.rpc.server import GrpcOptions, GrpcServer
+
+        server = GrpcServer(commands, GrpcOptions(port=0))
+        await server.start()
+        writer.write({"type": "grpc_listening", "grpcPort": server.port})
+        while events.subscribers == 0:  # noqa: ASYNC110 - the reader is in another process
+            await asyncio.sleep(0.01)
+    else:
+        NodeProcess(commands, writer)
+    for n in range(count):
+        events.publish(_synthetic(n))
+        if n % 50 == 49:
+            await asyncio.sleep(0)
+    if server is not None:
+        while events.subscribers:  # noqa: ASYNC110 - until the reader (another process) is done
+            await asyncio.sleep(0.05)
+        await server.stop()
+    writer.close(timeout=60)
+
+
+async def capacity(kind: str, count: int) -> tuple[float, int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--feed",
+        kind,
+        "--capacity",
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
+        limit=1 << 20,
+    )
+    assert proc.stdout is not None
+    got = lost = 0
+    start = time.perf_counter()
+    if kind == "json":
+        while got < count and await proc.stdout.readline():
+            got += 1
+    else:
+        import json
+
+        from p2pnet.rpc.client import AgentNodeClient
+
+        port = json.loads(await proc.stdout.readline())["grpcPort"]
+        client = AgentNodeClient(f"127.0.0.1:{port}")
+        stream = await client.events()
+        start = time.perf_counter()
+        async for event in stream:
+            if event.WhichOneof("kind") == "lagged":
+                lost += event.lagged.missed
+            else:
+                got += 1
+            if got + lost >= count:
+                break
+        await stream.aclose()
+        await client.close()
+    elapsed = time.perf_counter() - start
+    await proc.wait()
+    return got / elapsed, lost
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--status", type=int, default=2000, help="status round trips")
@@ -159,8 +249,25 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000, help="messages published")
     parser.add_argument("--size", type=int, default=100, help="payload bytes")
     parser.add_argument("--window", type=int, default=8, help="publishes in flight")
+    parser.add_argument(
+        "--capacity", type=int, default=20000, help="synthetic events per interface (0: none)"
+    )
+    parser.add_argument("--feed", choices=["json", "grpc"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-network", action="store_true", help="only the interfaces alone (--capacity)"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args))
+    if args.feed:
+        asyncio.run(feed(args.feed, args.capacity))
+        return
+    if not args.no_network:
+        asyncio.run(run(args))
+    if args.capacity:
+        rates = {kind: asyncio.run(capacity(kind, args.capacity)) for kind in ("json", "grpc")}
+        print(f"\nthe interfaces alone: {args.capacity} synthetic events, one reader")
+        print(f"{'':32} {'JSON lines':>12} {'gRPC':>12}")
+        print(f"{'events delivered/s':32} {rates['json'][0]:12.0f} {rates['grpc'][0]:12.0f}")
+        print(f"{'events lost (lagged)':32} {rates['json'][1]:12d} {rates['grpc'][1]:12d}")
 
 
 if __name__ == "__main__":
