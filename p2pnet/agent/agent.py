@@ -429,7 +429,7 @@ class Agent:
         if topic not in AGENT_TOPICS:
             sub = self._subs.pop(topic, None)
             if sub is not None:
-                await sub.cancel()
+                sub.cancel()
         await self._announce("unsubscribe", topic=topic)
         return True
 
