@@ -315,8 +315,15 @@ class P2PNode:
         if first.get("type") == "error":
             await self._wait_exit(2.0)
             raise P2PNodeError(str(first.get("code")), str(first.get("message")), first)
-        if first.get("type") != "grpc_listening":
+        if first.get("type") == "exit":
+            await self._wait_exit(2.0)
             raise self._exit_error()
+        if first.get("type") != "grpc_listening" or not isinstance(first.get("grpcPort"), int):
+            raise P2PNodeError(
+                UNAVAILABLE,
+                f"p2p-node reported no gRPC port (its first line: {json.dumps(first)[:200]}); "
+                "does this executable serve gRPC? (interface='json' drives JSON lines only)",
+            )
         self.grpc_port = int(first["grpcPort"])
         self.client = AgentNodeClient(
             self.grpc_target, token=self.grpc_token, timeout=self.command_timeout

@@ -381,3 +381,17 @@ async def test_agent_in_the_design_flow(nodes: list[P2PNode]) -> None:
     assert all(m.data == {"room": 1} for m in rest)
     with pytest.raises(P2PNodeError):
         await agent.send(peer.eth_address, "after stop")
+
+
+async def test_grpc_interface_needs_a_node_that_serves_grpc(nodes: list[P2PNode]) -> None:
+    json_only = P2PNode("old", executable=fake_node("say({'type': 'hello'})\nread()\n"))
+    nodes.append(json_only)
+    with pytest.raises(P2PNodeError) as err:
+        await json_only.start()  # its first line is no grpc_listening
+    assert err.value.code == "UNAVAILABLE" and "reported no gRPC port" in err.value.message
+    assert json_only.returncode is not None
+    crash = P2PNode("crash", executable=fake_node("sys.exit(4)\n"))
+    nodes.append(crash)
+    with pytest.raises(P2PNodeError) as err:
+        await crash.start()
+    assert err.value.code == PROCESS_EXITED and "status 4" in err.value.message
