@@ -395,3 +395,43 @@ async def test_grpc_interface_needs_a_node_that_serves_grpc(nodes: list[P2PNode]
     with pytest.raises(P2PNodeError) as err:
         await crash.start()
     assert err.value.code == PROCESS_EXITED and "status 4" in err.value.message
+
+
+async def test_grpc_node_ends_with_its_application() -> None:
+    app = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        textwrap.dedent(
+            """
+            import asyncio, sys
+            from p2pnet.sdk import P2PNode
+            async def main():
+                node = P2PNode("orphan", bootstrap_peers=[])
+                await node.start()
+                print(node.pid, flush=True)
+                await asyncio.sleep(60)
+            asyncio.run(main())
+            """
+        ),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert app.stdout is not None
+    node_pid = int(await asyncio.wait_for(app.stdout.readline(), TIMEOUT_S))
+    app.kill()  # the application dies without stopping its node
+    await app.wait()
+    try:
+        async with asyncio.timeout(TIMEOUT_S):  # the node sees EOF on stdin and stops
+            while _alive(node_pid):
+                await asyncio.sleep(0.1)
+    finally:
+        if _alive(node_pid):
+            os.kill(node_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "zombie" not in status.split("State:")[1].split("\n")[0]
