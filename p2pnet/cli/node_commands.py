@@ -53,6 +53,8 @@ TIMEOUT_CODES = {
 CLOSE_TIMEOUT = 10.0
 #: Events one subscriber of the event log may fall behind before it loses the oldest.
 EVENT_BACKLOG = 1000
+#: Bytes of events (serialized) one subscriber may hold before it loses the oldest.
+EVENT_BACKLOG_BYTES = 16 << 20
 ERROR_CODES = (
     "INVALID_JSON",
     "UNKNOWN_COMMAND",
@@ -149,9 +151,16 @@ class EventLog:
     """The node's numbered event stream: sinks see every event at once, in order (the JSON-lines
     writer); subscribers read at their own pace, each bounded to ``backlog`` events."""
 
-    def __init__(self, backlog: int = EVENT_BACKLOG) -> None:
+    def __init__(
+        self,
+        backlog: int = EVENT_BACKLOG,
+        max_bytes: int | None = None,
+        sizeof: Callable[[NodeEvent], int] | None = None,
+    ) -> None:
+        """``max_bytes``/``sizeof``: a subscriber also loses its oldest events when those it
+        holds exceed this many bytes (``sizeof``: an event's size in the subscribers' form)."""
         self._numbers = itertools.count(1)
-        self._bus: EventBus[NodeEvent] = EventBus(backlog)
+        self._bus: EventBus[NodeEvent] = EventBus(backlog, max_bytes=max_bytes, sizeof=sizeof)
         self._sinks: list[Callable[[NodeEvent], None]] = []
         self.last_seq = 0
 

@@ -37,6 +37,7 @@ from p2pnet.cli.node_commands import (
     COMMAND_TIMEOUTS,
     ERROR_CODES,
     EVENT_BACKLOG,
+    EVENT_BACKLOG_BYTES,
     TIMEOUT_CODES,
     CommandError,
     EventLog,
@@ -851,13 +852,17 @@ async def serve(
     grpc_token: str | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    events = EventLog(args.event_backlog)
-    commands = NodeCommands(args, env, events)
     grpc_server: GrpcServer | None = None
     grpc_on = grpc_enabled(args)
     if grpc_on:
-        from p2pnet.rpc.server import GrpcOptions, GrpcServer, GrpcStartError
+        from p2pnet.rpc.server import GrpcOptions, GrpcServer, GrpcStartError, encoded_size
 
+        # Subscribers (gRPC streams) hold their events serialized: the budget counts those bytes.
+        events = EventLog(args.event_backlog, EVENT_BACKLOG_BYTES, encoded_size)
+    else:
+        events = EventLog(args.event_backlog)
+    commands = NodeCommands(args, env, events)
+    if grpc_on:
         grpc_server = GrpcServer(
             commands,
             GrpcOptions(

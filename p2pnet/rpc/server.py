@@ -284,7 +284,9 @@ class AgentNodeService:
                 missed = stream.take_dropped()
                 if missed:
                     yield convert.lagged(event.seq - 1, missed).SerializeToString()
-                yield encoded(event)
+                data = encoded(event)
+                if data:
+                    yield data
         finally:
             stream.close()
 
@@ -293,9 +295,17 @@ def encoded(event: NodeEvent) -> bytes:
     """The event's gRPC form, serialized once for all subscribers."""
     data = event.cache.get("grpc")
     if data is None:
-        data = convert.event(event.seq, event.payload).SerializeToString()
+        try:
+            data = convert.event(event.seq, event.payload).SerializeToString()
+        except ValueError:  # an event with no gRPC form: never sent
+            data = b""
         event.cache["grpc"] = data
     return bytes(data)
+
+
+def encoded_size(event: NodeEvent) -> int:
+    """Bytes of the event's gRPC form (what a subscriber's backlog holds)."""
+    return len(encoded(event))
 
 
 async def _now(fn: Callable[[], Any]) -> Any:
