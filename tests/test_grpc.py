@@ -564,3 +564,30 @@ async def test_connect_at_start_without_json_lines() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_grpc_with_metrics_and_a_taken_metrics_port() -> None:
+    proc = await spawn_raw("-g", "0", "--metrics-port", "0", "--bootstrap-peers", "")
+    try:
+        first, second = await first_line(proc), await first_line(proc)
+        assert first["type"] == "grpc_listening" and second["type"] == "metrics"
+        client = AgentNodeClient(f"127.0.0.1:{first['grpcPort']}", timeout=TIMEOUT)
+        try:
+            await client.connect()
+            await client.shutdown()
+        finally:
+            await client.close()
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = await spawn_raw("-g", "0", "--metrics-port", str(busy.getsockname()[1]))
+        first, second = await first_line(taken), await first_line(taken)
+        await taken.communicate()
+    assert first["type"] == "grpc_listening"
+    assert second["type"] == "error" and second["code"] == "PORT_IN_USE"
+    assert taken.returncode == 2

@@ -51,6 +51,7 @@ from p2pnet.cli.node_commands import (
 from p2pnet.config import ConfigError, read_env_file
 from p2pnet.crypto.eth import is_eth_address
 from p2pnet.errors import InvalidPeerID
+from p2pnet.metrics.server import serve_agent_metrics
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.tasks import TaskOwner
 
@@ -726,6 +727,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_node_arguments(parser.add_argument_group("node"))
     add_json_lines_arguments(parser.add_argument_group("JSON lines (docs/cli.md)"))
     add_grpc_arguments(parser.add_argument_group("gRPC (docs/grpc.md)"))
+    add_metrics_arguments(parser.add_argument_group("metrics (docs/metrics.md)"))
 
 
 def add_node_arguments(group: argparse._ArgumentGroup) -> None:
@@ -771,7 +773,7 @@ def add_json_lines_arguments(group: argparse._ArgumentGroup) -> None:
         dest="json_lines",
         action="store_false",
         help="with gRPC on: read no commands from stdin and write no events to stdout except "
-        "the first (grpc_listening) and a start failure",
+        "the start lines (grpc_listening, metrics) and a start failure",
     )
 
 
@@ -801,6 +803,15 @@ def add_grpc_arguments(group: argparse._ArgumentGroup) -> None:
         type=_positive,
         default=EVENT_BACKLOG,
         help=f"events a gRPC event stream may fall behind before it lags (default {EVENT_BACKLOG})",
+    )
+
+
+def add_metrics_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (docs/metrics.md)",
     )
 
 
@@ -901,6 +912,18 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, commands.request_shutdown)
+    metrics = None
+    if args.metrics_port is not None:
+        try:
+            metrics = await serve_agent_metrics(
+                args.metrics_port, lambda: [commands.agent] if commands.agent else []
+            )
+        except OSError as exc:
+            if grpc_server is not None:
+                await grpc_server.stop()
+            writer.write({"type": "error", "code": "PORT_IN_USE", "message": f"metrics: {exc}"})
+            return 2
+        writer.write({"type": "metrics", "port": metrics.port, "url": metrics.url})
     watch_stdin = args.json_lines or (args.exit_on_eof and not args.ignore_eof)
     reader = StdinReader(sys.stdin.fileno(), loop) if watch_stdin else None
     if reader is not None:
@@ -946,6 +969,8 @@ async def serve(
         events.close()  # ends the event streams of gRPC clients
         if grpc_server is not None:
             await grpc_server.stop()
+        if metrics is not None:
+            await metrics.close()
         if args.json_lines:
             json_lines.write_shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
