@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from p2pnet.agent.constants import ANNOUNCEMENTS_TOPIC, STATUS_TOPIC
 from p2pnet.agent.envelope import MAX_ENVELOPE_SIZE
-from p2pnet.cli.node_commands import CommandError, NodeCommands, NodeEvent
+from p2pnet.cli.node_commands import CommandError, NodeCommands, NodeEvent, discovered_event
 from p2pnet.crypto.eth import is_eth_address
 from p2pnet.errors import P2PError
 from p2pnet.peer.peer_id import PeerID
@@ -236,8 +236,6 @@ class AgentNodeService:
     async def Discover(self, request: pb.DiscoverRequest) -> pb.DiscoverResponse:
         topic = check_topic(request.topic)
         found = await self.commands.run("discover", self.commands.discover(topic))
-        from p2pnet.cli.node_commands import discovered_event
-
         return pb.DiscoverResponse(agents=[convert.agent_info(discovered_event(a)) for a in found])
 
     async def Shutdown(self, request: pb.ShutdownRequest) -> pb.ShutdownResponse:
