@@ -798,6 +798,7 @@ class Agent:
                 raise P2PNodeError(
                     PROCESS_EXITED, f"the node of {self.agent_name!r} is not started (with gRPC)"
                 )
+            self._node = node
             return node.grpc_target, node.grpc_token
         if self._target is None:
             raise P2PNodeError(
@@ -891,27 +892,45 @@ class Agent:
             raise P2PNodeError(PROCESS_EXITED, "the agent is not started")
         return self.client
 
+    async def _call(self, call: Awaitable[T]) -> T:
+        """A call to the node; a node that went away is PROCESS_EXITED (with its exit status,
+        when it is our P2PNode) or UNAVAILABLE naming where it was."""
+        try:
+            return await call
+        except P2PNodeError as exc:
+            if exc.code not in (UNAVAILABLE, "CANCELLED"):
+                raise
+            node = self._node
+            if node is not None:
+                return await node._grpc(_raise(exc))  # PROCESS_EXITED if the process is gone
+            target = self.client.target if self.client is not None else "?"
+            raise P2PNodeError(
+                UNAVAILABLE,
+                f"the node of {self.agent_name!r} at {target} is unreachable: {exc.message}",
+                status=exc.status,
+            ) from None
+
     async def send(self, to: str, data: Any) -> str:
         """A direct message to one agent (PeerID or ETH address); returns its PeerID once it
         acknowledged."""
-        return await self._client().send(to, data)
+        return await self._call(self._client().send(to, data))
 
     async def broadcast(self, data: Any, topic: str = "agent-messages") -> None:
-        await self._client().publish(topic, data)
+        await self._call(self._client().publish(topic, data))
 
     async def subscribe(self, topic: str) -> None:
-        await self._client().subscribe(topic)
+        await self._call(self._client().subscribe(topic))
 
     async def unsubscribe(self, topic: str) -> None:
-        await self._client().unsubscribe(topic)
+        await self._call(self._client().unsubscribe(topic))
 
     async def discover(self, topic: str) -> list[Event]:
         from p2pnet.rpc import convert
 
-        return [convert.agent_dict(a) for a in await self._client().discover(topic)]
+        return [convert.agent_dict(a) for a in await self._call(self._client().discover(topic))]
 
     async def peers(self) -> list[str]:
-        return [p.peer_id for p in await self._client().list_peers()]
+        return [p.peer_id for p in await self._call(self._client().list_peers())]
 
     def messages(self, topic: str | None = None) -> MessageIterator:
         """The messages that reach the agent from the moment of the call (direct ones and
@@ -947,6 +966,10 @@ class Agent:
                 await handler(message)
             except Exception:
                 log.exception("message handler of %s failed", self.agent_name)
+
+
+async def _raise(exc: BaseException) -> Any:
+    raise exc
 
 
 @dataclass(frozen=True)

@@ -435,3 +435,20 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return "zombie" not in status.split("State:")[1].split("\n")[0]
+
+
+async def test_agent_raises_when_its_node_is_killed(nodes: list[P2PNode]) -> None:
+    from p2pnet.sdk import Agent
+
+    node = P2PNode("doomed", 0, bootstrap_peers=[])
+    await start_all(nodes, node)
+    agent = Agent("doomed")
+    await agent.start()
+    messages = agent.messages()
+    assert node.pid is not None
+    os.kill(node.pid, signal.SIGKILL)
+    with pytest.raises(P2PNodeError) as err:
+        await asyncio.wait_for(agent.send("0x" + "11" * 20, 1), TIMEOUT_S)
+    assert err.value.code == PROCESS_EXITED and "status -9" in err.value.message
+    assert [m async for m in messages] == []  # ends
+    await agent.stop()
