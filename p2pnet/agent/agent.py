@@ -30,12 +30,19 @@ from p2pnet.agent.constants import (
     STATUS_TOPIC,
     default_bootstrap_peers,
 )
-from p2pnet.agent.envelope import Envelope, InvalidEnvelope, open_envelope, seal
+from p2pnet.agent.envelope import (
+    Envelope,
+    EnvelopeTooLarge,
+    InvalidEnvelope,
+    open_envelope,
+    seal,
+)
 from p2pnet.agent.errors import (
     AgentError,
     DhtLookupFailed,
     DialFailed,
     InvalidFields,
+    MessageTooLarge,
     NotConnected,
     PeerNotFound,
     PortInUse,
@@ -61,15 +68,7 @@ from p2pnet.config import (
 from p2pnet.crypto.eth import eth_address, is_eth_address, to_checksum_address
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import CryptoError, MessageTooLargeError, NoPeersError, P2PError
-from p2pnet.events import (
-    BootstrapFailed,
-    BootstrapSucceeded,
-    EventBus,
-    EventStream,
-    NodeEvent,
-    PeerConnected,
-    PeerDisconnected,
-)
+from p2pnet.events import BootstrapSucceeded, EventBus, EventStream, NodeEvent
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.errors import KadError
 from p2pnet.kad.errors import PeerNotFound as KadPeerNotFound
@@ -111,39 +110,7 @@ class AgentDiscovered:
     name: str = ""
 
 
-@dataclass(frozen=True)
-class AgentPeerConnected:
-    """A connection to ``peer`` opened (its first one: a peer is connected once)."""
-
-    peer_id: PeerID
-    eth_address: str | None
-    addr: Multiaddr
-    direction: str  # "inbound" or "outbound"
-
-
-@dataclass(frozen=True)
-class AgentPeerDisconnected:
-    """The last connection to ``peer`` ended: closed, reset, or the peer died."""
-
-    peer_id: PeerID
-    eth_address: str | None
-
-
-@dataclass(frozen=True)
-class AgentBootstrap:
-    """How a bootstrap attempt went: ``ok`` (``routing_table`` DHT size), else ``error`` and the
-    seconds until the node tries again by itself (``retry_in``)."""
-
-    ok: bool
-    attempt: int
-    routing_table: int = 0
-    error: str = ""
-    retry_in: float = 0.0
-
-
-AgentEvent = (
-    AgentMessage | AgentDiscovered | AgentPeerConnected | AgentPeerDisconnected | AgentBootstrap
-)
+AgentEvent = AgentMessage | AgentDiscovered
 
 
 @dataclass
@@ -482,6 +449,8 @@ class Agent:
             raise InvalidFields("cannot send a message to ourselves")
         try:
             envelope = self._seal("direct", data, to=address)
+        except EnvelopeTooLarge as exc:
+            raise MessageTooLarge(f"data cannot be sent: {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise InvalidFields(f"data cannot be sent: {exc}") from exc
         await self.messaging.send(peer, envelope)
@@ -509,6 +478,8 @@ class Agent:
             raise InvalidFields(f"cannot broadcast application data on {topic!r}")
         try:
             envelope = self._seal("broadcast", data, topic=topic)
+        except EnvelopeTooLarge as exc:
+            raise MessageTooLarge(f"data cannot be sent: {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise InvalidFields(f"data cannot be sent: {exc}") from exc
         self._join(topic)
@@ -542,6 +513,23 @@ class Agent:
             except (KadError, NoPeersError, ValueError) as exc:
                 log.info("%s: cannot announce %r in the DHT yet: %s", self.name, topic, exc)
         await self._announce("subscribe", topic=topic)
+
+    async def unsubscribe(self, topic: str) -> bool:
+        """Leave ``topic`` joined with :meth:`subscribe`; False if we had not subscribed.
+
+        The agent topics stay joined (the agent itself needs them); only their delivery to the
+        application ends.
+        """
+        self._check_running()
+        if topic not in self._app_topics:
+            return False
+        self._app_topics.discard(topic)
+        if topic not in AGENT_TOPICS:
+            sub = self._subs.pop(topic, None)
+            if sub is not None:
+                sub.cancel()
+        await self._announce("unsubscribe", topic=topic)
+        return True
 
     async def discover(self, topic: str) -> list[AgentDiscovered]:
         """Agents on ``topic``: DHT providers of the topic and the peers pubsub knows on it."""
@@ -675,25 +663,15 @@ class Agent:
     # -- churn ----------------------------------------------------------------------------------
 
     async def _follow_node(self, events: EventStream[NodeEvent]) -> None:
-        """Turn the node's connection and bootstrap events into agent events, and publish our
-        presence again whenever the node (re)joins the network through its bootstrap peers: a
-        bootstrap node that restarted has forgotten every record it held."""
+        """Publish our presence again whenever the node (re)joins the network through its
+        bootstrap peers: a bootstrap node that restarted has forgotten every record it held.
+        (Connection and bootstrap events reach applications from ``node.events()``.)"""
         async for event in events:
-            if isinstance(event, PeerConnected):
-                self._events.emit(
-                    AgentPeerConnected(event.peer, _eth_of(event.peer), event.addr, event.direction)
-                )
-            elif isinstance(event, PeerDisconnected):
-                self._events.emit(AgentPeerDisconnected(event.peer, _eth_of(event.peer)))
-            elif isinstance(event, BootstrapFailed):
-                self._events.emit(
-                    AgentBootstrap(False, event.attempt, error=event.error, retry_in=event.retry_in)
-                )
-            elif isinstance(event, BootstrapSucceeded):
-                self._events.emit(AgentBootstrap(True, event.attempt, event.routing_table))
-                if event.attempt > 1 or self.presence.published_seq == 0:
-                    # In a task: the AutoNAT check may take seconds, events keep flowing.
-                    self._tasks.spawn(self._rejoined(event.attempt), name="agent rejoined")
+            if isinstance(event, BootstrapSucceeded) and (
+                event.attempt > 1 or self.presence.published_seq == 0
+            ):
+                # In a task: the AutoNAT check may take seconds, events keep flowing.
+                self._tasks.spawn(self._rejoined(event.attempt), name="agent rejoined")
 
     async def _rejoined(self, attempt: int) -> None:
         if attempt > 1:
