@@ -71,7 +71,17 @@ STDIN_BACKLOG = 64
 LOG_LEVELS = ("debug", "info", "warning", "error")
 COMMANDS = ("connect", "send", "discover", "subscribe", "status", "shutdown")
 #: Events of the node's event log that the JSON lines carry (the others are gRPC's only).
-JSON_STREAM_EVENTS = frozenset({"ready", "message", "peer_discovered"})
+JSON_STREAM_EVENTS = frozenset(
+    {
+        "ready",
+        "message",
+        "peer_discovered",
+        "peer_connected",
+        "peer_disconnected",
+        "bootstrap_failed",
+        "bootstrap_succeeded",
+    }
+)
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -522,7 +532,8 @@ class NodeProcess:
 
     def _on_event(self, event: NodeEvent) -> None:
         """The node's event log, as JSON lines: ``ready`` (with the id of the ``connect`` it
-        answers, if it came from here), ``message`` and ``peer_discovered``."""
+        answers, if it came from here), ``message``, ``peer_discovered``, ``peer_connected``,
+        ``peer_disconnected`` and ``bootstrap_failed`` / ``bootstrap_succeeded``."""
         if event.type not in JSON_STREAM_EVENTS:
             return
         origin = event.origin
