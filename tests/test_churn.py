@@ -161,6 +161,10 @@ async def test_agent_reachable_only_through_a_relay_gets_direct_messages(spawn: 
     assert got["data"] == {"via": "relay"} and got["direct"] is True
     conn = await bob.expect("peer_connected", peerId=alice.peer_id)
     assert "/p2p-circuit" in conn["addr"], conn  # the connection that carried it
+    status = await alice.ok({"type": "status"}, "node-status")
+    assert status["relayReservations"] == [boot.peer_id] and status["relayServing"] is None
+    boot_status = await boot.ok({"type": "status"}, "node-status")
+    assert boot_status["relayServing"]["reservations"] == 1
     # And back: alice dials bob directly.
     await alice.ok({"type": "send", "peerId": bob.eth, "data": "reply"}, "sent")
     assert (await bob.expect("message"))["data"] == "reply"
