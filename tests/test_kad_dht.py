@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
+from p2pnet.agent.record import AGENT_NAMESPACE, AgentRecordValidator, sign_agent_record
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import ProtocolNotSupported, StreamReset
 from p2pnet.host.host import Host
@@ -26,7 +27,6 @@ from p2pnet.kad import (
     Mode,
     PeerNotFound,
     RecordNotFound,
-    sign_agent_record,
 )
 from p2pnet.kad import messages as m
 from p2pnet.kad.records import StoredRecord
@@ -79,6 +79,7 @@ async def make_node(
     await host.start()
     identify = IdentifyService(host)
     dht = KadDHT(host, identify, KadConfig(mode=mode, **config))
+    dht.validator.register(AGENT_NAMESPACE, AgentRecordValidator())
     await dht.start()
     return KadNode(host, identify, dht)
 
@@ -322,7 +323,7 @@ async def test_agent_record_put_get_newest_wins_and_outdated_holders_corrected(
     stale.dht.records.put(StoredRecord(key, v1, time.time()))
     # An older record is refused by a server that holds a newer one.
     with pytest.raises(InvalidRecord, match="better"):
-        net10[6].dht._store_local(key, v1)
+        net10[6].dht.behaviour.store_local(key, v1, time.time())
     assert await reader.dht.get_value(key, quorum=0) == v2  # quorum 0: ask everybody
     await wait_for(lambda: getattr(stale.dht.records.get(key), "value", None) == v2)
 

@@ -44,6 +44,7 @@ from p2pnet.agent.errors import (
 )
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
+from p2pnet.agent.record import AGENT_NAMESPACE, AgentRecordValidator
 from p2pnet.config import (
     ConfigError,
     NodeConfig,
@@ -183,7 +184,9 @@ class Agent:
         self.dht = self.node.dht
         self.pubsub = self.node.pubsub
         self.eth_address: str = eth_address(self.node.peer_id)
-        self.presence = Presence(self.node.host, self.dht)
+        # The DHT knows no agents: the agent network brings its record namespace.
+        self.node.register_validator(AGENT_NAMESPACE, AgentRecordValidator())
+        self.presence = Presence(self.node.host, self.dht, self.node.clock)
         self.messaging = DirectMessaging(
             self.node.host, self.eth_address, self._deliver_direct, timeout=cfg.message_timeout
         )

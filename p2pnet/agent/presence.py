@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from p2pnet.agent.errors import DhtLookupFailed, InvalidFields, PeerNotFound
+from p2pnet.agent.record import AgentPresence, agent_key, sign_agent_record, verify_agent_record
+from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.crypto.eth import is_eth_address
 from p2pnet.host.host import Host
-from p2pnet.kad.agent_record import AgentPresence, agent_key, sign_agent_record, verify_agent_record
 from p2pnet.kad.dht import KadDHT
 from p2pnet.kad.errors import InvalidRecord, KadError, NoPeersError, RecordNotFound
 
@@ -22,9 +22,10 @@ log = logging.getLogger("p2pnet.agent")
 
 
 class Presence:
-    def __init__(self, host: Host, dht: KadDHT) -> None:
+    def __init__(self, host: Host, dht: KadDHT, clock: Clock = SYSTEM_CLOCK) -> None:
         self.host = host
         self.dht = dht
+        self.clock = clock
         self.published_seq = 0
         #: Set once a record has been stored in the DHT.
         self.published = asyncio.Event()
@@ -32,9 +33,10 @@ class Presence:
     async def publish(self) -> int:
         """Sign and store our record; returns the number of DHT peers that took it."""
         # A time-based sequence number keeps increasing across restarts of the agent.
-        seq = max(self.published_seq + 1, time.time_ns() // 1_000_000)
+        now = self.clock.time()
+        seq = max(self.published_seq + 1, int(now * 1000))
         key, value = sign_agent_record(
-            self.host.key, self.host.peer_id, self.host.listen_addrs, seq
+            self.host.key, self.host.peer_id, self.host.listen_addrs, seq, int(now)
         )
         stored = await self.dht.put_value(key, value)
         self.published_seq = seq

@@ -25,6 +25,10 @@ class InvalidRecord(KadError):
     """A record failed its namespace's validator (bad signature, wrong key, too large, ...)."""
 
 
+class UnknownNamespace(InvalidRecord):
+    """A record key's namespace has no registered validator (every node refuses such keys)."""
+
+
 class KadProtocolError(ProtocolError, KadError):
     """A peer sent a malformed or nonsensical kad message."""
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
+from p2pnet.agent.record import AgentRecordValidator, sign_agent_record, verify_agent_record
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.host.host import Host
 from p2pnet.kad import (
@@ -31,8 +32,6 @@ from p2pnet.kad import (
     Mode,
     NamespacedValidator,
     Validator,
-    sign_agent_record,
-    verify_agent_record,
 )
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyService
@@ -79,7 +78,7 @@ async def py_dht(mode: Mode = Mode.SERVER, key_type: KeyType = KeyType.Ed25519) 
     await host.start()
     identify = IdentifyService(host)
     ping = PingService(host)
-    validator = NamespacedValidator({"test": TestNamespace()})
+    validator = NamespacedValidator({"test": TestNamespace(), "agent": AgentRecordValidator()})
     dht = KadDHT(
         host,
         identify,
