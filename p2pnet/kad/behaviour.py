@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -178,12 +178,12 @@ class KadBehaviour:
             self._initial_refresh_at = now + INITIAL_REFRESH_DELAY
         return outcome.check
 
-    def lookup_seeds(self, key: bytes, connected: Iterable[PeerID]) -> list[PeerID]:
+    def lookup_seeds(self, key: bytes, connected: Callable[[], Iterable[PeerID]]) -> list[PeerID]:
         """Where a lookup for ``key`` starts: the k closest peers of our table, else (a table
-        not filled yet) the connected peers that speak kad."""
+        not filled yet) the ``connected()`` peers that speak kad."""
         seeds = self.routing_table.closest(kad_key(key), self.config.k)
         if not seeds:
-            seeds = [p for p in connected if self.speaks_kad(p)]
+            seeds = [p for p in connected() if self.speaks_kad(p)]
         return seeds
 
     def lookup_ran(self, key: bytes, now: float) -> None:

@@ -136,6 +136,7 @@ class KadDHT:
         self._started = False
         self._closed = False
         self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
         self._idle_streams: dict[PeerID, list[tuple[YamuxStream, float]]] = {}
         #: The most recent lookups (their cost), newest last.
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
@@ -164,6 +165,19 @@ class KadDHT:
     def counters(self) -> dict[str, int]:
         """Requests sent/received per type name, failed requests, bad requests and entries."""
         return self.behaviour.counters
+
+    def _notify(self) -> None:
+        """Something changed (table, stores, counters): wake :meth:`wait_until` callers."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` holds, re-checking it whenever the DHT's state changes
+        (a peer enters or leaves the table, a request is answered or served, a lookup or a
+        record correction ends). Raises TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
 
     def _now(self) -> float:
         return self.clock.monotonic()
@@ -235,6 +249,7 @@ class KadDHT:
         self._check(self.behaviour.peer_identified(peer, self._now()))
         if was_empty and len(self.routing_table) > 0:
             self._wake.set()  # the behaviour schedules a self lookup
+        self._notify()
 
     def _check(self, peer: PeerID | None) -> None:
         if peer is not None and not self._closed:
@@ -250,8 +265,10 @@ class KadDHT:
         except _REQUEST_ERRORS as exc:
             log.debug("liveness check of %s failed: %s", peer, exc)
         replacement = self.behaviour.liveness_result(peer, alive, self._now())
+        self.behaviour.count("liveness checks")
         if replacement is not None:
             log.debug("%s replaced unresponsive %s in the routing table", replacement, peer)
+        self._notify()
 
     # -- RPC client -----------------------------------------------------------------------------
 
@@ -361,7 +378,7 @@ class KadDHT:
         cfg = self.config
         lookup = Lookup(
             key,
-            self.behaviour.lookup_seeds(key, self.host.connected_peers()),
+            self.behaviour.lookup_seeds(key, self.host.connected_peers),
             local=self.host.peer_id,
             k=cfg.k,
             alpha=cfg.alpha,
@@ -394,6 +411,7 @@ class KadDHT:
             lookup.stats.duration = self._now() - started
             self.behaviour.lookup_ran(key, self._now())
             self.lookup_history.append(lookup.stats)
+            self._notify()
         return lookup
 
     def _settle(
@@ -501,6 +519,7 @@ class KadDHT:
         result = PutResult(key)
         for peer, ok in zip(peers, results, strict=True):
             (result.stored if ok else result.failed).append(peer)
+        self._notify()
         return result
 
     async def get_value(self, key: bytes, quorum: int | None = None) -> bytes:
@@ -662,17 +681,23 @@ class KadDHT:
                 if self.behaviour.mode is not Mode.SERVER or self._closed:
                     await stream.reset()
                     return
-                resp = self.behaviour.handle_request(peer, m.decode(data), self._wall())
+                try:
+                    resp = self.behaviour.handle_request(peer, m.decode(data), self._wall())
+                finally:
+                    self._notify()
                 if resp is not None:
                     await write_length_prefixed(stream, m.encode(resp))
         except TimeoutError:
             log.debug("kad stream from %s idle for %.0f s: reset", peer, cfg.inbound_idle_timeout)
+            self.behaviour.count("idle inbound streams reset")
             await stream.reset()
+            self._notify()
             return
         except (KadError, ProtocolError) as exc:
             self.behaviour.count("bad requests")
             log.info("bad kad request from %s: %s", peer, exc)
             await stream.reset()
+            self._notify()
             return
         await stream.close()
 
