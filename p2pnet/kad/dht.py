@@ -253,7 +253,7 @@ class KadDHT:
 
     def _check(self, peer: PeerID | None) -> None:
         if peer is not None and not self._closed:
-            self._tasks.spawn(self._check_liveness(peer), name=f"kad liveness {peer}")
+            self._tasks.spawn(self._check_liveness(peer), name="kad liveness check")
 
     async def _check_liveness(self, peer: PeerID) -> None:
         alive = False
@@ -391,7 +391,7 @@ class KadDHT:
                 while not lookup.finished:
                     for peer in lookup.next_requests():
                         task = asyncio.create_task(
-                            self._rpc(peer, make_request()), name=f"kad {kind} -> {peer}"
+                            self._rpc(peer, make_request()), name=f"kad {kind}"
                         )
                         pending[task] = peer
                     if not pending:
