@@ -3,15 +3,18 @@ which peers stored a record or answered a GET, provider keys from CID text."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from p2pnet.clock import VirtualClock
 from p2pnet.config import NodeConfig
-from p2pnet.kad import InvalidRecord, KadConfig, Mode, UnknownNamespace
+from p2pnet.kad import InvalidRecord, KadConfig, Mode, RecordNotFound, UnknownNamespace
 from p2pnet.kad.cid import provider_key
 from p2pnet.node import Node
 from p2pnet.security.plaintext import PlaintextSecurity
+from p2pnet.sim.loop import run_virtual
 from p2pnet.transport.memory import MemoryNetwork
 
 CID_V1 = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
@@ -97,3 +100,50 @@ async def test_provider_keys_from_cid_text(nodes: list[Node]) -> None:
     assert [f.peer for f in await nodes[3].find_providers(CID_V0)] == [provider.peer_id]
     with pytest.raises(ValueError, match="not a CID"):
         await provider.provide("not a cid")
+
+
+def test_records_and_providers_age_on_the_nodes_clock() -> None:
+    """The DHT reads time only from the node's Clock: on a virtual clock, records carry its wall
+    time, and virtual hours expire provider records and records without a second passing."""
+    clock = VirtualClock()
+
+    async def main() -> None:
+        net = MemoryNetwork()
+        nodes: list[Node] = []
+        try:
+            for i in range(3):
+                cfg = NodeConfig(
+                    listen_addrs=["/memory/0"],
+                    kad=KadConfig(
+                        mode=Mode.SERVER,
+                        auto_refresh=False,
+                        provider_ttl=3600.0,
+                        max_record_age=1800.0,
+                    ),
+                    enable_pubsub=False,
+                    clock=clock,
+                    seed=i,
+                )
+                node = Node(cfg, transports=[net.transport()], security=[PlaintextSecurity()])
+                await node.start()
+                node.register_validator("myapp", not_empty)
+                nodes.append(node)
+            for node in nodes[1:]:
+                await node.bootstrap([str(nodes[0].p2p_addrs()[0])])
+            await nodes[1].put_record(b"/myapp/t", b"v")
+            assert nodes[2].dht is not None and nodes[1].dht is not None
+            stored = nodes[2].dht.records.get(b"/myapp/t")
+            assert stored is not None and stored.time_received == clock.time()
+            await nodes[1].provide(CID_V1)
+            assert [p.peer for p in await nodes[2].find_providers(CID_V1)] == [nodes[1].peer_id]
+            nodes[1].dht.stop_providing(CID_V1)  # no republishing
+            await asyncio.sleep(3601)  # virtual: costs no real time
+            assert await nodes[0].find_providers(CID_V1) == []
+            with pytest.raises(RecordNotFound):
+                await nodes[0].get_value(b"/myapp/t", quorum=0)
+        finally:
+            for node in nodes:
+                await node.close()
+
+    run_virtual(main(), clock)
+    assert clock.monotonic() >= 3600

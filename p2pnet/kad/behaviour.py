@@ -34,7 +34,7 @@ from multiaddr import Multiaddr
 
 from p2pnet.errors import P2PError
 from p2pnet.kad import messages as m
-from p2pnet.kad.config import KadConfig, Mode
+from p2pnet.kad.config import KadConfig
 from p2pnet.kad.errors import InvalidRecord, KadProtocolError
 from p2pnet.kad.messages import PeerInfo
 from p2pnet.kad.providers import ProviderStore
@@ -43,7 +43,6 @@ from p2pnet.kad.records import (
     NamespacedValidator,
     RecordStore,
     StoredRecord,
-    StoreFull,
     format_rfc3339,
     split_key,
 )
@@ -604,13 +603,11 @@ __all__ = [
     "Action",
     "Failure",
     "KadBehaviour",
-    "Mode",
     "PeerView",
     "ProviderQuery",
     "PutResult",
     "Refresh",
     "Republish",
-    "StoreFull",
     "ValueQuery",
     "ValueResult",
 ]
