@@ -12,7 +12,7 @@ import logging
 
 from p2pnet.agent.errors import DhtLookupFailed, InvalidFields, PeerNotFound
 from p2pnet.agent.record import AgentPresence, agent_key, sign_agent_record, verify_agent_record
-from p2pnet.clock import SYSTEM_CLOCK, Clock
+from p2pnet.clock import Clock
 from p2pnet.crypto.eth import is_eth_address
 from p2pnet.host.host import Host
 from p2pnet.kad.dht import KadDHT
@@ -22,7 +22,10 @@ log = logging.getLogger("p2pnet.agent")
 
 
 class Presence:
-    def __init__(self, host: Host, dht: KadDHT, clock: Clock = SYSTEM_CLOCK) -> None:
+    """Publishing and resolving presence records. It owns no stream handler and no task (the
+    agent's maintenance loop republishes), so it is a helper, not a service with start/close."""
+
+    def __init__(self, host: Host, dht: KadDHT, clock: Clock) -> None:
         self.host = host
         self.dht = dht
         self.clock = clock
