@@ -49,6 +49,7 @@ from p2pnet.kad.records import InMemoryRecordStore, NamespacedValidator, RecordS
 from p2pnet.kad.routing_table import RoutingTable
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import TEMP_ADDR_TTL
+from p2pnet.service import Lifecycle, ServiceState
 from p2pnet.tasks import TaskOwner
 from p2pnet.wire.framing import (
     read_length_prefixed,
@@ -133,8 +134,7 @@ class KadDHT:
             now=self.clock.monotonic(),
         )
         self._tasks = TaskOwner(f"kad {host.peer_id}")
-        self._started = False
-        self._closed = False
+        self._lifecycle = Lifecycle("kad")
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._idle_streams: dict[PeerID, list[tuple[YamuxStream, float]]] = {}
@@ -188,11 +188,10 @@ class KadDHT:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._started:
-            return
-        if self._closed:
+        if self._lifecycle.closed:
             raise KadError("the DHT is closed")
-        self._started = True
+        if not self._lifecycle.begin_start():
+            return
         if self.behaviour.mode is Mode.SERVER:
             self.host.set_stream_handler(self.config.protocol_id, self._handle_stream)
         # Peers identified before we started.
@@ -201,10 +200,10 @@ class KadDHT:
         self._tasks.spawn(self._maintenance(), name="kad maintenance")
 
     async def close(self) -> None:
-        if self._closed:
+        previous = self._lifecycle.begin_close()
+        if previous is None:
             return
-        self._closed = True
-        if self._started and self.behaviour.mode is Mode.SERVER:
+        if previous is ServiceState.RUNNING and self.behaviour.mode is Mode.SERVER:
             self.host.remove_stream_handler(self.config.protocol_id)
         await self._tasks.close()
         await self._close_pooled_streams()
@@ -230,7 +229,7 @@ class KadDHT:
         if new is self.behaviour.mode:
             return
         self.behaviour.mode = new
-        if not self._started or self._closed:
+        if not self._lifecycle.running:
             return
         if new is Mode.SERVER:
             self.host.set_stream_handler(self.config.protocol_id, self._handle_stream)
@@ -241,7 +240,7 @@ class KadDHT:
     # -- routing table upkeep -------------------------------------------------------------------
 
     def _on_identified(self, info: IdentifyInfo) -> None:
-        if self._started and not self._closed:
+        if self._lifecycle.running:
             self._consider_peer(info.peer)
 
     def _consider_peer(self, peer: PeerID) -> None:
@@ -252,7 +251,7 @@ class KadDHT:
         self._notify()
 
     def _check(self, peer: PeerID | None) -> None:
-        if peer is not None and not self._closed:
+        if peer is not None and not self._lifecycle.closed:
             self._tasks.spawn(self._check_liveness(peer), name="kad liveness check")
 
     async def _check_liveness(self, peer: PeerID) -> None:
@@ -342,7 +341,7 @@ class KadDHT:
 
     async def _put_stream(self, peer: PeerID, stream: YamuxStream) -> None:
         pool = self._idle_streams.setdefault(peer, [])
-        if self._closed or len(pool) >= self.config.max_idle_streams_per_peer:
+        if self._lifecycle.closed or len(pool) >= self.config.max_idle_streams_per_peer:
             await stream.close()
             return
         pool.append((stream, self._now()))
@@ -549,7 +548,7 @@ class KadDHT:
             raise RecordNotFound(f"no valid record for {key[:60]!r}")
         if query.local is not None and query.local != result.value:
             self.behaviour.replace_local(key, result.value, self._wall())
-        if result.outdated and not self._closed:
+        if result.outdated and not self._lifecycle.closed:
             self._tasks.spawn(
                 self._put_to(result.outdated, key, result.value), name="kad record correction"
             )
@@ -678,7 +677,7 @@ class KadDHT:
                     data = await read_length_prefixed_or_eof(stream, cfg.max_message_size)
                 if data is None:
                     break
-                if self.behaviour.mode is not Mode.SERVER or self._closed:
+                if self.behaviour.mode is not Mode.SERVER or self._lifecycle.closed:
                     await stream.reset()
                     return
                 try:
