@@ -24,7 +24,8 @@ from p2pnet.kad.errors import InvalidRecord, KadProtocolError
 from p2pnet.kad.providers import InMemoryProviderStore
 from p2pnet.kad.records import FunctionValidator, InMemoryRecordStore, NamespacedValidator
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.wire.framing import LengthPrefixedDecoder, encode_length_prefixed
+from p2pnet.wire.framing import encode_length_prefixed
+from p2pnet.wire.varint import decode_uvarint
 
 PROTO = "/ipfs/kad/1.0.0"
 WALL = 1_800_000_000.0
@@ -84,11 +85,18 @@ def max_index(key: bytes, values: object) -> int:
     return max(range(len(vals)), key=lambda i: vals[i])
 
 
+def unframe(wire: bytes) -> bytes:
+    """The one length-prefixed message ``wire`` holds."""
+    decoded = decode_uvarint(wire)
+    assert decoded is not None
+    length, used = decoded
+    assert len(wire) == used + length
+    return wire[used:]
+
+
 def exchange(server: KadBehaviour, client: PeerID, request: bytes) -> bytes:
     """What travels back on the wire for the framed ``request`` bytes (b"": no answer)."""
-    frames = LengthPrefixedDecoder(1 << 20).feed(request)
-    assert len(frames) == 1
-    resp = server.handle_request(client, m.decode(frames[0]), WALL)
+    resp = server.handle_request(client, m.decode(unframe(request)), WALL)
     return b"" if resp is None else encode_length_prefixed(m.encode(resp))
 
 
@@ -98,7 +106,7 @@ def test_find_node_answer_bytes() -> None:
         view.server(peer(i), 4000 + i)
         server.peer_identified(peer(i), 1.0)
     wire = exchange(server, peer(1), encode_length_prefixed(m.encode(m.find_node(b"key"))))
-    resp = m.decode(LengthPrefixedDecoder().feed(wire)[0])
+    resp = m.decode(unframe(wire))
     assert resp.type == m.FIND_NODE and resp.key == b"key"
     named = {PeerID.from_bytes(p.id) for p in resp.closerPeers}
     assert named == {peer(i) for i in range(2, 6)}  # never the requester
@@ -136,7 +144,7 @@ def test_add_provider_has_no_answer_and_only_the_sender_counts() -> None:
 def test_ping_and_malformed_requests() -> None:
     server, _ = behaviour(peer(0))
     pong = exchange(server, peer(1), encode_length_prefixed(m.encode(m.request(m.PING, b"x"))))
-    assert m.decode(LengthPrefixedDecoder().feed(pong)[0]).type == m.PING
+    assert m.decode(unframe(pong)).type == m.PING
     for bad in (m.find_node(b""), m.request(m.PUT_VALUE, b"/test/k"), m.find_node(b"k" * 2000)):
         with pytest.raises(KadProtocolError):
             server.handle_request(peer(1), bad, WALL)
