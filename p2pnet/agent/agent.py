@@ -44,6 +44,7 @@ from p2pnet.agent.errors import (
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
 from p2pnet.agent.record import AGENT_NAMESPACE, AgentRecordValidator
+from p2pnet.agent.status import MAX_STATUS_BYTES, build_status
 from p2pnet.config import (
     ConfigError,
     NodeConfig,
@@ -119,6 +120,8 @@ class AgentConfig:
     kad: KadConfig | None = None
     registry_address: str | None = None
     rpc_url: str | None = None
+    #: What node-status reports as this node's role; empty: "bootstrap" or "agent" by mode.
+    role: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> AgentConfig:
@@ -168,6 +171,18 @@ def topic_key(topic: str) -> bytes:
     return b"\x12\x20" + hashlib.sha256(b"/p2pnet/topic/" + topic.encode()).digest()
 
 
+#: Peers remembered in ``Agent.announced`` and ``Agent.statuses``; the least recently heard
+#: ones are forgotten first, so a flood of announcing identities cannot grow memory.
+MAX_KNOWN_PEERS = 1024
+
+
+def _remember(known: OrderedDict[PeerID, Any], peer: PeerID, value: Any) -> None:
+    known[peer] = value
+    known.move_to_end(peer)
+    while len(known) > MAX_KNOWN_PEERS:
+        known.popitem(last=False)
+
+
 def _eth_of(peer: PeerID) -> str | None:
     try:
         return eth_address(peer)
@@ -202,9 +217,9 @@ class Agent:
         self._verified: OrderedDict[bytes, Envelope] = OrderedDict()
         #: Agents seen on agent-announcements: PeerID -> what they announced (for discovery
         #: events and the devnet display; never used to resolve addresses).
-        self.announced: dict[PeerID, AgentDiscovered] = {}
+        self.announced: OrderedDict[PeerID, AgentDiscovered] = OrderedDict()
         #: The latest node-status report of each node.
-        self.statuses: dict[PeerID, dict[str, Any]] = {}
+        self.statuses: OrderedDict[PeerID, dict[str, Any]] = OrderedDict()
         self.messages_in = 0
         self.messages_out = 0
         self.rejected = 0
@@ -475,8 +490,8 @@ class Agent:
             if topic == ANNOUNCEMENTS_TOPIC:
                 self._on_announcement(env)
             elif topic == STATUS_TOPIC:
-                if isinstance(env.data, dict):
-                    self.statuses[env.peer_id] = env.data
+                if isinstance(env.data, dict) and len(msg.data) <= MAX_STATUS_BYTES:
+                    _remember(self.statuses, env.peer_id, env.data)
                 if topic in self._app_topics:
                     self._deliver(env, topic)
             else:
@@ -508,7 +523,7 @@ class Agent:
             name = ""
         info = AgentDiscovered(env.peer_id, to_checksum_address(env.sender), addrs, topics, name)
         before = self.announced.get(env.peer_id)
-        self.announced[env.peer_id] = info
+        _remember(self.announced, env.peer_id, info)
         if before is None or before.topics != info.topics:
             self._events.emit(info)
 
@@ -536,18 +551,14 @@ class Agent:
             return
         log.info("%s: presence stored on %d DHT peers", self.name, stored)
 
+    @property
+    def uptime(self) -> float:
+        """Seconds since :meth:`start` (0 before)."""
+        return self.clock.monotonic() - self._started_at if self._lifecycle.running else 0.0
+
     def status(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "ethAddress": self.eth_address,
-            "uptime": round(self.clock.monotonic() - self._started_at, 1),
-            "peers": len(self.node.peers()),
-            "mesh": {t: len(self.pubsub.mesh_peers(t)) for t in sorted(self._subs)},
-            "dhtTableSize": len(self.dht.routing_table),
-            "messagesIn": self.messages_in,
-            "messagesOut": self.messages_out,
-            "rejected": self.rejected + self.messaging.rejected,
-        }
+        """What this node reports on node-status (see :mod:`p2pnet.agent.status`)."""
+        return build_status(self)
 
     async def _report_status(self) -> None:
         envelope = self._seal("status", self.status(), topic=STATUS_TOPIC)

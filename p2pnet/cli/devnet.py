@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from p2pnet.agent.agent import Agent, AgentConfig, AgentDiscovered, AgentMessage
 from p2pnet.agent.constants import BOOTSTRAP_REGIONS, MESSAGES_TOPIC
+from p2pnet.cli.explorer import DevnetExtras
 from p2pnet.errors import P2PError
 from p2pnet.pubsub.params import GossipsubConfig
 
@@ -59,8 +60,16 @@ def _short(text: object, n: int = 12) -> str:
     return s if len(s) <= n + 3 else s[:n] + "..."
 
 
-async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdout) -> int:
+async def run_devnet(
+    agents: int,
+    duration: float | None,
+    out: TextIO = sys.stdout,
+    *,
+    explorer_port: int | None = None,
+    metrics_port: int | None = None,
+) -> int:
     say = Narrator(out).say
+    extras = DevnetExtras()
     fast = GossipsubConfig(heartbeat_interval=0.5)
     boots: list[Agent] = []
     members: list[Agent] = []
@@ -88,6 +97,14 @@ async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdo
                 if other is not boot:
                     await boot.node.connect(other.p2p_addrs()[0])
         say("devnet", f"{len(boots)} bootstrap nodes connected to each other")
+        await extras.start(
+            [str(b.p2p_addrs()[0]) for b in boots],
+            explorer_port,
+            metrics_port,
+            lambda: boots + members,
+            say,
+            status_interval=5.0,
+        )
 
         # 2. Agents join through the bootstrap nodes.
         seeds = [str(b.p2p_addrs()[0]) for b in boots]
@@ -205,6 +222,7 @@ async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdo
         for task in listeners:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
+        await extras.close()
         await asyncio.gather(*(a.close() for a in members + boots), return_exceptions=True)
         say("devnet", "all nodes closed")
 
@@ -248,6 +266,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="seconds to keep running after the exchange (default: until Ctrl-C)",
     )
+    p.add_argument(
+        "--explorer-port",
+        type=int,
+        default=8080,
+        help="serve the explorer page on 127.0.0.1:PORT (default 8080; a free one if taken)",
+    )
+    p.add_argument("--no-explorer", action="store_true", help="do not start the explorer")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics, /healthz")
     p.set_defaults(func=_main)
 
 
@@ -255,4 +281,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.agents < 2:
         print("devnet needs at least 2 agents", file=sys.stderr)
         return 2
-    return asyncio.run(run_devnet(args.agents, args.duration))
+    explorer_port = None if args.no_explorer else args.explorer_port
+    return asyncio.run(
+        run_devnet(
+            args.agents, args.duration, explorer_port=explorer_port, metrics_port=args.metrics_port
+        )
+    )

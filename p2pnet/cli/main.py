@@ -1,4 +1,5 @@
-"""The ``p2pnet`` command: ``devnet``, ``demo`` and ``node`` (the same as ``p2p-node``)."""
+"""The ``p2pnet`` command: ``devnet``, ``explorer``, ``demo`` and ``node`` (the same as
+``p2p-node``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from p2pnet.cli import demo, devnet, p2p_node
+from p2pnet.cli import demo, devnet, explorer, p2p_node
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     devnet.add_parser(sub)
+    explorer.add_parser(sub)
     node = sub.add_parser(
         "node",
         help="run one agent node driven by JSON lines on stdin/stdout (the p2p-node executable)",

@@ -50,6 +50,7 @@ from p2pnet.kad.routing_table import RoutingTable
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import TEMP_ADDR_TTL
 from p2pnet.service import Lifecycle, ServiceState
+from p2pnet.stats import DurationHistogram
 from p2pnet.tasks import TaskOwner
 from p2pnet.wire.framing import (
     read_length_prefixed,
@@ -60,8 +61,8 @@ from p2pnet.wire.pb import kad_pb2
 
 if TYPE_CHECKING:
     from p2pnet.host.host import Host
-    from p2pnet.mux.yamux_connection import YamuxStream
     from p2pnet.protocols.identify import IdentifyInfo, IdentifyService
+    from p2pnet.stream import Stream
 
 log = logging.getLogger("p2pnet.kad")
 
@@ -137,9 +138,11 @@ class KadDHT:
         self._lifecycle = Lifecycle("kad")
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
-        self._idle_streams: dict[PeerID, list[tuple[YamuxStream, float]]] = {}
+        self._idle_streams: dict[PeerID, list[tuple[Stream, float]]] = {}
         #: The most recent lookups (their cost), newest last.
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
+        #: Durations of lookups by kind (find_peer, get_value, ...), for metrics.
+        self.query_durations: dict[str, DurationHistogram] = {}
         if identify is not None:
             identify.on_identified(self._on_identified)
 
@@ -317,7 +320,7 @@ class KadDHT:
         return resp
 
     async def _exchange(
-        self, stream: YamuxStream, data: bytes, expect_response: bool
+        self, stream: Stream, data: bytes, expect_response: bool
     ) -> kad_pb2.Message | None:
         try:
             await write_length_prefixed(stream, data)
@@ -328,18 +331,18 @@ class KadDHT:
             await stream.reset()
             raise
 
-    async def _take_stream(self, peer: PeerID) -> YamuxStream | None:
+    async def _take_stream(self, peer: PeerID) -> Stream | None:
         pool = self._idle_streams.get(peer)
         limit = self._now() - self.config.stream_idle_timeout
         while pool:
             stream, since = pool.pop()
-            if since >= limit:
+            if since >= limit and not stream.local_closed and not stream.remote_closed:
                 return stream
             await stream.close()
         self._idle_streams.pop(peer, None)
         return None
 
-    async def _put_stream(self, peer: PeerID, stream: YamuxStream) -> None:
+    async def _put_stream(self, peer: PeerID, stream: Stream) -> None:
         pool = self._idle_streams.setdefault(peer, [])
         if self._lifecycle.closed or len(pool) >= self.config.max_idle_streams_per_peer:
             await stream.close()
@@ -408,6 +411,10 @@ class KadDHT:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             lookup.stats.duration = self._now() - started
+            hist = self.query_durations.get(kind)
+            if hist is None:
+                hist = self.query_durations[kind] = DurationHistogram()
+            hist.observe(lookup.stats.duration)
             self.behaviour.lookup_ran(key, self._now())
             self.lookup_history.append(lookup.stats)
             self._notify()
@@ -668,8 +675,8 @@ class KadDHT:
 
     # -- RPC server -----------------------------------------------------------------------------
 
-    async def _handle_stream(self, stream: YamuxStream) -> None:
-        peer = self.host.connection_of(stream).remote_peer
+    async def _handle_stream(self, stream: Stream) -> None:
+        peer = stream.conn.remote_peer
         cfg = self.config
         try:
             while True:
