@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from multiaddr import Multiaddr
 
-from p2pnet.clock import SYSTEM_CLOCK, Clock
+from p2pnet.clock import Clock
 from p2pnet.errors import ConnectionClosed, NegotiationError, P2PError, ProtocolError, StreamError
 from p2pnet.kad import messages as m
 from p2pnet.kad.behaviour import (
@@ -122,7 +122,7 @@ class KadDHT:
         self.identify = identify
         self.config = config or KadConfig()
         cfg = self.config
-        self.clock: Clock = clock or SYSTEM_CLOCK
+        self.clock: Clock = clock or host.clock  # the node's one clock
         self._rng = rng or random.Random()
         self.behaviour = KadBehaviour(
             host.peer_id,

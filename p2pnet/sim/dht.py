@@ -146,6 +146,7 @@ class DhtSimulation:
                 HostConfig(listen_addrs=["/memory/0"]),
                 transports=[self.network.transport()],
                 security=self._security(),
+                clock=self.clock,
             )
             await host.start()
             identify = IdentifyService(host)
