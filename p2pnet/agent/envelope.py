@@ -22,7 +22,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from p2pnet.agent.signed_json import SignedJSONError, canonical_json, open_json, seal_json
+from p2pnet.agent.signed_json import (
+    SignedJSONError,
+    SignedJSONTooLarge,
+    canonical_json,
+    open_json,
+    seal_json,
+)
 from p2pnet.crypto.eth import eth_address
 from p2pnet.crypto.keys import KeyPair, Secp256k1PrivateKey
 from p2pnet.errors import CryptoError, ProtocolError
@@ -34,6 +40,10 @@ MAX_ENVELOPE_SIZE = 256 * 1024
 #: Messages older or further in the future than this are refused (replay window).
 MAX_CLOCK_SKEW = 300.0
 _FIELDS = frozenset({"data", "from", "kind", "nonce", "peer_id", "to", "topic", "ts", "type"})
+
+
+class EnvelopeTooLarge(ValueError):
+    """The sealed message would exceed :data:`MAX_ENVELOPE_SIZE`."""
 
 
 class InvalidEnvelope(ProtocolError):
@@ -78,21 +88,24 @@ def seal(
     if kind not in KINDS:
         raise ValueError(f"unknown message kind {kind!r}")
     peer = PeerID.from_public_key(key.public_key)
-    return seal_json(
-        _secret(key),
-        {
-            "data": data,
-            "from": eth_address(peer).lower(),
-            "kind": kind,
-            "nonce": nonce.hex(),
-            "peer_id": peer.to_base58(),
-            "to": to.lower() if to else None,
-            "topic": topic,
-            "ts": int(now * 1000),
-            "type": ENVELOPE_TYPE,
-        },
-        max_size=MAX_ENVELOPE_SIZE,
-    )
+    try:
+        return seal_json(
+            _secret(key),
+            {
+                "data": data,
+                "from": eth_address(peer).lower(),
+                "kind": kind,
+                "nonce": nonce.hex(),
+                "peer_id": peer.to_base58(),
+                "to": to.lower() if to else None,
+                "topic": topic,
+                "ts": int(now * 1000),
+                "type": ENVELOPE_TYPE,
+            },
+            max_size=MAX_ENVELOPE_SIZE,
+        )
+    except SignedJSONTooLarge as exc:
+        raise EnvelopeTooLarge(f"message {exc}") from None
 
 
 def open_envelope(raw: bytes, *, now: float) -> Envelope:
@@ -149,6 +162,7 @@ __all__ = [
     "MAX_CLOCK_SKEW",
     "MAX_ENVELOPE_SIZE",
     "Envelope",
+    "EnvelopeTooLarge",
     "InvalidEnvelope",
     "ReplayGuard",
     "canonical_json",

@@ -23,17 +23,22 @@ class SignedJSONError(ValueError):
     """The bytes are not a well-formed signed JSON object (callers raise their own error)."""
 
 
+class SignedJSONTooLarge(ValueError):
+    """The object would not fit in ``max_size`` once signed."""
+
+
 def canonical_json(obj: Any) -> bytes:
     """Sorted keys, no spaces, ASCII: one byte string per JSON value, so signatures match."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def seal_json(secret: bytes, obj: dict[str, Any], *, max_size: int) -> bytes:
-    """Sign ``obj`` with the secp256k1 ``secret``; raises ``ValueError`` beyond ``max_size``."""
+    """Sign ``obj`` with the secp256k1 ``secret``; raises :class:`SignedJSONTooLarge` beyond
+    ``max_size``."""
     payload = canonical_json(obj)
     sealed = personal_sign(secret, payload) + payload
     if len(sealed) > max_size:
-        raise ValueError(f"signed object of {len(sealed)} bytes exceeds {max_size}")
+        raise SignedJSONTooLarge(f"of {len(sealed)} bytes exceeds {max_size}")
     return sealed
 
 
