@@ -50,6 +50,7 @@ from p2pnet.agent.errors import (
 )
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
+from p2pnet.agent.record import AGENT_NAMESPACE, AgentRecordValidator
 from p2pnet.agent.status import MAX_STATUS_BYTES, build_status
 from p2pnet.autonat.messages import (
     DIAL_REQUEST_PROTOCOL,
@@ -253,6 +254,8 @@ class Agent:
         self.pubsub = self.node.pubsub
         self.eth_address: str = eth_address(self.node.peer_id)
         self.clock = self.node.clock
+        # The DHT knows no agents: the agent network brings its record namespace.
+        self.node.register_validator(AGENT_NAMESPACE, AgentRecordValidator())
         self.presence = Presence(self.node.host, self.dht, self.clock)
         self.messaging = DirectMessaging(
             self.node.host,
