@@ -405,6 +405,7 @@ class Result:
     paced_delivery: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    paced_cpu_us: float = 0.0
     note: str = ""
 
 
@@ -455,6 +456,7 @@ async def run_one(kind: str, args: argparse.Namespace) -> Result:
         await asyncio.gather(*(c.command("reset") for c in loads))
         rate = max(1.0, result.msgs_per_s * args.paced_fraction)
         result.paced_rate = rate
+        cpu0 = cpu_seconds(middle.pid)
         sent = await asyncio.gather(
             *(
                 c.command("paced", rate=rate / k, seconds=args.paced_seconds, size=args.size)
@@ -468,6 +470,7 @@ async def run_one(kind: str, args: argparse.Namespace) -> Result:
             if sum(s["received"] for s in stats) >= n_sent * (k - 1):
                 break
             await asyncio.sleep(0.1)
+        result.paced_cpu_us = (cpu_seconds(middle.pid) - cpu0) / max(1, n_sent) * 1e6
         lat: list[float] = []
         for c in loads:
             lat += (await c.command("latencies"))["latencies"]
@@ -496,16 +499,17 @@ async def coordinate(args: argparse.Namespace) -> int:
     )
     print(
         "| middle | msgs/s | CPU µs/msg | 1 verify µs | CPU/verify | delivery | "
-        "paced msgs/s | paced p50 / p99 ms | paced delivery |"
+        "paced msgs/s | paced CPU µs/msg | paced p50 / p99 ms | paced delivery |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if r.note:
-            print(f"| {r.middle} | {r.note} |||||||")
+            print(f"| {r.middle} | {r.note} ||||||||")
             continue
         print(
             f"| {r.middle} | {r.msgs_per_s:,.0f} | {r.cpu_us:.1f} | {r.verify_us:.1f} | "
             f"{r.cpu_us / r.verify_us:.2f}x | {r.delivery:.2%} | {r.paced_rate:,.0f} | "
+            f"{r.paced_cpu_us:.1f} | "
             f"{r.p50_ms:.1f} / {r.p99_ms:.1f} | {r.paced_delivery:.2%} |"
         )
     by_name = {r.middle.split(" ")[0]: r for r in results if not r.note}
