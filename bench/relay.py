@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parent.parent
 sys.path.insert(0, str(ROOT))
 
 from p2pnet.crypto.keys import KeyPair, KeyType  # noqa: E402
@@ -279,10 +280,10 @@ class Child:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def start(cls, *args: str) -> Child:
+    async def start(cls, *args: str, python: str = sys.executable, script: Path = SCRIPT) -> Child:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(Path(__file__).resolve()),
+            python,
+            str(script),
             *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -333,7 +334,18 @@ class Middle:
         self.stats, self.stop = stats, stop
 
 
-async def start_middle(kind: str, uvloop: bool) -> Middle:
+async def start_middle(kind: str, uvloop: bool, pylibp2p_python: str) -> Middle:
+    if kind == "py-libp2p":
+        child = await Child.start(
+            python=pylibp2p_python, script=ROOT / "bench" / "pylibp2p_relay.py"
+        )
+        return Middle(
+            "py-libp2p",
+            child.pid,
+            child.ready["addrs"][0],
+            lambda: child.command("stats"),
+            child.stop,
+        )
     if kind == "p2pnet":
         child = await Child.start("--role", "middle", *(["--uvloop"] if uvloop else []))
         return Middle(
@@ -411,15 +423,15 @@ class Result:
 
 async def run_one(kind: str, args: argparse.Namespace) -> Result:
     k = args.peers
-    middle = await start_middle(kind, args.uvloop)
+    middle = await start_middle(kind, args.uvloop, args.pylibp2p_python)
     loads: list[Child] = []
     try:
-        loads = list(
-            await asyncio.gather(*(Child.start("--role", "load", "--index", str(i)) for i in range(k)))
-        )
+        starts = (Child.start("--role", "load", "--index", str(i)) for i in range(k))
+        loads = list(await asyncio.gather(*starts))
         await asyncio.gather(*(c.command("connect", addr=middle.addr) for c in loads))
         deadline = time.monotonic() + 30
-        while (mesh := (await middle.stats())["mesh"]) < k and time.monotonic() < deadline:
+        # the middle is another process: poll it
+        while (mesh := (await middle.stats())["mesh"]) < k and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         print(f"  {middle.name}: mesh of {mesh}/{k} peers", file=sys.stderr)
         await asyncio.gather(
@@ -437,7 +449,8 @@ async def run_one(kind: str, args: argparse.Namespace) -> Result:
             stats = await asyncio.gather(*(c.command("stats") for c in loads))
             now_total = sum(s["received"] for s in stats)
             if now_total != total:
-                total, last_change, cpu_at_last = now_total, time.monotonic(), cpu_seconds(middle.pid)
+                total, last_change = now_total, time.monotonic()
+                cpu_at_last = cpu_seconds(middle.pid)
             if total >= expected or time.monotonic() - last_change > args.idle_timeout:
                 break
         started = min(r["started"] for r in await asyncio.gather(*blasts))
@@ -525,7 +538,14 @@ async def coordinate(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--role", choices=["coordinator", "middle", "load"], default="coordinator")
-    parser.add_argument("--middles", nargs="+", default=["p2pnet", "js"], choices=["p2pnet", "js"])
+    parser.add_argument(
+        "--middles", nargs="+", default=["p2pnet", "js"], choices=["p2pnet", "js", "py-libp2p"]
+    )
+    parser.add_argument(
+        "--pylibp2p-python",
+        default="python3",
+        help="an interpreter with py-libp2p installed, for --middles py-libp2p",
+    )
     parser.add_argument("--peers", type=int, default=8, help="K publishing peers")
     parser.add_argument("--messages", type=int, default=3000, help="per peer, saturation phase")
     parser.add_argument("--size", type=int, default=128, help="bytes of data per message")

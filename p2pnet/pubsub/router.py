@@ -28,9 +28,9 @@ import enum
 import logging
 import math
 import random
-from operator import attrgetter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from google.protobuf.message import DecodeError
 

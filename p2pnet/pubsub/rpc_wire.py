@@ -101,25 +101,31 @@ def unsigned_encoding(raw: bytes) -> bytes | None:
     Only when ``raw`` is in the form our encoder produces (known fields in ascending order, each
     once, one-byte tags and minimal lengths); then the result equals encoding the decoded message
     without those fields, which is what the signature covers. Otherwise None: the caller encodes.
+    Signature (5) and key (6) are the last fields, so the result is a prefix of ``raw``.
     """
-    out: list[bytes] = []
     pos, end, last = 0, len(raw), 0
+    cut = -1
     while pos < end:
         number = _MESSAGE_TAGS.get(raw[pos])
         if number is None or number <= last:
             return None
         last = number
-        start = pos
+        if number >= _SIGNATURE and cut < 0:
+            cut = pos
+        length = raw[pos + 1] if pos + 1 < end else 0
+        if length < 0x80:
+            pos += 2 + length
+            continue
         try:
             length, body = _varint(raw, pos + 1, end)
         except MalformedRPC:
             return None
-        if body - pos - 1 != len(encode_uvarint(length)) or body + length > end:
+        if raw[body - 1] == 0:  # a padded (non-minimal) length
             return None
         pos = body + length
-        if number != _SIGNATURE and number != _KEY:
-            out.append(raw[start:pos])
-    return b"".join(out)
+    if pos != end:
+        return None
+    return raw if cut < 0 else raw[:cut]
 
 
 def publish_piece(raw: bytes) -> bytes:
