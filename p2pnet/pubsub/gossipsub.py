@@ -149,6 +149,8 @@ class Subscription:
 
     async def get(self, timeout: float | None = None) -> Message:
         """The next message; raises StopAsyncIteration once cancelled, TimeoutError on timeout."""
+        if self._items:  # no timeout context (and its timer) for a message already here
+            return self._items.popleft()
         async with asyncio.timeout(timeout):
             while not self._items:
                 if self._ended:

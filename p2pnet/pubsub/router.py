@@ -832,8 +832,14 @@ class GossipsubRouter:
         if not tosend:
             return
         piece = publish_piece(data)  # one encoding for every peer it goes to
+        dirty = self._dirty
         for p in sorted(tosend.values(), key=_BY_KEY):  # sorted: reproducible frame order
-            self._queue_piece(p, msg_id, piece)
+            box = p.outbox  # _queue_piece, inlined: this runs for every message and peer
+            if msg_id not in box.msg_ids:
+                box.msg_ids.add(msg_id)
+                box.msgs.append(piece)
+                if len(box.msgs) == 1:
+                    dirty[p.id] = None
         self._count("msg_forwarded", len(tosend))
 
     def _send_idontwant(self, msg_id: bytes, topic: str, source: PeerID) -> None:

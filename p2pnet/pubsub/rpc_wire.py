@@ -68,6 +68,9 @@ def split_rpc(frame: bytes) -> RPCParts:
             length = frame[pos] if pos < end else 0x80
             if length < 0x80:
                 pos += 1
+            elif pos + 1 < end and frame[pos + 1] < 0x80:  # two bytes: most messages
+                length = (length & 0x7F) | (frame[pos + 1] << 7)
+                pos += 2
             else:
                 length, pos = _varint(frame, pos, end)
             stop = pos + length
@@ -115,6 +118,9 @@ def unsigned_encoding(raw: bytes) -> bytes | None:
         length = raw[pos + 1] if pos + 1 < end else 0
         if length < 0x80:
             pos += 2 + length
+            continue
+        if pos + 2 < end and 0 < raw[pos + 2] < 0x80:  # a minimal two-byte length
+            pos += 3 + ((length & 0x7F) | (raw[pos + 2] << 7))
             continue
         try:
             length, body = _varint(raw, pos + 1, end)
