@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from test_pubsub_router import Harness, T, make_key, pid
 
 from p2pnet.pubsub import SignaturePolicy
 from p2pnet.pubsub.errors import InvalidRPC
@@ -15,7 +16,6 @@ from p2pnet.pubsub.rpc_wire import (
 )
 from p2pnet.wire.pb import rpc_pb2
 from p2pnet.wire.varint import encode_uvarint
-from test_pubsub_router import Harness, T, make_key, pid
 
 
 def signed(i: int = 0, data: bytes = b"payload", seqno: int = 1) -> rpc_pb2.Message:
