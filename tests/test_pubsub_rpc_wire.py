@@ -119,5 +119,3 @@ def test_a_frame_with_one_broken_message_is_refused_whole() -> None:
         h.r.handle_rpc(a, frame, h.now)
     assert h.deliveries() == []
     assert h.r.stats["frame_undecodable"] == 1
-
-
