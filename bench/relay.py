@@ -15,10 +15,12 @@ subscribes to the topic and GRAFTs it, so the middle's mesh holds all K peers. T
    forwards it to its mesh (the K - 1 other peers). Printed: messages relayed per second (until
    the last delivery), the middle's CPU (utime + stime from /proc) per relayed message, and the
    delivery ratio (receptions / (messages x (K - 1))).
-2. paced: the peers publish at ``--paced-fraction`` of that rate for ``--paced-seconds``, each
-   message carrying its send time (CLOCK_MONOTONIC, shared by all processes); the receiving peers
-   give p50 / p99 publish -> receive latency: the latency a relay adds under moderate load (with
-   the two loopback hops and the peers' own event loops).
+2. paced: the peers publish ``--paced-rate`` messages per second in all (the same rate for every
+   middle, so latencies compare; or ``--paced-fraction`` of each middle's saturation rate) for
+   ``--paced-seconds``, each message carrying its send time (CLOCK_MONOTONIC, shared by all
+   processes); the receiving peers give p50 / p99 publish -> receive latency: the latency a relay
+   adds under moderate load (with the two loopback hops and the peers' own event loops), and the
+   middle's CPU per message at that rate.
 
 One Ed25519 verification (p2pnet's ``PublicKey.verify`` on a message of the same size, which is
 what the middle calls) is timed in this process before each middle, so the CPU per message can be
@@ -467,7 +469,10 @@ async def run_one(kind: str, args: argparse.Namespace) -> Result:
 
         # 2. paced, at a fraction of the saturation rate
         await asyncio.gather(*(c.command("reset") for c in loads))
-        rate = max(1.0, result.msgs_per_s * args.paced_fraction)
+        if args.paced_fraction is not None:
+            rate = max(1.0, result.msgs_per_s * args.paced_fraction)
+        else:
+            rate = args.paced_rate
         result.paced_rate = rate
         cpu0 = cpu_seconds(middle.pid)
         sent = await asyncio.gather(
@@ -508,7 +513,12 @@ async def coordinate(args: argparse.Namespace) -> int:
             results.append(Result(kind, 0, 0.0, note=f"failed: {exc}"))
     print(
         f"\n{args.peers} peers, {args.messages} messages of {args.size} bytes each, "
-        f"paced at {args.paced_fraction:.0%} of saturation for {args.paced_seconds:g} s\n"
+        + (
+            f"paced at {args.paced_fraction:.0%} of saturation"
+            if args.paced_fraction is not None
+            else f"paced at {args.paced_rate:g} msgs/s"
+        )
+        + f" for {args.paced_seconds:g} s\n"
     )
     print(
         "| middle | msgs/s | CPU µs/msg | 1 verify µs | CPU/verify | delivery | "
@@ -549,7 +559,8 @@ def main() -> int:
     parser.add_argument("--peers", type=int, default=8, help="K publishing peers")
     parser.add_argument("--messages", type=int, default=3000, help="per peer, saturation phase")
     parser.add_argument("--size", type=int, default=128, help="bytes of data per message")
-    parser.add_argument("--paced-fraction", type=float, default=0.5)
+    parser.add_argument("--paced-rate", type=float, default=200.0, help="msgs/s, all peers")
+    parser.add_argument("--paced-fraction", type=float, default=None)
     parser.add_argument("--paced-seconds", type=float, default=3.0)
     parser.add_argument("--idle-timeout", type=float, default=3.0)
     parser.add_argument("--index", type=int, default=0)
