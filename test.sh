@@ -8,6 +8,8 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,dev]'
+.venv/bin/python -m pip install --quiet -e '.[test,dev,registry]'
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+# solc-js and anvil (the local chain of the registry tests), pinned by contracts/package-lock.json
+(cd contracts && npm ci --no-audit --no-fund --loglevel=error)
 .venv/bin/tox run -e lint,type,test -- -q "$@"
