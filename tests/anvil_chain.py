@@ -20,3 +20,17 @@ def require_anvil() -> None:
 
 
 __all__ = ["Anvil", "require_anvil"]
+
+
+async def fund(url: str, address: str, wei: int = 10**20) -> None:
+    """Give ``address`` ether on anvil (its anvil_setBalance method), to pay for gas."""
+    from p2pnet.registry.transactions import _web3
+
+    w3 = await _web3(url, 10)
+    try:
+        await w3.provider.make_request("anvil_setBalance", [address, hex(wei)])
+    finally:
+        await w3.provider.disconnect()
+
+
+__all__ += ["fund"]

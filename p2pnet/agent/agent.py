@@ -17,10 +17,10 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multiaddr import Multiaddr
 
@@ -66,7 +66,13 @@ from p2pnet.pubsub.gossipsub import Subscription
 from p2pnet.pubsub.messages import Message, ValidationResult
 from p2pnet.pubsub.params import GossipsubConfig
 from p2pnet.pubsub.score import PeerScoreParams, TopicScoreParams
+from p2pnet.registry.errors import RegistrySettingsError
+from p2pnet.registry.settings import RegistrySettings
 from p2pnet.tasks import TaskOwner
+
+if TYPE_CHECKING:
+    from p2pnet.registry.backend import Registry
+    from p2pnet.registry.policy import AgentRegistryPolicy
 
 log = logging.getLogger("p2pnet.agent")
 
@@ -80,6 +86,8 @@ class AgentMessage:
     data: Any
     topic: str | None  # None for a direct message
     direct: bool
+    #: With a registry policy: registered, agentId, agentRegistry (+ agentName, services).
+    registry: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,8 @@ class AgentDiscovered:
     addrs: list[Multiaddr] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
     name: str = ""
+    #: With a registry policy: registered, agentId, agentRegistry (+ agentName, services).
+    registry: dict[str, Any] | None = None
 
 
 AgentEvent = AgentMessage | AgentDiscovered
@@ -116,8 +126,22 @@ class AgentConfig:
     message_timeout: float = 10.0
     pubsub: GossipsubConfig = field(default_factory=GossipsubConfig)
     kad: KadConfig | None = None
+    #: The agent registry (docs/registry.md): contract address, JSON-RPC URL, policy
+    #: (off | annotate | enforce; None: annotate with a registry, off without), our agentId.
     registry_address: str | None = None
     rpc_url: str | None = None
+    registry_policy: str | None = None
+    agent_id: int | str | None = None
+    #: Another registry backend than the chain (e.g. a StaticRegistry in tests).
+    registry_backend: Registry | None = None
+
+    def registry_settings(self) -> RegistrySettings:
+        try:
+            return RegistrySettings.parse(
+                self.registry_address, self.rpc_url, self.registry_policy, self.agent_id
+            )
+        except RegistrySettingsError as exc:
+            raise InvalidFields(str(exc)) from exc
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> AgentConfig:
@@ -130,6 +154,7 @@ class AgentConfig:
         return cls.from_env(read_env_file(path), **overrides)
 
     def node_config(self) -> NodeConfig:
+        self.registry_settings()  # a malformed registry setting is an error at start
         if self.private_key:
             try:
                 identity = KeyPair.from_eth_private_key(self.private_key)
@@ -203,6 +228,24 @@ class Agent:
         self._started_at = 0.0
         self._started = False
         self._closed = False
+        #: The registry policy (None when off): docs/registry.md.
+        self.registry: AgentRegistryPolicy | None = None
+        settings = cfg.registry_settings()
+        if settings.enabled:
+            self._setup_registry(settings)
+
+    def _setup_registry(self, settings: RegistrySettings) -> None:
+        from p2pnet.kad.agent_record import AGENT_NAMESPACE
+        from p2pnet.registry.guard import RegistryGuard
+        from p2pnet.registry.policy import AgentRegistryPolicy
+
+        guard = RegistryGuard(settings, self.config.registry_backend, clock=self.node.clock)
+        policy = AgentRegistryPolicy(guard, self.eth_address, self.name)
+        policy.on_own_change = self._registry_changed
+        self.messaging.admit = self._admit_direct
+        if policy.enforcing:
+            self.dht.validator.register(AGENT_NAMESPACE, policy.record_validator())
+        self.registry = policy
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -230,6 +273,9 @@ class Agent:
         self._started_at = time.monotonic()
         try:
             await self._start_node()
+            if self.registry is not None:
+                await self.registry.start()
+                self.presence.registry_fields = self.registry.record_fields()
             for topic in AGENT_TOPICS:
                 self._join(topic)
             peers = self.config.bootstrap_peers
@@ -274,6 +320,8 @@ class Agent:
             except (TimeoutError, P2PError) as exc:
                 log.debug("leave announcement failed: %s", exc)
         await self._tasks.close()
+        if self.registry is not None:
+            await self.registry.close()
         await self.node.close()
         self._events.close()
 
@@ -413,11 +461,26 @@ class Agent:
             if known is not None and known.name:
                 agent = dataclasses.replace(agent, name=known.name)
             named.append(agent)
+        if self.registry is not None:
+            named = await self._annotate_all(named)
         return named
+
+    async def _annotate_all(self, agents: list[AgentDiscovered]) -> list[AgentDiscovered]:
+        assert self.registry is not None
+        registry = self.registry
+
+        async def one(agent: AgentDiscovered) -> AgentDiscovered:
+            if agent.eth_address is None:
+                return agent
+            return dataclasses.replace(agent, registry=await registry.annotate(agent.eth_address))
+
+        return list(await asyncio.gather(*(one(a) for a in agents)))
 
     # -- incoming -------------------------------------------------------------------------------
 
-    def _validate(self, _propagator: PeerID, msg: Message) -> ValidationResult:
+    def _validate(
+        self, _propagator: PeerID, msg: Message
+    ) -> ValidationResult | Awaitable[ValidationResult]:
         try:
             env = open_envelope(msg.data)
             if msg.from_peer != env.peer_id:
@@ -433,10 +496,27 @@ class Agent:
                 "%s: rejected a message on %s from %s: %s", self.name, msg.topic, msg.from_peer, exc
             )
             return ValidationResult.REJECT
+        if self.registry is not None and env.peer_id != self.peer_id:
+            return self._validate_registered(msg, env)
+        self._accept(msg, env)
+        return ValidationResult.ACCEPT
+
+    async def _validate_registered(self, msg: Message, env: Envelope) -> ValidationResult:
+        assert self.registry is not None
+        verdict = await self.registry.topic_verdict(env.sender, msg.topic, env.data)
+        if verdict is ValidationResult.ACCEPT:
+            self._accept(msg, env)
+        else:
+            self.rejected += 1
+        return verdict
+
+    async def _admit_direct(self, env: Envelope) -> str | None:
+        return None if self.registry is None else await self.registry.direct_refusal(env.sender)
+
+    def _accept(self, msg: Message, env: Envelope) -> None:
         self._verified[msg.id] = env
         if len(self._verified) > 4096:
             self._verified.popitem(last=False)
-        return ValidationResult.ACCEPT
 
     async def _consume(self, topic: str, sub: Subscription) -> None:
         async for msg in sub:
@@ -461,7 +541,8 @@ class Agent:
     def _deliver(self, env: Envelope, topic: str | None) -> None:
         self.messages_in += 1
         eth = to_checksum_address(env.sender)
-        self._events.emit(AgentMessage(env.peer_id, eth, env.data, topic, topic is None))
+        note = self.registry.annotation(env.sender) if self.registry is not None else None
+        self._events.emit(AgentMessage(env.peer_id, eth, env.data, topic, topic is None, note))
 
     def _deliver_direct(self, env: Envelope) -> None:
         self._deliver(env, None)
@@ -482,7 +563,13 @@ class Agent:
         name = data.get("name")
         if not isinstance(name, str):
             name = ""
-        info = AgentDiscovered(env.peer_id, to_checksum_address(env.sender), addrs, topics, name)
+        note = None
+        if self.registry is not None:
+            self.registry.note_stated(env.sender, data)
+            note = self.registry.annotation(env.sender)
+        info = AgentDiscovered(
+            env.peer_id, to_checksum_address(env.sender), addrs, topics, name, note
+        )
         before = self.announced.get(env.peer_id)
         self.announced[env.peer_id] = info
         if before is None or before.topics != info.topics:
@@ -496,6 +583,7 @@ class Agent:
             "name": self.name,
             "addrs": [str(a) for a in self.p2p_addrs()],
             "topics": sorted(self._app_topics),
+            **(self.registry.record_fields() if self.registry is not None else {}),
             **extra,
         }
         envelope = seal(self.node.key, "announce", data, topic=ANNOUNCEMENTS_TOPIC)
@@ -510,7 +598,36 @@ class Agent:
         except (KadError, ValueError) as exc:
             log.info("%s: presence not published yet: %s", self.name, exc)
             return
+        if stored == 0 and self.registry is not None:
+            # Refused everywhere (a registry check not done yet, or we are not registered):
+            # try again soon rather than at the next presence interval.
+            self.presence.published_seq = 0
         log.info("%s: presence stored on %d DHT peers", self.name, stored)
+
+    def _registry_changed(self) -> None:
+        """A registry event named our address: state the new agentId, republish, announce."""
+        if self._closed or self.registry is None:
+            return
+        registry = self.registry
+
+        async def republish() -> None:
+            guard = registry.guard
+            if guard.settings.agent_id is None:
+                try:
+                    guard.agent_id = await guard.backend.find_agent_id(self.eth_address)
+                except P2PError as exc:
+                    log.info("%s: cannot look up our agentId: %s", self.name, exc)
+            status = await guard.status(self.eth_address, guard.agent_id)
+            log.warning(
+                "%s: our registration changed: %s",
+                self.name,
+                "registered" if status is not None and status.registered else "not registered",
+            )
+            self.presence.registry_fields = registry.record_fields()
+            await self._publish_presence()
+            await self._announce("presence")
+
+        self._tasks.spawn(republish(), name="registry republish")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -523,6 +640,20 @@ class Agent:
             "messagesIn": self.messages_in,
             "messagesOut": self.messages_out,
             "rejected": self.rejected + self.messaging.rejected,
+            **(self._registry_status() if self.registry is not None else {}),
+        }
+
+    def _registry_status(self) -> dict[str, Any]:
+        assert self.registry is not None
+        guard = self.registry.guard
+        return {
+            "registry": {
+                "policy": guard.policy.value,
+                "agentRegistry": guard.ref,
+                "agentId": guard.agent_id,
+                "available": guard.available,
+                "refused": self.registry.refused,
+            }
         }
 
     async def _report_status(self) -> None:
@@ -536,12 +667,14 @@ class Agent:
         cfg = self.config
         next_presence = time.monotonic() + cfg.presence_interval
         next_status = time.monotonic() + min(cfg.status_interval, 2.0)
-        # Until the presence record is stored somewhere (no DHT peer yet), retry quickly.
+        # Until the presence record is stored somewhere (no DHT peer yet), retry quickly; when
+        # retries keep failing (refused by a registry), back off up to 30 s.
         retry = 1.0
         while True:
             now = time.monotonic()
             if self.presence.published_seq == 0 and self.node.peers():
                 await self._publish_presence()
+                retry = 1.0 if self.presence.published_seq else min(retry * 2, 30.0)
             if now >= next_presence:
                 next_presence = now + cfg.presence_interval
                 await self._publish_presence()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from p2pnet.agent.errors import DhtLookupFailed, InvalidFields, PeerNotFound
 from p2pnet.crypto.eth import is_eth_address
@@ -26,6 +27,8 @@ class Presence:
         self.host = host
         self.dht = dht
         self.published_seq = 0
+        #: ``agentRegistry``/``agentId`` the record states (set when a registry is used).
+        self.registry_fields: dict[str, Any] = {}
         #: Set once a record has been stored in the DHT.
         self.published = asyncio.Event()
 
@@ -34,7 +37,12 @@ class Presence:
         # A time-based sequence number keeps increasing across restarts of the agent.
         seq = max(self.published_seq + 1, time.time_ns() // 1_000_000)
         key, value = sign_agent_record(
-            self.host.key, self.host.peer_id, self.host.listen_addrs, seq
+            self.host.key,
+            self.host.peer_id,
+            self.host.listen_addrs,
+            seq,
+            agent_registry=self.registry_fields.get("agentRegistry"),
+            agent_id=self.registry_fields.get("agentId"),
         )
         stored = await self.dht.put_value(key, value)
         self.published_seq = seq

@@ -71,6 +71,7 @@ ERROR_CODES = (
     "PEER_NOT_FOUND",
     "SEND_FAILED",
     "DHT_LOOKUP_FAILED",
+    "REGISTRY_UNAVAILABLE",
     "INTERNAL",
 )
 
@@ -709,6 +710,8 @@ class NodeProcess:
                 }
                 if event.topic is not None:
                     out["topic"] = event.topic
+                if event.registry is not None:
+                    out["registry"] = event.registry
                 self.emit(out)
             elif isinstance(event, AgentDiscovered):
                 self.emit(discovered_event(event))
@@ -752,6 +755,8 @@ def agent_config(
         overrides["private_key"] = f["privateKey"]
     if args.key_file:
         overrides["key_file"] = args.key_file
+    if getattr(args, "registry_policy", None):
+        overrides["registry_policy"] = args.registry_policy
     return AgentConfig.from_env(env, **overrides)
 
 
@@ -775,6 +780,8 @@ def discovered_event(info: AgentDiscovered) -> dict[str, Any]:
     }
     if info.name:
         event["name"] = info.name
+    if info.registry is not None:
+        event["registry"] = info.registry
     return event
 
 
@@ -819,6 +826,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level", default="warning", choices=LOG_LEVELS, help="level of log events"
+    )
+    parser.add_argument(
+        "--registry-policy",
+        choices=("off", "annotate", "enforce"),
+        help="what to do with the agent registry (overrides REGISTRY_POLICY; docs/registry.md)",
     )
 
 

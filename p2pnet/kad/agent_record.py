@@ -6,7 +6,9 @@ Value: ``signature (65 bytes) || payload``, where
 
 * ``payload`` is canonical JSON (keys sorted, no spaces, ASCII) of
   ``{"addrs": [<multiaddr text>, ...], "address": "0x<lowercase>", "peer_id": "<base58>",
-  "seq": <int>, "timestamp": <unix seconds, int>, "type": "p2pnet/agent-presence/1"}``;
+  "seq": <int>, "timestamp": <unix seconds, int>, "type": "p2pnet/agent-presence/1"}``, plus,
+  for an agent of an on-chain registry, ``"agentRegistry": "eip155:<chainId>:<address>"`` and
+  optionally ``"agentId": <int>`` (docs/registry.md);
 * ``signature`` is an Ethereum ``personal_sign`` (EIP-191) signature of the payload bytes:
   secp256k1 ECDSA over ``keccak256("\\x19Ethereum Signed Message:\\n" + len(payload) +
   payload)``, written ``r (32) || s (32) || v (1)`` with ``v`` in {27, 28} and low ``s``
@@ -22,6 +24,7 @@ address. Of several valid records the one with the highest ``seq`` wins (then th
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +53,8 @@ MAX_AGENT_ADDRS = 32
 MAX_ADDR_TEXT = 256
 SIGNATURE_SIZE = PERSONAL_SIGNATURE_SIZE
 _FIELDS = frozenset({"addrs", "address", "peer_id", "seq", "timestamp", "type"})
+_OPTIONAL_FIELDS = frozenset({"agentRegistry", "agentId"})
+_REGISTRY_REF = re.compile(r"^eip155:[1-9][0-9]{0,19}:0x[0-9a-fA-F]{40}$")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class AgentPresence:
     addrs: list[Multiaddr] = field(default_factory=list)
     seq: int = 0
     timestamp: int = 0
+    #: ``eip155:<chainId>:<address>`` of the agent registry it states, and its agentId there.
+    agent_registry: str | None = None
+    agent_id: int | None = None
 
 
 def agent_key(address: str) -> bytes:
@@ -97,6 +105,9 @@ def sign_agent_record(
     addrs: Iterable[Multiaddr | str],
     seq: int,
     timestamp: int | None = None,
+    *,
+    agent_registry: str | None = None,
+    agent_id: int | None = None,
 ) -> tuple[bytes, bytes]:
     """Build and sign a presence record; returns ``(dht key, value)``.
 
@@ -110,16 +121,25 @@ def sign_agent_record(
         raise ValueError(f"at most {MAX_AGENT_ADDRS} addresses fit in an agent record")
     if not 0 <= seq < 2**63:
         raise ValueError("seq must be in 0 .. 2**63-1")
-    payload = _canonical(
-        {
-            "addrs": addr_texts,
-            "address": address,
-            "peer_id": peer_id.to_base58(),
-            "seq": seq,
-            "timestamp": int(time.time()) if timestamp is None else int(timestamp),
-            "type": RECORD_TYPE,
-        }
-    )
+    fields: dict[str, Any] = {
+        "addrs": addr_texts,
+        "address": address,
+        "peer_id": peer_id.to_base58(),
+        "seq": seq,
+        "timestamp": int(time.time()) if timestamp is None else int(timestamp),
+        "type": RECORD_TYPE,
+    }
+    if agent_registry is not None:
+        if not _REGISTRY_REF.match(agent_registry):
+            raise ValueError(
+                f"agentRegistry must be eip155:<chainId>:<address>: {agent_registry!r}"
+            )
+        fields["agentRegistry"] = agent_registry
+        if agent_id is not None:
+            if not 0 <= agent_id < 2**256:
+                raise ValueError("agentId must be in 0 .. 2**256-1")
+            fields["agentId"] = agent_id
+    payload = _canonical(fields)
     value = personal_sign(secret, payload) + payload
     if len(value) > MAX_AGENT_RECORD_SIZE:
         raise ValueError(f"agent record of {len(value)} bytes exceeds {MAX_AGENT_RECORD_SIZE}")
@@ -159,8 +179,11 @@ def _parse_payload(payload: bytes) -> AgentPresence:
         obj = json.loads(payload.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise InvalidRecord("agent record payload is not ASCII JSON") from None
-    if not isinstance(obj, dict) or set(obj) != _FIELDS:
-        raise InvalidRecord(f"agent record payload must have exactly the fields {sorted(_FIELDS)}")
+    if not isinstance(obj, dict) or not _FIELDS <= set(obj) <= _FIELDS | _OPTIONAL_FIELDS:
+        raise InvalidRecord(
+            f"agent record payload must have the fields {sorted(_FIELDS)} "
+            f"(and optionally {sorted(_OPTIONAL_FIELDS)})"
+        )
     if _canonical(obj) != payload:
         raise InvalidRecord("agent record payload is not canonical JSON")
     if obj["type"] != RECORD_TYPE:
@@ -189,7 +212,26 @@ def _parse_payload(payload: bytes) -> AgentPresence:
             addrs.append(Multiaddr(text))
         except Exception:  # the multiaddr package raises several unrelated types
             raise InvalidRecord(f"agent record address {text!r} is not a multiaddr") from None
-    return AgentPresence(address=address, peer_id=peer, addrs=addrs, seq=seq, timestamp=ts)
+    registry = obj.get("agentRegistry")
+    if registry is not None and (
+        not isinstance(registry, str) or not _REGISTRY_REF.match(registry)
+    ):
+        raise InvalidRecord("agent record agentRegistry must be eip155:<chainId>:<address>")
+    agent_id = obj.get("agentId")
+    if agent_id is not None:
+        if registry is None:
+            raise InvalidRecord("agent record agentId without agentRegistry")
+        if type(agent_id) is not int or not 0 <= agent_id < 2**256:
+            raise InvalidRecord("agent record agentId must be an integer in 0 .. 2**256-1")
+    return AgentPresence(
+        address=address,
+        peer_id=peer,
+        addrs=addrs,
+        seq=seq,
+        timestamp=ts,
+        agent_registry=registry,
+        agent_id=agent_id,
+    )
 
 
 class AgentRecordValidator(Validator):
