@@ -138,7 +138,11 @@ class AgentConfig:
     def registry_settings(self) -> RegistrySettings:
         try:
             return RegistrySettings.parse(
-                self.registry_address, self.rpc_url, self.registry_policy, self.agent_id
+                self.registry_address,
+                self.rpc_url,
+                self.registry_policy,
+                self.agent_id,
+                backend_given=self.registry_backend is not None,
             )
         except RegistrySettingsError as exc:
             raise InvalidFields(str(exc)) from exc
@@ -228,6 +232,7 @@ class Agent:
         self._started_at = 0.0
         self._started = False
         self._closed = False
+        self._presence_retry = 1.0
         #: The registry policy (None when off): docs/registry.md.
         self.registry: AgentRegistryPolicy | None = None
         settings = cfg.registry_settings()
@@ -624,6 +629,7 @@ class Agent:
                 "registered" if status is not None and status.registered else "not registered",
             )
             self.presence.registry_fields = registry.record_fields()
+            self._presence_retry = 1.0  # peers may still be catching up on the same event
             await self._publish_presence()
             await self._announce("presence")
 
@@ -669,12 +675,15 @@ class Agent:
         next_status = time.monotonic() + min(cfg.status_interval, 2.0)
         # Until the presence record is stored somewhere (no DHT peer yet), retry quickly; when
         # retries keep failing (refused by a registry), back off up to 30 s.
-        retry = 1.0
+        self._presence_retry = 1.0
         while True:
             now = time.monotonic()
             if self.presence.published_seq == 0 and self.node.peers():
                 await self._publish_presence()
-                retry = 1.0 if self.presence.published_seq else min(retry * 2, 30.0)
+                if self.presence.published_seq:
+                    self._presence_retry = 1.0
+                else:
+                    self._presence_retry = min(self._presence_retry * 2, 30.0)
             if now >= next_presence:
                 next_presence = now + cfg.presence_interval
                 await self._publish_presence()
@@ -684,5 +693,5 @@ class Agent:
                 await self._report_status()
             wake = min(next_presence, next_status)
             if self.presence.published_seq == 0:
-                wake = min(wake, now + retry)
+                wake = min(wake, now + self._presence_retry)
             await asyncio.sleep(max(0.05, wake - time.monotonic()))

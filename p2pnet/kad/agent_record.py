@@ -54,7 +54,8 @@ MAX_ADDR_TEXT = 256
 SIGNATURE_SIZE = PERSONAL_SIGNATURE_SIZE
 _FIELDS = frozenset({"addrs", "address", "peer_id", "seq", "timestamp", "type"})
 _OPTIONAL_FIELDS = frozenset({"agentRegistry", "agentId"})
-_REGISTRY_REF = re.compile(r"^eip155:[1-9][0-9]{0,19}:0x[0-9a-fA-F]{40}$")
+# CAIP-10 form; chain id 0 is the static registry of chain-less networks (docs/registry.md).
+_REGISTRY_REF = re.compile(r"^eip155:(?:0|[1-9][0-9]{0,19}):0x[0-9a-fA-F]{40}$")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class AgentRegistryPolicy:
         #: Called when a registry event names our own address (republish our presence).
         self.on_own_change: Callable[[], None] | None = None
         self._tasks = TaskOwner("registry policy")
+        self._warned: dict[str, float] = {}
         guard.on_change = self._changed
 
     @property
@@ -56,6 +57,22 @@ class AgentRegistryPolicy:
     def _changed(self, addresses: set[str]) -> None:
         if self.own_address in addresses and self.on_own_change is not None:
             self.on_own_change()
+        if self.enforcing:
+            # Ask again at once about the agents whose status changed, so a presence record
+            # they publish next finds the answer in the cache (the DHT check cannot wait).
+            for address in sorted(addresses - {self.own_address})[:64]:
+                self._tasks.spawn(self._warm(address), name="registry warm")
+
+    def _log_refusal(self, text: str, sender: str, *args: object) -> None:
+        """The first refusal of a sender within a minute at warning, the others at debug."""
+        now = self.guard.clock.monotonic()
+        last = self._warned.get(sender)
+        level = logging.WARNING if last is None or now - last >= 60.0 else logging.DEBUG
+        if level == logging.WARNING:
+            self._warned[sender] = now
+            if len(self._warned) > 4096:
+                self._warned.pop(next(iter(self._warned)))
+        log.log(level, text, *args)
 
     # -- what we state ---------------------------------------------------------------------
 
@@ -86,16 +103,21 @@ class AgentRegistryPolicy:
             return ValidationResult.ACCEPT
         self.refused += 1
         if status is None:
-            log.warning(
+            self._log_refusal(
                 "%s: dropped a message on %s from %s: registry unreachable, agent unknown "
                 "(fail closed)",
+                sender,
                 self.name,
                 topic,
                 sender,
             )
             return ValidationResult.IGNORE
-        log.warning(
-            "%s: refused a message on %s from unregistered agent %s", self.name, topic, sender
+        self._log_refusal(
+            "%s: refused a message on %s from unregistered agent %s",
+            sender,
+            self.name,
+            topic,
+            sender,
         )
         return ValidationResult.REJECT
 
@@ -107,7 +129,7 @@ class AgentRegistryPolicy:
         reason = await self.guard.admit(sender)
         if reason is not None:
             self.refused += 1
-            log.warning("%s: refused a direct message: %s", self.name, reason)
+            self._log_refusal("%s: refused a direct message: %s", sender, self.name, reason)
         else:
             await self.guard.annotation(sender)
         return reason

@@ -91,9 +91,12 @@ class RegistrySettings:
         rpc_url: str | None,
         policy: str | RegistryPolicy | None,
         agent_id: str | int | None = None,
+        *,
+        backend_given: bool = False,
     ) -> RegistrySettings:
         """Check the settings together. Without a policy: ``annotate`` when a registry is
-        configured, ``off`` when not. A policy other than off needs both address and URL."""
+        configured, ``off`` when not. A policy other than off needs both address and URL
+        (unless the caller brings its own backend, ``backend_given``)."""
         addr = parse_registry_address(address) if address else None
         url = parse_rpc_url(rpc_url) if rpc_url else None
         if isinstance(policy, RegistryPolicy):
@@ -101,8 +104,9 @@ class RegistrySettings:
         elif policy:
             pol = parse_policy(policy)
         else:
-            pol = RegistryPolicy.ANNOTATE if addr or url else RegistryPolicy.OFF
-        if pol is not RegistryPolicy.OFF:
+            configured = addr or url or backend_given
+            pol = RegistryPolicy.ANNOTATE if configured else RegistryPolicy.OFF
+        if pol is not RegistryPolicy.OFF and not backend_given:
             if addr is None:
                 raise RegistrySettingsError(f"REGISTRY_POLICY={pol.value} needs REGISTRY_ADDRESS")
             if url is None:
