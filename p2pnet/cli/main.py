@@ -1,4 +1,5 @@
-"""The ``p2pnet`` command: ``devnet``, ``demo`` and ``node`` (the same as ``p2p-node``)."""
+"""The ``p2pnet`` command: ``devnet``, ``demo``, ``node`` (the same as ``p2p-node``) and
+``registry``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import sys
 
 from p2pnet.cli import demo, devnet, p2p_node
+from p2pnet.registry import cli as registry_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     devnet.add_parser(sub)
+    registry_cli.add_parser(sub)
     node = sub.add_parser(
         "node",
         help="run one agent node driven by JSON lines on stdin/stdout (the p2p-node executable)",
