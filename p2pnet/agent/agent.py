@@ -350,6 +350,9 @@ class Agent:
 
     async def resolve(self, address: str) -> PeerID:
         """PeerID of the agent with ETH ``address``, by a DHT query; its addresses are noted."""
+        if self.registry is not None and is_eth_address(address):
+            # Under enforce the record validator (sync) checks the registration from the cache.
+            await self.registry.prepare(address)
         presence = await self.presence.resolve(address)
         self.node.host.peerstore.add_addrs(presence.peer_id, presence.addrs, TEMP_ADDR_TTL)
         return presence.peer_id
@@ -607,6 +610,7 @@ class Agent:
             # Refused everywhere (a registry check not done yet, or we are not registered):
             # try again soon rather than at the next presence interval.
             self.presence.published_seq = 0
+            self.presence.published.clear()
         log.info("%s: presence stored on %d DHT peers", self.name, stored)
 
     def _registry_changed(self) -> None:

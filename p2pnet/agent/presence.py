@@ -46,7 +46,8 @@ class Presence:
         )
         stored = await self.dht.put_value(key, value)
         self.published_seq = seq
-        self.published.set()
+        if stored > 0:
+            self.published.set()
         log.debug("presence seq %d stored on %d peers", seq, stored)
         return stored
 

@@ -22,6 +22,7 @@ from p2pnet.agent.agent import Agent, AgentConfig, AgentDiscovered, AgentMessage
 from p2pnet.agent.constants import BOOTSTRAP_REGIONS, MESSAGES_TOPIC
 from p2pnet.errors import P2PError
 from p2pnet.pubsub.params import GossipsubConfig
+from p2pnet.registry.devnet_chain import DevnetChain, intruder_scene, new_eth_key
 
 CHAT_TOPIC = "devnet-chat"
 
@@ -59,7 +60,9 @@ def _short(text: object, n: int = 12) -> str:
     return s if len(s) <= n + 3 else s[:n] + "..."
 
 
-async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdout) -> int:
+async def run_devnet(
+    agents: int, duration: float | None, out: TextIO = sys.stdout, registry: str = "enforce"
+) -> int:
     say = Narrator(out).say
     fast = GossipsubConfig(heartbeat_interval=0.5)
     boots: list[Agent] = []
@@ -67,7 +70,14 @@ async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdo
     tally = Tally()
     expected_direct = expected_broadcast = tally.expected = agents * (agents - 1)
     listeners: list[asyncio.Task[None]] = []
+    # 0. The chain: anvil, the registry, every node registered (registry/devnet_chain.py).
+    chain = await DevnetChain.start(registry, say) if registry != "off" else None
+    keys = {f"boot-{r}": new_eth_key() for r in BOOTSTRAP_REGIONS}
+    keys.update({f"agent-{i + 1}": new_eth_key() for i in range(agents)})
+    chained: dict[str, Any] = chain.agent_settings() if chain is not None else {}
     try:
+        if chain is not None:
+            await chain.register(list(keys.items()))
         # 1. Bootstrap nodes, each joining the ones already up; then a full mesh between them.
         for region in BOOTSTRAP_REGIONS:
             seeds = [str(b.p2p_addrs()[0]) for b in boots]
@@ -78,6 +88,8 @@ async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdo
                     bootstrap_peers=seeds,
                     pubsub=fast,
                     status_interval=5.0,
+                    private_key=keys[f"boot-{region}"],
+                    **chained,
                 )
             )
             await boot.start()
@@ -98,6 +110,8 @@ async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdo
                     bootstrap_peers=seeds,
                     pubsub=fast,
                     status_interval=5.0,
+                    private_key=keys[f"agent-{i + 1}"],
+                    **chained,
                 )
             )
             for i in range(agents)
@@ -155,6 +169,28 @@ async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdo
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(tally.all_delivered.wait(), 10)
 
+        # 5b. The registry at work: addresses in the agentURIs, then the intruder scene.
+        scene: dict[str, Any] = {"policy": "off"}
+        if chain is not None:
+            await chain.publish_addrs(
+                [(a.name, keys[a.name], [str(x) for x in a.p2p_addrs()]) for a in boots + members]
+            )
+            scene = await intruder_scene(
+                chain,
+                lambda key: Agent(
+                    AgentConfig(
+                        name="intruder",
+                        private_key=key,
+                        bootstrap_peers=seeds,
+                        pubsub=fast,
+                        status_interval=5.0,
+                        **chained,
+                    )
+                ),
+                boots + members,
+                say,
+            )
+
         # 6. Discovery by topic, then node-status until the time is up.
         found = await members[0].discover(CHAT_TOPIC)
         say(members[0].name, f"discover {CHAT_TOPIC!r}: {len(found)} agents")
@@ -174,6 +210,7 @@ async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdo
             "discovered": tally.discovered,
             "discover_expected": agents - 1,
             "errors": tally.errors[:20],
+            "registry": scene,
         }
         say(
             "devnet",
@@ -206,6 +243,8 @@ async def run_devnet(agents: int, duration: float | None, out: TextIO = sys.stdo
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
         await asyncio.gather(*(a.close() for a in members + boots), return_exceptions=True)
+        if chain is not None:
+            await chain.stop()
         say("devnet", "all nodes closed")
 
 
@@ -248,6 +287,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="seconds to keep running after the exchange (default: until Ctrl-C)",
     )
+    p.add_argument(
+        "--registry",
+        choices=("enforce", "annotate", "off"),
+        default="enforce",
+        help="registry policy on a local anvil chain (default enforce; needs Node.js)",
+    )
     p.set_defaults(func=_main)
 
 
@@ -255,4 +300,4 @@ def _main(args: argparse.Namespace) -> int:
     if args.agents < 2:
         print("devnet needs at least 2 agents", file=sys.stderr)
         return 2
-    return asyncio.run(run_devnet(args.agents, args.duration))
+    return asyncio.run(run_devnet(args.agents, args.duration, registry=args.registry))

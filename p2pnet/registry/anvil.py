@@ -33,11 +33,11 @@ class AnvilUnavailable(RegistryError):
 
 
 def anvil_binary() -> Path | None:
-    """The anvil binary: ``$P2PNET_ANVIL``, the npm package in contracts/, else ``anvil`` on
-    PATH."""
+    """The anvil binary: ``$P2PNET_ANVIL`` (None if that is no file), the npm package in
+    contracts/, else ``anvil`` on PATH."""
     env = os.environ.get("P2PNET_ANVIL")
     if env:
-        return Path(env)
+        return Path(env) if Path(env).is_file() else None
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
         platform.machine().lower(), platform.machine().lower()
     )

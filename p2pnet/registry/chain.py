@@ -36,6 +36,51 @@ ZERO_ADDRESS = "0x" + "00" * 20
 PROBE_AGENT_ID = 2**256 - 1
 
 
+def http_provider(url: str, timeout: float) -> Any:
+    """web3's AsyncHTTPProvider with an aiohttp session of its own.
+
+    web3's HTTP session manager guards its session cache with one process-wide
+    ``threading.Lock`` taken in a thread pool; a request cancelled while its thread waits
+    leaves the lock taken for good, and every later request (and the interpreter's exit) hangs.
+    Cancellation is routine here (timeouts, closing nodes), so each provider posts through its
+    own session instead.
+    """
+    import aiohttp
+    from web3 import AsyncHTTPProvider
+
+    class OwnSessionHTTPProvider(AsyncHTTPProvider):
+        _own_session: aiohttp.ClientSession | None = None
+        _disconnected = False
+
+        async def _make_request(self, method: Any, request_data: bytes) -> bytes:
+            if self._disconnected:  # a late request: a session of its own, closed after it
+                async with aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as session:
+                    return await self._post(session, request_data)
+            if self._own_session is None or self._own_session.closed:
+                self._own_session = aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=timeout)
+                )
+            return await self._post(self._own_session, request_data)
+
+        async def _post(self, session: aiohttp.ClientSession, request_data: bytes) -> bytes:
+            headers = self.get_request_kwargs().get("headers")
+            async with session.post(
+                str(self.endpoint_uri), data=request_data, headers=headers
+            ) as response:
+                response.raise_for_status()
+                return await response.read()
+
+        async def disconnect(self) -> None:
+            self._disconnected = True
+            session, self._own_session = self._own_session, None
+            if session is not None:
+                await session.close()
+
+    return OwnSessionHTTPProvider(url, exception_retry_configuration=None)
+
+
 class ChainRegistry(Registry):
     def __init__(
         self,
@@ -57,15 +102,17 @@ class ChainRegistry(Registry):
         self._websocket = self.rpc_url.startswith(("ws://", "wss://"))
         self._w3: Any = None
         self._contract: Any = None
-        self._lock = asyncio.Lock()
+        self._closed = False
 
     # -- connection --------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        from web3 import AsyncHTTPProvider, AsyncWeb3, WebSocketProvider
+        from web3 import AsyncWeb3, WebSocketProvider
 
         if self._w3 is not None:
             return
+        if self._closed:
+            raise RegistryUnavailable("the registry connection is closed")
         provider: Any
         if self._websocket:
             provider = WebSocketProvider(
@@ -81,13 +128,7 @@ class ChainRegistry(Registry):
             except Exception as exc:  # web3 and websockets raise many unrelated types
                 raise RegistryUnavailable(f"RPC {self.rpc_url} is unreachable: {exc}") from exc
         else:
-            import aiohttp
-
-            provider = AsyncHTTPProvider(
-                self.rpc_url,
-                request_kwargs={"timeout": aiohttp.ClientTimeout(total=self.timeout)},
-                exception_retry_configuration=None,
-            )
+            provider = http_provider(self.rpc_url, self.timeout)
         self._w3 = AsyncWeb3(provider)
         self._contract = self._w3.eth.contract(address=self.address, abi=IDENTITY_REGISTRY_ABI)
 
@@ -102,6 +143,7 @@ class ChainRegistry(Registry):
             log.debug("closing the RPC connection: %r", exc)
 
     async def close(self) -> None:
+        self._closed = True
         await self._drop()
 
     async def _rpc(self, what: str, call: Callable[[], Awaitable[T]]) -> T:

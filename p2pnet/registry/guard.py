@@ -111,6 +111,7 @@ class RegistryGuard:
         return own
 
     async def close(self) -> None:
+        self._started = False  # late checks fail quietly from here on
         await self._tasks.close()
         for fut in self._inflight.values():
             fut.cancel()
@@ -230,7 +231,7 @@ class RegistryGuard:
     # -- health ------------------------------------------------------------------------------
 
     def _went_down(self, exc: Exception) -> None:
-        if self.available:
+        if self.available and self._started:
             self.available = False
             what = "unknown agents are refused" if self.enforcing else "unknown agents unverified"
             log.warning("registry unreachable: %s; decisions use the cache, %s", exc, what)

@@ -134,6 +134,11 @@ class AgentRegistryPolicy:
             await self.guard.annotation(sender)
         return reason
 
+    async def prepare(self, address: str) -> None:
+        """Warm the cache for ``address`` before a DHT lookup of its presence record."""
+        if self.enforcing:
+            await self.guard.status(address)
+
     def annotation(self, sender: str) -> dict[str, Any]:
         """The annotation of ``sender`` from the cache (warmed by the checks above)."""
         return self.guard.cached_annotation(sender)

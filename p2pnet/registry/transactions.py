@@ -11,7 +11,7 @@ from typing import Any
 
 from p2pnet.crypto.eth import to_checksum_address
 from p2pnet.registry.abi import IDENTITY_REGISTRY_ABI, REGISTERED_TOPIC
-from p2pnet.registry.chain import ChainRegistry
+from p2pnet.registry.chain import ChainRegistry, http_provider
 from p2pnet.registry.errors import RegistryError, RegistryUnavailable
 from p2pnet.registry.settings import parse_rpc_url
 
@@ -60,22 +60,14 @@ async def _send(w3: Any, private_key: str, tx: dict[str, Any], timeout: float) -
 
 
 async def _web3(rpc_url: str, timeout: float) -> Any:
-    from web3 import AsyncHTTPProvider, AsyncWeb3, WebSocketProvider
+    from web3 import AsyncWeb3, WebSocketProvider
 
     url = parse_rpc_url(rpc_url)
     if url.startswith(("ws://", "wss://")):
         provider = WebSocketProvider(url, request_timeout=timeout, max_connection_retries=1)
         await provider.connect()
         return AsyncWeb3(provider)
-    import aiohttp
-
-    return AsyncWeb3(
-        AsyncHTTPProvider(
-            url,
-            request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
-            exception_retry_configuration=None,
-        )
-    )
+    return AsyncWeb3(http_provider(url, timeout))
 
 
 async def _guarded(coro: Any) -> Any:
