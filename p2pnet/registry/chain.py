@@ -214,24 +214,27 @@ class ChainRegistry(Registry):
         return int(value)
 
     async def token(self, agent_id: int) -> AgentToken | None:
-        try:
-            owner = await self._rpc(
-                "ownerOf", lambda: self._contract.functions.ownerOf(agent_id).call()
-            )
-        except RegistryRevert:
+        results: tuple[Any, ...] = await asyncio.gather(
+            self._rpc("ownerOf", lambda: self._fns().ownerOf(agent_id).call()),
+            self._rpc("getAgentWallet", lambda: self._fns().getAgentWallet(agent_id).call()),
+            self._rpc("tokenURI", lambda: self._fns().tokenURI(agent_id).call()),
+            return_exceptions=True,
+        )
+        owner, wallet, uri = results
+        if isinstance(owner, RegistryRevert):
             return None  # ownerOf reverts for an id that does not exist (ERC-721)
-        wallet = await self._rpc(
-            "getAgentWallet", lambda: self._contract.functions.getAgentWallet(agent_id).call()
-        )
-        uri = await self._rpc(
-            "tokenURI", lambda: self._contract.functions.tokenURI(agent_id).call()
-        )
+        for result in (owner, wallet, uri):
+            if isinstance(result, BaseException):
+                raise result
         return AgentToken(
             agent_id=agent_id,
-            owner=to_checksum_address(owner),
-            wallet=None if wallet == ZERO_ADDRESS else to_checksum_address(wallet),
+            owner=to_checksum_address(str(owner)),
+            wallet=None if wallet == ZERO_ADDRESS else to_checksum_address(str(wallet)),
             uri=str(uri),
         )
+
+    def _fns(self) -> Any:
+        return self._contract.functions
 
     async def latest_block(self) -> int:
         return int(await self._rpc("eth_blockNumber", lambda: self._w3.eth.block_number))

@@ -162,21 +162,30 @@ class RegistryGuard:
 
     async def _ask(self, addr: str, aid: int | None) -> AgentStatus | None:
         need_balance, need_token = self.cache.needs(addr, aid, self.clock.monotonic())
-        try:
-            if need_balance:
-                self.rpc_calls += 1
-                try:
-                    balance = await self.backend.balance_of(addr)
-                except RegistryRevert:
-                    balance = 0  # balanceOf reverts only for the zero address
-                self.cache.put_balance(addr, balance, self.clock.monotonic())
-            if need_token and aid is not None:
-                self.rpc_calls += 1
-                token = await self.backend.token(aid)
-                self.cache.put_token(aid, token, self.clock.monotonic())
-        except RegistryUnavailable as exc:
-            self._went_down(exc)
-            return self.cache.status(addr, aid, self.clock.monotonic(), allow_stale=True)
+
+        async def balance() -> None:
+            self.rpc_calls += 1
+            try:
+                value = await self.backend.balance_of(addr)
+            except RegistryRevert:
+                value = 0  # balanceOf reverts only for the zero address
+            self.cache.put_balance(addr, value, self.clock.monotonic())
+
+        async def token(agent_id: int) -> None:
+            self.rpc_calls += 1
+            self.cache.put_token(
+                agent_id, await self.backend.token(agent_id), self.clock.monotonic()
+            )
+
+        asks = [balance()] if need_balance else []
+        if need_token and aid is not None:
+            asks.append(token(aid))
+        for result in await asyncio.gather(*asks, return_exceptions=True):
+            if isinstance(result, RegistryUnavailable):
+                self._went_down(result)
+                return self.cache.status(addr, aid, self.clock.monotonic(), allow_stale=True)
+            if isinstance(result, BaseException):
+                raise result
         self._came_back()
         return self.cache.status(addr, aid, self.clock.monotonic(), allow_stale=True)
 
