@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python bench/gossip.py                       # 10, 50 and 100 nodes over TCP
     .venv/bin/python bench/gossip.py --nodes 10 50 --messages 2000 --size 256
     .venv/bin/python bench/gossip.py --sim                 # the sans-IO routers on a virtual clock
+    .venv/bin/python bench/gossip.py --virtual --nodes 20 50   # full nodes on a virtual clock
 
 TCP mode: real hosts (TCP + Noise + yamux on 127.0.0.1) in ONE event loop, one Pubsub each
 (heartbeat ``--heartbeat`` s). Every node dials ``--degree`` random others; all subscribe; after
@@ -22,6 +23,12 @@ rate the whole network sustains. Per row:
 All nodes share one CPU core here, so the rate is that of the whole network on one core, not of
 one node. ``--sim`` runs the same workload on :mod:`p2pnet.pubsub.sim` (routers without sockets,
 5 ms virtual link latency): its msgs/s is router CPU cost alone and its latencies are virtual.
+
+``--virtual`` runs :mod:`p2pnet.sim.gossip_network`: full nodes (host, Noise, yamux, identify,
+gossipsub) on the memory transport in a virtual-time event loop, every node reading the loop's
+clock, publishing ``--messages`` messages ``--interval`` virtual seconds apart. It prints the real
+seconds the run took, the virtual seconds it covered, delivery, duplicates, frames per message
+and the trace digest: the same ``--seed`` gives the same digest, run after run.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from p2pnet.host.config import HostConfig  # noqa: E402
 from p2pnet.host.host import Host  # noqa: E402
 from p2pnet.pubsub import GossipsubConfig, Pubsub, Subscription  # noqa: E402
 from p2pnet.pubsub.sim import SimNetwork  # noqa: E402
+from p2pnet.sim.gossip_network import GossipSimConfig, run_gossip_simulation  # noqa: E402
 
 TOPIC = "bench"
 
@@ -229,6 +237,45 @@ def run_sim(n: int, args: argparse.Namespace) -> Row:
 
 
 # --------------------------------------------------------------------------------------------
+# virtual: full nodes on the memory transport, in a virtual-time event loop
+
+
+def run_virtual_mode(args: argparse.Namespace) -> None:
+    print(
+        f"\ngossipsub, full nodes on a virtual clock (memory transport), {args.size}-byte "
+        f"messages, degree {args.degree}, heartbeat {args.heartbeat} s, one every "
+        f"{args.interval} virtual s, seed {args.seed}"
+    )
+    head = (
+        "| nodes | messages | real s | virtual s | msgs/real s | delivery | duplicates "
+        "| frames/msg | mesh min/max | trace digest |"
+    )
+    print(head)
+    print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
+    for n in args.nodes:
+        log(f"{n} nodes ...")
+        config = GossipSimConfig(
+            nodes=n,
+            degree=args.degree,
+            messages=args.messages,
+            interval=args.interval,
+            size=args.size,
+            heartbeat=args.heartbeat,
+            seed=args.seed,
+        )
+        t0 = time.perf_counter()
+        report = run_gossip_simulation(config)
+        real = time.perf_counter() - t0
+        print(
+            f"| {n} | {len(report.published)} | {real:.1f} | {report.virtual_seconds:.1f} "
+            f"| {len(report.published) / real:,.0f} | {100 * report.delivery_ratio:.2f} % "
+            f"| {report.duplicates} | {report.frames / max(1, len(report.published)):.1f} "
+            f"| {min(report.mesh_sizes)}/{max(report.mesh_sizes)} | {report.trace_digest()} |",
+            flush=True,
+        )
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def print_table(rows: list[Row], mode: str, args: argparse.Namespace) -> None:
@@ -271,9 +318,18 @@ def main() -> int:
     ap.add_argument("--drain", type=float, default=60.0, help="seconds to wait for stragglers")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--sim", action="store_true", help="sans-IO routers, no sockets")
+    ap.add_argument(
+        "--virtual", action="store_true", help="full nodes, memory transport, virtual clock"
+    )
+    ap.add_argument(
+        "--interval", type=float, default=0.05, help="virtual s between messages (--virtual)"
+    )
     args = ap.parse_args()
     args.size = max(args.size, 8)
     logging.basicConfig(level=logging.ERROR)
+    if args.virtual:
+        run_virtual_mode(args)
+        return 0
     rows = []
     for n in args.nodes:
         log(f"{n} nodes ...")

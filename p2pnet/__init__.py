@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Node": "p2pnet.node",
-    "NodeError": "p2pnet.node",
+    "NodeError": "p2pnet.errors",
     "NodeConfig": "p2pnet.config",
     "ConfigError": "p2pnet.config",
     "KeyPair": "p2pnet.crypto.keys",
@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from p2pnet.agent.agent import Agent, AgentConfig
     from p2pnet.config import ConfigError, NodeConfig
     from p2pnet.crypto.keys import KeyPair, KeyType
-    from p2pnet.errors import P2PError
-    from p2pnet.node import Node, NodeError
+    from p2pnet.errors import NodeError, P2PError
+    from p2pnet.node import Node
     from p2pnet.peer.peer_id import PeerID
 
 

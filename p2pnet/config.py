@@ -39,6 +39,10 @@ class NodeConfig:
     key_type: KeyType = KeyType.Ed25519
     #: Peers to connect to at start (multiaddrs with /p2p/<id>).
     bootstrap_peers: list[str] = field(default_factory=list)
+    #: A failed bootstrap (or losing every bootstrap peer) is retried after this many seconds,
+    #: doubling per failure up to ``bootstrap_retry_max`` (with jitter from the node's RNG).
+    bootstrap_retry_initial: float = 1.0
+    bootstrap_retry_max: float = 300.0
     #: Run the Kademlia DHT.
     enable_dht: bool = True
     #: Run gossipsub.

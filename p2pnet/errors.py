@@ -15,8 +15,22 @@ class ProtocolError(P2PError):
     """The remote peer broke a protocol rule (malformed bytes, illegal frame, limit exceeded)."""
 
 
-class MessageTooLarge(ProtocolError):
-    """A length prefix or frame announced more bytes than the configured maximum."""
+class MessageTooLargeError(ProtocolError):
+    """A message is larger than the limit that applies to it.
+
+    Received: a length prefix or frame announced more bytes than the configured maximum (the
+    remote broke the limit). Sent: the caller's data cannot fit in one frame (a pubsub publish, a
+    handshake payload).
+    """
+
+
+class NoPeersError(P2PError):
+    """An operation needs peers and has none: a DHT lookup with an empty routing table and no
+    connection, a publish no peer would receive (with ``allow_publish_to_zero_peers=False``)."""
+
+
+class NodeError(P2PError):
+    """A node-level operation failed (a service disabled, no bootstrap peer reachable, ...)."""
 
 
 class HandshakeError(P2PError):

@@ -10,6 +10,8 @@ from p2pnet.eventbus import EventBus, EventStream
 from p2pnet.peer.peer_id import PeerID
 
 __all__ = [
+    "BootstrapFailed",
+    "BootstrapSucceeded",
     "EventBus",
     "EventStream",
     "MessageReceived",
@@ -53,4 +55,28 @@ class MessageReceived:
     msg_id: bytes
 
 
-NodeEvent = PeerConnected | PeerDisconnected | PeerDiscovered | MessageReceived
+@dataclass(frozen=True)
+class BootstrapFailed:
+    """No bootstrap peer could be reached; the node tries again in ``retry_in`` seconds."""
+
+    attempt: int
+    error: str
+    retry_in: float
+
+
+@dataclass(frozen=True)
+class BootstrapSucceeded:
+    """A bootstrap attempt reached at least one bootstrap peer (``routing_table``: DHT size)."""
+
+    attempt: int
+    routing_table: int
+
+
+NodeEvent = (
+    PeerConnected
+    | PeerDisconnected
+    | PeerDiscovered
+    | MessageReceived
+    | BootstrapFailed
+    | BootstrapSucceeded
+)

@@ -44,7 +44,12 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from functools import lru_cache
 from typing import Final, TypeVar
 
-from p2pnet.errors import MessageTooLarge, NegotiationError, ProtocolError, ProtocolNotSupported
+from p2pnet.errors import (
+    MessageTooLargeError,
+    NegotiationError,
+    ProtocolError,
+    ProtocolNotSupported,
+)
 from p2pnet.io import Bytes, ReadWriter
 from p2pnet.wire.varint import decode_uvarint, encode_uvarint
 
@@ -142,7 +147,7 @@ def _check_length(length: int, max_length: int) -> None:
     if length == 0:
         raise ProtocolError("empty multistream message (no trailing newline)")
     if length > max_length:
-        raise MessageTooLarge(
+        raise MessageTooLargeError(
             f"multistream message of {length} bytes exceeds the limit of {max_length}"
         )
 
@@ -209,7 +214,7 @@ class MessageDecoder:
 
     Bytes after the last complete message stay buffered; :meth:`take_buffered` hands them over,
     e.g. to the protocol that was just agreed. Errors (:class:`ProtocolError`,
-    :class:`MessageTooLarge`) are raised by :meth:`next_message` as soon as the buffered bytes
+    :class:`MessageTooLargeError`) are raised by :meth:`next_message` as soon as the buffered bytes
     prove the stream bad; after an error the decoder should be discarded.
     """
 
@@ -234,7 +239,7 @@ class MessageDecoder:
         decoded = decode_uvarint(buf)
         if decoded is None:
             if len(buf) >= _prefix_bytes(limit):
-                raise MessageTooLarge(
+                raise MessageTooLargeError(
                     f"multistream length prefix exceeds the limit of {limit} bytes"
                 )
             return None
@@ -283,7 +288,7 @@ async def _read_payload(conn: ReadWriter, max_length: int = MAX_MESSAGE_LENGTH) 
         buf = bytearray(prefix)
         while True:
             if len(buf) >= limit:
-                raise MessageTooLarge(
+                raise MessageTooLargeError(
                     f"multistream length prefix exceeds the limit of {max_length} bytes"
                 )
             buf += await conn.readexactly(1)

@@ -2,6 +2,10 @@
 
 ``async with Node(config) as node:`` starts listeners and services; leaving the block closes
 everything and awaits every task. Several nodes can live in one event loop.
+
+Every service of the node reads time through ``node.clock`` (``NodeConfig.clock``) and draws
+randomness from ``node.rng`` (seeded by ``NodeConfig.seed``), so a network of nodes on a
+:class:`~p2pnet.clock.VirtualClock` replays identically from its seeds.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from collections.abc import Iterable, Sequence
 
 from multiaddr import Multiaddr
 
+from p2pnet.backoff import BootstrapSchedule, ExponentialBackoff
 from p2pnet.config import NodeConfig
 from p2pnet.crypto.eth import eth_address
 from p2pnet.crypto.keys import KeyType
-from p2pnet.errors import P2PError
+from p2pnet.errors import NodeError, P2PError
 from p2pnet.events import (
+    BootstrapFailed,
+    BootstrapSucceeded,
     EventBus,
     EventStream,
     MessageReceived,
@@ -37,15 +44,14 @@ from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyInfo, IdentifyService
 from p2pnet.protocols.ping import PingService
 from p2pnet.pubsub.gossipsub import Pubsub, Subscription
+from p2pnet.pubsub.messages import PublishResult
 from p2pnet.security.base import SecurityTransport
+from p2pnet.service import Lifecycle
 from p2pnet.tasks import TaskOwner
+from p2pnet.transport.addr import split_peer_id
 from p2pnet.transport.base import Transport
 
 log = logging.getLogger("p2pnet.node")
-
-
-class NodeError(P2PError):
-    """A node-level operation failed (not started, a service disabled, ...)."""
 
 
 class Node:
@@ -73,22 +79,41 @@ class Node:
         )
         self.pubsub: Pubsub | None = None
         if cfg.enable_pubsub:
-            self.pubsub = Pubsub(self.host, cfg.pubsub, score_params=cfg.pubsub_score)
+            self.pubsub = Pubsub(
+                self.host,
+                cfg.pubsub,
+                score_params=cfg.pubsub_score,
+                clock=self.clock,
+                rng=self.rng,
+            )
         self._events: EventBus[NodeEvent] = EventBus()
         self._tasks = TaskOwner("node")
         self._known: set[PeerID] = set()
+        #: The node's subscriptions by topic (one per topic: subscribe is idempotent).
+        self._subscriptions: dict[str, Subscription] = {}
+        self._pumped: set[str] = set()
+        self._bootstrap_ids = _peer_ids(cfg.bootstrap_peers)
+        #: When to (re)try the bootstrap peers: the decisions; the node only waits and dials.
+        self.bootstrap_schedule = BootstrapSchedule(
+            ExponentialBackoff(cfg.bootstrap_retry_initial, cfg.bootstrap_retry_max, self.rng)
+        )
+        self._bootstrap_task: asyncio.Task[None] | None = None
         self.host.on_connected(self._on_connected)
         self.host.on_disconnected(self._on_disconnected)
         self.identify.on_identified(self._on_identified)
-        self._started = False
-        self._closed = False
+        self._lifecycle = Lifecycle("node")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._started:
+        """Start listening and every service, then bootstrap.
+
+        A failed bootstrap does not fail the start: it is retried in the background with
+        exponential backoff (``BootstrapFailed`` / ``BootstrapSucceeded`` events), and again
+        whenever the node loses its last bootstrap peer.
+        """
+        if not self._lifecycle.begin_start():
             return
-        self._started = True
         try:
             await self.host.start()
             if self.dht is not None:
@@ -98,17 +123,12 @@ class Node:
         except BaseException:
             await self.close()
             raise
-        if self.config.bootstrap_peers:
-            try:
-                await self.bootstrap()
-            except P2PError as exc:
-                # A node whose bootstrap peers are down still runs; it can bootstrap later.
-                log.warning("bootstrap failed: %s", exc)
+        if self.config.bootstrap_peers and not await self._try_bootstrap():
+            self._start_bootstrap_retries()
 
     async def close(self) -> None:
-        if self._closed:
+        if self._lifecycle.begin_close() is None:
             return
-        self._closed = True
         await self._tasks.close()
         # The host goes first: services removing their handlers afterwards then announce
         # nothing (no identify push) to peers we are leaving anyway.
@@ -184,7 +204,9 @@ class Node:
     async def bootstrap(self, peers: Iterable[str | Multiaddr] | None = None) -> int:
         """Connect to the bootstrap peers and fill the routing table; returns its size.
 
-        Without a DHT, only connects. Raises if no bootstrap peer could be reached.
+        Without a DHT, only connects. Raises (KadError with a DHT, else NodeError) if no
+        bootstrap peer could be reached; no retry (the node retries its configured
+        ``bootstrap_peers`` by itself).
         """
         addrs = list(self.config.bootstrap_peers if peers is None else peers)
         if self.dht is not None:
@@ -195,6 +217,45 @@ class Node:
         if addrs and not any(isinstance(r, Connection) for r in results):
             raise NodeError(f"could not reach any bootstrap peer: {results}")
         return 0
+
+    async def _try_bootstrap(self) -> bool:
+        """One attempt at the configured bootstrap peers; emits the event saying how it went."""
+        schedule = self.bootstrap_schedule
+        attempt = schedule.attempt_started()
+        try:
+            size = await self.bootstrap()
+        except (P2PError, OSError, TimeoutError) as exc:
+            delay = schedule.attempt_failed()
+            log.warning("bootstrap attempt %d failed (retry in %.1f s): %s", attempt, delay, exc)
+            self._events.emit(BootstrapFailed(attempt, str(exc), delay))
+            return False
+        schedule.attempt_succeeded()
+        log.info("bootstrap attempt %d reached the network (routing table %d)", attempt, size)
+        self._events.emit(BootstrapSucceeded(attempt, size))
+        return True
+
+    def _start_bootstrap_retries(self) -> None:
+        running = self._bootstrap_task is not None and not self._bootstrap_task.done()
+        if running or not self._lifecycle.running:
+            return
+        self._bootstrap_task = self._tasks.spawn(self._retry_bootstrap(), name="bootstrap retry")
+
+    async def _retry_bootstrap(self) -> None:
+        while self._lifecycle.running:
+            await asyncio.sleep(self.bootstrap_schedule.retry_in)
+            if await self._try_bootstrap():
+                return
+
+    def _lost_bootstrap_peers(self) -> None:
+        """The last bootstrap peer went away: bootstrap again after a backoff delay, unless a
+        retry is already scheduled (the schedule decides)."""
+        schedule = self.bootstrap_schedule
+        delay = schedule.peers_lost()
+        if delay is None:
+            return
+        log.warning("lost every bootstrap peer: bootstrapping again in %.1f s", delay)
+        self._events.emit(BootstrapFailed(schedule.attempts, "lost every bootstrap peer", delay))
+        self._start_bootstrap_retries()
 
     async def find_peer(self, peer: PeerID | str) -> PeerInfo:
         """The addresses of ``peer``, found through the DHT (raises KadError if not found)."""
@@ -222,12 +283,26 @@ class Node:
     def subscribe(self, topic: str, *, events: bool = False) -> Subscription:
         """Join ``topic``; the returned subscription iterates its messages.
 
+        Idempotent per topic: while subscribed, calling it again returns the same subscription.
         With ``events=True`` the messages go to :meth:`events` as ``MessageReceived`` instead
-        (the subscription is then consumed by the node; cancel it to leave the topic).
+        (the subscription is then consumed by the node); asking for the other mode on a topic
+        already subscribed raises NodeError. Synchronous, like :meth:`unsubscribe`: joining is a
+        local change whose announcements are queued to the peers.
         """
-        sub = self._need_pubsub().subscribe(topic)
+        pubsub = self._need_pubsub()
+        sub = self._subscriptions.get(topic)
+        if sub is not None and sub.active:
+            if events != (topic in self._pumped):
+                mode = "as events" if topic in self._pumped else "as a subscription"
+                raise NodeError(f"already subscribed to {topic!r} {mode}")
+            return sub
+        sub = pubsub.subscribe(topic)
+        self._subscriptions[topic] = sub
         if events:
+            self._pumped.add(topic)
             self._tasks.spawn(self._pump(sub), name=f"events of {topic}")
+        else:
+            self._pumped.discard(topic)
         return sub
 
     async def _pump(self, sub: Subscription) -> None:
@@ -236,12 +311,20 @@ class Node:
                 MessageReceived(msg.topic, msg.from_peer, msg.data, msg.seqno, msg.id)
             )
 
-    async def unsubscribe(self, topic: str) -> None:
-        await self._need_pubsub().unsubscribe(topic)
+    def unsubscribe(self, topic: str) -> None:
+        """Leave ``topic``: its subscription ends (iteration stops). Idempotent, synchronous."""
+        self._subscriptions.pop(topic, None)
+        self._pumped.discard(topic)
+        self._need_pubsub().unsubscribe(topic)
 
-    async def publish(self, topic: str, data: bytes) -> bytes:
-        """Publish ``data`` on ``topic``; returns the message ID."""
-        return await self._need_pubsub().publish(topic, data)
+    async def publish(self, topic: str, data: bytes) -> PublishResult:
+        """Publish ``data`` on ``topic``: the message ID and the peers it was sent to.
+
+        ``result.peers == 0`` tells that no other node will receive it (no peer in the topic
+        yet). With ``GossipsubConfig(allow_publish_to_zero_peers=False)`` that case raises
+        NoPeersError instead. MessageTooLargeError if it cannot fit in one RPC frame.
+        """
+        return await self._need_pubsub().publish_with_result(topic, data)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -256,8 +339,16 @@ class Node:
         self._events.emit(PeerConnected(conn.remote_peer, conn.remote_addr, conn.direction.value))
 
     def _on_disconnected(self, conn: Connection) -> None:
-        if not self.host.is_connected(conn.remote_peer):
-            self._events.emit(PeerDisconnected(conn.remote_peer))
+        peer = conn.remote_peer
+        if self.host.is_connected(peer):
+            return
+        self._events.emit(PeerDisconnected(peer))
+        if (
+            peer in self._bootstrap_ids
+            and self._lifecycle.running
+            and not any(self.host.is_connected(p) for p in self._bootstrap_ids)
+        ):
+            self._lost_bootstrap_peers()
 
     def _on_identified(self, info: IdentifyInfo) -> None:
         if info.peer in self._known:
@@ -268,4 +359,17 @@ class Node:
         )
 
 
-__all__ = ["KadError", "Node", "NodeConfig", "NodeError"]
+def _peer_ids(addrs: Iterable[str | Multiaddr]) -> set[PeerID]:
+    """The peer IDs named by ``/p2p/<id>`` in ``addrs`` (others are skipped)."""
+    ids = set()
+    for addr in addrs:
+        try:
+            _, text = split_peer_id(Multiaddr(addr) if isinstance(addr, str) else addr)
+            if text is not None:
+                ids.add(PeerID.from_string(text))
+        except (P2PError, ValueError):
+            continue  # a malformed address fails at bootstrap, with its error
+    return ids
+
+
+__all__ = ["KadError", "Node", "NodeConfig", "NodeError", "PublishResult"]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +29,11 @@ from p2pnet.peer.peer_id import PeerID
 from p2pnet.pubsub.params import GossipsubConfig
 
 FAST = GossipsubConfig(heartbeat_interval=0.1)
+
+
+def _seal_now(key: KeyPair, kind: str, data: object, **kw: Any) -> bytes:
+    """An envelope as an agent would seal it now (tests read the system clock themselves)."""
+    return seal(key, kind, data, now=time.time(), nonce=os.urandom(8), **kw)
 
 
 def cfg(name: str, **kw: object) -> AgentConfig:
@@ -152,10 +160,10 @@ async def test_forged_broadcast_is_rejected_and_penalised(network: list[Agent]) 
     attacker.pubsub.set_validator("agent-messages", None)
     # A message signed by some other key, published by the attacker's node.
     stranger = KeyPair.generate(KeyType.Secp256k1)
-    forged = seal(stranger, "broadcast", "forged", topic="agent-messages")
+    forged = _seal_now(stranger, "broadcast", "forged", topic="agent-messages")
     await attacker.pubsub.publish("agent-messages", forged)
     # And one whose payload was altered after signing.
-    good = seal(attacker.node.key, "broadcast", "original", topic="agent-messages")
+    good = _seal_now(attacker.node.key, "broadcast", "original", topic="agent-messages")
     tampered = good.replace(b"original", b"tampered")
     await attacker.pubsub.publish("agent-messages", tampered)
     async with asyncio.timeout(10):
@@ -191,7 +199,7 @@ async def test_direct_message_for_someone_else_is_refused(network: list[Agent]) 
     a, b, c = network[2], network[3], network[4]
     await a.node.connect(b.p2p_addrs()[0])
     # Addressed to c but sent to b: b must refuse it.
-    envelope = seal(a.node.key, "direct", "hi", to=c.eth_address)
+    envelope = _seal_now(a.node.key, "direct", "hi", to=c.eth_address)
     with pytest.raises(SendFailed, match="addressed to"):
         await a.messaging.send(b.peer_id, envelope)
     assert b.messaging.rejected == 1
@@ -209,13 +217,13 @@ async def test_agent_not_started() -> None:
 
 def test_envelope_roundtrip_and_tampering() -> None:
     key = KeyPair.generate(KeyType.Secp256k1)
-    raw = seal(key, "direct", {"a": [1, 2]}, to="0x" + "AB" * 20)
-    env = open_envelope(raw)
+    raw = _seal_now(key, "direct", {"a": [1, 2]}, to="0x" + "AB" * 20)
+    env = open_envelope(raw, now=time.time())
     assert env.data == {"a": [1, 2]} and env.to == "0x" + "ab" * 20 and env.kind == "direct"
     with pytest.raises(InvalidEnvelope):
-        open_envelope(raw[:-2] + b"9}")
+        open_envelope(raw[:-2] + b"9}", now=time.time())
     with pytest.raises(InvalidEnvelope):
-        open_envelope(raw[:10])
+        open_envelope(raw[:10], now=time.time())
     with pytest.raises(InvalidEnvelope):
         open_envelope(raw, now=env.ts / 1000 + 3600)  # too old
     guard = ReplayGuard()
@@ -227,15 +235,15 @@ def test_envelope_roundtrip_and_tampering() -> None:
 def test_envelope_must_bind_peer_id_to_signer() -> None:
     signer = KeyPair.generate(KeyType.Secp256k1)
     other = KeyPair.generate(KeyType.Secp256k1)
-    env = open_envelope(seal(other, "broadcast", 1, topic="t"))
-    payload = json.loads(seal(signer, "broadcast", 1, topic="t")[65:])
+    env = open_envelope(_seal_now(other, "broadcast", 1, topic="t"), now=time.time())
+    payload = json.loads(_seal_now(signer, "broadcast", 1, topic="t")[65:])
     payload["peer_id"] = env.peer_id.to_base58()  # claim someone else's libp2p identity
     body = canonical_json(payload)
     forged = personal_sign(signer.private_key.to_bytes(), body) + body
     with pytest.raises(InvalidEnvelope, match="belongs to"):
-        open_envelope(forged)
+        open_envelope(forged, now=time.time())
     with pytest.raises(CryptoError):
-        seal(KeyPair.generate(KeyType.Ed25519), "direct", 1)
+        _seal_now(KeyPair.generate(KeyType.Ed25519), "direct", 1)
 
 
 def test_agent_key_file_keeps_the_identity(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from memory_pipe import MemoryEnd
 from p2pnet.errors import (
     ConnectionClosed,
     IncompleteRead,
-    MessageTooLarge,
+    MessageTooLargeError,
     NegotiationError,
     ProtocolError,
     ProtocolNotSupported,
@@ -109,8 +109,8 @@ def test_decoder_multibyte_text() -> None:
         (b"\x00", ProtocolError),  # empty message: no newline
         (b"\x03nax", ProtocolError),  # missing trailing newline
         (b"\x03\xff\xfe\n", ProtocolError),  # invalid UTF-8
-        (encode_uvarint(MAX_MESSAGE_LENGTH + 1), MessageTooLarge),
-        (b"\x80\x80", MessageTooLarge),  # prefix already longer than any allowed length
+        (encode_uvarint(MAX_MESSAGE_LENGTH + 1), MessageTooLargeError),
+        (b"\x80\x80", MessageTooLargeError),  # prefix already longer than any allowed length
         (b"\x80\x00", ProtocolError),  # non-minimal varint
     ],
 )
@@ -338,7 +338,7 @@ async def test_dialer_unexpected_answer() -> None:
         (b"\x07/noise\r", ProtocolError),  # complete, but "\r" instead of the newline
         (b"\x07/noisex", ProtocolError),  # missing newline
         (b"\x07/n\xffise\n", ProtocolError),  # invalid UTF-8
-        (encode_uvarint(MAX_MESSAGE_LENGTH + 1) + b"/x\n", MessageTooLarge),
+        (encode_uvarint(MAX_MESSAGE_LENGTH + 1) + b"/x\n", MessageTooLargeError),
         (b"\x88", IncompleteRead),  # EOF inside the length prefix
         (b"", IncompleteRead),
     ],
@@ -364,11 +364,11 @@ async def test_too_long_prefix_fails_without_waiting_for_the_body() -> None:
     # not after the timeout.
     dialer, listener = pipe()
     await feed(listener, HEADER + b"\x80\x80")
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(MessageTooLargeError):
         await negotiate_inbound(listener, {"/a"}, timeout=30)
     dialer, _ = pipe()
     await feed(dialer, HEADER + encode_uvarint(5000))
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(MessageTooLargeError):
         await negotiate_outbound(dialer, ["/a"], timeout=30)
 
 

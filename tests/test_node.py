@@ -142,19 +142,34 @@ async def test_pubsub_through_the_facade() -> None:
     async with Node(NodeConfig(pubsub=fast)) as a, Node(NodeConfig(pubsub=fast)) as b:
         events = b.events()
         sub_a = a.subscribe("news")
-        b.subscribe("news", events=True)
+        sub_b = b.subscribe("news", events=True)
+        assert b.subscribe("news", events=True) is sub_b  # one subscription, one event pump
         await a.connect(b.p2p_addrs()[0])
         async with asyncio.timeout(10):
             while b.peer_id not in a.pubsub.mesh_peers("news"):  # type: ignore[union-attr]
                 await asyncio.sleep(0.05)
-        await a.publish("news", b"hello")
+        result = await a.publish("news", b"hello")
+        assert result.peers == 1 and result.recipients == {b.peer_id}
         while True:
             ev = await events.next(10)
             if isinstance(ev, MessageReceived):
                 break
         assert ev.topic == "news" and ev.data == b"hello" and ev.from_peer == a.peer_id
+        assert ev.msg_id == result.message_id
         own = await sub_a.get(timeout=5)  # the publisher's own subscription sees it too
         assert own.data == b"hello"
+        # subscribe is idempotent per topic; the other mode on the same topic is refused
+        assert a.subscribe("news") is sub_a
+        with pytest.raises(NodeError, match="already subscribed"):
+            a.subscribe("news", events=True)
+        # a topic nobody else is in: published, and the caller learns nobody got it
+        lonely = await a.publish("nobody-here", b"?")
+        assert lonely.peers == 0 and lonely.message_id
+        # unsubscribe is synchronous and idempotent: the subscription ends at once
+        a.unsubscribe("news")
+        a.unsubscribe("news")
+        assert not sub_a.active and "news" not in a.pubsub.topics()  # type: ignore[union-attr]
+        assert a.subscribe("news") is not sub_a  # a new subscription after leaving
 
 
 def test_key_file_is_created_once_and_reused(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from p2pnet.errors import (
     ConnectionClosed,
     HandshakeError,
     IncompleteRead,
-    MessageTooLarge,
+    MessageTooLargeError,
     PeerIDMismatch,
     ProtocolError,
 )
@@ -417,7 +417,7 @@ def test_sans_io_payload_too_large() -> None:
     resp = NoiseHandshake(ED_B, initiator=False, stream_muxers=["x" * 1000] * 70)
     with pytest.raises(HandshakeError) as info:
         resp.receive_data(init.data_to_send())
-    assert isinstance(info.value.__cause__, MessageTooLarge)
+    assert isinstance(info.value.__cause__, MessageTooLargeError)
 
 
 # ---------------------------------------------------------------------------------------------

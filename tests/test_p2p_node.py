@@ -441,6 +441,7 @@ async def test_send_failed_refused_and_slow_send_does_not_block_shutdown(spawn: 
     node = await spawn()
     await node.connect(bootstrapPeers=[])
     release = asyncio.Event()
+    arrived = asyncio.Event()
 
     async def refuse(stream: YamuxStream) -> None:
         async with stream:
@@ -450,6 +451,7 @@ async def test_send_failed_refused_and_slow_send_does_not_block_shutdown(spawn: 
     async def hang(stream: YamuxStream) -> None:
         async with stream:
             await read_length_prefixed(stream, 1 << 20)
+            arrived.set()
             await asyncio.wait_for(release.wait(), 30)
 
     config = NodeConfig(key_type=KeyType.Secp256k1, enable_dht=False)
@@ -463,7 +465,7 @@ async def test_send_failed_refused_and_slow_send_does_not_block_shutdown(spawn: 
         )
         assert "not today" in event["message"]
         await node.write({"type": "send", "peerId": str(hanger.peer_id), "data": 1, "id": "s"})
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(arrived.wait(), 10)  # the send is pending: the hanger has it
         start = asyncio.get_running_loop().time()
         await node.write({"type": "shutdown"})
         assert await node.wait_exit(5) == 0
@@ -575,7 +577,11 @@ async def test_five_nodes_two_bootstrap(spawn: Any, tmp_path: Path) -> None:
     # A bootstrap node resolves a client through the DHT as well.
     await b2.ok({"type": "send", "peerId": carol.eth, "data": "from b2"}, "sent")
     await carol.expect("message", data="from b2", **{"from": b2.peer_id})
-    await asyncio.sleep(0.3)
+    # Every node answers a status request after the events it emitted before it (stdout is one
+    # ordered stream): then no node can still have a direct message on its way out.
+    await asyncio.gather(
+        *(n.ok({"type": "status"}, "node-status") for n in (b1, b2, alice, bob, carol))
+    )
     for node in (b1, b2, alice, bob, carol):
         datas = [m["data"] for m in node.messages() if m["direct"]]
         want = {"carol": ["for carol", "from b2"], "bob": ["for bob"]}.get(node.name, [])

@@ -127,9 +127,11 @@ def test_message_ids() -> None:
 
 
 def test_seqno_counter_monotonic() -> None:
-    c = SeqnoCounter()
+    c = SeqnoCounter(1_767_225_600 * 10**9)
     a, b = c.next(), c.next()
-    assert b == a + 1 and a > 1_600_000_000 * 10**9
+    assert (a, b) == (1_767_225_600 * 10**9 + 1, 1_767_225_600 * 10**9 + 2)
+    wrap = SeqnoCounter(2**64 - 1)
+    assert wrap.next() == 0  # 64 bits on the wire
 
 
 def test_app_message_fields() -> None:

@@ -19,14 +19,21 @@ from p2pnet.pubsub import (
     InvalidParameters,
     InvalidRPC,
     MessageTooLargeError,
+    NoPeersError,
     PeerScoreParams,
     PeerScoreThresholds,
     SignaturePolicy,
     TopicScoreParams,
     ValidationResult,
 )
-from p2pnet.pubsub.messages import build_message
-from p2pnet.pubsub.router import ConnectPeer, DeliverMessage, GossipsubRouter, ValidateMessage
+from p2pnet.pubsub.messages import ValidationFailure, build_message
+from p2pnet.pubsub.router import (
+    BadFrame,
+    ConnectPeer,
+    DeliverMessage,
+    GossipsubRouter,
+    ValidateMessage,
+)
 from p2pnet.wire.pb import rpc_pb2
 
 T = "topic"
@@ -535,7 +542,7 @@ def test_validation_accept_reject_ignore() -> None:
     h = Harness(scored_topic(invalid_message_deliveries_weight=-10.0, topic_weight=1.0))
     a, b, c = h.add(3)
     h.r.join(T, 0.0)
-    h.r.validated_topics.add(T)
+    h.r.set_validated(T, True)
     ms = [h.msg(a, b"good", 1), h.msg(a, b"bad", 2), h.msg(a, b"meh", 3)]
     h.feed(b, rpc_pb2.RPC(publish=ms))
     h.feed(c, rpc_pb2.RPC(publish=[ms[1]]))  # a duplicate while validation is pending
@@ -558,7 +565,7 @@ def test_validation_throttled_when_too_many_pending() -> None:
     h = Harness(max_pending_validations=2)
     (a,) = h.add(1)
     h.r.join(T, 0.0)
-    h.r.validated_topics.add(T)
+    h.r.set_validated(T, True)
     h.feed(a, rpc_pb2.RPC(publish=[h.msg(a, b"%d" % i, i + 1) for i in range(4)]))
     assert len(h.r.take_events()) == 2
     assert h.r.stats["msg_throttled"] == 2
@@ -568,7 +575,7 @@ def test_publish_flood_respects_publish_threshold() -> None:
     h = Harness()
     peers = h.add(10)
     h.r.set_app_score(peers[0], -6.0)  # -60 < publish threshold -50
-    mid = h.r.publish(T, b"flood", 0.0)
+    mid = h.r.publish(T, b"flood", 0.0).message_id
     out = h.sent()
     assert {p for p, rpc in out.items() if rpc.publish} == set(peers[1:])
     assert mid == pid(h.key).to_bytes() + out[peers[1]].publish[0].seqno
@@ -622,7 +629,7 @@ def test_ihave_emitted_to_non_mesh_peers() -> None:
     h = Harness()
     h.add(20)
     h.r.join(T, 0.0)
-    mid = h.r.publish(T, b"gossip me", 0.0)
+    mid = h.r.publish(T, b"gossip me", 0.0).message_id
     h.sent()
     h.heartbeat()
     out = h.sent()
@@ -686,7 +693,7 @@ def test_broken_iwant_promise_penalised() -> None:
 def test_iwant_answered_then_retransmission_capped_and_penalised() -> None:
     h = Harness(gossip_retransmission=3)
     (a,) = h.add(1)
-    mid = h.r.publish(T, b"want me", 0.0)
+    mid = h.r.publish(T, b"want me", 0.0).message_id
     h.sent()
     for i in range(3):
         h.feed(a, control(iwant=[rpc_pb2.ControlIWant(messageIDs=[mid])]))
@@ -795,11 +802,53 @@ def test_protocol_versions() -> None:
     assert flood not in h.r.mesh_peers(T)
 
 
-def test_undecodable_rpc_raises() -> None:
+def test_undecodable_rpc_raises_and_the_router_penalises() -> None:
     h = Harness()
-    (a,) = h.add(1)
+    a, b = h.add(2)
     with pytest.raises(InvalidRPC):
         h.r.handle_rpc(a, b"\xff\xff\xff", 0.0)
+    assert h.r.score.breakdown(a, h.now).behaviour_penalty < 0
+    assert h.r.stats["frame_undecodable"] == 1
+    # broken framing the adapter reports: counted, not penalised (limits differ between stacks)
+    h.r.report_bad_frame(b, BadFrame.OVERSIZED, 0.0)
+    h.r.report_bad_frame(b, BadFrame.TRUNCATED, 0.0)
+    assert h.r.score.breakdown(b, h.now).behaviour_penalty == 0.0
+    assert h.r.stats["frame_oversized"] == h.r.stats["frame_truncated"] == 1
+
+
+def test_publish_result_and_zero_peer_policy() -> None:
+    h = Harness(allow_publish_to_zero_peers=False)
+    with pytest.raises(NoPeersError):
+        h.r.publish("elsewhere", b"nobody", 0.0)
+    assert h.r.take_outgoing() == [] and len(h.r.seen) == 0
+    h.r.join(T, 0.0)  # our own subscription receives it (emit_self): not nobody
+    assert h.r.publish(T, b"self only", 0.0).peers == 0
+    a, b = h.add(2)
+    result = h.r.publish(T, b"two", 0.0)
+    assert result.recipients == {a, b} and result.peers == 2
+    assert set(h.sent()) == {a, b}
+
+
+def test_validator_failures_are_ignored_without_penalty() -> None:
+    h = Harness(scored_topic(invalid_message_deliveries_weight=-10.0, topic_weight=1.0))
+    a, b = h.add(2)
+    h.r.join(T, 0.0)
+    h.r.set_validated(T, True)
+    h.feed(b, rpc_pb2.RPC(publish=[h.msg(a, b"slow", 1), h.msg(a, b"broken", 2)]))
+    events = h.r.take_events()
+    assert len(events) == 2
+    h.sent()
+    for ev, failure in zip(events, ValidationFailure, strict=True):
+        assert isinstance(ev, ValidateMessage)
+        h.r.report_validation(ev.message.id, failure, h.now)
+    assert h.deliveries() == []
+    assert not any(rpc.publish for rpc in h.sent().values())  # nothing forwarded
+    assert h.r.score.breakdown(b, h.now).topics[T]["p4"] == 0.0
+    assert h.r.stats["validation_timeout"] == h.r.stats["validation_error"] == 1
+    # validation off again: new messages go straight through
+    h.r.set_validated(T, False)
+    h.feed(b, rpc_pb2.RPC(publish=[h.msg(a, b"direct", 3)]))
+    assert h.deliveries() == [b"direct"]
 
 
 def test_parameters_validated() -> None:

@@ -220,7 +220,9 @@ async def test_sdk_cancelled_start_reaps_the_process(nodes: list[P2PNode]) -> No
     slow = P2PNode("slow", executable=fake_node("time.sleep(60)\n"))
     nodes.append(slow)
     task = asyncio.create_task(slow.start())
-    await asyncio.sleep(0.5)
+    async with asyncio.timeout(10):  # cancel once the process exists (start waits for "ready")
+        while slow.pid is None:
+            await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from memory_pipe import memory_pipe
 
-from p2pnet.errors import IncompleteRead, MessageTooLarge, ProtocolError
+from p2pnet.errors import IncompleteRead, MessageTooLargeError, ProtocolError
 from p2pnet.wire.framing import (
     LengthPrefixedDecoder,
     encode_length_prefixed,
@@ -70,7 +70,7 @@ def test_decoder_splits_messages_fed_byte_by_byte() -> None:
 
 def test_decoder_enforces_max_size_before_buffering() -> None:
     dec = LengthPrefixedDecoder(max_size=10)
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(MessageTooLargeError):
         dec.feed(encode_uvarint(11))
 
 
@@ -81,7 +81,7 @@ async def test_async_length_prefixed_roundtrip_and_limits() -> None:
     await a.write(encode_uvarint(5000) + b"x")
     assert await read_length_prefixed(b) == b"abc"
     assert await read_length_prefixed(b) == b""
-    with pytest.raises(MessageTooLarge):
+    with pytest.raises(MessageTooLargeError):
         await read_length_prefixed(b, max_size=4096)
 
 

@@ -15,7 +15,6 @@ import dataclasses
 import errno
 import hashlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from p2pnet.config import (
 )
 from p2pnet.crypto.eth import eth_address, is_eth_address, to_checksum_address
 from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.errors import CryptoError, P2PError
+from p2pnet.errors import CryptoError, MessageTooLargeError, NoPeersError, P2PError
 from p2pnet.events import EventBus, EventStream
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.errors import KadError
@@ -68,6 +67,7 @@ from p2pnet.pubsub.params import GossipsubConfig
 from p2pnet.pubsub.score import PeerScoreParams, TopicScoreParams
 from p2pnet.registry.errors import RegistrySettingsError
 from p2pnet.registry.settings import RegistrySettings
+from p2pnet.service import Lifecycle, ServiceState
 from p2pnet.tasks import TaskOwner
 
 if TYPE_CHECKING:
@@ -212,9 +212,14 @@ class Agent:
         self.dht = self.node.dht
         self.pubsub = self.node.pubsub
         self.eth_address: str = eth_address(self.node.peer_id)
-        self.presence = Presence(self.node.host, self.dht)
+        self.clock = self.node.clock
+        self.presence = Presence(self.node.host, self.dht, self.clock)
         self.messaging = DirectMessaging(
-            self.node.host, self.eth_address, self._deliver_direct, timeout=cfg.message_timeout
+            self.node.host,
+            self.eth_address,
+            self._deliver_direct,
+            clock=self.clock,
+            timeout=cfg.message_timeout,
         )
         self._events: EventBus[AgentEvent] = EventBus()
         self._tasks = TaskOwner(f"agent {cfg.name or self.node.peer_id}")
@@ -230,8 +235,7 @@ class Agent:
         self.messages_out = 0
         self.rejected = 0
         self._started_at = 0.0
-        self._started = False
-        self._closed = False
+        self._lifecycle = Lifecycle(f"agent {cfg.name}")
         self._presence_retry = 1.0
         #: The registry policy (None when off): docs/registry.md.
         self.registry: AgentRegistryPolicy | None = None
@@ -272,12 +276,14 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._started:
+        if self._lifecycle.closed:
+            raise NotConnected("a closed agent cannot be restarted")
+        if not self._lifecycle.begin_start():
             return
-        self._started = True
-        self._started_at = time.monotonic()
+        self._started_at = self.clock.monotonic()
         try:
             await self._start_node()
+            await self.messaging.start()
             if self.registry is not None:
                 await self.registry.start()
                 self.presence.registry_fields = self.registry.record_fields()
@@ -315,16 +321,17 @@ class Agent:
             raise DialFailed(f"no bootstrap peer could be reached: {exc}") from exc
 
     async def close(self) -> None:
-        if self._closed:
+        previous = self._lifecycle.begin_close()
+        if previous is None:
             return
-        self._closed = True
-        if self._started and self.node.peers():
+        if previous is ServiceState.RUNNING and self.node.peers():
             try:
                 async with asyncio.timeout(2):
                     await self._announce("leave")
             except (TimeoutError, P2PError) as exc:
                 log.debug("leave announcement failed: %s", exc)
         await self._tasks.close()
+        await self.messaging.close()
         if self.registry is not None:
             await self.registry.close()
         await self.node.close()
@@ -338,7 +345,7 @@ class Agent:
         await self.close()
 
     def _check_running(self) -> None:
-        if not self._started or self._closed:
+        if not self._lifecycle.running:
             raise NotConnected("the agent is not running")
 
     # -- events ---------------------------------------------------------------------------------
@@ -347,6 +354,20 @@ class Agent:
         return self._events.subscribe()
 
     # -- sending --------------------------------------------------------------------------------
+
+    def _seal(
+        self, kind: str, data: Any, *, to: str | None = None, topic: str | None = None
+    ) -> bytes:
+        """An envelope signed now (the node's wall clock) with a nonce from the node's RNG."""
+        return seal(
+            self.node.key,
+            kind,
+            data,
+            now=self.clock.time(),
+            nonce=self.node.rng.randbytes(8),
+            to=to,
+            topic=topic,
+        )
 
     async def resolve(self, address: str) -> PeerID:
         """PeerID of the agent with ETH ``address``, by a DHT query; its addresses are noted."""
@@ -378,7 +399,7 @@ class Agent:
         if peer == self.peer_id:
             raise InvalidFields("cannot send a message to ourselves")
         try:
-            envelope = seal(self.node.key, "direct", data, to=address)
+            envelope = self._seal("direct", data, to=address)
         except (TypeError, ValueError) as exc:
             raise InvalidFields(f"data cannot be sent: {exc}") from exc
         await self.messaging.send(peer, envelope)
@@ -396,7 +417,7 @@ class Agent:
             if len(self.dht.routing_table) == 0:
                 raise DhtLookupFailed("no DHT server known to ask (routing table empty)") from exc
             raise PeerNotFound(f"{peer} is not in the DHT") from exc
-        except KadError as exc:
+        except (KadError, NoPeersError) as exc:
             raise DhtLookupFailed(f"looking up {peer} failed: {exc}") from exc
 
     async def broadcast(self, data: Any, topic: str = MESSAGES_TOPIC) -> None:
@@ -405,13 +426,13 @@ class Agent:
         if not topic or topic in (ANNOUNCEMENTS_TOPIC, STATUS_TOPIC):
             raise InvalidFields(f"cannot broadcast application data on {topic!r}")
         try:
-            envelope = seal(self.node.key, "broadcast", data, topic=topic)
+            envelope = self._seal("broadcast", data, topic=topic)
         except (TypeError, ValueError) as exc:
             raise InvalidFields(f"data cannot be sent: {exc}") from exc
         self._join(topic)
         try:
             await self.pubsub.publish(topic, envelope)
-        except PubsubError as exc:
+        except (PubsubError, MessageTooLargeError, NoPeersError) as exc:
             raise SendFailed(f"publishing on {topic!r} failed: {exc}") from exc
         self.messages_out += 1
 
@@ -436,7 +457,7 @@ class Agent:
         if topic not in AGENT_TOPICS:
             try:
                 await self.node.provide(topic_key(topic))
-            except (KadError, ValueError) as exc:
+            except (KadError, NoPeersError, ValueError) as exc:
                 log.info("%s: cannot announce %r in the DHT yet: %s", self.name, topic, exc)
         await self._announce("subscribe", topic=topic)
 
@@ -452,7 +473,7 @@ class Agent:
                 found[info.peer] = AgentDiscovered(
                     info.peer, _eth_of(info.peer), list(info.addrs), [topic]
                 )
-        except KadError as exc:
+        except (KadError, NoPeersError) as exc:
             dht_error = exc
         store = self.node.host.peerstore
         for peer in self.pubsub.topic_peers(topic):
@@ -490,7 +511,7 @@ class Agent:
         self, _propagator: PeerID, msg: Message
     ) -> ValidationResult | Awaitable[ValidationResult]:
         try:
-            env = open_envelope(msg.data)
+            env = open_envelope(msg.data, now=self.clock.time())
             if msg.from_peer != env.peer_id:
                 raise InvalidEnvelope(f"published by {msg.from_peer}, signed for {env.peer_id}")
             if env.topic is not None and env.topic != msg.topic:
@@ -531,7 +552,7 @@ class Agent:
             env = self._verified.pop(msg.id, None)
             if env is None:  # our own messages skip validation; open them for uniformity
                 try:
-                    env = open_envelope(msg.data)
+                    env = open_envelope(msg.data, now=self.clock.time())
                 except InvalidEnvelope:
                     continue
             if env.peer_id == self.peer_id:
@@ -594,16 +615,16 @@ class Agent:
             **(self.registry.record_fields() if self.registry is not None else {}),
             **extra,
         }
-        envelope = seal(self.node.key, "announce", data, topic=ANNOUNCEMENTS_TOPIC)
+        envelope = self._seal("announce", data, topic=ANNOUNCEMENTS_TOPIC)
         try:
             await self.pubsub.publish(ANNOUNCEMENTS_TOPIC, envelope)
-        except PubsubError as exc:
+        except (PubsubError, MessageTooLargeError, NoPeersError) as exc:
             log.debug("%s: announcement %s not sent: %s", self.name, event, exc)
 
     async def _publish_presence(self) -> None:
         try:
             stored = await self.presence.publish()
-        except (KadError, ValueError) as exc:
+        except (KadError, NoPeersError, ValueError) as exc:
             log.info("%s: presence not published yet: %s", self.name, exc)
             return
         if stored == 0 and self.registry is not None:
@@ -615,7 +636,7 @@ class Agent:
 
     def _registry_changed(self) -> None:
         """A registry event named our address: state the new agentId, republish, announce."""
-        if self._closed or self.registry is None:
+        if self._lifecycle.closed or self.registry is None:
             return
         registry = self.registry
 
@@ -643,7 +664,7 @@ class Agent:
         return {
             "name": self.name,
             "ethAddress": self.eth_address,
-            "uptime": round(time.monotonic() - self._started_at, 1),
+            "uptime": round(self.clock.monotonic() - self._started_at, 1),
             "peers": len(self.node.peers()),
             "mesh": {t: len(self.pubsub.mesh_peers(t)) for t in sorted(self._subs)},
             "dhtTableSize": len(self.dht.routing_table),
@@ -667,21 +688,22 @@ class Agent:
         }
 
     async def _report_status(self) -> None:
-        envelope = seal(self.node.key, "status", self.status(), topic=STATUS_TOPIC)
+        envelope = self._seal("status", self.status(), topic=STATUS_TOPIC)
         try:
             await self.pubsub.publish(STATUS_TOPIC, envelope)
-        except PubsubError as exc:
+        except (PubsubError, MessageTooLargeError, NoPeersError) as exc:
             log.debug("%s: status not sent: %s", self.name, exc)
 
     async def _maintenance(self) -> None:
         cfg = self.config
-        next_presence = time.monotonic() + cfg.presence_interval
-        next_status = time.monotonic() + min(cfg.status_interval, 2.0)
+        clock = self.clock
+        next_presence = clock.monotonic() + cfg.presence_interval
+        next_status = clock.monotonic() + min(cfg.status_interval, 2.0)
         # Until the presence record is stored somewhere (no DHT peer yet), retry quickly; when
         # retries keep failing (refused by a registry), back off up to 30 s.
         self._presence_retry = 1.0
         while True:
-            now = time.monotonic()
+            now = clock.monotonic()
             if self.presence.published_seq == 0 and self.node.peers():
                 await self._publish_presence()
                 if self.presence.published_seq:
@@ -698,4 +720,4 @@ class Agent:
             wake = min(next_presence, next_status)
             if self.presence.published_seq == 0:
                 wake = min(wake, now + self._presence_retry)
-            await asyncio.sleep(max(0.05, wake - time.monotonic()))
+            await asyncio.sleep(max(0.05, wake - clock.monotonic()))

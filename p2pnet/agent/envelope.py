@@ -18,8 +18,6 @@ timestamp is within the allowed clock skew, and the nonce was not seen before (r
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -73,11 +71,18 @@ def seal(
     kind: str,
     data: Any,
     *,
+    now: float,
+    nonce: bytes,
     to: str | None = None,
     topic: str | None = None,
-    now: float | None = None,
 ) -> bytes:
-    """Build and sign an envelope from the agent whose identity is ``key``."""
+    """Build and sign an envelope from the agent whose identity is ``key``.
+
+    ``now``: the sender's wall clock (``node.clock.time()``); ``nonce``: 8 random bytes from the
+    node's RNG, which makes the envelope unique (replay detection).
+    """
+    if len(nonce) != 8:
+        raise ValueError("the nonce must be 8 bytes")
     if kind not in KINDS:
         raise ValueError(f"unknown message kind {kind!r}")
     peer = PeerID.from_public_key(key.public_key)
@@ -86,11 +91,11 @@ def seal(
             "data": data,
             "from": eth_address(peer).lower(),
             "kind": kind,
-            "nonce": os.urandom(8).hex(),
+            "nonce": nonce.hex(),
             "peer_id": peer.to_base58(),
             "to": to.lower() if to else None,
             "topic": topic,
-            "ts": int((time.time() if now is None else now) * 1000),
+            "ts": int(now * 1000),
             "type": ENVELOPE_TYPE,
         }
     )
@@ -100,8 +105,11 @@ def seal(
     return envelope
 
 
-def open_envelope(raw: bytes, *, now: float | None = None) -> Envelope:
-    """Verify signature, structure, identity binding and freshness; raise InvalidEnvelope."""
+def open_envelope(raw: bytes, *, now: float) -> Envelope:
+    """Verify signature, structure, identity binding and freshness; raise InvalidEnvelope.
+
+    ``now``: the receiver's wall clock (``node.clock.time()``), for the freshness check.
+    """
     if len(raw) > MAX_ENVELOPE_SIZE:
         raise InvalidEnvelope(f"message of {len(raw)} bytes exceeds {MAX_ENVELOPE_SIZE}")
     if len(raw) <= PERSONAL_SIGNATURE_SIZE:
@@ -128,9 +136,8 @@ def open_envelope(raw: bytes, *, now: float | None = None) -> Envelope:
         raise InvalidEnvelope(f"peer_id is not a secp256k1 identity: {exc}") from None
     if bound != sender:
         raise InvalidEnvelope(f"peer_id {peer} belongs to {bound}, not to {sender}")
-    clock = time.time() if now is None else now
-    if abs(clock - ts / 1000) > MAX_CLOCK_SKEW:
-        raise InvalidEnvelope(f"message timestamp is {clock - ts / 1000:.0f} s off")
+    if abs(now - ts / 1000) > MAX_CLOCK_SKEW:
+        raise InvalidEnvelope(f"message timestamp is {now - ts / 1000:.0f} s off")
     for name in ("to", "topic"):
         if obj[name] is not None and not isinstance(obj[name], str):
             raise InvalidEnvelope(f"{name} must be a string or null")

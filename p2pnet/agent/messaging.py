@@ -26,10 +26,12 @@ from p2pnet.agent.envelope import (
     open_envelope,
 )
 from p2pnet.agent.errors import DialFailed, SendFailed
+from p2pnet.clock import Clock
 from p2pnet.errors import DialError, P2PError
 from p2pnet.host.host import Host
 from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.service import Lifecycle
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 
 log = logging.getLogger("p2pnet.agent")
@@ -38,31 +40,44 @@ MAX_ACK_SIZE = 4096
 
 
 class DirectMessaging:
+    """The direct-message service: ``start()`` serves the protocol, ``close()`` stops it."""
+
     def __init__(
         self,
         host: Host,
         my_address: str,
         deliver: Callable[[Envelope], None],
         *,
+        clock: Clock,
         timeout: float = 10.0,
     ) -> None:
         self.host = host
         self.my_address = my_address.lower()
         self.deliver = deliver
+        self.clock = clock
         self.timeout = timeout
         self.replays = ReplayGuard()
         self.rejected = 0
         #: Optional gate after the envelope checks (the registry policy): returns why a
         #: verified message is refused, or None to deliver it.
         self.admit: Callable[[Envelope], Awaitable[str | None]] | None = None
-        host.set_stream_handler(DIRECT_MESSAGE_PROTOCOL, self._handle)
+        self._lifecycle = Lifecycle("direct messaging")
+
+    async def start(self) -> None:
+        if self._lifecycle.begin_start():
+            self.host.set_stream_handler(DIRECT_MESSAGE_PROTOCOL, self._handle)
+
+    async def close(self) -> None:
+        if self._lifecycle.begin_close() is not None:
+            # Streams being handled finish on their own (each is bounded by ``timeout``).
+            self.host.remove_stream_handler(DIRECT_MESSAGE_PROTOCOL)
 
     async def _handle(self, stream: YamuxStream) -> None:
         remote = self.host.connection_of(stream).remote_peer
         async with asyncio.timeout(self.timeout), stream:
             raw = await read_length_prefixed(stream, MAX_ENVELOPE_SIZE)
             try:
-                env = open_envelope(raw)
+                env = open_envelope(raw, now=self.clock.time())
                 if env.kind != "direct":
                     raise InvalidEnvelope(f"a {env.kind} message on the direct protocol")
                 if env.peer_id != remote:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from p2pnet.agent.errors import DhtLookupFailed, InvalidFields, PeerNotFound
+from p2pnet.clock import Clock
 from p2pnet.crypto.eth import is_eth_address
 from p2pnet.host.host import Host
 from p2pnet.kad.agent_record import AgentPresence, agent_key, sign_agent_record, verify_agent_record
@@ -23,9 +23,13 @@ log = logging.getLogger("p2pnet.agent")
 
 
 class Presence:
-    def __init__(self, host: Host, dht: KadDHT) -> None:
+    """Publishing and resolving presence records. It owns no stream handler and no task (the
+    agent's maintenance loop republishes), so it is a helper, not a service with start/close."""
+
+    def __init__(self, host: Host, dht: KadDHT, clock: Clock) -> None:
         self.host = host
         self.dht = dht
+        self.clock = clock
         self.published_seq = 0
         #: ``agentRegistry``/``agentId`` the record states (set when a registry is used).
         self.registry_fields: dict[str, Any] = {}
@@ -35,7 +39,7 @@ class Presence:
     async def publish(self) -> int:
         """Sign and store our record; returns the number of DHT peers that took it."""
         # A time-based sequence number keeps increasing across restarts of the agent.
-        seq = max(self.published_seq + 1, time.time_ns() // 1_000_000)
+        seq = max(self.published_seq + 1, int(self.clock.time() * 1000))
         key, value = sign_agent_record(
             self.host.key,
             self.host.peer_id,

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from p2pnet.errors import P2PError, ProtocolError
+from p2pnet.errors import NoPeersError, P2PError, ProtocolError
+
+# NoPeersError (a lookup could not start: empty routing table, no connection) is the
+# library-wide class of p2pnet.errors, re-exported for `from p2pnet.kad.errors import ...`.
+__all__ = [
+    "InvalidRecord",
+    "KadError",
+    "KadProtocolError",
+    "NoPeersError",
+    "NotFound",
+    "PeerNotFound",
+    "RecordNotFound",
+]
 
 
 class KadError(P2PError):
@@ -27,7 +39,3 @@ class InvalidRecord(KadError):
 
 class KadProtocolError(ProtocolError, KadError):
     """A peer sent a malformed or nonsensical kad message."""
-
-
-class NoPeersError(KadError):
-    """A lookup could not start: the routing table is empty and no peer is connected."""

@@ -23,6 +23,8 @@ from p2pnet.pubsub.errors import (
 from p2pnet.pubsub.gossipsub import Gossipsub, Pubsub, Subscription, Validator
 from p2pnet.pubsub.messages import (
     Message,
+    PublishResult,
+    ValidationFailure,
     ValidationResult,
     msg_id_from_seqno,
     msg_id_js_strict_sign,
@@ -58,11 +60,13 @@ __all__ = [
     "PeerScoreParams",
     "PeerScoreThresholds",
     "PublishError",
+    "PublishResult",
     "Pubsub",
     "PubsubError",
     "SignaturePolicy",
     "Subscription",
     "TopicScoreParams",
+    "ValidationFailure",
     "ValidationResult",
     "Validator",
     "msg_id_from_seqno",

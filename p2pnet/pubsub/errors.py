@@ -1,8 +1,24 @@
-"""Pubsub errors, all under :class:`p2pnet.errors.P2PError`."""
+"""Pubsub errors, all under :class:`p2pnet.errors.P2PError`.
+
+``MessageTooLargeError`` and ``NoPeersError`` are the library-wide classes of
+:mod:`p2pnet.errors`, re-exported here because publish raises them.
+"""
 
 from __future__ import annotations
 
-from p2pnet.errors import P2PError, ProtocolError
+from p2pnet.errors import MessageTooLargeError, NoPeersError, P2PError, ProtocolError
+
+__all__ = [
+    "DuplicateMessageError",
+    "InvalidMessage",
+    "InvalidParameters",
+    "InvalidRPC",
+    "MessageTooLargeError",
+    "NoPeersError",
+    "NotStartedError",
+    "PublishError",
+    "PubsubError",
+]
 
 
 class PubsubError(P2PError):
@@ -33,16 +49,8 @@ class PublishError(PubsubError):
     """A message could not be published."""
 
 
-class MessageTooLargeError(PublishError):
-    """The message does not fit in one RPC frame (``max_message_size``)."""
-
-
 class DuplicateMessageError(PublishError):
     """The message ID was already seen (published before)."""
-
-
-class NoPeersError(PublishError):
-    """No peer would receive the message (only with ``allow_publish_to_zero_peers=False``)."""
 
 
 class NotStartedError(PubsubError):

@@ -7,12 +7,17 @@ protobuf frames. Each peer has one writer task fed by a bounded queue: a slow pe
 instead of slowing everybody down. A heartbeat task drives the router. Every task belongs to the
 service and ends with ``close()``.
 
+The adapter decides nothing about peers: it reports what happened (frames, bad frames,
+validation verdicts and failures, connections) to the router with the time of the node's clock,
+and carries out what the router asks (frames to write, messages to deliver or validate, peers to
+connect to).
+
 Typical use::
 
     pubsub = Pubsub(host, GossipsubConfig())
     await pubsub.start()
     sub = pubsub.subscribe("chat")
-    await pubsub.publish("chat", b"hello")
+    msg_id = await pubsub.publish("chat", b"hello")
     async for msg in sub:
         print(msg.from_peer, msg.data)
 """
@@ -21,32 +26,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import inspect
 import logging
 import random
+import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 from multiaddr import Multiaddr
 
-from p2pnet.errors import P2PError, ProtocolNotSupported
+from p2pnet.clock import SYSTEM_CLOCK, Clock
+from p2pnet.errors import MessageTooLargeError, P2PError, ProtocolNotSupported
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
 from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import PERMANENT_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL
 from p2pnet.peer.record import SIGNED_PEER_RECORD, InvalidPeerRecord, verify_peer_record
-from p2pnet.pubsub.errors import InvalidRPC, MessageTooLargeError, NoPeersError, NotStartedError
-from p2pnet.pubsub.messages import Message, ValidationResult
+from p2pnet.pubsub.errors import InvalidRPC, NotStartedError
+from p2pnet.pubsub.messages import (
+    Message,
+    PublishResult,
+    ValidationFailure,
+    ValidationResult,
+    as_verdict,
+)
 from p2pnet.pubsub.params import GossipsubConfig
 from p2pnet.pubsub.router import (
+    BadFrame,
     ConnectPeer,
     DeliverMessage,
     GossipsubRouter,
     ValidateMessage,
 )
 from p2pnet.pubsub.score import PeerScoreParams, PeerScoreThresholds, ScoreBreakdown
+from p2pnet.service import Lifecycle
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.wire.framing import LengthPrefixedDecoder
@@ -64,8 +80,31 @@ _REOPEN_DELAY = 1.0
 _MAX_REOPENS = 3
 
 
+class _Done:
+    """The result of a call that completed synchronously and used to be a coroutine.
+
+    ``subscription.cancel()`` and ``pubsub.unsubscribe()`` act at once; awaiting what they
+    return is accepted (and does nothing but warn) so that code written for the coroutine
+    versions keeps working. Deprecated: new code should not await them.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        warnings.warn(
+            "cancel() and unsubscribe() are synchronous now: call them without await",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return
+        yield  # a generator that finishes at once
+
+
+_DONE = _Done()
+
+
 class Subscription:
-    """Messages of one topic, as an async iterator. End it with ``await sub.cancel()``.
+    """Messages of one topic, as an async iterator. End it with ``sub.cancel()``.
 
     Holds at most ``subscription_queue_size`` undelivered messages; when a slow consumer lets
     it fill up, the oldest are dropped (counted in ``dropped``) so the router never blocks.
@@ -124,12 +163,15 @@ class Subscription:
     async def __anext__(self) -> Message:
         return await self.get()
 
-    async def cancel(self) -> None:
-        """Unsubscribe (the topic is left when its last subscription ends). Idempotent."""
-        if self._ended:
-            return
-        self._end()
-        self._pubsub._remove_subscription(self)
+    def cancel(self) -> _Done:
+        """Unsubscribe (the topic is left when its last subscription ends). Idempotent.
+
+        Acts at once; the result may be awaited (deprecated, for older callers).
+        """
+        if not self._ended:
+            self._end()
+            self._pubsub._remove_subscription(self)
+        return _DONE
 
     unsubscribe = cancel
 
@@ -137,12 +179,26 @@ class Subscription:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.cancel()
+        self.cancel()
+
+
+class _Link(enum.Enum):
+    """Our outbound pubsub stream to one peer."""
+
+    #: Being opened (and negotiated); the peer's inbound streams wait for it.
+    OPENING = "opening"
+    #: Open, the peer is in the router, the writer task drains the queue.
+    OPEN = "open"
+    #: Could not be opened (the peer does not speak pubsub, or failed); inbound streams dropped.
+    FAILED = "failed"
+    #: Dropped: the peer left, the stream died, or the service closed.
+    CLOSED = "closed"
 
 
 class _PeerState:
     __slots__ = (
         "inbound",
+        "link",
         "opening",
         "outbound",
         "queue",
@@ -152,13 +208,33 @@ class _PeerState:
     )
 
     def __init__(self, queue_size: int) -> None:
+        self.link = _Link.OPENING
         self.outbound: YamuxStream | None = None
         self.opening: asyncio.Task[Any] | None = None
         self.writer: asyncio.Task[Any] | None = None
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self.inbound: set[YamuxStream] = set()
+        #: Set when the link leaves OPENING: inbound streams then read (OPEN) or are dropped.
         self.ready = asyncio.Event()
         self.reopens = 0
+
+    def opened(self, stream: YamuxStream) -> None:
+        self.link = _Link.OPEN
+        self.outbound = stream
+        self.ready.set()
+
+    def reopen(self) -> None:
+        self.link = _Link.OPENING
+        self.ready.clear()
+
+    def failed(self) -> None:
+        if self.link is _Link.OPENING:
+            self.link = _Link.FAILED
+            self.ready.set()
+
+    def closed(self) -> None:
+        self.link = _Link.CLOSED
+        self.ready.set()
 
 
 def _ip_of(addr: Multiaddr) -> str | None:
@@ -180,13 +256,18 @@ class Pubsub:
         *,
         score_params: PeerScoreParams | None = None,
         score_thresholds: PeerScoreThresholds | None = None,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """``clock`` and ``rng``: the node's (``Node`` passes ``node.clock`` and ``node.rng``);
+        by default the system clock and an RNG seeded by the OS (mesh and gossip choices must
+        not be predictable from outside; pass a seeded one to reproduce a run)."""
         self.host = host
         self.config = config or GossipsubConfig()
         self.score_params = score_params or PeerScoreParams()
         self.score_thresholds = score_thresholds or PeerScoreThresholds()
-        self._rng = rng
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._rng = rng if rng is not None else random.Random()
         self._router: GossipsubRouter | None = None
         self._tasks = TaskOwner(f"pubsub {host.peer_id}")
         self._peers: dict[PeerID, _PeerState] = {}
@@ -194,8 +275,7 @@ class Pubsub:
         self._validators: dict[str, Validator] = {}
         self._connecting: set[PeerID] = set()
         self._connect_sem = asyncio.Semaphore(self.config.max_pending_connects)
-        self._started = False
-        self._closed = False
+        self._lifecycle = Lifecycle("pubsub")
         #: frames dropped because a peer's queue was full
         self.dropped_frames = 0
 
@@ -203,7 +283,7 @@ class Pubsub:
 
     @property
     def router(self) -> GossipsubRouter:
-        if self._router is None or self._closed:
+        if self._router is None or not self._lifecycle.running:
             raise NotStartedError("pubsub is not running: call start() (and not close())")
         return self._router
 
@@ -211,26 +291,34 @@ class Pubsub:
     def peer_id(self) -> PeerID:
         return self.host.peer_id
 
+    @property
+    def _closed(self) -> bool:
+        return self._lifecycle.closed
+
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self.clock.monotonic()
 
     async def start(self) -> None:
         """Validate the parameters, register the protocols, start the heartbeat."""
-        if self._started:
-            return
-        if self._closed:
+        if self._lifecycle.closed:
             raise NotStartedError("a closed pubsub cannot be restarted")
-        self._router = GossipsubRouter(
+        if self._lifecycle.running:
+            return
+        router = GossipsubRouter(  # raises InvalidParameters; the service stays startable
             self.host.peer_id,
             self.config,
             self.score_params,
             self.score_thresholds,
             key=self.host.key,
             rng=self._rng,
+            # like go and js: seqnos count up from the wall clock, so a restarted node does not
+            # repeat the message IDs of its previous run
+            seqno_start=int(self.clock.time() * 1e9),
         )
-        self._router.now = self._now()
-        self._router.record_source = self._peer_record
-        self._started = True
+        self._lifecycle.begin_start()
+        self._router = router
+        router.now = self._now()
+        router.record_source = self._peer_record
         for proto in self.config.protocols:
             self.host.set_stream_handler(proto, self._handle_inbound)
         self.host.on_connected(self._on_connected)
@@ -255,10 +343,8 @@ class Pubsub:
 
     async def close(self) -> None:
         """Stop: unregister, end every subscription, stop all tasks, reset our streams."""
-        if self._closed:
-            return
-        self._closed = True
-        if not self._started:
+        previous = self._lifecycle.begin_close()
+        if previous is None or self._router is None:
             return
         for proto in self.config.protocols:
             self.host.remove_stream_handler(proto)
@@ -275,6 +361,8 @@ class Pubsub:
         for s in streams:
             with contextlib.suppress(P2PError):
                 await s.reset()
+        for st in self._peers.values():
+            st.closed()
         self._peers.clear()
 
     async def __aenter__(self) -> Pubsub:
@@ -287,7 +375,11 @@ class Pubsub:
     # ------------------------------------------------------------------ public API
 
     def subscribe(self, topic: str) -> Subscription:
-        """Join ``topic`` (if not yet) and return a new subscription to its messages."""
+        """Join ``topic`` (if not yet) and return a new subscription to its messages.
+
+        Several subscriptions may share a topic (each gets every message); the topic is left when
+        the last one is cancelled. Takes effect at once: the announcements are queued.
+        """
         router = self.router
         if not topic:
             raise ValueError("topic must not be empty")
@@ -308,31 +400,32 @@ class Pubsub:
                 self._router.leave(sub.topic, self._now())
                 self._pump()
 
-    async def unsubscribe(self, topic: str) -> None:
-        """End every subscription to ``topic`` and leave it."""
+    def unsubscribe(self, topic: str) -> _Done:
+        """End every subscription to ``topic`` and leave it. Idempotent; acts at once.
+
+        The result may be awaited (deprecated: ``unsubscribe`` was a coroutine).
+        """
         for sub in list(self._subs.get(topic, [])):
-            await sub.cancel()
+            sub.cancel()
+        return _DONE
 
     async def publish(self, topic: str, data: bytes) -> bytes:
         """Sign and send ``data`` to ``topic``; returns the message ID.
 
-        Raises MessageTooLargeError, and NoPeersError when ``allow_publish_to_zero_peers`` is
-        off and no peer would receive it.
+        :meth:`publish_with_result` also tells how many peers it went to.
         """
-        router = self.router
-        if len(data) >= self.config.max_message_size:
-            raise MessageTooLargeError(
-                f"{len(data)} bytes of data exceed max_message_size {self.config.max_message_size}"
-            )
-        if (
-            not self.config.allow_publish_to_zero_peers
-            and not router.publish_targets(topic)
-            and not (self.config.emit_self and topic in router.subscriptions)
-        ):
-            raise NoPeersError(f"no peer to publish to in {topic!r}")
-        msg_id = router.publish(topic, bytes(data), self._now())
+        return (await self.publish_with_result(topic, data)).message_id
+
+    async def publish_with_result(self, topic: str, data: bytes) -> PublishResult:
+        """Sign and send ``data`` to ``topic``; returns its ID and the peers it was sent to.
+
+        ``result.peers == 0`` means no other node will see it (nobody in the topic yet). Raises
+        MessageTooLargeError, and NoPeersError instead of sending to nobody when
+        ``allow_publish_to_zero_peers`` is off.
+        """
+        result = self.router.publish(topic, bytes(data), self._now())
         self._pump()
-        return msg_id
+        return result
 
     def set_validator(self, topic: str, validator: Validator | None) -> None:
         """Check every message of ``topic`` before it is delivered or forwarded.
@@ -345,10 +438,9 @@ class Pubsub:
         router = self.router
         if validator is None:
             self._validators.pop(topic, None)
-            router.validated_topics.discard(topic)
         else:
             self._validators[topic] = validator
-            router.validated_topics.add(topic)
+        router.set_validated(topic, validator is not None)
 
     def topics(self) -> list[str]:
         """The topics we are subscribed to."""
@@ -424,19 +516,19 @@ class Pubsub:
 
     async def _heartbeat_loop(self) -> None:
         cfg = self.config
+        clock = self.clock
         await asyncio.sleep(cfg.heartbeat_initial_delay)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        deadline = clock.monotonic()
         while not self._closed:
             try:
-                self.router.heartbeat(loop.time())
+                self.router.heartbeat(clock.monotonic())
                 self._pump()
             except Exception:
                 log.exception("heartbeat failed")
             deadline += cfg.heartbeat_interval
-            delay = deadline - loop.time()
+            delay = deadline - clock.monotonic()
             if delay < 0:  # we fell behind: skip the missed beats
-                deadline = loop.time()
+                deadline = clock.monotonic()
                 delay = 0
             await asyncio.sleep(delay)
 
@@ -451,25 +543,27 @@ class Pubsub:
             result = fn(msg.received_from, msg)
         except Exception:
             log.exception("validator of %s failed", msg.topic)
-            result = ValidationResult.IGNORE
+            self.router.report_validation(msg.id, ValidationFailure.ERROR, self._now())
+            return
         if inspect.isawaitable(result):
             self._tasks.spawn(self._await_validation(msg, result), name="pubsub validate")
             return
-        self.router.report_validation(msg.id, _verdict(result), self._now())
+        self.router.report_validation(msg.id, _verdict(msg, result), self._now())
 
     async def _await_validation(
         self, msg: Message, pending: Awaitable[ValidationResult | bool]
     ) -> None:
+        verdict: ValidationResult | ValidationFailure
         try:
             async with asyncio.timeout(self.config.validate_timeout):
                 result = await pending
-            verdict = _verdict(result)
+            verdict = _verdict(msg, result)
         except TimeoutError:
             log.debug("validator of %s timed out", msg.topic)
-            verdict = ValidationResult.IGNORE
+            verdict = ValidationFailure.TIMEOUT
         except Exception:
             log.exception("validator of %s failed", msg.topic)
-            verdict = ValidationResult.IGNORE
+            verdict = ValidationFailure.ERROR
         if self._closed:
             return
         self.router.report_validation(msg.id, verdict, self._now())
@@ -478,12 +572,12 @@ class Pubsub:
     # ------------------------------------------------------------------ connections
 
     def _on_connected(self, conn: Connection) -> None:
-        if self._closed or not self._started:
+        if not self._lifecycle.running:
             return
         self._ensure_outbound(conn.remote_peer)
 
     def _on_disconnected(self, conn: Connection) -> None:
-        if self._closed or not self._started:
+        if not self._lifecycle.running:
             return
         peer = conn.remote_peer
         if self.host.is_connected(peer):
@@ -494,7 +588,11 @@ class Pubsub:
         state = self._peers.get(peer)
         if state is None:
             state = self._peers[peer] = _PeerState(self.config.outbound_queue_size)
-        if state.outbound is None and (state.opening is None or state.opening.done()):
+        if state.link is _Link.FAILED:
+            # The peer did not speak pubsub when we tried, but now opens a pubsub stream to us
+            # (or connects again): try once more.
+            state.reopen()
+        if state.link is _Link.OPENING and (state.opening is None or state.opening.done()):
             state.opening = self._tasks.spawn(self._open_outbound(peer, state), name="pubsub open")
         return state
 
@@ -504,6 +602,7 @@ class Pubsub:
             self._router.remove_peer(peer, self._now())
         if state is None:
             return
+        state.closed()
         for task in (state.opening, state.writer):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
@@ -517,23 +616,25 @@ class Pubsub:
                 stream = await self.host.new_stream(peer, self.config.protocols)
         except ProtocolNotSupported:
             log.debug("%s does not speak pubsub", peer)
+            state.failed()
             return
         except (P2PError, TimeoutError, OSError) as exc:
             log.debug("cannot open a pubsub stream to %s: %s", peer, exc)
+            state.failed()
             return
         if self._closed or self._peers.get(peer) is not state:
             await _reset_quietly(stream)
             return
         conns = self.host.connections(peer)
         if not conns:
+            state.failed()
             await _reset_quietly(stream)
             return
         assert stream.protocol is not None
-        state.outbound = stream
         outbound = any(c.direction is Direction.OUTBOUND for c in conns)
         ips = {ip for c in conns if (ip := _ip_of(c.remote_addr)) is not None}
         self.router.add_peer(peer, stream.protocol, outbound=outbound, ips=ips, now=self._now())
-        state.ready.set()
+        state.opened(stream)
         state.writer = self._tasks.spawn(self._writer(peer, state, stream), name="pubsub writer")
         log.debug("pubsub stream to %s open (%s)", peer, stream.protocol)
         self._pump()
@@ -579,6 +680,14 @@ class Pubsub:
                 log.debug("no outbound pubsub stream to %s: dropping its stream", peer)
                 await stream.reset()
                 return
+            if state.link is not _Link.OPEN:
+                log.debug(
+                    "no outbound pubsub stream to %s (%s): dropping its stream",
+                    peer,
+                    state.link.value,
+                )
+                await stream.reset()
+                return
             await self._read_loop(peer, state, stream)
         finally:
             state.inbound.discard(stream)
@@ -587,27 +696,45 @@ class Pubsub:
         decoder = LengthPrefixedDecoder(self.config.max_message_size)
         timeout = self.config.frame_read_timeout
         while not self._closed:
-            if decoder.buffered:
-                async with asyncio.timeout(timeout):
+            try:
+                if decoder.buffered:
+                    async with asyncio.timeout(timeout):
+                        chunk = await stream.read()
+                else:
                     chunk = await stream.read()
+                if not chunk:
+                    if decoder.buffered:
+                        raise _FrameError(BadFrame.TRUNCATED)
+                    return  # EOF: the peer closed its stream
+                frames = decoder.feed(chunk)
+            except TimeoutError:
+                fault = BadFrame.TRUNCATED
+            except MessageTooLargeError:
+                fault = BadFrame.OVERSIZED
+            except _FrameError as exc:
+                fault = exc.fault
             else:
-                chunk = await stream.read()
-            if not chunk:
-                return  # EOF: the peer closed its stream
-            frames = decoder.feed(chunk)  # MessageTooLarge ends the stream (host resets it)
-            if self._peers.get(peer) is not state:
-                return
-            router = self.router
-            for frame in frames:
+                if self._peers.get(peer) is not state:
+                    return
+                router = self.router
                 try:
-                    router.handle_rpc(peer, frame, self._now())
-                except InvalidRPC as exc:
+                    for frame in frames:
+                        router.handle_rpc(peer, frame, self._now())
+                except InvalidRPC as exc:  # the router has judged it already
                     log.info("%s", exc)
-                    router.score.add_penalty(peer, 1)
                     self._pump()
                     await stream.reset()
                     return
-            self._pump()
+                self._pump()
+                continue
+            # A broken frame: that stream is done (the connection and the peer's other streams
+            # are not); the router decides what it costs the peer.
+            log.info("%s frame from %s: stream reset", fault.value, peer)
+            if self._peers.get(peer) is state:
+                self.router.report_bad_frame(peer, fault, self._now())
+                self._pump()
+            await stream.reset()
+            return
 
     # ------------------------------------------------------------------ PX and direct peers
 
@@ -644,15 +771,17 @@ class Pubsub:
             self._connecting.discard(peer)
 
 
-def _verdict(result: object) -> ValidationResult:
-    if isinstance(result, ValidationResult):
-        return result
-    if result is True:
-        return ValidationResult.ACCEPT
-    if result is False:
-        return ValidationResult.REJECT
-    log.warning("validator returned %r: treated as IGNORE", result)
-    return ValidationResult.IGNORE
+class _FrameError(Exception):
+    def __init__(self, fault: BadFrame) -> None:
+        super().__init__(fault.value)
+        self.fault = fault
+
+
+def _verdict(msg: Message, result: object) -> ValidationResult | ValidationFailure:
+    verdict = as_verdict(result)
+    if verdict is ValidationFailure.ERROR:
+        log.warning("validator of %s returned %r, not a verdict", msg.topic, result)
+    return verdict
 
 
 async def _reset_quietly(stream: YamuxStream) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import itertools
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -35,6 +34,42 @@ class ValidationResult(enum.Enum):
     REJECT = "reject"
     #: Drop and do not forward, without penalty.
     IGNORE = "ignore"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What became of a message we published."""
+
+    #: Its message ID.
+    message_id: bytes
+    #: The peers it was handed to for sending (flood publishing, mesh or fanout, direct peers).
+    recipients: frozenset[PeerID]
+
+    @property
+    def peers(self) -> int:
+        """How many peers it was sent to; 0 means nobody else will see it."""
+        return len(self.recipients)
+
+
+class ValidationFailure(enum.Enum):
+    """A topic validator gave no verdict. The router decides what that means for the sender."""
+
+    #: It did not answer within ``validate_timeout``.
+    TIMEOUT = "timeout"
+    #: It raised, or returned something that is not a verdict.
+    ERROR = "error"
+
+
+def as_verdict(value: object) -> ValidationResult | ValidationFailure:
+    """A validator's return value as a verdict: a ValidationResult, or True/False for
+    ACCEPT/REJECT; anything else is a broken validator (``ValidationFailure.ERROR``)."""
+    if isinstance(value, ValidationResult):
+        return value
+    if value is True:
+        return ValidationResult.ACCEPT
+    if value is False:
+        return ValidationResult.REJECT
+    return ValidationFailure.ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +148,14 @@ def default_msg_id_fn(policy: SignaturePolicy) -> MsgIdFn:
 
 
 class SeqnoCounter:
-    """Monotonic 64-bit sequence numbers starting from the wall clock in nanoseconds."""
+    """Monotonic 64-bit sequence numbers counting up from ``start``.
 
-    def __init__(self, start: int | None = None) -> None:
-        first = time.time_ns() if start is None else start
-        self._counter = itertools.count(first + 1)
+    go and js start from the wall clock in nanoseconds, so that a restarted node does not reuse
+    the seqnos (and thus message IDs) of its previous run; the caller reads that clock.
+    """
+
+    def __init__(self, start: int) -> None:
+        self._counter = itertools.count(start + 1)
 
     def next(self) -> int:
         return next(self._counter) & 0xFFFF_FFFF_FFFF_FFFF

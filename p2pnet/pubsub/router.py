@@ -5,8 +5,13 @@ Feed it what happens, with the current time in seconds:
 * ``add_peer`` / ``remove_peer`` when a pubsub stream to a peer is ready / the peer is gone,
 * ``handle_rpc`` with every RPC frame a peer sent,
 * ``join`` / ``leave`` / ``publish`` for the local application,
-* ``report_validation`` with the verdict of an asynchronous topic validator,
+* ``set_validated(topic, on)`` when the application installs or removes a topic validator, and
+  ``report_validation`` with the validator's verdict (or its failure: a timeout, an exception),
+* ``report_bad_frame`` when a peer's stream broke framing (oversized, cut off),
 * ``heartbeat`` every ``heartbeat_interval``.
+
+The router makes every scoring decision: what a bad frame, an undecodable RPC, a rejected, ignored
+or timed-out validation costs the peer. The asyncio adapter only reports what happened.
 
 It never does IO. After each call, ``take_outgoing()`` returns the RPC frames to write (one
 protobuf ``RPC`` per frame, without the length prefix) and ``take_events()`` the messages to
@@ -19,6 +24,7 @@ once rather than at the next heartbeat, and an unsubscribing peer leaves our mes
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import random
@@ -35,12 +41,15 @@ from p2pnet.pubsub.errors import (
     InvalidParameters,
     InvalidRPC,
     MessageTooLargeError,
+    NoPeersError,
 )
 from p2pnet.pubsub.mcache import MessageCache, TimeCache
 from p2pnet.pubsub.messages import (
     Message,
+    PublishResult,
     SeqnoCounter,
     SignatureVerifier,
+    ValidationFailure,
     ValidationResult,
     build_message,
     default_msg_id_fn,
@@ -98,6 +107,17 @@ class ConnectPeer:
 
 
 RouterEvent = DeliverMessage | ValidateMessage | ConnectPeer
+
+
+class BadFrame(enum.Enum):
+    """How a peer's stream broke RPC framing (reported by the adapter, judged by the router)."""
+
+    #: A length prefix above ``max_message_size``.
+    OVERSIZED = "oversized"
+    #: A frame whose bytes stopped coming (``frame_read_timeout``) or ended with the stream.
+    TRUNCATED = "truncated"
+    #: A complete frame that is not a protobuf RPC (found by :meth:`GossipsubRouter.handle_rpc`).
+    UNDECODABLE = "undecodable"
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,7 +192,13 @@ class GossipsubRouter:
         *,
         key: KeyPair | None = None,
         rng: random.Random | None = None,
+        seqno_start: int | None = None,
     ) -> None:
+        """``rng``: the node's RNG (default: one seeded from ``local_peer``, so a router alone is
+        reproducible; a running node passes its own, seeded by the OS unless configured, since
+        mesh and gossip choices must not be predictable from outside). ``seqno_start``: where our
+        seqnos count up from; pass the wall clock in nanoseconds as go and js do (default: a
+        random 64-bit value from ``rng``)."""
         self.config = config or GossipsubConfig()
         self.score_params = score_params or PeerScoreParams()
         self.thresholds = score_thresholds or PeerScoreThresholds()
@@ -183,10 +209,10 @@ class GossipsubRouter:
             raise InvalidParameters("StrictSign needs the node's key to sign messages")
         self.local_peer = local_peer
         self.key = key
-        self.rng = rng or random.Random()
+        self.rng = rng if rng is not None else random.Random(local_peer.to_bytes())
         self.msg_id_fn = self.config.msg_id_fn or default_msg_id_fn(self.config.signature_policy)
         self.verifier = SignatureVerifier(self.config.signature_policy)
-        self.seqno = SeqnoCounter()
+        self.seqno = SeqnoCounter(self.rng.getrandbits(64) if seqno_start is None else seqno_start)
 
         self.peers: dict[PeerID, _Peer] = {}
         self.topics: dict[str, set[PeerID]] = {}
@@ -197,6 +223,7 @@ class GossipsubRouter:
         self.backoff: dict[str, dict[PeerID, float]] = {}
         self.direct: set[PeerID] = set()
         self.floodsub_peers: set[PeerID] = set()
+        #: Topics whose messages wait for the application's validator (``set_validated``).
         self.validated_topics: set[str] = set()
         self.peer_records: dict[PeerID, bytes] = {}
         #: Where records not in ``peer_records`` are looked up (the host's peer store).
@@ -210,7 +237,7 @@ class GossipsubRouter:
 
         self.heartbeat_ticks = 0
         self.now = 0.0
-        self._dirty: set[PeerID] = set()
+        self._dirty: dict[PeerID, None] = {}
         self._events: list[RouterEvent] = []
         #: counters for tests and metrics
         self.stats: dict[str, int] = {}
@@ -221,7 +248,7 @@ class GossipsubRouter:
         """The RPC frames to send since the last call (each fits ``max_message_size``)."""
         out: list[tuple[PeerID, bytes]] = []
         limit = self.config.max_message_size
-        for pid in self._dirty:
+        for pid in self._dirty:  # insertion order: reproducible
             peer = self.peers.get(pid)
             if peer is None:
                 continue
@@ -258,7 +285,7 @@ class GossipsubRouter:
         self.stats[name] = self.stats.get(name, 0) + n
 
     def _box(self, pid: PeerID) -> _Outbox:
-        self._dirty.add(pid)
+        self._dirty[pid] = None
         return self.peers[pid].outbox
 
     def _send_message(self, pid: PeerID, msg_id: bytes, data: bytes) -> None:
@@ -330,7 +357,7 @@ class GossipsubRouter:
             fanout.discard(peer)
         self.tracer.remove_peer(peer)
         self.score.remove_peer(peer, now)
-        self._dirty.discard(peer)
+        self._dirty.pop(peer, None)
         log.debug("peer %s removed", peer)
 
     def add_direct_peer(self, peer: PeerID) -> None:
@@ -452,10 +479,18 @@ class GossipsubRouter:
             self._send_prune(p, topic, px=self.config.do_px, unsubscribe=True)
             self._add_backoff(p, topic, self.config.unsubscribe_backoff)
 
-    def publish(self, topic: str, data: bytes, now: float) -> bytes:
-        """Sign (per policy) and send a new message; returns its message ID."""
+    def publish(self, topic: str, data: bytes, now: float) -> PublishResult:
+        """Sign (per policy) and send a new message: its ID and the peers it went to.
+
+        Raises MessageTooLargeError (checked before signing, and again on the built message),
+        and NoPeersError when ``allow_publish_to_zero_peers`` is off and nobody would get it.
+        """
         self.now = now
         cfg = self.config
+        if len(data) >= cfg.max_message_size:
+            raise MessageTooLargeError(
+                f"{len(data)} bytes of data exceed max_message_size {cfg.max_message_size}"
+            )
         msg = build_message(
             topic,
             data,
@@ -466,7 +501,7 @@ class GossipsubRouter:
         )
         return self.publish_message(msg, now)
 
-    def publish_message(self, msg: rpc_pb2.Message, now: float) -> bytes:
+    def publish_message(self, msg: rpc_pb2.Message, now: float) -> PublishResult:
         """Send a message built by the caller (see :func:`messages.build_message`)."""
         self.now = now
         data = msg.SerializeToString()
@@ -478,11 +513,18 @@ class GossipsubRouter:
         msg_id = self.msg_id_fn(msg)
         if msg_id in self.seen:
             raise DuplicateMessageError(f"message {msg_id.hex()} was already published or seen")
-        self.seen.add(msg_id, now)
         topic = msg.topic
+        if (
+            not self.config.allow_publish_to_zero_peers
+            and not self.publish_targets(topic)
+            and not (self.config.emit_self and topic in self.subscriptions)
+        ):
+            raise NoPeersError(f"no peer to publish to in {topic!r}")
+        self.seen.add(msg_id, now)
         self.mcache.put(msg_id, topic, data)
         self.tracer.fulfil(msg_id)
-        for pid in self._publish_targets(topic):
+        targets = self._publish_targets(topic)
+        for pid in sorted(targets):  # sorted: the order frames leave in is reproducible
             self._send_message(pid, msg_id, data)
         self._count("published")
         if self.config.emit_self and topic in self.subscriptions:
@@ -490,7 +532,7 @@ class GossipsubRouter:
             self._events.append(
                 DeliverMessage(to_app_message(msg, msg_id, author, self.local_peer))
             )
-        return msg_id
+        return PublishResult(msg_id, frozenset(targets))
 
     def publish_targets(self, topic: str) -> set[PeerID]:
         """The peers a message published now would be sent to (without side effects)."""
@@ -538,8 +580,24 @@ class GossipsubRouter:
             return True
         return self._score(peer) >= self.thresholds.graylist_threshold
 
+    def report_bad_frame(self, peer: PeerID, fault: BadFrame, now: float) -> None:
+        """``peer``'s stream broke framing; the adapter resets that stream (not the connection).
+
+        An undecodable RPC is a behaviour penalty (P7): no honest implementation sends one. An
+        oversized or cut-off frame is not: limits differ between implementations (js and go
+        default to 1 MiB, others less) and a frame cut off by a dying connection is no offence.
+        """
+        self.now = now
+        self._count(f"frame_{fault.value}")
+        if fault is BadFrame.UNDECODABLE and peer in self.peers:
+            self.score.add_penalty(peer, 1)
+
     def handle_rpc(self, peer: PeerID, data: bytes, now: float) -> None:
-        """Process one RPC frame from ``peer``. Raises InvalidRPC if it cannot be decoded."""
+        """Process one RPC frame from ``peer``.
+
+        Raises InvalidRPC if it cannot be decoded (already judged: see :meth:`report_bad_frame`);
+        the adapter then resets the stream it came from.
+        """
         self.now = now
         p = self.peers.get(peer)
         if p is None:
@@ -553,7 +611,7 @@ class GossipsubRouter:
         try:
             rpc = rpc_pb2.RPC.FromString(data)
         except DecodeError as exc:
-            self._count("rpc_invalid")
+            self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
             raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
         self._count("rpc_received")
         for sub in rpc.subscriptions:
@@ -657,13 +715,33 @@ class GossipsubRouter:
             return
         self._accept(p.id, msg_id, data, app_msg)
 
-    def report_validation(self, msg_id: bytes, result: ValidationResult, now: float) -> None:
-        """The validator's verdict for a message announced with ValidateMessage."""
+    def set_validated(self, topic: str, validated: bool) -> None:
+        """Whether messages of ``topic`` wait for the application's validator (ValidateMessage).
+
+        Messages already waiting when validation is turned off still get their verdict.
+        """
+        if validated:
+            self.validated_topics.add(topic)
+        else:
+            self.validated_topics.discard(topic)
+
+    def report_validation(
+        self, msg_id: bytes, result: ValidationResult | ValidationFailure, now: float
+    ) -> None:
+        """The validator's verdict for a message announced with ValidateMessage.
+
+        A validator that failed (timed out, raised) counts as IGNORE: the failure is ours, not
+        the sender's, so it costs the sender nothing (go does the same).
+        """
         self.now = now
         pending = self.pending.pop(msg_id, None)
         if pending is None:
             return
         topic = pending.message.topic
+        if isinstance(result, ValidationFailure):
+            log.debug("validation of %s in %s failed: %s", msg_id.hex(), topic, result.value)
+            self._count(f"validation_{result.value}")
+            result = ValidationResult.IGNORE
         if result is ValidationResult.ACCEPT:
             # delivered and forwarded even if the sender left meanwhile
             self._accept(pending.source, msg_id, pending.data, pending.message)
@@ -704,7 +782,7 @@ class GossipsubRouter:
         tosend.discard(source)
         if origin is not None:
             tosend.discard(origin)
-        for pid in tosend:
+        for pid in sorted(tosend):  # sorted: the order frames leave in is reproducible
             self._send_message(pid, msg_id, data)
         self._count("msg_forwarded", len(tosend))
 

@@ -5,7 +5,8 @@ latency. Time advances in small ticks: frames due in a tick are handed to their 
 router's output is collected (so messages published or forwarded in one tick share RPCs, as they
 would on a real connection), and heartbeats fire on each node's own schedule. Validators are plain
 functions. The tests and ``bench/gossip.py --sim`` drive networks of tens to hundreds of nodes this
-way, deterministically from a seed.
+way, deterministically from a seed: keys, router RNGs, seqnos, link delays and heartbeat phases all
+derive from it. (:mod:`p2pnet.sim.gossip_network` runs whole nodes instead of bare routers.)
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ class SimNetwork:
                 thresholds() if thresholds else None,
                 key=key,
                 rng=random.Random(self.rng.getrandbits(64)),
+                seqno_start=(i + 1) << 32,  # unique per node, without a wall clock
             )
-            router.seqno = _DeterministicSeqno(i)  # type: ignore[assignment]
             ip = f"10.{i // 250}.{i % 250}.1" if distinct_ips else "10.0.0.1"
             node = SimNode(i, key, pid, router, ip)
             node.next_heartbeat = cfg.heartbeat_initial_delay + self.rng.random() * (
@@ -137,7 +138,7 @@ class SimNetwork:
 
     def publish(self, i: int, topic: str, data: bytes) -> bytes:
         node = self.nodes[i]
-        msg_id = node.router.publish(topic, data, self.now)
+        msg_id = node.router.publish(topic, data, self.now).message_id
         self._flush(node)
         return msg_id
 
@@ -221,14 +222,3 @@ class SimNetwork:
 
     def mesh_sizes(self, topic: str) -> list[int]:
         return [len(n.router.mesh.get(topic, ())) for n in self.nodes]
-
-
-class _DeterministicSeqno:
-    """Seqnos unique per node without the wall clock (reproducible runs)."""
-
-    def __init__(self, i: int) -> None:
-        self._next = (i + 1) << 32
-
-    def next(self) -> int:
-        self._next += 1
-        return self._next

@@ -21,7 +21,7 @@ Three layers, none of which touches a socket:
 
 Every malformed input raises a :mod:`p2pnet.errors` exception: :class:`HandshakeError` (or
 :class:`PeerIDMismatch`) during the handshake, :class:`ProtocolError` in the transport phase,
-:class:`MessageTooLarge` when asked to send a handshake message that does not fit in a frame.
+:class:`MessageTooLargeError` when asked to send a handshake message that does not fit in a frame.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from p2pnet.crypto.keys import KeyPair, PublicKey, unmarshal_public_key
 from p2pnet.errors import (
     CryptoError,
     HandshakeError,
-    MessageTooLarge,
+    MessageTooLargeError,
     P2PError,
     PeerIDMismatch,
     ProtocolError,
@@ -674,7 +674,7 @@ class NoiseHandshake:
 
     def _send(self, message: bytes) -> None:
         if len(message) > MAX_FRAME:
-            raise MessageTooLarge(
+            raise MessageTooLargeError(
                 f"noise handshake message of {len(message)} bytes exceeds {MAX_FRAME}"
             )
         self._out += _pack_len(len(message))
@@ -748,7 +748,7 @@ class NoiseHandshake:
             self._failed = exc
             buf.clear()
             raise
-        except P2PError as exc:  # MessageTooLarge on our side, ProtocolError out of turn
+        except P2PError as exc:  # MessageTooLargeError on our side, ProtocolError out of turn
             err = HandshakeError(f"noise handshake failed: {exc}")
             err.__cause__ = exc
             self._failed = err

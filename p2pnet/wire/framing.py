@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2pnet.errors import IncompleteRead, MessageTooLarge, ProtocolError
+from p2pnet.errors import IncompleteRead, MessageTooLargeError, ProtocolError
 from p2pnet.io import Bytes, ReadWriter
 from p2pnet.wire.varint import MAX_VARINT_BYTES, decode_uvarint, encode_uvarint
 
@@ -35,7 +35,7 @@ async def read_length_prefixed(
     """
     length = await read_uvarint(reader)
     if length > max_size:
-        raise MessageTooLarge(f"message of {length} bytes exceeds the limit of {max_size}")
+        raise MessageTooLargeError(f"message of {length} bytes exceeds the limit of {max_size}")
     return await reader.readexactly(length)
 
 
@@ -57,7 +57,7 @@ async def read_length_prefixed_or_eof(
         buf += b
     length = decoded[0]
     if length > max_size:
-        raise MessageTooLarge(f"message of {length} bytes exceeds the limit of {max_size}")
+        raise MessageTooLargeError(f"message of {length} bytes exceeds the limit of {max_size}")
     return await reader.readexactly(length)
 
 
@@ -83,7 +83,7 @@ class LengthPrefixedDecoder:
                 break
             length, start = decoded
             if length > self.max_size:
-                raise MessageTooLarge(
+                raise MessageTooLargeError(
                     f"message of {length} bytes exceeds the limit of {self.max_size}"
                 )
             if len(buf) - start < length:
