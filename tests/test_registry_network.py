@@ -58,11 +58,10 @@ def new_key() -> str:
 
 
 async def _start(
-    spawn: Any, chain: Chain, name: str, key: str, policy: str, *extra: str
+    spawn: Any, chain: Chain, name: str, key: str, policy: str, *extra: str, url: str | None = None
 ) -> NodeProc:
-    node: NodeProc = await spawn(
-        "--name", name, "--env-file", chain.env_file(name, key, policy), *extra, name=name
-    )
+    env = chain.env_file(name, key, policy, url=url)
+    node: NodeProc = await spawn("--name", name, "--env-file", env, *extra, name=name)
     return node
 
 
@@ -148,7 +147,8 @@ async def test_annotate_end_to_end(spawn: Any, chain: Chain) -> None:
     boot = await _start(spawn, chain, "boot", boot_key, "annotate", "--bootstrap")
     await boot.connect(bootstrapPeers=[])
     alice, mallory = await asyncio.gather(
-        _start(spawn, chain, "alice", alice_key, "annotate"),
+        # alice talks to the chain over WebSocket, the others over HTTP
+        _start(spawn, chain, "alice", alice_key, "annotate", url=chain.anvil.ws_url),
         _start(spawn, chain, "mallory", mallory_key, "annotate"),
     )
     await asyncio.gather(
@@ -162,6 +162,9 @@ async def test_annotate_end_to_end(spawn: Any, chain: Chain) -> None:
     assert a["agentName"] == "alice-agent"
     assert a["services"][0]["name"] == "libp2p"
     assert found[mallory.peer_id]["registry"]["registered"] is False
+    status = await alice.ok({"type": "status"}, "node-status")  # over WebSocket
+    assert status["registry"]["available"] is True
+    assert status["registry"]["agentId"] == alice_id
     # annotate refuses nothing: mallory's direct message arrives, marked unregistered.
     await _send_until_ok(mallory, boot.peer_id, {"hi": 1})
     msg = await boot.expect("message", data={"hi": 1})
@@ -205,3 +208,48 @@ async def test_registry_unavailable_on_connect(spawn: Any, chain: Chain) -> None
     node = await spawn("--env-file", down, name="down")
     event = await node.error({"type": "connect", "bootstrapPeers": []}, "REGISTRY_UNAVAILABLE")
     assert "127.0.0.1:9" in event["message"]
+
+
+async def test_rpc_killed_mid_run_and_restarted(spawn: Any, tmp_path: Path) -> None:
+    """The chain goes away under a running enforce network: a known agent is still delivered
+    (cache), an agent the node never checked is refused (fail closed), both reported as log
+    events; when the chain comes back the refused agent gets through, no restart."""
+    require_anvil()
+    state = tmp_path / "chain.json"
+    anvil = await Anvil.start(state=state)
+    try:
+        receipt = await deploy_registry(anvil.url, ANVIL_KEYS[0])
+        assert receipt.contract_address is not None
+        chain = Chain(anvil, receipt.contract_address, tmp_path)
+        boot_key, alice_key, carol_key = new_key(), new_key(), new_key()
+        for key in (boot_key, alice_key, carol_key):
+            await chain.register(key)
+        boot = await _start(spawn, chain, "boot", boot_key, "enforce", "--bootstrap")
+        await boot.connect(bootstrapPeers=[])
+        alice = await _start(spawn, chain, "alice", alice_key, "enforce")
+        await alice.connect(bootstrapPeers=boot.addrs)
+        await _send_until_ok(alice, boot.peer_id, {"n": 1})
+
+        port = anvil.port
+        await anvil.stop()
+        down = await boot.wait_for(
+            lambda e: e["type"] == "log" and "registry unreachable" in e["message"]
+        )
+        assert down["level"] == "warning"
+        await _send_until_ok(alice, boot.peer_id, {"n": 2})  # known: the cache decides
+        await boot.expect("message", data={"n": 2})
+        # carol is registered, but boot never checked her and cannot now: refused.
+        path = tmp_path / "carol-off.env"
+        path.write_text(f"PRIVATE_KEY={carol_key}\n")
+        carol: NodeProc = await spawn("--name", "carol", "--env-file", str(path), name="carol")
+        await carol.connect(bootstrapPeers=boot.addrs)
+        refused = await _send_until_refused(carol, boot.peer_id)
+        assert "fail closed" in refused["message"]
+
+        anvil = await Anvil.start(port=port, state=state)
+        await boot.wait_for(lambda e: e["type"] == "log" and "reachable again" in e["message"])
+        await _send_until_ok(carol, boot.peer_id, {"carol": "back"})
+        msg = await boot.expect("message", data={"carol": "back"})
+        assert msg["registry"]["registered"] is True
+    finally:
+        await anvil.stop()
