@@ -24,7 +24,7 @@ from p2pnet.registry.abi import (
     URI_UPDATED_TOPIC,
 )
 from p2pnet.registry.backend import AgentToken, Registry, RegistryEvent
-from p2pnet.registry.errors import RegistryRevert, RegistryUnavailable
+from p2pnet.registry.errors import RegistryBadAnswer, RegistryRevert, RegistryUnavailable
 from p2pnet.registry.settings import parse_registry_address, parse_rpc_url
 
 log = logging.getLogger("p2pnet.registry")
@@ -89,7 +89,7 @@ class ChainRegistry(Registry):
         *,
         timeout: float = 5.0,
         log_range: int = 10_000,
-        scan_blocks: int = 1_000_000,
+        scan_blocks: int = 100_000,
     ) -> None:
         self.rpc_url = parse_rpc_url(rpc_url)
         self.address = parse_registry_address(address)
@@ -148,7 +148,8 @@ class ChainRegistry(Registry):
 
     async def _rpc(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run one RPC call under the timeout, mapping every failure to a registry error."""
-        from web3.exceptions import ContractLogicError
+        from eth_abi.exceptions import DecodingError
+        from web3.exceptions import BadFunctionCallOutput, ContractLogicError
 
         try:
             await self._open()
@@ -156,6 +157,8 @@ class ChainRegistry(Registry):
                 return await call()
         except ContractLogicError as exc:
             raise RegistryRevert(f"{what} reverted: {exc}") from exc
+        except (BadFunctionCallOutput, DecodingError) as exc:
+            raise RegistryBadAnswer(f"{what} answered something undecodable: {exc}") from exc
         except RegistryUnavailable:
             await self._drop()
             raise
@@ -191,14 +194,8 @@ class ChainRegistry(Registry):
                 "getMetadata", lambda: fns.getMetadata(PROBE_AGENT_ID, "agentWallet").call()
             )
             balance = await self._rpc("balanceOf", lambda: fns.balanceOf(self.address).call())
-        except RegistryRevert as exc:
+        except (RegistryRevert, RegistryBadAnswer) as exc:
             raise RegistryUnavailable(f"{self.address} on chain {chain_id}: {why} ({exc})") from exc
-        except RegistryUnavailable as exc:
-            if "Could not decode" in str(exc) or "decode" in str(exc).lower():
-                raise RegistryUnavailable(
-                    f"{self.address} on chain {chain_id}: {why} ({exc})"
-                ) from exc
-            raise
         if erc721 is not True or not isinstance(balance, int):
             raise RegistryUnavailable(f"{self.address} on chain {chain_id}: {why} (not ERC-721)")
         self.chain_id = chain_id

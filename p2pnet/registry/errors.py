@@ -24,3 +24,7 @@ class RegistryUnavailable(RegistryError):
 
 class RegistryRevert(RegistryError):
     """The contract answered with a revert (e.g. ``ownerOf`` of an id that does not exist)."""
+
+
+class RegistryBadAnswer(RegistryUnavailable):
+    """The contract answered, but not in the shape the interface defines (undecodable)."""

@@ -95,9 +95,11 @@ class RegistryGuard:
         self._started = True
         own: AgentStatus | None = None
         if own_address is not None:
-            if self.agent_id is None:
-                self.agent_id = await self.backend.find_agent_id(own_address)
             own = await self.status(own_address, self.agent_id)
+            if self.agent_id is None and own is not None and own.registered:
+                # We own a token; which one is only in the events (ERC-721 has no index).
+                self.agent_id = await self.backend.find_agent_id(own_address)
+                own = await self.status(own_address, self.agent_id)
             if own is not None and own.registered:
                 log.info("registered as agentId %s in %s", own.agent_id, self.ref)
             else:
