@@ -160,3 +160,36 @@ def test_cache_core_ttl_events_and_bounds() -> None:
     for i in range(5):  # bounded: least recently used go first
         cache.put_balance("0x" + f"{i:040x}", 0, now=0)
     assert len(cache) <= 4
+
+
+async def test_guard_bounds_concurrent_questions_and_shares_one_per_address() -> None:
+    from p2pnet.registry.guard import RegistryGuard
+    from p2pnet.registry.settings import RegistrySettings
+
+    class Slow(StaticRegistry):
+        running = 0
+        peak = 0
+        calls = 0
+
+        async def balance_of(self, address: str) -> int:
+            Slow.calls += 1
+            Slow.running += 1
+            Slow.peak = max(Slow.peak, Slow.running)
+            await asyncio.sleep(0.01)
+            Slow.running -= 1
+            return 0
+
+    guard = RegistryGuard(
+        RegistrySettings.parse(None, None, "enforce", backend_given=True),
+        Slow(),
+        max_concurrent_checks=4,
+    )
+    await guard.start()
+    try:
+        addrs = ["0x" + f"{i:040x}" for i in range(40)]
+        results = await asyncio.gather(*(guard.status(a) for a in addrs + addrs))
+        assert all(r is not None and not r.registered for r in results)
+        assert Slow.peak <= 4
+        assert Slow.calls == 40  # the second ask of each address shared the first
+    finally:
+        await guard.close()

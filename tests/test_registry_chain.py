@@ -247,6 +247,20 @@ def test_policy_settings() -> None:
     assert s.address == "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
 
+async def test_caip10_registry_address_checks_the_chain(chain: tuple[Anvil, str]) -> None:
+    anvil, address = chain
+    backend = ChainRegistry(anvil.url, f"eip155:31337:{address}")
+    await backend.connect()
+    assert backend.ref == f"eip155:31337:{address}"
+    await backend.close()
+    backend = ChainRegistry(anvil.url, f"eip155:11155111:{address}")
+    with pytest.raises(RegistryUnavailable, match="serves chain 31337"):
+        await backend.connect()
+    await backend.close()
+    with pytest.raises(RegistrySettingsError):
+        RegistrySettings.parse(f"eip155:0:{address}", anvil.url, None)
+
+
 async def test_address_without_code(chain: tuple[Anvil, str]) -> None:
     anvil, _ = chain
     backend = ChainRegistry(anvil.url, BOB_ADDR)

@@ -25,7 +25,7 @@ from p2pnet.registry.abi import (
 )
 from p2pnet.registry.backend import AgentToken, Registry, RegistryEvent
 from p2pnet.registry.errors import RegistryBadAnswer, RegistryRevert, RegistryUnavailable
-from p2pnet.registry.settings import parse_registry_address, parse_rpc_url
+from p2pnet.registry.settings import parse_registry_ref, parse_rpc_url
 
 log = logging.getLogger("p2pnet.registry")
 
@@ -90,9 +90,12 @@ class ChainRegistry(Registry):
         timeout: float = 5.0,
         log_range: int = 10_000,
         scan_blocks: int = 100_000,
+        expected_chain_id: int | None = None,
     ) -> None:
         self.rpc_url = parse_rpc_url(rpc_url)
-        self.address = parse_registry_address(address)
+        named_chain, self.address = parse_registry_ref(address)
+        #: The chain the registry must be on (from a CAIP-10 REGISTRY_ADDRESS); None: any.
+        self.expected_chain_id = expected_chain_id if expected_chain_id is not None else named_chain
         self.timeout = timeout
         #: Most blocks asked in one eth_getLogs (public RPCs cap the range).
         self.log_range = log_range
@@ -179,6 +182,11 @@ class ChainRegistry(Registry):
         chain_id = await self._rpc("eth_chainId", lambda: self._w3.eth.chain_id)
         if not isinstance(chain_id, int) or chain_id <= 0:
             raise RegistryUnavailable(f"RPC {self.rpc_url} answered a bad chain id {chain_id!r}")
+        if self.expected_chain_id is not None and chain_id != self.expected_chain_id:
+            raise RegistryUnavailable(
+                f"RPC {self.rpc_url} serves chain {chain_id}, but REGISTRY_ADDRESS names chain "
+                f"{self.expected_chain_id}"
+            )
         code = await self._rpc("eth_getCode", lambda: self._w3.eth.get_code(self.address))
         if not code:
             raise RegistryUnavailable(

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from p2pnet.config import ConfigError, read_env_file
 from p2pnet.registry.errors import RegistryError
-from p2pnet.registry.settings import parse_agent_id, parse_registry_address, parse_rpc_url
+from p2pnet.registry.settings import parse_agent_id, parse_registry_ref, parse_rpc_url
 
 
 def add_parser(sub: Any) -> None:
@@ -78,7 +78,7 @@ def _need(values: Mapping[str, str], *names: str) -> None:
     if "rpc_url" in names:
         parse_rpc_url(values["rpc_url"])
     if "registry" in names:
-        parse_registry_address(values["registry"])
+        parse_registry_ref(values["registry"])
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

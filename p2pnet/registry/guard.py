@@ -44,13 +44,19 @@ class RegistryGuard:
         poll_interval: float = 1.0,
         rpc_timeout: float = 3.0,
         file_timeout: float = 2.0,
+        max_concurrent_checks: int = 32,
         on_change: Callable[[set[str]], None] | None = None,
     ) -> None:
         if backend is None:
             from p2pnet.registry.chain import ChainRegistry
 
             assert settings.rpc_url is not None and settings.address is not None
-            backend = ChainRegistry(settings.rpc_url, settings.address, timeout=rpc_timeout)
+            backend = ChainRegistry(
+                settings.rpc_url,
+                settings.address,
+                timeout=rpc_timeout,
+                expected_chain_id=settings.chain_id,
+            )
         self.settings = settings
         self.backend = backend
         self.clock = clock or SystemClock()
@@ -71,6 +77,9 @@ class RegistryGuard:
         self._files: dict[str, tuple[RegistrationFile | None, float]] = {}
         self._tasks = TaskOwner("registry")
         self._started = False
+        # At most this many registry questions in flight: a flood of messages from fresh
+        # addresses queues here (and their validators time out) instead of flooding the RPC.
+        self._rpc_slots = asyncio.Semaphore(max_concurrent_checks)
 
     @property
     def policy(self) -> RegistryPolicy:
@@ -150,7 +159,8 @@ class RegistryGuard:
             pending = asyncio.get_running_loop().create_future()
             self._inflight[key] = pending
             try:
-                pending.set_result(await self._ask(addr, aid))
+                async with self._rpc_slots:
+                    pending.set_result(await self._ask(addr, aid))
             except Exception as exc:
                 pending.set_exception(exc)
                 pending.exception()  # retrieved here; waiters get it too

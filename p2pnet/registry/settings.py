@@ -48,6 +48,18 @@ def parse_registry_address(text: str) -> str:
     return to_checksum_address(value)
 
 
+_CAIP10 = re.compile(r"^eip155:([1-9][0-9]{0,19}):(.*)$")
+
+
+def parse_registry_ref(text: str) -> tuple[int | None, str]:
+    """``0x<address>`` or the CAIP-10 form ``eip155:<chainId>:0x<address>`` (then the node
+    checks that RPC_URL serves that chain); returns ``(chain id or None, checksummed address)``."""
+    m = _CAIP10.match(text.strip())
+    if m is None:
+        return None, parse_registry_address(text)
+    return int(m.group(1)), parse_registry_address(m.group(2))
+
+
 def parse_rpc_url(text: str) -> str:
     value = text.strip()
     try:
@@ -83,6 +95,8 @@ class RegistrySettings:
     #: The agentId this node states in its presence record and announcements; None: found on
     #: chain (the token our address owns or is the agentWallet of), if any.
     agent_id: int | None = None
+    #: The chain REGISTRY_ADDRESS names (its CAIP-10 form); None: whatever RPC_URL serves.
+    chain_id: int | None = None
 
     @classmethod
     def parse(
@@ -97,7 +111,7 @@ class RegistrySettings:
         """Check the settings together. Without a policy: ``annotate`` when a registry is
         configured, ``off`` when not. A policy other than off needs both address and URL
         (unless the caller brings its own backend, ``backend_given``)."""
-        addr = parse_registry_address(address) if address else None
+        chain_id, addr = parse_registry_ref(address) if address else (None, None)
         url = parse_rpc_url(rpc_url) if rpc_url else None
         if isinstance(policy, RegistryPolicy):
             pol = policy
@@ -112,7 +126,7 @@ class RegistrySettings:
             if url is None:
                 raise RegistrySettingsError(f"REGISTRY_POLICY={pol.value} needs RPC_URL")
         aid = parse_agent_id(agent_id) if agent_id is not None and agent_id != "" else None
-        return cls(policy=pol, address=addr, rpc_url=url, agent_id=aid)
+        return cls(policy=pol, address=addr, rpc_url=url, agent_id=aid, chain_id=chain_id)
 
     @property
     def enabled(self) -> bool:
