@@ -167,7 +167,10 @@ async def test_guard_follows_events(chain: tuple[Anvil, str]) -> None:
         await guard.close()
 
 
-async def test_rpc_killed_and_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("transport", ["http", "ws"])
+async def test_rpc_killed_and_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, transport: str
+) -> None:
     """The chain goes away: known answers come from the cache, unknown agents are refused (fail
     closed) and it is logged; when the chain is back, the guard recovers by itself."""
     require_anvil()
@@ -180,8 +183,9 @@ async def test_rpc_killed_and_restarted(tmp_path: Path, caplog: pytest.LogCaptur
         async with RegistryWriter(anvil.url, address, ALICE) as alice:
             await alice.register("data:,a")
         clock = VirtualClock()
+        url = anvil.url if transport == "http" else anvil.ws_url
         guard = RegistryGuard(
-            RegistrySettings.parse(address, anvil.url, "enforce"),
+            RegistrySettings.parse(address, url, "enforce"),
             clock=clock,
             ttl=60,
             poll_interval=0.1,

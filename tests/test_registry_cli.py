@@ -108,3 +108,48 @@ async def test_bad_input(anvil: Anvil, tmp_path: Path) -> None:
     no_code = Account.from_key("0x" + "33" * 32).address
     code, _, err = await run("status", no_code, "--rpc-url", anvil.url, "--registry", no_code)
     assert code == 1 and "REGISTRY_UNAVAILABLE" in err and "no contract" in err
+
+
+async def test_watch_survives_the_chain_going_away(tmp_path: Path) -> None:
+    require_anvil()
+    state = tmp_path / "chain.json"
+    chain = await Anvil.start(state=state)
+    watcher = None
+    try:
+        code, out, err = await run(
+            "deploy", "--rpc-url", chain.url, "--private-key", ANVIL_KEYS[0], "--json"
+        )
+        assert code == 0, err
+        address = json.loads(out)["address"]
+        watcher = await asyncio.create_subprocess_exec(
+            *CLI,
+            "watch",
+            "--rpc-url",
+            chain.url,
+            "--registry",
+            address,
+            "--json",
+            "--poll",
+            "0.2",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert watcher.stdout is not None
+
+        async def line() -> dict[str, object]:
+            assert watcher is not None and watcher.stdout is not None
+            raw = await asyncio.wait_for(watcher.stdout.readline(), 30)
+            assert raw, "watch ended"
+            return dict(json.loads(raw))
+
+        assert "watching" in await line()
+        port = chain.port
+        await chain.stop()
+        assert "unreachable" in await line()
+        chain = await Anvil.start(port=port, state=state)
+        assert "reachable" in await line()
+    finally:
+        if watcher is not None and watcher.returncode is None:
+            watcher.terminate()
+            await watcher.wait()
+        await chain.stop()

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from p2pnet.config import ConfigError, read_env_file
-from p2pnet.registry.errors import RegistryError
+from p2pnet.registry.errors import RegistryError, RegistryUnavailable
 from p2pnet.registry.settings import parse_agent_id, parse_registry_ref, parse_rpc_url
 
 
@@ -187,10 +187,22 @@ async def _watch(args: argparse.Namespace, values: Mapping[str, str], out: TextI
         latest = await chain.latest_block()
         last = (args.from_block - 1) if args.from_block is not None else latest
         _emit(args, out, f"watching {chain.ref} from block {last + 1}", {"watching": chain.ref})
+        down = False
         while True:
-            latest = await chain.latest_block()
+            try:
+                latest = await chain.latest_block()
+                events = await chain.events(last + 1, latest) if latest > last else []
+            except RegistryUnavailable as exc:  # keep watching: the chain may come back
+                if not down:
+                    _emit(args, out, f"registry unreachable: {exc}", {"unreachable": str(exc)})
+                    down = True
+                await asyncio.sleep(max(args.poll, 2.0))
+                continue
+            if down:
+                _emit(args, out, "registry reachable again", {"reachable": chain.ref})
+                down = False
             if latest > last:
-                for event in await chain.events(last + 1, latest):
+                for event in events:
                     names = " ".join(event.addresses)
                     _emit(
                         args,
