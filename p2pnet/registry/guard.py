@@ -77,9 +77,14 @@ class RegistryGuard:
         self._files: dict[str, tuple[RegistrationFile | None, float]] = {}
         self._tasks = TaskOwner("registry")
         self._started = False
+        self._closed = False
         # At most this many registry questions in flight: a flood of messages from fresh
         # addresses queues here (and their validators time out) instead of flooding the RPC.
         self._rpc_slots = asyncio.Semaphore(max_concurrent_checks)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def policy(self) -> RegistryPolicy:
@@ -123,6 +128,7 @@ class RegistryGuard:
 
     async def close(self) -> None:
         self._started = False  # late checks fail quietly from here on
+        self._closed = True
         await self._tasks.close()
         for fut in self._inflight.values():
             fut.cancel()

@@ -92,6 +92,8 @@ class AgentRegistryPolicy:
 
     async def topic_verdict(self, sender: str, topic: str, data: Any) -> ValidationResult:
         """The registry's verdict on a verified topic message from ``sender``."""
+        if self.guard.closed:  # the node is shutting down: decide nothing, say nothing
+            return ValidationResult.IGNORE
         if isinstance(data, dict) and data.get("event") is not None:
             self.note_stated(sender, data)
         if not self.enforcing:
@@ -123,6 +125,8 @@ class AgentRegistryPolicy:
 
     async def direct_refusal(self, sender: str) -> str | None:
         """None if a direct message from ``sender`` may be delivered, else why not."""
+        if self.guard.closed:
+            return "the node is shutting down"
         if not self.enforcing:
             await self.guard.annotation(sender)
             return None
