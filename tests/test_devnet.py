@@ -19,6 +19,7 @@ async def test_devnet_every_agent_finds_every_other_and_messages_arrive() -> Non
         "5",
         "--duration",
         "1",
+        "--no-explorer",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -75,6 +76,8 @@ async def test_devnet_ctrl_c_closes_everything() -> None:
         "devnet",
         "--agents",
         "2",
+        "--explorer-port",
+        "0",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -99,6 +102,71 @@ async def test_devnet_ctrl_c_closes_everything() -> None:
     assert "Traceback" not in rest.decode()
 
 
+async def test_devnet_runs_the_explorer_and_metrics() -> None:
+    """`p2pnet devnet` (what ./run.sh runs) prints the explorer's URL; the page's JSON shows
+    the four bootstrap nodes, the agents and the explorer; /metrics labels every node."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "p2pnet",
+        "devnet",
+        "--agents",
+        "3",
+        "--duration",
+        "30",
+        "--explorer-port",
+        "0",
+        "--metrics-port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    urls: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(60):
+            while len(urls) < 2:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "devnet ended early"
+                for key, marker in (("explorer", "in your browser: "), ("metrics", "node: ")):
+                    if marker in line:
+                        urls[key] = line.split(marker, 1)[1].strip()
+            async with aiohttp.ClientSession() as http:
+                while True:
+                    async with http.get(urls["explorer"] + "api/graph") as resp:
+                        graph = await resp.json()
+                    roles = [n["role"] for n in graph["nodes"]]
+                    if roles.count("bootstrap") == 4 and roles.count("agent") == 3:
+                        break
+                    await asyncio.sleep(0.2)
+                assert roles.count("explorer") == 1
+                async with http.get(urls["metrics"]) as resp:
+                    text = await resp.text()
+        nodes = {
+            s.labels["node"]
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if fam.name == "libp2p_kad_dht_wan_mode"
+        }
+        assert nodes == {
+            "boot-us-east",
+            "boot-eu-west",
+            "boot-ap-southeast",
+            "boot-sa-east",
+            "agent-1",
+            "agent-2",
+            "agent-3",
+            "explorer",
+        }
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_devnet_without_anvil_says_so_and_runs_with_the_policy_off() -> None:
     import os
 
@@ -112,6 +180,7 @@ async def test_devnet_without_anvil_says_so_and_runs_with_the_policy_off() -> No
         "2",
         "--duration",
         "0",
+        "--no-explorer",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,

@@ -43,6 +43,7 @@ from p2pnet.agent.errors import (
 )
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
+from p2pnet.agent.status import MAX_STATUS_BYTES, build_status
 from p2pnet.config import (
     ConfigError,
     NodeConfig,
@@ -147,6 +148,9 @@ class AgentConfig:
         except RegistrySettingsError as exc:
             raise InvalidFields(str(exc)) from exc
 
+    #: What node-status reports as this node's role; empty: "bootstrap" or "agent" by mode.
+    role: str = ""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> AgentConfig:
         # Explicit overrides (a connect command, flags) win over the env file.
@@ -196,6 +200,18 @@ def topic_key(topic: str) -> bytes:
     return b"\x12\x20" + hashlib.sha256(b"/p2pnet/topic/" + topic.encode()).digest()
 
 
+#: Peers remembered in ``Agent.announced`` and ``Agent.statuses``; the least recently heard
+#: ones are forgotten first, so a flood of announcing identities cannot grow memory.
+MAX_KNOWN_PEERS = 1024
+
+
+def _remember(known: OrderedDict[PeerID, Any], peer: PeerID, value: Any) -> None:
+    known[peer] = value
+    known.move_to_end(peer)
+    while len(known) > MAX_KNOWN_PEERS:
+        known.popitem(last=False)
+
+
 def _eth_of(peer: PeerID) -> str | None:
     try:
         return eth_address(peer)
@@ -228,9 +244,9 @@ class Agent:
         self._verified: OrderedDict[bytes, Envelope] = OrderedDict()
         #: Agents seen on agent-announcements: PeerID -> what they announced (for discovery
         #: events and the devnet display; never used to resolve addresses).
-        self.announced: dict[PeerID, AgentDiscovered] = {}
+        self.announced: OrderedDict[PeerID, AgentDiscovered] = OrderedDict()
         #: The latest node-status report of each node.
-        self.statuses: dict[PeerID, dict[str, Any]] = {}
+        self.statuses: OrderedDict[PeerID, dict[str, Any]] = OrderedDict()
         self.messages_in = 0
         self.messages_out = 0
         self.rejected = 0
@@ -560,8 +576,8 @@ class Agent:
             if topic == ANNOUNCEMENTS_TOPIC:
                 self._on_announcement(env)
             elif topic == STATUS_TOPIC:
-                if isinstance(env.data, dict):
-                    self.statuses[env.peer_id] = env.data
+                if isinstance(env.data, dict) and len(msg.data) <= MAX_STATUS_BYTES:
+                    _remember(self.statuses, env.peer_id, env.data)
                 if topic in self._app_topics:
                     self._deliver(env, topic)
             else:
@@ -600,7 +616,7 @@ class Agent:
             env.peer_id, to_checksum_address(env.sender), addrs, topics, name, note
         )
         before = self.announced.get(env.peer_id)
-        self.announced[env.peer_id] = info
+        _remember(self.announced, env.peer_id, info)
         if before is None or before.topics != info.topics:
             self._events.emit(info)
 
@@ -660,31 +676,28 @@ class Agent:
 
         self._tasks.spawn(republish(), name="registry republish")
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "ethAddress": self.eth_address,
-            "uptime": round(self.clock.monotonic() - self._started_at, 1),
-            "peers": len(self.node.peers()),
-            "mesh": {t: len(self.pubsub.mesh_peers(t)) for t in sorted(self._subs)},
-            "dhtTableSize": len(self.dht.routing_table),
-            "messagesIn": self.messages_in,
-            "messagesOut": self.messages_out,
-            "rejected": self.rejected + self.messaging.rejected,
-            **(self._registry_status() if self.registry is not None else {}),
-        }
+    @property
+    def uptime(self) -> float:
+        """Seconds since :meth:`start` (0 before)."""
+        return self.clock.monotonic() - self._started_at if self._lifecycle.running else 0.0
 
-    def _registry_status(self) -> dict[str, Any]:
-        assert self.registry is not None
+    def status(self) -> dict[str, Any]:
+        """What this node reports on node-status (see :mod:`p2pnet.agent.status`)."""
+        return build_status(self)
+
+    def registry_status(self) -> dict[str, Any] | None:
+        """The ``registry`` field of node-status (None without a registry policy)."""
+        if self.registry is None:
+            return None
         guard = self.registry.guard
+        own = guard.cached(self.eth_address, guard.agent_id)
         return {
-            "registry": {
-                "policy": guard.policy.value,
-                "agentRegistry": guard.ref,
-                "agentId": guard.agent_id,
-                "available": guard.available,
-                "refused": self.registry.refused,
-            }
+            "policy": guard.policy.value,
+            "agentRegistry": guard.ref,
+            "agentId": guard.agent_id,
+            "registered": None if own is None else own.registered,
+            "available": guard.available,
+            "refused": self.registry.refused,
         }
 
     async def _report_status(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from p2pnet.agent.agent import Agent, AgentConfig, AgentDiscovered, AgentMessage
 from p2pnet.agent.constants import BOOTSTRAP_REGIONS, MESSAGES_TOPIC
+from p2pnet.cli.explorer import DevnetExtras
 from p2pnet.errors import P2PError
 from p2pnet.pubsub.params import GossipsubConfig
 from p2pnet.registry.devnet_chain import DevnetChain, intruder_scene, new_eth_key
@@ -61,9 +62,16 @@ def _short(text: object, n: int = 12) -> str:
 
 
 async def run_devnet(
-    agents: int, duration: float | None, out: TextIO = sys.stdout, registry: str = "enforce"
+    agents: int,
+    duration: float | None,
+    out: TextIO = sys.stdout,
+    *,
+    explorer_port: int | None = None,
+    metrics_port: int | None = None,
+    registry: str = "enforce",
 ) -> int:
     say = Narrator(out).say
+    extras = DevnetExtras()
     fast = GossipsubConfig(heartbeat_interval=0.5)
     boots: list[Agent] = []
     members: list[Agent] = []
@@ -100,6 +108,14 @@ async def run_devnet(
                 if other is not boot:
                     await boot.node.connect(other.p2p_addrs()[0])
         say("devnet", f"{len(boots)} bootstrap nodes connected to each other")
+        await extras.start(
+            [str(b.p2p_addrs()[0]) for b in boots],
+            explorer_port,
+            metrics_port,
+            lambda: boots + members,
+            say,
+            status_interval=5.0,
+        )
 
         # 2. Agents join through the bootstrap nodes.
         seeds = [str(b.p2p_addrs()[0]) for b in boots]
@@ -242,6 +258,7 @@ async def run_devnet(
         for task in listeners:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
+        await extras.close()
         await asyncio.gather(*(a.close() for a in members + boots), return_exceptions=True)
         if chain is not None:
             await chain.stop()
@@ -288,6 +305,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="seconds to keep running after the exchange (default: until Ctrl-C)",
     )
     p.add_argument(
+        "--explorer-port",
+        type=int,
+        default=8080,
+        help="serve the explorer page on 127.0.0.1:PORT (default 8080; a free one if taken)",
+    )
+    p.add_argument("--no-explorer", action="store_true", help="do not start the explorer")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics, /healthz")
+    p.add_argument(
         "--registry",
         choices=("enforce", "annotate", "off"),
         default="enforce",
@@ -300,4 +325,13 @@ def _main(args: argparse.Namespace) -> int:
     if args.agents < 2:
         print("devnet needs at least 2 agents", file=sys.stderr)
         return 2
-    return asyncio.run(run_devnet(args.agents, args.duration, registry=args.registry))
+    explorer_port = None if args.no_explorer else args.explorer_port
+    return asyncio.run(
+        run_devnet(
+            args.agents,
+            args.duration,
+            explorer_port=explorer_port,
+            metrics_port=args.metrics_port,
+            registry=args.registry,
+        )
+    )

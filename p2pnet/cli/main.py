@@ -1,5 +1,5 @@
-"""The ``p2pnet`` command: ``devnet``, ``demo``, ``node`` (the same as ``p2p-node``) and
-``registry``."""
+"""The ``p2pnet`` command: ``devnet``, ``explorer``, ``demo``, ``node`` (the same as
+``p2p-node``) and ``registry``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from p2pnet.cli import demo, devnet, p2p_node
+from p2pnet.cli import demo, devnet, explorer, p2p_node
 from p2pnet.registry import cli as registry_cli
 
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     devnet.add_parser(sub)
+    explorer.add_parser(sub)
     registry_cli.add_parser(sub)
     node = sub.add_parser(
         "node",

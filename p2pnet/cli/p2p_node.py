@@ -31,6 +31,7 @@ from p2pnet.agent.errors import NotConnected
 from p2pnet.config import ConfigError, read_env_file, split_list
 from p2pnet.crypto.eth import is_eth_address
 from p2pnet.errors import ConnectionClosed, DialError, InvalidPeerID, StreamError
+from p2pnet.metrics.server import serve_agent_metrics
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.tasks import TaskOwner
 
@@ -828,6 +829,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="warning", choices=LOG_LEVELS, help="level of log events"
     )
     parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus /metrics and /healthz on 127.0.0.1:PORT (docs/metrics.md)",
+    )
+    parser.add_argument(
         "--registry-policy",
         choices=("off", "annotate", "enforce"),
         help="what to do with the agent registry (overrides REGISTRY_POLICY; docs/registry.md)",
@@ -864,6 +871,16 @@ async def serve(args: argparse.Namespace, writer: JsonLineWriter, env: Mapping[s
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, node.request_shutdown)
+    metrics = None
+    if args.metrics_port is not None:
+        try:
+            metrics = await serve_agent_metrics(
+                args.metrics_port, lambda: [node.agent] if node.agent else []
+            )
+        except OSError as exc:
+            writer.write({"type": "error", "code": "PORT_IN_USE", "message": f"metrics: {exc}"})
+            return 2
+        writer.write({"type": "metrics", "port": metrics.port, "url": metrics.url})
     reader = StdinReader(sys.stdin.fileno(), loop)
     reader.start()
     try:
@@ -886,6 +903,8 @@ async def serve(args: argparse.Namespace, writer: JsonLineWriter, env: Mapping[s
     finally:
         reader.stop()
         await node.close()
+        if metrics is not None:
+            await metrics.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

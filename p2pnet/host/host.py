@@ -70,6 +70,14 @@ class Host:
         self._on_protocols_changed: list[Callable[[], None]] = []
         self._started = False
         self._closed = False
+        #: Outbound connection attempts (one per address tried) and how many of them failed.
+        self.dial_attempts = 0
+        self.dial_failures = 0
+        #: Connections established since start, by direction; bytes of the closed ones (the
+        #: open ones count theirs in their muxers). For metrics.
+        self.connections_opened = {Direction.INBOUND: 0, Direction.OUTBOUND: 0}
+        self.closed_bytes_received = 0
+        self.closed_bytes_sent = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -171,6 +179,13 @@ class Host:
     def connected_peers(self) -> list[PeerID]:
         return [p for p, cs in self._conns.items() if any(not c.is_closed for c in cs)]
 
+    def traffic(self) -> tuple[int, int]:
+        """Bytes received and sent over all connections since start (muxed, decrypted)."""
+        conns = self._conn_of_muxer.values()
+        received = self.closed_bytes_received + sum(c.muxer.bytes_received for c in conns)
+        sent = self.closed_bytes_sent + sum(c.muxer.bytes_sent for c in conns)
+        return received, sent
+
     def is_connected(self, peer: PeerID) -> bool:
         return bool(self.connections(peer))
 
@@ -242,6 +257,14 @@ class Host:
             del self._pending_dials[peer]
 
     async def _dial_addr(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
+        self.dial_attempts += 1
+        try:
+            return await self._dial_addr_counted(addr, peer)
+        except Exception:
+            self.dial_failures += 1
+            raise
+
+    async def _dial_addr_counted(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
         if self._closed:
             raise DialError("host is closed")
         transport = self.transport_for(addr)
@@ -308,6 +331,7 @@ class Host:
         # Registered before the muxer starts, so its first inbound stream finds the connection.
         self._conns.setdefault(peer, []).append(conn)
         self._conn_of_muxer[conn.muxer] = conn
+        self.connections_opened[conn.direction] += 1
         await conn.muxer.start()
         self.peerstore.add_pubkey(peer, conn.secure.remote_public_key)
         if conn.direction is Direction.OUTBOUND:
@@ -326,6 +350,8 @@ class Host:
         finally:
             peer = conn.remote_peer
             self._conn_of_muxer.pop(conn.muxer, None)
+            self.closed_bytes_received += conn.muxer.bytes_received
+            self.closed_bytes_sent += conn.muxer.bytes_sent
             conns = self._conns.get(peer, [])
             if conn in conns:
                 conns.remove(conn)

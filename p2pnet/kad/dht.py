@@ -56,6 +56,7 @@ from p2pnet.kad.records import (
 from p2pnet.kad.routing_table import KEY_BITS, AddResult, RoutingTable, kad_key
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import TEMP_ADDR_TTL
+from p2pnet.stats import DurationHistogram
 from p2pnet.tasks import TaskOwner
 from p2pnet.wire.framing import (
     read_length_prefixed,
@@ -116,6 +117,8 @@ class KadDHT:
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
         #: Counters: requests sent/received by type name, failures, bad messages.
         self.counters: dict[str, int] = {}
+        #: Durations of lookups by kind (find_peer, get_value, ...), for metrics.
+        self.query_durations: dict[str, DurationHistogram] = {}
         if identify is not None:
             identify.on_identified(self._on_identified)
 
@@ -367,6 +370,10 @@ class KadDHT:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             lookup.stats.duration = loop.time() - started
+            hist = self.query_durations.get(kind)
+            if hist is None:
+                hist = self.query_durations[kind] = DurationHistogram()
+            hist.observe(lookup.stats.duration)
             self.routing_table.mark_key_refreshed(lookup.target, self._now())
             self.lookup_history.append(lookup.stats)
         return lookup

@@ -251,6 +251,9 @@ class YamuxConnection:
         self._error: P2PError | None = None
         #: Set once the connection is fully closed (tasks stopped, ``conn`` closed).
         self.closed = asyncio.Event()
+        #: Bytes of yamux frames read from and written to ``conn`` (for metrics).
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     # ----------------------------------------------------------------- properties
 
@@ -428,6 +431,7 @@ class YamuxConnection:
                     await self._out_ready.wait()
                     continue
                 frames: list[Bytes] = list(session.take_outbound())
+                self.bytes_sent += sum(map(len, frames))
                 self._room.set()
                 if len(frames) == 1:
                     await write(frames[0])
@@ -455,6 +459,7 @@ class YamuxConnection:
                     return
                 if type(data) is not bytes:
                     data = bytes(data)
+                self.bytes_received += len(data)
                 events = session.receive_data(data, _clock())
                 for ev in events:
                     if type(ev) is DataReceived:

@@ -63,6 +63,7 @@ from p2pnet.pubsub.router import (
 )
 from p2pnet.pubsub.score import PeerScoreParams, PeerScoreThresholds, ScoreBreakdown
 from p2pnet.service import Lifecycle
+from p2pnet.stats import DurationHistogram
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.wire.framing import LengthPrefixedDecoder
@@ -278,6 +279,8 @@ class Pubsub:
         self._lifecycle = Lifecycle("pubsub")
         #: frames dropped because a peer's queue was full
         self.dropped_frames = 0
+        #: how long each heartbeat took (router work and sending its output), for metrics
+        self.heartbeat_durations = DurationHistogram()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -520,11 +523,13 @@ class Pubsub:
         await asyncio.sleep(cfg.heartbeat_initial_delay)
         deadline = clock.monotonic()
         while not self._closed:
+            started = clock.monotonic()
             try:
-                self.router.heartbeat(clock.monotonic())
+                self.router.heartbeat(started)
                 self._pump()
             except Exception:
                 log.exception("heartbeat failed")
+            self.heartbeat_durations.observe(clock.monotonic() - started)
             deadline += cfg.heartbeat_interval
             delay = deadline - clock.monotonic()
             if delay < 0:  # we fell behind: skip the missed beats

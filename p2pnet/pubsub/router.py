@@ -75,6 +75,10 @@ _TAG_SUBSCRIPTION = b"\x0a"
 _TAG_PUBLISH = b"\x12"
 _TAG_CONTROL = b"\x1a"
 
+#: Topics with counters of their own in ``topic_stats``; later ones share ``OTHER_TOPICS``.
+MAX_TOPIC_STATS = 64
+OTHER_TOPICS = "_other"
+
 
 # --------------------------------------------------------------------------------------------
 # events
@@ -241,6 +245,8 @@ class GossipsubRouter:
         self._events: list[RouterEvent] = []
         #: counters for tests and metrics
         self.stats: dict[str, int] = {}
+        #: per-topic counters (published, delivered, rejected, ignored, invalid) for metrics
+        self.topic_stats: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ outputs
 
@@ -280,6 +286,15 @@ class GossipsubRouter:
     def take_events(self) -> list[RouterEvent]:
         events, self._events = self._events, []
         return events
+
+    def _count_topic(self, topic: str, name: str) -> None:
+        # Topic names come from the network: beyond MAX_TOPIC_STATS they share one entry.
+        stats = self.topic_stats.get(topic)
+        if stats is None:
+            if len(self.topic_stats) >= MAX_TOPIC_STATS:
+                topic = OTHER_TOPICS
+            stats = self.topic_stats.setdefault(topic, {})
+        stats[name] = stats.get(name, 0) + 1
 
     def _count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
@@ -527,6 +542,7 @@ class GossipsubRouter:
         for pid in sorted(targets):  # sorted: the order frames leave in is reproducible
             self._send_message(pid, msg_id, data)
         self._count("published")
+        self._count_topic(topic, "published")
         if self.config.emit_self and topic in self.subscriptions:
             author = PeerID.from_bytes(get_from(msg)) if msg.HasField("from_") else None
             self._events.append(
@@ -693,6 +709,7 @@ class GossipsubRouter:
             log.debug("invalid message from %s: %s", p.id, exc)
             self.score.reject_message(p.id, None, topic, now)
             self._count("msg_invalid")
+            self._count_topic(topic, "invalid")
             return
         if author == self.local_peer:
             # our own message came back after the seen cache forgot it, or a forgery
@@ -748,15 +765,18 @@ class GossipsubRouter:
         elif result is ValidationResult.REJECT:
             self.score.reject_message(pending.source, msg_id, topic, now)
             self._count("msg_rejected")
+            self._count_topic(topic, "rejected")
         else:
             self.score.ignore_message(msg_id, now)
             self._count("msg_ignored")
+            self._count_topic(topic, "ignored")
 
     def _accept(self, source: PeerID, msg_id: bytes, data: bytes, message: Message) -> None:
         topic = message.topic
         self.mcache.put(msg_id, topic, data)
         self.score.deliver_message(source, msg_id, topic, self.now)
         self._count("msg_delivered")
+        self._count_topic(topic, "delivered")
         if topic in self.subscriptions:
             self._events.append(DeliverMessage(message))
         self._forward(msg_id, topic, data, source, message.from_peer)
