@@ -39,9 +39,9 @@ from typing import Any
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.protocols.ping import PingService
+from p2pnet.stream import Stream
 
 SINK = "/p2pnet/sink/1.0.0"
 DEFAULT_CHUNK = 1 << 20
@@ -59,7 +59,7 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def sink_handler(stream: YamuxStream) -> None:
+async def sink_handler(stream: Stream) -> None:
     total = 0
     read = stream.read
     while data := await read():
@@ -68,7 +68,7 @@ async def sink_handler(stream: YamuxStream) -> None:
     await stream.close()
 
 
-async def read_count(stream: YamuxStream) -> int:
+async def read_count(stream: Stream) -> int:
     """The sink's reply: exactly 8 bytes, then EOF."""
     reply = b""
     while data := await stream.read():
@@ -101,7 +101,7 @@ async def throughput_send(host: Host, args: dict[str, Any]) -> dict[str, Any]:
     conn = await host.connect(addr)
     stream = await conn.new_stream([SINK])
     try:
-        # One bytes object written again and again: YamuxStream.write keeps views of bytes
+        # One bytes object written again and again: Stream.write keeps views of bytes
         # without copying them, and the content is never modified.
         chunk = os.urandom(size)
         write = stream.write

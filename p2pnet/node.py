@@ -39,7 +39,6 @@ from p2pnet.host.host import Host, StreamHandler
 from p2pnet.kad.dht import KadDHT
 from p2pnet.kad.errors import KadError
 from p2pnet.kad.messages import PeerInfo
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyInfo, IdentifyService
 from p2pnet.protocols.ping import PingService
@@ -47,6 +46,7 @@ from p2pnet.pubsub.gossipsub import Pubsub, Subscription
 from p2pnet.pubsub.messages import PublishResult
 from p2pnet.security.base import SecurityTransport
 from p2pnet.service import Lifecycle
+from p2pnet.stream import Stream, StreamMuxer
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.transport.base import Transport
@@ -63,6 +63,7 @@ class Node:
         *,
         transports: Sequence[Transport] | None = None,
         security: Sequence[SecurityTransport] | None = None,
+        muxers: Sequence[StreamMuxer] | None = None,
     ) -> None:
         self.config = config or NodeConfig()
         cfg = self.config
@@ -71,11 +72,18 @@ class Node:
         self.clock = cfg.clock
         self.rng = random.Random(cfg.seed)
         host_config = dataclasses.replace(cfg.host, listen_addrs=list(cfg.listen_addrs))
-        self.host = Host(self.key, host_config, transports=transports, security=security)
-        self.identify = IdentifyService(self.host)
+        self.host = Host(
+            self.key,
+            host_config,
+            transports=transports,
+            security=security,
+            muxers=muxers,
+            clock=self.clock,
+        )
+        self.identify_service = IdentifyService(self.host)
         self.ping_service = PingService(self.host)
         self.dht: KadDHT | None = (
-            KadDHT(self.host, self.identify, cfg.kad) if cfg.enable_dht else None
+            KadDHT(self.host, self.identify_service, cfg.kad) if cfg.enable_dht else None
         )
         self.pubsub: Pubsub | None = None
         if cfg.enable_pubsub:
@@ -100,7 +108,7 @@ class Node:
         self._bootstrap_task: asyncio.Task[None] | None = None
         self.host.on_connected(self._on_connected)
         self.host.on_disconnected(self._on_disconnected)
-        self.identify.on_identified(self._on_identified)
+        self.identify_service.on_identified(self._on_identified)
         self._lifecycle = Lifecycle("node")
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -116,6 +124,8 @@ class Node:
             return
         try:
             await self.host.start()
+            await self.identify_service.start()
+            await self.ping_service.start()
             if self.dht is not None:
                 await self.dht.start()
             if self.pubsub is not None:
@@ -133,6 +143,8 @@ class Node:
         # The host goes first: services removing their handlers afterwards then announce
         # nothing (no identify push) to peers we are leaving anyway.
         await self.host.close()
+        await self.ping_service.close()
+        await self.identify_service.close()
         if self.pubsub is not None:
             await self.pubsub.close()
         if self.dht is not None:
@@ -184,7 +196,7 @@ class Node:
     def remove_stream_handler(self, protocol: str) -> None:
         self.host.remove_stream_handler(protocol)
 
-    async def new_stream(self, peer: PeerID, protocols: Iterable[str] | str) -> YamuxStream:
+    async def new_stream(self, peer: PeerID, protocols: Iterable[str] | str) -> Stream:
         return await self.host.new_stream(peer, protocols)
 
     async def ping(self, peer: PeerID) -> float:
@@ -192,7 +204,14 @@ class Node:
         return (await self.ping_service.ping(peer))[0]
 
     async def wait_identified(self, peer: PeerID, timeout: float = 10.0) -> None:
-        await self.identify.wait_identified(peer, timeout)
+        await self.identify_service.wait_identified(peer, timeout)
+
+    async def identify(self, peer: PeerID) -> IdentifyInfo:
+        """Run identify with ``peer`` again (connecting if needed): what it says about itself now.
+
+        The answer also updates the peer store, as the identify on every new connection does.
+        """
+        return await self.identify_service.identify(peer)
 
     # -- DHT ------------------------------------------------------------------------------------
 

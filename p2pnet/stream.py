@@ -9,12 +9,13 @@ streams only through :class:`Stream`; no code outside ``mux/`` names a concrete 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from multiaddr import Multiaddr
 
+from p2pnet.clock import Clock
 from p2pnet.io import Bytes, ReadWriter
 from p2pnet.peer.peer_id import PeerID
 
@@ -76,6 +77,21 @@ class Stream(ReadWriter, Protocol):
     @property
     def conn(self) -> ConnectionInfo: ...
 
+    @property
+    def direction(self) -> Direction:
+        """OUTBOUND if we opened the stream, INBOUND if the remote did."""
+        ...
+
+    @property
+    def local_closed(self) -> bool:
+        """We half-closed the stream (or it is reset or its connection is gone)."""
+        ...
+
+    @property
+    def remote_closed(self) -> bool:
+        """The remote half-closed the stream (or it is reset or its connection is gone)."""
+        ...
+
     async def reset(self) -> None: ...
 
     async def __aenter__(self) -> Stream: ...
@@ -92,10 +108,34 @@ StreamCallback = Callable[[Stream], Awaitable[None]]
 
 
 class MuxedConnection(Protocol):
-    """A secured connection carrying many streams."""
+    """A secured connection carrying many streams.
+
+    Inbound streams go to the ``on_stream`` callback given to :meth:`StreamMuxer.create`; each
+    stream's :attr:`Stream.conn` is the :class:`ConnectionInfo` given there.
+    """
 
     @property
     def is_closed(self) -> bool: ...
+
+    @property
+    def num_streams(self) -> int:
+        """Streams open now (either direction)."""
+        ...
+
+    @property
+    def streams(self) -> Sequence[Stream]:
+        """The streams open now."""
+        ...
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from the secured channel (muxer framing included)."""
+        ...
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to the secured channel (muxer framing included)."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -116,8 +156,12 @@ class StreamMuxer(Protocol):
         secure: ReadWriter,
         *,
         initiator: bool,
+        info: ConnectionInfo,
         on_stream: StreamCallback | None,
-    ) -> MuxedConnection: ...
+        clock: Clock,
+    ) -> MuxedConnection:
+        """Multiplex ``secure``; ``info`` is what every stream reports as its ``conn``."""
+        ...
 
 
 __all__ = [

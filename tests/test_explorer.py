@@ -360,7 +360,7 @@ async def test_crawl_of_a_lying_or_silent_server_fails_cleanly() -> None:
         kad = [
             s
             for c in asker.host.connections()
-            for s in c.muxer.streams
+            for s in c.muxed.streams
             if s.protocol == "/ipfs/kad/1.0.0"
         ]
         assert kad == []  # both crawl streams were reset

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import pytest
 
+from p2pnet.clock import VirtualClock
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import (
     DialError,
@@ -19,16 +21,17 @@ from p2pnet.errors import (
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.multistream import encode_message
-from p2pnet.mux.yamux_connection import YamuxStream
+from p2pnet.mux.yamux_connection import YamuxMuxer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.record import SIGNED_PEER_RECORD, verify_peer_record
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.protocols.ping import PingService
+from p2pnet.stream import ConnectionInfo, Direction, Stream
 
 ECHO = "/test/echo/1.0.0"
 
 
-async def echo(stream: YamuxStream) -> None:
+async def echo(stream: Stream) -> None:
     async with stream:
         while data := await stream.read():
             await stream.write(data)
@@ -342,3 +345,52 @@ async def test_ping_listener_allows_two_streams_per_peer() -> None:
                     break
                 except P2PError:
                     await asyncio.sleep(0.05)
+
+
+class _UnusedMuxer:
+    """A muxer the remote does not support: proposed first, refused with ``na``."""
+
+    protocol_id = "/mplex/6.7.0"
+
+    def create(self, *args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a refused muxer must never be instantiated")
+
+
+async def test_streams_know_their_connection_and_what_was_negotiated() -> None:
+    # Each host reads time only from its own clock: opened_at proves which one was used.
+    clock_a, clock_b = VirtualClock(100.0), VirtualClock(250.0)
+    seen: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
+
+    async def keep(stream: Stream) -> None:
+        seen.set_result(stream)
+        await echo(stream)
+
+    a = Host(
+        KeyPair.generate(),
+        muxers=[_UnusedMuxer(), YamuxMuxer()],  # type: ignore[list-item]
+        clock=clock_a,
+    )
+    b = Host(KeyPair.generate(), clock=clock_b)
+    b.set_stream_handler(ECHO, keep)
+    async with a, b:
+        conn = await a.connect(b.p2p_addrs()[0])
+        stream = await a.new_stream(b.peer_id, [ECHO])
+        assert stream.conn is conn
+        assert isinstance(conn, ConnectionInfo)
+        assert (conn.security, conn.muxer, conn.direction) == (
+            "/noise",
+            "/yamux/1.0.0",
+            Direction.OUTBOUND,
+        )
+        assert conn.opened_at == 100.0
+        assert (conn.local_peer, conn.remote_peer) == (a.peer_id, b.peer_id)
+        await stream.write(b"x")
+        theirs = (await asyncio.wait_for(seen, 5)).conn
+        assert theirs.direction is Direction.INBOUND
+        assert (theirs.security, theirs.muxer) == ("/noise", "/yamux/1.0.0")
+        assert theirs.opened_at == 250.0
+        assert theirs.remote_peer == a.peer_id
+        assert theirs.remote_addr == conn.local_addr
+        assert b.connection_of(await seen) is theirs
+        await stream.close()
+        assert await stream.read() == b"x"

@@ -31,9 +31,9 @@ from p2pnet.kad import (
 from p2pnet.kad import messages as m
 from p2pnet.kad.records import StoredRecord
 from p2pnet.kad.routing_table import distance, kad_key
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyService
+from p2pnet.stream import Stream
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 
 PROTO = "/ipfs/kad/1.0.0"
@@ -450,7 +450,7 @@ async def test_oversized_message_is_refused(net10: list[KadNode]) -> None:
 # -- hostile and broken peers during lookups ---------------------------------------------------
 
 
-async def _fake_server(handler: Callable[[YamuxStream], Any]) -> tuple[Host, IdentifyService]:
+async def _fake_server(handler: Callable[[Stream], Any]) -> tuple[Host, IdentifyService]:
     host = Host(KeyPair.generate())
     await host.start()
     identify = IdentifyService(host)
@@ -465,21 +465,21 @@ async def test_lookups_survive_garbage_silence_and_lies(
     unreachable peers as closer. Every lookup still terminates with the honest result; the
     garbage and silent peers are dropped from the table."""
 
-    async def garbage(stream: YamuxStream) -> None:
+    async def garbage(stream: Stream) -> None:
         await read_length_prefixed(stream)
         await write_length_prefixed(stream, b"\xff\xfe garbage")
         await stream.close()
 
-    async def silent(stream: YamuxStream) -> None:
+    async def silent(stream: Stream) -> None:
         await read_length_prefixed(stream)
         await asyncio.sleep(30)
 
     liar_ref: list[Host] = []
 
-    async def liar(stream: YamuxStream) -> None:
+    async def liar(stream: Stream) -> None:
         data = await read_length_prefixed(stream)
         req = m.decode(data)
-        asker = liar_ref[0].connection_of(stream).remote_peer
+        asker = stream.conn.remote_peer
         resp = m.request(req.type, req.key)
         fakes = [PeerID.from_public_key(KeyPair.generate().public_key) for _ in range(20)]
         resp.closerPeers.append(
@@ -526,7 +526,7 @@ async def test_lookups_survive_garbage_silence_and_lies(
 async def test_outbound_streams_are_reused_and_stale_ones_replaced(net10: list[KadNode]) -> None:
     a, b = net10[0], net10[1]
     await a.dht._rpc(b.peer_id, m.find_node(b"one"))
-    muxer = a.host.connections(b.peer_id)[0].muxer
+    muxer = a.host.connections(b.peer_id)[0].muxed
     before = muxer.num_streams
     pooled = a.dht._idle_streams[b.peer_id][0][0]
     for i in range(5):

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from p2pnet.clock import VirtualClock
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import DialError, PeerIDMismatch, ProtocolNotSupported
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
-from p2pnet.mux.yamux_connection import YamuxStream
+from p2pnet.mux.yamux_connection import YamuxConnection
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.protocols.ping import PingService
 from p2pnet.security.base import SecurityTransport
 from p2pnet.security.noise_connection import NoiseSecurity
 from p2pnet.security.plaintext import PlaintextSecurity
+from p2pnet.sim.loop import run_virtual
+from p2pnet.stream import Stream
 from p2pnet.transport.memory import MemoryNetwork
 
 ECHO = "/test/echo/1.0.0"
 
 
-async def echo(stream: YamuxStream) -> None:
+async def echo(stream: Stream) -> None:
     async with stream:
         while data := await stream.read():
             await stream.write(data)
@@ -100,9 +104,9 @@ async def test_dial_nothing_listening() -> None:
 async def test_memory_backpressure_bounds_buffering() -> None:
     net = MemoryNetwork(high_water=64 * 1024)
     async with memory_host(net) as a, memory_host(net) as b:
-        got_stream: asyncio.Future[YamuxStream] = asyncio.get_running_loop().create_future()
+        got_stream: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
 
-        async def hold(stream: YamuxStream) -> None:
+        async def hold(stream: Stream) -> None:
             got_stream.set_result(stream)
             await asyncio.Event().wait()  # never reads
 
@@ -145,3 +149,36 @@ async def test_hundred_hosts_in_a_ring() -> None:
             assert h.is_connected(hosts[(i + 1) % 100].peer_id)
     finally:
         await asyncio.gather(*(h.close() for h in hosts))
+
+
+def test_hosts_on_a_virtual_clock_keepalive_and_time_their_connections() -> None:
+    # Host, connection, yamux keepalive and ping read only the injected clock: on the virtual
+    # loop ten minutes of keepalive run in no real time, and every time is the virtual one.
+    clock = VirtualClock(start=1000.0)
+
+    async def main() -> tuple[float, int, list[float], bool]:
+        net = MemoryNetwork()
+        config = HostConfig(listen_addrs=["/memory/0"])
+        a = Host(KeyPair.generate(), config, transports=[net.transport()], clock=clock)
+        b = Host(KeyPair.generate(), config, transports=[net.transport()], clock=clock)
+        ping_b = PingService(b)
+        ping_a = PingService(a)
+        async with a, b:
+            await asyncio.sleep(5)
+            conn = await a.connect(b.p2p_addrs()[0])
+            muxed = conn.muxed
+            assert isinstance(muxed, YamuxConnection)
+            first_ping = muxed.session._next_ping_id
+            await asyncio.sleep(615)  # 20 keepalive intervals of 30 s (no tie at the end)
+            pings = muxed.session._next_ping_id - first_ping
+            rtts = await ping_a.ping(b.peer_id, count=2)
+            alive = not conn.is_closed
+            await ping_b.close()
+        return conn.opened_at, pings, rtts, alive
+
+    started = time.monotonic()
+    opened_at, pings, rtts, alive = run_virtual(main(), clock)
+    assert time.monotonic() - started < 10  # ten virtual minutes, not real ones
+    assert opened_at == 1005.0
+    assert pings == 20 and alive
+    assert rtts == [0.0, 0.0]  # the memory transport has no delay, on the virtual clock

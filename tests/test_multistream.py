@@ -19,11 +19,20 @@ from p2pnet.errors import (
 from p2pnet.io import Bytes
 from p2pnet.multistream import (
     MAX_LS_PROTOCOLS,
+    MAX_LS_REPLY_LENGTH,
     MAX_MESSAGE_LENGTH,
     MAX_NEGOTIATION_ATTEMPTS,
     MULTISTREAM_PROTOCOL_ID,
-    MessageDecoder,
+    MultistreamDialer,
+    MultistreamListener,
+    NegotiationState,
+    Negotiator,
+    ProtocolAgreed,
+    ProtocolLister,
+    ProtocolRefused,
+    ProtocolsListed,
     decode_ls_reply,
+    decode_message,
     encode_ls_reply,
     encode_message,
     encode_messages,
@@ -31,6 +40,7 @@ from p2pnet.multistream import (
     negotiate_inbound,
     negotiate_outbound,
 )
+from p2pnet.wire.framing import FrameDecoder
 from p2pnet.wire.varint import encode_uvarint
 
 HEADER = encode_message(MULTISTREAM_PROTOCOL_ID)
@@ -84,23 +94,16 @@ def test_encode_limits() -> None:
         encode_message("\ud800")  # lone surrogate: not encodable
 
 
-def test_decoder_byte_by_byte_and_leftover() -> None:
-    dec = MessageDecoder()
-    data = HEADER + encode_message("/yamux/1.0.0") + b"app data"
-    got: list[str] = []
-    for i in range(len(data)):
-        dec.feed(data[i : i + 1])
-        while (text := dec.next_text()) is not None:
-            got.append(text)
-    assert got == [MULTISTREAM_PROTOCOL_ID, "/yamux/1.0.0"]
-    assert dec.take_buffered() == b"app data"
-    assert dec.buffered == 0
+def decode_one(data: bytes, max_length: int = MAX_MESSAGE_LENGTH) -> str | None:
+    """The first message framed in ``data`` (None if incomplete), as the negotiators decode it."""
+    dec = FrameDecoder(max_length)
+    dec.feed(data)
+    frame = dec.next_frame()
+    return None if frame is None else decode_message(frame)
 
 
 def test_decoder_multibyte_text() -> None:
-    dec = MessageDecoder()
-    dec.feed(encode_message("/proto/\u00e9\u4e2d/1"))
-    assert dec.messages() == ["/proto/\u00e9\u4e2d/1"]
+    assert decode_one(encode_message("/proto/\u00e9\u4e2d/1")) == "/proto/\u00e9\u4e2d/1"
 
 
 @pytest.mark.parametrize(
@@ -115,20 +118,118 @@ def test_decoder_multibyte_text() -> None:
     ],
 )
 def test_decoder_rejects(data: bytes, error: type[Exception]) -> None:
-    dec = MessageDecoder()
-    dec.feed(data)
     with pytest.raises(error):
-        dec.next_text()
+        decode_one(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x00", b"\x03nax", encode_uvarint(MAX_MESSAGE_LENGTH + 1), b"\x80\x80", b"\x80\x00"],
+)
+def test_listener_core_fails_on_bad_proposal(data: bytes) -> None:
+    listener = MultistreamListener({"/a"})
+    with pytest.raises(ProtocolError):
+        listener.receive_data(HEADER + data)
+    assert listener.state is NegotiationState.FAILED
+    assert listener.bytes_wanted == 0
 
 
 def test_decoder_waits_for_incomplete_input() -> None:
-    dec = MessageDecoder()
+    dec = FrameDecoder(MAX_MESSAGE_LENGTH)
     dec.feed(b"\x13/multi")
-    assert dec.next_message() is None
+    assert dec.next_frame() is None
+    assert dec.wanted == 19 - 6  # the rest of the body, not a byte more
     dec.feed(b"stream/1.0.0\n")
-    assert dec.next_message() == MULTISTREAM_PROTOCOL_ID.encode()
+    assert dec.next_frame() == MULTISTREAM_PROTOCOL_ID.encode() + b"\n"
     dec.feed(b"\x88")  # first byte of a two-byte prefix
-    assert dec.next_message() is None
+    assert dec.next_frame() is None
+    assert dec.wanted == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the sans-IO core as an in-memory client/server pair
+
+
+def run_pair(
+    dialer: Negotiator, listener: Negotiator, chunk: int | None
+) -> tuple[list[bytes], list[bytes]]:
+    """Shuttle bytes between two cores, ``chunk`` bytes at a time (None: as written).
+
+    Returns the writes of the dialer and of the listener, to check the exact wire bytes.
+    """
+    writes: tuple[list[bytes], list[bytes]] = ([], [])
+    inboxes = (bytearray(), bytearray())  # bytes on their way to the listener, to the dialer
+    sides = (dialer, listener)
+    for _ in range(10_000):
+        for i, side in enumerate(sides):
+            if out := side.data_to_send():
+                writes[i].append(out)
+                inboxes[i].extend(out)
+        if dialer.finished and listener.finished:
+            break
+        for side, inbox in ((listener, inboxes[0]), (dialer, inboxes[1])):
+            if inbox and not side.finished:
+                n = len(inbox) if chunk is None else min(chunk, len(inbox))
+                side.receive_data(bytes(inbox[:n]))
+                del inbox[:n]
+    return writes
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_core_pair_fallback_at_the_byte_level(chunk: int | None) -> None:
+    dialer = MultistreamDialer(["/a/2", "/a/1"])
+    listener = MultistreamListener(["/b", "/a/1"])
+    dialer_writes, listener_writes = run_pair(dialer, listener, chunk)
+    assert dialer.state is listener.state is NegotiationState.AGREED
+    # header + first proposal pipelined in one write, then the fallback
+    assert dialer_writes == [HEADER + encode_message("/a/2"), encode_message("/a/1")]
+    assert b"".join(listener_writes) == HEADER + NA + encode_message("/a/1")
+
+
+def test_core_pair_ls_then_select() -> None:
+    lister = ProtocolLister()
+    listener = MultistreamListener(["/x", "/y"])
+    listener.receive_data(lister.data_to_send())
+    assert listener.data_to_send() == HEADER + encode_ls_reply(["/x", "/y"])
+    events = lister.receive_data(HEADER + encode_ls_reply(["/x", "/y"]))
+    assert events == [ProtocolsListed(["/x", "/y"])]
+    assert lister.state is NegotiationState.LISTED
+    dialer = MultistreamDialer(["/y"], header_exchanged=True)
+    assert dialer.data_to_send() == encode_message("/y")
+    assert listener.receive_data(encode_message("/y")) == [ProtocolAgreed("/y")]
+    assert dialer.receive_data(listener.data_to_send()) == [ProtocolAgreed("/y")]
+
+
+def test_core_keeps_bytes_past_the_negotiation() -> None:
+    listener = MultistreamListener({"/echo/1"})
+    events = listener.receive_data(HEADER + encode_message("/echo/1") + b"app data")
+    assert events == [ProtocolAgreed("/echo/1")]
+    assert listener.take_unused() == b"app data"
+    with pytest.raises(RuntimeError):
+        listener.receive_data(b"more")
+
+
+def test_core_bytes_wanted_never_reads_past_the_negotiation() -> None:
+    # Reading exactly bytes_wanted from a buffer leaves the application data untouched.
+    incoming = HEADER + NA + encode_message("/b") + b"\x00\x01early"
+    dialer = MultistreamDialer(["/a", "/b"])
+    pos = 0
+    events: list[object] = []
+    while not dialer.finished:
+        n = dialer.bytes_wanted
+        events += dialer.receive_data(incoming[pos : pos + n])
+        pos += n
+    assert events == [ProtocolRefused("/a"), ProtocolAgreed("/b")]
+    assert incoming[pos:] == b"\x00\x01early"
+    assert dialer.take_unused() == b""
+
+
+def test_core_header_refused_at_the_first_wrong_byte() -> None:
+    listener = MultistreamListener({"/a"})
+    assert listener.bytes_wanted == 1
+    with pytest.raises(NegotiationError, match="0x16"):
+        listener.receive_data(b"\x16")
+    assert listener.state is NegotiationState.FAILED
 
 
 def test_ls_reply_layout_matches_js_and_rust() -> None:
@@ -136,32 +237,32 @@ def test_ls_reply_layout_matches_js_and_rust() -> None:
     # uvarint(len+1) || id || "\n", then a final "\n".
     body = b"\x03/a\n" + b"\x05/b/c\n" + b"\n"
     assert encode_ls_reply(["/a", "/b/c"]) == encode_uvarint(len(body)) + body
-    dec = MessageDecoder()
+    dec = FrameDecoder(MAX_LS_REPLY_LENGTH)
     dec.feed(encode_ls_reply(["/a", "/b/c"]))
-    payload = dec.next_message()
-    assert payload is not None
-    assert decode_ls_reply(payload) == ["/a", "/b/c"]
+    frame = dec.next_frame()
+    assert frame is not None and frame.endswith(b"\n")
+    assert decode_ls_reply(frame[:-1]) == ["/a", "/b/c"]
     assert encode_ls_reply([]) == b"\x01\n"
     assert decode_ls_reply(b"") == []
 
 
 def test_ls_reply_is_bounded() -> None:
     many = [f"/p/{i}" for i in range(MAX_LS_PROTOCOLS + 50)]
-    dec = MessageDecoder()
+    dec = FrameDecoder(1 << 14)
     dec.feed(encode_ls_reply(many))
-    payload = dec.next_message(max_length=1 << 14)
-    assert payload is not None
-    assert decode_ls_reply(payload) == many[:MAX_LS_PROTOCOLS]
+    frame = dec.next_frame()
+    assert frame is not None
+    assert decode_ls_reply(frame[:-1]) == many[:MAX_LS_PROTOCOLS]
     # Large ids: stops before the 16383-byte frame limit.
     # Large ids (1004 bytes each on the wire): stops before the 16383-byte frame limit.
     big = ["/" + str(i % 10) * 1000 for i in range(30)]
     reply = encode_ls_reply(big)
     assert len(reply) <= 2 + (1 << 14) - 1
-    dec = MessageDecoder()
+    dec = FrameDecoder(MAX_LS_REPLY_LENGTH)
     dec.feed(reply)
-    payload = dec.next_message(max_length=(1 << 14) - 1)
-    assert payload is not None
-    assert decode_ls_reply(payload) == big[:16]
+    frame = dec.next_frame()
+    assert frame is not None
+    assert decode_ls_reply(frame[:-1]) == big[:16]
 
 
 @pytest.mark.parametrize(
@@ -474,13 +575,11 @@ async def test_simultaneous_pipelining_both_directions() -> None:
     assert await negotiate_inbound(listener, {"/chat/1"}, timeout=5) == "/chat/1"
     assert await listener.readexactly(5) == b"ping?"
     await listener.write(b"pong!")
-    dec = MessageDecoder()
-    while True:
-        dec.feed(await dialer.read())
-        if dec.buffered >= len(HEADER) + len(encode_message("/chat/1")) + 5:
-            break
-    assert dec.messages() == [MULTISTREAM_PROTOCOL_ID, "/chat/1"]
-    assert dec.take_buffered() == b"pong!"
+    expected = HEADER + encode_message("/chat/1") + b"pong!"
+    got = b""
+    while len(got) < len(expected):
+        got += await dialer.read()
+    assert got == expected
 
 
 # loopback TCP ------------------------------------------------------------------------------

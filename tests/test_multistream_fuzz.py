@@ -10,14 +10,19 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pnet.errors import P2PError
+from p2pnet.errors import P2PError, ProtocolNotSupported
 from p2pnet.io import Bytes, ChunkReader
 from p2pnet.multistream import (
     LS,
+    MAX_LS_REPLY_LENGTH,
+    MAX_MESSAGE_LENGTH,
     MULTISTREAM_PROTOCOL_ID,
     NA,
-    MessageDecoder,
+    MultistreamDialer,
+    MultistreamListener,
+    ProtocolAgreed,
     decode_ls_reply,
+    decode_message,
     encode_ls_reply,
     encode_message,
     encode_messages,
@@ -25,6 +30,7 @@ from p2pnet.multistream import (
     negotiate_inbound,
     negotiate_outbound,
 )
+from p2pnet.wire.framing import FrameDecoder
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -98,13 +104,14 @@ def mutated(draw: st.DrawFn, data: bytes) -> bytes:
 @given(st.lists(protocol_ids, max_size=8), st.binary(max_size=20), cut_lists)
 def test_decoder_roundtrip_any_chunking(texts: list[str], tail: bytes, cuts: list[int]) -> None:
     wire = encode_messages(texts) + tail
-    dec = MessageDecoder()
+    dec = FrameDecoder(MAX_MESSAGE_LENGTH)
     got: list[str] = []
     for chunk in split(wire, cuts):
         dec.feed(chunk)
         while True:
             try:
-                text = dec.next_text()
+                frame = dec.next_frame()
+                text = None if frame is None else decode_message(frame)
             except P2PError:
                 # Only the arbitrary tail may be malformed, never the encoded messages.
                 assert len(got) == len(texts)
@@ -117,22 +124,22 @@ def test_decoder_roundtrip_any_chunking(texts: list[str], tail: bytes, cuts: lis
 
 @given(st.lists(protocol_ids, max_size=30))
 def test_ls_reply_roundtrip(protos: list[str]) -> None:
-    dec = MessageDecoder(max_length=(1 << 14) - 1)
+    dec = FrameDecoder(MAX_LS_REPLY_LENGTH)
     dec.feed(encode_ls_reply(protos))
-    payload = dec.next_message()
-    assert payload is not None
-    assert decode_ls_reply(payload) == protos
+    frame = dec.next_frame()
+    assert frame is not None
+    assert decode_ls_reply(frame[:-1]) == protos
     assert dec.buffered == 0
 
 
 @given(st.binary(max_size=300), cut_lists)
 def test_decoder_random_bytes_only_p2p_errors(data: bytes, cuts: list[int]) -> None:
-    dec = MessageDecoder()
+    dec = FrameDecoder(MAX_MESSAGE_LENGTH)
     try:
         for chunk in split(data, cuts):
             dec.feed(chunk)
-            while dec.next_text() is not None:
-                pass
+            while (frame := dec.next_frame()) is not None:
+                decode_message(frame)
     except P2PError:
         pass
 
@@ -235,3 +242,33 @@ async def test_ls_garbage_only_p2p_errors(data: bytes, cuts: list[int]) -> None:
     except P2PError:
         return
     assert all(isinstance(p, str) for p in result)
+
+
+@given(
+    st.lists(protocol_ids, min_size=1, max_size=5, unique=True),
+    st.lists(protocol_ids, max_size=5),
+    st.integers(min_value=1, max_value=40),
+)
+def test_core_pair_agrees_on_the_first_common_protocol(
+    proposals: list[str], supported: list[str], chunk: int
+) -> None:
+    dialer = MultistreamDialer(proposals)
+    listener = MultistreamListener(set(supported))
+    to_listener = bytearray(dialer.data_to_send())
+    to_dialer = bytearray(listener.data_to_send())
+    common = [p for p in proposals if p in supported]
+    agreed: list[object] = []
+    try:
+        while not dialer.finished and (to_listener or to_dialer):
+            if to_listener and not listener.finished:
+                agreed += listener.receive_data(bytes(to_listener[:chunk]))
+                del to_listener[:chunk]
+                to_dialer += listener.data_to_send()
+            if to_dialer:
+                agreed += dialer.receive_data(bytes(to_dialer[:chunk]))
+                del to_dialer[:chunk]
+                to_listener += dialer.data_to_send()
+    except ProtocolNotSupported:
+        assert not common
+        return
+    assert [e for e in agreed if isinstance(e, ProtocolAgreed)] == [ProtocolAgreed(common[0])] * 2

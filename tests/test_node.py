@@ -11,8 +11,8 @@ from p2pnet.config import ConfigError, NodeConfig, read_env_file
 from p2pnet.crypto.keys import KeyType
 from p2pnet.events import PeerConnected, PeerDisconnected, PeerDiscovered
 from p2pnet.kad.config import KadConfig, Mode
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.node import Node, NodeError
+from p2pnet.stream import Stream
 
 # Hardhat/Anvil's well-known development account #0 (public test key, never holds real funds).
 ANVIL_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
@@ -27,7 +27,7 @@ async def test_two_nodes_connect_ping_and_stream() -> None:
     async with Node() as a, Node() as b:
         events = a.events()
 
-        async def upper(stream: YamuxStream) -> None:
+        async def upper(stream: Stream) -> None:
             async with stream:
                 data = await stream.read()
                 await stream.write(data.upper())

@@ -19,9 +19,9 @@ from p2pnet.agent.constants import DIRECT_MESSAGE_PROTOCOL
 from p2pnet.config import NodeConfig
 from p2pnet.crypto.eth import eth_address
 from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.stream import Stream
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 
 P2P_NODE = [sys.executable, "-m", "p2pnet.cli.p2p_node"]
@@ -443,12 +443,12 @@ async def test_send_failed_refused_and_slow_send_does_not_block_shutdown(spawn: 
     release = asyncio.Event()
     arrived = asyncio.Event()
 
-    async def refuse(stream: YamuxStream) -> None:
+    async def refuse(stream: Stream) -> None:
         async with stream:
             await read_length_prefixed(stream, 1 << 20)
             await write_length_prefixed(stream, b'{"ok": false, "error": "not today"}')
 
-    async def hang(stream: YamuxStream) -> None:
+    async def hang(stream: Stream) -> None:
         async with stream:
             await read_length_prefixed(stream, 1 << 20)
             arrived.set()

@@ -8,7 +8,7 @@ import os
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from multiaddr import Multiaddr
@@ -62,6 +62,13 @@ async def read_all(conn: TcpConnection) -> bytes:
 
 def stalled(task: asyncio.Task[object]) -> bool:
     return not task.done()
+
+
+async def until(predicate: Callable[[], object], timeout: float = T) -> None:
+    """Wait until ``predicate()`` holds (a condition, not a guessed delay), at most ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
 
 
 async def test_roundtrip_addresses_and_options(
@@ -141,10 +148,9 @@ async def test_reset_by_remote_raises_after_the_data(
     client.abort()  # linger 0: RST
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(server.read(), T)
+    # the read saw the reset, so the connection is known lost: the next write fails at once
     with pytest.raises(ConnectionClosed):
-        for _ in range(100):
-            await server.write(b"x" * 65536)
-            await asyncio.sleep(0.01)
+        await server.write(b"x" * 65536)
 
 
 async def test_write_backpressure(pair: tuple[TcpConnection, TcpConnection]) -> None:
@@ -161,10 +167,10 @@ async def test_write_backpressure(pair: tuple[TcpConnection, TcpConnection]) -> 
 
     task = asyncio.create_task(writer())
     # the server reads nothing: TCP buffers and the server's read queue fill, then we stop
-    previous = -1
-    while previous != written:
-        previous = written
-        await asyncio.sleep(0.2)
+    await until(lambda: server._proto.read_paused and client._proto.write_paused)
+    stalled_at = written
+    await until(lambda: client._proto._drain_waiters != [])  # the writer waits for room
+    assert written == stalled_at
     assert stalled(task)
     limit = 64 << 20  # socket buffers (a few MiB each) + our read queue, far below this
     assert written < limit
@@ -194,11 +200,7 @@ async def test_read_backpressure_pauses_and_resumes(
         await client.close()
 
     task = asyncio.create_task(send())
-    for _ in range(200):
-        if server._proto.read_paused:
-            break
-        await asyncio.sleep(0.01)
-    assert server._proto.read_paused
+    await until(lambda: server._proto.read_paused)
     assert server._proto.buffered <= tcp.READ_HIGH_WATER + tcp.READ_SIZE
     assert stalled(task)
     data = await asyncio.wait_for(read_all(server), T)
@@ -250,7 +252,8 @@ async def test_read_size_follows_the_traffic(pair: tuple[TcpConnection, TcpConne
     assert proto._read_size == tcp.MIN_READ_SIZE
     payload = os.urandom(16 << 20)
     sender = asyncio.create_task(client.write(payload))
-    await asyncio.sleep(0.2)  # let the socket buffers fill, so reads come back full
+    # let the socket buffers fill, so reads come back full
+    await until(lambda: server._proto.read_paused)
     got = 0
     while got < len(payload):
         got += len(await asyncio.wait_for(server.read(), T))
@@ -284,7 +287,7 @@ async def test_dial_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = asyncio.get_running_loop()
 
     async def never(*args: object, **kwargs: object) -> None:
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()
 
     monkeypatch.setattr(loop, "create_connection", never)
     with pytest.raises(DialError, match="timed out"):
@@ -355,7 +358,7 @@ async def test_listener_close_stops_accepting_and_cancels_handlers() -> None:
         conns.append(conn)
         started.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.Event().wait()  # until cancelled
         except asyncio.CancelledError:
             cancelled.set()
             raise
@@ -394,7 +397,7 @@ async def test_failing_handler_aborts_its_connection(caplog: pytest.LogCaptureFi
 async def test_one_reader_at_a_time(pair: tuple[TcpConnection, TcpConnection]) -> None:
     client, server = pair
     first = asyncio.create_task(server.read())
-    await asyncio.sleep(0.01)
+    await until(lambda: server._proto._read_waiter is not None)
     with pytest.raises(RuntimeError):
         await server._proto.wait_readable()
     await client.write(b"z")

@@ -5,7 +5,7 @@ from memory_pipe import memory_pipe
 
 from p2pnet.errors import IncompleteRead, MessageTooLargeError, ProtocolError
 from p2pnet.wire.framing import (
-    LengthPrefixedDecoder,
+    FrameDecoder,
     encode_length_prefixed,
     read_length_prefixed,
     read_length_prefixed_or_eof,
@@ -60,18 +60,20 @@ def test_varint_random_bytes_only_library_errors(data: bytes) -> None:
 def test_decoder_splits_messages_fed_byte_by_byte() -> None:
     msgs = [b"", b"a", b"x" * 300, b"hello"]
     stream = b"".join(encode_length_prefixed(m) for m in msgs)
-    dec = LengthPrefixedDecoder(max_size=1000)
+    dec = FrameDecoder(max_length=1000)
     out: list[bytes] = []
     for i in range(len(stream)):
-        out += dec.feed(stream[i : i + 1])
+        dec.feed(stream[i : i + 1])
+        out += dec.frames()
     assert out == msgs
     assert dec.buffered == 0
 
 
 def test_decoder_enforces_max_size_before_buffering() -> None:
-    dec = LengthPrefixedDecoder(max_size=10)
+    dec = FrameDecoder(max_length=10)
+    dec.feed(encode_uvarint(11))
     with pytest.raises(MessageTooLargeError):
-        dec.feed(encode_uvarint(11))
+        dec.next_frame()
 
 
 async def test_async_length_prefixed_roundtrip_and_limits() -> None:
@@ -111,3 +113,33 @@ async def test_chunk_reader_keeps_leftovers() -> None:
     assert await b.read() == b""
     with pytest.raises(IncompleteRead):
         await b.readexactly(1)
+
+
+def test_frame_decoder_refuses_an_oversized_prefix_before_it_ends() -> None:
+    # limit 1000: after two continuation bytes the length is at least 2**14, too large already
+    dec = FrameDecoder(max_length=1000)
+    dec.feed(b"\x80")
+    assert dec.next_frame() is None and dec.wanted == 1
+    dec.feed(b"\x80")
+    with pytest.raises(MessageTooLargeError):
+        dec.next_frame()
+
+
+def test_frame_decoder_wanted_never_reaches_past_the_frame() -> None:
+    frame = encode_length_prefixed(b"x" * 300) + b"NEXT"
+    dec = FrameDecoder()
+    pos = 0
+    while (got := dec.next_frame()) is None:
+        n = dec.wanted
+        dec.feed(frame[pos : pos + n])
+        pos += n
+    assert got == b"x" * 300
+    assert frame[pos:] == b"NEXT" and dec.buffered == 0
+
+
+@pytest.mark.parametrize("data", [b"\x80\x00", b"\xff" * 9 + b"\x01"])
+def test_frame_decoder_refuses_bad_varints(data: bytes) -> None:
+    dec = FrameDecoder(max_length=1 << 62)
+    dec.feed(data)
+    with pytest.raises(ProtocolError):
+        dec.next_frame()

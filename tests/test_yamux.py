@@ -267,7 +267,7 @@ async def test_many_streams_both_directions() -> None:
         assert sorted(opened[server]) == list(range(2, 2 * n + 1, 2))  # listener: even ids
         # every stream finished on both sides: nothing left in the tables
         await wait_until(lambda: client.num_streams == 0 and server.num_streams == 0)
-        assert client._session.num_streams == 0 and server._session.num_streams == 0
+        assert client.session.num_streams == 0 and server.session.num_streams == 0
 
 
 async def test_half_close() -> None:
@@ -313,7 +313,7 @@ async def test_reset_wakes_blocked_writer() -> None:
         cs = await client.open_stream()
         writer = asyncio.create_task(cs.write(b"a" * (4 * DEFAULT_WINDOW)))
         ss = await asyncio.wait_for(server.accept_stream(), T)
-        await wait_until(lambda: client._session.send_window(cs.stream_id) == 0)
+        await wait_until(lambda: client.session.send_window(cs.stream_id) == 0)
         assert not writer.done()
         await ss.reset()
         with pytest.raises(StreamReset):
@@ -340,12 +340,12 @@ async def test_backpressure_bounds_buffering() -> None:
         writer = asyncio.create_task(cs.write(b"b" * total))
         ss = await asyncio.wait_for(server.accept_stream(), T)
         # the reader does not read: the writer stops once the initial window is used up
-        await wait_until(lambda: client._session.send_window(cs.stream_id) == 0)
-        await wait_until(lambda: sum(map(len, ss._chunks)) == DEFAULT_WINDOW)
+        await wait_until(lambda: client.session.send_window(cs.stream_id) == 0)
+        await wait_until(lambda: ss.buffered == DEFAULT_WINDOW)
         assert not writer.done()
-        buffered = sum(map(len, ss._chunks))
+        buffered = ss.buffered
         assert buffered == DEFAULT_WINDOW
-        assert server._session.recv_window(ss.stream_id) == DEFAULT_WINDOW
+        assert server.session.recv_window(ss.stream_id) == DEFAULT_WINDOW
         # reading releases the writer
         got = await asyncio.wait_for(ss.readexactly(total), T)
         await asyncio.wait_for(writer, T)
@@ -375,7 +375,7 @@ async def test_window_grows_for_fast_stream() -> None:
                 if not data:
                     break
                 seen += len(data)
-                max_window = max(max_window, server._session.recv_window(ss.stream_id))
+                max_window = max(max_window, server.session.recv_window(ss.stream_id))
         await writer
         assert seen == total
         assert max_window > DEFAULT_WINDOW
@@ -396,7 +396,7 @@ async def test_window_growth_respects_max_window() -> None:
         async with asyncio.timeout(20):
             while got < total:
                 got += len(await ss.read())
-                windows.add(server._session.recv_window(ss.stream_id))
+                windows.add(server.session.recv_window(ss.stream_id))
         await writer
         assert max(windows) <= 2 * DEFAULT_WINDOW
 
@@ -409,7 +409,7 @@ async def test_larger_initial_window() -> None:
         writer = asyncio.create_task(cs.write(b"i" * (8 * DEFAULT_WINDOW)))
         ss = await asyncio.wait_for(ss_task, T)
         # after the ACK announced the bigger window, the writer may send 4 x 256 KiB unread
-        await wait_until(lambda: sum(map(len, ss._chunks)) == 4 * DEFAULT_WINDOW)
+        await wait_until(lambda: ss.buffered == 4 * DEFAULT_WINDOW)
         assert not writer.done()
         await asyncio.wait_for(ss.readexactly(8 * DEFAULT_WINDOW), T)
         await writer
@@ -454,7 +454,7 @@ async def test_remote_go_away_normal_forbids_new_streams() -> None:
         s = await conn.open_stream()
         await peer.expect(lambda f: f[1] & FLAG_SYN and f[2] == s.stream_id)
         await peer.send(TYPE_GO_AWAY, 0, 0, yamux.GO_AWAY_NORMAL)
-        await wait_until(lambda: conn._session.remote_go_away is not None)
+        await wait_until(lambda: conn.session.remote_go_away is not None)
         with pytest.raises(ConnectionClosed):
             await conn.open_stream()
         # existing streams keep working
@@ -498,8 +498,8 @@ async def test_keepalive_closes_silent_peer() -> None:
 async def test_keepalive_keeps_live_peer() -> None:
     cfg = YamuxConfig(keepalive_interval=0.02, ping_timeout=1.0)
     async with yamux_pair("tcp", client_config=cfg) as (client, _server):
-        start = client._session._next_ping_id
-        await wait_until(lambda: client._session._next_ping_id > start + 5)
+        start = client.session._next_ping_id
+        await wait_until(lambda: client.session._next_ping_id > start + 5)
         assert not client.is_closed
 
 
@@ -734,7 +734,7 @@ async def test_too_many_streams_are_reset() -> None:
             await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, sid, 0)
         f = await peer.expect(lambda f: f[2] == 5)
         assert f[1] == FLAG_RST
-        assert conn._session.inbound_streams == 2
+        assert conn.session.inbound_streams == 2
         # data for the refused stream is ignored, the connection lives on
         await peer.send(TYPE_DATA, 0, 5, 1, b"x")
         await peer.send(TYPE_PING, FLAG_SYN, 0, 1)

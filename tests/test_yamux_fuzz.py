@@ -22,6 +22,7 @@ from p2pnet.mux.yamux import (
     TYPE_WINDOW_UPDATE,
     DataReceived,
     Event,
+    StreamState,
     YamuxConfig,
     YamuxSession,
 )
@@ -51,7 +52,8 @@ def check_invariants(session: YamuxSession) -> None:
     assert session.inbound_streams <= CONFIG.max_streams
     assert session._inbound_unacked <= CONFIG.max_unacked_inbound
     assert session.inbound_streams + session.outbound_streams == session.num_streams
-    for state in session._streams.values():
+    for state in session.streams():
+        assert state.state not in (StreamState.CLOSED, StreamState.RESET)
         assert 0 <= state.recv_credit <= state.recv_window <= CONFIG.max_window
         assert 0 <= state.send_window <= 0xFFFFFFFF
 
@@ -186,7 +188,7 @@ def test_chunking_does_not_change_what_arrives(payloads: list[bytes], data: st.D
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.sampled_from(["open", "write", "close", "reset", "consume", "ping", "input"]),
+        st.sampled_from(["open", "write", "close", "reset", "consume", "ping", "timer", "input"]),
         max_size=40,
     ),
     st.lists(frame_strategy, max_size=10),
@@ -206,9 +208,8 @@ def test_local_actions_interleaved_with_input(
             elif opened:
                 sid = opened[step % len(opened)]
                 if action == "write":
-                    n = min(session.max_send(sid), 1000)
-                    if n:
-                        session.send_data(sid, b"z" * n)
+                    sent = session.write(sid, b"z" * 1000)
+                    assert 0 <= sent <= 1000
                 elif action == "close":
                     session.close_stream(sid)
                 elif action == "reset":
@@ -217,6 +218,8 @@ def test_local_actions_interleaved_with_input(
                     session.consume(sid, 0, now)
             if action == "ping":
                 session.ping(now)
+            elif action == "timer":
+                session.handle_timer(now)
             elif action == "input" and raw:
                 session.receive_data(raw[: len(raw) // 2 + 1], now)
                 raw = raw[len(raw) // 2 + 1 :]

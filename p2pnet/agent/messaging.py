@@ -29,9 +29,9 @@ from p2pnet.agent.errors import DialFailed, SendFailed
 from p2pnet.clock import Clock
 from p2pnet.errors import DialError, P2PError
 from p2pnet.host.host import Host
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.service import Lifecycle
+from p2pnet.stream import Stream
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 
 log = logging.getLogger("p2pnet.agent")
@@ -72,8 +72,8 @@ class DirectMessaging:
             # Streams being handled finish on their own (each is bounded by ``timeout``).
             self.host.remove_stream_handler(DIRECT_MESSAGE_PROTOCOL)
 
-    async def _handle(self, stream: YamuxStream) -> None:
-        remote = self.host.connection_of(stream).remote_peer
+    async def _handle(self, stream: Stream) -> None:
+        remote = stream.conn.remote_peer
         async with asyncio.timeout(self.timeout), stream:
             raw = await read_length_prefixed(stream, MAX_ENVELOPE_SIZE)
             try:

@@ -144,7 +144,7 @@ class Explorer:
         self._started = True
         await self.agent.start()
         node = self.agent.node
-        node.identify.on_identified(self._on_identified)
+        node.identify_service.on_identified(self._on_identified)
         for topic in WATCHED_TOPICS:
             sub = self.agent.pubsub.subscribe(topic)
             self._subs.append(sub)

@@ -1,44 +1,55 @@
-"""A live connection to one peer: authenticated (Noise) and multiplexed (yamux)."""
+"""A live connection to one peer: secured and multiplexed by the protocols negotiated for it."""
 
 from __future__ import annotations
 
-import enum
-import time
 from collections.abc import Sequence
 
 from multiaddr import Multiaddr
 
+from p2pnet.clock import Clock
 from p2pnet.multistream import negotiate_outbound
-from p2pnet.mux.yamux_connection import YamuxConnection, YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.security.base import SecureConnection
+from p2pnet.stream import Direction, MuxedConnection, Stream, StreamCallback, StreamMuxer
 
-
-class Direction(enum.Enum):
-    INBOUND = "inbound"
-    OUTBOUND = "outbound"
+__all__ = ["Connection", "Direction"]
 
 
 class Connection:
-    """What the host knows about one connection; streams are opened through it."""
+    """What the host knows about one connection (a :class:`~p2pnet.stream.ConnectionInfo`).
+
+    Streams are opened through it; every stream of it reports it as ``stream.conn``.
+    """
 
     def __init__(
         self,
         secure: SecureConnection,
-        muxer: YamuxConnection,
         *,
+        security: str,
+        muxer: StreamMuxer,
         direction: Direction,
         local_addr: Multiaddr,
         remote_addr: Multiaddr,
+        clock: Clock,
         negotiate_timeout: float,
+        on_stream: StreamCallback | None,
     ) -> None:
         self.secure = secure
-        self.muxer = muxer
-        self.direction = direction
-        self.local_addr = local_addr
-        self.remote_addr = remote_addr
-        self.opened_at = time.time()
+        self._security = security
+        self._muxer_id = muxer.protocol_id
+        self._direction = direction
+        self._local_addr = local_addr
+        self._remote_addr = remote_addr
+        self._opened_at = clock.monotonic()
         self._negotiate_timeout = negotiate_timeout
+        #: The multiplexed connection the streams run on.
+        self.muxed: MuxedConnection = muxer.create(
+            secure,
+            initiator=direction is Direction.OUTBOUND,
+            info=self,
+            on_stream=on_stream,
+            clock=clock,
+        )
 
     @property
     def remote_peer(self) -> PeerID:
@@ -49,12 +60,36 @@ class Connection:
         return self.secure.local_peer
 
     @property
-    def is_closed(self) -> bool:
-        return self.muxer.is_closed
+    def direction(self) -> Direction:
+        return self._direction
 
-    async def new_stream(self, protocols: Sequence[str]) -> YamuxStream:
+    @property
+    def local_addr(self) -> Multiaddr:
+        return self._local_addr
+
+    @property
+    def remote_addr(self) -> Multiaddr:
+        return self._remote_addr
+
+    @property
+    def security(self) -> str:
+        return self._security
+
+    @property
+    def muxer(self) -> str:
+        return self._muxer_id
+
+    @property
+    def opened_at(self) -> float:
+        return self._opened_at
+
+    @property
+    def is_closed(self) -> bool:
+        return self.muxed.is_closed
+
+    async def new_stream(self, protocols: Sequence[str]) -> Stream:
         """Open a stream and agree on the first of ``protocols`` the remote supports."""
-        stream = await self.muxer.open_stream()
+        stream = await self.muxed.open_stream()
         try:
             stream.protocol = await negotiate_outbound(
                 stream, protocols, timeout=self._negotiate_timeout
@@ -65,10 +100,10 @@ class Connection:
         return stream
 
     async def close(self) -> None:
-        await self.muxer.close()
+        await self.muxed.close()
 
     def __repr__(self) -> str:
         return (
-            f"<Connection {self.direction.value} {self.remote_peer} "
-            f"{self.local_addr} <-> {self.remote_addr}>"
+            f"<Connection {self._direction.value} {self.remote_peer} {self._security} "
+            f"{self._muxer_id} {self._local_addr} <-> {self._remote_addr}>"
         )

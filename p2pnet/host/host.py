@@ -1,7 +1,8 @@
 """The host: listeners, dialer, connection table and protocol handlers.
 
-Transports (TCP by default, or an in-process memory network) and security protocols (Noise by
-default) are pluggable; everything above them sees the same connections and streams.
+Transports (TCP by default, or an in-process memory network), security protocols (Noise by
+default) and stream muxers (yamux by default) are pluggable; everything above them sees
+:class:`~p2pnet.host.connection.Connection` and :class:`~p2pnet.stream.Stream`.
 
 It owns every connection and every background task it starts; ``close()`` ends them all.
 """
@@ -15,17 +16,20 @@ from typing import Any
 
 from multiaddr import Multiaddr
 
+from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import DialError, NegotiationError, P2PError
+from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
-from p2pnet.host.upgrader import upgrade
+from p2pnet.host.upgrader import Upgraded, upgrade
 from p2pnet.multistream import negotiate_inbound
-from p2pnet.mux.yamux_connection import YamuxConnection, YamuxStream
+from p2pnet.mux.yamux_connection import YamuxMuxer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, PeerStore
 from p2pnet.security.base import SecurityTransport
 from p2pnet.security.noise_connection import NoiseSecurity
+from p2pnet.stream import Stream, StreamMuxer
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.transport.base import Listener, RawConnection, Transport
@@ -33,12 +37,12 @@ from p2pnet.transport.tcp import TcpTransport
 
 log = logging.getLogger("p2pnet.host")
 
-StreamHandler = Callable[[YamuxStream], Awaitable[None]]
+StreamHandler = Callable[[Stream], Awaitable[None]]
 ConnectionListener = Callable[[Connection], None]
 
 
 class Host:
-    """A libp2p host over TCP + Noise + yamux.
+    """A libp2p host (TCP + Noise + yamux unless other transports, security or muxers are given).
 
     ``async with Host(key) as host:`` starts the listeners; leaving the block closes everything.
     """
@@ -51,23 +55,25 @@ class Host:
         peerstore: PeerStore | None = None,
         transports: Sequence[Transport] | None = None,
         security: Sequence[SecurityTransport] | None = None,
+        muxers: Sequence[StreamMuxer] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.key = key
+        self.clock = clock
         self.peer_id = PeerID.from_public_key(key.public_key)
         self.config = config or HostConfig()
-        self.peerstore = peerstore or PeerStore()
+        self.peerstore = peerstore or PeerStore(clock=clock.monotonic)
         self.peerstore.add_pubkey(self.peer_id, key.public_key)
         self.transports: list[Transport] = list(transports or [TcpTransport()])
         self.security: list[SecurityTransport] = list(security or [NoiseSecurity()])
+        self.muxers: list[StreamMuxer] = list(muxers or [YamuxMuxer(self.config.yamux)])
         self._handlers: dict[str, StreamHandler] = {}
         self._conns: dict[PeerID, list[Connection]] = {}
-        self._conn_of_muxer: dict[YamuxConnection, Connection] = {}
         self._pending_dials: dict[PeerID, asyncio.Future[Connection]] = {}
         self._listeners: list[Listener] = []
         self._tasks = TaskOwner(f"host {self.peer_id}")
-        self._on_connected: list[ConnectionListener] = []
-        self._on_disconnected: list[ConnectionListener] = []
-        self._on_protocols_changed: list[Callable[[], None]] = []
+        #: Typed events for services: ConnectionOpened, ConnectionEnded, ProtocolsChanged, ...
+        self.bus = ServiceBus()
         self._started = False
         self._closed = False
         #: Outbound connection attempts (one per address tried) and how many of them failed.
@@ -150,20 +156,22 @@ class Host:
     def protocols(self) -> list[str]:
         return sorted(self._handlers)
 
-    def on_protocols_changed(self, callback: Callable[[], None]) -> None:
-        self._on_protocols_changed.append(callback)
-
     def _protocols_changed(self) -> None:
-        for cb in self._on_protocols_changed:
-            cb()
+        self.bus.emit(ProtocolsChanged(tuple(self.protocols)))
 
-    # -- connection events --------------------------------------------------------------------
+    # -- connection events: shorthands for subscribing on the bus ------------------------------
 
-    def on_connected(self, callback: ConnectionListener) -> None:
-        self._on_connected.append(callback)
+    def on_protocols_changed(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Subscribe to :class:`ProtocolsChanged`; returns the unsubscribe function."""
+        return self.bus.subscribe(ProtocolsChanged, lambda _: callback())
 
-    def on_disconnected(self, callback: ConnectionListener) -> None:
-        self._on_disconnected.append(callback)
+    def on_connected(self, callback: ConnectionListener) -> Callable[[], None]:
+        """Subscribe to :class:`ConnectionOpened`; returns the unsubscribe function."""
+        return self.bus.subscribe(ConnectionOpened, lambda e: callback(e.connection))
+
+    def on_disconnected(self, callback: ConnectionListener) -> Callable[[], None]:
+        """Subscribe to :class:`ConnectionEnded`; returns the unsubscribe function."""
+        return self.bus.subscribe(ConnectionEnded, lambda e: callback(e.connection))
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a background task owned by the host (cancelled and awaited on close)."""
@@ -181,9 +189,10 @@ class Host:
 
     def traffic(self) -> tuple[int, int]:
         """Bytes received and sent over all connections since start (muxed, decrypted)."""
-        conns = self._conn_of_muxer.values()
-        received = self.closed_bytes_received + sum(c.muxer.bytes_received for c in conns)
-        sent = self.closed_bytes_sent + sum(c.muxer.bytes_sent for c in conns)
+        # every registered connection counts its own bytes until _watch moves them to closed_*
+        conns = [c for cs in self._conns.values() for c in cs]
+        received = self.closed_bytes_received + sum(c.muxed.bytes_received for c in conns)
+        sent = self.closed_bytes_sent + sum(c.muxed.bytes_sent for c in conns)
         return received, sent
 
     def is_connected(self, peer: PeerID) -> bool:
@@ -271,25 +280,33 @@ class Host:
         if transport is None:
             raise DialError(f"no transport can dial {addr}")
         raw = await transport.dial(addr, timeout=self.config.dial_timeout)
-        secure, muxer = await upgrade(
+        upgraded = await upgrade(
             raw,
             self.key,
             self.config,
             self.security,
+            self.muxers,
             initiator=True,
             expected_peer=peer,
-            on_stream=self._on_inbound_stream,
         )
-        conn = Connection(
-            secure,
-            muxer,
-            direction=Direction.OUTBOUND,
-            local_addr=raw.local_addr,
-            remote_addr=addr,
-            negotiate_timeout=self.config.negotiate_timeout,
-        )
+        conn = self._connection(upgraded, Direction.OUTBOUND, raw, addr)
         await self._add_connection(conn)
         return conn
+
+    def _connection(
+        self, upgraded: Upgraded, direction: Direction, raw: RawConnection, remote: Multiaddr
+    ) -> Connection:
+        return Connection(
+            upgraded.secure,
+            security=upgraded.security,
+            muxer=upgraded.muxer,
+            direction=direction,
+            local_addr=raw.local_addr,
+            remote_addr=remote,
+            clock=self.clock,
+            negotiate_timeout=self.config.negotiate_timeout,
+            on_stream=self._on_inbound_stream,
+        )
 
     async def _on_inbound_raw(self, raw: RawConnection) -> None:
         if self._closed or len(self.connections()) >= self.config.max_connections:
@@ -302,25 +319,13 @@ class Host:
 
     async def _upgrade_inbound(self, raw: RawConnection) -> None:
         try:
-            secure, muxer = await upgrade(
-                raw,
-                self.key,
-                self.config,
-                self.security,
-                initiator=False,
-                on_stream=self._on_inbound_stream,
+            upgraded = await upgrade(
+                raw, self.key, self.config, self.security, self.muxers, initiator=False
             )
         except P2PError as exc:
             log.info("inbound connection from %s failed: %s", raw.remote_addr, exc)
             return
-        conn = Connection(
-            secure,
-            muxer,
-            direction=Direction.INBOUND,
-            local_addr=raw.local_addr,
-            remote_addr=raw.remote_addr,
-            negotiate_timeout=self.config.negotiate_timeout,
-        )
+        conn = self._connection(upgraded, Direction.INBOUND, raw, raw.remote_addr)
         await self._add_connection(conn)
 
     async def _add_connection(self, conn: Connection) -> None:
@@ -330,28 +335,22 @@ class Host:
         peer = conn.remote_peer
         # Registered before the muxer starts, so its first inbound stream finds the connection.
         self._conns.setdefault(peer, []).append(conn)
-        self._conn_of_muxer[conn.muxer] = conn
         self.connections_opened[conn.direction] += 1
-        await conn.muxer.start()
+        await conn.muxed.start()
         self.peerstore.add_pubkey(peer, conn.secure.remote_public_key)
         if conn.direction is Direction.OUTBOUND:
             self.peerstore.add_addrs(peer, [conn.remote_addr], CONNECTED_ADDR_TTL)
         log.debug("connected %r", conn)
         self._tasks.spawn(self._watch(conn), name=f"watch {peer}")
-        for cb in self._on_connected:
-            try:
-                cb(conn)
-            except Exception:
-                log.exception("connected callback failed")
+        self.bus.emit(ConnectionOpened(conn))
 
     async def _watch(self, conn: Connection) -> None:
         try:
-            await conn.muxer.wait_closed()
+            await conn.muxed.wait_closed()
         finally:
             peer = conn.remote_peer
-            self._conn_of_muxer.pop(conn.muxer, None)
-            self.closed_bytes_received += conn.muxer.bytes_received
-            self.closed_bytes_sent += conn.muxer.bytes_sent
+            self.closed_bytes_received += conn.muxed.bytes_received
+            self.closed_bytes_sent += conn.muxed.bytes_sent
             conns = self._conns.get(peer, [])
             if conn in conns:
                 conns.remove(conn)
@@ -360,15 +359,14 @@ class Host:
                 # Addresses of a peer we no longer reach expire like go's (15 min), not never.
                 self.peerstore.update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL)
             log.debug("disconnected %r", conn)
-            for cb in self._on_disconnected:
-                try:
-                    cb(conn)
-                except Exception:
-                    log.exception("disconnected callback failed")
+            self.bus.emit(ConnectionEnded(conn))
 
-    def connection_of(self, stream: YamuxStream) -> Connection:
-        """The connection a stream belongs to (its remote peer, addresses, direction)."""
-        return self._conn_of_muxer[stream.connection]
+    def connection_of(self, stream: Stream) -> Connection:
+        """The host connection a stream belongs to (``stream.conn``, typed as a Connection)."""
+        conn = stream.conn
+        if not isinstance(conn, Connection):
+            raise TypeError(f"{stream!r} does not run on a connection of this host")
+        return conn
 
     async def disconnect(self, peer: PeerID) -> None:
         conns = self._conns.get(peer, [])
@@ -376,13 +374,13 @@ class Host:
 
     # -- streams --------------------------------------------------------------------------------
 
-    async def new_stream(self, peer: PeerID, protocols: Iterable[str] | str) -> YamuxStream:
+    async def new_stream(self, peer: PeerID, protocols: Iterable[str] | str) -> Stream:
         """Open a stream to ``peer`` (dialing if needed) speaking the first agreed protocol."""
         protos = [protocols] if isinstance(protocols, str) else list(protocols)
         conn = await self.connect_peer(peer)
         return await conn.new_stream(protos)
 
-    async def _on_inbound_stream(self, stream: YamuxStream) -> None:
+    async def _on_inbound_stream(self, stream: Stream) -> None:
         try:
             protocol = await negotiate_inbound(
                 stream, self._handlers.keys(), timeout=self.config.negotiate_timeout

@@ -1,9 +1,10 @@
-"""Turns a raw connection into an authenticated, multiplexed one.
+"""Turns a raw connection into an authenticated one and picks its stream muxer.
 
-Outbound: multistream picks a security protocol (``/noise`` by default) -> its handshake as
-initiator -> multistream ``/yamux/1.0.0`` over the secured channel -> yamux as client (odd stream
-ids). Inbound is the mirror image. The whole upgrade runs under one timeout, so a peer that
-connects and then stays silent is dropped.
+Outbound: multistream picks a security protocol from ``security`` (``/noise`` by default) -> its
+handshake as initiator -> multistream picks a muxer from ``muxers`` (``/yamux/1.0.0`` by default)
+over the secured channel. Inbound is the mirror image. The whole upgrade runs under one timeout,
+so a peer that connects and then stays silent is dropped. The muxer itself is started by
+:class:`~p2pnet.host.connection.Connection`.
 """
 
 from __future__ import annotations
@@ -11,18 +12,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import ConnectionClosed, HandshakeError
 from p2pnet.host.config import HostConfig
 from p2pnet.multistream import negotiate_inbound, negotiate_outbound
-from p2pnet.mux import yamux
-from p2pnet.mux.yamux_connection import StreamCallback, YamuxConnection
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.security.base import SecureConnection, SecurityTransport
+from p2pnet.stream import StreamMuxer
 from p2pnet.transport.base import RawConnection
 
 log = logging.getLogger("p2pnet.upgrader")
+
+
+@dataclass(frozen=True, slots=True)
+class Upgraded:
+    """A secured channel and the protocols agreed for it."""
+
+    secure: SecureConnection
+    security: str
+    muxer: StreamMuxer
 
 
 async def upgrade(
@@ -30,13 +40,15 @@ async def upgrade(
     key: KeyPair,
     config: HostConfig,
     security: Sequence[SecurityTransport],
+    muxers: Sequence[StreamMuxer],
     *,
     initiator: bool,
     expected_peer: PeerID | None = None,
-    on_stream: StreamCallback | None = None,
-) -> tuple[SecureConnection, YamuxConnection]:
-    """Secure and multiplex ``raw``; on any failure ``raw`` is aborted and the error re-raised."""
+) -> Upgraded:
+    """Secure ``raw`` and agree on a muxer; on any failure ``raw`` is aborted and the error
+    re-raised. Both lists are in order of preference (the dialer proposes them in that order)."""
     by_id = {s.protocol_id: s for s in security}
+    muxer_by_id = {m.protocol_id: m for m in muxers}
     try:
         async with asyncio.timeout(config.upgrade_timeout):
             if initiator:
@@ -51,9 +63,9 @@ async def upgrade(
                 timeout=config.upgrade_timeout,
             )
             if initiator:
-                await negotiate_outbound(secure, [yamux.PROTOCOL_ID])
+                muxer_id = await negotiate_outbound(secure, list(muxer_by_id))
             else:
-                await negotiate_inbound(secure, [yamux.PROTOCOL_ID])
+                muxer_id = await negotiate_inbound(secure, muxer_by_id.keys())
     except TimeoutError as exc:
         raw.abort()
         raise HandshakeError(
@@ -67,5 +79,4 @@ async def upgrade(
     except BaseException:
         raw.abort()
         raise
-    muxer = YamuxConnection(secure, initiator=initiator, config=config.yamux, on_stream=on_stream)
-    return secure, muxer
+    return Upgraded(secure, chosen, muxer_by_id[muxer_id])

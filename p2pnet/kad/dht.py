@@ -67,8 +67,8 @@ from p2pnet.wire.pb import kad_pb2
 
 if TYPE_CHECKING:
     from p2pnet.host.host import Host
-    from p2pnet.mux.yamux_connection import YamuxStream
     from p2pnet.protocols.identify import IdentifyInfo, IdentifyService
+    from p2pnet.stream import Stream
 
 log = logging.getLogger("p2pnet.kad")
 
@@ -112,7 +112,7 @@ class KadDHT:
         self._wake = asyncio.Event()
         self._provided: dict[bytes, float] = {}  # keys we provide -> unix time last provided
         self._rng = random.Random()
-        self._idle_streams: dict[PeerID, list[tuple[YamuxStream, float]]] = {}
+        self._idle_streams: dict[PeerID, list[tuple[Stream, float]]] = {}
         #: The most recent lookups (their cost), newest last.
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
         #: Counters: requests sent/received by type name, failures, bad messages.
@@ -272,7 +272,7 @@ class KadDHT:
         return resp
 
     async def _exchange(
-        self, stream: YamuxStream, data: bytes, expect_response: bool
+        self, stream: Stream, data: bytes, expect_response: bool
     ) -> kad_pb2.Message | None:
         try:
             await write_length_prefixed(stream, data)
@@ -283,7 +283,7 @@ class KadDHT:
             await stream.reset()
             raise
 
-    async def _take_stream(self, peer: PeerID) -> YamuxStream | None:
+    async def _take_stream(self, peer: PeerID) -> Stream | None:
         pool = self._idle_streams.get(peer)
         limit = asyncio.get_running_loop().time() - self.config.stream_idle_timeout
         while pool:
@@ -294,7 +294,7 @@ class KadDHT:
         self._idle_streams.pop(peer, None)
         return None
 
-    async def _put_stream(self, peer: PeerID, stream: YamuxStream) -> None:
+    async def _put_stream(self, peer: PeerID, stream: Stream) -> None:
         pool = self._idle_streams.setdefault(peer, [])
         if self._closed or len(pool) >= self.config.max_idle_streams_per_peer:
             await stream.close()
@@ -713,8 +713,8 @@ class KadDHT:
 
     # -- RPC server -----------------------------------------------------------------------------
 
-    async def _handle_stream(self, stream: YamuxStream) -> None:
-        peer = self.host.connection_of(stream).remote_peer
+    async def _handle_stream(self, stream: Stream) -> None:
+        peer = stream.conn.remote_peer
         cfg = self.config
         try:
             while True:

@@ -16,7 +16,6 @@ replace :class:`InMemoryRecordStore` without touching the DHT.
 from __future__ import annotations
 
 import datetime
-import re
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -130,43 +129,11 @@ class NamespacedValidator:
 
 # -- RFC 3339 time of the Record message --------------------------------------------------------
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})"
-)
-
 
 def format_rfc3339(timestamp: float) -> str:
     """Unix seconds -> ``2006-01-02T15:04:05.999999999Z`` (go's RFC3339Nano, as js writes it)."""
     dt = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{dt.microsecond * 1000:09d}Z"
-
-
-def parse_rfc3339(text: str) -> float | None:
-    """The inverse of :func:`format_rfc3339`, tolerant of precision and offsets; None if bad."""
-    m = _RFC3339.fullmatch(text.strip())
-    if m is None:
-        return None
-    try:
-        frac = m.group(7) or "0"
-        micro = int((frac + "000000")[:6])
-        tz = datetime.UTC
-        if m.group(8) != "Z":
-            sign = 1 if m.group(8)[0] == "+" else -1
-            hours, minutes = int(m.group(8)[1:3]), int(m.group(8)[4:6])
-            tz = datetime.timezone(sign * datetime.timedelta(hours=hours, minutes=minutes))
-        dt = datetime.datetime(
-            int(m.group(1)),
-            int(m.group(2)),
-            int(m.group(3)),
-            int(m.group(4)),
-            int(m.group(5)),
-            int(m.group(6)),
-            micro,
-            tzinfo=tz,
-        )
-    except ValueError:
-        return None
-    return dt.timestamp()
 
 
 # -- store --------------------------------------------------------------------------------------

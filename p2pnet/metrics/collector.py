@@ -91,12 +91,9 @@ class NodeCollector(Collector):
 
         streams: dict[tuple[str, str], int] = {}
         for conn in conns:
-            muxer = conn.muxer
-            for stream in muxer.streams:
+            for stream in conn.muxed.streams:
                 proto = stream.protocol or "negotiating"
-                # The dialer of a connection opens odd stream ids.
-                outbound = (stream.stream_id % 2 == 1) == muxer.initiator
-                key = (proto, "outbound" if outbound else "inbound")
+                key = (proto, stream.direction.value)
                 streams[key] = streams.get(key, 0) + 1
         keep = bounded_labels({p for p, _ in streams}, limit=MAX_PROTOCOL_LABELS)
         fam = GaugeMetricFamily(

@@ -1,9 +1,14 @@
 """yamux ``/yamux/1.0.0``: the sans-IO protocol core.
 
-Nothing here does I/O, sleeps or starts tasks. :class:`YamuxSession` is fed the bytes read from the
-connection (:meth:`YamuxSession.receive_data`) and returns what happened as small event objects;
-local actions (open, write, close, reset, ping, go-away) append encoded frames to an outbound
-buffer that the asyncio adapter (:mod:`p2pnet.mux.yamux_connection`) drains and writes.
+Nothing here does I/O, sleeps, reads a clock or starts tasks. :class:`YamuxSession` is fed the
+bytes read from the connection (:meth:`YamuxSession.receive_data`) with the current time and
+returns what happened as small event objects; local actions (open, write, close, reset, ping,
+go-away) append encoded frames to an outbound buffer that the asyncio adapter
+(:mod:`p2pnet.mux.yamux_connection`) drains and writes. Timers are the core's too:
+:meth:`YamuxSession.get_timer` says when :meth:`YamuxSession.handle_timer` must next run (keepalive
+pings and their timeout). Every stream's lifecycle is a :class:`StreamState` whose transitions are
+all in :data:`STREAM_TRANSITIONS`; :meth:`YamuxSession.write` splits a write by the send window,
+the frame size and the outbound high-water mark.
 
 Wire format (libp2p specs yamux/README.md, the hashicorp spec): a 12-byte big-endian header
 ``version u8 (0) | type u8 | flags u16 | stream id u32 | length u32``, followed by ``length`` bytes
@@ -14,9 +19,12 @@ Choices worth knowing:
 
 * Streams are opened and acknowledged with Window Update frames (never empty Data frames); the
   delta announces how much more than the spec's 256 KiB initial window we accept.
-* Inbound streams are acknowledged when the application takes them (``accept_stream``); until then
-  they count as *unacked* and at most ``max_unacked_inbound`` of them may exist: a SYN beyond that,
-  or beyond ``max_streams`` open inbound streams, is answered with RST and the connection lives on.
+* Inbound streams are acknowledged by :meth:`YamuxSession.accept_stream`; until then they count as
+  *unacked* and at most ``max_unacked_inbound`` of them may exist: a SYN beyond that, or beyond
+  ``max_streams`` open inbound streams, is answered with RST and the connection lives on. (An
+  adapter with a stream callback, as the host uses, accepts every stream at once and runs its
+  handler, so there only ``max_streams`` bounds them; ``accept_stream()`` users get the unacked
+  bound.)
 * ``max_streams`` bounds inbound and outbound streams separately.
 * The receive window is given back as the application *consumes* data (``consume``), once at least
   half the window is free, so a reader that stops reading stops the writer. If half a window was
@@ -31,9 +39,11 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import enum
 import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
 from p2pnet.errors import (
     ConnectionClosed,
@@ -131,9 +141,13 @@ def encode_header(ftype: int, flags: int, stream_id: int, length: int) -> bytes:
 
 @dataclass(slots=True)
 class StreamOpened:
-    """The remote opened a stream (SYN); accept it with :meth:`YamuxSession.accept_stream`."""
+    """The remote opened a stream (SYN); accept it with :meth:`YamuxSession.accept_stream`.
+
+    ``record`` is the stream's state (valid even if a later frame in the same input removed it).
+    """
 
     stream_id: int
+    record: StreamRecord | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -179,6 +193,13 @@ class GoAwayReceived:
     code: int
 
 
+@dataclass(slots=True)
+class KeepaliveTimedOut:
+    """No pong within ``ping_timeout``: the session queued a go-away and terminated."""
+
+    timeout: float
+
+
 Event = (
     StreamOpened
     | DataReceived
@@ -188,23 +209,67 @@ Event = (
     | StreamAcked
     | PongReceived
     | GoAwayReceived
+    | KeepaliveTimedOut
 )
 
 
-class _Stream:
-    """Flow-control and half-close state of one stream."""
+class StreamState(enum.Enum):
+    OPEN = "open"
+    LOCAL_CLOSED = "closed for writing"  # we sent FIN
+    REMOTE_CLOSED = "closed by the remote"  # the remote sent FIN
+    CLOSED = "closed"  # both sent FIN: the stream is gone
+    RESET = "reset"  # either side sent RST: the stream is gone
+
+    # members are singletons: identity hashing is correct and much cheaper than Enum's
+    __hash__ = object.__hash__
+
+
+class StreamInput(enum.Enum):
+    LOCAL_FIN = "local FIN"
+    REMOTE_FIN = "remote FIN"
+    RESET = "RST"
+
+    __hash__ = object.__hash__
+
+
+_O, _LC, _RC, _C, _R = (
+    StreamState.OPEN,
+    StreamState.LOCAL_CLOSED,
+    StreamState.REMOTE_CLOSED,
+    StreamState.CLOSED,
+    StreamState.RESET,
+)
+#: Every stream state change; an input not listed for a state leaves it unchanged (a second FIN,
+#: a FIN after a reset).
+STREAM_TRANSITIONS: Final[dict[tuple[StreamState, StreamInput], StreamState]] = {
+    (_O, StreamInput.LOCAL_FIN): _LC,
+    (_O, StreamInput.REMOTE_FIN): _RC,
+    (_LC, StreamInput.REMOTE_FIN): _C,
+    (_RC, StreamInput.LOCAL_FIN): _C,
+    (_O, StreamInput.RESET): _R,
+    (_LC, StreamInput.RESET): _R,
+    (_RC, StreamInput.RESET): _R,
+}
+_GONE: Final = frozenset((_C, _R))
+
+
+class StreamRecord:
+    """Lifecycle and flow-control state of one stream.
+
+    The adapter keeps the record of each of its streams: it stays valid (in a final state) after
+    the session forgot the stream.
+    """
 
     __slots__ = (
         "acked",
         "buffered",
         "last_update",
-        "local_closed",
         "need_ack",
         "outbound",
         "recv_credit",
         "recv_window",
-        "remote_closed",
         "send_window",
+        "state",
         "stream_id",
     )
 
@@ -223,8 +288,29 @@ class _Stream:
         #: Bytes received but not yet consumed by the application.
         self.buffered = 0
         self.last_update = now
-        self.local_closed = False
-        self.remote_closed = False
+        self.state = StreamState.OPEN
+
+    @property
+    def local_closed(self) -> bool:
+        """No more writes: we sent FIN, or the stream is gone."""
+        return self.state is not _O and self.state is not _RC
+
+    @property
+    def remote_closed(self) -> bool:
+        """No more data will come: the remote sent FIN, or the stream is gone."""
+        return self.state is not _O and self.state is not _LC
+
+    @property
+    def is_reset(self) -> bool:
+        return self.state is _R
+
+    def advance(self, event: StreamInput) -> bool:
+        """Apply ``event``; returns whether the state changed."""
+        new = STREAM_TRANSITIONS.get((self.state, event))
+        if new is None:
+            return False
+        self.state = new
+        return True
 
 
 class YamuxSession:
@@ -237,7 +323,7 @@ class YamuxSession:
     def __init__(self, *, initiator: bool, config: YamuxConfig | None = None) -> None:
         self.config = config or YamuxConfig()
         self.initiator = initiator
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, StreamRecord] = {}
         self._next_local_id = 1 if initiator else 2
         self._remote_parity = 0 if initiator else 1
         self._highest_remote_id = 0
@@ -248,6 +334,8 @@ class YamuxSession:
         self._total_recv_window = 0
         self._pings: dict[int, float] = {}
         self._next_ping_id = 1
+        self._next_keepalive: float | None = None
+        self._keepalive_ping: int | None = None  # opaque of the unanswered keepalive ping
         #: Last measured round-trip time in seconds (None until a pong arrived).
         self.rtt: float | None = None
         self.local_go_away = False
@@ -260,7 +348,7 @@ class YamuxSession:
         # receive parser state
         self._partial = b""
         self._data_left = 0
-        self._data_stream: _Stream | None = None
+        self._data_stream: StreamRecord | None = None
         self._data_fin = False
 
     # ----------------------------------------------------------------- outbound buffer
@@ -289,6 +377,18 @@ class YamuxSession:
 
     def has_stream(self, stream_id: int) -> bool:
         return stream_id in self._streams
+
+    def stream(self, stream_id: int) -> StreamRecord | None:
+        """The record of a live stream (keep it: it tells the final state after removal)."""
+        return self._streams.get(stream_id)
+
+    @property
+    def unacked_inbound(self) -> int:
+        """Inbound streams not yet accepted."""
+        return self._inbound_unacked
+
+    def streams(self) -> list[StreamRecord]:
+        return list(self._streams.values())
 
     def send_window(self, stream_id: int) -> int:
         st = self._streams.get(stream_id)
@@ -340,7 +440,7 @@ class YamuxSession:
         if sid > MAX_U32:
             raise StreamLimitExceeded("stream ids exhausted")
         self._next_local_id += 2
-        st = _Stream(sid, True, self.config.initial_window, now)
+        st = StreamRecord(sid, True, self.config.initial_window, now)
         self._streams[sid] = st
         self._outbound_open += 1
         self._outbound_unacked += 1
@@ -365,14 +465,14 @@ class YamuxSession:
             )
         )
 
-    def _flags_for(self, st: _Stream) -> int:
+    def _flags_for(self, st: StreamRecord) -> int:
         if st.need_ack:
             st.need_ack = False
             self._inbound_unacked -= 1
             return FLAG_ACK
         return 0
 
-    def _writable(self, stream_id: int) -> _Stream:
+    def _writable(self, stream_id: int) -> StreamRecord:
         self._check_usable()
         st = self._streams.get(stream_id)
         if st is None:
@@ -381,40 +481,55 @@ class YamuxSession:
             raise StreamClosed(f"stream {stream_id} was closed for writing")
         return st
 
-    def max_send(self, stream_id: int) -> int:
-        """How many bytes one Data frame on this stream may carry right now."""
-        st = self._streams.get(stream_id)
-        if st is None:
-            return 0
-        return min(st.send_window, self.config.max_frame_payload)
+    def write(self, stream_id: int, data: bytes | memoryview) -> int:
+        """Queue as much of ``data`` as may go now; returns how many bytes were queued.
 
-    def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
-        """Queue one Data frame; ``len(data)`` must not exceed :meth:`max_send`."""
+        Data frames carry at most ``max_frame_payload`` bytes and never exceed the send window;
+        no frame is started once ``write_high_water`` bytes are queued. 0 means: wait for send
+        window (:class:`SendWindowUpdated`) or for the outbound buffer to drain. ``data`` is kept
+        by reference until :meth:`take_outbound`, so it must not change meanwhile.
+        """
         st = self._writable(stream_id)
-        n = len(data)
-        if n > st.send_window:
-            raise ValueError(f"{n} bytes exceed the send window of {st.send_window}")
-        st.send_window -= n
-        self._out.append(_pack_header(VERSION, TYPE_DATA, self._flags_for(st), stream_id, n))
-        self._out.append(data)
-        self._out_size += HEADER_SIZE + n
+        total = len(data)
+        high_water = self.config.write_high_water
+        frame_max = self.config.max_frame_payload
+        pos = 0
+        out = self._out
+        view: memoryview | None = None
+        while pos < total and self._out_size < high_water:
+            take = min(st.send_window, frame_max, total - pos)
+            if take <= 0:
+                break
+            st.send_window -= take
+            out.append(_pack_header(VERSION, TYPE_DATA, self._flags_for(st), stream_id, take))
+            if take == total:
+                out.append(data)
+            else:
+                if view is None:
+                    view = memoryview(data)  # slices of a view share the buffer: no copy
+                out.append(view[pos : pos + take])
+            self._out_size += HEADER_SIZE + take
+            pos += take
+        return pos
 
     def close_stream(self, stream_id: int) -> None:
         """Half-close: queue a FIN. Idempotent; no-op for a stream that is gone."""
         st = self._streams.get(stream_id)
-        if st is None or st.local_closed or self.terminated:
+        if st is None or not st.advance(StreamInput.LOCAL_FIN):
             return
-        st.local_closed = True
-        self._queue(
-            _pack_header(VERSION, TYPE_WINDOW_UPDATE, self._flags_for(st) | FLAG_FIN, stream_id, 0)
-        )
-        if st.remote_closed:
+        if not self.terminated:
+            self._queue(
+                _pack_header(
+                    VERSION, TYPE_WINDOW_UPDATE, self._flags_for(st) | FLAG_FIN, stream_id, 0
+                )
+            )
+        if st.state in _GONE:
             self._remove(st)
 
     def reset_stream(self, stream_id: int) -> None:
         """Queue an RST and forget the stream. No-op for a stream that is gone."""
         st = self._streams.get(stream_id)
-        if st is None:
+        if st is None or not st.advance(StreamInput.RESET):
             return
         if not self.terminated:
             self._queue(
@@ -465,6 +580,47 @@ class YamuxSession:
     def forget_ping(self, opaque: int) -> None:
         self._pings.pop(opaque, None)
 
+    # ----------------------------------------------------------------- timers
+
+    def start(self, now: float) -> None:
+        """Queue a first ping (its pong gives the RTT window auto-tuning needs) and arm the
+        keepalive."""
+        self.ping(now)
+        interval = self.config.keepalive_interval
+        if interval is not None:
+            self._next_keepalive = now + interval
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next run (None: no timer)."""
+        if self.terminated or self._next_keepalive is None:
+            return None
+        if self._keepalive_ping is not None:
+            sent = self._pings.get(self._keepalive_ping)
+            if sent is not None:
+                return min(self._next_keepalive, sent + self.config.ping_timeout)
+        return self._next_keepalive
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Keepalive: ping every ``keepalive_interval`` (one ping in flight at a time) and end the
+        session when a keepalive pong is ``ping_timeout`` late."""
+        interval = self.config.keepalive_interval
+        if self.terminated or interval is None or self._next_keepalive is None:
+            return []
+        if self._keepalive_ping is not None:
+            sent = self._pings.get(self._keepalive_ping)
+            if sent is None:
+                self._keepalive_ping = None
+            elif now - sent >= self.config.ping_timeout:
+                log.info("yamux keepalive: no pong within %.1fs", self.config.ping_timeout)
+                self.go_away(GO_AWAY_INTERNAL_ERROR)
+                self.terminated = True
+                return [KeepaliveTimedOut(self.config.ping_timeout)]
+        if now >= self._next_keepalive:
+            if self._keepalive_ping is None:
+                self._keepalive_ping = self.ping(now)
+            self._next_keepalive = now + interval
+        return []
+
     def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
         """Queue a Go Away (once): no new streams from either side afterwards."""
         if self.local_go_away:
@@ -478,7 +634,7 @@ class YamuxSession:
 
     # ----------------------------------------------------------------- bookkeeping
 
-    def _remove(self, st: _Stream) -> None:
+    def _remove(self, st: StreamRecord) -> None:
         if self._streams.pop(st.stream_id, None) is None:
             return
         self._total_recv_window -= st.recv_window
@@ -554,12 +710,11 @@ class YamuxSession:
             self._remote_fin(st, events)
         self._data_fin = False
 
-    def _remote_fin(self, st: _Stream, events: list[Event]) -> None:
-        if st.remote_closed:
+    def _remote_fin(self, st: StreamRecord, events: list[Event]) -> None:
+        if not st.advance(StreamInput.REMOTE_FIN):
             return
-        st.remote_closed = True
         events.append(StreamEnded(st.stream_id))
-        if st.local_closed:
+        if st.state in _GONE:
             self._remove(st)
 
     def _handle_header(self, buf: bytes, pos: int, events: list[Event], now: float) -> None:
@@ -573,6 +728,8 @@ class YamuxSession:
                 self._queue_reply(_pack_header(VERSION, TYPE_PING, FLAG_ACK, 0, length))
             elif flags & FLAG_ACK:
                 sent = self._pings.pop(length, None)
+                if length == self._keepalive_ping:
+                    self._keepalive_ping = None
                 if sent is not None:
                     rtt = max(now - sent, 0.0)
                     self.rtt = rtt
@@ -606,6 +763,7 @@ class YamuxSession:
             self._outbound_unacked -= 1
             events.append(StreamAcked(sid))
         if flags & FLAG_RST:
+            st.advance(StreamInput.RESET)
             self._remove(st)
             events.append(StreamResetByRemote(sid))
             if is_data:
@@ -640,12 +798,12 @@ class YamuxSession:
         if fin:
             self._remote_fin(st, events)
 
-    def _begin_data(self, st: _Stream | None, length: int, fin: bool) -> None:
+    def _begin_data(self, st: StreamRecord | None, length: int, fin: bool) -> None:
         self._data_left = length
         self._data_stream = st
         self._data_fin = fin
 
-    def _remote_syn(self, sid: int, events: list[Event], now: float) -> _Stream | None:
+    def _remote_syn(self, sid: int, events: list[Event], now: float) -> StreamRecord | None:
         if (sid & 1) != self._remote_parity:
             raise self._protocol_error(f"SYN with stream id {sid} of the wrong parity")
         if sid <= self._highest_remote_id:
@@ -663,12 +821,12 @@ class YamuxSession:
             log.debug("refusing inbound stream %d: %s", sid, reason)
             self._queue_reply(_pack_header(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
             return None
-        st = _Stream(sid, False, cfg.initial_window, now)
+        st = StreamRecord(sid, False, cfg.initial_window, now)
         self._streams[sid] = st
         self._inbound_open += 1
         self._inbound_unacked += 1
         self._total_recv_window += st.recv_window
-        events.append(StreamOpened(sid))
+        events.append(StreamOpened(sid, st))
         return st
 
 
@@ -684,6 +842,7 @@ __all__ = [
     "HEADER",
     "HEADER_SIZE",
     "PROTOCOL_ID",
+    "STREAM_TRANSITIONS",
     "TYPE_DATA",
     "TYPE_GO_AWAY",
     "TYPE_PING",
@@ -691,12 +850,16 @@ __all__ = [
     "DataReceived",
     "Event",
     "GoAwayReceived",
+    "KeepaliveTimedOut",
     "PongReceived",
     "SendWindowUpdated",
     "StreamAcked",
     "StreamEnded",
+    "StreamInput",
     "StreamOpened",
+    "StreamRecord",
     "StreamResetByRemote",
+    "StreamState",
     "YamuxConfig",
     "YamuxSession",
     "encode_header",

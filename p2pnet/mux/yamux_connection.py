@@ -1,15 +1,20 @@
 """The asyncio adapter around the yamux core: :class:`YamuxConnection` and :class:`YamuxStream`.
 
-Three tasks per connection, all owned and awaited by :meth:`YamuxConnection.close`:
+Every protocol decision (stream states, flow control, how a write is split into frames, keepalive,
+limits) is made by the sans-IO :class:`~p2pnet.mux.yamux.YamuxSession`; this module only moves
+bytes, timers and events. Three tasks per connection, all owned and awaited by
+:meth:`YamuxConnection.close`:
 
-* the *reader* reads chunks from the connection below, feeds them to the sans-IO
-  :class:`~p2pnet.mux.yamux.YamuxSession` and dispatches its events (payload chunks are appended to
-  the stream's deque; its event is set only when the deque goes from empty to non-empty);
+* the *reader* reads chunks from the connection below, feeds them to the session and dispatches
+  its events (payload chunks go to the stream's buffer; its readers are woken only when the buffer
+  goes from empty to non-empty);
 * the *writer* is the only code that writes to the connection: it joins every queued frame into
   one ``write`` (so frames never interleave and small frames are batched). The reader never waits
   for the writer, so two peers that both write a lot cannot deadlock;
-* the *keepalive* pings every ``keepalive_interval`` and closes the connection when a pong does
-  not come back within ``ping_timeout``.
+* the *timer* sleeps until :meth:`~p2pnet.mux.yamux.YamuxSession.get_timer` and runs
+  :meth:`~p2pnet.mux.yamux.YamuxSession.handle_timer` (keepalive pings and their timeout).
+
+Time is read only through the injected :class:`~p2pnet.clock.Clock`.
 
 Inbound streams go to the ``on_stream`` callback (each in a task owned by the connection; an
 exception is logged and resets the stream) or, without a callback, to :meth:`accept_stream`.
@@ -19,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.errors import (
     ConnectionClosed,
     P2PError,
@@ -38,160 +43,160 @@ from p2pnet.mux.yamux import (
     GO_AWAY_INTERNAL_ERROR,
     GO_AWAY_NORMAL,
     GO_AWAY_PROTOCOL_ERROR,
+    PROTOCOL_ID,
     DataReceived,
     GoAwayReceived,
+    KeepaliveTimedOut,
     PongReceived,
     SendWindowUpdated,
     StreamAcked,
     StreamEnded,
     StreamOpened,
+    StreamRecord,
     StreamResetByRemote,
     YamuxConfig,
     YamuxSession,
 )
+from p2pnet.stream import ConnectionInfo, Direction, StreamCallback
 
 log = logging.getLogger("p2pnet.yamux")
 
-StreamCallback = Callable[["YamuxStream"], Awaitable[None]]
-
-_clock = time.monotonic
-
 
 class YamuxStream(ChunkReader):
-    """One yamux stream; a :class:`~p2pnet.io.ReadWriter`.
+    """One yamux stream; a :class:`~p2pnet.stream.Stream`.
 
     ``read`` returns ``b""`` after the remote's FIN; ``write`` waits for send window and raises
     :class:`StreamClosed` after :meth:`close`, :class:`StreamReset` after a reset (either side) and
-    :class:`ConnectionClosed` once the connection is gone.
+    :class:`ConnectionClosed` once the connection is gone. Its state is the core's
+    :class:`~p2pnet.mux.yamux.StreamRecord`.
     """
 
-    def __init__(self, connection: YamuxConnection, stream_id: int) -> None:
+    def __init__(self, connection: YamuxConnection, record: StreamRecord) -> None:
         super().__init__()
         self.connection = connection
-        self.stream_id = stream_id
+        self.record = record
+        self.stream_id = record.stream_id
         #: The application protocol, set by the host after multistream negotiation.
         self.protocol: str | None = None
         self._chunks: deque[bytes] = deque()
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._write_lock = asyncio.Lock()
-        self._remote_eof = False
-        self._local_closed = False
-        self._reset = False
-        self._error: P2PError | None = None
 
-    # ----------------------------------------------------------------- state
+    # ----------------------------------------------------------------- state (the core's)
 
     @property
     def local_closed(self) -> bool:
-        """We sent FIN (or the stream is dead)."""
-        return self._local_closed or self._reset or self._error is not None
+        """We sent FIN (or the stream or its connection is dead)."""
+        return self.record.local_closed or self.connection.error is not None
 
     @property
     def remote_closed(self) -> bool:
-        """The remote sent FIN (or the stream is dead)."""
-        return self._remote_eof or self._reset or self._error is not None
+        """The remote sent FIN (or the stream or its connection is dead)."""
+        return self.record.remote_closed or self.connection.error is not None
 
     @property
     def is_reset(self) -> bool:
-        return self._reset
+        return self.record.is_reset
 
-    def _mark_reset(self) -> None:
-        self._reset = True
-        self._chunks.clear()
-        self._pending = b""
-        self._pending_pos = 0
-        self._readable.set()
-        self._writable.set()
+    @property
+    def direction(self) -> Direction:
+        return Direction.OUTBOUND if self.record.outbound else Direction.INBOUND
 
-    def _mark_failed(self, error: P2PError) -> None:
-        if self._error is None:
-            self._error = error
-        self._readable.set()
-        self._writable.set()
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet."""
+        return sum(map(len, self._chunks)) + len(self._pending) - self._pending_pos
 
     def _raise_if_dead(self) -> None:
-        if self._reset:
+        if self.record.is_reset:
             raise StreamReset(f"stream {self.stream_id} was reset")
-        if self._error is not None:
-            raise ConnectionClosed(f"stream {self.stream_id}: {self._error}") from self._error
+        error = self.connection.error
+        if error is not None:
+            raise ConnectionClosed(f"stream {self.stream_id}: {error}") from error
+
+    # ----------------------------------------------------------------- called by the connection
+
+    def deliver(self, data: bytes) -> None:
+        """Payload received for this stream."""
+        chunks = self._chunks
+        chunks.append(data)
+        if len(chunks) == 1:
+            self._readable.set()
+
+    def wake(self) -> None:
+        """The core's state changed (FIN, RST, window, connection gone): re-check it."""
+        if self.record.is_reset:
+            self._chunks.clear()
+            self._pending = b""
+            self._pending_pos = 0
+        self._readable.set()
+        self._writable.set()
 
     # ----------------------------------------------------------------- reading
 
     async def _read_chunk(self) -> bytes:
         chunks = self._chunks
+        record = self.record
         while True:
-            if self._reset:
+            if record.is_reset:
                 raise StreamReset(f"stream {self.stream_id} was reset")
             if chunks:
                 chunk = chunks.popleft()
-                self.connection._consumed(self.stream_id, len(chunk))
+                self.connection.consumed(self.stream_id, len(chunk))
                 return chunk
-            if self._remote_eof:
+            if record.remote_closed:
                 return b""
-            if self._error is not None:
-                raise ConnectionClosed(f"stream {self.stream_id}: {self._error}") from self._error
+            self._raise_if_dead()
             self._readable.clear()
             await self._readable.wait()
 
     # ----------------------------------------------------------------- writing
 
     async def write(self, data: Bytes) -> None:
-        """Send ``data``, split by the send window and ``max_frame_payload``."""
-        if self._local_closed:
+        """Send ``data``; the core splits it by send window and frame size."""
+        if self.record.local_closed and not self.record.is_reset:
             raise StreamClosed(f"stream {self.stream_id} was closed for writing")
         self._raise_if_dead()
         if not data:
             return
         if type(data) is not bytes:
-            data = bytes(data)  # we keep views of it until the writer sent them
+            data = bytes(data)  # the core keeps views of it until the writer sent them
         conn = self.connection
-        session = conn._session
+        session = conn.session
         sid = self.stream_id
         total = len(data)
         view = memoryview(data)
         async with self._write_lock:
             pos = 0
             while pos < total:
-                if self._local_closed:
-                    raise StreamClosed(f"stream {sid} was closed for writing")
                 self._raise_if_dead()
-                if session.outbound_size >= conn._high_water:
-                    await conn._wait_room()
-                    continue
-                room = session.max_send(sid)
-                if room <= 0:
+                if self.record.local_closed:
+                    raise StreamClosed(f"stream {sid} was closed for writing")
+                sent = session.write(sid, data if pos == 0 else view[pos:])
+                if sent:
+                    conn.flush()
+                    pos += sent
+                elif session.outbound_size >= session.config.write_high_water:
+                    await conn.wait_room()
+                else:
                     self._writable.clear()
                     await self._writable.wait()
-                    continue
-                take = total - pos
-                if take > room:
-                    take = room
-                session.send_data(sid, data if take == total else view[pos : pos + take])
-                conn._kick()
-                pos += take
 
     async def drain(self) -> None:
         """Wait until the connection's outbound queue is below its high-water mark."""
         self._raise_if_dead()
-        await self.connection._wait_room()
+        await self.connection.wait_room()
 
     # ----------------------------------------------------------------- closing
 
     async def close(self) -> None:
         """Half-close: send FIN. Reading still works until the remote's FIN. Idempotent."""
-        if self._local_closed or self._reset:
-            return
-        self._local_closed = True
-        self._writable.set()
-        self.connection._close_stream(self.stream_id)
+        self.connection.close_stream(self)
 
     async def reset(self) -> None:
         """Abort both directions: RST to the remote, pending readers/writers get StreamReset."""
-        if self._reset:
-            return
-        self._mark_reset()
-        self.connection._reset_stream(self.stream_id)
+        self.connection.reset_stream(self)
 
     async def __aenter__(self) -> YamuxStream:
         return self
@@ -207,8 +212,18 @@ class YamuxStream(ChunkReader):
         else:
             await self.reset()
 
+    @property
+    def conn(self) -> ConnectionInfo:
+        """The connection this stream runs on (set by whoever created the muxer)."""
+        info = self.connection.info
+        if info is None:
+            raise RuntimeError("this yamux connection was created without a ConnectionInfo")
+        return info
+
     def __repr__(self) -> str:
-        return f"<YamuxStream {self.stream_id} protocol={self.protocol!r}>"
+        return (
+            f"<YamuxStream {self.stream_id} {self.record.state.value} protocol={self.protocol!r}>"
+        )
 
 
 class YamuxConnection:
@@ -227,13 +242,17 @@ class YamuxConnection:
         initiator: bool,
         config: YamuxConfig | None = None,
         on_stream: StreamCallback | None = None,
+        info: ConnectionInfo | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.conn = conn
+        #: What the streams report as their ``conn`` (the host's Connection).
+        self.info = info
         self.initiator = initiator
         self.config = config or YamuxConfig()
-        self._session = YamuxSession(initiator=initiator, config=self.config)
+        self.session = YamuxSession(initiator=initiator, config=self.config)
+        self._now = clock.monotonic
         self._on_stream = on_stream
-        self._high_water = self.config.write_high_water
         self._streams: dict[int, YamuxStream] = {}
         self._accept_queue: deque[YamuxStream] = deque()
         self._accept_event = asyncio.Event()
@@ -244,7 +263,7 @@ class YamuxConnection:
         self._pong_waiters: dict[int, asyncio.Future[float]] = {}
         self._reader_task: asyncio.Task[None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
-        self._keepalive_task: asyncio.Task[None] | None = None
+        self._timer_task: asyncio.Task[None] | None = None
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._closing = False
@@ -264,7 +283,7 @@ class YamuxConnection:
     @property
     def rtt(self) -> float | None:
         """Last measured round-trip time in seconds."""
-        return self._session.rtt
+        return self.session.rtt
 
     @property
     def num_streams(self) -> int:
@@ -285,7 +304,7 @@ class YamuxConnection:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Start the reader, the writer and the keepalive; measure the RTT with a first ping."""
+        """Start the reader, the writer and the timer; the core queues a first ping."""
         if self._started:
             return
         if self._closing:
@@ -295,14 +314,10 @@ class YamuxConnection:
         side = "client" if self.initiator else "server"
         self._writer_task = loop.create_task(self._writer_loop(), name=f"yamux-{side}-writer")
         self._reader_task = loop.create_task(self._reader_loop(), name=f"yamux-{side}-reader")
-        if self.config.keepalive_interval is not None:
-            self._keepalive_task = loop.create_task(
-                self._keepalive_loop(self.config.keepalive_interval),
-                name=f"yamux-{side}-keepalive",
-            )
-        # the pong sets session.rtt, which receive-window auto-tuning needs
-        self._session.ping(_clock())
-        self._kick()
+        self.session.start(self._now())
+        if self.session.get_timer() is not None:
+            self._timer_task = loop.create_task(self._timer_loop(), name=f"yamux-{side}-timer")
+        self.flush()
 
     async def close(self, code: int = GO_AWAY_NORMAL) -> None:
         """Go away with ``code``, fail every stream, close ``conn`` and await all tasks."""
@@ -323,6 +338,12 @@ class YamuxConnection:
         if not self._started:
             raise RuntimeError("YamuxConnection.start() was not called")
 
+    def _new_stream(self, record: StreamRecord) -> YamuxStream:
+        stream = YamuxStream(self, record)
+        if self.session.has_stream(record.stream_id):
+            self._streams[record.stream_id] = stream
+        return stream
+
     async def open_stream(self) -> YamuxStream:
         """Open an outbound stream (its SYN is sent right away; data may follow before the ACK).
 
@@ -330,7 +351,7 @@ class YamuxConnection:
         raises :class:`StreamLimitExceeded`; also raised beyond ``max_streams`` open streams.
         """
         self._check_open()
-        session = self._session
+        session = self.session
         if not session.can_open_stream():
             try:
                 async with asyncio.timeout(self.config.open_timeout):
@@ -343,10 +364,10 @@ class YamuxConnection:
                     f"{session.ack_backlog} streams wait for an ACK from the remote"
                 ) from None
         self._check_open()
-        sid = session.open_stream(_clock())
-        stream = YamuxStream(self, sid)
-        self._streams[sid] = stream
-        self._kick()
+        record = session.stream(session.open_stream(self._now()))
+        assert record is not None  # just opened
+        stream = self._new_stream(record)
+        self.flush()
         return stream
 
     async def accept_stream(self) -> YamuxStream:
@@ -356,10 +377,10 @@ class YamuxConnection:
         while True:
             while self._accept_queue:
                 stream = self._accept_queue.popleft()
-                if stream._reset or stream._error is not None:
+                if stream.record.is_reset:
                     continue
-                self._session.accept_stream(stream.stream_id)
-                self._kick()
+                self.session.accept_stream(stream.stream_id)
+                self.flush()
                 return stream
             self._check_open()
             self._accept_event.clear()
@@ -368,56 +389,60 @@ class YamuxConnection:
     async def ping(self) -> float:
         """Round-trip time in seconds of one session ping; TimeoutError after ``ping_timeout``."""
         self._check_open()
-        opaque = self._session.ping(_clock())
+        opaque = self.session.ping(self._now())
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pong_waiters[opaque] = fut
-        self._kick()
+        self.flush()
         try:
             async with asyncio.timeout(self.config.ping_timeout):
                 return await fut
         finally:
             self._pong_waiters.pop(opaque, None)
-            self._session.forget_ping(opaque)
+            self.session.forget_ping(opaque)
 
     # ----------------------------------------------------------------- called by streams
 
-    def _kick(self) -> None:
+    def flush(self) -> None:
+        """Wake the writer: the session has frames queued."""
         self._out_ready.set()
 
-    async def _wait_room(self) -> None:
-        session = self._session
-        while session.outbound_size >= self._high_water:
+    async def wait_room(self) -> None:
+        """Wait until the outbound queue is below ``write_high_water``."""
+        session = self.session
+        high_water = self.config.write_high_water
+        while session.outbound_size >= high_water:
             self._check_open()
             self._room.clear()
             await self._room.wait()
 
-    def _consumed(self, sid: int, n: int) -> None:
-        session = self._session
-        session.consume(sid, n, _clock())
+    def consumed(self, sid: int, n: int) -> None:
+        """The application read ``n`` bytes of stream ``sid`` (window updates may follow)."""
+        session = self.session
+        session.consume(sid, n, self._now())
         if session.outbound_size:
             self._out_ready.set()
 
-    def _close_stream(self, sid: int) -> None:
-        if self._closing:
-            return
-        session = self._session
-        session.close_stream(sid)
-        self._kick()
-        if not session.has_stream(sid):
-            self._streams.pop(sid, None)
+    def close_stream(self, stream: YamuxStream) -> None:
+        self.session.close_stream(stream.stream_id)
+        self._settle(stream)
 
-    def _reset_stream(self, sid: int) -> None:
-        self._streams.pop(sid, None)
-        if self._closing:
-            return
-        self._session.reset_stream(sid)
-        self._kick()
+    def reset_stream(self, stream: YamuxStream) -> None:
+        self.session.reset_stream(stream.stream_id)
+        self._settle(stream)
         self._open_room.set()
+
+    def _settle(self, stream: YamuxStream) -> None:
+        """After a local state change: wake the stream, forget it once the core did."""
+        stream.wake()
+        if not self.session.has_stream(stream.stream_id):
+            self._streams.pop(stream.stream_id, None)
+        if self.session.outbound_size:
+            self.flush()
 
     # ----------------------------------------------------------------- tasks
 
     async def _writer_loop(self) -> None:
-        session = self._session
+        session = self.session
         write = self.conn.write
         # a connection that takes a list of buffers (e.g. TCP) spares us joining them
         writelines: Callable[[list[Bytes]], Awaitable[None]] | None = getattr(
@@ -430,8 +455,8 @@ class YamuxConnection:
                     self._out_ready.clear()
                     await self._out_ready.wait()
                     continue
+                self.bytes_sent += session.outbound_size
                 frames: list[Bytes] = list(session.take_outbound())
-                self.bytes_sent += sum(map(len, frames))
                 self._room.set()
                 if len(frames) == 1:
                     await write(frames[0])
@@ -448,9 +473,10 @@ class YamuxConnection:
                 await self._shutdown(ConnectionClosed(f"write failed: {exc!r}"), None)
 
     async def _reader_loop(self) -> None:
-        session = self._session
+        session = self.session
         conn = self.conn
         streams = self._streams
+        now = self._now
         try:
             while True:
                 data = await conn.read(-1)
@@ -460,17 +486,13 @@ class YamuxConnection:
                 if type(data) is not bytes:
                     data = bytes(data)
                 self.bytes_received += len(data)
-                events = session.receive_data(data, _clock())
-                for ev in events:
+                for ev in session.receive_data(data, now()):
                     if type(ev) is DataReceived:
                         stream = streams.get(ev.stream_id)
                         if stream is not None:
-                            chunks = stream._chunks
-                            chunks.append(ev.data)
-                            if len(chunks) == 1:
-                                stream._readable.set()
+                            stream.deliver(ev.data)
                         else:  # pragma: no cover - the core only reports live streams
-                            session.consume(ev.stream_id, len(ev.data), _clock())
+                            session.consume(ev.stream_id, len(ev.data), now())
                     else:
                         error = self._dispatch(ev)
                         if error is not None:
@@ -495,21 +517,18 @@ class YamuxConnection:
         if isinstance(ev, SendWindowUpdated):
             stream = streams.get(ev.stream_id)
             if stream is not None:
-                stream._writable.set()
+                stream.wake()
         elif isinstance(ev, StreamOpened):
-            self._new_inbound(ev.stream_id)
-        elif isinstance(ev, StreamEnded):
+            assert ev.record is not None  # the core always attaches it
+            self._new_inbound(ev.record)
+        elif isinstance(ev, (StreamEnded, StreamResetByRemote)):
             stream = streams.get(ev.stream_id)
             if stream is not None:
-                stream._remote_eof = True
-                stream._readable.set()
-                if not self._session.has_stream(ev.stream_id):
+                stream.wake()
+                if not self.session.has_stream(ev.stream_id):
                     del streams[ev.stream_id]
-        elif isinstance(ev, StreamResetByRemote):
-            stream = streams.pop(ev.stream_id, None)
-            if stream is not None:
-                stream._mark_reset()
-            self._open_room.set()
+            if isinstance(ev, StreamResetByRemote):
+                self._open_room.set()
         elif isinstance(ev, StreamAcked):
             self._open_room.set()
         elif isinstance(ev, PongReceived):
@@ -524,14 +543,14 @@ class YamuxConnection:
             log.debug("remote went away: no new streams")
         return None
 
-    def _new_inbound(self, sid: int) -> None:
-        stream = YamuxStream(self, sid)
-        self._streams[sid] = stream
+    def _new_inbound(self, record: StreamRecord) -> None:
+        sid = record.stream_id
+        stream = self._new_stream(record)
         if self._on_stream is None:
             self._accept_queue.append(stream)
             self._accept_event.set()
             return
-        self._session.accept_stream(sid)
+        self.session.accept_stream(sid)
         task = asyncio.get_running_loop().create_task(
             self._run_handler(self._on_stream, stream), name=f"yamux-stream-{sid}"
         )
@@ -550,17 +569,19 @@ class YamuxConnection:
             log.exception("stream handler for stream %d failed; resetting it", stream.stream_id)
             await stream.reset()
 
-    async def _keepalive_loop(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.ping()
-            except TimeoutError:
-                log.info("yamux keepalive: no pong within %.1fs, closing", self.config.ping_timeout)
-                await self._shutdown(ConnectionClosed("keepalive timeout"), GO_AWAY_INTERNAL_ERROR)
-                return
-            except ConnectionClosed:
-                return
+    async def _timer_loop(self) -> None:
+        session = self.session
+        while (deadline := session.get_timer()) is not None:
+            delay = deadline - self._now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for ev in session.handle_timer(self._now()):
+                if isinstance(ev, KeepaliveTimedOut):
+                    # the core queued the go-away and terminated itself
+                    await self._shutdown(ConnectionClosed("keepalive timeout"), None)
+                    return
+            if session.outbound_size:
+                self.flush()
 
     # ----------------------------------------------------------------- shutdown
 
@@ -570,14 +591,14 @@ class YamuxConnection:
             return
         self._closing = True
         self._error = error
-        session = self._session
+        session = self.session
         current = asyncio.current_task()
         try:
             # wake everyone: streams, accepters, openers, pingers, waiting writers
             for stream in self._streams.values():
-                stream._mark_failed(error)
+                stream.wake()
             for stream in self._accept_queue:
-                stream._mark_failed(error)
+                stream.wake()
             self._streams.clear()
             self._accept_queue.clear()
             self._accept_event.set()
@@ -594,7 +615,7 @@ class YamuxConnection:
             writer = self._writer_task
             if writer is not None and writer is not current and not writer.done():
                 self._writer_idle.clear()
-                self._kick()
+                self.flush()
                 try:
                     async with asyncio.timeout(self.config.close_timeout):
                         await self._writer_idle.wait()
@@ -602,9 +623,7 @@ class YamuxConnection:
                     log.debug("yamux close: flush timed out")
         finally:
             tasks: list[asyncio.Task[Any]] = [
-                t
-                for t in (self._reader_task, self._writer_task, self._keepalive_task)
-                if t is not None
+                t for t in (self._reader_task, self._writer_task, self._timer_task) if t is not None
             ]
             tasks.extend(self._handler_tasks)
             tasks = [t for t in tasks if t is not current and not t.done()]
@@ -622,3 +641,30 @@ class YamuxConnection:
                     log.debug("yamux: closing the connection below failed: %r", exc)
             finally:
                 self.closed.set()
+
+
+class YamuxMuxer:
+    """The :class:`~p2pnet.stream.StreamMuxer` for ``/yamux/1.0.0``."""
+
+    protocol_id = PROTOCOL_ID
+
+    def __init__(self, config: YamuxConfig | None = None) -> None:
+        self.config = config or YamuxConfig()
+
+    def create(
+        self,
+        secure: ReadWriter,
+        *,
+        initiator: bool,
+        info: ConnectionInfo,
+        on_stream: StreamCallback | None,
+        clock: Clock,
+    ) -> YamuxConnection:
+        return YamuxConnection(
+            secure,
+            initiator=initiator,
+            config=self.config,
+            on_stream=on_stream,
+            info=info,
+            clock=clock,
+        )

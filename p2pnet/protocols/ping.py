@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 
 from p2pnet.errors import ProtocolError
 from p2pnet.host.host import Host
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.service import Lifecycle
+from p2pnet.stream import Stream
 
 PROTOCOL_ID = "/ipfs/ping/1.0.0"
 PING_SIZE = 32
@@ -27,10 +27,22 @@ class PingService:
         self.host = host
         self.timeout = timeout
         self._inbound: dict[PeerID, int] = {}
+        # Answering from construction (what every caller relies on): the service starts here.
+        self._lifecycle = Lifecycle("ping")
+        self._lifecycle.begin_start()
         host.set_stream_handler(PROTOCOL_ID, self._handle)
 
-    async def _handle(self, stream: YamuxStream) -> None:
-        peer = self.host.connection_of(stream).remote_peer
+    async def start(self) -> None:
+        """A no-op: ping is answered from construction (RuntimeError once closed)."""
+        self._lifecycle.begin_start()
+
+    async def close(self) -> None:
+        """Stop answering pings for good (our own pings still work while connected)."""
+        if self._lifecycle.begin_close() is not None:
+            self.host.remove_stream_handler(PROTOCOL_ID)
+
+    async def _handle(self, stream: Stream) -> None:
+        peer = stream.conn.remote_peer
         active = self._inbound.get(peer, 0)
         if active >= MAX_INBOUND_PER_PEER:
             log.debug("refusing a ping stream from %s: %d already open", peer, active)
@@ -46,7 +58,7 @@ class PingService:
             else:
                 del self._inbound[peer]
 
-    async def _echo(self, stream: YamuxStream) -> None:
+    async def _echo(self, stream: Stream) -> None:
         # Echo 32-byte payloads until the dialer closes its side.
         async with stream:
             while True:
@@ -63,12 +75,13 @@ class PingService:
             stream = await self.host.new_stream(peer, [PROTOCOL_ID])
             async with stream:
                 rtts = []
+                now = self.host.clock.monotonic
                 for _ in range(count):
                     payload = os.urandom(PING_SIZE)
-                    start = time.perf_counter()
+                    start = now()
                     await stream.write(payload)
                     echo = await stream.readexactly(PING_SIZE)
-                    rtts.append(time.perf_counter() - start)
+                    rtts.append(now() - start)
                     if echo != payload:
                         raise ProtocolError(f"ping reply from {peer} does not match what we sent")
                     self.host.peerstore.record_latency(peer, rtts[-1])

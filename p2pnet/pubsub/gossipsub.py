@@ -41,7 +41,6 @@ from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.errors import MessageTooLargeError, P2PError, ProtocolNotSupported
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
-from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import PERMANENT_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL
 from p2pnet.peer.record import SIGNED_PEER_RECORD, InvalidPeerRecord, verify_peer_record
@@ -64,10 +63,10 @@ from p2pnet.pubsub.router import (
 from p2pnet.pubsub.score import PeerScoreParams, PeerScoreThresholds, ScoreBreakdown
 from p2pnet.service import Lifecycle
 from p2pnet.stats import DurationHistogram
+from p2pnet.stream import Stream
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
-from p2pnet.wire.framing import LengthPrefixedDecoder
-from p2pnet.wire.varint import encode_uvarint
+from p2pnet.wire.framing import FrameDecoder, length_prefixed_parts
 
 log = logging.getLogger("p2pnet.pubsub")
 
@@ -210,16 +209,16 @@ class _PeerState:
 
     def __init__(self, queue_size: int) -> None:
         self.link = _Link.OPENING
-        self.outbound: YamuxStream | None = None
+        self.outbound: Stream | None = None
         self.opening: asyncio.Task[Any] | None = None
         self.writer: asyncio.Task[Any] | None = None
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
-        self.inbound: set[YamuxStream] = set()
+        self.inbound: set[Stream] = set()
         #: Set when the link leaves OPENING: inbound streams then read (OPEN) or are dropped.
         self.ready = asyncio.Event()
         self.reopens = 0
 
-    def opened(self, stream: YamuxStream) -> None:
+    def opened(self, stream: Stream) -> None:
         self.link = _Link.OPEN
         self.outbound = stream
         self.ready.set()
@@ -644,17 +643,16 @@ class Pubsub:
         log.debug("pubsub stream to %s open (%s)", peer, stream.protocol)
         self._pump()
 
-    async def _writer(self, peer: PeerID, state: _PeerState, stream: YamuxStream) -> None:
+    async def _writer(self, peer: PeerID, state: _PeerState, stream: Stream) -> None:
         queue = state.queue
         try:
             while not self._closed:
-                frame = await queue.get()
-                parts = [encode_uvarint(len(frame)), frame]
-                size = len(frame)
+                frames = [await queue.get()]
+                size = len(frames[0])
                 while size < 256 * 1024 and not queue.empty():
-                    frame = queue.get_nowait()
-                    parts += (encode_uvarint(len(frame)), frame)
-                    size += len(frame)
+                    frames.append(queue.get_nowait())
+                    size += len(frames[-1])
+                parts = length_prefixed_parts(frames)
                 async with asyncio.timeout(self.config.write_timeout):
                     await stream.write(b"".join(parts))
         except (P2PError, TimeoutError, OSError) as exc:
@@ -670,11 +668,11 @@ class Pubsub:
             if not self._closed and self.host.is_connected(peer) and peer not in self._peers:
                 self._ensure_outbound(peer).reopens = reopens + 1
 
-    async def _handle_inbound(self, stream: YamuxStream) -> None:
+    async def _handle_inbound(self, stream: Stream) -> None:
         if self._closed:
             await stream.reset()
             return
-        peer = self.host.connection_of(stream).remote_peer
+        peer = stream.conn.remote_peer
         state = self._ensure_outbound(peer)
         state.inbound.add(stream)
         try:
@@ -697,8 +695,8 @@ class Pubsub:
         finally:
             state.inbound.discard(stream)
 
-    async def _read_loop(self, peer: PeerID, state: _PeerState, stream: YamuxStream) -> None:
-        decoder = LengthPrefixedDecoder(self.config.max_message_size)
+    async def _read_loop(self, peer: PeerID, state: _PeerState, stream: Stream) -> None:
+        decoder = FrameDecoder(self.config.max_message_size)
         timeout = self.config.frame_read_timeout
         while not self._closed:
             try:
@@ -711,7 +709,8 @@ class Pubsub:
                     if decoder.buffered:
                         raise _FrameError(BadFrame.TRUNCATED)
                     return  # EOF: the peer closed its stream
-                frames = decoder.feed(chunk)
+                decoder.feed(chunk)
+                frames = decoder.frames()
             except TimeoutError:
                 fault = BadFrame.TRUNCATED
             except MessageTooLargeError:
@@ -789,7 +788,7 @@ def _verdict(msg: Message, result: object) -> ValidationResult | ValidationFailu
     return verdict
 
 
-async def _reset_quietly(stream: YamuxStream) -> None:
+async def _reset_quietly(stream: Stream) -> None:
     with contextlib.suppress(P2PError):
         await stream.reset()
 

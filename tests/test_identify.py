@@ -1,0 +1,112 @@
+"""identify: the pure build/parse/apply functions, and re-running identify through Node."""
+
+from __future__ import annotations
+
+import pytest
+from multiaddr import Multiaddr
+
+from p2pnet.crypto.keys import KeyPair
+from p2pnet.errors import ProtocolError
+from p2pnet.node import Node
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.peer.peerstore import PeerStore
+from p2pnet.peer.record import SIGNED_PEER_RECORD, make_peer_record
+from p2pnet.protocols.identify_messages import apply_identify, build_identify, parse_identify
+from p2pnet.stream import Stream
+
+ADDRS = [Multiaddr("/ip4/10.0.0.1/tcp/4001"), Multiaddr("/ip4/10.0.0.2/tcp/4002")]
+
+
+def message(key: KeyPair, **overrides: object) -> bytes:
+    fields: dict[str, object] = {
+        "public_key": key.public_key,
+        "listen_addrs": ADDRS,
+        "protocols": ["/ipfs/id/1.0.0", "/x/1"],
+        "observed_addr": Multiaddr("/ip4/127.0.0.1/tcp/9"),
+        "protocol_version": "ipfs/0.1.0",
+        "agent_version": "test/1",
+        "signed_peer_record": make_peer_record(key, ADDRS, 7),
+    }
+    fields.update(overrides)
+    return build_identify(**fields)  # type: ignore[arg-type]
+
+
+def test_build_parse_roundtrip_touches_no_state() -> None:
+    key = KeyPair.generate()
+    peer = PeerID.from_public_key(key.public_key)
+    info = parse_identify(peer, message(key), push=False)
+    assert info.peer == peer and not info.push
+    assert info.protocols == ["/ipfs/id/1.0.0", "/x/1"]
+    assert info.listen_addrs == ADDRS
+    assert info.observed_addr == Multiaddr("/ip4/127.0.0.1/tcp/9")
+    assert (info.agent_version, info.protocol_version) == ("test/1", "ipfs/0.1.0")
+    assert info.public_key is not None and info.public_key.to_protobuf() == (
+        key.public_key.to_protobuf()
+    )
+    assert info.signed_peer_record is not None
+
+
+def test_parse_refuses_garbage_and_another_peers_key() -> None:
+    key, other = KeyPair.generate(), KeyPair.generate()
+    peer = PeerID.from_public_key(key.public_key)
+    with pytest.raises(ProtocolError, match="malformed"):
+        parse_identify(peer, b"\xff\xff\xff", push=False)
+    with pytest.raises(ProtocolError, match="another peer"):
+        parse_identify(peer, message(other), push=False)
+
+
+def test_parse_drops_a_record_signed_by_someone_else() -> None:
+    key, other = KeyPair.generate(), KeyPair.generate()
+    peer = PeerID.from_public_key(key.public_key)
+    info = parse_identify(
+        peer, message(key, signed_peer_record=make_peer_record(other, ADDRS, 1)), push=False
+    )
+    assert info.signed_peer_record is None
+    store = PeerStore()
+    apply_identify(store, info)
+    assert store.get_metadata(peer, SIGNED_PEER_RECORD) is None
+
+
+def test_apply_identify_replaces_and_push_changes_only_what_it_carries() -> None:
+    key = KeyPair.generate()
+    peer = PeerID.from_public_key(key.public_key)
+    store = PeerStore()
+    apply_identify(store, parse_identify(peer, message(key), push=False))
+    assert set(store.addrs(peer)) == set(ADDRS)
+    assert store.get_protocols(peer) == ["/ipfs/id/1.0.0", "/x/1"]
+    assert store.get_metadata(peer, SIGNED_PEER_RECORD) is not None
+    # a push with only new protocols leaves the addresses alone
+    push = build_identify(
+        public_key=key.public_key,
+        listen_addrs=[],
+        protocols=["/y/2"],
+        observed_addr=None,
+        protocol_version="",
+        agent_version="",
+        signed_peer_record=None,
+    )
+    apply_identify(store, parse_identify(peer, push, push=True))
+    assert store.get_protocols(peer) == ["/y/2"]
+    assert set(store.addrs(peer)) == set(ADDRS)
+    # a requested identify always sets the protocols, even to none
+    apply_identify(store, parse_identify(peer, message(key, protocols=[]), push=False))
+    assert store.get_protocols(peer) == []
+
+
+async def test_node_identify_runs_identify_again() -> None:
+    async with Node() as a, Node() as b:
+        await a.connect(b.p2p_addrs()[0])
+        await a.wait_identified(b.peer_id)
+        seen = []
+        a.identify_service.on_identified(seen.append)
+
+        async def handler(stream: Stream) -> None:
+            await stream.close()
+
+        b.set_stream_handler("/later/1.0.0", handler)
+        info = await a.identify(b.peer_id)
+        assert info.peer == b.peer_id and not info.push
+        assert "/later/1.0.0" in info.protocols
+        assert set(info.listen_addrs) == set(b.listen_addrs)
+        assert info in seen
+        assert "/later/1.0.0" in a.host.peerstore.get_protocols(b.peer_id)
