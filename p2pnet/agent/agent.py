@@ -657,18 +657,7 @@ class Agent:
         registry = self.registry
 
         async def republish() -> None:
-            guard = registry.guard
-            if guard.settings.agent_id is None:
-                try:
-                    guard.agent_id = await guard.backend.find_agent_id(self.eth_address)
-                except P2PError as exc:
-                    log.info("%s: cannot look up our agentId: %s", self.name, exc)
-            status = await guard.status(self.eth_address, guard.agent_id)
-            log.warning(
-                "%s: our registration changed: %s",
-                self.name,
-                "registered" if status is not None and status.registered else "not registered",
-            )
+            await registry.refresh_own()
             self.presence.registry_fields = registry.record_fields()
             self._presence_retry = 1.0  # peers may still be catching up on the same event
             await self._publish_presence()
@@ -687,18 +676,7 @@ class Agent:
 
     def registry_status(self) -> dict[str, Any] | None:
         """The ``registry`` field of node-status (None without a registry policy)."""
-        if self.registry is None:
-            return None
-        guard = self.registry.guard
-        own = guard.cached(self.eth_address, guard.agent_id)
-        return {
-            "policy": guard.policy.value,
-            "agentRegistry": guard.ref,
-            "agentId": guard.agent_id,
-            "registered": None if own is None else own.registered,
-            "available": guard.available,
-            "refused": self.registry.refused,
-        }
+        return None if self.registry is None else self.registry.status_report()
 
     async def _report_status(self) -> None:
         envelope = self._seal("status", self.status(), topic=STATUS_TOPIC)

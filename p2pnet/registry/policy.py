@@ -23,6 +23,7 @@ from p2pnet.kad.agent_record import AgentRecordValidator, verify_agent_record
 from p2pnet.kad.errors import InvalidRecord
 from p2pnet.kad.records import Validator
 from p2pnet.pubsub.messages import ValidationResult
+from p2pnet.registry.errors import RegistryError
 from p2pnet.registry.guard import RegistryGuard
 from p2pnet.tasks import TaskOwner
 
@@ -73,6 +74,32 @@ class AgentRegistryPolicy:
             if len(self._warned) > 4096:
                 self._warned.pop(next(iter(self._warned)))
         log.log(level, text, *args)
+
+    async def refresh_own(self) -> None:
+        """After an event named our address: find our agentId again (unless configured) and
+        log what we are now."""
+        guard = self.guard
+        if guard.settings.agent_id is None:
+            try:
+                guard.agent_id = await guard.backend.find_agent_id(self.own_address)
+            except RegistryError as exc:
+                log.info("%s: cannot look up our agentId: %s", self.name, exc)
+        status = await guard.status(self.own_address, guard.agent_id)
+        now = "registered" if status is not None and status.registered else "not registered"
+        log.warning("%s: our registration changed: %s", self.name, now)
+
+    def status_report(self) -> dict[str, Any]:
+        """The ``registry`` field of our node-status report."""
+        guard = self.guard
+        own = guard.cached(self.own_address, guard.agent_id)
+        return {
+            "policy": guard.policy.value,
+            "agentRegistry": guard.ref,
+            "agentId": guard.agent_id,
+            "registered": None if own is None else own.registered,
+            "available": guard.available,
+            "refused": self.refused,
+        }
 
     # -- what we state ---------------------------------------------------------------------
 
