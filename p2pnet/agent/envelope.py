@@ -40,6 +40,10 @@ MAX_CLOCK_SKEW = 300.0
 _FIELDS = frozenset({"data", "from", "kind", "nonce", "peer_id", "to", "topic", "ts", "type"})
 
 
+class EnvelopeTooLarge(ValueError):
+    """The sealed message would exceed :data:`MAX_ENVELOPE_SIZE`."""
+
+
 class InvalidEnvelope(ProtocolError):
     """An agent message failed verification; the sender is penalised where possible."""
 
@@ -101,7 +105,7 @@ def seal(
     )
     envelope = personal_sign(_secret(key), payload) + payload
     if len(envelope) > MAX_ENVELOPE_SIZE:
-        raise ValueError(f"message of {len(envelope)} bytes exceeds {MAX_ENVELOPE_SIZE}")
+        raise EnvelopeTooLarge(f"message of {len(envelope)} bytes exceeds {MAX_ENVELOPE_SIZE}")
     return envelope
 
 

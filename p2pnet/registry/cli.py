@@ -23,6 +23,15 @@ from p2pnet.registry.errors import RegistryError, RegistryUnavailable
 from p2pnet.registry.settings import parse_agent_id, parse_registry_ref, parse_rpc_url
 
 
+def add_registry_arguments(group: argparse._ArgumentGroup) -> None:
+    """p2p-node's registry flags."""
+    group.add_argument(
+        "--registry-policy",
+        choices=("off", "annotate", "enforce"),
+        help="what to do with the agent registry (overrides REGISTRY_POLICY; docs/registry.md)",
+    )
+
+
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "registry",
