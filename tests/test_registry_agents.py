@@ -11,8 +11,8 @@ from test_agent import _drain
 
 from p2pnet.agent.agent import Agent, AgentConfig, AgentMessage
 from p2pnet.agent.errors import SendFailed
+from p2pnet.agent.record import agent_key, sign_agent_record, verify_agent_record
 from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.kad.agent_record import agent_key, sign_agent_record, verify_agent_record
 from p2pnet.kad.errors import InvalidRecord
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.pubsub.params import GossipsubConfig
@@ -120,8 +120,8 @@ def test_presence_record_registry_fields() -> None:
     # A signed record with an agentId but no registry, or a bad agentId, is invalid.
     import json
 
+    from p2pnet.agent.record import eth_address_of_key
     from p2pnet.crypto.eth import personal_sign
-    from p2pnet.kad.agent_record import eth_address_of_key
 
     address = eth_address_of_key(key)
     base = {

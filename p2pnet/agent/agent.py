@@ -50,6 +50,7 @@ from p2pnet.agent.errors import (
 )
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
+from p2pnet.agent.record import AGENT_NAMESPACE, AgentRecordValidator
 from p2pnet.agent.status import MAX_STATUS_BYTES, build_status
 from p2pnet.config import (
     ConfigError,
@@ -236,6 +237,8 @@ class Agent:
         self.pubsub = self.node.pubsub
         self.eth_address: str = eth_address(self.node.peer_id)
         self.clock = self.node.clock
+        # The DHT knows no agents: the agent network brings its record namespace.
+        self.node.register_validator(AGENT_NAMESPACE, AgentRecordValidator())
         self.presence = Presence(self.node.host, self.dht, self.clock)
         self.messaging = DirectMessaging(
             self.node.host,
@@ -267,7 +270,6 @@ class Agent:
             self._setup_registry(settings)
 
     def _setup_registry(self, settings: RegistrySettings) -> None:
-        from p2pnet.kad.agent_record import AGENT_NAMESPACE
         from p2pnet.registry.guard import RegistryGuard
         from p2pnet.registry.policy import AgentRegistryPolicy
 
@@ -276,7 +278,7 @@ class Agent:
         policy.on_own_change = self._registry_changed
         self.messaging.admit = self._admit_direct
         if policy.enforcing:
-            self.dht.validator.register(AGENT_NAMESPACE, policy.record_validator())
+            self.node.register_validator(AGENT_NAMESPACE, policy.record_validator())
         self.registry = policy
 
     # -- identity ------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ import logging
 from typing import Any
 
 from p2pnet.agent.errors import DhtLookupFailed, InvalidFields, PeerNotFound
+from p2pnet.agent.record import AgentPresence, agent_key, sign_agent_record, verify_agent_record
 from p2pnet.clock import Clock
 from p2pnet.crypto.eth import is_eth_address
 from p2pnet.host.host import Host
-from p2pnet.kad.agent_record import AgentPresence, agent_key, sign_agent_record, verify_agent_record
 from p2pnet.kad.dht import KadDHT
 from p2pnet.kad.errors import InvalidRecord, KadError, NoPeersError, RecordNotFound
 
@@ -39,12 +39,14 @@ class Presence:
     async def publish(self) -> int:
         """Sign and store our record; returns the number of DHT peers that took it."""
         # A time-based sequence number keeps increasing across restarts of the agent.
-        seq = max(self.published_seq + 1, int(self.clock.time() * 1000))
+        now = self.clock.time()
+        seq = max(self.published_seq + 1, int(now * 1000))
         key, value = sign_agent_record(
             self.host.key,
             self.host.peer_id,
             self.host.listen_addrs,
             seq,
+            int(now),
             agent_registry=self.registry_fields.get("agentRegistry"),
             agent_id=self.registry_fields.get("agentId"),
         )

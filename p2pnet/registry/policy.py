@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from p2pnet.kad.agent_record import AgentRecordValidator, verify_agent_record
+from p2pnet.agent.record import AgentRecordValidator, verify_agent_record
 from p2pnet.kad.errors import InvalidRecord
 from p2pnet.kad.records import Validator
 from p2pnet.pubsub.messages import ValidationResult
