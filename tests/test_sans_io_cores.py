@@ -34,6 +34,10 @@ CORE_MODULES = [
     "pubsub/mcache.py",
     "pubsub/messages.py",
     "backoff.py",
+    "host/addresses.py",
+    "relay/messages.py",
+    "relay/reservations.py",
+    "autonat/messages.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "threading"}
 

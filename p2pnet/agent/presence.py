@@ -44,7 +44,7 @@ class Presence:
         key, value = sign_agent_record(
             self.host.key,
             self.host.peer_id,
-            self.host.listen_addrs,
+            self.host.advertised_addrs,
             seq,
             int(now),
             agent_registry=self.registry_fields.get("agentRegistry"),

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -78,140 +79,16 @@ async def run_devnet(
     tally = Tally()
     expected_direct = expected_broadcast = tally.expected = agents * (agents - 1)
     listeners: list[asyncio.Task[None]] = []
+    interrupted = False
     # 0. The chain: anvil, the registry, every node registered (registry/devnet_chain.py).
     chain = await DevnetChain.start(registry, say) if registry != "off" else None
     keys = {f"boot-{r}": new_eth_key() for r in BOOTSTRAP_REGIONS}
     keys.update({f"agent-{i + 1}": new_eth_key() for i in range(agents)})
     chained: dict[str, Any] = chain.agent_settings() if chain is not None else {}
-    try:
-        if chain is not None:
-            await chain.register(list(keys.items()))
-        # 1. Bootstrap nodes, each joining the ones already up; then a full mesh between them.
-        for region in BOOTSTRAP_REGIONS:
-            seeds = [str(b.p2p_addrs()[0]) for b in boots]
-            boot = Agent(
-                AgentConfig(
-                    name=f"boot-{region}",
-                    bootstrap_node=True,
-                    bootstrap_peers=seeds,
-                    pubsub=fast,
-                    status_interval=5.0,
-                    private_key=keys[f"boot-{region}"],
-                    **chained,
-                )
-            )
-            await boot.start()
-            boots.append(boot)
-            say(boot.name, f"bootstrap (DHT server) up at {boot.p2p_addrs()[0]}")
-        for boot in boots:
-            for other in boots:
-                if other is not boot:
-                    await boot.node.connect(other.p2p_addrs()[0])
-        say("devnet", f"{len(boots)} bootstrap nodes connected to each other")
-        await extras.start(
-            [str(b.p2p_addrs()[0]) for b in boots],
-            explorer_port,
-            metrics_port,
-            lambda: boots + members,
-            say,
-            status_interval=5.0,
-        )
+    scene: dict[str, Any] = {"policy": "off"}
 
-        # 2. Agents join through the bootstrap nodes.
-        seeds = [str(b.p2p_addrs()[0]) for b in boots]
-        members = [
-            Agent(
-                AgentConfig(
-                    name=f"agent-{i + 1}",
-                    bootstrap_peers=seeds,
-                    pubsub=fast,
-                    status_interval=5.0,
-                    private_key=keys[f"agent-{i + 1}"],
-                    **chained,
-                )
-            )
-            for i in range(agents)
-        ]
-        for agent in members:
-            listeners.append(asyncio.create_task(_listen(agent, say, tally)))
-        await asyncio.gather(*(a.start() for a in members))
-        for agent in members:
-            say(agent.name, f"joined as {agent.eth_address} ({_short(agent.peer_id, 16)})")
-        await asyncio.gather(*(_wait_presence(a) for a in members))
-        say("devnet", "every agent published its presence record in the DHT")
-        await asyncio.gather(*(a.subscribe(CHAT_TOPIC) for a in members))
-
-        # 3. Every agent finds every other by ETH address, through the DHT.
-        async def find_all(agent: Agent) -> None:
-            for other in members:
-                if other is agent:
-                    continue
-                try:
-                    peer = await agent.resolve(other.eth_address)
-                except P2PError as exc:
-                    tally.resolve_failed += 1
-                    tally.errors.append(f"{agent.name} -> {other.name}: {exc}")
-                    say(agent.name, f"could not find {other.name}: {exc}")
-                    continue
-                ok = peer == other.peer_id
-                tally.resolved += ok
-                say(
-                    agent.name,
-                    f"found {other.name} {_short(other.eth_address)} via DHT "
-                    f"-> {_short(peer, 16)}{'' if ok else ' (WRONG PEER)'}",
-                )
-
-        await asyncio.gather(*(find_all(a) for a in members))
-
-        # 4. Direct messages: everyone to everyone, addressed by ETH address.
-        async def greet_all(agent: Agent) -> None:
-            for other in members:
-                if other is agent:
-                    continue
-                try:
-                    await agent.send(other.eth_address, {"hello": other.name, "from": agent.name})
-                    tally.direct_sent += 1
-                except P2PError as exc:
-                    tally.errors.append(f"send {agent.name} -> {other.name}: {exc}")
-                    say(agent.name, f"direct message to {other.name} failed: {exc}")
-
-        await asyncio.gather(*(greet_all(a) for a in members))
-
-        # 5. Broadcasts on agent-messages.
-        await _wait_mesh(members, MESSAGES_TOPIC)
-        for agent in members:
-            await agent.broadcast({"broadcast": f"hi all, this is {agent.name}"})
-            tally.broadcast_sent += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(tally.all_delivered.wait(), 10)
-
-        # 5b. The registry at work: addresses in the agentURIs, then the intruder scene.
-        scene: dict[str, Any] = {"policy": "off"}
-        if chain is not None:
-            await chain.publish_addrs(
-                [(a.name, keys[a.name], [str(x) for x in a.p2p_addrs()]) for a in boots + members]
-            )
-            scene = await intruder_scene(
-                chain,
-                lambda key: Agent(
-                    AgentConfig(
-                        name="intruder",
-                        private_key=key,
-                        bootstrap_peers=seeds,
-                        pubsub=fast,
-                        status_interval=5.0,
-                        **chained,
-                    )
-                ),
-                boots + members,
-                say,
-            )
-
-        # 6. Discovery by topic, then node-status until the time is up.
-        found = await members[0].discover(CHAT_TOPIC)
-        say(members[0].name, f"discover {CHAT_TOPIC!r}: {len(found)} agents")
-        tally.discovered = len(found)
-        summary = {
+    def summarize() -> dict[str, Any]:
+        return {
             "agents": agents,
             "bootstrap": len(boots),
             "resolved": tally.resolved,
@@ -226,33 +103,176 @@ async def run_devnet(
             "discovered": tally.discovered,
             "discover_expected": agents - 1,
             "errors": tally.errors[:20],
+            "interrupted": interrupted,
             "registry": scene,
         }
-        say(
-            "devnet",
-            "all agents found each other and exchanged messages"
-            if not tally.errors
-            else f"{len(tally.errors)} errors",
-        )
-        start = time.monotonic()
-        while duration is None or time.monotonic() - start < duration:
-            await asyncio.sleep(min(5.0, duration or 5.0))
-            for agent in boots + members:
-                st = agent.status()
-                say(
-                    agent.name,
-                    f"status: peers={st['peers']} dht={st['dhtTableSize']} "
-                    f"in={st['messagesIn']} out={st['messagesOut']} "
-                    f"mesh={sum(st['mesh'].values())} "
-                    f"node-status reports from {len(agent.statuses)} nodes",
+
+    try:
+        try:
+            if chain is not None:
+                await chain.register(list(keys.items()))
+            # 1. Bootstrap nodes, each joining the ones already up; then a full mesh between them.
+            for region in BOOTSTRAP_REGIONS:
+                seeds = [str(b.p2p_addrs()[0]) for b in boots]
+                boot = Agent(
+                    AgentConfig(
+                        name=f"boot-{region}",
+                        bootstrap_node=True,
+                        bootstrap_peers=seeds,
+                        pubsub=fast,
+                        status_interval=5.0,
+                        private_key=keys[f"boot-{region}"],
+                        **chained,
+                    )
                 )
-        out.write("RESULT " + json.dumps(summary) + "\n")
+                await boot.start()
+                boots.append(boot)
+                say(boot.name, f"bootstrap (DHT server) up at {boot.p2p_addrs()[0]}")
+            for boot in boots:
+                for other in boots:
+                    if other is not boot:
+                        await boot.node.connect(other.p2p_addrs()[0])
+            say("devnet", f"{len(boots)} bootstrap nodes connected to each other")
+            await extras.start(
+                [str(b.p2p_addrs()[0]) for b in boots],
+                explorer_port,
+                metrics_port,
+                lambda: boots + members,
+                say,
+                status_interval=5.0,
+            )
+
+            # 2. Agents join through the bootstrap nodes.
+            seeds = [str(b.p2p_addrs()[0]) for b in boots]
+            members = [
+                Agent(
+                    AgentConfig(
+                        name=f"agent-{i + 1}",
+                        bootstrap_peers=seeds,
+                        pubsub=fast,
+                        status_interval=5.0,
+                        private_key=keys[f"agent-{i + 1}"],
+                        **chained,
+                    )
+                )
+                for i in range(agents)
+            ]
+            for agent in members:
+                listeners.append(asyncio.create_task(_listen(agent, say, tally)))
+            await asyncio.gather(*(a.start() for a in members))
+            for agent in members:
+                say(agent.name, f"joined as {agent.eth_address} ({_short(agent.peer_id, 16)})")
+            await asyncio.gather(*(_wait_presence(a) for a in members))
+            say("devnet", "every agent published its presence record in the DHT")
+            await asyncio.gather(*(a.subscribe(CHAT_TOPIC) for a in members))
+
+            # 3. Every agent finds every other by ETH address, through the DHT.
+            async def find_all(agent: Agent) -> None:
+                for other in members:
+                    if other is agent:
+                        continue
+                    try:
+                        peer = await agent.resolve(other.eth_address)
+                    except P2PError as exc:
+                        tally.resolve_failed += 1
+                        tally.errors.append(f"{agent.name} -> {other.name}: {exc}")
+                        say(agent.name, f"could not find {other.name}: {exc}")
+                        continue
+                    ok = peer == other.peer_id
+                    tally.resolved += ok
+                    say(
+                        agent.name,
+                        f"found {other.name} {_short(other.eth_address)} via DHT "
+                        f"-> {_short(peer, 16)}{'' if ok else ' (WRONG PEER)'}",
+                    )
+
+            await asyncio.gather(*(find_all(a) for a in members))
+
+            # 4. Direct messages: everyone to everyone, addressed by ETH address.
+            async def greet_all(agent: Agent) -> None:
+                for other in members:
+                    if other is agent:
+                        continue
+                    try:
+                        greeting = {"hello": other.name, "from": agent.name}
+                        await agent.send(other.eth_address, greeting)
+                        tally.direct_sent += 1
+                    except P2PError as exc:
+                        tally.errors.append(f"send {agent.name} -> {other.name}: {exc}")
+                        say(agent.name, f"direct message to {other.name} failed: {exc}")
+
+            await asyncio.gather(*(greet_all(a) for a in members))
+
+            # 5. Broadcasts on agent-messages.
+            await _wait_mesh(members, MESSAGES_TOPIC)
+            for agent in members:
+                await agent.broadcast({"broadcast": f"hi all, this is {agent.name}"})
+                tally.broadcast_sent += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tally.all_delivered.wait(), 10)
+
+            # 5b. The registry at work: addresses in the agentURIs, then the intruder scene.
+            if chain is not None:
+                await chain.publish_addrs(
+                    [
+                        (a.name, keys[a.name], [str(x) for x in a.p2p_addrs()])
+                        for a in boots + members
+                    ]
+                )
+                scene = await intruder_scene(
+                    chain,
+                    lambda key: Agent(
+                        AgentConfig(
+                            name="intruder",
+                            private_key=key,
+                            bootstrap_peers=seeds,
+                            pubsub=fast,
+                            status_interval=5.0,
+                            **chained,
+                        )
+                    ),
+                    boots + members,
+                    say,
+                )
+
+            # 6. Discovery by topic, then node-status until the time is up.
+            found = await members[0].discover(CHAT_TOPIC)
+            say(members[0].name, f"discover {CHAT_TOPIC!r}: {len(found)} agents")
+            tally.discovered = len(found)
+            say(
+                "devnet",
+                "all agents found each other and exchanged messages"
+                if not tally.errors
+                else f"{len(tally.errors)} errors",
+            )
+            start = time.monotonic()
+            while duration is None or time.monotonic() - start < duration:
+                await asyncio.sleep(min(5.0, duration or 5.0))
+                for agent in boots + members:
+                    st = agent.status()
+                    say(
+                        agent.name,
+                        f"status: peers={st['peers']} dht={st['dhtTableSize']} "
+                        f"in={st['messagesIn']} out={st['messagesOut']} "
+                        f"mesh={sum(st['mesh'].values())} "
+                        f"node-status reports from {len(agent.statuses)} nodes",
+                    )
+        except asyncio.CancelledError:
+            # Ctrl-C (asyncio.run cancels us): still say how far the network got, then close.
+            me = asyncio.current_task()
+            if me is None or me.uncancel() > 0:
+                raise  # cancelled for another reason as well
+            interrupted = True
+            say("devnet", "interrupted (Ctrl-C)")
+        out.write("RESULT " + json.dumps(summarize()) + "\n")
         out.flush()
         complete = (
             tally.resolved == expected_direct
             and tally.direct_received == expected_direct
             and tally.broadcast_received == expected_broadcast
         )
+        if interrupted:
+            return 130
         return 0 if complete else 1
     finally:
         for task in listeners:
@@ -300,7 +320,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--agents", type=int, default=6, help="number of agents (default 6)")
     p.add_argument(
         "--duration",
-        type=float,
+        type=_duration,
         default=None,
         help="seconds to keep running after the exchange (default: until Ctrl-C)",
     )
@@ -321,10 +341,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_main)
 
 
+def _duration(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds >= 0 or seconds == float("inf"):  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"--duration must be 0 or more seconds, not {text}")
+    return seconds
+
+
 def _main(args: argparse.Namespace) -> int:
     if args.agents < 2:
         print("devnet needs at least 2 agents", file=sys.stderr)
         return 2
+    # Started in the background by a script (`p2pnet devnet &`), a shell leaves SIGINT ignored
+    # and asyncio then installs no handler: Ctrl-C (or kill -INT) would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     explorer_port = None if args.no_explorer else args.explorer_port
     return asyncio.run(
         run_devnet(
