@@ -31,6 +31,7 @@ from p2pnet.crypto.eth import (
 from p2pnet.crypto.keys import KeyPair, Secp256k1PrivateKey
 from p2pnet.errors import CryptoError, ProtocolError
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.wire.json_bounded import loads_bounded
 
 ENVELOPE_TYPE = "p2pnet/agent-message/1"
 KINDS = frozenset({"direct", "broadcast", "announce", "status"})
@@ -117,7 +118,7 @@ def open_envelope(raw: bytes, *, now: float) -> Envelope:
     sig, payload = raw[:PERSONAL_SIGNATURE_SIZE], raw[PERSONAL_SIGNATURE_SIZE:]
     try:
         signer = recover_personal_signer(payload, sig)
-        obj = json.loads(payload)
+        obj = loads_bounded(payload)
     except (CryptoError, ValueError) as exc:
         raise InvalidEnvelope(f"bad signature or payload: {exc}") from None
     if not isinstance(obj, dict) or set(obj) != _FIELDS or obj["type"] != ENVELOPE_TYPE:
@@ -125,7 +126,9 @@ def open_envelope(raw: bytes, *, now: float) -> Envelope:
     if canonical_json(obj) != payload:
         raise InvalidEnvelope("payload is not canonical JSON")
     kind, sender, ts, nonce = obj["kind"], obj["from"], obj["ts"], obj["nonce"]
-    if kind not in KINDS or not isinstance(ts, int) or not isinstance(nonce, str):
+    if not isinstance(kind, str) or kind not in KINDS or type(ts) is not int:
+        raise InvalidEnvelope("malformed kind, ts or nonce")
+    if not isinstance(nonce, str):
         raise InvalidEnvelope("malformed kind, ts or nonce")
     if sender != signer:
         raise InvalidEnvelope(f"signed by {signer}, claims to be from {sender}")

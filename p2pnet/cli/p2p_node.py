@@ -34,6 +34,7 @@ from p2pnet.errors import ConnectionClosed, DialError, InvalidPeerID, StreamErro
 from p2pnet.metrics.server import serve_agent_metrics
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.tasks import TaskOwner
+from p2pnet.wire.json_bounded import loads_bounded
 
 if TYPE_CHECKING:
     from p2pnet.agent.agent import Agent, AgentConfig, AgentDiscovered, AgentEvent
@@ -393,8 +394,8 @@ def _recipient(value: Any) -> str:
 def parse_command(line: bytes) -> Command:
     """Parse and validate one stdin line; raises :class:`CommandError`."""
     try:
-        obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        obj = loads_bounded(line)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise CommandError("INVALID_JSON", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise CommandError("INVALID_JSON", "a command must be a JSON object")
@@ -409,10 +410,6 @@ def parse_command(line: bytes) -> Command:
         exc.command = cmd
         raise
     return cmd
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _validate(cmd: Command) -> None:

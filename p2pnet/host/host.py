@@ -18,15 +18,17 @@ from multiaddr import Multiaddr
 
 from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.crypto.keys import KeyPair
-from p2pnet.errors import DialError, NegotiationError, P2PError
+from p2pnet.errors import DialError, NegotiationError, P2PError, ResourceLimitExceeded
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.upgrader import Upgraded, upgrade
+from p2pnet.io import ReadWriter
 from p2pnet.multistream import negotiate_inbound
 from p2pnet.mux.yamux_connection import YamuxMuxer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, PeerStore
+from p2pnet.resources.manager import ConnectionScope, ResourceManager, stream_scope_of
 from p2pnet.security.base import SecurityTransport
 from p2pnet.security.noise_connection import NoiseSecurity
 from p2pnet.stream import Stream, StreamMuxer
@@ -57,6 +59,7 @@ class Host:
         security: Sequence[SecurityTransport] | None = None,
         muxers: Sequence[StreamMuxer] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        resources: ResourceManager | None = None,
     ) -> None:
         self.key = key
         self.clock = clock
@@ -67,6 +70,8 @@ class Host:
         self.transports: list[Transport] = list(transports or [TcpTransport()])
         self.security: list[SecurityTransport] = list(security or [NoiseSecurity()])
         self.muxers: list[StreamMuxer] = list(muxers or [YamuxMuxer(self.config.yamux)])
+        #: Accounts connections, streams and buffered bytes per peer (docs/limits.md).
+        self.resources = resources or ResourceManager(self.config.resources)
         self._handlers: dict[str, StreamHandler] = {}
         self._conns: dict[PeerID, list[Connection]] = {}
         self._pending_dials: dict[PeerID, asyncio.Future[Connection]] = {}
@@ -279,22 +284,40 @@ class Host:
         transport = self.transport_for(addr)
         if transport is None:
             raise DialError(f"no transport can dial {addr}")
-        raw = await transport.dial(addr, timeout=self.config.dial_timeout)
-        upgraded = await upgrade(
-            raw,
-            self.key,
-            self.config,
-            self.security,
-            self.muxers,
-            initiator=True,
-            expected_peer=peer,
-        )
-        conn = self._connection(upgraded, Direction.OUTBOUND, raw, addr)
+        try:
+            scope = self.resources.open_connection(Direction.OUTBOUND, None, self.clock.monotonic())
+        except ResourceLimitExceeded as exc:
+            raise DialError(f"cannot dial {addr}: {exc}") from exc
+        try:
+            raw = await transport.dial(addr, timeout=self.config.dial_timeout)
+            upgraded = await upgrade(
+                raw,
+                self.key,
+                self.config,
+                self.security,
+                self.muxers,
+                initiator=True,
+                expected_peer=peer,
+            )
+            try:
+                scope.set_peer(upgraded.secure.remote_peer)
+            except ResourceLimitExceeded as exc:
+                await _close_quietly(upgraded.secure)
+                raise DialError(f"cannot keep a connection to {addr}: {exc}") from exc
+        except BaseException:
+            scope.done()
+            raise
+        conn = self._connection(upgraded, Direction.OUTBOUND, raw, addr, scope)
         await self._add_connection(conn)
         return conn
 
     def _connection(
-        self, upgraded: Upgraded, direction: Direction, raw: RawConnection, remote: Multiaddr
+        self,
+        upgraded: Upgraded,
+        direction: Direction,
+        raw: RawConnection,
+        remote: Multiaddr,
+        scope: ConnectionScope,
     ) -> Connection:
         return Connection(
             upgraded.secure,
@@ -306,26 +329,54 @@ class Host:
             clock=self.clock,
             negotiate_timeout=self.config.negotiate_timeout,
             on_stream=self._on_inbound_stream,
+            scope=scope,
         )
 
     async def _on_inbound_raw(self, raw: RawConnection) -> None:
         if self._closed or len(self.connections()) >= self.config.max_connections:
-            log.info("refusing inbound connection from %s: limit reached", raw.remote_addr)
+            log.debug("refusing inbound connection from %s: limit reached", raw.remote_addr)
+            self.resources.refused["system/max_connections"] += 1
+            raw.abort()
+            return
+        ip = _ip_of(raw.remote_addr)
+        now = self.clock.monotonic()
+        if ip is not None and not self.resources.allow_connection_from(ip, now):
+            log.debug("refusing inbound connection from %s: connection rate", raw.remote_addr)
+            raw.abort()
+            return
+        try:
+            scope = self.resources.open_connection(Direction.INBOUND, ip, now)
+        except ResourceLimitExceeded as exc:
+            log.debug("refusing inbound connection from %s: %s", raw.remote_addr, exc)
             raw.abort()
             return
         # The upgrade runs in a task the host owns, so close() can cancel it.
-        task = self._tasks.spawn(self._upgrade_inbound(raw), name=f"upgrade {raw.remote_addr}")
+        task = self._tasks.spawn(
+            self._upgrade_inbound(raw, scope), name=f"upgrade {raw.remote_addr}"
+        )
         await asyncio.wait([task])
 
-    async def _upgrade_inbound(self, raw: RawConnection) -> None:
+    async def _upgrade_inbound(self, raw: RawConnection, scope: ConnectionScope) -> None:
         try:
-            upgraded = await upgrade(
-                raw, self.key, self.config, self.security, self.muxers, initiator=False
-            )
-        except P2PError as exc:
-            log.info("inbound connection from %s failed: %s", raw.remote_addr, exc)
-            return
-        conn = self._connection(upgraded, Direction.INBOUND, raw, raw.remote_addr)
+            try:
+                upgraded = await upgrade(
+                    raw, self.key, self.config, self.security, self.muxers, initiator=False
+                )
+            except P2PError as exc:
+                log.debug("inbound connection from %s failed: %s", raw.remote_addr, exc)
+                scope.done()
+                return
+            try:
+                scope.set_peer(upgraded.secure.remote_peer)
+            except ResourceLimitExceeded as exc:
+                log.debug("closing inbound connection from %s: %s", raw.remote_addr, exc)
+                scope.done()
+                await _close_quietly(upgraded.secure)
+                return
+        except BaseException:
+            scope.done()
+            raise
+        conn = self._connection(upgraded, Direction.INBOUND, raw, raw.remote_addr, scope)
         await self._add_connection(conn)
 
     async def _add_connection(self, conn: Connection) -> None:
@@ -348,6 +399,8 @@ class Host:
         try:
             await conn.muxed.wait_closed()
         finally:
+            if conn.scope is not None:
+                conn.scope.done()
             peer = conn.remote_peer
             self.closed_bytes_received += conn.muxed.bytes_received
             self.closed_bytes_sent += conn.muxed.bytes_sent
@@ -394,11 +447,66 @@ class Host:
         if handler is None:  # removed while negotiating
             await stream.reset()
             return
+        scope = stream_scope_of(stream)
+        if scope is not None:
+            try:
+                scope.set_protocol(protocol)
+            except ResourceLimitExceeded as exc:
+                log.debug("refusing %s stream of %s: %s", protocol, stream.conn.remote_peer, exc)
+                await stream.reset()
+                return
         try:
             await handler(stream)
         except P2PError as exc:
             log.debug("handler for %s ended with %s", protocol, exc)
             await stream.reset()
+            return
         except Exception:
             log.exception("handler for %s failed", protocol)
             await stream.reset()
+            return
+        await self._finish_inbound(stream)
+
+    async def _finish_inbound(self, stream: Stream) -> None:
+        """After its handler: the remote must close its side soon, or the stream is reset.
+
+        A handler that returns without reading to EOF would otherwise leave whatever the remote
+        sends after (up to a window per stream) buffered for as long as the remote likes.
+        """
+        if stream.remote_closed and stream.local_closed:
+            return
+        try:
+            if not stream.local_closed:
+                await stream.close()
+            left = self.config.drain_limit
+            async with asyncio.timeout(self.config.drain_timeout):
+                while left > 0:
+                    data = await stream.read(left)
+                    if not data:
+                        return
+                    left -= len(data)
+        except (P2PError, TimeoutError):
+            pass
+        log.debug(
+            "%s stream of %s not closed after its handler: reset",
+            stream.protocol,
+            stream.conn.remote_peer,
+        )
+        await stream.reset()
+
+
+def _ip_of(addr: Multiaddr) -> str | None:
+    """The IP address of a transport address (None for in-process ones)."""
+    for code in ("ip4", "ip6"):
+        try:
+            return str(addr.value_for_protocol(code))
+        except Exception:  # the address has no such component
+            continue
+    return None
+
+
+async def _close_quietly(conn: ReadWriter) -> None:
+    try:
+        await conn.close()
+    except Exception as exc:  # the connection is being dropped anyway
+        log.debug("closing a refused connection: %r", exc)

@@ -42,6 +42,7 @@ from p2pnet.errors import CryptoError
 from p2pnet.kad.errors import InvalidRecord
 from p2pnet.kad.records import Validator, split_key
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.wire.json_bounded import loads_bounded
 
 AGENT_NAMESPACE = "agent"
 RECORD_TYPE = "p2pnet/agent-presence/1"
@@ -156,7 +157,7 @@ def verify_agent_record(key: bytes, value: bytes) -> AgentPresence:
 
 def _parse_payload(payload: bytes) -> AgentPresence:
     try:
-        obj = json.loads(payload.decode("ascii"))
+        obj = loads_bounded(payload.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise InvalidRecord("agent record payload is not ASCII JSON") from None
     if not isinstance(obj, dict) or set(obj) != _FIELDS:

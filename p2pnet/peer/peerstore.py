@@ -91,6 +91,10 @@ OBSERVED_ADDR: Final = "observed_addr"
 _P2P_CODE: Final = 421
 
 
+# How many addresses of a live connection may exceed ``max_addrs_per_peer``.
+_PROTECTED_EXTRA: Final = 16
+
+
 def _is_protected_ttl(ttl: float) -> bool:
     return ttl >= CONNECTED_ADDR_TTL
 
@@ -275,7 +279,11 @@ class PeerStore:
     def _make_room(self, rec: _PeerRecord, ttl: float, now: float) -> bool:
         """Whether a new address with ``ttl`` fits in ``rec``, evicting another if needed."""
         self._drop_expired(rec, now)
-        if len(rec.addrs) < self.max_addrs_per_peer or _is_protected_ttl(ttl):
+        if len(rec.addrs) < self.max_addrs_per_peer:
+            return True
+        # Addresses of a live connection may exceed the cap, but only by a few: they come from
+        # the peer (identify, push) as much as from us, and must not grow without bound.
+        if _is_protected_ttl(ttl) and len(rec.addrs) < self.max_addrs_per_peer + _PROTECTED_EXTRA:
             return True
         victim: Multiaddr | None = None
         victim_expiry = math.inf
