@@ -99,7 +99,7 @@ def test_memory_is_bounded_per_stream_and_per_peer() -> None:
 def test_inbound_stream_rate_and_flood_detection() -> None:
     limits = ResourceLimits(stream_rate_per_conn=10, stream_burst_per_conn=5, stream_flood_close=20)
     rm = ResourceManager(limits)
-    conn = rm.open_connection(Direction.INBOUND, None, 0.0)
+    conn = rm.open_connection(Direction.INBOUND, "10.0.0.5", 0.0)
     for _ in range(5):
         conn.open_stream(Direction.INBOUND, 0.0).done()
     refused = 0
@@ -109,7 +109,17 @@ def test_inbound_stream_rate_and_flood_detection() -> None:
         except ResourceLimitExceeded:
             refused += 1
     assert refused == 30 and conn.flooding
-    conn.open_stream(Direction.INBOUND, 1.0).done()  # refilled: 10 per second
+    # the address may not come back for a while; others may
+    assert not rm.allow_connection_from("10.0.0.5", 1.0)
+    assert rm.allow_connection_from("10.0.0.6", 1.0)
+    assert rm.allow_connection_from("10.0.0.5", 1.0 + limits.flood_ban)
+
+
+def test_streams_within_the_rate_never_flood() -> None:
+    limits = ResourceLimits(stream_rate_per_conn=10, stream_burst_per_conn=5, stream_flood_close=20)
+    conn = ResourceManager(limits).open_connection(Direction.INBOUND, None, 0.0)
+    for i in range(100):
+        conn.open_stream(Direction.INBOUND, i * 0.1).done()
     assert not conn.flooding
 
 

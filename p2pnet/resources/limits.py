@@ -66,12 +66,13 @@ class ResourceLimits:
     conn_streams_inbound: int = 256
     conn_streams_outbound: int = 512
     conn_memory: int = PEER_MEMORY_CAP
-    #: New inbound streams per connection: a token bucket (per second, burst). A connection that
-    #: keeps opening streams after the bucket is empty (``stream_flood_close`` refusals in a
-    #: row) is closed.
+    #: New inbound streams per connection: a token bucket (per second, burst). A connection whose
+    #: refused streams exceed ``stream_flood_close`` (refilled at the same rate) is closed, and
+    #: its address may not connect again for ``flood_ban`` seconds.
     stream_rate_per_conn: float = 256.0
     stream_burst_per_conn: int = 512
-    stream_flood_close: int = 4096
+    stream_flood_close: int = 1024
+    flood_ban: float = 30.0
 
     # -- per stream
     stream_memory: int = 16 * MiB

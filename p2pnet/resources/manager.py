@@ -121,6 +121,7 @@ class ResourceManager:
         self._peers: dict[PeerID, Scope] = {}
         self._ips: dict[str, Scope] = {}
         self._ip_rates: dict[str, TokenBucket] = {}
+        self._banned: dict[str, float] = {}
         self._protocols: dict[str, Scope] = {}
         self._protocol_peers: dict[tuple[str, PeerID], Scope] = {}
         #: Refusals by ``"<scope kind>/<resource>"`` (``peer/memory``, ``ip/conns``...).
@@ -237,8 +238,26 @@ class ResourceManager:
                 if scope.forget is not None and not scope.usage:
                     scope.forget()
 
+    def ban_ip(self, ip: str, now: float) -> None:
+        """Refuse new connections from ``ip`` for ``flood_ban`` seconds (after a flood)."""
+        if len(self._banned) >= 4096:
+            for key in [k for k, until in self._banned.items() if until <= now]:
+                del self._banned[key]
+            if len(self._banned) >= 4096:
+                return  # bounded; the other limits still hold
+        self._banned[ip] = now + self.limits.flood_ban
+        log.debug(
+            "refusing connections from %s for %.0f s: stream flood", ip, self.limits.flood_ban
+        )
+
     def allow_connection_from(self, ip: str, now: float) -> bool:
-        """The per-IP rate limit of new inbound connections (a refusal is counted)."""
+        """The per-IP ban and rate limit of new inbound connections (a refusal is counted)."""
+        until = self._banned.get(ip)
+        if until is not None:
+            if now < until:
+                self.refused["ip/banned"] += 1
+                return False
+            del self._banned[ip]
         bucket = self._ip_rates.get(ip)
         if bucket is None:
             if len(self._ip_rates) >= 4096:  # bounded: drop the buckets that refilled
@@ -276,9 +295,13 @@ class ConnectionScope:
         )
         self.peer: PeerID | None = None
         self._peer_scope: Scope | None = None
+        self.ip = ip
         self._ip_scope = manager._ip_scope(ip) if ip is not None else None
         self._stream_rate = TokenBucket(lim.stream_rate_per_conn, lim.stream_burst_per_conn, now)
-        self._refused_in_a_row = 0
+        # Refused inbound streams draw from their own bucket: a remote that keeps being refused
+        # faster than the open rate empties it, and its connection is closed (``flooding``).
+        self._refusals = TokenBucket(lim.stream_rate_per_conn, lim.stream_flood_close, now)
+        self._flooding = False
         self._done = False
         system = manager.system
         conns = CONNS_INBOUND if direction is Direction.INBOUND else CONNS_OUTBOUND
@@ -326,30 +349,34 @@ class ConnectionScope:
             raise ResourceLimitExceeded("conn", STREAMS, "connection scope is closed")
         if direction is Direction.INBOUND and not self._stream_rate.take(now):
             manager.refused["conn/stream_rate"] += 1
-            self._refused_in_a_row += 1
+            self._refused(now)
             raise ResourceLimitExceeded("conn", "stream_rate", "inbound stream rate exceeded")
         resource = STREAMS_INBOUND if direction is Direction.INBOUND else STREAMS_OUTBOUND
         try:
             manager.reserve([self.scope, *self._upper()], resource)
         except ResourceLimitExceeded:
             if direction is Direction.INBOUND:
-                self._refused_in_a_row += 1
+                self._refused(now)
             raise
         try:
             manager.reserve([manager.transient], STREAMS)
         except ResourceLimitExceeded:
             manager.release([self.scope, *self._upper()], resource)
             if direction is Direction.INBOUND:
-                self._refused_in_a_row += 1
+                self._refused(now)
             raise
-        if direction is Direction.INBOUND:
-            self._refused_in_a_row = 0
         return StreamScope(self, direction, resource)
+
+    def _refused(self, now: float) -> None:
+        if not self._refusals.take(now) and not self._flooding:
+            self._flooding = True
+            if self.ip is not None:
+                self.manager.ban_ip(self.ip, now)
 
     @property
     def flooding(self) -> bool:
         """The remote kept opening streams long after being refused: close the connection."""
-        return self._refused_in_a_row >= self.manager.limits.stream_flood_close
+        return self._flooding
 
     def reserve_memory(self, amount: int) -> None:
         self.manager.reserve([self.scope, *self._upper()], MEMORY, amount)

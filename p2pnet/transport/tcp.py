@@ -358,12 +358,18 @@ async def listen(addr: Multiaddr, handler: ConnectionHandler) -> TcpListener:
     return listener
 
 
-async def dial(addr: Multiaddr, *, timeout: float = 10.0) -> TcpConnection:
+async def dial(
+    addr: Multiaddr, *, timeout: float = 10.0, local_host: str | None = None
+) -> TcpConnection:
+    """Connect to ``addr`` (from ``local_host`` if given, e.g. another loopback address)."""
     host, port = host_port_of(addr)
     loop = asyncio.get_running_loop()
+    local = (local_host, 0) if local_host is not None else None
     try:
         async with asyncio.timeout(timeout):
-            transport, proto = await loop.create_connection(_TcpProtocol, host, port)
+            transport, proto = await loop.create_connection(
+                _TcpProtocol, host, port, local_addr=local
+            )
     except TimeoutError as exc:
         raise DialError(f"TCP dial to {addr} timed out after {timeout}s") from exc
     except OSError as exc:
