@@ -44,6 +44,7 @@ from p2pnet.kad.errors import (
 from p2pnet.kad.messages import PeerInfo
 from p2pnet.kad.providers import InMemoryProviderStore, ProviderStore
 from p2pnet.kad.query import Lookup, LookupStats
+from p2pnet.kad.quota import StoreQuota
 from p2pnet.kad.records import (
     PK_NAMESPACE,
     InMemoryRecordStore,
@@ -99,6 +100,9 @@ class KadDHT:
         cfg = self.config
         self.routing_table = RoutingTable(host.peer_id, cfg.k, max_failures=cfg.max_failures)
         self.records: RecordStore = record_store or InMemoryRecordStore(cfg.max_records)
+        #: Who stored what: per-peer quotas and what a full store evicts (kad/quota.py).
+        self.record_quota = StoreQuota(cfg.max_records_per_peer)
+        self.provider_quota = StoreQuota(cfg.max_provider_entries_per_peer)
         self.providers: ProviderStore = provider_store or InMemoryProviderStore(
             cfg.max_provider_keys, cfg.max_providers_per_key
         )
@@ -764,7 +768,7 @@ class KadDHT:
         if t == m.GET_VALUE:
             return self._handle_get_value(peer, msg)
         if t == m.PUT_VALUE:
-            return self._handle_put_value(msg)
+            return self._handle_put_value(peer, msg)
         if t == m.ADD_PROVIDER:
             self._handle_add_provider(peer, msg)
             return None
@@ -838,14 +842,20 @@ class KadDHT:
         pub = self.host.peerstore.pubkey(target)
         return None if pub is None else pub.to_protobuf()
 
-    def _handle_put_value(self, msg: kad_pb2.Message) -> kad_pb2.Message:
+    def _handle_put_value(self, peer: PeerID, msg: kad_pb2.Message) -> kad_pb2.Message:
         if not msg.HasField("record"):
             raise KadProtocolError("PUT_VALUE without a record")
         key, value = bytes(msg.record.key), bytes(msg.record.value)
         if key != msg.key:
             raise KadProtocolError("PUT_VALUE record key differs from the message key")
         self.validator.validate(key, value)
+        # the sender's quota decides what (of its own, or of the biggest holder) makes room
+        for old in self.record_quota.admit(peer, key, len(self.records), self.config.max_records):
+            assert isinstance(old, bytes)
+            self.records.delete(old)
+            self.record_quota.removed(old)
         self._store_local(key, value)
+        self.record_quota.stored(peer, key)
         return msg
 
     def _handle_add_provider(self, peer: PeerID, msg: kad_pb2.Message) -> None:
@@ -859,7 +869,16 @@ class KadDHT:
             if info.peer != peer:  # only the sender may announce itself
                 log.debug("%s tried to add %s as a provider: ignored", peer, info.peer)
                 continue
-            self.providers.add_provider(bytes(msg.key), peer, expires)
+            key = bytes(msg.key)
+            new_key = not self.providers.get_providers(key, time.time())
+            size = len(self.providers) if new_key else 0
+            limit = self.config.max_provider_keys
+            for old in self.provider_quota.admit(peer, (key, peer), size, limit):
+                assert isinstance(old, tuple)
+                self.providers.remove_provider(old[0], old[1])
+                self.provider_quota.removed(old)
+            self.providers.add_provider(key, peer, expires)
+            self.provider_quota.stored(peer, (key, peer))
             self._learn_peers([info], self.config.provider_addr_ttl)
 
     def _handle_get_providers(self, peer: PeerID, msg: kad_pb2.Message) -> kad_pb2.Message:
