@@ -28,6 +28,7 @@ from p2pnet.multistream import negotiate_inbound
 from p2pnet.mux.yamux_connection import YamuxMuxer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, PeerStore
+from p2pnet.resources.connmgr import ConnManager
 from p2pnet.resources.manager import ConnectionScope, ResourceManager, stream_scope_of
 from p2pnet.security.base import SecurityTransport
 from p2pnet.security.noise_connection import NoiseSecurity
@@ -72,6 +73,9 @@ class Host:
         self.muxers: list[StreamMuxer] = list(muxers or [YamuxMuxer(self.config.yamux)])
         #: Accounts connections, streams and buffered bytes per peer (docs/limits.md).
         self.resources = resources or ResourceManager(self.config.resources)
+        #: Decides which peers to disconnect above the high watermark (tags, protection).
+        self.connmgr = ConnManager(self.config.connmgr)
+        self._trimming = False
         self._handlers: dict[str, StreamHandler] = {}
         self._conns: dict[PeerID, list[Connection]] = {}
         self._pending_dials: dict[PeerID, asyncio.Future[Connection]] = {}
@@ -394,6 +398,26 @@ class Host:
         log.debug("connected %r", conn)
         self._tasks.spawn(self._watch(conn), name=f"watch {peer}")
         self.bus.emit(ConnectionOpened(conn))
+        if not self._trimming and len(self._conns) > self.connmgr.config.high_water:
+            self._trimming = True
+            self._tasks.spawn(self._trim(), name="trim connections")
+
+    async def _trim(self) -> None:
+        """Above the high watermark: disconnect the least useful peers down to the low one."""
+        try:
+            now = self.clock.monotonic()
+            connected = [
+                (peer, min(c.opened_at for c in conns))
+                for peer, conns in self._conns.items()
+                if conns
+            ]
+            victims = self.connmgr.to_trim(connected, now)
+            if victims:
+                log.debug("trimming %d connections (above %d peers)", len(victims), len(connected))
+            self.connmgr.trimmed += len(victims)
+            await asyncio.gather(*(self.disconnect(p) for p in victims), return_exceptions=True)
+        finally:
+            self._trimming = False
 
     async def _watch(self, conn: Connection) -> None:
         try:
@@ -409,6 +433,7 @@ class Host:
                 conns.remove(conn)
             if not conns:
                 self._conns.pop(peer, None)
+                self.connmgr.forget(peer)
                 # Addresses of a peer we no longer reach expire like go's (15 min), not never.
                 self.peerstore.update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL)
             log.debug("disconnected %r", conn)
@@ -431,6 +456,7 @@ class Host:
         """Open a stream to ``peer`` (dialing if needed) speaking the first agreed protocol."""
         protos = [protocols] if isinstance(protocols, str) else list(protocols)
         conn = await self.connect_peer(peer)
+        self.connmgr.used(peer, self.clock.monotonic())
         return await conn.new_stream(protos)
 
     async def _on_inbound_stream(self, stream: Stream) -> None:
@@ -443,6 +469,7 @@ class Host:
             await stream.reset()
             return
         stream.protocol = protocol
+        self.connmgr.used(stream.conn.remote_peer, self.clock.monotonic())
         handler = self._handlers.get(protocol)
         if handler is None:  # removed while negotiating
             await stream.reset()
