@@ -119,10 +119,15 @@ class Node:
             connmgr.tag(peer, "bootstrap", 100, protect=True)
         pubsub = self.pubsub
         if pubsub is not None:
-            mesh = pubsub.router.mesh
-            connmgr.add_value(
-                "pubsub-mesh", lambda p: 50 if any(p in peers for peers in mesh.values()) else 0
-            )
+
+            def in_mesh(peer: PeerID) -> int:
+                try:
+                    mesh = pubsub.router.mesh
+                except P2PError:  # not running
+                    return 0
+                return 50 if any(peer in peers for peers in mesh.values()) else 0
+
+            connmgr.add_value("pubsub-mesh", in_mesh)
         dht = self.dht
         if dht is not None:
             table = dht.routing_table

@@ -52,6 +52,9 @@ class ResourceLimits:
 
     # -- per remote IP address (before the peer is known)
     conns_per_ip: int = 64
+    #: Connections of one address in their upgrade: a quarter of ``transient_conns``, so stalled
+    #: handshakes from one address never fill the transient scope for everyone.
+    transient_conns_per_ip: int = 32
     #: New inbound connections per IP: a token bucket (per second, burst).
     conn_rate_per_ip: float = 16.0
     conn_burst_per_ip: int = 64
@@ -109,6 +112,7 @@ class ResourceLimits:
             system_memory=system_memory,
             system_fds=system_fds,
             transient_conns=max(8, min(256, conns // 4)),
+            transient_conns_per_ip=max(2, min(256, conns // 4) // 4),
             transient_memory=max(4 * MiB, system_memory // 16),
             peer_memory=peer_memory,
             conn_memory=peer_memory,

@@ -37,6 +37,7 @@ STREAMS_OUTBOUND = "streams_outbound"
 STREAMS = "streams"
 MEMORY = "memory"
 FDS = "fds"
+CONNS_TRANSIENT = "conns_transient"
 
 _UNLIMITED = 1 << 62
 
@@ -148,7 +149,13 @@ class ResourceManager:
     def _ip_scope(self, ip: str) -> Scope:
         scope = self._ips.get(ip)
         if scope is None:
-            scope = self._ips[ip] = Scope(f"ip:{ip}", {CONNS: self.limits.conns_per_ip})
+            scope = self._ips[ip] = Scope(
+                f"ip:{ip}",
+                {
+                    CONNS: self.limits.conns_per_ip,
+                    CONNS_TRANSIENT: self.limits.transient_conns_per_ip,
+                },
+            )
             scope.forget = lambda: self._ips.pop(ip, None)
         return scope
 
@@ -309,9 +316,17 @@ class ConnectionScope:
         steps: list[tuple[list[Scope], str]] = [([manager.transient], CONNS)]
         if self._ip_scope is not None:
             steps.append(([self._ip_scope], CONNS))
+            steps.append(([self._ip_scope], CONNS_TRANSIENT))
         steps += [([system], conns), ([system], FDS)]
         manager.reserve_all(steps)
         self._transient = True
+
+    def _leave_transient(self) -> None:
+        manager = self.manager
+        manager.release([manager.transient], CONNS)
+        if self._ip_scope is not None:
+            manager.release([self._ip_scope], CONNS_TRANSIENT)
+        self._transient = False
 
     def _upper(self) -> list[Scope]:
         """The scopes above this connection that its streams and memory count against."""
@@ -339,8 +354,7 @@ class ConnectionScope:
         self.peer = peer
         self._peer_scope = scope
         if self._transient:
-            manager.release([manager.transient], CONNS)
-            self._transient = False
+            self._leave_transient()
 
     def open_stream(self, direction: Direction, now: float) -> StreamScope:
         """A scope for a new stream (raises when a limit or the open rate refuses it)."""
@@ -394,7 +408,7 @@ class ConnectionScope:
         for resource, amount in list(self.scope.usage.items()):
             manager.release([self.scope, *upper], resource, amount)
         if self._transient:
-            manager.release([manager.transient], CONNS)
+            self._leave_transient()
         else:
             assert self._peer_scope is not None
             manager.release([self._peer_scope], CONNS)

@@ -170,23 +170,31 @@ async def test_slowloris_at_each_handshake_stage() -> None:
     ]
 
     async def attack(victim: Victim, stop: asyncio.Event) -> None:
-        writers = []
-        host = victim.addr.value_for_protocol("ip4")
-        port = int(victim.addr.value_for_protocol("tcp"))
-
-        async def stall(i: int) -> None:
-            _, writer = await asyncio.open_connection(host, port, local_addr=(ATTACKER_IP, 0))
-            writers.append(writer)
-            writer.write(stages[i % len(stages)])
-            await stop.wait()
-
-        try:
-            await many(200, stall, stop)
-        finally:
-            for w in writers:
-                w.close()
+        await stall_connections(victim, stop, count=200, stages=stages)
 
     await under_attack(attack)
+
+
+async def stall_connections(
+    victim: Victim, stop: asyncio.Event, *, count: int, stages: list[bytes] | None = None
+) -> None:
+    """``count`` raw connections from the attacker's address, each stalled at a stage."""
+    stages = stages or [b""]
+    writers = []
+    host = victim.addr.value_for_protocol("ip4")
+    port = int(victim.addr.value_for_protocol("tcp"))
+
+    async def stall(i: int) -> None:
+        _, writer = await asyncio.open_connection(host, port, local_addr=(ATTACKER_IP, 0))
+        writers.append(writer)
+        writer.write(stages[i % len(stages)])
+        await stop.wait()
+
+    try:
+        await many(count, stall, stop)
+    finally:
+        for w in writers:
+            w.close()
 
 
 async def test_ping_flood_without_reading_pongs() -> None:
@@ -253,3 +261,16 @@ async def test_gossipsub_messages_with_bad_signatures() -> None:
     victim = await under_attack(attack)
     # the attacker's messages cost it score until its RPCs were ignored
     assert victim.latest["rpc_graylisted"] > 0
+
+
+async def test_connection_flood_against_a_victim_short_of_fds() -> None:
+    """A victim with 128 fds and an attacker opening 400 raw connections at once: it refuses
+    them (per address, in upgrade, fds), and when accept() runs out of fds (asyncio accepts a
+    whole backlog at once) it pauses accepting for a second and recovers: a warning, no
+    traceback, and every legitimate connection succeeds, some after that pause (hence the
+    p99 bound of 2.5 s here)."""
+
+    async def attack(victim: Victim, stop: asyncio.Event) -> None:
+        await stall_connections(victim, stop, count=400)
+
+    await under_attack(attack, env={"VICTIM_NOFILE": "128"}, p99_bound=2.5)

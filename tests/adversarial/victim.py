@@ -23,11 +23,21 @@ TOPIC = "adversarial"
 
 
 def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:  # out of fds ourselves, for a moment
+        pass
     return 0
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # out of fds ourselves, for a moment
+        return -1
 
 
 def _pubsub_stat(node: Node, name: str) -> int:
@@ -36,6 +46,12 @@ def _pubsub_stat(node: Node, name: str) -> int:
 
 async def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    nofile = os.environ.get("VICTIM_NOFILE")
+    if nofile:  # a victim short of file descriptors (the limits scale from this)
+        import resource
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(nofile), hard))
     config = NodeConfig(kad=KadConfig(mode=Mode.SERVER))
     async with Node(config) as node:
         sub = node.subscribe(TOPIC)
@@ -51,7 +67,7 @@ async def main() -> None:
                 "rss_kib": _status_kib("VmRSS"),
                 "hwm_kib": _status_kib("VmHWM"),
                 "tasks": len(asyncio.all_tasks()),
-                "fds": len(os.listdir("/proc/self/fd")),
+                "fds": _open_fds(),
                 "conns": len(node.host.connections()),
                 "memory": resources.system.used("memory"),
                 "streams": resources.system.used("streams_inbound"),
