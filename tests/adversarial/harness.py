@@ -203,11 +203,13 @@ Attack = Callable[[Victim, asyncio.Event], Awaitable[None]]
 async def under_attack(
     attack: Attack,
     *,
-    duration: float = 3.0,
+    duration: float | None = None,
     env: dict[str, str] | None = None,
     p99_bound: float = 1.0,
 ) -> Victim:
     """Run ``attack`` for ``duration`` seconds against a fresh victim; assert it stays up."""
+    if duration is None:
+        duration = float(os.environ.get("ADVERSARIAL_DURATION", "3"))
     async with victim_process(env) as victim:
         stop_legit = threading.Event()
         legit = LegitPeer(victim)
