@@ -34,6 +34,11 @@ CORE_MODULES = [
     "pubsub/mcache.py",
     "pubsub/messages.py",
     "backoff.py",
+    "resources/manager.py",
+    "resources/connmgr.py",
+    "resources/limits.py",
+    "kad/quota.py",
+    "wire/json_bounded.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "threading"}
 
