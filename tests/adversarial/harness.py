@@ -1,7 +1,8 @@
 """A victim node in its own process, a legitimate peer, and the checks every attack must pass.
 
-:func:`under_attack` runs one attack against a fresh victim while a legitimate peer pings it over
-its connection and opens new connections (each with a ping) throughout, then asserts:
+:func:`under_attack` runs one attack against a fresh victim while a legitimate peer (in a
+third process) pings it over its connection and opens new connections (each with a ping)
+throughout, then asserts:
 
 * no traceback (and no ERROR log) in the victim's stderr, and the victim still runs;
 * the victim's peak RSS stays within :data:`ATTACKER_MEMORY_BOUND` of its RSS before the attack;
@@ -17,7 +18,6 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -143,8 +143,8 @@ async def victim_process(env: dict[str, str] | None = None) -> AsyncIterator[Vic
 class LegitPeer:
     """Pings the victim over one connection and keeps opening new connections.
 
-    It runs on its own event loop in its own thread, so an attacker busy in the test's loop does
-    not slow it down (only the victim may).
+    It runs in its own process (this file run as a script), so an attacker busy in the test's
+    process does not slow it down: only the victim may. Each operation is one JSON line.
     """
 
     victim: Victim
@@ -154,42 +154,80 @@ class LegitPeer:
     def mark(self) -> int:
         return len(self.latencies) + len(self.failures)
 
-    def run_in_thread(self, stop: threading.Event) -> Awaitable[None]:
-        return asyncio.to_thread(asyncio.run, self.run(stop))
+    async def run(self, stop: asyncio.Event) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            str(self.victim.addr),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stdin is not None
 
-    async def run(self, stop: threading.Event) -> None:
-        async with Host(KeyPair.generate()) as host:
-            ping = PingService(host)
-            await host.connect(self.victim.addr)
-            fresh = asyncio.ensure_future(self._new_connections(stop))
+        async def read() -> None:
+            assert proc.stdout is not None
+            while line := await proc.stdout.readline():
+                op = json.loads(line)
+                if op["ok"]:
+                    self.latencies.append(op["latency"])
+                else:
+                    self.failures.append(f"{op['what']}: {op['error']}")
+
+        reader = asyncio.ensure_future(read())
+        try:
+            await stop.wait()
+        finally:
+            proc.stdin.close()
             try:
-                while not stop.is_set():
-                    await self._timed("ping", lambda: ping.ping(self.victim.peer_id))
-                    await asyncio.sleep(0.05)
-            finally:
-                await fresh
+                async with asyncio.timeout(15):
+                    await proc.wait()
+                    await reader
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                reader.cancel()
 
-    async def _new_connections(self, stop: threading.Event) -> None:
-        while not stop.is_set():
 
-            async def connect_and_ping() -> None:
-                async with Host(KeyPair.generate()) as host:
-                    ping = PingService(host)
-                    await host.connect(self.victim.addr)
-                    await ping.ping(self.victim.peer_id)
+async def _legit_main(addr_text: str) -> None:
+    """The legitimate peer's process: ping over one connection, and new connections."""
+    addr = Multiaddr(addr_text)
+    victim = PeerID.from_string(addr.value_for_protocol("p2p"))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    eof = asyncio.ensure_future(reader.read())
 
-            await self._timed("new connection", connect_and_ping)
-            await asyncio.sleep(0.2)
-
-    async def _timed(self, what: str, action: Callable[[], Awaitable[Any]]) -> None:
+    async def timed(what: str, action: Callable[[], Awaitable[Any]]) -> None:
         start = time.monotonic()
         try:
             async with asyncio.timeout(5):
                 await action()
         except (P2PError, TimeoutError, OSError) as exc:
-            self.failures.append(f"{what}: {exc!r}")
+            print(json.dumps({"what": what, "ok": False, "error": repr(exc)}), flush=True)
             return
-        self.latencies.append(time.monotonic() - start)
+        latency = time.monotonic() - start
+        print(json.dumps({"what": what, "ok": True, "latency": latency}), flush=True)
+
+    async def new_connections() -> None:
+        while not eof.done():
+
+            async def connect_and_ping() -> None:
+                async with Host(KeyPair.generate()) as host:
+                    ping = PingService(host)
+                    await host.connect(addr)
+                    await ping.ping(victim)
+
+            await timed("new connection", connect_and_ping)
+            await asyncio.wait([eof], timeout=0.2)
+
+    async with Host(KeyPair.generate()) as host:
+        ping = PingService(host)
+        await host.connect(addr)
+        fresh = asyncio.ensure_future(new_connections())
+        while not eof.done():
+            await timed("ping", lambda: ping.ping(victim))
+            await asyncio.wait([eof], timeout=0.05)
+        await fresh
 
 
 def p99(values: list[float]) -> float:
@@ -211,9 +249,9 @@ async def under_attack(
     if duration is None:
         duration = float(os.environ.get("ADVERSARIAL_DURATION", "3"))
     async with victim_process(env) as victim:
-        stop_legit = threading.Event()
+        stop_legit = asyncio.Event()
         legit = LegitPeer(victim)
-        legit_task = asyncio.ensure_future(legit.run_in_thread(stop_legit))
+        legit_task = asyncio.ensure_future(legit.run(stop_legit))
         await asyncio.sleep(1.0)  # warm up: the legitimate connection, identify, a few pings
         for _ in range(3):
             await victim.next_sample()
@@ -257,3 +295,7 @@ async def under_attack(
         assert len(during) >= 3 and p99(during) < p99_bound, during
         assert legit.mark() > after_attack  # it kept working after the attack
         return victim
+
+
+if __name__ == "__main__":
+    asyncio.run(_legit_main(sys.argv[1]))
