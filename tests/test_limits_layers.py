@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from multiaddr import Multiaddr
 
@@ -11,10 +13,13 @@ from p2pnet.agent.envelope import (
     canonical_json,
     open_envelope,
 )
-from p2pnet.crypto.eth import personal_sign
+from p2pnet.crypto.eth import eth_address, personal_sign
 from p2pnet.crypto.keys import KeyPair
+from p2pnet.errors import P2PError
+from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import DEFAULT_MAX_ADDRS_PER_PEER, PeerStore
+from p2pnet.protocols.identify import PUSH_BURST, PUSH_PROTOCOL_ID, IdentifyService
 from p2pnet.protocols.identify_messages import (
     MAX_IDENTIFY_ADDRS,
     apply_identify,
@@ -22,6 +27,7 @@ from p2pnet.protocols.identify_messages import (
     parse_identify,
 )
 from p2pnet.pubsub.score import PeerScore, PeerScoreParams, PeerScoreThresholds
+from p2pnet.wire.framing import write_length_prefixed
 
 
 def test_pushed_addresses_are_capped_whatever_the_peer_sends() -> None:
@@ -63,8 +69,6 @@ def test_invalid_messages_cost_score_on_a_topic_without_parameters() -> None:
 def test_an_envelope_with_a_non_string_kind_is_invalid_not_a_type_error() -> None:
     eth = KeyPair.from_eth_private_key("0x" + "22" * 32)
     peer = PeerID.from_public_key(eth.public_key)
-    from p2pnet.crypto.eth import eth_address
-
     payload = canonical_json(
         {
             "data": None,
@@ -82,3 +86,23 @@ def test_an_envelope_with_a_non_string_kind_is_invalid_not_a_type_error() -> Non
     assert len(raw) > PERSONAL_SIGNATURE_SIZE
     with pytest.raises(InvalidEnvelope):
         open_envelope(raw, now=1_700_000_000)
+
+
+async def test_identify_pushes_beyond_the_rate_are_reset() -> None:
+    async with Host(KeyPair.generate()) as victim, Host(KeyPair.generate()) as pusher:
+        IdentifyService(victim)
+        service = IdentifyService(pusher)
+        conn = await pusher.connect(victim.p2p_addrs()[0])
+        for _ in range(20):
+            try:
+                stream = await conn.new_stream([PUSH_PROTOCOL_ID])
+                await write_length_prefixed(stream, service.build_message(conn))
+                await stream.close()
+            except P2PError:
+                continue  # reset before or while we wrote: the point
+        refused = victim.resources.refused
+        for _ in range(100):
+            if refused["identify/push_rate"] >= 20 - PUSH_BURST - 2:
+                break
+            await asyncio.sleep(0.02)
+        assert refused["identify/push_rate"] >= 20 - PUSH_BURST - 2
