@@ -58,7 +58,10 @@ class Envelope:
 
 
 def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    # NaN and Infinity are not JSON: refused here as every parser of ours refuses them
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode()
 
 
 def _secret(key: KeyPair) -> bytes:

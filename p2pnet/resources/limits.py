@@ -82,7 +82,7 @@ class ResourceLimits:
 
     # -- per protocol (service); protocols not listed use ``default_protocol``
     default_protocol: ProtocolLimits = field(
-        default_factory=lambda: ProtocolLimits(streams_inbound=2048, streams_inbound_per_peer=64)
+        default_factory=lambda: ProtocolLimits(streams_inbound=4096, streams_inbound_per_peer=256)
     )
     protocols: dict[str, ProtocolLimits] = field(default_factory=dict)
 
