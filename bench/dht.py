@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python bench/dht.py                          # 50, 200 and 1000 nodes
     .venv/bin/python bench/dht.py --sizes 50,200 --lookups 500 --k 20 --alpha 10
     .venv/bin/python bench/dht.py --sizes 50 --transport tcp   # loopback TCP + Noise
+    .venv/bin/python bench/dht.py --sim --sizes 1000,2000 --k 10 --alpha 3 --join self_lookup
 
 For each size N the benchmark starts N DHT servers (host + identify + KadDHT; by default on the
 in-memory transport with /plaintext/2.0.0, ``--transport tcp`` for loopback TCP + Noise), lets
@@ -17,6 +18,14 @@ messages per lookup (mean, p50, p95, max) next to log2(N), lookup latency percen
 routing table size and connections per node, and a get_closest_peers row (full convergence on
 the k closest, which costs at least k messages).
 
+``--sim`` runs the same measurement as a simulation (``p2pnet.sim.dht.DhtSimulation``): the full
+stack on the memory transport, on a virtual clock (``p2pnet.sim.loop``), every identity, join
+order and RNG from ``--seed``, so a run repeats exactly. Timers cost no real time; figures are
+CPU seconds of the build and of the lookups (``time.process_time``, steadier than wall time on
+a shared machine), peak RSS, and the virtual time that passed. The memory transport has no
+latency, so lookup latency is not a figure there. ``--join`` picks how nodes join:
+``bootstrap`` (KadDHT.bootstrap) or ``self_lookup`` (connect, identify, self lookup).
+
 Progress goes to stderr, the table to stdout. Figures depend on the machine: compare within one run.
 """
 
@@ -26,6 +35,7 @@ import argparse
 import asyncio
 import math
 import random
+import resource
 import statistics
 import sys
 import time
@@ -34,12 +44,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from p2pnet.clock import VirtualClock
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.kad import KadConfig, KadDHT, LookupStats
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.security.plaintext import PlaintextSecurity
+from p2pnet.sim.dht import DhtSimulation
+from p2pnet.sim.loop import run_virtual
 from p2pnet.transport.memory import MemoryNetwork
 
 
@@ -162,7 +175,74 @@ def row(label: str, n: int, stats: list[LookupStats], ok: int | None) -> str:
     )
 
 
-async def main() -> int:
+def sim_size(n: int, args: argparse.Namespace) -> bool:
+    """One simulated network of ``n`` nodes; prints its row, returns whether every lookup
+    succeeded."""
+    clock = VirtualClock()
+
+    async def run() -> bool:
+        sim = DhtSimulation(
+            n,
+            seed=args.seed,
+            clock=clock,
+            k=args.k,
+            alpha=args.alpha,
+            security=args.security,
+            join_concurrency=args.join_concurrency,
+        )
+        async with sim:
+            log(f"N={n}: simulating ({args.join} join, {args.security})")
+            c0 = time.process_time()
+            await sim.start_nodes()
+            c1 = time.process_time()
+            await sim.build(join=args.join)
+            c2 = time.process_time()
+            built_at = clock.monotonic()
+            log(f"N={n}: built in {c2 - c1:.1f} s CPU; {args.lookups} find_peer lookups")
+            res = await sim.find_peer_lookups(args.lookups)
+            c3 = time.process_time()
+            closest: list[LookupStats] = []
+            for _ in range(args.closest):
+                a = sim.rng.choice(sim.nodes)
+                await a.dht.get_closest_peers(sim.rng.randbytes(32))
+                closest.append(a.dht.lookup_history[-1])
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            hops = [float(h) for h in res.hops]
+            msgs = [float(x) for x in res.messages]
+            cmsgs = [float(s.messages) for s in closest] or [float("nan")]
+            print(
+                f"| {n} | {args.k}/{args.alpha} | {args.join} | {res.found}/{res.lookups} | "
+                f"{statistics.mean(hops):.2f} / {pct(hops, 95):.0f} / {max(hops):.0f} | "
+                f"{statistics.mean(msgs):.1f} / {pct(msgs, 95):.0f} / {max(msgs):.0f} | "
+                f"{statistics.mean(cmsgs):.1f} | {math.log2(n):.1f} | "
+                f"{statistics.mean(sim.table_sizes()):.1f} | {sim.mean_connections():.1f} | "
+                f"{c1 - c0:.1f} | {c2 - c1:.1f} | {(c3 - c2) / max(1, args.lookups) * 1000:.1f} | "
+                f"{built_at:.1f} | {rss:.0f} |",
+                flush=True,
+            )
+            t0 = time.process_time()
+            log(f"N={n}: closing")
+        log(f"N={n}: closed in {time.process_time() - t0:.1f} s CPU")
+        return res.found == res.lookups
+
+    return run_virtual(run(), clock)
+
+
+def sim_main(args: argparse.Namespace) -> int:
+    print(f"DHT simulation (memory transport, {args.security}, virtual clock), seed {args.seed}\n")
+    print(
+        "| N | k/alpha | join | found | hops mean / p95 / max | messages mean / p95 / max "
+        "| closest msgs | log2 N | table | conns/node | start CPU s | build CPU s "
+        "| CPU ms/lookup | virtual s | peak RSS MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    ok = True
+    for size in args.sizes.split(","):
+        ok = sim_size(int(size), args) and ok
+    return 0 if ok else 1
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default="50,200,1000", help="network sizes, comma-separated")
     p.add_argument("--lookups", type=int, default=200, help="find_peer lookups per size")
@@ -172,7 +252,13 @@ async def main() -> int:
     p.add_argument("--transport", choices=["memory", "tcp"], default="memory")
     p.add_argument("--join-concurrency", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args()
+    p.add_argument("--sim", action="store_true", help="simulate: virtual clock, seeded")
+    p.add_argument("--join", choices=["bootstrap", "self_lookup"], default="bootstrap")
+    p.add_argument("--security", choices=["plaintext", "noise"], default="plaintext")
+    return p.parse_args()
+
+
+async def main(args: argparse.Namespace) -> int:
     print(f"DHT lookups, k={args.k}, alpha={args.alpha}, transport={args.transport}\n")
     print(
         "| N | lookup | found | hops mean / p50 / p95 / max | messages mean / p50 / p95 / max "
@@ -191,4 +277,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    arguments = parse_args()
+    sys.exit(sim_main(arguments) if arguments.sim else asyncio.run(main(arguments)))

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from multiaddr import Multiaddr
 
@@ -36,9 +36,11 @@ from p2pnet.events import (
 )
 from p2pnet.host.connection import Connection
 from p2pnet.host.host import Host, StreamHandler
+from p2pnet.kad.behaviour import PutResult, ValueResult
 from p2pnet.kad.dht import KadDHT
 from p2pnet.kad.errors import KadError
 from p2pnet.kad.messages import PeerInfo
+from p2pnet.kad.records import FunctionValidator, Validator
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyInfo, IdentifyService
 from p2pnet.protocols.ping import PingService
@@ -83,7 +85,9 @@ class Node:
         self.identify_service = IdentifyService(self.host)
         self.ping_service = PingService(self.host)
         self.dht: KadDHT | None = (
-            KadDHT(self.host, self.identify_service, cfg.kad) if cfg.enable_dht else None
+            KadDHT(self.host, self.identify_service, cfg.kad, clock=self.clock, rng=self.rng)
+            if cfg.enable_dht
+            else None
         )
         self.pubsub: Pubsub | None = None
         if cfg.enable_pubsub:
@@ -259,6 +263,25 @@ class Node:
             raise NodeError(f"could not reach any bootstrap peer: {results}")
         return 0
 
+    def register_validator(
+        self,
+        namespace: str,
+        validator: Validator | Callable[[bytes, bytes], None],
+        selector: Callable[[bytes, Sequence[bytes]], int] | None = None,
+    ) -> None:
+        """Accept DHT records under ``/<namespace>/``: ``validator`` is a
+        :class:`~p2pnet.kad.records.Validator` or a function ``(key, value)`` raising
+        ``InvalidRecord``/``ValueError`` for a bad value; ``selector(key, values) -> index``
+        picks the best of several valid values (default: a Validator's ``select``, else the
+        first). Every node that stores or reads the namespace needs the same validator; keys
+        of unregistered namespaces are refused with :class:`~p2pnet.kad.UnknownNamespace`."""
+        if isinstance(validator, Validator):
+            if selector is not None:
+                validator = FunctionValidator(validator.validate, selector)
+        else:
+            validator = FunctionValidator(validator, selector)
+        self._need_dht().validator.register(namespace, validator)
+
     async def _try_bootstrap(self) -> bool:
         """One attempt at the configured bootstrap peers; emits the event saying how it went."""
         schedule = self.bootstrap_schedule
@@ -305,13 +328,26 @@ class Node:
     async def get_value(self, key: bytes, quorum: int | None = None) -> bytes:
         return await self._need_dht().get_value(key, quorum)
 
+    async def get_record(self, key: bytes, quorum: int | None = None) -> ValueResult:
+        """Like :meth:`get_value`, and which peer answered with the value (None: our copy)."""
+        return await self._need_dht().get_record(key, quorum)
+
     async def put_value(self, key: bytes, value: bytes) -> int:
         return await self._need_dht().put_value(key, value)
 
-    async def provide(self, key: bytes) -> int:
+    async def put_record(self, key: bytes, value: bytes) -> PutResult:
+        """Like :meth:`put_value`, and which peers stored the record (``stored``/``failed``)."""
+        return await self._need_dht().put_record(key, value)
+
+    async def provide(self, key: bytes | str) -> int:
+        """Announce we provide ``key`` (a multihash, or CID text); returns peers told."""
         return await self._need_dht().provide(key)
 
-    async def find_providers(self, key: bytes, count: int = 20) -> list[PeerInfo]:
+    async def add_provider(self, key: bytes | str) -> PutResult:
+        """Like :meth:`provide`, and which peers were told."""
+        return await self._need_dht().add_provider(key)
+
+    async def find_providers(self, key: bytes | str, count: int = 20) -> list[PeerInfo]:
         return await self._need_dht().find_providers(key, count)
 
     # -- pubsub ---------------------------------------------------------------------------------

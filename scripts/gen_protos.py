@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Regenerate the protobuf modules in p2pnet/wire/pb from the .proto sources there.
+"""Regenerate the protobuf modules in p2pnet/wire/pb and p2pnet/rpc from their .proto sources.
 
 Usage::
 
-    python scripts/gen_protos.py            # rewrite p2pnet/wire/pb/*_pb2.py and *_pb2.pyi
-    python scripts/gen_protos.py OUT_DIR    # write them into OUT_DIR instead (used by the tests)
+    python scripts/gen_protos.py            # rewrite p2pnet/{wire/pb,rpc}/*_pb2.py and *_pb2.pyi
+    python scripts/gen_protos.py OUT_DIR    # write them into OUT_DIR instead (wire/pb's modules
+                                            # at its top, p2pnet/rpc's in OUT_DIR/rpc)
 
 Needs grpcio-tools (pinned in pyproject's ``test`` extra, so every run emits the same bytes).
 The .proto files are compiled with the repository root as include path, so each file is
@@ -24,6 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PB_DIR = ROOT / "p2pnet" / "wire" / "pb"
 PB_PACKAGE = "p2pnet.wire.pb"
+#: The gRPC interface of p2p-node (package p2pnet.v1); only messages are generated: the server
+#: and the client register the service's methods themselves, typed (p2pnet/rpc/service.py).
+RPC_DIR = ROOT / "p2pnet" / "rpc"
 
 _BARE_IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)
 
@@ -42,13 +46,13 @@ def fix_imports(text: str) -> str:
     return _BARE_IMPORT.sub(rf"from {PB_PACKAGE} import \1 as \2", text)
 
 
-def generate(out_dir: Path = PB_DIR) -> list[Path]:
-    """Compile every proto into ``out_dir``; return the files written."""
+def generate(out_dir: Path = PB_DIR, pb_dir: Path = PB_DIR) -> list[Path]:
+    """Compile every proto of ``pb_dir`` into ``out_dir``; return the files written."""
     from grpc_tools import protoc
 
-    protos = proto_sources()
+    protos = proto_sources(pb_dir)
     if not protos:
-        raise SystemExit(f"no .proto files in {PB_DIR}")
+        raise SystemExit(f"no .proto files in {pb_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +66,7 @@ def generate(out_dir: Path = PB_DIR) -> list[Path]:
         rc = protoc.main(args)
         if rc != 0:
             raise SystemExit(f"protoc failed with exit code {rc}")
-        gen_dir = Path(tmp) / PB_DIR.relative_to(ROOT)
+        gen_dir = Path(tmp) / pb_dir.relative_to(ROOT)
         for src in sorted(gen_dir.iterdir()):
             if not src.name.endswith(("_pb2.py", "_pb2.pyi")):
                 continue
@@ -84,7 +88,8 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     out_dir = Path(argv[1]).resolve() if len(argv) == 2 else PB_DIR
-    for path in generate(out_dir):
+    rpc_out = out_dir / "rpc" if len(argv) == 2 else RPC_DIR
+    for path in [*generate(out_dir), *generate(rpc_out, RPC_DIR)]:
         print(path)
     return 0
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
+from p2pnet.agent.record import AGENT_NAMESPACE, AgentRecordValidator, sign_agent_record
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import ProtocolNotSupported, StreamReset
 from p2pnet.host.host import Host
@@ -26,7 +27,6 @@ from p2pnet.kad import (
     Mode,
     PeerNotFound,
     RecordNotFound,
-    sign_agent_record,
 )
 from p2pnet.kad import messages as m
 from p2pnet.kad.records import StoredRecord
@@ -34,7 +34,11 @@ from p2pnet.kad.routing_table import distance, kad_key
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.stream import Stream
-from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
+from p2pnet.wire.framing import (
+    read_length_prefixed,
+    read_length_prefixed_or_eof,
+    write_length_prefixed,
+)
 
 PROTO = "/ipfs/kad/1.0.0"
 
@@ -79,6 +83,7 @@ async def make_node(
     await host.start()
     identify = IdentifyService(host)
     dht = KadDHT(host, identify, KadConfig(mode=mode, **config))
+    dht.validator.register(AGENT_NAMESPACE, AgentRecordValidator())
     await dht.start()
     return KadNode(host, identify, dht)
 
@@ -115,12 +120,6 @@ async def make_network(
 
 async def close_all(nodes: list[KadNode]) -> None:
     await asyncio.gather(*(x.close() for x in nodes), return_exceptions=True)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def link(x: KadNode, y: KadNode) -> None:
@@ -170,11 +169,11 @@ async def test_server_advertises_client_does_not(net10: list[KadNode]) -> None:
 async def test_mode_switch_is_announced(net10: list[KadNode]) -> None:
     boot, client = net10[0], net10[10]
     client.dht.mode = Mode.SERVER
-    await wait_for(lambda: client.peer_id in boot.dht.routing_table)
+    await boot.dht.wait_until(lambda: client.peer_id in boot.dht.routing_table)
     resp = await boot.dht._rpc(client.peer_id, m.find_node(b"x"))
     assert resp is not None and resp.type == m.FIND_NODE
     client.dht.set_mode("client")
-    await wait_for(lambda: client.peer_id not in boot.dht.routing_table)
+    await boot.dht.wait_until(lambda: client.peer_id not in boot.dht.routing_table)
     with pytest.raises(ProtocolNotSupported):
         await boot.dht._rpc(client.peer_id, m.find_node(b"x"))
 
@@ -274,17 +273,22 @@ async def test_full_bucket_keeps_live_peers_and_replaces_dead_ones() -> None:
         assert a.dht.routing_table.peers() == [resident.peer_id]
         # a live resident is kept
         await link(a, newcomer)
-        await wait_for(lambda: resident.dht.counters.get("received FIND_NODE", 0) >= 1)
-        await asyncio.sleep(0.1)
+        await a.dht.wait_until(lambda: a.dht.counters.get("liveness checks", 0) >= 1)
+        assert resident.dht.counters.get("received FIND_NODE", 0) >= 1
         assert a.dht.routing_table.peers() == [resident.peer_id]
         assert newcomer.peer_id in a.dht.routing_table.replacements(
             a.dht.routing_table.cpl(newcomer.peer_id)
         )
         # once the resident is gone, the next check replaces it
+        gone = asyncio.Event()
+        a.host.on_disconnected(
+            lambda conn: gone.set() if conn.remote_peer == resident.peer_id else None
+        )
         await resident.close()
-        await wait_for(lambda: not a.host.is_connected(resident.peer_id))
+        async with asyncio.timeout(5):
+            await gone.wait()
         await link(a, dead_one)
-        await wait_for(lambda: resident.peer_id not in a.dht.routing_table)
+        await a.dht.wait_until(lambda: resident.peer_id not in a.dht.routing_table)
         assert a.dht.routing_table.peers() in ([dead_one.peer_id], [newcomer.peer_id])
     finally:
         await close_all([a, *others])
@@ -322,9 +326,9 @@ async def test_agent_record_put_get_newest_wins_and_outdated_holders_corrected(
     stale.dht.records.put(StoredRecord(key, v1, time.time()))
     # An older record is refused by a server that holds a newer one.
     with pytest.raises(InvalidRecord, match="better"):
-        net10[6].dht._store_local(key, v1)
+        net10[6].dht.behaviour.store_local(key, v1, time.time())
     assert await reader.dht.get_value(key, quorum=0) == v2  # quorum 0: ask everybody
-    await wait_for(lambda: getattr(stale.dht.records.get(key), "value", None) == v2)
+    await stale.dht.wait_until(lambda: getattr(stale.dht.records.get(key), "value", None) == v2)
 
 
 async def test_records_with_bad_signatures_are_refused_on_put_and_get(
@@ -380,7 +384,7 @@ async def test_add_provider_for_someone_else_is_ignored(net10: list[KadNode]) ->
     await liar.dht._rpc(server.peer_id, msg, expect_response=False)
     msg = m.add_provider(key, liar.dht.self_info())
     await liar.dht._rpc(server.peer_id, msg, expect_response=False)
-    await wait_for(lambda: server.dht.providers.get_providers(key, time.time()) != [])
+    await server.dht.wait_until(lambda: server.dht.providers.get_providers(key, time.time()) != [])
     assert server.dht.providers.get_providers(key, time.time()) == [liar.peer_id]
 
 
@@ -472,7 +476,7 @@ async def test_lookups_survive_garbage_silence_and_lies(
 
     async def silent(stream: Stream) -> None:
         await read_length_prefixed(stream)
-        await asyncio.sleep(30)
+        await asyncio.Event().wait()  # never answers
 
     liar_ref: list[Host] = []
 
@@ -536,7 +540,87 @@ async def test_outbound_streams_are_reused_and_stale_ones_replaced(net10: list[K
     # the server drops idle streams: the next request notices and uses a fresh stream
     b.dht.config.inbound_idle_timeout = 0.05
     await a.dht._rpc(b.peer_id, m.find_node(b"arm the short timeout"))
-    await asyncio.sleep(0.3)
+    await b.dht.wait_until(lambda: b.dht.counters.get("idle inbound streams reset", 0) >= 1)
     resp = await a.dht._rpc(b.peer_id, m.find_node(b"after the reset"))
     assert resp is not None and resp.type == m.FIND_NODE
     assert [s for s, _ in a.dht._idle_streams[b.peer_id]] != [pooled]
+
+
+# -- upkeep bugs found against other implementations ------------------------------------------
+
+
+async def test_a_peer_that_answers_add_provider_keeps_its_place(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """py-libp2p answers ADD_PROVIDER (js and go do not). That answer must not be read as the
+    answer to the next request on a reused stream ("answered FIND_NODE with ADD_PROVIDER"),
+    which used to drop a good peer from the routing table."""
+    stale_sent = asyncio.Event()
+
+    async def answers_everything(stream: Stream) -> None:
+        while (data := await read_length_prefixed_or_eof(stream)) is not None:
+            req = m.decode(data)
+            resp = m.request(req.type, req.key)
+            resp.providerPeers.extend(req.providerPeers)
+            await write_length_prefixed(stream, m.encode(resp))
+            if req.type == m.ADD_PROVIDER:
+                stale_sent.set()
+        await stream.close()
+
+    host, _ = await _fake_server(answers_everything)
+    asker = await make_node()
+    try:
+        await asker.host.connect(host.p2p_addrs()[0])
+        await asker.identify.wait_identified(host.peer_id)
+        assert asker.dht.routing_table.peers() == [host.peer_id]
+        result = await asker.dht.add_provider(b"\x12\x20" + bytes([9]) * 32)
+        assert result.stored == [host.peer_id] and result.failed == []
+        async with asyncio.timeout(5):
+            await stale_sent.wait()
+        for i in range(3):
+            assert await asker.dht.get_closest_peers(b"next %d" % i) == [host.peer_id]
+        assert asker.dht.routing_table.peers() == [host.peer_id]
+        assert asker.dht.counters.get("failed requests", 0) == 0
+    finally:
+        await asker.close()
+        await host.close()
+    no_errors(caplog)
+
+
+async def test_a_stale_answer_on_a_pooled_stream_is_not_the_peers_fault(
+    net10: list[KadNode],
+) -> None:
+    """Whatever leaves an unread answer on a pooled stream, the request is retried on a fresh
+    stream instead of counting the peer as broken."""
+    a, b = net10[0], net10[1]
+    await a.dht._rpc(b.peer_id, m.find_node(b"pool a stream"))
+    pooled = a.dht._idle_streams[b.peer_id][-1][0]
+    # an answer nobody read: the server answers a PING the client wrote behind our back
+    await write_length_prefixed(pooled, m.encode(m.request(m.PING, b"")))
+    await b.dht.wait_until(lambda: b.dht.counters.get("received PING", 0) >= 1)
+    resp = await a.dht._rpc(b.peer_id, m.find_node(b"after the stray ping"))
+    assert resp is not None and resp.type == m.FIND_NODE
+    assert a.dht.counters.get("stale pooled streams", 0) == 1
+    assert b.peer_id in a.dht.routing_table
+
+
+async def test_routing_table_follows_the_network_from_an_empty_start() -> None:
+    """A node whose table is empty looks itself up once identify shows a kad server (no
+    bootstrap call), and again after its table emptied and a new server turned up."""
+    a = await make_node(auto_refresh=True)
+    b, c, d, e, f = [await make_node() for _ in range(5)]
+    try:
+        await link(b, c)
+        await link(c, d)
+        await link(e, f)
+        await link(a, b)  # a learns b only through identify
+        await a.dht.wait_until(
+            lambda: {b.peer_id, c.peer_id, d.peer_id} <= set(a.dht.routing_table)
+        )
+        assert a.dht.counters.get("sent FIND_NODE", 0) >= 2  # its self lookup found them
+        for x in (b, c, d):
+            a.dht.routing_table.remove(x.peer_id)
+        await link(a, e)
+        await a.dht.wait_until(lambda: f.peer_id in a.dht.routing_table)
+    finally:
+        await close_all([a, b, c, d, e, f])

@@ -71,6 +71,8 @@ async def test_a_put_value_flood_from_one_peer_leaves_room_for_others() -> None:
         # providers: the same per peer
         for i in range(2000):
             dht.handle_request(flooder, m.add_provider(b"key%d" % i, PeerInfo(flooder)))
-        assert dht.provider_quota.count(flooder) == dht.config.max_provider_entries_per_peer
+        assert (
+            dht.behaviour.provider_quota.count(flooder) == dht.config.max_provider_entries_per_peer
+        )
         await dht.close()
         await identify.close()

@@ -8,10 +8,7 @@ import time
 import pytest
 from multiaddr import Multiaddr
 
-from p2pnet.crypto.eth import eth_address
-from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.kad import messages as m
-from p2pnet.kad.agent_record import (
+from p2pnet.agent.record import (
     MAX_AGENT_RECORD_SIZE,
     AgentRecordValidator,
     agent_key,
@@ -19,6 +16,9 @@ from p2pnet.kad.agent_record import (
     sign_agent_record,
     verify_agent_record,
 )
+from p2pnet.crypto.eth import eth_address
+from p2pnet.crypto.keys import KeyPair, KeyType
+from p2pnet.kad import messages as m
 from p2pnet.kad.errors import InvalidRecord, KadProtocolError
 from p2pnet.kad.messages import PeerInfo
 from p2pnet.kad.providers import InMemoryProviderStore
@@ -245,18 +245,18 @@ def test_provider_store_expiry_and_bounds() -> None:
     peers = [PeerID.from_public_key(KeyPair.generate().public_key) for _ in range(4)]
     store = InMemoryProviderStore(max_keys=2, max_per_key=2)
     now = time.time()
-    store.add_provider(b"k1", peers[0], now + 10)
-    store.add_provider(b"k1", peers[1], now + 20)
+    store.add_provider(b"k1", peers[0], now + 10, now=now)
+    store.add_provider(b"k1", peers[1], now + 20, now=now)
     assert store.get_providers(b"k1", now) == [peers[1], peers[0]]
-    store.add_provider(b"k1", peers[2], now + 30)  # evicts the one expiring first
+    store.add_provider(b"k1", peers[2], now + 30, now=now)  # evicts the one expiring first
     assert set(store.get_providers(b"k1", now)) == {peers[1], peers[2]}
     assert store.get_providers(b"k1", now + 25) == [peers[2]]
-    store.add_provider(b"k2", peers[0], now + 100)
+    store.add_provider(b"k2", peers[0], now + 100, now=now)
     with pytest.raises(StoreFull):
-        store.add_provider(b"k3", peers[0], now + 100)
+        store.add_provider(b"k3", peers[0], now + 100, now=now)
     assert store.gc(now + 1000) >= 1
     assert len(store) == 0
-    store.add_provider(b"k3", peers[3], now + 100)
+    store.add_provider(b"k3", peers[3], now + 100, now=now)
     store.remove_provider(b"k3", peers[3])
     assert store.get_providers(b"k3", now) == []
 

@@ -8,12 +8,11 @@ import pytest
 from multiaddr import Multiaddr
 
 from p2pnet.agent.envelope import (
-    PERSONAL_SIGNATURE_SIZE,
     InvalidEnvelope,
     canonical_json,
     open_envelope,
 )
-from p2pnet.crypto.eth import eth_address, personal_sign
+from p2pnet.crypto.eth import PERSONAL_SIGNATURE_SIZE, eth_address, personal_sign
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import P2PError
 from p2pnet.host.host import Host

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
 from p2pnet.agent.envelope import open_envelope, seal
+from p2pnet.agent.record import sign_agent_record, verify_agent_record
 from p2pnet.cli.p2p_node import CommandError, parse_command
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import P2PError
 from p2pnet.kad import messages as m
-from p2pnet.kad.agent_record import sign_agent_record, verify_agent_record
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.record import make_peer_record, verify_peer_record
 from p2pnet.protocols.identify_messages import build_identify, parse_identify

@@ -72,12 +72,15 @@ async def start_all(registry: list[P2PNode], *new: P2PNode) -> None:
     await asyncio.gather(*(n.start() for n in new))
 
 
-async def test_sdk_network(nodes: list[P2PNode]) -> None:
-    boot = P2PNode("boot", bootstrap=True, bootstrap_peers=[])
+@pytest.mark.parametrize("interface", ["grpc", "json"])
+async def test_sdk_network(nodes: list[P2PNode], interface: str) -> None:
+    boot = P2PNode("boot", bootstrap=True, bootstrap_peers=[], interface=interface)
     await start_all(nodes, boot)
     assert boot.mode == "server" and boot.peer_id in boot.addrs[0]
-    alice = P2PNode("alice", bootstrap_peers=boot.addrs)
-    bob = P2PNode("bob", bootstrap_peers=boot.addrs, include_logs=True, log_level="info")
+    alice = P2PNode("alice", bootstrap_peers=boot.addrs, interface=interface)
+    bob = P2PNode(
+        "bob", bootstrap_peers=boot.addrs, include_logs=True, log_level="info", interface=interface
+    )
     bob_logs = bob.events()  # from before the start: sees the start's logs
     await start_all(nodes, alice, bob)
     assert alice.eth_address.startswith("0x") and alice.mode == "client"
@@ -181,7 +184,7 @@ async def test_sdk_private_key_sets_the_identity(nodes: list[P2PNode]) -> None:
 async def test_sdk_process_death_fails_pending_calls_and_ends_events(
     nodes: list[P2PNode],
 ) -> None:
-    node = P2PNode("dies", executable=fake_node(READY + "read()\nsys.exit(3)\n"))
+    node = P2PNode("dies", interface="json", executable=fake_node(READY + "read()\nsys.exit(3)\n"))
     await start_all(nodes, node)
     events = node.events()
     with pytest.raises(P2PNodeError) as err:
@@ -192,10 +195,13 @@ async def test_sdk_process_death_fails_pending_calls_and_ends_events(
 
 
 async def test_sdk_timeouts_and_stop_escalation(nodes: list[P2PNode]) -> None:
-    silent = P2PNode("silent", executable=fake_node("time.sleep(60)\n"), start_timeout=0.5)
+    silent = P2PNode(
+        "silent", interface="json", executable=fake_node("time.sleep(60)\n"), start_timeout=0.5
+    )
     assert silent.stop_timeout == 10.0  # a node that never answered is not waited for
     stubborn = P2PNode(
         "stubborn",
+        interface="json",
         executable=fake_node(
             "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
             + READY
@@ -217,7 +223,7 @@ async def test_sdk_timeouts_and_stop_escalation(nodes: list[P2PNode]) -> None:
 
 
 async def test_sdk_cancelled_start_reaps_the_process(nodes: list[P2PNode]) -> None:
-    slow = P2PNode("slow", executable=fake_node("time.sleep(60)\n"))
+    slow = P2PNode("slow", interface="json", executable=fake_node("time.sleep(60)\n"))
     nodes.append(slow)
     task = asyncio.create_task(slow.start())
     async with asyncio.timeout(10):  # cancel once the process exists (start waits for "ready")
@@ -289,7 +295,14 @@ async def test_example_agent_replies_and_greets(nodes: list[P2PNode]) -> None:
 
 
 async def test_default_command_runs_this_interpreter() -> None:
-    node = P2PNode("x", bootstrap=True, env_file="a.env", log_level="debug", extra_args=["-p", "5"])
+    node = P2PNode(
+        "x",
+        bootstrap=True,
+        env_file="a.env",
+        log_level="debug",
+        extra_args=["-p", "5"],
+        interface="json",
+    )
     cmd = node.command()
     assert cmd[:3] == [sys.executable, "-m", "p2pnet.cli.p2p_node"]
     assert cmd[3:] == [
@@ -305,3 +318,137 @@ async def test_default_command_runs_this_interpreter() -> None:
     ]
     with pytest.raises(ValueError):
         P2PNode(log_level="loud")
+
+
+async def test_agent_in_the_design_flow(nodes: list[P2PNode]) -> None:
+    from p2pnet.sdk import Agent, Message
+
+    key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+    boot = P2PNode("boot", bootstrap=True, bootstrap_peers=[])
+    await start_all(nodes, boot)
+    with pytest.raises(P2PNodeError) as err:
+        await Agent("nobody", 0, key).start()
+    assert err.value.code == "UNAVAILABLE" and "start P2PNode('nobody'" in err.value.message
+
+    node = P2PNode("design", 0, key, bootstrap_peers=boot.addrs)  # grpc_port given: no join
+    await start_all(nodes, node)
+    assert node.ready["connected"] is False and node.grpc_port > 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        p2p_port = s.getsockname()[1]
+    agent = Agent("design", p2p_port, key)
+    info = await agent.start()
+    assert info["ethAddress"] == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+    assert any(f"/tcp/{p2p_port}/" in a for a in agent.addrs)
+    # Another handle on the same node, found by its gRPC port, agrees on the port ...
+    same = Agent("design", p2p_port, grpc_port=node.grpc_port)
+    assert (await same.start())["peerId"] == agent.peer_id
+    await same.stop()
+    # ... one that wants another port is told the node joined elsewhere.
+    other = Agent("design", p2p_port + 1 if p2p_port < 65535 else 1, node=node)
+    with pytest.raises(P2PNodeError) as err:
+        await other.start()
+    assert err.value.code == "ALREADY_CONNECTED"
+
+    peer = P2PNode("peer", bootstrap_peers=boot.addrs)
+    await start_all(nodes, peer)
+    got: asyncio.Queue[Message] = asyncio.Queue()
+
+    @agent.on_message
+    async def collect(message: Message) -> None:
+        await got.put(message)
+
+    room = agent.messages("room")  # registered now: nothing from here on is missed
+    await agent.subscribe("room")
+    await peer.subscribe("room")
+    await peer.send(agent.eth_address, {"direct": True})
+    direct = await asyncio.wait_for(got.get(), TIMEOUT_S)
+    assert direct.data == {"direct": True} and direct.direct and direct.from_eth == peer.eth_address
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:  # until the topic's mesh formed
+            await peer.broadcast({"room": 1}, "room")
+            try:
+                msg = await room.next(timeout=0.5)
+                break
+            except TimeoutError:
+                continue
+    assert msg.topic == "room" and msg.data == {"room": 1} and not msg.direct
+    assert peer.peer_id in await agent.peers()
+    assert await agent.send(peer.eth_address, "hi") == peer.peer_id
+    await agent.unsubscribe("room")
+    await agent.stop()
+    rest = [m async for m in room]  # what was still queued, then the end
+    assert all(m.data == {"room": 1} for m in rest)
+    with pytest.raises(P2PNodeError):
+        await agent.send(peer.eth_address, "after stop")
+
+
+async def test_grpc_interface_needs_a_node_that_serves_grpc(nodes: list[P2PNode]) -> None:
+    json_only = P2PNode("old", executable=fake_node("say({'type': 'hello'})\nread()\n"))
+    nodes.append(json_only)
+    with pytest.raises(P2PNodeError) as err:
+        await json_only.start()  # its first line is no grpc_listening
+    assert err.value.code == "UNAVAILABLE" and "reported no gRPC port" in err.value.message
+    assert json_only.returncode is not None
+    crash = P2PNode("crash", executable=fake_node("sys.exit(4)\n"))
+    nodes.append(crash)
+    with pytest.raises(P2PNodeError) as err:
+        await crash.start()
+    assert err.value.code == PROCESS_EXITED and "status 4" in err.value.message
+
+
+async def test_grpc_node_ends_with_its_application() -> None:
+    app = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        textwrap.dedent(
+            """
+            import asyncio, sys
+            from p2pnet.sdk import P2PNode
+            async def main():
+                node = P2PNode("orphan", bootstrap_peers=[])
+                await node.start()
+                print(node.pid, flush=True)
+                await asyncio.sleep(60)
+            asyncio.run(main())
+            """
+        ),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert app.stdout is not None
+    node_pid = int(await asyncio.wait_for(app.stdout.readline(), TIMEOUT_S))
+    app.kill()  # the application dies without stopping its node
+    await app.wait()
+    try:
+        async with asyncio.timeout(TIMEOUT_S):  # the node sees EOF on stdin and stops
+            while _alive(node_pid):
+                await asyncio.sleep(0.1)
+    finally:
+        if _alive(node_pid):
+            os.kill(node_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "zombie" not in status.split("State:")[1].split("\n")[0]
+
+
+async def test_agent_raises_when_its_node_is_killed(nodes: list[P2PNode]) -> None:
+    from p2pnet.sdk import Agent
+
+    node = P2PNode("doomed", 0, bootstrap_peers=[])
+    await start_all(nodes, node)
+    agent = Agent("doomed")
+    await agent.start()
+    messages = agent.messages()
+    assert node.pid is not None
+    os.kill(node.pid, signal.SIGKILL)
+    with pytest.raises(P2PNodeError) as err:
+        await asyncio.wait_for(agent.send("0x" + "11" * 20, 1), TIMEOUT_S)
+    assert err.value.code == PROCESS_EXITED and "status -9" in err.value.message
+    assert [m async for m in messages] == []  # ends
+    await agent.stop()

@@ -30,12 +30,19 @@ from p2pnet.agent.constants import (
     STATUS_TOPIC,
     default_bootstrap_peers,
 )
-from p2pnet.agent.envelope import Envelope, InvalidEnvelope, open_envelope, seal
+from p2pnet.agent.envelope import (
+    Envelope,
+    EnvelopeTooLarge,
+    InvalidEnvelope,
+    open_envelope,
+    seal,
+)
 from p2pnet.agent.errors import (
     AgentError,
     DhtLookupFailed,
     DialFailed,
     InvalidFields,
+    MessageTooLarge,
     NotConnected,
     PeerNotFound,
     PortInUse,
@@ -43,6 +50,7 @@ from p2pnet.agent.errors import (
 )
 from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
+from p2pnet.agent.record import AGENT_NAMESPACE, AgentRecordValidator
 from p2pnet.agent.status import MAX_STATUS_BYTES, build_status
 from p2pnet.config import (
     ConfigError,
@@ -199,6 +207,8 @@ class Agent:
         self.pubsub = self.node.pubsub
         self.eth_address: str = eth_address(self.node.peer_id)
         self.clock = self.node.clock
+        # The DHT knows no agents: the agent network brings its record namespace.
+        self.node.register_validator(AGENT_NAMESPACE, AgentRecordValidator())
         self.presence = Presence(self.node.host, self.dht, self.clock)
         self.messaging = DirectMessaging(
             self.node.host,
@@ -359,6 +369,8 @@ class Agent:
             raise InvalidFields("cannot send a message to ourselves")
         try:
             envelope = self._seal("direct", data, to=address)
+        except EnvelopeTooLarge as exc:
+            raise MessageTooLarge(f"data cannot be sent: {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise InvalidFields(f"data cannot be sent: {exc}") from exc
         await self.messaging.send(peer, envelope)
@@ -386,6 +398,8 @@ class Agent:
             raise InvalidFields(f"cannot broadcast application data on {topic!r}")
         try:
             envelope = self._seal("broadcast", data, topic=topic)
+        except EnvelopeTooLarge as exc:
+            raise MessageTooLarge(f"data cannot be sent: {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise InvalidFields(f"data cannot be sent: {exc}") from exc
         self._join(topic)
@@ -419,6 +433,23 @@ class Agent:
             except (KadError, NoPeersError, ValueError) as exc:
                 log.info("%s: cannot announce %r in the DHT yet: %s", self.name, topic, exc)
         await self._announce("subscribe", topic=topic)
+
+    async def unsubscribe(self, topic: str) -> bool:
+        """Leave ``topic`` joined with :meth:`subscribe`; False if we had not subscribed.
+
+        The agent topics stay joined (the agent itself needs them); only their delivery to the
+        application ends.
+        """
+        self._check_running()
+        if topic not in self._app_topics:
+            return False
+        self._app_topics.discard(topic)
+        if topic not in AGENT_TOPICS:
+            sub = self._subs.pop(topic, None)
+            if sub is not None:
+                sub.cancel()
+        await self._announce("unsubscribe", topic=topic)
+        return True
 
     async def discover(self, topic: str) -> list[AgentDiscovered]:
         """Agents on ``topic``: DHT providers of the topic and the peers pubsub knows on it."""

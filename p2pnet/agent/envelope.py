@@ -8,8 +8,9 @@ no spaces, ASCII)::
      "to": "0x<recipient>" | null, "topic": "<topic>" | null, "ts": <unix ms>,
      "type": "p2pnet/agent-message/1"}
 
-and the signature is the sender's EIP-191 ``personal_sign`` of the payload, the same scheme as
-presence records, so any Ethereum tool can check who wrote a message. A receiver accepts an
+and the signature is the sender's EIP-191 ``personal_sign`` of the payload: the signed JSON
+container of :mod:`p2pnet.agent.signed_json`, shared with presence records, so any Ethereum tool
+can check who wrote a message. A receiver accepts an
 envelope only if the signature recovers ``from``, ``peer_id`` is the libp2p identity of that same
 key (a secp256k1 PeerID embeds it), the transport's authenticated sender is ``peer_id``, the
 timestamp is within the allowed clock skew, and the nonce was not seen before (replay).
@@ -17,21 +18,21 @@ timestamp is within the allowed clock skew, and the nonce was not seen before (r
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from p2pnet.crypto.eth import (
-    PERSONAL_SIGNATURE_SIZE,
-    eth_address,
-    personal_sign,
-    recover_personal_signer,
+from p2pnet.agent.signed_json import (
+    SignedJSONError,
+    SignedJSONTooLarge,
+    canonical_json,
+    open_json,
+    seal_json,
 )
+from p2pnet.crypto.eth import eth_address
 from p2pnet.crypto.keys import KeyPair, Secp256k1PrivateKey
 from p2pnet.errors import CryptoError, ProtocolError
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.wire.json_bounded import loads_bounded
 
 ENVELOPE_TYPE = "p2pnet/agent-message/1"
 KINDS = frozenset({"direct", "broadcast", "announce", "status"})
@@ -39,6 +40,10 @@ MAX_ENVELOPE_SIZE = 256 * 1024
 #: Messages older or further in the future than this are refused (replay window).
 MAX_CLOCK_SKEW = 300.0
 _FIELDS = frozenset({"data", "from", "kind", "nonce", "peer_id", "to", "topic", "ts", "type"})
+
+
+class EnvelopeTooLarge(ValueError):
+    """The sealed message would exceed :data:`MAX_ENVELOPE_SIZE`."""
 
 
 class InvalidEnvelope(ProtocolError):
@@ -55,13 +60,6 @@ class Envelope:
     topic: str | None
     ts: int
     nonce: str
-
-
-def canonical_json(obj: Any) -> bytes:
-    # NaN and Infinity are not JSON: refused here as every parser of ours refuses them
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode()
 
 
 def _secret(key: KeyPair) -> bytes:
@@ -90,23 +88,24 @@ def seal(
     if kind not in KINDS:
         raise ValueError(f"unknown message kind {kind!r}")
     peer = PeerID.from_public_key(key.public_key)
-    payload = canonical_json(
-        {
-            "data": data,
-            "from": eth_address(peer).lower(),
-            "kind": kind,
-            "nonce": nonce.hex(),
-            "peer_id": peer.to_base58(),
-            "to": to.lower() if to else None,
-            "topic": topic,
-            "ts": int(now * 1000),
-            "type": ENVELOPE_TYPE,
-        }
-    )
-    envelope = personal_sign(_secret(key), payload) + payload
-    if len(envelope) > MAX_ENVELOPE_SIZE:
-        raise ValueError(f"message of {len(envelope)} bytes exceeds {MAX_ENVELOPE_SIZE}")
-    return envelope
+    try:
+        return seal_json(
+            _secret(key),
+            {
+                "data": data,
+                "from": eth_address(peer).lower(),
+                "kind": kind,
+                "nonce": nonce.hex(),
+                "peer_id": peer.to_base58(),
+                "to": to.lower() if to else None,
+                "topic": topic,
+                "ts": int(now * 1000),
+                "type": ENVELOPE_TYPE,
+            },
+            max_size=MAX_ENVELOPE_SIZE,
+        )
+    except SignedJSONTooLarge as exc:
+        raise EnvelopeTooLarge(f"message {exc}") from None
 
 
 def open_envelope(raw: bytes, *, now: float) -> Envelope:
@@ -114,20 +113,13 @@ def open_envelope(raw: bytes, *, now: float) -> Envelope:
 
     ``now``: the receiver's wall clock (``node.clock.time()``), for the freshness check.
     """
-    if len(raw) > MAX_ENVELOPE_SIZE:
-        raise InvalidEnvelope(f"message of {len(raw)} bytes exceeds {MAX_ENVELOPE_SIZE}")
-    if len(raw) <= PERSONAL_SIGNATURE_SIZE:
-        raise InvalidEnvelope("message too short for a signature")
-    sig, payload = raw[:PERSONAL_SIGNATURE_SIZE], raw[PERSONAL_SIGNATURE_SIZE:]
     try:
-        signer = recover_personal_signer(payload, sig)
-        obj = loads_bounded(payload)
-    except (CryptoError, ValueError) as exc:
-        raise InvalidEnvelope(f"bad signature or payload: {exc}") from None
-    if not isinstance(obj, dict) or set(obj) != _FIELDS or obj["type"] != ENVELOPE_TYPE:
+        signed = open_json(raw, max_size=MAX_ENVELOPE_SIZE, fields=_FIELDS)
+    except SignedJSONError as exc:
+        raise InvalidEnvelope(f"not a signed agent message: {exc}") from None
+    obj, signer = signed.obj, signed.signer
+    if obj["type"] != ENVELOPE_TYPE:
         raise InvalidEnvelope("payload is not an agent message")
-    if canonical_json(obj) != payload:
-        raise InvalidEnvelope("payload is not canonical JSON")
     kind, sender, ts, nonce = obj["kind"], obj["from"], obj["ts"], obj["nonce"]
     if not isinstance(kind, str) or kind not in KINDS or type(ts) is not int:
         raise InvalidEnvelope("malformed kind, ts or nonce")
@@ -164,3 +156,18 @@ class ReplayGuard:
         self._seen[key] = None
         if len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
+
+
+__all__ = [
+    "ENVELOPE_TYPE",
+    "KINDS",
+    "MAX_CLOCK_SKEW",
+    "MAX_ENVELOPE_SIZE",
+    "Envelope",
+    "EnvelopeTooLarge",
+    "InvalidEnvelope",
+    "ReplayGuard",
+    "canonical_json",
+    "open_envelope",
+    "seal",
+]

@@ -13,6 +13,10 @@ class InvalidFields(AgentError, ValueError):
     code = "INVALID_FIELDS"
 
 
+class MessageTooLarge(InvalidFields):
+    """The data does not fit in one message (the gRPC interface answers RESOURCE_EXHAUSTED)."""
+
+
 class NotConnected(AgentError):
     code = "NOT_CONNECTED"
 

@@ -1,4 +1,8 @@
-"""``p2p-node``: one agent node driven by JSON lines on stdin/stdout (see ``docs/cli.md``).
+"""``p2p-node``: one agent node driven by JSON lines on stdin/stdout (see ``docs/cli.md``) and, with
+``--grpc-port``/``--grpc-socket``, by gRPC as well (see ``docs/grpc.md``).
+
+The commands themselves live in :mod:`p2pnet.cli.node_commands`, shared by both interfaces;
+this module is the JSON-lines interface and the process around them.
 
 The process keeps a private handle on the real stdout for its JSON events and points file
 descriptor 1 (and so ``print``, C extensions, child processes) at stderr, so nothing but JSON
@@ -14,6 +18,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import ipaddress
 import itertools
 import json
 import logging
@@ -23,21 +28,36 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from p2pnet.agent.errors import NotConnected
-from p2pnet.config import ConfigError, read_env_file, split_list
+from p2pnet.cli.node_commands import (
+    CLOSE_TIMEOUT,
+    COMMAND_TIMEOUTS,
+    ERROR_CODES,
+    EVENT_BACKLOG,
+    EVENT_BACKLOG_BYTES,
+    TIMEOUT_CODES,
+    CommandError,
+    EventLog,
+    NodeCommands,
+    NodeEvent,
+    agent_config,
+    discovered_event,
+    error_code,
+    error_message,
+)
+from p2pnet.config import ConfigError, read_env_file
 from p2pnet.crypto.eth import is_eth_address
-from p2pnet.errors import ConnectionClosed, DialError, InvalidPeerID, StreamError
+from p2pnet.errors import InvalidPeerID
 from p2pnet.metrics.server import serve_agent_metrics
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.tasks import TaskOwner
 from p2pnet.wire.json_bounded import loads_bounded
 
 if TYPE_CHECKING:
-    from p2pnet.agent.agent import Agent, AgentConfig, AgentDiscovered, AgentEvent
+    from p2pnet.rpc.server import GrpcServer
 
 log = logging.getLogger("p2pnet.cli.p2p_node")
 
@@ -49,32 +69,23 @@ MAX_CONCURRENT_COMMANDS = 256
 MAX_LOG_BACKLOG = 1000
 #: Lines read from stdin but not yet handled.
 STDIN_BACKLOG = 64
-#: Time limits (seconds) of the commands; a command that takes longer answers an error.
-COMMAND_TIMEOUTS = {"connect": 60.0, "send": 60.0, "discover": 60.0, "subscribe": 30.0}
-#: Error code when a command runs out of time.
-TIMEOUT_CODES = {
-    "connect": "DIAL_FAILED",
-    "send": "SEND_FAILED",
-    "discover": "DHT_LOOKUP_FAILED",
-    "subscribe": "INTERNAL",
-}
-#: Time allowed for closing the agent at shutdown.
-CLOSE_TIMEOUT = 10.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 COMMANDS = ("connect", "send", "discover", "subscribe", "status", "shutdown")
-ERROR_CODES = (
-    "INVALID_JSON",
-    "UNKNOWN_COMMAND",
-    "INVALID_FIELDS",
-    "NOT_CONNECTED",
-    "ALREADY_CONNECTED",
-    "PORT_IN_USE",
-    "DIAL_FAILED",
-    "PEER_NOT_FOUND",
-    "SEND_FAILED",
-    "DHT_LOOKUP_FAILED",
-    "INTERNAL",
-)
+#: Events of the node's event log that the JSON lines carry (the others are gRPC's only).
+JSON_STREAM_EVENTS = frozenset({"ready", "message", "peer_discovered"})
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "COMMAND_TIMEOUTS",
+    "ERROR_CODES",
+    "TIMEOUT_CODES",
+    "CommandError",
+    "agent_config",
+    "discovered_event",
+    "error_code",
+    "main",
+    "run",
+]
 
 
 # -- stdout: one writer thread -------------------------------------------------------------------
@@ -191,29 +202,58 @@ class JsonLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            meta: dict[str, Any] = {
-                k: _jsonable(v) for k, v in record.__dict__.items() if k not in _RECORD_ATTRS
-            }
-            if self._node_name:
-                meta.setdefault("node", self._node_name)
-            if record.exc_info:
-                meta["exception"] = _FORMATTER.formatException(record.exc_info)
-            self._writer.write_log(
-                {
-                    "type": "log",
-                    "level": record.levelname.lower(),
-                    "namespace": record.name,
-                    "message": record.getMessage(),
-                    "meta": meta,
-                }
-            )
+            self._writer.write_log(log_event(record, self._node_name))
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
 
 
-def install_log_handler(writer: JsonLineWriter, level: str, node_name: str) -> JsonLogHandler:
+def log_event(record: logging.LogRecord, node_name: str) -> dict[str, Any]:
+    """A log record as a ``log`` event."""
+    meta: dict[str, Any] = {
+        k: _jsonable(v) for k, v in record.__dict__.items() if k not in _RECORD_ATTRS
+    }
+    if node_name:
+        meta.setdefault("node", node_name)
+    if record.exc_info:
+        meta["exception"] = _FORMATTER.formatException(record.exc_info)
+    return {
+        "type": "log",
+        "level": record.levelname.lower(),
+        "namespace": record.name,
+        "message": record.getMessage(),
+        "meta": meta,
+    }
+
+
+class EventLogHandler(logging.Handler):
+    """Publishes log records on the node's event log (for gRPC subscribers); records from
+    other threads are handed to the event loop."""
+
+    def __init__(
+        self, events: EventLog, loop: asyncio.AbstractEventLoop, node_name: str = ""
+    ) -> None:
+        super().__init__()
+        self._events = events
+        self._loop = loop
+        self._thread = threading.get_ident()
+        self._node_name = node_name
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event = log_event(record, self._node_name)
+            if threading.get_ident() == self._thread:
+                self._events.publish(event)
+            else:
+                self._loop.call_soon_threadsafe(self._events.publish, event)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def install_log_handler(
+    writer: JsonLineWriter | logging.Handler, level: str, node_name: str
+) -> logging.Handler:
     """Route the ``p2pnet`` (and ``asyncio``) loggers to ``log`` events at ``level``."""
-    handler = JsonLogHandler(writer, node_name)
+    handler = JsonLogHandler(writer, node_name) if isinstance(writer, JsonLineWriter) else writer
     handler.setLevel(level.upper())
     for name in ("p2pnet", "asyncio"):
         logger = logging.getLogger(name)
@@ -334,17 +374,6 @@ class StdinReader:
 # -- commands --------------------------------------------------------------------------------
 
 
-class CommandError(Exception):
-    """A command failed with one of the contract's error codes (``command``: the parsed command,
-    when the line got that far, so the error can carry its ``id``)."""
-
-    def __init__(self, code: str, message: str, command: Command | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.command = command
-
-
 @dataclass
 class Command:
     type: str
@@ -440,60 +469,39 @@ def _validate(cmd: Command) -> None:
         _topic(f)
 
 
-def error_code(exc: BaseException) -> str:
-    """The contract's error code for an exception raised by the agent layer."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, str) and code in ERROR_CODES:
-        return code
-    if isinstance(exc, ConfigError):
-        return "INVALID_FIELDS"
-    try:
-        from p2pnet.kad.errors import KadError, NotFound
-
-        if isinstance(exc, NotFound):
-            return "PEER_NOT_FOUND"
-        if isinstance(exc, KadError):
-            return "DHT_LOOKUP_FAILED"
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(exc, DialError):
-        return "DIAL_FAILED"
-    if isinstance(exc, StreamError | ConnectionClosed):
-        return "SEND_FAILED"
-    return "INTERNAL"
-
-
 def _error_message(exc: BaseException) -> str:
-    text = str(exc)
-    return text if text else type(exc).__name__
+    return error_message(exc)
 
 
-def _addr_text(addr: Any) -> str:
-    return str(addr)
-
-
-# -- the process -----------------------------------------------------------------------------
+# -- the JSON-lines interface ----------------------------------------------------------------
 
 
 class NodeProcess:
-    """The state of one p2p-node process: the agent, running commands, shutdown."""
+    """The JSON-lines interface of a p2p-node process: commands from stdin, events to stdout."""
 
     def __init__(
-        self, args: argparse.Namespace, writer: JsonLineWriter, env: Mapping[str, str]
+        self,
+        commands: NodeCommands,
+        writer: JsonLineWriter,
+        ignore_eof: bool = False,
+        stream_events: bool = True,
     ) -> None:
-        self.args = args
+        self.commands = commands
+        self.args = commands.args
         self.out = writer
-        self.env = env
-        self.agent: Agent | None = None
-        self._connecting: asyncio.Future[Agent] | None = None
+        self.ignore_eof = ignore_eof
         self._tasks = TaskOwner("p2p-node")
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
-        self.stopping = asyncio.Event()
-        self._shutdown_ids: list[Any] = []
         self._numbers = itertools.count(1)
         self._running = 0  # commands in flight
         self._idle = asyncio.Event()
         self._idle.set()
+        if stream_events:
+            commands.events.add_sink(self._on_event)
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self.commands.stopping
 
     # -- output ----------------------------------------------------------------------------
 
@@ -508,20 +516,32 @@ class NodeProcess:
             event["command"] = cmd.type
         self.emit(event, cmd)
 
+    def _on_event(self, event: NodeEvent) -> None:
+        """The node's event log, as JSON lines: ``ready`` (with the id of the ``connect`` it
+        answers, if it came from here), ``message`` and ``peer_discovered``."""
+        if event.type not in JSON_STREAM_EVENTS:
+            return
+        origin = event.origin
+        if isinstance(origin, Command):
+            self.emit(dict(event.payload), origin)
+        else:
+            self.out.write(event.payload)
+
     # -- input -----------------------------------------------------------------------------
 
     def request_shutdown(self, cmd: Command | None = None) -> None:
-        if cmd is not None and cmd.has_id:
-            self._shutdown_ids.append(cmd.id)
-        self.stopping.set()
+        self.commands.request_shutdown(cmd)
 
     async def read_commands(self, lines: asyncio.Queue[StdinItem]) -> None:
         """Handle stdin lines until EOF or shutdown."""
         while not self.stopping.is_set():
             item = await lines.get()
             if item is None:
-                if self.args.ignore_eof:
-                    log.info("stdin closed: running until SIGTERM (--ignore-eof)")
+                if self.ignore_eof:
+                    if self.args.ignore_eof:
+                        log.info("stdin closed: running until SIGTERM (--ignore-eof)")
+                    else:
+                        log.info("stdin closed: serving gRPC until Shutdown or SIGTERM")
                     return
                 # The commands already sent still get their answers, then the node stops.
                 log.debug("end of stdin: shutting down after %d running commands", self._running)
@@ -554,13 +574,14 @@ class NodeProcess:
             self.request_shutdown(cmd)
             return
         if cmd.type == "status":
-            self.emit(self._status(), cmd)
+            self.emit(self.commands.status(), cmd)
             return
         if cmd.type == "connect":
-            if self.agent is not None or self._connecting is not None:
-                self.emit_error("ALREADY_CONNECTED", "the node is already connected", cmd)
+            try:
+                self.commands.begin_connect()
+            except CommandError as exc:
+                self.emit_error(exc.code, exc.message, cmd)
                 return
-            self._connecting = asyncio.get_running_loop().create_future()
         await self._slots.acquire()
         self._running += 1
         self._idle.clear()
@@ -578,179 +599,57 @@ class NodeProcess:
     async def _run_command(self, cmd: Command) -> None:
         try:
             handler = getattr(self, f"_cmd_{cmd.type}")
-            async with asyncio.timeout(COMMAND_TIMEOUTS[cmd.type]):
-                await handler(cmd)
-        except TimeoutError:
-            self.emit_error(
-                TIMEOUT_CODES[cmd.type],
-                f"{cmd.type} did not finish within {COMMAND_TIMEOUTS[cmd.type]:.0f} s",
-                cmd,
-            )
+            await self.commands.run(cmd.type, handler(cmd))
         except CommandError as exc:
             self.emit_error(exc.code, exc.message, cmd)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            code = error_code(exc)
-            if code == "INTERNAL":
-                log.error("%s failed unexpectedly", cmd.type, exc_info=exc)
-            self.emit_error(code, _error_message(exc), cmd)
         finally:
             self._command_done()
 
-    # -- the agent -------------------------------------------------------------------------
-
-    def agent_config(self, cmd: Command) -> AgentConfig:
-        return agent_config(self.args, self.env, cmd.fields)
+    # -- the commands ----------------------------------------------------------------------
 
     async def _cmd_connect(self, cmd: Command) -> None:
-        connecting = self._connecting
-        assert connecting is not None
-        agent: Agent | None = None
-        try:
-            from p2pnet.agent.agent import Agent
-
-            agent = Agent(self.agent_config(cmd))
-            events = agent.events()  # from before the start: nothing it sees is lost
-            try:
-                await agent.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(agent.close(), CLOSE_TIMEOUT)
-                raise
-        except BaseException as exc:
-            self._connecting = None
-            if not connecting.done():
-                connecting.set_exception(NotConnected(f"connect failed: {_error_message(exc)}"))
-                connecting.exception()  # retrieved: waiters get it, nobody else must
-            raise
-        self.agent = agent
-        self._connecting = None
-        connecting.set_result(agent)
-        self.emit(
-            {
-                "type": "ready",
-                "peerId": str(agent.peer_id),
-                "ethAddress": agent.eth_address,
-                "addrs": [_addr_text(a) for a in agent.p2p_addrs()],
-                "name": agent.name,
-                "mode": agent.mode,
-            },
-            cmd,
-        )
-        self._tasks.spawn(self._pump_events(events), name="agent-events")
-
-    async def _need_agent(self) -> Agent:
-        if self.agent is not None:
-            return self.agent
-        if self._connecting is not None:
-            try:
-                return await asyncio.shield(self._connecting)
-            except NotConnected:
-                pass
-        raise NotConnected("not connected: send a 'connect' command first")
+        # The ready event answering it comes through the event log (_on_event), in order with
+        # the events that follow it.
+        await self.commands.connect(cmd.fields, origin=cmd)
 
     async def _cmd_send(self, cmd: Command) -> None:
-        agent = await self._need_agent()
         f = cmd.fields
         topic = f.get("topic")
         if topic is not None:
-            await agent.broadcast(f["data"], topic=topic)
+            await self.commands.broadcast(topic, f["data"])
             self.emit({"type": "sent", "topic": topic}, cmd)
             return
-        peer = await agent.send(f["peerId"], f["data"])
-        self.emit({"type": "sent", "to": str(peer)}, cmd)
+        peer = await self.commands.send(f["peerId"], f["data"])
+        self.emit({"type": "sent", "to": peer}, cmd)
 
     async def _cmd_subscribe(self, cmd: Command) -> None:
-        agent = await self._need_agent()
         topic = cmd.fields["topic"]
-        await agent.subscribe(topic)
+        await self.commands.subscribe(topic)
         self.emit({"type": "subscribed", "topic": topic}, cmd)
 
     async def _cmd_discover(self, cmd: Command) -> None:
-        agent = await self._need_agent()
         topic = cmd.fields["topic"]
-        found = await agent.discover(topic)
+        found = await self.commands.discover(topic)
         for info in found:
             self.emit(discovered_event(info), cmd)
         self.emit({"type": "discover_done", "topic": topic, "count": len(found)}, cmd)
 
-    def _status(self) -> dict[str, Any]:
-        agent = self.agent
-        status: dict[str, Any] = {
-            "type": "node-status",
-            "connected": agent is not None,
-            "name": self.args.name or "",
-        }
-        if agent is not None:
-            status.update(agent.status())
-            status.update(
-                peerId=str(agent.peer_id),
-                ethAddress=agent.eth_address,
-                addrs=[_addr_text(a) for a in agent.p2p_addrs()],
-                name=agent.name,
-                mode=agent.mode,
-            )
-        return status
-
-    async def _pump_events(self, events: AsyncIterator[AgentEvent]) -> None:
-        from p2pnet.agent.agent import AgentDiscovered, AgentMessage
-
-        async for event in events:
-            if isinstance(event, AgentMessage):
-                out: dict[str, Any] = {
-                    "type": "message",
-                    "from": str(event.from_peer),
-                    "fromEth": event.from_eth,
-                    "data": event.data,
-                    "direct": event.direct,
-                }
-                if event.topic is not None:
-                    out["topic"] = event.topic
-                self.emit(out)
-            elif isinstance(event, AgentDiscovered):
-                self.emit(discovered_event(event))
-
     # -- shutdown --------------------------------------------------------------------------
 
-    async def close(self) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` with the commands (cancelled with them at shutdown)."""
+        self._tasks.spawn(work, name=name)
+
+    async def close_commands(self) -> None:
+        """Abandon the commands still running (they get no answer)."""
         await self._tasks.close()
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-        agent, self.agent = self.agent, None
-        if agent is not None:
-            try:
-                await asyncio.wait_for(agent.close(), CLOSE_TIMEOUT)
-            except Exception as exc:
-                log.error("closing the agent failed: %r", exc)
-        if not self._shutdown_ids:
+
+    def write_shutdown(self) -> None:
+        ids = [o.id for o in self.commands.shutdown_origins if isinstance(o, Command) and o.has_id]
+        if not ids:
             self.out.write({"type": "shutdown"})
-        for cid in self._shutdown_ids:
+        for cid in ids:
             self.out.write({"type": "shutdown", "id": cid})
-
-
-def agent_config(
-    args: argparse.Namespace, env: Mapping[str, str], fields: Mapping[str, Any] | None = None
-) -> AgentConfig:
-    """The agent's settings: a connect command's fields, else the flags, else the env file."""
-    from p2pnet.agent.agent import AgentConfig
-
-    f = fields or {}
-    overrides: dict[str, Any] = {
-        "name": f.get("name") or args.name or "",
-        "listen_host": args.host,
-        "port": f["port"] if f.get("port") is not None else args.port,
-        "bootstrap_node": bool(args.bootstrap),
-    }
-    if f.get("bootstrapPeers") is not None:
-        overrides["bootstrap_peers"] = list(f["bootstrapPeers"])
-    elif args.bootstrap_peers is not None:
-        overrides["bootstrap_peers"] = split_list(args.bootstrap_peers)
-    if f.get("privateKey"):
-        overrides["private_key"] = f["privateKey"]
-    if args.key_file:
-        overrides["key_file"] = args.key_file
-    return AgentConfig.from_env(env, **overrides)
 
 
 def check_startup_config(args: argparse.Namespace, env: Mapping[str, str]) -> None:
@@ -763,17 +662,47 @@ def check_startup_config(args: argparse.Namespace, env: Mapping[str, str]) -> No
         raise ConfigError(str(exc)) from exc
 
 
-def discovered_event(info: AgentDiscovered) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "type": "peer_discovered",
-        "peerId": str(info.peer_id),
-        "ethAddress": info.eth_address,
-        "topics": list(info.topics),
-        "addrs": [_addr_text(a) for a in info.addrs],
-    }
-    if info.name:
-        event["name"] = info.name
-    return event
+def check_grpc_flags(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """Check the gRPC flags; returns the token (flag, else ``GRPC_TOKEN``). Raises ConfigError.
+
+    A non-loopback address needs a token or TLS: an open port would let anyone on the network
+    act as this agent.
+    """
+    token = args.grpc_token if args.grpc_token is not None else environ.get("GRPC_TOKEN")
+    token = token or None
+    on = grpc_enabled(args)
+    if not on:
+        for flag, value in (
+            ("--grpc-host", args.grpc_host != "127.0.0.1"),
+            ("--grpc-token", args.grpc_token is not None),
+            ("--grpc-tls-cert", args.grpc_tls_cert is not None),
+            ("--no-json-lines", not args.json_lines),
+        ):
+            if value:
+                raise ConfigError(f"{flag} needs --grpc-port or --grpc-socket")
+        return None
+    if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
+        raise ConfigError("--grpc-tls-cert and --grpc-tls-key go together")
+    if args.grpc_port is not None and not _is_loopback(args.grpc_host):
+        if token is None and args.grpc_tls_cert is None:
+            raise ConfigError(
+                f"refusing to serve gRPC on {args.grpc_host}, which is not a loopback address, "
+                "without --grpc-token (or GRPC_TOKEN) or --grpc-tls-cert/--grpc-tls-key"
+            )
+    return token
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def grpc_enabled(args: argparse.Namespace) -> bool:
+    return args.grpc_port is not None or args.grpc_socket is not None
 
 
 # -- entry point -----------------------------------------------------------------------------
@@ -783,42 +712,99 @@ def build_parser(prog: str = "p2p-node") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run one p2pnet agent node driven by JSON lines on stdin/stdout "
-        "(see docs/cli.md).",
+        "(see docs/cli.md) and, with --grpc-port, by gRPC (docs/grpc.md).",
     )
     add_arguments(parser)
     return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-p", "--port", type=_port, default=0, help="TCP port (default: free)")
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("-n", "--name", default="", help="a name shown in logs and events")
-    parser.add_argument("-e", "--env-file", help="KEY=value file (PRIVATE_KEY, BOOTSTRAP_PEERS…)")
-    parser.add_argument(
+    """Every flag of p2p-node, one group per concern (other features add their own group
+    here, and read it in :func:`serve` or :func:`agent_config`)."""
+    add_node_arguments(parser.add_argument_group("node"))
+    add_json_lines_arguments(parser.add_argument_group("JSON lines (docs/cli.md)"))
+    add_grpc_arguments(parser.add_argument_group("gRPC (docs/grpc.md)"))
+    add_metrics_arguments(parser.add_argument_group("metrics (docs/metrics.md)"))
+
+
+def add_node_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("-p", "--port", type=_port, default=0, help="TCP port (default: free)")
+    group.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    group.add_argument("-n", "--name", default="", help="a name shown in logs and events")
+    group.add_argument("-e", "--env-file", help="KEY=value file (PRIVATE_KEY, BOOTSTRAP_PEERS…)")
+    group.add_argument(
         "--key-file",
         help="keep the identity in this file: read PRIVATE_KEY from it, or create it with a new "
         "key (used when no PRIVATE_KEY is given)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--bootstrap", action="store_true", help="run as a bootstrap node (DHT server mode)"
     )
-    parser.add_argument(
+    group.add_argument(
         "--bootstrap-peers",
         help="comma-separated multiaddrs (overrides the env file and the defaults; '' for none)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--connect", action="store_true", help="connect at start, without a connect command"
     )
-    parser.add_argument(
+    group.add_argument(
+        "--log-level", default="warning", choices=LOG_LEVELS, help="level of log events"
+    )
+
+
+def add_json_lines_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--ignore-eof",
         action="store_true",
         help="keep running when stdin closes (a service with stdin at /dev/null; stop it with "
         "SIGTERM)",
     )
-    parser.add_argument(
-        "--log-level", default="warning", choices=LOG_LEVELS, help="level of log events"
+    group.add_argument(
+        "--exit-on-eof",
+        action="store_true",
+        help="with gRPC on: shut down when stdin closes (the parent is gone); by default a node "
+        "serving gRPC keeps running",
     )
-    parser.add_argument(
+    group.add_argument(
+        "--no-json-lines",
+        dest="json_lines",
+        action="store_false",
+        help="with gRPC on: read no commands from stdin and write no events to stdout except "
+        "the start lines (grpc_listening, metrics) and a start failure",
+    )
+
+
+def add_grpc_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "-g", "--grpc-port", type=_port, help="serve gRPC on this TCP port (0: a free one)"
+    )
+    group.add_argument(
+        "--grpc-host", default="127.0.0.1", help="gRPC listen address (default 127.0.0.1)"
+    )
+    group.add_argument("--grpc-socket", metavar="PATH", help="serve gRPC on this unix socket")
+    group.add_argument(
+        "--grpc-token",
+        help="require this token on every call (metadata 'authorization: Bearer TOKEN'); "
+        "default: the GRPC_TOKEN environment variable",
+    )
+    group.add_argument("--grpc-tls-cert", metavar="PEM", help="serve gRPC over TLS: certificate")
+    group.add_argument("--grpc-tls-key", metavar="PEM", help="serve gRPC over TLS: private key")
+    group.add_argument(
+        "--grpc-max-streams",
+        type=_positive,
+        default=1024,
+        help="event streams (Events, Messages) open at once (default 1024)",
+    )
+    group.add_argument(
+        "--event-backlog",
+        type=_positive,
+        default=EVENT_BACKLOG,
+        help=f"events a gRPC event stream may fall behind before it lags (default {EVENT_BACKLOG})",
+    )
+
+
+def add_metrics_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--metrics-port",
         type=_port,
         default=None,
@@ -836,6 +822,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
 def _take_stdout() -> int:
     """A private duplicate of stdout for JSON; fd 1 then points at stderr."""
     with contextlib.suppress(Exception):
@@ -845,64 +841,162 @@ def _take_stdout() -> int:
     return fd
 
 
-async def serve(args: argparse.Namespace, writer: JsonLineWriter, env: Mapping[str, str]) -> int:
+async def _watch_eof(lines: asyncio.Queue[StdinItem]) -> None:
+    """Without JSON lines: stdin is only watched for its end."""
+    while await lines.get() is not None:
+        pass
+
+
+def _start_failure(writer: JsonLineWriter, code: str, message: str) -> int:
+    writer.write({"type": "error", "code": code, "message": message})
+    print(f"p2p-node: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+async def serve(
+    args: argparse.Namespace,
+    writer: JsonLineWriter,
+    env: Mapping[str, str],
+    grpc_token: str | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
-    node = NodeProcess(args, writer, env)
+    grpc_server: GrpcServer | None = None
+    grpc_on = grpc_enabled(args)
+    if grpc_on:
+        from p2pnet.rpc.server import GrpcOptions, GrpcServer, GrpcStartError, encoded_size
+
+        # Subscribers (gRPC streams) hold their events serialized: the budget counts those bytes.
+        events = EventLog(args.event_backlog, EVENT_BACKLOG_BYTES, encoded_size)
+    else:
+        events = EventLog(args.event_backlog)
+    commands = NodeCommands(args, env, events)
+    if grpc_on:
+        grpc_server = GrpcServer(
+            commands,
+            GrpcOptions(
+                host=args.grpc_host,
+                port=args.grpc_port,
+                socket=args.grpc_socket,
+                token=grpc_token,
+                tls_cert=args.grpc_tls_cert,
+                tls_key=args.grpc_tls_key,
+                max_event_streams=args.grpc_max_streams,
+            ),
+        )
+        try:
+            await grpc_server.start()
+        except GrpcStartError as exc:
+            return _start_failure(writer, exc.code, str(exc))
+        listening: dict[str, Any] = {"type": "grpc_listening"}
+        if grpc_server.port is not None:
+            listening["grpcPort"] = grpc_server.port
+            listening["grpcHost"] = args.grpc_host
+            commands.ready_extra["grpcPort"] = grpc_server.port
+        if args.grpc_socket is not None:
+            listening["grpcSocket"] = args.grpc_socket
+        writer.write(listening)
+        event_logs = EventLogHandler(events, loop, args.name)
+        install_log_handler(event_logs, args.log_level, args.name)
+    # A node serving gRPC is a service: the end of stdin ends it only with --exit-on-eof.
+    ignore_eof = args.ignore_eof or (grpc_on and not args.exit_on_eof)
+    json_lines = NodeProcess(commands, writer, ignore_eof, stream_events=args.json_lines)
 
     def on_broken() -> None:  # from the writer thread: our reader is gone
-        loop.call_soon_threadsafe(node.request_shutdown)
+        if args.json_lines:
+            loop.call_soon_threadsafe(commands.request_shutdown)
 
     writer.set_on_broken(on_broken)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, node.request_shutdown)
+            loop.add_signal_handler(sig, commands.request_shutdown)
     metrics = None
     if args.metrics_port is not None:
         try:
             metrics = await serve_agent_metrics(
-                args.metrics_port, lambda: [node.agent] if node.agent else []
+                args.metrics_port, lambda: [commands.agent] if commands.agent else []
             )
         except OSError as exc:
+            if grpc_server is not None:
+                await grpc_server.stop()
             writer.write({"type": "error", "code": "PORT_IN_USE", "message": f"metrics: {exc}"})
             return 2
         writer.write({"type": "metrics", "port": metrics.port, "url": metrics.url})
-    reader = StdinReader(sys.stdin.fileno(), loop)
-    reader.start()
+    watch_stdin = args.json_lines or (args.exit_on_eof and not args.ignore_eof)
+    reader = StdinReader(sys.stdin.fileno(), loop) if watch_stdin else None
+    if reader is not None:
+        reader.start()
     try:
         if args.connect:
-            await node.handle_line(b'{"type":"connect"}')
-        commands = asyncio.create_task(node.read_commands(reader.queue), name="stdin-commands")
-        stopping = asyncio.create_task(node.stopping.wait(), name="stopping")
+            if args.json_lines:
+                await json_lines.handle_line(b'{"type":"connect"}')
+            else:  # in the background, like a command: a signal still stops the node
+                commands.begin_connect()
+                json_lines.spawn(_connect_at_start(commands), "connect-at-start")
+        commands_task: asyncio.Task[Any]
+        if reader is None:
+            commands_task = asyncio.create_task(commands.stopping.wait(), name="no-stdin")
+        elif args.json_lines:
+            commands_task = asyncio.create_task(
+                json_lines.read_commands(reader.queue), name="stdin-commands"
+            )
+        else:
+            commands_task = asyncio.create_task(_watch_eof(reader.queue), name="stdin-eof")
+        stopping = asyncio.create_task(commands.stopping.wait(), name="stopping")
         try:
             # Ends at shutdown, SIGTERM, EOF, or if reading commands failed (a bug: logged).
-            await asyncio.wait({commands, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if commands.done() and not commands.cancelled():
-                if commands.exception() is not None:
-                    log.error("reading commands failed", exc_info=commands.exception())
-                else:  # EOF with --ignore-eof: a signal ends the node
-                    await node.stopping.wait()
+            await asyncio.wait({commands_task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if commands_task.done() and not commands_task.cancelled():
+                if commands_task.exception() is not None:
+                    log.error("reading commands failed", exc_info=commands_task.exception())
+                elif not args.json_lines and not json_lines.ignore_eof:
+                    commands.request_shutdown()  # stdin closed: the parent is gone
+                else:  # EOF while ignoring it: shutdown, a signal or gRPC ends the node
+                    await commands.stopping.wait()
         finally:
-            for task in (commands, stopping):
+            for task in (commands_task, stopping):
                 task.cancel()
-            await asyncio.gather(commands, stopping, return_exceptions=True)
+            await asyncio.gather(commands_task, stopping, return_exceptions=True)
     finally:
-        reader.stop()
-        await node.close()
+        if reader is not None:
+            reader.stop()
+        if grpc_server is not None:
+            await grpc_server.set_not_serving()
+        await json_lines.close_commands()
+        await commands.close()
+        events.close()  # ends the event streams of gRPC clients
+        if grpc_server is not None:
+            await grpc_server.stop()
         if metrics is not None:
             await metrics.close()
+        if args.json_lines:
+            json_lines.write_shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
     return 0
 
 
+async def _connect_at_start(commands: NodeCommands) -> None:
+    try:
+        await commands.run("connect", commands.connect({}))
+    except CommandError as exc:
+        log.warning("connect at start failed: %s: %s", exc.code, exc.message)
+        commands.events.publish(
+            {"type": "error", "code": exc.code, "message": exc.message, "command": "connect"}
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run p2p-node with parsed arguments (the ``p2pnet node`` subcommand calls this)."""
     json_fd = _take_stdout()
     writer = JsonLineWriter(json_fd)
-    handler = install_log_handler(writer, args.log_level, args.name)
+    handler = install_log_handler(writer, args.log_level, args.name) if args.json_lines else None
     try:
         env: dict[str, str] = {}
+        try:
+            grpc_token = check_grpc_flags(args, os.environ)
+        except ConfigError as exc:
+            return _start_failure(writer, "INVALID_FIELDS", str(exc))
         try:
             if args.env_file:
                 env = read_env_file(args.env_file)
@@ -911,11 +1005,14 @@ def run(args: argparse.Namespace) -> int:
             writer.write({"type": "error", "code": "INVALID_FIELDS", "message": str(exc)})
             return 2
         try:
-            return asyncio.run(serve(args, writer, env))
+            return asyncio.run(serve(args, writer, env, grpc_token))
         except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled in the loop
             return 0
     finally:
-        remove_log_handler(handler)
+        for name in ("p2pnet", "asyncio"):
+            for h in list(logging.getLogger(name).handlers):
+                if h is handler or isinstance(h, EventLogHandler):
+                    logging.getLogger(name).removeHandler(h)
         writer.close()
         with contextlib.suppress(OSError):
             os.close(json_fd)

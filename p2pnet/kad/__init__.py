@@ -1,16 +1,12 @@
 """Kademlia DHT (libp2p kad-dht): routing table, RPCs, iterative lookups, records, providers.
 
-See docs/kad.md. The service is :class:`KadDHT`; the sans-IO cores are
+See docs/kad.md. The service is :class:`KadDHT` (the asyncio adapter); the sans-IO cores are
+:class:`~p2pnet.kad.behaviour.KadBehaviour` (every protocol decision),
 :class:`~p2pnet.kad.routing_table.RoutingTable` and :class:`~p2pnet.kad.query.Lookup`.
 """
 
-from p2pnet.kad.agent_record import (
-    AgentPresence,
-    AgentRecordValidator,
-    agent_key,
-    sign_agent_record,
-    verify_agent_record,
-)
+from p2pnet.kad.behaviour import KadBehaviour, PutResult, ValueResult
+from p2pnet.kad.cid import provider_key
 from p2pnet.kad.config import DEFAULT_PROTOCOL_ID, KadConfig, Mode
 from p2pnet.kad.dht import KadDHT
 from p2pnet.kad.errors import (
@@ -21,11 +17,13 @@ from p2pnet.kad.errors import (
     NotFound,
     PeerNotFound,
     RecordNotFound,
+    UnknownNamespace,
 )
 from p2pnet.kad.messages import PeerInfo
 from p2pnet.kad.providers import InMemoryProviderStore, ProviderStore
 from p2pnet.kad.query import Lookup, LookupStats
 from p2pnet.kad.records import (
+    FunctionValidator,
     InMemoryRecordStore,
     NamespacedValidator,
     PublicKeyValidator,
@@ -37,11 +35,11 @@ from p2pnet.kad.routing_table import RoutingTable
 
 __all__ = [
     "DEFAULT_PROTOCOL_ID",
-    "AgentPresence",
-    "AgentRecordValidator",
+    "FunctionValidator",
     "InMemoryProviderStore",
     "InMemoryRecordStore",
     "InvalidRecord",
+    "KadBehaviour",
     "KadConfig",
     "KadDHT",
     "KadError",
@@ -56,12 +54,13 @@ __all__ = [
     "PeerNotFound",
     "ProviderStore",
     "PublicKeyValidator",
+    "PutResult",
     "RecordNotFound",
     "RecordStore",
     "RoutingTable",
     "StoredRecord",
+    "UnknownNamespace",
     "Validator",
-    "agent_key",
-    "sign_agent_record",
-    "verify_agent_record",
+    "ValueResult",
+    "provider_key",
 ]

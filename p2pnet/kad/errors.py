@@ -14,6 +14,7 @@ __all__ = [
     "NotFound",
     "PeerNotFound",
     "RecordNotFound",
+    "UnknownNamespace",
 ]
 
 
@@ -35,6 +36,10 @@ class RecordNotFound(NotFound):
 
 class InvalidRecord(KadError):
     """A record failed its namespace's validator (bad signature, wrong key, too large, ...)."""
+
+
+class UnknownNamespace(InvalidRecord):
+    """A record key's namespace has no registered validator (every node refuses such keys)."""
 
 
 class KadProtocolError(ProtocolError, KadError):

@@ -2,11 +2,11 @@
 
 The store is a small synchronous interface (:class:`ProviderStore`) with a bounded in-memory
 default; provider *addresses* live in the host's peer store with their own, shorter TTL.
+No clock is read here: callers pass the (wall-clock) time.
 """
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 
@@ -18,9 +18,9 @@ class ProviderStore(ABC):
     """Where a DHT server keeps provider records."""
 
     @abstractmethod
-    def add_provider(self, key: bytes, peer: PeerID, expires: float) -> None:
-        """Record (or renew) ``peer`` as a provider of ``key`` until ``expires`` (unix time).
-        Raises :class:`StoreFull` when a new key does not fit."""
+    def add_provider(self, key: bytes, peer: PeerID, expires: float, *, now: float) -> None:
+        """Record (or renew) ``peer`` as a provider of ``key`` until ``expires`` (unix time;
+        ``now`` is the current one). Raises :class:`StoreFull` when a new key does not fit."""
 
     @abstractmethod
     def get_providers(self, key: bytes, now: float) -> list[PeerID]:
@@ -47,11 +47,11 @@ class InMemoryProviderStore(ProviderStore):
         self.max_per_key = max_per_key
         self._providers: dict[bytes, OrderedDict[PeerID, float]] = {}
 
-    def add_provider(self, key: bytes, peer: PeerID, expires: float) -> None:
+    def add_provider(self, key: bytes, peer: PeerID, expires: float, *, now: float) -> None:
         entries = self._providers.get(key)
         if entries is None:
             if len(self._providers) >= self.max_keys:
-                self.gc(time.time())
+                self.gc(now)
             if len(self._providers) >= self.max_keys:
                 raise StoreFull(f"provider store is full ({self.max_keys} keys)")
             entries = self._providers[key] = OrderedDict()

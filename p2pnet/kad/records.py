@@ -5,9 +5,9 @@ says whether a value is acceptable for a key (``validate``, pure, called before 
 on every value a GET brings back) and which of several valid values is best (``select``).
 A key without a registered namespace is refused, as in go and js.
 
-Built in: ``/pk/`` (the value is a protobuf-encoded public key whose peer ID is the rest of the
-key) and, in :mod:`p2pnet.kad.agent_record`, ``/agent/`` (signed presence records of ETH
-addresses).
+Built in: only ``/pk/`` (the value is a protobuf-encoded public key whose peer ID is the rest of
+the key). Applications register their own namespaces (``Node.register_validator``); the agent
+network registers ``/agent/`` (:mod:`p2pnet.agent.record`).
 
 The store is a small synchronous interface (:class:`RecordStore`) so that a persistent store can
 replace :class:`InMemoryRecordStore` without touching the DHT.
@@ -18,12 +18,12 @@ from __future__ import annotations
 import datetime
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from p2pnet.crypto.keys import unmarshal_public_key
 from p2pnet.errors import CryptoError
-from p2pnet.kad.errors import InvalidRecord, KadError
+from p2pnet.kad.errors import InvalidRecord, KadError, UnknownNamespace
 from p2pnet.peer.peer_id import PeerID
 
 PK_NAMESPACE = "pk"
@@ -75,6 +75,31 @@ class PublicKeyValidator(Validator):
             raise InvalidRecord("public key does not hash to the peer ID of the key")
 
 
+class FunctionValidator(Validator):
+    """A :class:`Validator` made of two functions: ``validate(key, value)`` raising
+    :class:`InvalidRecord` (or ``ValueError``) for a bad value, and an optional
+    ``select(key, values) -> index`` (default: the first value)."""
+
+    def __init__(
+        self,
+        validate: Callable[[bytes, bytes], None],
+        select: Callable[[bytes, Sequence[bytes]], int] | None = None,
+    ) -> None:
+        self._validate = validate
+        self._select = select
+
+    def validate(self, key: bytes, value: bytes) -> None:
+        try:
+            self._validate(key, value)
+        except ValueError as exc:
+            raise InvalidRecord(str(exc)) from exc
+
+    def select(self, key: bytes, values: Sequence[bytes]) -> int:
+        if self._select is None:
+            return super().select(key, values)
+        return self._select(key, values)
+
+
 class NamespacedValidator:
     """Dispatches to the validator registered for a key's namespace."""
 
@@ -99,7 +124,10 @@ class NamespacedValidator:
         namespace, _ = split_key(key)
         validator = self._validators.get(namespace)
         if validator is None:
-            raise InvalidRecord(f"no validator for record namespace {namespace!r}")
+            raise UnknownNamespace(
+                f"no validator for record namespace {namespace!r}: register one first "
+                f"(node.register_validator({namespace!r}, validator))"
+            )
         return validator
 
     def validate(self, key: bytes, value: bytes) -> None:

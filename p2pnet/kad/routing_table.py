@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import heapq
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -91,17 +92,7 @@ class RoutingTable:
         ]
         self._checking: dict[int, PeerID] = {}
         self._cpl_of: dict[PeerID, int] = {}
-        self._last_refresh: list[float] = [0.0] * KEY_BITS
-        self._listeners_added: list[Callable[[PeerID], None]] = []
-        self._listeners_removed: list[Callable[[PeerID], None]] = []
-
-    # -- events ---------------------------------------------------------------------------
-
-    def on_peer_added(self, callback: Callable[[PeerID], None]) -> None:
-        self._listeners_added.append(callback)
-
-    def on_peer_removed(self, callback: Callable[[PeerID], None]) -> None:
-        self._listeners_removed.append(callback)
+        self._last_refresh: list[float] = [-math.inf] * KEY_BITS  # never refreshed
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -202,8 +193,6 @@ class RoutingTable:
         )
         self._cpl_of[peer] = cpl
         self._replacements[cpl].pop(peer, None)
-        for cb in self._listeners_added:
-            cb(peer)
 
     def liveness_result(self, peer: PeerID, alive: bool, now: float) -> PeerID | None:
         """Report the outcome of a liveness check named by :meth:`add`.
@@ -254,8 +243,6 @@ class RoutingTable:
         del self._buckets[cpl][peer]
         if self._checking.get(cpl) == peer:
             del self._checking[cpl]
-        for cb in self._listeners_removed:
-            cb(peer)
         return self._promote(cpl, now)
 
     def _promote(self, cpl: int, now: float) -> PeerID | None:
@@ -272,6 +259,10 @@ class RoutingTable:
         """A lookup for a key in bucket ``cpl`` ran: that bucket counts as refreshed."""
         if 0 <= cpl < KEY_BITS:
             self._last_refresh[cpl] = now
+
+    def last_refresh(self, cpl: int) -> float:
+        """When bucket ``cpl`` was last refreshed (-inf: never)."""
+        return self._last_refresh[cpl]
 
     def mark_key_refreshed(self, hashed_key: bytes, now: float) -> None:
         self.mark_refreshed(min(self.cpl_of_key(hashed_key), KEY_BITS - 1), now)

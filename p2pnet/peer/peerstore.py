@@ -29,6 +29,7 @@ read, and by :meth:`PeerStore.gc`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -93,6 +94,25 @@ _P2P_CODE: Final = 421
 
 # How many addresses of a live connection may exceed ``max_addrs_per_peer``.
 _PROTECTED_EXTRA: Final = 16
+
+
+@functools.lru_cache(maxsize=8192)
+def _split_p2p(raw: bytes) -> tuple[Multiaddr | None, str | None] | None:
+    """For an address ending in ``/p2p/<id>``: (the address without it, or None when nothing is
+    left; the id text, or None when it does not parse). None for any other address.
+
+    Parsing multiaddrs is slow in the multiaddr package and the same addresses arrive again and
+    again (identify, DHT answers), so the result of this pure function is memoised."""
+    addr = Multiaddr(raw)
+    protos = addr.protocols()
+    if not protos or protos[-1].code != _P2P_CODE:
+        return None
+    try:
+        named: str | None = addr.value_for_protocol(_P2P_CODE)
+    except Exception:  # the multiaddr package raises several unrelated types
+        named = None
+    bare = addr.decapsulate_code(_P2P_CODE)
+    return (bare if bare.to_bytes() else None), named
 
 
 def _is_protected_ttl(ttl: float) -> bool:
@@ -201,18 +221,18 @@ class PeerStore:
 
     def _normalise(self, peer: PeerID, addr: Multiaddr) -> Multiaddr | None:
         """``addr`` without a trailing ``/p2p/<peer>``; ``None`` if it names another peer."""
-        protos = addr.protocols()
-        if not protos or protos[-1].code != _P2P_CODE:
+        split = _split_p2p(addr.to_bytes())
+        if split is None:
             return addr
+        bare, named_text = split
         try:
-            named = PeerID.from_string(addr.value_for_protocol(_P2P_CODE))
+            named = PeerID.from_string(named_text) if named_text is not None else None
         except P2PError:
             return None
         if named != peer:
             logger.debug("ignoring address %s: it names another peer than %s", addr, peer)
             return None
-        bare = addr.decapsulate_code(_P2P_CODE)
-        return bare if bare.to_bytes() else None
+        return bare
 
     def add_addrs(self, peer: PeerID, addrs: Iterable[Multiaddr], ttl: float) -> None:
         """Add addresses valid for ``ttl`` seconds; known ones keep the longer TTL and expiry.

@@ -9,6 +9,7 @@ remote has more than ``high_water`` bytes unread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections import deque
 
@@ -23,6 +24,13 @@ DEFAULT_HIGH_WATER = 4 * 1024 * 1024
 
 def memory_port(addr: Multiaddr) -> int | None:
     """The port of a ``/memory/<port>[/p2p/<id>]`` address, else None."""
+    return _memory_port(addr.to_bytes())
+
+
+@functools.lru_cache(maxsize=8192)
+def _memory_port(raw: bytes) -> int | None:
+    # memoised: the multiaddr package parses slowly and every dial asks again
+    addr = Multiaddr(raw)
     names = [p.name for p in addr.protocols()]
     if not names or names[0] != "memory" or any(n != "p2p" for n in names[1:]):
         return None

@@ -41,6 +41,9 @@ _REQUIRED_PACKAGES = (
     "@libp2p/crypto",
     "@libp2p/peer-id",
     "@multiformats/multiaddr",
+    # grpc_agent.mjs (the Node.js client of p2p-node's gRPC interface)
+    "@grpc/grpc-js",
+    "@grpc/proto-loader",
 )
 
 _STDERR_KEEP = 200  # lines of stderr kept for error messages

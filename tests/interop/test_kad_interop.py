@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
+from p2pnet.agent.record import AgentRecordValidator, sign_agent_record, verify_agent_record
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.host.host import Host
 from p2pnet.kad import (
@@ -31,8 +32,6 @@ from p2pnet.kad import (
     Mode,
     NamespacedValidator,
     Validator,
-    sign_agent_record,
-    verify_agent_record,
 )
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyService
@@ -79,7 +78,7 @@ async def py_dht(mode: Mode = Mode.SERVER, key_type: KeyType = KeyType.Ed25519) 
     await host.start()
     identify = IdentifyService(host)
     ping = PingService(host)
-    validator = NamespacedValidator({"test": TestNamespace()})
+    validator = NamespacedValidator({"test": TestNamespace(), "agent": AgentRecordValidator()})
     dht = KadDHT(
         host,
         identify,
@@ -327,3 +326,49 @@ async def test_mixed_network_every_node_finds_every_other(
                 continue
             found = await js.command("dht_find_peer", peerId=target, useCache=False)
             assert found["peerId"] == target and found["addrs"], (js.peer_id, target)
+
+
+# -- routing table upkeep and ADD_PROVIDER (issue 12) -------------------------------------
+
+
+async def test_table_follows_js_servers_and_add_provider_keeps_them(
+    js_peer_factory: JsPeerFactory, py_nodes: list[PyDHT]
+) -> None:
+    """A p2pnet server that knows no one connects to one js server: identify shows it speaks
+    kad, so it enters the table, and the self lookup that follows an empty table runs and finds
+    the other js servers (which may also dial us: identify adds them then), without a
+    bootstrap call. ADD_PROVIDER to js (which does not answer
+    it) leaves every js server in the table, and later requests on the same connections work.
+
+    Not shown against js: a server that *answers* ADD_PROVIDER (py-libp2p does; js and go do
+    not) is covered by tests/test_kad_dht.py with a p2pnet peer that behaves like py-libp2p,
+    and a PUT_VALUE request carrying unknown fields (py-libp2p's field 11; js never sends
+    one) by tests/test_kad_behaviour.py at the byte level. py-libp2p is not a test
+    dependency."""
+    servers = await asyncio.gather(*(js_dht(js_peer_factory) for _ in range(3)))
+    for js in servers[1:]:
+        await js.command("dial", addr=servers[0].addr)
+    await servers[2].command("dial", addr=servers[1].addr)
+    for js in servers:
+        await wait_until(lambda js=js: _table_size_at_least(js, 2), what="js tables")
+    node = await py_dht(Mode.SERVER)
+    py_nodes.append(node)
+    node.dht.config.auto_refresh = True
+    await node.host.connect(servers[0].addr)
+    js_ids = {PeerID.from_string(js.peer_id) for js in servers}
+    await node.dht.wait_until(lambda: js_ids <= set(node.dht.routing_table), timeout=20)
+    # js servers may also dial us first (identify adds them either way); the self lookup that
+    # follows the first entry into the empty table runs in any case
+    await node.dht.wait_until(lambda: len(node.dht.lookup_history) >= 1, timeout=10)
+    assert node.dht.lookup_history[0].kind == "get_closest_peers"
+    assert node.dht.lookup_history[0].responses >= 1
+
+    content = multihash_of(b"provided to js, which does not answer")
+    told = await node.dht.add_provider(content)
+    assert set(told.stored) == js_ids and told.failed == []
+    for i in range(3):
+        assert set(await node.dht.get_closest_peers(b"/test/after %d" % i)) == js_ids
+    assert set(node.dht.routing_table) == js_ids
+    assert node.dht.counters.get("failed requests", 0) == 0
+    found = await servers[2].command("dht_find_providers", keyHex=content.hex(), count=1)
+    assert [p["peerId"] for p in found["providers"]] == [str(node.peer_id)]

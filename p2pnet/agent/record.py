@@ -2,7 +2,8 @@
 
 Key: ``/agent/0x<40 lowercase hex digits>`` (the agent's ETH address).
 
-Value: ``signature (65 bytes) || payload``, where
+Value: the signed JSON container of :mod:`p2pnet.agent.signed_json`,
+``signature (65 bytes) || payload``, where
 
 * ``payload`` is canonical JSON (keys sorted, no spaces, ASCII) of
   ``{"addrs": [<multiaddr text>, ...], "address": "0x<lowercase>", "peer_id": "<base58>",
@@ -17,12 +18,13 @@ A record is valid when the value is at most :data:`MAX_AGENT_RECORD_SIZE` bytes,
 canonical and well formed, its ``address`` equals the key's, and the signature recovers that
 address. Of several valid records the one with the highest ``seq`` wins (then the later
 ``timestamp``; on a full tie the first one seen).
+
+The DHT knows nothing of this namespace: an :class:`~p2pnet.agent.agent.Agent` registers
+:class:`AgentRecordValidator` on its node (``node.register_validator("agent", ...)``).
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,26 +32,20 @@ from typing import Any
 from coincurve import PrivateKey as _CCPrivateKey
 from multiaddr import Multiaddr
 
-from p2pnet.crypto.eth import (
-    PERSONAL_SIGNATURE_SIZE,
-    eth_address_from_public_key,
-    is_eth_address,
-    personal_sign,
-    recover_personal_signer,
-)
+from p2pnet.agent.signed_json import SignedJSONError, open_json, seal_json
+from p2pnet.clock import SYSTEM_CLOCK
+from p2pnet.crypto.eth import eth_address_from_public_key, is_eth_address
 from p2pnet.crypto.keys import KeyPair, Secp256k1PrivateKey, Secp256k1PublicKey
 from p2pnet.errors import CryptoError
 from p2pnet.kad.errors import InvalidRecord
 from p2pnet.kad.records import Validator, split_key
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.wire.json_bounded import loads_bounded
 
 AGENT_NAMESPACE = "agent"
 RECORD_TYPE = "p2pnet/agent-presence/1"
 MAX_AGENT_RECORD_SIZE = 4096
 MAX_AGENT_ADDRS = 32
 MAX_ADDR_TEXT = 256
-SIGNATURE_SIZE = PERSONAL_SIGNATURE_SIZE
 _FIELDS = frozenset({"addrs", "address", "peer_id", "seq", "timestamp", "type"})
 
 
@@ -69,10 +65,6 @@ def agent_key(address: str) -> bytes:
     if not is_eth_address(address):
         raise ValueError(f"not an Ethereum address: {address!r}")
     return f"/{AGENT_NAMESPACE}/{address.lower()}".encode("ascii")
-
-
-def _canonical(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def _secret_of(key: KeyPair | Secp256k1PrivateKey | bytes) -> bytes:
@@ -102,7 +94,8 @@ def sign_agent_record(
     """Build and sign a presence record; returns ``(dht key, value)``.
 
     ``key`` is the agent's secp256k1 key (its ETH address becomes the record key); it need not
-    be the key of ``peer_id``.
+    be the key of ``peer_id``. ``timestamp`` is wall-clock unix seconds: a node passes its
+    clock's ``time()``; None takes the system clock's.
     """
     secret = _secret_of(key)
     address = eth_address_of_key(secret)
@@ -111,19 +104,18 @@ def sign_agent_record(
         raise ValueError(f"at most {MAX_AGENT_ADDRS} addresses fit in an agent record")
     if not 0 <= seq < 2**63:
         raise ValueError("seq must be in 0 .. 2**63-1")
-    payload = _canonical(
+    value = seal_json(
+        secret,
         {
             "addrs": addr_texts,
             "address": address,
             "peer_id": peer_id.to_base58(),
             "seq": seq,
-            "timestamp": int(time.time()) if timestamp is None else int(timestamp),
+            "timestamp": int(SYSTEM_CLOCK.time() if timestamp is None else timestamp),
             "type": RECORD_TYPE,
-        }
+        },
+        max_size=MAX_AGENT_RECORD_SIZE,
     )
-    value = personal_sign(secret, payload) + payload
-    if len(value) > MAX_AGENT_RECORD_SIZE:
-        raise ValueError(f"agent record of {len(value)} bytes exceeds {MAX_AGENT_RECORD_SIZE}")
     return agent_key(address), value
 
 
@@ -138,32 +130,19 @@ def verify_agent_record(key: bytes, value: bytes) -> AgentPresence:
         raise InvalidRecord("agent record key is not ASCII") from None
     if not is_eth_address(key_address) or key_address != key_address.lower():
         raise InvalidRecord("agent record key must be /agent/0x<40 lowercase hex digits>")
-    if len(value) > MAX_AGENT_RECORD_SIZE:
-        raise InvalidRecord(f"agent record of {len(value)} bytes exceeds {MAX_AGENT_RECORD_SIZE}")
-    if len(value) <= SIGNATURE_SIZE:
-        raise InvalidRecord("agent record too short for a signature and a payload")
-    sig, payload = value[:SIGNATURE_SIZE], value[SIGNATURE_SIZE:]
     try:
-        signer = recover_personal_signer(payload, sig)
-    except CryptoError as exc:
-        raise InvalidRecord(f"agent record signature: {exc}") from None
-    if signer != key_address:
+        signed = open_json(value, max_size=MAX_AGENT_RECORD_SIZE, fields=_FIELDS)
+    except SignedJSONError as exc:
+        raise InvalidRecord(f"agent record: {exc}") from None
+    if signed.signer != key_address:
         raise InvalidRecord("agent record is not signed by the key's address")
-    presence = _parse_payload(payload)
+    presence = _parse_payload(signed.obj)
     if presence.address != key_address:
         raise InvalidRecord("agent record payload names another address than its key")
     return presence
 
 
-def _parse_payload(payload: bytes) -> AgentPresence:
-    try:
-        obj = loads_bounded(payload.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRecord("agent record payload is not ASCII JSON") from None
-    if not isinstance(obj, dict) or set(obj) != _FIELDS:
-        raise InvalidRecord(f"agent record payload must have exactly the fields {sorted(_FIELDS)}")
-    if _canonical(obj) != payload:
-        raise InvalidRecord("agent record payload is not canonical JSON")
+def _parse_payload(obj: dict[str, Any]) -> AgentPresence:
     if obj["type"] != RECORD_TYPE:
         raise InvalidRecord(f"agent record type {obj['type']!r} is not {RECORD_TYPE!r}")
     seq, ts = obj["seq"], obj["timestamp"]
