@@ -15,4 +15,9 @@ fi
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 fi
+# The NAT lab tests (tests/natlab.py) need ip and nft, as root; elsewhere they skip.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && { ! command -v nft >/dev/null || ! command -v ip >/dev/null; }; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2
+fi
 .venv/bin/tox run -e lint,type,test -- -q "$@"

@@ -105,12 +105,16 @@ class Node:
         self._subscriptions: dict[str, Subscription] = {}
         self._pumped: set[str] = set()
         self._bootstrap_ids = _peer_ids(cfg.bootstrap_peers)
+        #: The peer IDs named in ``config.bootstrap_peers``.
+        self.bootstrap_peer_ids = frozenset(self._bootstrap_ids)
         self._tag_useful_peers()
         #: When to (re)try the bootstrap peers: the decisions; the node only waits and dials.
         self.bootstrap_schedule = BootstrapSchedule(
             ExponentialBackoff(cfg.bootstrap_retry_initial, cfg.bootstrap_retry_max, self.rng)
         )
         self._bootstrap_task: asyncio.Task[None] | None = None
+        #: Why the last bootstrap attempt failed (None: it succeeded, or none was made yet).
+        self.bootstrap_error: str | None = None
         self.host.on_connected(self._on_connected)
         self.host.on_disconnected(self._on_disconnected)
         self.identify_service.on_identified(self._on_identified)
@@ -290,10 +294,12 @@ class Node:
             size = await self.bootstrap()
         except (P2PError, OSError, TimeoutError) as exc:
             delay = schedule.attempt_failed()
+            self.bootstrap_error = str(exc) or type(exc).__name__
             log.warning("bootstrap attempt %d failed (retry in %.1f s): %s", attempt, delay, exc)
             self._events.emit(BootstrapFailed(attempt, str(exc), delay))
             return False
         schedule.attempt_succeeded()
+        self.bootstrap_error = None
         log.info("bootstrap attempt %d reached the network (routing table %d)", attempt, size)
         self._events.emit(BootstrapSucceeded(attempt, size))
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 
 
@@ -53,9 +54,14 @@ async def test_devnet_every_agent_finds_every_other_and_messages_arrive() -> Non
         assert needle in text, needle
 
 
-async def test_devnet_ctrl_c_closes_everything() -> None:
-    import signal
+def _ignore_sigint() -> None:
+    # What `p2pnet devnet &` in a non-interactive shell does to the child.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+
+async def test_devnet_ctrl_c_closes_everything() -> None:
+    """Ctrl-C works even when SIGINT was ignored at start (devnet run in the background from a
+    script), and the result line is still printed."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -67,6 +73,7 @@ async def test_devnet_ctrl_c_closes_everything() -> None:
         "0",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_ignore_sigint,
     )
     assert proc.stdout is not None
     seen = []
@@ -85,8 +92,30 @@ async def test_devnet_ctrl_c_closes_everything() -> None:
             proc.kill()
             await proc.wait()
     assert proc.returncode == 130
-    assert "all nodes closed" in rest.decode()
-    assert "Traceback" not in rest.decode()
+    text = rest.decode()
+    assert "all nodes closed" in text
+    assert "Traceback" not in text
+    results = [line for line in text.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == 1, text
+    result = json.loads(results[0][len("RESULT ") :])
+    assert result["interrupted"] is True and result["direct_delivered"] == 2
+
+
+async def test_devnet_refuses_a_negative_duration() -> None:
+    for bad in ("-1", "nan", "soon"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "p2pnet",
+            "devnet",
+            "--duration",
+            bad,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2 and out == b"", (bad, out)
+        assert b"--duration" in err
 
 
 async def test_devnet_runs_the_explorer_and_metrics() -> None:
@@ -140,9 +169,9 @@ async def test_devnet_runs_the_explorer_and_metrics() -> None:
         }
         assert nodes == {
             "boot-us-east",
+            "boot-us-west",
             "boot-eu-west",
-            "boot-ap-southeast",
-            "boot-sa-east",
+            "boot-sea",
             "agent-1",
             "agent-2",
             "agent-3",

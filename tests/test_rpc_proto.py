@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -117,3 +118,14 @@ def test_conversions_round_trip() -> None:
     assert convert.event_dict(convert.event(9, message)) == {**message, "seq": 9}
     with pytest.raises(ValueError):
         convert.event(1, {"type": "sent"})
+
+
+def test_bootstrap_events_travel_as_log_events() -> None:
+    from p2pnet.rpc import convert
+
+    ev = convert.event(7, {"type": "bootstrap_failed", "attempt": 2, "error": "x", "retryIn": 1.5})
+    assert ev.seq == 7 and ev.WhichOneof("kind") == "log"
+    assert ev.log.message == "bootstrap_failed" and ev.log.level == "warning"
+    assert json.loads(ev.log.meta_json) == {"attempt": 2, "error": "x", "retryIn": 1.5}
+    ok = convert.event(8, {"type": "bootstrap_succeeded", "attempt": 1, "dhtTableSize": 3})
+    assert ok.log.message == "bootstrap_succeeded" and ok.log.level == "info"

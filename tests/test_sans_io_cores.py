@@ -39,6 +39,10 @@ CORE_MODULES = [
     "resources/limits.py",
     "kad/quota.py",
     "wire/json_bounded.py",
+    "host/addresses.py",
+    "relay/messages.py",
+    "relay/reservations.py",
+    "autonat/messages.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "threading"}
 

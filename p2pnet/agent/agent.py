@@ -52,6 +52,13 @@ from p2pnet.agent.messaging import DirectMessaging
 from p2pnet.agent.presence import Presence
 from p2pnet.agent.record import AGENT_NAMESPACE, AgentRecordValidator
 from p2pnet.agent.status import MAX_STATUS_BYTES, build_status
+from p2pnet.autonat.messages import (
+    DIAL_REQUEST_PROTOCOL,
+    Reachability,
+    candidate_order,
+    conclude,
+)
+from p2pnet.autonat.service import AutoNATClient, AutoNATServer
 from p2pnet.config import (
     ConfigError,
     NodeConfig,
@@ -62,7 +69,7 @@ from p2pnet.config import (
 from p2pnet.crypto.eth import eth_address, is_eth_address, to_checksum_address
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import CryptoError, MessageTooLargeError, NoPeersError, P2PError
-from p2pnet.events import EventBus, EventStream
+from p2pnet.events import BootstrapSucceeded, EventBus, EventStream, NodeEvent
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.errors import KadError
 from p2pnet.kad.errors import PeerNotFound as KadPeerNotFound
@@ -74,6 +81,10 @@ from p2pnet.pubsub.gossipsub import Subscription
 from p2pnet.pubsub.messages import Message, ValidationResult
 from p2pnet.pubsub.params import GossipsubConfig
 from p2pnet.pubsub.score import PeerScoreParams, TopicScoreParams
+from p2pnet.relay.messages import HOP_PROTOCOL
+from p2pnet.relay.reservations import RelayLimits
+from p2pnet.relay.service import RelayService
+from p2pnet.relay.transport import CircuitTransport
 from p2pnet.service import Lifecycle, ServiceState
 from p2pnet.tasks import TaskOwner
 
@@ -117,6 +128,30 @@ class AgentConfig:
     bootstrap_peers: list[str] | None = None
     #: Run the DHT in server mode and answer other nodes (a bootstrap node).
     bootstrap_node: bool = False
+    #: True: :meth:`Agent.start` fails with ``DIAL_FAILED`` when no bootstrap peer answers its
+    #: first attempt. False: start anyway; the node keeps retrying with backoff and the agent
+    #: publishes its presence when it gets through (a service started before its bootstrap
+    #: nodes). Bootstrap nodes never require it (they start one after another). Either way a
+    #: running agent that loses every bootstrap peer bootstraps again by itself.
+    require_bootstrap: bool = True
+    #: Serve as a circuit relay (``/libp2p/circuit/relay/0.2.0/hop``) with ``relay_limits``;
+    #: None: on for bootstrap nodes, off for other agents.
+    relay_service: bool | None = None
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    #: Reserve a relay slot on every bootstrap peer that serves as a relay, and advertise the
+    #: relayed addresses (presence record, identify): for an agent others cannot dial (behind
+    #: NAT). Renewed while connected, taken again after the agent rejoins.
+    #: None: only when AutoNAT v2 says none of our addresses is reachable (checked with the
+    #: bootstrap peers after each bootstrap).
+    reserve_relay: bool | None = None
+    #: Answer AutoNAT v2 dial requests; None: on for bootstrap nodes. ``autonat_allow_private``
+    #: also dials private and loopback addresses (a LAN, a lab, the devnet), which a server on
+    #: the internet should not.
+    autonat_server: bool | None = None
+    autonat_allow_private: bool = False
+    #: Listen for direct TCP connections on ``listen_host:port``. False: dial out only and be
+    #: reachable through relay reservations alone (with ``reserve_relay``).
+    listen_direct: bool = True
     #: Seconds between re-publications of the presence record and the presence announcement.
     presence_interval: float = 300.0
     #: Seconds between node-status reports.
@@ -156,8 +191,15 @@ class AgentConfig:
         kad = dataclasses.replace(self.kad) if self.kad is not None else KadConfig()
         kad.mode = Mode.SERVER if self.bootstrap_node else Mode.CLIENT
         ip = "ip6" if ":" in self.listen_host else "ip4"
+        peers = self.bootstrap_peers
+        if peers is None:
+            peers = default_bootstrap_peers()
         return NodeConfig(
-            listen_addrs=[f"/{ip}/{self.listen_host}/tcp/{self.port}"],
+            listen_addrs=[f"/{ip}/{self.listen_host}/tcp/{self.port}"]
+            if self.listen_direct
+            else [],
+            # The node bootstraps at start and retries with backoff (also after losing them).
+            bootstrap_peers=list(peers),
             identity=identity,
             kad=kad,
             pubsub=self.pubsub,
@@ -181,6 +223,11 @@ def topic_key(topic: str) -> bytes:
 #: Peers remembered in ``Agent.announced`` and ``Agent.statuses``; the least recently heard
 #: ones are forgotten first, so a flood of announcing identities cannot grow memory.
 MAX_KNOWN_PEERS = 1024
+
+
+#: Seconds a peer named by a DHT provider record has to answer a dial before ``discover`` leaves
+#: it out as gone.
+LIVENESS_TIMEOUT = 5.0
 
 
 def _remember(known: OrderedDict[PeerID, Any], peer: PeerID, value: Any) -> None:
@@ -217,6 +264,24 @@ class Agent:
             clock=self.clock,
             timeout=cfg.message_timeout,
         )
+        #: Relayed connections: every agent can dial /p2p-circuit addresses; with
+        #: ``reserve_relay`` it also accepts them and keeps reservations.
+        self.circuit = CircuitTransport(self.node.host)
+        self.node.host.transports.append(self.circuit)
+        self.circuit.on_addrs_changed = self._relay_addrs_changed
+        serve = cfg.relay_service if cfg.relay_service is not None else cfg.bootstrap_node
+        self.relay: RelayService | None = (
+            RelayService(self.node.host, cfg.relay_limits) if serve else None
+        )
+        serve_autonat = cfg.autonat_server if cfg.autonat_server is not None else cfg.bootstrap_node
+        self.autonat_server: AutoNATServer | None = (
+            AutoNATServer(self.node.host, allow_private=cfg.autonat_allow_private)
+            if serve_autonat
+            else None
+        )
+        self.autonat = AutoNATClient(self.node.host, self.node.rng)
+        #: What AutoNAT concluded about our addresses (``Reachability``).
+        self.reachability = Reachability.UNKNOWN
         self._events: EventBus[AgentEvent] = EventBus()
         self._tasks = TaskOwner(f"agent {cfg.name or self.node.peer_id}")
         self._subs: dict[str, Subscription] = {}
@@ -231,6 +296,8 @@ class Agent:
         self.messages_out = 0
         self.rejected = 0
         self._started_at = 0.0
+        #: The addresses our last presence record named (republished when they change).
+        self._published_addrs: frozenset[Multiaddr] = frozenset()
         self._lifecycle = Lifecycle(f"agent {cfg.name}")
 
     # -- identity ------------------------------------------------------------------------------
@@ -259,17 +326,27 @@ class Agent:
             return
         self._started_at = self.clock.monotonic()
         try:
+            # Registered before the node starts, so its first bootstrap result is seen too.
+            node_events = self.node.events()
+            # The node bootstraps as it starts; our handler and topics reach the bootstrap
+            # peers right after (identify push, pubsub subscription announcements).
             await self._start_node()
+            await self.circuit.start()
+            if self.relay is not None:
+                await self.relay.start()
+            await self.autonat.start()
+            if self.autonat_server is not None:
+                await self.autonat_server.start()
+            if self.config.reserve_relay is not False:
+                await self.node.host.listen(Multiaddr("/p2p-circuit"))
             await self.messaging.start()
             for topic in AGENT_TOPICS:
                 self._join(topic)
-            peers = self.config.bootstrap_peers
-            if peers is None:
-                peers = default_bootstrap_peers()
-            if peers:
-                await self._bootstrap(peers)
+            self._check_bootstrap()
+            await self._reserve_relays()
             await self._publish_presence()
             await self._announce("join")
+            self._tasks.spawn(self._follow_node(node_events), name="agent node events")
             self._tasks.spawn(self._maintenance(), name="agent maintenance")
         except BaseException:
             await self.close()
@@ -284,15 +361,15 @@ class Agent:
                 raise PortInUse(f"port {self.config.port} is already in use") from exc
             raise AgentError(f"cannot start the node: {exc}") from exc
 
-    async def _bootstrap(self, peers: list[str]) -> None:
-        try:
-            await self.node.bootstrap(peers)
-        except (P2PError, ValueError) as exc:
-            if self.config.bootstrap_node:
-                # Bootstrap nodes start one after another; the others may not be up yet.
-                log.warning("%s: bootstrap peers not reachable yet: %s", self.name, exc)
-                return
-            raise DialFailed(f"no bootstrap peer could be reached: {exc}") from exc
+    def _check_bootstrap(self) -> None:
+        """After the node's first bootstrap attempt: fail the start if it failed and the config
+        requires it; otherwise the node is retrying in the background."""
+        error = self.node.bootstrap_error
+        if error is None:
+            return
+        if self.config.require_bootstrap and not self.config.bootstrap_node:
+            raise DialFailed(f"no bootstrap peer could be reached: {error}")
+        log.warning("%s: bootstrap peers not reachable yet, retrying: %s", self.name, error)
 
     async def close(self) -> None:
         previous = self._lifecycle.begin_close()
@@ -306,6 +383,12 @@ class Agent:
                 log.debug("leave announcement failed: %s", exc)
         await self._tasks.close()
         await self.messaging.close()
+        if self.relay is not None:
+            await self.relay.close()
+        await self.circuit.close()
+        await self.autonat.close()
+        if self.autonat_server is not None:
+            await self.autonat_server.close()
         await self.node.close()
         self._events.close()
 
@@ -459,12 +542,18 @@ class Agent:
         found: dict[PeerID, AgentDiscovered] = {}
         dht_error: Exception | None = None
         try:
-            for info in await self.node.find_providers(topic_key(topic)):
+            providers = await self.node.find_providers(topic_key(topic))
+        except (KadError, NoPeersError) as exc:
+            dht_error = exc
+            providers = []
+        # A provider record outlives its agent (it expires after hours): answer only with the
+        # agents that are reachable now, connected or answering a dial within LIVENESS_TIMEOUT.
+        alive = await self._reachable([info.peer for info in providers])
+        for info in providers:
+            if info.peer in alive:
                 found[info.peer] = AgentDiscovered(
                     info.peer, _eth_of(info.peer), list(info.addrs), [topic]
                 )
-        except (KadError, NoPeersError) as exc:
-            dht_error = exc
         store = self.node.host.peerstore
         for peer in self.pubsub.topic_peers(topic):
             if peer not in found:
@@ -481,6 +570,25 @@ class Agent:
                 agent = dataclasses.replace(agent, name=known.name)
             named.append(agent)
         return named
+
+    async def _reachable(self, peers: list[PeerID]) -> set[PeerID]:
+        """The peers among ``peers`` we are connected to or can dial now (at once, each within
+        :data:`LIVENESS_TIMEOUT`); the others are left out, with a log line."""
+        host = self.node.host
+        alive = {p for p in peers if p == self.peer_id or host.is_connected(p)}
+        unknown = [p for p in dict.fromkeys(peers) if p not in alive]
+
+        async def probe(peer: PeerID) -> None:
+            try:
+                async with asyncio.timeout(LIVENESS_TIMEOUT):
+                    await host.connect_peer(peer)
+            except (P2PError, OSError, TimeoutError) as exc:
+                log.info("%s: %s is not reachable, left out: %s", self.name, peer, exc)
+                return
+            alive.add(peer)
+
+        await asyncio.gather(*(probe(p) for p in unknown))
+        return alive
 
     # -- incoming -------------------------------------------------------------------------------
 
@@ -555,6 +663,85 @@ class Agent:
         if before is None or before.topics != info.topics:
             self._events.emit(info)
 
+    # -- churn ----------------------------------------------------------------------------------
+
+    async def _follow_node(self, events: EventStream[NodeEvent]) -> None:
+        """Publish our presence again whenever the node (re)joins the network through its
+        bootstrap peers: a bootstrap node that restarted has forgotten every record it held.
+        (Connection and bootstrap events reach applications from ``node.events()``.)"""
+        async for event in events:
+            if isinstance(event, BootstrapSucceeded) and (
+                event.attempt > 1 or self.presence.published_seq == 0
+            ):
+                # In a task: the AutoNAT check may take seconds, events keep flowing.
+                self._tasks.spawn(self._rejoined(event.attempt), name="agent rejoined")
+
+    async def _rejoined(self, attempt: int) -> None:
+        if attempt > 1:
+            await self._reserve_relays()
+        log.info("%s: (re)joined the network: publishing presence", self.name)
+        await self._publish_presence()
+        await self._announce("presence")
+
+    async def _reserve_relays(self) -> None:
+        """A slot on each connected bootstrap peer that is a relay: always with
+        ``reserve_relay=True``, when AutoNAT finds us unreachable with ``None``."""
+        if self.config.reserve_relay is False:
+            return
+        if self.config.reserve_relay is None:
+            self.reachability = await self._check_reachability()
+            if self.reachability != Reachability.PRIVATE:
+                return
+        host = self.node.host
+        candidates = [
+            p
+            for p in host.connected_peers()
+            if p in self.node.bootstrap_peer_ids
+            and p not in self.circuit.reservations
+            and HOP_PROTOCOL in host.peerstore.get_protocols(p)
+        ]
+        for relay in candidates:
+            try:
+                await self.circuit.reserve(relay)
+            except (P2PError, TimeoutError) as exc:
+                log.info("%s: no relay slot on %s: %s", self.name, relay, exc)
+        if not self.circuit.reservations:
+            log.warning("%s: no relay reservation: others cannot dial this agent", self.name)
+
+    async def _check_reachability(self) -> str:
+        """Ask every connected bootstrap peer that serves AutoNAT v2 about our addresses."""
+        host = self.node.host
+        addrs = candidate_order(host.advertised_addrs)
+        if not addrs:
+            return Reachability.PRIVATE  # nothing anyone could dial
+        servers = [
+            p
+            for p in host.connected_peers()
+            if p in self.node.bootstrap_peer_ids
+            and DIAL_REQUEST_PROTOCOL in host.peerstore.get_protocols(p)
+        ]
+
+        async def ask(server: PeerID) -> bool | None:
+            try:
+                result = await self.autonat.check(server, addrs)
+            except (P2PError, TimeoutError) as exc:
+                log.info("%s: autonat with %s failed: %s", self.name, server, exc)
+                return None
+            log.info("%s: autonat %s: %s %s", self.name, server, result.status, result.addr)
+            if result.reachable is True and result.addr is not None:
+                host.addresses.confirm(result.addr, self.clock.monotonic())
+            return result.reachable
+
+        verdict = conclude(await asyncio.gather(*(ask(s) for s in servers)))
+        log.info("%s: reachability %s", self.name, verdict)
+        return verdict
+
+    def _relay_addrs_changed(self) -> None:
+        """Our relayed addresses changed: tell the DHT at once (the maintenance loop would only
+        notice at its next wake-up)."""
+        if self._lifecycle.running and self.presence.published_seq:
+            self._tasks.spawn(self._publish_presence(), name="presence after relay change")
+
     # -- periodic work --------------------------------------------------------------------------
 
     async def _announce(self, event: str, **extra: Any) -> None:
@@ -572,12 +759,16 @@ class Agent:
             log.debug("%s: announcement %s not sent: %s", self.name, event, exc)
 
     async def _publish_presence(self) -> None:
+        self._published_addrs = self._presence_addrs()
         try:
             stored = await self.presence.publish()
         except (KadError, NoPeersError, ValueError) as exc:
             log.info("%s: presence not published yet: %s", self.name, exc)
             return
         log.info("%s: presence stored on %d DHT peers", self.name, stored)
+
+    def _presence_addrs(self) -> frozenset[Multiaddr]:
+        return frozenset(self.node.host.advertised_addrs)
 
     @property
     def uptime(self) -> float:
@@ -606,6 +797,10 @@ class Agent:
             now = clock.monotonic()
             if self.presence.published_seq == 0 and self.node.peers():
                 await self._publish_presence()
+            elif self._presence_addrs() != self._published_addrs and self.node.peers():
+                log.info("%s: our addresses changed: publishing presence", self.name)
+                await self._publish_presence()
+                await self._announce("presence")
             if now >= next_presence:
                 next_presence = now + cfg.presence_interval
                 await self._publish_presence()

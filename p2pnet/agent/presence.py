@@ -39,7 +39,7 @@ class Presence:
         now = self.clock.time()
         seq = max(self.published_seq + 1, int(now * 1000))
         key, value = sign_agent_record(
-            self.host.key, self.host.peer_id, self.host.listen_addrs, seq, int(now)
+            self.host.key, self.host.peer_id, self.host.advertised_addrs, seq, int(now)
         )
         stored = await self.dht.put_value(key, value)
         self.published_seq = seq

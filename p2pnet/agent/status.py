@@ -94,5 +94,14 @@ def build_status(agent: Agent) -> dict[str, Any]:
         "topicCounters": counters,
         # registry status of this node's ETH address, once the on-chain registry is wired in
         "registry": None,
+        # NAT traversal (docs/relay.md): what AutoNAT concluded, the relays holding a slot for
+        # us, and (on a relay) the reservations and circuits it serves
+        "reachability": agent.reachability,
+        "relayReservations": sorted(str(p) for p in agent.circuit.reservations)[:MAX_ADDRS],
+        "relayServing": (
+            {"reservations": agent.relay.table.reservations, "circuits": agent.relay.table.circuits}
+            if agent.relay is not None
+            else None
+        ),
         "truncated": truncated,
     }

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,107 +77,10 @@ async def run_devnet(
     tally = Tally()
     expected_direct = expected_broadcast = tally.expected = agents * (agents - 1)
     listeners: list[asyncio.Task[None]] = []
-    try:
-        # 1. Bootstrap nodes, each joining the ones already up; then a full mesh between them.
-        for region in BOOTSTRAP_REGIONS:
-            seeds = [str(b.p2p_addrs()[0]) for b in boots]
-            boot = Agent(
-                AgentConfig(
-                    name=f"boot-{region}",
-                    bootstrap_node=True,
-                    bootstrap_peers=seeds,
-                    pubsub=fast,
-                    status_interval=5.0,
-                )
-            )
-            await boot.start()
-            boots.append(boot)
-            say(boot.name, f"bootstrap (DHT server) up at {boot.p2p_addrs()[0]}")
-        for boot in boots:
-            for other in boots:
-                if other is not boot:
-                    await boot.node.connect(other.p2p_addrs()[0])
-        say("devnet", f"{len(boots)} bootstrap nodes connected to each other")
-        await extras.start(
-            [str(b.p2p_addrs()[0]) for b in boots],
-            explorer_port,
-            metrics_port,
-            lambda: boots + members,
-            say,
-            status_interval=5.0,
-        )
+    interrupted = False
 
-        # 2. Agents join through the bootstrap nodes.
-        seeds = [str(b.p2p_addrs()[0]) for b in boots]
-        members = [
-            Agent(
-                AgentConfig(
-                    name=f"agent-{i + 1}",
-                    bootstrap_peers=seeds,
-                    pubsub=fast,
-                    status_interval=5.0,
-                )
-            )
-            for i in range(agents)
-        ]
-        for agent in members:
-            listeners.append(asyncio.create_task(_listen(agent, say, tally)))
-        await asyncio.gather(*(a.start() for a in members))
-        for agent in members:
-            say(agent.name, f"joined as {agent.eth_address} ({_short(agent.peer_id, 16)})")
-        await asyncio.gather(*(_wait_presence(a) for a in members))
-        say("devnet", "every agent published its presence record in the DHT")
-        await asyncio.gather(*(a.subscribe(CHAT_TOPIC) for a in members))
-
-        # 3. Every agent finds every other by ETH address, through the DHT.
-        async def find_all(agent: Agent) -> None:
-            for other in members:
-                if other is agent:
-                    continue
-                try:
-                    peer = await agent.resolve(other.eth_address)
-                except P2PError as exc:
-                    tally.resolve_failed += 1
-                    tally.errors.append(f"{agent.name} -> {other.name}: {exc}")
-                    say(agent.name, f"could not find {other.name}: {exc}")
-                    continue
-                ok = peer == other.peer_id
-                tally.resolved += ok
-                say(
-                    agent.name,
-                    f"found {other.name} {_short(other.eth_address)} via DHT "
-                    f"-> {_short(peer, 16)}{'' if ok else ' (WRONG PEER)'}",
-                )
-
-        await asyncio.gather(*(find_all(a) for a in members))
-
-        # 4. Direct messages: everyone to everyone, addressed by ETH address.
-        async def greet_all(agent: Agent) -> None:
-            for other in members:
-                if other is agent:
-                    continue
-                try:
-                    await agent.send(other.eth_address, {"hello": other.name, "from": agent.name})
-                    tally.direct_sent += 1
-                except P2PError as exc:
-                    tally.errors.append(f"send {agent.name} -> {other.name}: {exc}")
-                    say(agent.name, f"direct message to {other.name} failed: {exc}")
-
-        await asyncio.gather(*(greet_all(a) for a in members))
-
-        # 5. Broadcasts on agent-messages.
-        await _wait_mesh(members, MESSAGES_TOPIC)
-        for agent in members:
-            await agent.broadcast({"broadcast": f"hi all, this is {agent.name}"})
-            tally.broadcast_sent += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(tally.all_delivered.wait(), 10)
-
-        # 6. Discovery by topic, then node-status until the time is up.
-        found = await members[0].discover(CHAT_TOPIC)
-        say(members[0].name, f"discover {CHAT_TOPIC!r}: {len(found)} agents")
-        tally.discovered = len(found)
-        summary = {
+    def summarize() -> dict[str, Any]:
+        return {
             "agents": agents,
             "bootstrap": len(boots),
             "resolved": tally.resolved,
@@ -191,32 +95,145 @@ async def run_devnet(
             "discovered": tally.discovered,
             "discover_expected": agents - 1,
             "errors": tally.errors[:20],
+            "interrupted": interrupted,
         }
-        say(
-            "devnet",
-            "all agents found each other and exchanged messages"
-            if not tally.errors
-            else f"{len(tally.errors)} errors",
-        )
-        start = time.monotonic()
-        while duration is None or time.monotonic() - start < duration:
-            await asyncio.sleep(min(5.0, duration or 5.0))
-            for agent in boots + members:
-                st = agent.status()
-                say(
-                    agent.name,
-                    f"status: peers={st['peers']} dht={st['dhtTableSize']} "
-                    f"in={st['messagesIn']} out={st['messagesOut']} "
-                    f"mesh={sum(st['mesh'].values())} "
-                    f"node-status reports from {len(agent.statuses)} nodes",
+
+    try:
+        try:
+            # 1. Bootstrap nodes, each joining the ones already up; then a full mesh between them.
+            for region in BOOTSTRAP_REGIONS:
+                seeds = [str(b.p2p_addrs()[0]) for b in boots]
+                boot = Agent(
+                    AgentConfig(
+                        name=f"boot-{region}",
+                        bootstrap_node=True,
+                        bootstrap_peers=seeds,
+                        pubsub=fast,
+                        status_interval=5.0,
+                    )
                 )
-        out.write("RESULT " + json.dumps(summary) + "\n")
+                await boot.start()
+                boots.append(boot)
+                say(boot.name, f"bootstrap (DHT server) up at {boot.p2p_addrs()[0]}")
+            for boot in boots:
+                for other in boots:
+                    if other is not boot:
+                        await boot.node.connect(other.p2p_addrs()[0])
+            say("devnet", f"{len(boots)} bootstrap nodes connected to each other")
+            await extras.start(
+                [str(b.p2p_addrs()[0]) for b in boots],
+                explorer_port,
+                metrics_port,
+                lambda: boots + members,
+                say,
+                status_interval=5.0,
+            )
+
+            # 2. Agents join through the bootstrap nodes.
+            seeds = [str(b.p2p_addrs()[0]) for b in boots]
+            members = [
+                Agent(
+                    AgentConfig(
+                        name=f"agent-{i + 1}",
+                        bootstrap_peers=seeds,
+                        pubsub=fast,
+                        status_interval=5.0,
+                    )
+                )
+                for i in range(agents)
+            ]
+            for agent in members:
+                listeners.append(asyncio.create_task(_listen(agent, say, tally)))
+            await asyncio.gather(*(a.start() for a in members))
+            for agent in members:
+                say(agent.name, f"joined as {agent.eth_address} ({_short(agent.peer_id, 16)})")
+            await asyncio.gather(*(_wait_presence(a) for a in members))
+            say("devnet", "every agent published its presence record in the DHT")
+            await asyncio.gather(*(a.subscribe(CHAT_TOPIC) for a in members))
+
+            # 3. Every agent finds every other by ETH address, through the DHT.
+            async def find_all(agent: Agent) -> None:
+                for other in members:
+                    if other is agent:
+                        continue
+                    try:
+                        peer = await agent.resolve(other.eth_address)
+                    except P2PError as exc:
+                        tally.resolve_failed += 1
+                        tally.errors.append(f"{agent.name} -> {other.name}: {exc}")
+                        say(agent.name, f"could not find {other.name}: {exc}")
+                        continue
+                    ok = peer == other.peer_id
+                    tally.resolved += ok
+                    say(
+                        agent.name,
+                        f"found {other.name} {_short(other.eth_address)} via DHT "
+                        f"-> {_short(peer, 16)}{'' if ok else ' (WRONG PEER)'}",
+                    )
+
+            await asyncio.gather(*(find_all(a) for a in members))
+
+            # 4. Direct messages: everyone to everyone, addressed by ETH address.
+            async def greet_all(agent: Agent) -> None:
+                for other in members:
+                    if other is agent:
+                        continue
+                    try:
+                        greeting = {"hello": other.name, "from": agent.name}
+                        await agent.send(other.eth_address, greeting)
+                        tally.direct_sent += 1
+                    except P2PError as exc:
+                        tally.errors.append(f"send {agent.name} -> {other.name}: {exc}")
+                        say(agent.name, f"direct message to {other.name} failed: {exc}")
+
+            await asyncio.gather(*(greet_all(a) for a in members))
+
+            # 5. Broadcasts on agent-messages.
+            await _wait_mesh(members, MESSAGES_TOPIC)
+            for agent in members:
+                await agent.broadcast({"broadcast": f"hi all, this is {agent.name}"})
+                tally.broadcast_sent += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tally.all_delivered.wait(), 10)
+
+            # 6. Discovery by topic, then node-status until the time is up.
+            found = await members[0].discover(CHAT_TOPIC)
+            say(members[0].name, f"discover {CHAT_TOPIC!r}: {len(found)} agents")
+            tally.discovered = len(found)
+            say(
+                "devnet",
+                "all agents found each other and exchanged messages"
+                if not tally.errors
+                else f"{len(tally.errors)} errors",
+            )
+            start = time.monotonic()
+            while duration is None or time.monotonic() - start < duration:
+                await asyncio.sleep(min(5.0, duration or 5.0))
+                for agent in boots + members:
+                    st = agent.status()
+                    say(
+                        agent.name,
+                        f"status: peers={st['peers']} dht={st['dhtTableSize']} "
+                        f"in={st['messagesIn']} out={st['messagesOut']} "
+                        f"mesh={sum(st['mesh'].values())} "
+                        f"node-status reports from {len(agent.statuses)} nodes",
+                    )
+        except asyncio.CancelledError:
+            # Ctrl-C (asyncio.run cancels us): still say how far the network got, then close.
+            me = asyncio.current_task()
+            if me is None or me.uncancel() > 0:
+                raise  # cancelled for another reason as well
+            interrupted = True
+            say("devnet", "interrupted (Ctrl-C)")
+        out.write("RESULT " + json.dumps(summarize()) + "\n")
         out.flush()
         complete = (
             tally.resolved == expected_direct
             and tally.direct_received == expected_direct
             and tally.broadcast_received == expected_broadcast
         )
+        if interrupted:
+            return 130
         return 0 if complete else 1
     finally:
         for task in listeners:
@@ -262,7 +279,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--agents", type=int, default=6, help="number of agents (default 6)")
     p.add_argument(
         "--duration",
-        type=float,
+        type=_duration,
         default=None,
         help="seconds to keep running after the exchange (default: until Ctrl-C)",
     )
@@ -277,10 +294,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_main)
 
 
+def _duration(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds >= 0 or seconds == float("inf"):  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"--duration must be 0 or more seconds, not {text}")
+    return seconds
+
+
 def _main(args: argparse.Namespace) -> int:
     if args.agents < 2:
         print("devnet needs at least 2 agents", file=sys.stderr)
         return 2
+    # Started in the background by a script (`p2pnet devnet &`), a shell leaves SIGINT ignored
+    # and asyncio then installs no handler: Ctrl-C (or kill -INT) would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     explorer_port = None if args.no_explorer else args.explorer_port
     return asyncio.run(
         run_devnet(

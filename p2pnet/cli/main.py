@@ -1,5 +1,5 @@
-"""The ``p2pnet`` command: ``devnet``, ``explorer``, ``demo`` and ``node`` (the same as
-``p2p-node``)."""
+"""The ``p2pnet`` command: ``devnet``, ``explorer``, ``demo``, ``bootstrap`` (a bootstrap node
+as a service) and ``node`` (the same as ``p2p-node``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from p2pnet.cli import demo, devnet, explorer, p2p_node
+from p2pnet.cli import bootstrap, demo, devnet, explorer, p2p_node
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_parser(sub)
     devnet.add_parser(sub)
     explorer.add_parser(sub)
+    bootstrap.add_parser(sub)
     node = sub.add_parser(
         "node",
         help="run one agent node driven by JSON lines on stdin/stdout (the p2p-node executable)",
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p2p_node.add_arguments(node)
     node.set_defaults(func=p2p_node.run)
     args = parser.parse_args(argv)
-    if args.command != "node":  # p2p-node sends its logs as JSON events on stdout
+    if args.command not in ("node", "bootstrap"):  # these send logs as JSON events on stdout
         logging.basicConfig(
             level=args.stderr_log_level.upper(),
             stream=sys.stderr,

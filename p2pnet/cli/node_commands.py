@@ -216,6 +216,12 @@ def agent_config(
         overrides["bootstrap_peers"] = list(f["bootstrapPeers"])
     elif args.bootstrap_peers is not None:
         overrides["bootstrap_peers"] = split_list(args.bootstrap_peers)
+    if getattr(args, "via_relay", False):
+        overrides.update(listen_direct=False, reserve_relay=True)
+    if getattr(args, "autonat_allow_private", False):
+        overrides["autonat_allow_private"] = True
+    if f.get("retryBootstrap"):
+        overrides["require_bootstrap"] = False
     if f.get("privateKey"):
         overrides["private_key"] = f["privateKey"]
     if args.key_file:
@@ -451,7 +457,20 @@ class NodeCommands:
                 self.events.publish(discovered_event(event))
 
     async def _pump_node_events(self, events: EventStream[Any]) -> None:
-        from p2pnet.events import PeerConnected, PeerDisconnected
+        from p2pnet.crypto.eth import eth_address
+        from p2pnet.errors import CryptoError
+        from p2pnet.events import (
+            BootstrapFailed,
+            BootstrapSucceeded,
+            PeerConnected,
+            PeerDisconnected,
+        )
+
+        def eth_of(peer: Any) -> str | None:
+            try:
+                return eth_address(peer)
+            except CryptoError:
+                return None
 
         async for event in events:
             if isinstance(event, PeerConnected):
@@ -459,12 +478,36 @@ class NodeCommands:
                     {
                         "type": "peer_connected",
                         "peerId": str(event.peer),
+                        "ethAddress": eth_of(event.peer),
                         "addr": str(event.addr),
                         "direction": event.direction,
                     }
                 )
             elif isinstance(event, PeerDisconnected):
-                self.events.publish({"type": "peer_disconnected", "peerId": str(event.peer)})
+                self.events.publish(
+                    {
+                        "type": "peer_disconnected",
+                        "peerId": str(event.peer),
+                        "ethAddress": eth_of(event.peer),
+                    }
+                )
+            elif isinstance(event, BootstrapFailed):
+                self.events.publish(
+                    {
+                        "type": "bootstrap_failed",
+                        "attempt": event.attempt,
+                        "error": event.error,
+                        "retryIn": round(event.retry_in, 3),
+                    }
+                )
+            elif isinstance(event, BootstrapSucceeded):
+                self.events.publish(
+                    {
+                        "type": "bootstrap_succeeded",
+                        "attempt": event.attempt,
+                        "dhtTableSize": event.routing_table,
+                    }
+                )
 
     # -- shutdown --------------------------------------------------------------------------
 

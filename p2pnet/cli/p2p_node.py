@@ -72,7 +72,17 @@ STDIN_BACKLOG = 64
 LOG_LEVELS = ("debug", "info", "warning", "error")
 COMMANDS = ("connect", "send", "discover", "subscribe", "status", "shutdown")
 #: Events of the node's event log that the JSON lines carry (the others are gRPC's only).
-JSON_STREAM_EVENTS = frozenset({"ready", "message", "peer_discovered"})
+JSON_STREAM_EVENTS = frozenset(
+    {
+        "ready",
+        "message",
+        "peer_discovered",
+        "peer_connected",
+        "peer_disconnected",
+        "bootstrap_failed",
+        "bootstrap_succeeded",
+    }
+)
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -454,6 +464,7 @@ def _validate(cmd: Command) -> None:
             raise CommandError("INVALID_FIELDS", "'bootstrapPeers' must be a list of multiaddrs")
         _field(f, "privateKey", str, "a hex string")
         _field(f, "name", str, "a string")
+        _field(f, "retryBootstrap", bool, "a boolean")
     elif cmd.type == "send":
         if "data" not in f:
             raise CommandError("INVALID_FIELDS", "'data' is required")
@@ -518,7 +529,8 @@ class NodeProcess:
 
     def _on_event(self, event: NodeEvent) -> None:
         """The node's event log, as JSON lines: ``ready`` (with the id of the ``connect`` it
-        answers, if it came from here), ``message`` and ``peer_discovered``."""
+        answers, if it came from here), ``message``, ``peer_discovered``, ``peer_connected``,
+        ``peer_disconnected`` and ``bootstrap_failed`` / ``bootstrap_succeeded``."""
         if event.type not in JSON_STREAM_EVENTS:
             return
         origin = event.origin
@@ -745,6 +757,18 @@ def add_node_arguments(group: argparse._ArgumentGroup) -> None:
         help="comma-separated multiaddrs (overrides the env file and the defaults; '' for none)",
     )
     group.add_argument(
+        "--via-relay",
+        action="store_true",
+        help="no direct listener: reserve a slot on the bootstrap nodes (circuit relay v2) and "
+        "be reachable through them only (an agent behind NAT)",
+    )
+    group.add_argument(
+        "--autonat-allow-private",
+        action="store_true",
+        help="as an AutoNAT v2 server (bootstrap nodes), also dial back private and loopback "
+        "addresses (a LAN or a lab; not on the internet)",
+    )
+    group.add_argument(
         "--connect", action="store_true", help="connect at start, without a connect command"
     )
     group.add_argument(
@@ -928,7 +952,9 @@ async def serve(
     try:
         if args.connect:
             if args.json_lines:
-                await json_lines.handle_line(b'{"type":"connect"}')
+                # Nobody is there to send connect again: the node keeps retrying its
+                # bootstrap peers until they answer (a service may start before them).
+                await json_lines.handle_line(b'{"type":"connect","retryBootstrap":true}')
             else:  # in the background, like a command: a signal still stops the node
                 commands.begin_connect()
                 json_lines.spawn(_connect_at_start(commands), "connect-at-start")
@@ -978,7 +1004,7 @@ async def serve(
 
 async def _connect_at_start(commands: NodeCommands) -> None:
     try:
-        await commands.run("connect", commands.connect({}))
+        await commands.run("connect", commands.connect({"retryBootstrap": True}))
     except CommandError as exc:
         log.warning("connect at start failed: %s: %s", exc.code, exc.message)
         commands.events.publish(

@@ -45,6 +45,12 @@ class ProtocolsChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class AddressesChanged:
+    """What the host advertises changed (a relay reservation won or lost, an address confirmed
+    by peers): identify pushes the new list to connected peers."""
+
+
+@dataclass(frozen=True, slots=True)
 class PeerIdentified:
     """An identify (or identify push) from a peer was applied to the peer store."""
 

@@ -19,9 +19,11 @@ from multiaddr import Multiaddr
 from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import DialError, NegotiationError, P2PError, ResourceLimitExceeded
+from p2pnet.host.addresses import AddressBook, IPAddress, is_unspecified
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
+from p2pnet.host.interfaces import interface_ips
 from p2pnet.host.upgrader import Upgraded, upgrade
 from p2pnet.io import ReadWriter
 from p2pnet.multistream import negotiate_inbound
@@ -39,6 +41,9 @@ from p2pnet.transport.base import Listener, RawConnection, Transport
 from p2pnet.transport.tcp import TcpTransport
 
 log = logging.getLogger("p2pnet.host")
+
+#: Seconds the interface addresses read from the OS are reused.
+INTERFACES_TTL = 30.0
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
 ConnectionListener = Callable[[Connection], None]
@@ -83,6 +88,9 @@ class Host:
         self._tasks = TaskOwner(f"host {self.peer_id}")
         #: Typed events for services: ConnectionOpened, ConnectionEnded, ProtocolsChanged, ...
         self.bus = ServiceBus()
+        #: Observed and confirmed addresses; what we advertise (``advertised_addrs``).
+        self.addresses = AddressBook()
+        self._interfaces: tuple[float, list[IPAddress]] | None = None
         self._started = False
         self._closed = False
         #: Outbound connection attempts (one per address tried) and how many of them failed.
@@ -147,9 +155,24 @@ class Host:
     def listen_addrs(self) -> list[Multiaddr]:
         return [a for listener in self._listeners for a in listener.multiaddrs]
 
+    @property
+    def advertised_addrs(self) -> list[Multiaddr]:
+        """The addresses we tell others (identify, peer records, the DHT): listen addresses with
+        unspecified ones (``0.0.0.0``, ``::``) expanded to the interfaces' addresses, and the
+        addresses peers confirmed (``host/addresses.py``); never an unspecified one."""
+        now = self.clock.monotonic()
+        listen = self.listen_addrs
+        ips: list[IPAddress] = []
+        if any(is_unspecified(a) for a in listen):
+            # Interfaces change rarely; asking the OS on every identify would be wasteful.
+            if self._interfaces is None or now - self._interfaces[0] > INTERFACES_TTL:
+                self._interfaces = (now, interface_ips())
+            ips = self._interfaces[1]
+        return self.addresses.advertised(listen, ips, now)
+
     def p2p_addrs(self) -> list[Multiaddr]:
-        """Listen addresses with ``/p2p/<our id>`` appended, ready to hand to another peer."""
-        return [a.encapsulate(Multiaddr(f"/p2p/{self.peer_id}")) for a in self.listen_addrs]
+        """Advertised addresses with ``/p2p/<our id>`` appended, ready to hand to another peer."""
+        return [a.encapsulate(Multiaddr(f"/p2p/{self.peer_id}")) for a in self.advertised_addrs]
 
     # -- protocol handlers ------------------------------------------------------------------
 
@@ -292,8 +315,12 @@ class Host:
             scope = self.resources.open_connection(Direction.OUTBOUND, None, self.clock.monotonic())
         except ResourceLimitExceeded as exc:
             raise DialError(f"cannot dial {addr}: {exc}") from exc
+        dial_addr = addr
+        if peer is not None and any(p.name == "p2p-circuit" for p in addr.protocols()):
+            # A relay is asked for the target by its ID: the relayed transport needs it.
+            dial_addr = addr.encapsulate(Multiaddr(f"/p2p/{peer}"))
         try:
-            raw = await transport.dial(addr, timeout=self.config.dial_timeout)
+            raw = await transport.dial(dial_addr, timeout=self.config.dial_timeout)
             upgraded = await upgrade(
                 raw,
                 self.key,
@@ -523,7 +550,10 @@ class Host:
 
 
 def _ip_of(addr: Multiaddr) -> str | None:
-    """The IP address of a transport address (None for in-process ones)."""
+    """The IP address of a transport address (None for in-process and relayed ones: a relayed
+    connection's address names the relay, not the peer)."""
+    if any(p.name == "p2p-circuit" for p in addr.protocols()):
+        return None
     for code in ("ip4", "ip6"):
         try:
             return str(addr.value_for_protocol(code))

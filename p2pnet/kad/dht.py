@@ -87,7 +87,8 @@ class _HostPeers:
         self.host = host
 
     def self_addrs(self) -> list[Multiaddr]:
-        return list(self.host.listen_addrs)
+        # What we advertise: never 0.0.0.0, relayed addresses included (host/addresses.py).
+        return list(self.host.advertised_addrs)
 
     def addrs(self, peer: PeerID) -> list[Multiaddr]:
         return self.host.peerstore.addrs(peer)

@@ -14,8 +14,14 @@ import logging
 from collections.abc import Callable
 
 from p2pnet.errors import P2PError
-from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, PeerIdentified, ProtocolsChanged
-from p2pnet.host.connection import Connection
+from p2pnet.host.bus import (
+    AddressesChanged,
+    ConnectionEnded,
+    ConnectionOpened,
+    PeerIdentified,
+    ProtocolsChanged,
+)
+from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.record import make_peer_record
@@ -69,6 +75,7 @@ class IdentifyService:
             bus.subscribe(ConnectionOpened, lambda e: self._on_connected(e.connection)),
             bus.subscribe(ConnectionEnded, lambda e: self._on_disconnected(e.connection)),
             bus.subscribe(ProtocolsChanged, lambda _: self._schedule_push()),
+            bus.subscribe(AddressesChanged, lambda _: self._schedule_push()),
         ]
 
     async def start(self) -> None:
@@ -101,7 +108,7 @@ class IdentifyService:
         host = self.host
         return build_identify(
             public_key=host.key.public_key,
-            listen_addrs=host.listen_addrs,
+            listen_addrs=host.advertised_addrs,
             protocols=host.protocols,
             observed_addr=conn.remote_addr,
             protocol_version=host.config.protocol_version,
@@ -111,7 +118,7 @@ class IdentifyService:
 
     def signed_peer_record(self) -> bytes:
         """Our signed peer record (RFC 0003), re-signed only when our addresses change."""
-        addrs = self.host.listen_addrs
+        addrs = self.host.advertised_addrs
         key = tuple(a.to_bytes() for a in addrs)
         if self._record is None or self._record[0] != key:
             # Milliseconds since the epoch: a later record always has a higher sequence number.
@@ -149,7 +156,9 @@ class IdentifyService:
             stream = await conn.new_stream([PROTOCOL_ID])
             async with stream:
                 data = await read_length_prefixed(stream, MAX_IDENTIFY_SIZE)
-        return self._apply(parse_identify(conn.remote_peer, data, push=False))
+        info = self._apply(parse_identify(conn.remote_peer, data, push=False))
+        self._observed(conn, info)
+        return info
 
     async def identify(self, peer: PeerID) -> IdentifyInfo:
         """Run identify again with ``peer`` (connecting if needed) and return what it said."""
@@ -168,7 +177,26 @@ class IdentifyService:
             return
         async with stream:
             data = await read_length_prefixed(stream, MAX_IDENTIFY_SIZE)
-        self._apply(parse_identify(stream.conn.remote_peer, data, push=True))
+        info = self._apply(parse_identify(stream.conn.remote_peer, data, push=True))
+        self._observed(stream.conn, info)
+
+    def _observed(self, conn: ConnectionInfo, info: IdentifyInfo) -> None:
+        """Note how the peer sees us in the host's address book; when that confirms a new
+        address of ours (or one expired), tell our peers with a push."""
+        if info.observed_addr is None:
+            return
+        changed = self.host.addresses.observe(
+            info.observed_addr,
+            observer=conn.remote_addr,
+            inbound=conn.direction is Direction.INBOUND,
+            now=self.host.clock.monotonic(),
+        )
+        if changed:
+            log.info(
+                "confirmed addresses now %s",
+                self.host.addresses.confirmed(self.host.clock.monotonic()),
+            )
+            self.host.bus.emit(AddressesChanged())
 
     def _apply(self, info: IdentifyInfo) -> IdentifyInfo:
         apply_identify(self.host.peerstore, info)

@@ -17,6 +17,7 @@ from multiaddr import Multiaddr
 
 from p2pnet.crypto.keys import PublicKey, unmarshal_public_key
 from p2pnet.errors import CryptoError, ProtocolError
+from p2pnet.host.addresses import is_unspecified
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, PeerStore
 from p2pnet.peer.record import SIGNED_PEER_RECORD, InvalidPeerRecord, verify_peer_record
@@ -105,7 +106,13 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
             raise ProtocolError(f"identify from {peer} carries another peer's public key")
         info.public_key = key
     # Capped however many the peer sends (a push of 6000 addresses used to be stored whole).
-    addrs = [a for a in map(_decode_addr, msg.listenAddrs[:MAX_IDENTIFY_ADDRS]) if a is not None]
+    # An unspecified address (0.0.0.0, ::) is nobody's address: an old or misconfigured
+    # peer may send one; dialling it would reach ourselves.
+    addrs = [
+        a
+        for a in map(_decode_addr, msg.listenAddrs[:MAX_IDENTIFY_ADDRS])
+        if a is not None and not is_unspecified(a)
+    ]
     info.listen_addrs = list(dict.fromkeys(addrs))
     info.protocols = [
         p for p in msg.protocols[:MAX_IDENTIFY_PROTOCOLS] if 0 < len(p) <= MAX_PROTOCOL_ID_LENGTH

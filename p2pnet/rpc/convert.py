@@ -118,6 +118,19 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
                 meta_json=json.dumps(payload.get("meta", {}), default=str),
             ),
         )
+    if kind in ("bootstrap_failed", "bootstrap_succeeded"):
+        # No Event kind of their own (yet): a log event named after them, fields in its meta,
+        # so the numbered stream has no gaps.
+        fields = {k: v for k, v in payload.items() if k != "type"}
+        return pb.Event(
+            seq=seq,
+            log=pb.LogEvent(
+                level="warning" if kind == "bootstrap_failed" else "info",
+                namespace="p2pnet.node",
+                message=str(kind),
+                meta_json=json.dumps(fields, default=str),
+            ),
+        )
     raise ValueError(f"no gRPC form for a {kind!r} event")
 
 

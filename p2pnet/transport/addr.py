@@ -44,6 +44,7 @@ def split_peer_id(addr: Multiaddr) -> tuple[Multiaddr, str | None]:
     """Split off a trailing ``/p2p/<id>``: returns ``(transport_addr, id_text or None)``."""
     names = [p.name for p in addr.protocols()]
     if names and names[-1] == "p2p":
-        peer = str(addr.value_for_protocol("p2p"))
-        return addr.decapsulate(Multiaddr(f"/p2p/{peer}")), peer
+        # The last /p2p/: a relayed address names the relay first (.../p2p/R/p2p-circuit/p2p/T).
+        head, _, peer = str(addr).rpartition("/p2p/")
+        return Multiaddr(head), peer
     return addr, None

@@ -25,7 +25,10 @@ RawConnectionHandler = Callable[[RawConnection], Awaitable[None]]
 
 
 class Listener(Protocol):
-    multiaddrs: list[Multiaddr]
+    @property
+    def multiaddrs(self) -> list[Multiaddr]:
+        """Where it listens now (a relayed listener's addresses change with its reservations)."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -10,7 +10,7 @@
 //   {"keyType": "ed25519"|"secp256k1", "seed": "<hex>", "listen": "<ma>" | ["<ma>", ...],
 //    "connectionMonitor": true, "pingInterval": 10000, "connectionManager": {...},
 //    "modules": ["<name>", ...]}
-// Each module ./mod_<name>.mjs adds services and commands (see README.md, "Modules").
+// Each module ./mod_<name>.mjs adds services, transports and commands (see README.md, "Modules").
 // See README.md for the command list.
 
 // --- Node 20 lacks Promise.withResolvers; js-libp2p 3.x calls it. Must run before any import
@@ -298,11 +298,16 @@ const extraServices = {}
 for (const mod of modules) {
   if (typeof mod.services === 'function') Object.assign(extraServices, await mod.services(options))
 }
+// a module may also add transports (mod_relay: the circuit relay transport)
+const extraTransports = []
+for (const mod of modules) {
+  if (typeof mod.transports === 'function') extraTransports.push(...(await mod.transports(options)))
+}
 
 const node = await createLibp2p({
   privateKey,
   addresses: { listen },
-  transports: [tcp()],
+  transports: [tcp(), ...extraTransports],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   services: {

@@ -1,0 +1,264 @@
+"""Circuit relay v2: reservations with limits, relayed connections carrying Noise and yamux end
+to end through the host's upgrader, refusals, bad input (p2pnet/relay/)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from multiaddr import Multiaddr
+
+from p2pnet.config import NodeConfig
+from p2pnet.crypto.keys import KeyPair, KeyType
+from p2pnet.errors import DialError
+from p2pnet.node import Node
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.protocols.identify import IdentifyInfo
+from p2pnet.relay.messages import (
+    HOP_PROTOCOL,
+    HopMessage,
+    HopType,
+    Limit,
+    RelayProtocolError,
+    RelayRefused,
+    RelayStatus,
+    Reservation,
+    StopMessage,
+    StopType,
+    decode_hop,
+    decode_stop,
+    encode_hop,
+    encode_stop,
+    make_voucher,
+    verify_voucher,
+)
+from p2pnet.relay.reservations import RelayLimits, RelayTable
+from p2pnet.relay.service import RelayService, is_relayed
+from p2pnet.relay.transport import CircuitTransport
+from p2pnet.stream import Stream
+from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
+from p2pnet.wire.varint import encode_uvarint
+
+ECHO = "/test/echo/1.0.0"
+
+
+def bare(listen: list[str] | None = None) -> Node:
+    return Node(
+        NodeConfig(
+            listen_addrs=["/ip4/127.0.0.1/tcp/0"] if listen is None else listen,
+            enable_dht=False,
+            enable_pubsub=False,
+        )
+    )
+
+
+async def with_circuit(node: Node, *, listen: bool) -> CircuitTransport:
+    transport = CircuitTransport(node.host)
+    node.host.transports.append(transport)
+    await transport.start()
+    if listen:
+        await node.host.listen(Multiaddr("/p2p-circuit"))
+    return transport
+
+
+async def echo(stream: Stream) -> None:
+    async with stream:
+        while data := await stream.read():
+            await stream.write(data)
+
+
+class Trio:
+    def __init__(self, limits: RelayLimits | None = None) -> None:
+        self.relay = bare()
+        self.private = bare([])  # no listener of its own: reachable only through the relay
+        self.dialer = bare()
+        self.service = RelayService(self.relay.host, limits)
+
+    async def __aenter__(self) -> Trio:
+        for node in (self.relay, self.private, self.dialer):
+            await node.start()
+        await self.service.start()
+        self.private_circuit = await with_circuit(self.private, listen=True)
+        self.dialer_circuit = await with_circuit(self.dialer, listen=False)
+        self.private.set_stream_handler(ECHO, echo)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.service.close()
+        await self.private_circuit.close()
+        await self.dialer_circuit.close()
+        for node in (self.dialer, self.private, self.relay):
+            await node.close()
+
+    def circuit_addr(self) -> Multiaddr:
+        return self.private.host.advertised_addrs[0].encapsulate(
+            Multiaddr(f"/p2p/{self.private.peer_id}")
+        )
+
+
+@pytest.fixture
+async def trio() -> AsyncIterator[Trio]:
+    async with Trio() as t:
+        yield t
+
+
+async def test_reserve_then_dial_through_the_relay_end_to_end(trio: Trio) -> None:
+    relay_addr = trio.relay.p2p_addrs()[0]
+    pushed = asyncio.Event()
+
+    def on_identified(info: IdentifyInfo) -> None:
+        if info.push and any(is_relayed(a) for a in info.listen_addrs):
+            pushed.set()
+
+    trio.relay.identify_service.on_identified(on_identified)
+    info = await trio.private_circuit.reserve(trio.relay.peer_id, relay_addr)
+    await asyncio.wait_for(pushed.wait(), 5)  # identify push of the new relayed address
+    assert info.limit == Limit(120, 1 << 20)
+    assert trio.service.table.reservations == 1
+    advertised = [str(a) for a in trio.private.host.advertised_addrs]
+    assert advertised == [f"{relay_addr}/p2p-circuit"]
+
+    conn = await trio.dialer.connect(trio.circuit_addr())
+    assert conn == trio.private.peer_id
+    (relayed,) = trio.dialer.host.connections(trio.private.peer_id)
+    assert is_relayed(relayed.remote_addr) and relayed.security == "/noise"
+    assert relayed.muxer == "/yamux/1.0.0"
+    assert await trio.dialer.ping(trio.private.peer_id) > 0
+    info_back = await trio.dialer.identify(trio.private.peer_id)
+    assert any(is_relayed(a) for a in info_back.listen_addrs)
+
+    # Bytes go both ways, encrypted: the relay never sees the plaintext.
+    payload = b"secret-marker-" * 5000
+    stream = await trio.dialer.new_stream(trio.private.peer_id, ECHO)
+    await stream.write(payload)
+    await stream.close()
+    got = b""
+    while chunk := await stream.read():
+        got += chunk
+    assert got == payload
+    assert trio.service.bytes_relayed > 2 * len(payload)
+
+    # The private side sees an inbound relayed connection from the dialer.
+    (inbound,) = trio.private.host.connections(trio.dialer.peer_id)
+    assert is_relayed(inbound.remote_addr) and str(inbound.remote_addr).endswith(
+        f"/p2p-circuit/p2p/{trio.dialer.peer_id}"
+    )
+
+
+async def test_dial_without_reservation_is_refused(trio: Trio) -> None:
+    await trio.private.connect(trio.relay.p2p_addrs()[0])  # connected, but no reservation
+    addr = trio.relay.p2p_addrs()[0].encapsulate(
+        Multiaddr(f"/p2p-circuit/p2p/{trio.private.peer_id}")
+    )
+    with pytest.raises(DialError, match="NO_RESERVATION"):
+        await trio.dialer.connect(addr)
+    assert trio.service.table.circuits == 0
+
+
+async def test_reservation_ends_with_the_connection_to_the_relay(trio: Trio) -> None:
+    changed = asyncio.Event()
+    trio.private_circuit.on_addrs_changed = changed.set
+    await trio.private_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
+    assert changed.is_set()
+    changed.clear()
+    await trio.private.disconnect(trio.relay.peer_id)
+    await asyncio.wait_for(changed.wait(), 5)
+    assert trio.private.host.advertised_addrs == []
+    async with asyncio.timeout(5):
+        while trio.service.table.reservations:  # the relay's side, on its ConnectionEnded
+            await asyncio.sleep(0.01)
+
+
+async def test_data_limit_ends_the_circuit() -> None:
+    async with Trio(RelayLimits(data=64 * 1024)) as trio:
+        await trio.private_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
+        await trio.dialer.connect(trio.circuit_addr())
+        (conn,) = trio.dialer.host.connections(trio.private.peer_id)
+        stream = await trio.dialer.new_stream(trio.private.peer_id, ECHO)
+        with pytest.raises(Exception):  # noqa: B017 - reset or closed, either ends it
+            async with asyncio.timeout(10):
+                for _ in range(64):
+                    await stream.write(b"x" * 8192)
+                    await stream.read(8192)
+        await asyncio.wait_for(conn.muxed.wait_closed(), 10)
+        async with asyncio.timeout(5):
+            while trio.service.table.circuits:
+                await asyncio.sleep(0.01)
+
+
+async def test_reservations_are_limited_per_ip() -> None:
+    async with Trio(RelayLimits(max_reservations_per_ip=1)) as trio:
+        await trio.private_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
+        with pytest.raises(RelayRefused, match="RESERVATION_REFUSED"):
+            await trio.dialer_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
+        # A renewal of the existing reservation is still granted.
+        await trio.private_circuit.reserve(trio.relay.peer_id)
+
+
+async def test_malformed_and_oversized_hop_messages(trio: Trio) -> None:
+    relay = trio.relay.peer_id
+    await trio.dialer.connect(trio.relay.p2p_addrs()[0])
+
+    stream = await trio.dialer.new_stream(relay, HOP_PROTOCOL)
+    await write_length_prefixed(stream, b"\xff\xff\xff")
+    answer = decode_hop(await read_length_prefixed(stream, 4096))
+    assert answer.type is HopType.STATUS and answer.status == RelayStatus.MALFORMED_MESSAGE
+    assert await stream.read() == b""
+
+    stream = await trio.dialer.new_stream(relay, HOP_PROTOCOL)
+    await write_length_prefixed(stream, encode_hop(HopMessage(HopType.STATUS)))
+    answer = decode_hop(await read_length_prefixed(stream, 4096))
+    assert answer.status == RelayStatus.UNEXPECTED_MESSAGE
+
+    stream = await trio.dialer.new_stream(relay, HOP_PROTOCOL)
+    await stream.write(encode_uvarint(1 << 20))  # a 1 MiB frame is refused from its prefix
+    with pytest.raises(Exception):  # noqa: B017 - reset by the relay
+        async with asyncio.timeout(5):
+            await read_length_prefixed(stream, 4096)
+    # The relay still works after all that.
+    await trio.private_circuit.reserve(relay, trio.relay.p2p_addrs()[0])
+    assert await trio.dialer.connect(trio.circuit_addr()) == trio.private.peer_id
+
+
+def test_messages_roundtrip_and_reject_garbage() -> None:
+    key = KeyPair.generate(KeyType.Ed25519)
+    peer = PeerID.from_public_key(KeyPair.generate(KeyType.Ed25519).public_key)
+    relay = PeerID.from_public_key(key.public_key)
+    voucher = make_voucher(key, peer, 1234)
+    msg = HopMessage(
+        HopType.STATUS,
+        status=RelayStatus.OK,
+        reservation=Reservation(1234, [Multiaddr("/ip4/1.2.3.4/tcp/1")], voucher),
+        limit=Limit(60, 4096),
+    )
+    back = decode_hop(encode_hop(msg))
+    assert back == msg
+    assert verify_voucher(voucher, relay, peer) == 1234
+    with pytest.raises(RelayProtocolError):
+        verify_voucher(voucher, peer, relay)
+    with pytest.raises(RelayProtocolError):
+        verify_voucher(voucher[:-1] + bytes([voucher[-1] ^ 1]), relay, peer)
+    stop = StopMessage(StopType.CONNECT, peer=peer, limit=Limit(0, 10))
+    assert decode_stop(encode_stop(stop)) == stop
+    for bad in (b"", b"\x08\x07", b"\x08\x01\x12\x03\x0a\x01\x00", b"\x00" * 5000):
+        with pytest.raises(RelayProtocolError):
+            decode_hop(bad)
+    with pytest.raises(RelayProtocolError):
+        decode_stop(b"\x08\x05")
+    # An unknown status (a closed proto2 enum) reads as absent, which no one takes for OK.
+    assert decode_hop(b"\x08\x02\x28\xe7\x07").status is None
+
+
+def test_relay_table_decisions() -> None:
+    a, b, c = (PeerID.from_public_key(KeyPair.generate(KeyType.Ed25519).public_key) for _ in "abc")
+    table = RelayTable(RelayLimits(reservation_ttl=10, max_reservations=1, max_circuits_per_peer=1))
+    assert table.reserve(a, "10.0.0.1", 100.0) == (RelayStatus.OK, 110)
+    assert table.reserve(b, "10.0.0.2", 100.0)[0] is RelayStatus.RESERVATION_REFUSED
+    assert table.open_circuit(c, b, 100.0) is RelayStatus.NO_RESERVATION
+    assert table.open_circuit(c, a, 100.0) is RelayStatus.OK
+    assert table.open_circuit(b, a, 100.0) is RelayStatus.RESOURCE_LIMIT_EXCEEDED
+    table.close_circuit(c, a)
+    assert table.open_circuit(b, a, 100.0) is RelayStatus.OK
+    assert not table.has_reservation(a, 110.0)  # expired
+    assert table.reserve(b, "10.0.0.2", 111.0)[0] is RelayStatus.OK  # room again
