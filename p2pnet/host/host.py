@@ -82,6 +82,7 @@ class Host:
         self.connmgr = ConnManager(self.config.connmgr)
         self._trimming = False
         self._handlers: dict[str, StreamHandler] = {}
+        self._keeps_stream: set[str] = set()
         self._conns: dict[PeerID, list[Connection]] = {}
         self._pending_dials: dict[PeerID, asyncio.Future[Connection]] = {}
         self._listeners: list[Listener] = []
@@ -176,11 +177,21 @@ class Host:
 
     # -- protocol handlers ------------------------------------------------------------------
 
-    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+    def set_stream_handler(
+        self, protocol: str, handler: StreamHandler, *, keeps_stream: bool = False
+    ) -> None:
+        """Serve ``protocol``. When a handler returns, the host closes its stream and resets it
+        unless the remote closes its side soon (nothing left buffered); ``keeps_stream=True``
+        is for a handler that hands the stream on (a relayed connection runs over it)."""
         self._handlers[protocol] = handler
+        if keeps_stream:
+            self._keeps_stream.add(protocol)
+        else:
+            self._keeps_stream.discard(protocol)
         self._protocols_changed()
 
     def remove_stream_handler(self, protocol: str) -> None:
+        self._keeps_stream.discard(protocol)
         if self._handlers.pop(protocol, None) is not None:
             self._protocols_changed()
 
@@ -519,7 +530,8 @@ class Host:
             log.exception("handler for %s failed", protocol)
             await stream.reset()
             return
-        await self._finish_inbound(stream)
+        if protocol not in self._keeps_stream:
+            await self._finish_inbound(stream)
 
     async def _finish_inbound(self, stream: Stream) -> None:
         """After its handler: the remote must close its side soon, or the stream is reset.
