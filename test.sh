@@ -8,8 +8,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,dev]'
+.venv/bin/python -m pip install --quiet -e '.[test,dev,registry]'
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+# solc-js and anvil (the local chain of the registry tests), pinned by contracts/package-lock.json
+(cd contracts && npm ci --no-audit --no-fund --loglevel=error)
 # The explorer's browser tests drive Debian's chromium through Playwright (never a browser
 # download). CI runs as root and installs it; elsewhere install it with apt-get yourself.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

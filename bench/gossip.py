@@ -324,8 +324,17 @@ def main() -> int:
     ap.add_argument(
         "--interval", type=float, default=0.05, help="virtual s between messages (--virtual)"
     )
+    ap.add_argument(
+        "--uvloop", action="store_true", help="TCP mode on uvloop (pip install 'p2pnet[uvloop]')"
+    )
     args = ap.parse_args()
     args.size = max(args.size, 8)
+    if args.uvloop:
+        try:
+            import uvloop  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            ap.error("--uvloop needs the extra: pip install 'p2pnet[uvloop]'")
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     logging.basicConfig(level=logging.ERROR)
     if args.virtual:
         run_virtual_mode(args)
@@ -336,9 +345,8 @@ def main() -> int:
         row = run_sim(n, args) if args.sim else asyncio.run(run_tcp(n, args))
         log(f"  {row.rate:.0f} msgs/s, delivery {100 * row.delivered / max(1, row.expected):.2f} %")
         rows.append(row)
-    print_table(
-        rows, "sim (virtual clock)" if args.sim else "TCP + Noise + yamux, one process", args
-    )
+    mode = "sim (virtual clock)" if args.sim else "TCP + Noise + yamux, one process"
+    print_table(rows, mode + (", uvloop" if args.uvloop else ""), args)
     return 0
 
 

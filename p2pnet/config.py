@@ -1,7 +1,8 @@
 """NodeConfig: every setting of a :class:`~p2pnet.node.Node` in one typed object.
 
 It can be built in code, or loaded from an env file / the environment (``PRIVATE_KEY``,
-``BOOTSTRAP_PEERS``, ``LISTEN_ADDRS``, ``DHT_MODE``, ``REGISTRY_ADDRESS``, ``RPC_URL``).
+``BOOTSTRAP_PEERS``, ``LISTEN_ADDRS``, ``DHT_MODE``, ``REGISTRY_ADDRESS``, ``RPC_URL``,
+``REGISTRY_POLICY``, ``AGENT_ID``).
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ class NodeConfig:
     clock: Clock = field(default_factory=SystemClock)
     #: Seed of the node's random number generator; None draws one from the OS.
     seed: int | None = None
-    #: On-chain agent registry (later milestone); carried so env files stay one format.
+    #: On-chain agent registry (ERC-8004 identity registry), used by agents: docs/registry.md.
     registry_address: str | None = None
     rpc_url: str | None = None
+    #: off | annotate | enforce (None: annotate with a registry, off without).
+    registry_policy: str | None = None
+    #: The agentId this node states (None: found on chain).
+    agent_id: str | None = None
 
     def make_identity(self) -> KeyPair:
         if self.identity is not None:
@@ -103,6 +108,10 @@ def common_env_settings(env: Mapping[str, str]) -> dict[str, Any]:
         settings["registry_address"] = env["REGISTRY_ADDRESS"].strip()
     if env.get("RPC_URL"):
         settings["rpc_url"] = env["RPC_URL"].strip()
+    if env.get("REGISTRY_POLICY"):
+        settings["registry_policy"] = env["REGISTRY_POLICY"].strip()
+    if env.get("AGENT_ID"):
+        settings["agent_id"] = env["AGENT_ID"].strip()
     return settings
 
 

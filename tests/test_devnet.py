@@ -7,6 +7,8 @@ import json
 import signal
 import sys
 
+from p2pnet.registry.anvil import anvil_binary
+
 
 async def test_devnet_every_agent_finds_every_other_and_messages_arrive() -> None:
     proc = await asyncio.create_subprocess_exec(
@@ -41,6 +43,17 @@ async def test_devnet_every_agent_finds_every_other_and_messages_arrive() -> Non
     assert result["broadcast_delivered"] == result["broadcast_expected"] == 20
     assert result["discovered"] == result["discover_expected"] == 4
     assert result["errors"] == []
+    # With anvil installed the devnet runs on a chain with REGISTRY_POLICY=enforce, and the
+    # unregistered intruder is refused; without it, it says so and runs with the policy off.
+    scene = result["registry"]
+    if anvil_binary() is not None:
+        assert scene["policy"] == "enforce"
+        assert scene["direct_refused"] is True
+        assert scene["refusals"] >= 1 and scene["lowest_score"] < 0
+        for needle in ("IdentityRegistry (ERC-8004) deployed at 0x", "NOT registered", "refused"):
+            assert needle in text, needle
+    else:
+        assert scene["policy"] == "off" and "REGISTRY_POLICY=off" in text
     # The narration shows the steps a user should see.
     for needle in (
         "bootstrap (DHT server) up",
@@ -181,3 +194,34 @@ async def test_devnet_runs_the_explorer_and_metrics() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_devnet_without_anvil_says_so_and_runs_with_the_policy_off() -> None:
+    import os
+
+    env = {**os.environ, "P2PNET_ANVIL": "/nonexistent/anvil"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "p2pnet",
+        "devnet",
+        "--agents",
+        "2",
+        "--duration",
+        "0",
+        "--no-explorer",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = out.decode()
+    assert proc.returncode == 0, text[-3000:] + err.decode()[-3000:]
+    assert "anvil not found" in text and "REGISTRY_POLICY=off" in text
+    result = json.loads(next(ln for ln in text.splitlines() if ln.startswith("RESULT "))[7:])
+    assert result["registry"] == {"policy": "off"} and result["errors"] == []

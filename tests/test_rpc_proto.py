@@ -129,3 +129,12 @@ def test_bootstrap_events_travel_as_log_events() -> None:
     assert json.loads(ev.log.meta_json) == {"attempt": 2, "error": "x", "retryIn": 1.5}
     ok = convert.event(8, {"type": "bootstrap_succeeded", "attempt": 1, "dhtTableSize": 3})
     assert ok.log.message == "bootstrap_succeeded" and ok.log.level == "info"
+
+
+def test_every_stable_error_code_has_a_grpc_status() -> None:
+    # An error code without a mapping would reach gRPC clients as UNKNOWN.
+    from p2pnet.cli.node_commands import ERROR_CODES
+    from p2pnet.rpc.server import STATUS_OF
+
+    missing = [code for code in ERROR_CODES if code not in STATUS_OF]
+    assert missing == []

@@ -33,6 +33,7 @@ CORE_MODULES = [
     "pubsub/score.py",
     "pubsub/mcache.py",
     "pubsub/messages.py",
+    "pubsub/rpc_wire.py",
     "backoff.py",
     "resources/manager.py",
     "resources/connmgr.py",

@@ -16,10 +16,10 @@ import errno
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multiaddr import Multiaddr
 
@@ -81,12 +81,18 @@ from p2pnet.pubsub.gossipsub import Subscription
 from p2pnet.pubsub.messages import Message, ValidationResult
 from p2pnet.pubsub.params import GossipsubConfig
 from p2pnet.pubsub.score import PeerScoreParams, TopicScoreParams
+from p2pnet.registry.errors import RegistrySettingsError
+from p2pnet.registry.settings import RegistrySettings
 from p2pnet.relay.messages import HOP_PROTOCOL
 from p2pnet.relay.reservations import RelayLimits
 from p2pnet.relay.service import RelayService
 from p2pnet.relay.transport import CircuitTransport
 from p2pnet.service import Lifecycle, ServiceState
 from p2pnet.tasks import TaskOwner
+
+if TYPE_CHECKING:
+    from p2pnet.registry.backend import Registry
+    from p2pnet.registry.policy import AgentRegistryPolicy
 
 log = logging.getLogger("p2pnet.agent")
 
@@ -100,6 +106,8 @@ class AgentMessage:
     data: Any
     topic: str | None  # None for a direct message
     direct: bool
+    #: With a registry policy: registered, agentId, agentRegistry (+ agentName, services).
+    registry: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,8 @@ class AgentDiscovered:
     addrs: list[Multiaddr] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
     name: str = ""
+    #: With a registry policy: registered, agentId, agentRegistry (+ agentName, services).
+    registry: dict[str, Any] | None = None
 
 
 AgentEvent = AgentMessage | AgentDiscovered
@@ -160,8 +170,27 @@ class AgentConfig:
     message_timeout: float = 10.0
     pubsub: GossipsubConfig = field(default_factory=GossipsubConfig)
     kad: KadConfig | None = None
+    #: The agent registry (docs/registry.md): contract address, JSON-RPC URL, policy
+    #: (off | annotate | enforce; None: annotate with a registry, off without), our agentId.
     registry_address: str | None = None
     rpc_url: str | None = None
+    registry_policy: str | None = None
+    agent_id: int | str | None = None
+    #: Another registry backend than the chain (e.g. a StaticRegistry in tests).
+    registry_backend: Registry | None = None
+
+    def registry_settings(self) -> RegistrySettings:
+        try:
+            return RegistrySettings.parse(
+                self.registry_address,
+                self.rpc_url,
+                self.registry_policy,
+                self.agent_id,
+                backend_given=self.registry_backend is not None,
+            )
+        except RegistrySettingsError as exc:
+            raise InvalidFields(str(exc)) from exc
+
     #: What node-status reports as this node's role; empty: "bootstrap" or "agent" by mode.
     role: str = ""
 
@@ -176,6 +205,7 @@ class AgentConfig:
         return cls.from_env(read_env_file(path), **overrides)
 
     def node_config(self) -> NodeConfig:
+        self.registry_settings()  # a malformed registry setting is an error at start
         if self.private_key:
             try:
                 identity = KeyPair.from_eth_private_key(self.private_key)
@@ -299,6 +329,24 @@ class Agent:
         #: The addresses our last presence record named (republished when they change).
         self._published_addrs: frozenset[Multiaddr] = frozenset()
         self._lifecycle = Lifecycle(f"agent {cfg.name}")
+        self._presence_retry = 1.0
+        #: The registry policy (None when off): docs/registry.md.
+        self.registry: AgentRegistryPolicy | None = None
+        settings = cfg.registry_settings()
+        if settings.enabled:
+            self._setup_registry(settings)
+
+    def _setup_registry(self, settings: RegistrySettings) -> None:
+        from p2pnet.registry.guard import RegistryGuard
+        from p2pnet.registry.policy import AgentRegistryPolicy
+
+        guard = RegistryGuard(settings, self.config.registry_backend, clock=self.node.clock)
+        policy = AgentRegistryPolicy(guard, self.eth_address, self.name)
+        policy.on_own_change = self._registry_changed
+        self.messaging.admit = self._admit_direct
+        if policy.enforcing:
+            self.node.register_validator(AGENT_NAMESPACE, policy.record_validator())
+        self.registry = policy
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -340,6 +388,9 @@ class Agent:
             if self.config.reserve_relay is not False:
                 await self.node.host.listen(Multiaddr("/p2p-circuit"))
             await self.messaging.start()
+            if self.registry is not None:
+                await self.registry.start()
+                self.presence.registry_fields = self.registry.record_fields()
             for topic in AGENT_TOPICS:
                 self._join(topic)
             self._check_bootstrap()
@@ -383,6 +434,8 @@ class Agent:
                 log.debug("leave announcement failed: %s", exc)
         await self._tasks.close()
         await self.messaging.close()
+        if self.registry is not None:
+            await self.registry.close()
         if self.relay is not None:
             await self.relay.close()
         await self.circuit.close()
@@ -426,6 +479,9 @@ class Agent:
 
     async def resolve(self, address: str) -> PeerID:
         """PeerID of the agent with ETH ``address``, by a DHT query; its addresses are noted."""
+        if self.registry is not None and is_eth_address(address):
+            # Under enforce the record validator (sync) checks the registration from the cache.
+            await self.registry.prepare(address)
         presence = await self.presence.resolve(address)
         self.node.host.peerstore.add_addrs(presence.peer_id, presence.addrs, TEMP_ADDR_TTL)
         return presence.peer_id
@@ -569,7 +625,20 @@ class Agent:
             if known is not None and known.name:
                 agent = dataclasses.replace(agent, name=known.name)
             named.append(agent)
+        if self.registry is not None:
+            named = await self._annotate_all(named)
         return named
+
+    async def _annotate_all(self, agents: list[AgentDiscovered]) -> list[AgentDiscovered]:
+        assert self.registry is not None
+        registry = self.registry
+
+        async def one(agent: AgentDiscovered) -> AgentDiscovered:
+            if agent.eth_address is None:
+                return agent
+            return dataclasses.replace(agent, registry=await registry.annotate(agent.eth_address))
+
+        return list(await asyncio.gather(*(one(a) for a in agents)))
 
     async def _reachable(self, peers: list[PeerID]) -> set[PeerID]:
         """The peers among ``peers`` we are connected to or can dial now (at once, each within
@@ -592,7 +661,9 @@ class Agent:
 
     # -- incoming -------------------------------------------------------------------------------
 
-    def _validate(self, _propagator: PeerID, msg: Message) -> ValidationResult:
+    def _validate(
+        self, _propagator: PeerID, msg: Message
+    ) -> ValidationResult | Awaitable[ValidationResult]:
         try:
             env = open_envelope(msg.data, now=self.clock.time())
             if msg.from_peer != env.peer_id:
@@ -608,10 +679,27 @@ class Agent:
                 "%s: rejected a message on %s from %s: %s", self.name, msg.topic, msg.from_peer, exc
             )
             return ValidationResult.REJECT
+        if self.registry is not None and env.peer_id != self.peer_id:
+            return self._validate_registered(msg, env)
+        self._accept(msg, env)
+        return ValidationResult.ACCEPT
+
+    async def _validate_registered(self, msg: Message, env: Envelope) -> ValidationResult:
+        assert self.registry is not None
+        verdict = await self.registry.topic_verdict(env.sender, msg.topic, env.data)
+        if verdict is ValidationResult.ACCEPT:
+            self._accept(msg, env)
+        else:
+            self.rejected += 1
+        return verdict
+
+    async def _admit_direct(self, env: Envelope) -> str | None:
+        return None if self.registry is None else await self.registry.direct_refusal(env.sender)
+
+    def _accept(self, msg: Message, env: Envelope) -> None:
         self._verified[msg.id] = env
         if len(self._verified) > 4096:
             self._verified.popitem(last=False)
-        return ValidationResult.ACCEPT
 
     async def _consume(self, topic: str, sub: Subscription) -> None:
         async for msg in sub:
@@ -636,7 +724,8 @@ class Agent:
     def _deliver(self, env: Envelope, topic: str | None) -> None:
         self.messages_in += 1
         eth = to_checksum_address(env.sender)
-        self._events.emit(AgentMessage(env.peer_id, eth, env.data, topic, topic is None))
+        note = self.registry.annotation(env.sender) if self.registry is not None else None
+        self._events.emit(AgentMessage(env.peer_id, eth, env.data, topic, topic is None, note))
 
     def _deliver_direct(self, env: Envelope) -> None:
         self._deliver(env, None)
@@ -657,7 +746,13 @@ class Agent:
         name = data.get("name")
         if not isinstance(name, str):
             name = ""
-        info = AgentDiscovered(env.peer_id, to_checksum_address(env.sender), addrs, topics, name)
+        note = None
+        if self.registry is not None:
+            self.registry.note_stated(env.sender, data)
+            note = self.registry.annotation(env.sender)
+        info = AgentDiscovered(
+            env.peer_id, to_checksum_address(env.sender), addrs, topics, name, note
+        )
         before = self.announced.get(env.peer_id)
         _remember(self.announced, env.peer_id, info)
         if before is None or before.topics != info.topics:
@@ -750,6 +845,7 @@ class Agent:
             "name": self.name,
             "addrs": [str(a) for a in self.p2p_addrs()],
             "topics": sorted(self._app_topics),
+            **(self.registry.record_fields() if self.registry is not None else {}),
             **extra,
         }
         envelope = self._seal("announce", data, topic=ANNOUNCEMENTS_TOPIC)
@@ -765,7 +861,27 @@ class Agent:
         except (KadError, NoPeersError, ValueError) as exc:
             log.info("%s: presence not published yet: %s", self.name, exc)
             return
+        if stored == 0 and self.registry is not None:
+            # Refused everywhere (a registry check not done yet, or we are not registered):
+            # try again soon rather than at the next presence interval.
+            self.presence.published_seq = 0
+            self.presence.published.clear()
         log.info("%s: presence stored on %d DHT peers", self.name, stored)
+
+    def _registry_changed(self) -> None:
+        """A registry event named our address: state the new agentId, republish, announce."""
+        if self._lifecycle.closed or self.registry is None:
+            return
+        registry = self.registry
+
+        async def republish() -> None:
+            await registry.refresh_own()
+            self.presence.registry_fields = registry.record_fields()
+            self._presence_retry = 1.0  # peers may still be catching up on the same event
+            await self._publish_presence()
+            await self._announce("presence")
+
+        self._tasks.spawn(republish(), name="registry republish")
 
     def _presence_addrs(self) -> frozenset[Multiaddr]:
         return frozenset(self.node.host.advertised_addrs)
@@ -779,6 +895,10 @@ class Agent:
         """What this node reports on node-status (see :mod:`p2pnet.agent.status`)."""
         return build_status(self)
 
+    def registry_status(self) -> dict[str, Any] | None:
+        """The ``registry`` field of node-status (None without a registry policy)."""
+        return None if self.registry is None else self.registry.status_report()
+
     async def _report_status(self) -> None:
         envelope = self._seal("status", self.status(), topic=STATUS_TOPIC)
         try:
@@ -791,12 +911,17 @@ class Agent:
         clock = self.clock
         next_presence = clock.monotonic() + cfg.presence_interval
         next_status = clock.monotonic() + min(cfg.status_interval, 2.0)
-        # Until the presence record is stored somewhere (no DHT peer yet), retry quickly.
-        retry = 1.0
+        # Until the presence record is stored somewhere (no DHT peer yet), retry quickly; when
+        # retries keep failing (refused by a registry), back off up to 30 s.
+        self._presence_retry = 1.0
         while True:
             now = clock.monotonic()
             if self.presence.published_seq == 0 and self.node.peers():
                 await self._publish_presence()
+                if self.presence.published_seq:
+                    self._presence_retry = 1.0
+                else:
+                    self._presence_retry = min(self._presence_retry * 2, 30.0)
             elif self._presence_addrs() != self._published_addrs and self.node.peers():
                 log.info("%s: our addresses changed: publishing presence", self.name)
                 await self._publish_presence()
@@ -810,5 +935,5 @@ class Agent:
                 await self._report_status()
             wake = min(next_presence, next_status)
             if self.presence.published_seq == 0:
-                wake = min(wake, now + retry)
+                wake = min(wake, now + self._presence_retry)
             await asyncio.sleep(max(0.05, wake - clock.monotonic()))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from p2pnet.agent.constants import DIRECT_MESSAGE_PROTOCOL
 from p2pnet.agent.envelope import (
@@ -59,6 +59,9 @@ class DirectMessaging:
         self.timeout = timeout
         self.replays = ReplayGuard()
         self.rejected = 0
+        #: Optional gate after the envelope checks (the registry policy): returns why a
+        #: verified message is refused, or None to deliver it.
+        self.admit: Callable[[Envelope], Awaitable[str | None]] | None = None
         self._lifecycle = Lifecycle("direct messaging")
 
     async def start(self) -> None:
@@ -83,6 +86,9 @@ class DirectMessaging:
                 if env.to != self.my_address:
                     raise InvalidEnvelope(f"addressed to {env.to}, not to us")
                 self.replays.check(env)
+                refusal = await self.admit(env) if self.admit is not None else None
+                if refusal is not None:
+                    raise InvalidEnvelope(refusal)
             except InvalidEnvelope as exc:
                 self.rejected += 1
                 log.info("refused a direct message from %s: %s", remote, exc)

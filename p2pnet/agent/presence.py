@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from p2pnet.agent.errors import DhtLookupFailed, InvalidFields, PeerNotFound
 from p2pnet.agent.record import AgentPresence, agent_key, sign_agent_record, verify_agent_record
@@ -30,6 +31,8 @@ class Presence:
         self.dht = dht
         self.clock = clock
         self.published_seq = 0
+        #: ``agentRegistry``/``agentId`` the record states (set when a registry is used).
+        self.registry_fields: dict[str, Any] = {}
         #: Set once a record has been stored in the DHT.
         self.published = asyncio.Event()
 
@@ -39,11 +42,18 @@ class Presence:
         now = self.clock.time()
         seq = max(self.published_seq + 1, int(now * 1000))
         key, value = sign_agent_record(
-            self.host.key, self.host.peer_id, self.host.advertised_addrs, seq, int(now)
+            self.host.key,
+            self.host.peer_id,
+            self.host.advertised_addrs,
+            seq,
+            int(now),
+            agent_registry=self.registry_fields.get("agentRegistry"),
+            agent_id=self.registry_fields.get("agentId"),
         )
         stored = await self.dht.put_value(key, value)
         self.published_seq = seq
-        self.published.set()
+        if stored > 0:
+            self.published.set()
         log.debug("presence seq %d stored on %d peers", seq, stored)
         return stored
 

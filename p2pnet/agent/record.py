@@ -7,7 +7,9 @@ Value: the signed JSON container of :mod:`p2pnet.agent.signed_json`,
 
 * ``payload`` is canonical JSON (keys sorted, no spaces, ASCII) of
   ``{"addrs": [<multiaddr text>, ...], "address": "0x<lowercase>", "peer_id": "<base58>",
-  "seq": <int>, "timestamp": <unix seconds, int>, "type": "p2pnet/agent-presence/1"}``;
+  "seq": <int>, "timestamp": <unix seconds, int>, "type": "p2pnet/agent-presence/1"}``, plus,
+  for an agent of an on-chain registry, ``"agentRegistry": "eip155:<chainId>:<address>"`` and
+  optionally ``"agentId": <int>`` (docs/registry.md);
 * ``signature`` is an Ethereum ``personal_sign`` (EIP-191) signature of the payload bytes:
   secp256k1 ECDSA over ``keccak256("\\x19Ethereum Signed Message:\\n" + len(payload) +
   payload)``, written ``r (32) || s (32) || v (1)`` with ``v`` in {27, 28} and low ``s``
@@ -25,6 +27,7 @@ The DHT knows nothing of this namespace: an :class:`~p2pnet.agent.agent.Agent` r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +50,9 @@ MAX_AGENT_RECORD_SIZE = 4096
 MAX_AGENT_ADDRS = 32
 MAX_ADDR_TEXT = 256
 _FIELDS = frozenset({"addrs", "address", "peer_id", "seq", "timestamp", "type"})
+_OPTIONAL_FIELDS = frozenset({"agentRegistry", "agentId"})
+# CAIP-10 form; chain id 0 is the static registry of chain-less networks (docs/registry.md).
+_REGISTRY_REF = re.compile(r"^eip155:(?:0|[1-9][0-9]{0,19}):0x[0-9a-fA-F]{40}$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ class AgentPresence:
     addrs: list[Multiaddr] = field(default_factory=list)
     seq: int = 0
     timestamp: int = 0
+    #: ``eip155:<chainId>:<address>`` of the agent registry it states, and its agentId there.
+    agent_registry: str | None = None
+    agent_id: int | None = None
 
 
 def agent_key(address: str) -> bytes:
@@ -90,6 +99,9 @@ def sign_agent_record(
     addrs: Iterable[Multiaddr | str],
     seq: int,
     timestamp: int | None = None,
+    *,
+    agent_registry: str | None = None,
+    agent_id: int | None = None,
 ) -> tuple[bytes, bytes]:
     """Build and sign a presence record; returns ``(dht key, value)``.
 
@@ -104,18 +116,25 @@ def sign_agent_record(
         raise ValueError(f"at most {MAX_AGENT_ADDRS} addresses fit in an agent record")
     if not 0 <= seq < 2**63:
         raise ValueError("seq must be in 0 .. 2**63-1")
-    value = seal_json(
-        secret,
-        {
-            "addrs": addr_texts,
-            "address": address,
-            "peer_id": peer_id.to_base58(),
-            "seq": seq,
-            "timestamp": int(SYSTEM_CLOCK.time() if timestamp is None else timestamp),
-            "type": RECORD_TYPE,
-        },
-        max_size=MAX_AGENT_RECORD_SIZE,
-    )
+    fields: dict[str, Any] = {
+        "addrs": addr_texts,
+        "address": address,
+        "peer_id": peer_id.to_base58(),
+        "seq": seq,
+        "timestamp": int(SYSTEM_CLOCK.time() if timestamp is None else timestamp),
+        "type": RECORD_TYPE,
+    }
+    if agent_registry is not None:
+        if not _REGISTRY_REF.match(agent_registry):
+            raise ValueError(
+                f"agentRegistry must be eip155:<chainId>:<address>: {agent_registry!r}"
+            )
+        fields["agentRegistry"] = agent_registry
+        if agent_id is not None:
+            if not 0 <= agent_id < 2**256:
+                raise ValueError("agentId must be in 0 .. 2**256-1")
+            fields["agentId"] = agent_id
+    value = seal_json(secret, fields, max_size=MAX_AGENT_RECORD_SIZE)
     return agent_key(address), value
 
 
@@ -131,7 +150,9 @@ def verify_agent_record(key: bytes, value: bytes) -> AgentPresence:
     if not is_eth_address(key_address) or key_address != key_address.lower():
         raise InvalidRecord("agent record key must be /agent/0x<40 lowercase hex digits>")
     try:
-        signed = open_json(value, max_size=MAX_AGENT_RECORD_SIZE, fields=_FIELDS)
+        signed = open_json(
+            value, max_size=MAX_AGENT_RECORD_SIZE, fields=_FIELDS, optional=_OPTIONAL_FIELDS
+        )
     except SignedJSONError as exc:
         raise InvalidRecord(f"agent record: {exc}") from None
     if signed.signer != key_address:
@@ -169,7 +190,26 @@ def _parse_payload(obj: dict[str, Any]) -> AgentPresence:
             addrs.append(Multiaddr(text))
         except Exception:  # the multiaddr package raises several unrelated types
             raise InvalidRecord(f"agent record address {text!r} is not a multiaddr") from None
-    return AgentPresence(address=address, peer_id=peer, addrs=addrs, seq=seq, timestamp=ts)
+    registry = obj.get("agentRegistry")
+    if registry is not None and (
+        not isinstance(registry, str) or not _REGISTRY_REF.match(registry)
+    ):
+        raise InvalidRecord("agent record agentRegistry must be eip155:<chainId>:<address>")
+    agent_id = obj.get("agentId")
+    if agent_id is not None:
+        if registry is None:
+            raise InvalidRecord("agent record agentId without agentRegistry")
+        if type(agent_id) is not int or not 0 <= agent_id < 2**256:
+            raise InvalidRecord("agent record agentId must be an integer in 0 .. 2**256-1")
+    return AgentPresence(
+        address=address,
+        peer_id=peer,
+        addrs=addrs,
+        seq=seq,
+        timestamp=ts,
+        agent_registry=registry,
+        agent_id=agent_id,
+    )
 
 
 class AgentRecordValidator(Validator):

@@ -55,9 +55,12 @@ class SignedJSON:
     payload: bytes
 
 
-def open_json(raw: bytes, *, max_size: int, fields: frozenset[str]) -> SignedJSON:
-    """Check size, signature, JSON, exactly ``fields`` and canonical form; returns the signer
-    and the object, or raises :class:`SignedJSONError` saying what is wrong."""
+def open_json(
+    raw: bytes, *, max_size: int, fields: frozenset[str], optional: frozenset[str] = frozenset()
+) -> SignedJSON:
+    """Check size, signature, JSON, exactly ``fields`` (plus any of ``optional``) and canonical
+    form; returns the signer and the object, or raises :class:`SignedJSONError` saying what is
+    wrong."""
     if len(raw) > max_size:
         raise SignedJSONError(f"{len(raw)} bytes exceeds the limit of {max_size}")
     if len(raw) <= SIGNATURE_SIZE:
@@ -71,8 +74,9 @@ def open_json(raw: bytes, *, max_size: int, fields: frozenset[str]) -> SignedJSO
         obj = loads_bounded(payload.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise SignedJSONError("payload is not ASCII JSON") from None
-    if not isinstance(obj, dict) or set(obj) != fields:
-        raise SignedJSONError(f"payload must have exactly the fields {sorted(fields)}")
+    if not isinstance(obj, dict) or not fields <= set(obj) <= fields | optional:
+        extra = f" (and optionally {sorted(optional)})" if optional else ""
+        raise SignedJSONError(f"payload must have exactly the fields {sorted(fields)}{extra}")
     if canonical_json(obj) != payload:
         raise SignedJSONError("payload is not canonical JSON")
     return SignedJSON(signer, obj, payload)

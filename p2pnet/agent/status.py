@@ -92,8 +92,8 @@ def build_status(agent: Agent) -> dict[str, Any]:
         "meshPeers": mesh_peers,
         "scores": scores,
         "topicCounters": counters,
-        # registry status of this node's ETH address, once the on-chain registry is wired in
-        "registry": None,
+        # the on-chain agent registry as this node sees it (docs/registry.md); None when off
+        "registry": agent.registry_status(),
         # NAT traversal (docs/relay.md): what AutoNAT concluded, the relays holding a slot for
         # us, and (on a relay) the reservations and circuits it serves
         "reachability": agent.reachability,

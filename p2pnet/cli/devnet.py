@@ -24,6 +24,7 @@ from p2pnet.agent.constants import BOOTSTRAP_REGIONS, MESSAGES_TOPIC
 from p2pnet.cli.explorer import DevnetExtras
 from p2pnet.errors import P2PError
 from p2pnet.pubsub.params import GossipsubConfig
+from p2pnet.registry.devnet_chain import DevnetChain, intruder_scene, new_eth_key
 
 CHAT_TOPIC = "devnet-chat"
 
@@ -68,6 +69,7 @@ async def run_devnet(
     *,
     explorer_port: int | None = None,
     metrics_port: int | None = None,
+    registry: str = "enforce",
 ) -> int:
     say = Narrator(out).say
     extras = DevnetExtras()
@@ -78,6 +80,12 @@ async def run_devnet(
     expected_direct = expected_broadcast = tally.expected = agents * (agents - 1)
     listeners: list[asyncio.Task[None]] = []
     interrupted = False
+    # 0. The chain: anvil, the registry, every node registered (registry/devnet_chain.py).
+    chain = await DevnetChain.start(registry, say) if registry != "off" else None
+    keys = {f"boot-{r}": new_eth_key() for r in BOOTSTRAP_REGIONS}
+    keys.update({f"agent-{i + 1}": new_eth_key() for i in range(agents)})
+    chained: dict[str, Any] = chain.agent_settings() if chain is not None else {}
+    scene: dict[str, Any] = {"policy": "off"}
 
     def summarize() -> dict[str, Any]:
         return {
@@ -96,10 +104,13 @@ async def run_devnet(
             "discover_expected": agents - 1,
             "errors": tally.errors[:20],
             "interrupted": interrupted,
+            "registry": scene,
         }
 
     try:
         try:
+            if chain is not None:
+                await chain.register(list(keys.items()))
             # 1. Bootstrap nodes, each joining the ones already up; then a full mesh between them.
             for region in BOOTSTRAP_REGIONS:
                 seeds = [str(b.p2p_addrs()[0]) for b in boots]
@@ -110,6 +121,8 @@ async def run_devnet(
                         bootstrap_peers=seeds,
                         pubsub=fast,
                         status_interval=5.0,
+                        private_key=keys[f"boot-{region}"],
+                        **chained,
                     )
                 )
                 await boot.start()
@@ -138,6 +151,8 @@ async def run_devnet(
                         bootstrap_peers=seeds,
                         pubsub=fast,
                         status_interval=5.0,
+                        private_key=keys[f"agent-{i + 1}"],
+                        **chained,
                     )
                 )
                 for i in range(agents)
@@ -196,6 +211,30 @@ async def run_devnet(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tally.all_delivered.wait(), 10)
 
+            # 5b. The registry at work: addresses in the agentURIs, then the intruder scene.
+            if chain is not None:
+                await chain.publish_addrs(
+                    [
+                        (a.name, keys[a.name], [str(x) for x in a.p2p_addrs()])
+                        for a in boots + members
+                    ]
+                )
+                scene = await intruder_scene(
+                    chain,
+                    lambda key: Agent(
+                        AgentConfig(
+                            name="intruder",
+                            private_key=key,
+                            bootstrap_peers=seeds,
+                            pubsub=fast,
+                            status_interval=5.0,
+                            **chained,
+                        )
+                    ),
+                    boots + members,
+                    say,
+                )
+
             # 6. Discovery by topic, then node-status until the time is up.
             found = await members[0].discover(CHAT_TOPIC)
             say(members[0].name, f"discover {CHAT_TOPIC!r}: {len(found)} agents")
@@ -241,6 +280,8 @@ async def run_devnet(
         await asyncio.gather(*listeners, return_exceptions=True)
         await extras.close()
         await asyncio.gather(*(a.close() for a in members + boots), return_exceptions=True)
+        if chain is not None:
+            await chain.stop()
         say("devnet", "all nodes closed")
 
 
@@ -291,6 +332,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--no-explorer", action="store_true", help="do not start the explorer")
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics, /healthz")
+    p.add_argument(
+        "--registry",
+        choices=("enforce", "annotate", "off"),
+        default="enforce",
+        help="registry policy on a local anvil chain (default enforce; needs Node.js)",
+    )
     p.set_defaults(func=_main)
 
 
@@ -314,6 +361,10 @@ def _main(args: argparse.Namespace) -> int:
     explorer_port = None if args.no_explorer else args.explorer_port
     return asyncio.run(
         run_devnet(
-            args.agents, args.duration, explorer_port=explorer_port, metrics_port=args.metrics_port
+            args.agents,
+            args.duration,
+            explorer_port=explorer_port,
+            metrics_port=args.metrics_port,
+            registry=args.registry,
         )
     )

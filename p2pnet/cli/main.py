@@ -1,5 +1,5 @@
 """The ``p2pnet`` command: ``devnet``, ``explorer``, ``demo``, ``bootstrap`` (a bootstrap node
-as a service) and ``node`` (the same as ``p2p-node``)."""
+as a service), ``node`` (the same as ``p2p-node``) and ``registry``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 
 from p2pnet.cli import bootstrap, demo, devnet, explorer, p2p_node
+from p2pnet.registry import cli as registry_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     devnet.add_parser(sub)
     explorer.add_parser(sub)
     bootstrap.add_parser(sub)
+    registry_cli.add_parser(sub)
     node = sub.add_parser(
         "node",
         help="run one agent node driven by JSON lines on stdin/stdout (the p2p-node executable)",

@@ -66,6 +66,7 @@ ERROR_CODES = (
     "PEER_NOT_FOUND",
     "SEND_FAILED",
     "DHT_LOOKUP_FAILED",
+    "REGISTRY_UNAVAILABLE",
     "INTERNAL",
 )
 
@@ -226,6 +227,8 @@ def agent_config(
         overrides["private_key"] = f["privateKey"]
     if args.key_file:
         overrides["key_file"] = args.key_file
+    if getattr(args, "registry_policy", None):
+        overrides["registry_policy"] = args.registry_policy
     return AgentConfig.from_env(env, **overrides)
 
 
@@ -239,6 +242,8 @@ def discovered_event(info: AgentDiscovered) -> dict[str, Any]:
     }
     if info.name:
         event["name"] = info.name
+    if info.registry is not None:
+        event["registry"] = info.registry
     return event
 
 
@@ -452,6 +457,8 @@ class NodeCommands:
                 }
                 if event.topic is not None:
                     out["topic"] = event.topic
+                if event.registry is not None:
+                    out["registry"] = event.registry
                 self.events.publish(out)
             elif isinstance(event, AgentDiscovered):
                 self.events.publish(discovered_event(event))

@@ -53,6 +53,7 @@ from p2pnet.crypto.eth import is_eth_address
 from p2pnet.errors import InvalidPeerID
 from p2pnet.metrics.server import serve_agent_metrics
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.registry.cli import add_registry_arguments
 from p2pnet.tasks import TaskOwner
 from p2pnet.wire.json_bounded import loads_bounded
 
@@ -737,6 +738,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_lines_arguments(parser.add_argument_group("JSON lines (docs/cli.md)"))
     add_grpc_arguments(parser.add_argument_group("gRPC (docs/grpc.md)"))
     add_metrics_arguments(parser.add_argument_group("metrics (docs/metrics.md)"))
+    add_registry_arguments(parser.add_argument_group("agent registry (docs/registry.md)"))
 
 
 def add_node_arguments(group: argparse._ArgumentGroup) -> None:

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from p2pnet.explorer.service import Explorer
 from p2pnet.explorer.view import is_peer_id_text
+from p2pnet.web_site import start_site
 
 log = logging.getLogger("p2pnet.explorer")
 
@@ -82,18 +83,9 @@ class ExplorerWeb:
         return app
 
     async def start(self) -> int:
-        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await start_site(
+            self.app(), self.host, self.port, shutdown_timeout=1.0
+        )
         self.explorer.on_event(self._broadcast)
         return self.port
 

@@ -17,6 +17,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from p2pnet.metrics.collector import node_registry
+from p2pnet.web_site import start_site
 
 if TYPE_CHECKING:
     from p2pnet.agent.agent import Agent
@@ -85,18 +86,7 @@ class MetricsServer:
         return app
 
     async def start(self) -> int:
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await start_site(self.app(), self.host, self.port)
         log.info("metrics at http://%s:%d/metrics", self.host, self.port)
         return self.port
 

@@ -155,6 +155,8 @@ class Subscription:
 
     async def get(self, timeout: float | None = None) -> Message:
         """The next message; raises StopAsyncIteration once cancelled, TimeoutError on timeout."""
+        if self._items:  # no timeout context (and its timer) for a message already here
+            return self._items.popleft()
         async with asyncio.timeout(timeout):
             while not self._items:
                 if self._ended:
@@ -282,6 +284,8 @@ class Pubsub:
         self._connecting: set[PeerID] = set()
         self._connect_sem = asyncio.Semaphore(self.config.max_pending_connects)
         self._lifecycle = Lifecycle("pubsub")
+        #: a _pump is scheduled for the end of this loop iteration (see _pump_soon)
+        self._pump_scheduled = False
         #: frames dropped because a peer's queue was full
         self.dropped_frames = 0
         #: how long each heartbeat took (router work and sending its output), for metrics
@@ -494,6 +498,20 @@ class Pubsub:
         return pid
 
     # ------------------------------------------------------------------ router IO
+
+    def _pump_soon(self) -> None:
+        """Pump once the streams that have data in this loop iteration have all been read.
+
+        Frames from several peers then leave as one frame per peer (each with every message
+        for it), not one per peer for each frame received.
+        """
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_pump)
+
+    def _scheduled_pump(self) -> None:
+        self._pump_scheduled = False
+        self._pump()
 
     def _pump(self) -> None:
         router = self._router
@@ -754,7 +772,7 @@ class Pubsub:
                         self._pump()
                         await stream.reset()
                         return
-                    self._pump()
+                    self._pump_soon()
                     continue
                 # A broken frame: that stream is done (the connection and the peer's other streams
                 # are not); the router decides what it costs the peer.

@@ -19,6 +19,7 @@ from p2pnet.errors import CryptoError
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.pubsub.errors import InvalidMessage
 from p2pnet.pubsub.params import MsgIdFn, SignaturePolicy
+from p2pnet.pubsub.rpc_wire import unsigned_encoding
 from p2pnet.wire.pb import rpc_pb2
 
 SIGN_PREFIX = b"libp2p-pubsub:"
@@ -213,8 +214,11 @@ class SignatureVerifier:
             self._keys.popitem(last=False)
         return entry
 
-    def verify(self, msg: rpc_pb2.Message) -> PeerID | None:
-        """Return the author (None under StrictNoSign) or raise :class:`InvalidMessage`."""
+    def verify(self, msg: rpc_pb2.Message, raw: bytes | None = None) -> PeerID | None:
+        """Return the author (None under StrictNoSign) or raise :class:`InvalidMessage`.
+
+        ``raw``: the bytes ``msg`` was decoded from, if at hand; the signed bytes are then cut
+        from them instead of encoding the message again (when they are in canonical form)."""
         if self.policy is SignaturePolicy.STRICT_NO_SIGN:
             for name in ("signature", "key", "seqno", "from_"):
                 if msg.HasField(name):
@@ -238,11 +242,14 @@ class SignatureVerifier:
                 raise InvalidMessage("invalid_key", "key does not match the from peer ID")
         if pub is None:
             raise InvalidMessage("missing_key", "from peer ID does not inline its key")
-        unsigned = rpc_pb2.Message()
-        unsigned.CopyFrom(msg)
-        unsigned.ClearField("signature")
-        unsigned.ClearField("key")
-        if not pub.verify(SIGN_PREFIX + unsigned.SerializeToString(), msg.signature):
+        signed = None if raw is None else unsigned_encoding(raw)
+        if signed is None:
+            unsigned = rpc_pb2.Message()
+            unsigned.CopyFrom(msg)
+            unsigned.ClearField("signature")
+            unsigned.ClearField("key")
+            signed = unsigned.SerializeToString()
+        if not pub.verify(SIGN_PREFIX + signed, msg.signature):
             raise InvalidMessage("invalid_signature")
         return author
 

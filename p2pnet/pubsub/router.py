@@ -30,6 +30,7 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from google.protobuf.message import DecodeError
 
@@ -64,6 +65,7 @@ from p2pnet.pubsub.params import (
     supports_backoff,
     supports_idontwant,
 )
+from p2pnet.pubsub.rpc_wire import MalformedRPC, publish_piece, split_rpc
 from p2pnet.pubsub.score import GossipTracer, PeerScore, PeerScoreParams, PeerScoreThresholds
 from p2pnet.wire.pb import rpc_pb2
 from p2pnet.wire.varint import encode_uvarint
@@ -72,8 +74,9 @@ log = logging.getLogger("p2pnet.pubsub")
 
 # RPC field tags (field number << 3 | wire type 2), for assembling frames from encoded parts.
 _TAG_SUBSCRIPTION = b"\x0a"
-_TAG_PUBLISH = b"\x12"
 _TAG_CONTROL = b"\x1a"
+#: sorts _Peer objects by peer ID bytes in C (PeerID's own comparisons are Python calls)
+_BY_KEY = attrgetter("key")
 
 #: Topics with counters of their own in ``topic_stats``; later ones share ``OTHER_TOPICS``.
 MAX_TOPIC_STATS = 64
@@ -133,6 +136,8 @@ class _Outbox:
 
     def __init__(self) -> None:
         self.subs: list[bytes] = []
+        #: publish fields ready to join into a frame (tag, length, message bytes), shared by all
+        #: the peers a message goes to: a message is encoded once, however many peers get it
         self.msgs: list[bytes] = []
         self.msg_ids: set[bytes] = set()
         self.control: rpc_pb2.ControlMessage | None = None
@@ -152,6 +157,7 @@ class _Peer:
         "ihave_count",
         "is_gossip",
         "iwant_spam",
+        "key",
         "outbound",
         "outbox",
         "protocol",
@@ -160,6 +166,7 @@ class _Peer:
 
     def __init__(self, peer: PeerID, protocol: str, outbound: bool) -> None:
         self.id = peer
+        self.key = peer.to_bytes()
         self.protocol = protocol
         self.is_gossip = protocol in GOSSIPSUB_PROTOCOLS
         self.outbound = outbound
@@ -177,6 +184,7 @@ class _Pending:
 
     def __init__(self, source: PeerID, data: bytes, message: Message) -> None:
         self.source = source
+        #: the message as received (its encoded bytes), forwarded unchanged once accepted
         self.data = data
         self.message = message
 
@@ -271,12 +279,12 @@ class GossipsubRouter:
             for s in box.subs:
                 parts += (_TAG_SUBSCRIPTION, encode_uvarint(len(s)), s)
                 size += len(s) + 6
-            for m in box.msgs:
-                n = len(m) + 6
+            for piece in box.msgs:
+                n = len(piece)
                 if parts and size + n > limit:
                     out.append((pid, b"".join(parts)))
                     parts, size = [], 0
-                parts += (_TAG_PUBLISH, encode_uvarint(len(m)), m)
+                parts.append(piece)
                 size += n
             if parts:
                 out.append((pid, b"".join(parts)))
@@ -303,11 +311,17 @@ class GossipsubRouter:
         self._dirty[pid] = None
         return self.peers[pid].outbox
 
-    def _send_message(self, pid: PeerID, msg_id: bytes, data: bytes) -> None:
-        box = self._box(pid)
+    def _send_message(self, pid: PeerID, msg_id: bytes, piece: bytes) -> None:
+        """Queue ``piece`` (:func:`rpc_wire.publish_piece` of the message) for ``pid``."""
+        self._queue_piece(self.peers[pid], msg_id, piece)
+
+    def _queue_piece(self, p: _Peer, msg_id: bytes, piece: bytes) -> None:
+        box = p.outbox
         if msg_id not in box.msg_ids:
             box.msg_ids.add(msg_id)
-            box.msgs.append(data)
+            box.msgs.append(piece)
+            if len(box.msgs) == 1:  # else the peer is marked already (saves a PeerID hash)
+                self._dirty[p.id] = None
 
     def _send_subscription(self, pid: PeerID, topic: str, subscribe: bool) -> None:
         sub = rpc_pb2.RPC.SubOpts(subscribe=subscribe, topicid=topic)
@@ -539,8 +553,9 @@ class GossipsubRouter:
         self.mcache.put(msg_id, topic, data)
         self.tracer.fulfil(msg_id)
         targets = self._publish_targets(topic)
+        piece = publish_piece(data)
         for pid in sorted(targets):  # sorted: the order frames leave in is reproducible
-            self._send_message(pid, msg_id, data)
+            self._send_message(pid, msg_id, piece)
         self._count("published")
         self._count_topic(topic, "published")
         if self.config.emit_self and topic in self.subscriptions:
@@ -624,18 +639,26 @@ class GossipsubRouter:
             log.debug("RPC from graylisted peer %s ignored", peer)
             self._count("rpc_graylisted")
             return
+        # The frame is split at the byte level so that each message keeps the bytes it arrived
+        # as (forwarded unchanged); every part is decoded before any is acted upon, so a frame
+        # with one broken part is refused whole, as a full decode would refuse it.
         try:
-            rpc = rpc_pb2.RPC.FromString(data)
-        except DecodeError as exc:
+            parts = split_rpc(data)
+            subs = [rpc_pb2.RPC.SubOpts.FromString(b) for b in parts.subscriptions]
+            msgs = [(rpc_pb2.Message.FromString(b), b) for b in parts.publish]
+            control = (
+                None if parts.control is None else rpc_pb2.ControlMessage.FromString(parts.control)
+            )
+        except (MalformedRPC, DecodeError) as exc:
             self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
             raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
         self._count("rpc_received")
-        for sub in rpc.subscriptions:
+        for sub in subs:
             self._handle_subscription(p, sub)
-        for msg in rpc.publish:
-            self._handle_message(p, msg)
-        if rpc.HasField("control") and p.is_gossip:
-            self._handle_control(p, rpc.control)
+        for msg, raw in msgs:
+            self._handle_message(p, msg, raw)
+        if control is not None and p.is_gossip:
+            self._handle_control(p, control)
 
     def _handle_subscription(self, p: _Peer, sub: rpc_pb2.RPC.SubOpts) -> None:
         if not sub.HasField("topicid"):
@@ -686,7 +709,7 @@ class GossipsubRouter:
         self.score.graft(p.id, topic, self.now)
         self._send_graft(p.id, topic)
 
-    def _handle_message(self, p: _Peer, msg: rpc_pb2.Message) -> None:
+    def _handle_message(self, p: _Peer, msg: rpc_pb2.Message, raw: bytes) -> None:
         now = self.now
         topic = msg.topic
         if not msg.HasField("topic") or topic not in self.subscriptions:
@@ -704,7 +727,7 @@ class GossipsubRouter:
             self._count("msg_duplicate")
             return
         try:
-            author = self.verifier.verify(msg)
+            author = self.verifier.verify(msg, raw)
         except InvalidMessage as exc:
             log.debug("invalid message from %s: %s", p.id, exc)
             self.score.reject_message(p.id, None, topic, now)
@@ -718,7 +741,7 @@ class GossipsubRouter:
         self.seen.add(msg_id, now)
         self.score.validate_message(msg_id, now)
         self.tracer.fulfil(msg_id)
-        data = msg.SerializeToString()
+        data = raw  # forwarded as received: never encoded again
         if len(msg.data) >= self.config.idontwant_message_threshold:
             self._send_idontwant(msg_id, topic, p.id)
         app_msg = to_app_message(msg, msg_id, author, p.id)
@@ -787,23 +810,36 @@ class GossipsubRouter:
         tmap = self.topics.get(topic)
         if not tmap:
             return
-        tosend: set[PeerID] = set()
-        for p in self.direct:
-            if p in tmap:
-                tosend.add(p)
-        pub_threshold = self.thresholds.publish_threshold
-        for pid in self.floodsub_peers:
-            if pid in tmap and self._score(pid) >= pub_threshold:
-                tosend.add(pid)
         peers = self.peers
+        # keyed by peer ID bytes: hashing and comparing bytes runs in C, a PeerID's in Python
+        tosend: dict[bytes, _Peer] = {}
+        for pid in self.direct:
+            if pid in tmap and (p := peers.get(pid)) is not None:
+                tosend[p.key] = p
+        if self.floodsub_peers:
+            pub_threshold = self.thresholds.publish_threshold
+            for pid in self.floodsub_peers:
+                if pid in tmap and self._score(pid) >= pub_threshold:
+                    p = peers[pid]
+                    tosend[p.key] = p
         for pid in self.mesh.get(topic, ()):
-            if msg_id not in peers[pid].dont_send:
-                tosend.add(pid)
-        tosend.discard(source)
+            p = peers[pid]
+            if msg_id not in p.dont_send:
+                tosend[p.key] = p
+        tosend.pop(source.to_bytes(), None)
         if origin is not None:
-            tosend.discard(origin)
-        for pid in sorted(tosend):  # sorted: the order frames leave in is reproducible
-            self._send_message(pid, msg_id, data)
+            tosend.pop(origin.to_bytes(), None)
+        if not tosend:
+            return
+        piece = publish_piece(data)  # one encoding for every peer it goes to
+        dirty = self._dirty
+        for p in sorted(tosend.values(), key=_BY_KEY):  # sorted: reproducible frame order
+            box = p.outbox  # _queue_piece, inlined: this runs for every message and peer
+            if msg_id not in box.msg_ids:
+                box.msg_ids.add(msg_id)
+                box.msgs.append(piece)
+                if len(box.msgs) == 1:
+                    dirty[p.id] = None
         self._count("msg_forwarded", len(tosend))
 
     def _send_idontwant(self, msg_id: bytes, topic: str, source: PeerID) -> None:
@@ -886,7 +922,7 @@ class GossipsubRouter:
                         p.iwant_spam = True
                         self.score.add_penalty(p.id, 1)
                     continue
-                self._send_message(p.id, mid, data)
+                self._queue_piece(p, mid, publish_piece(data))
                 self._count("iwant_answered")
 
     def _handle_graft(self, p: _Peer, grafts: Iterable[rpc_pb2.ControlGraft]) -> None:

@@ -52,6 +52,7 @@ STATUS_OF = {
     "PEER_NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "SEND_FAILED": grpc.StatusCode.UNAVAILABLE,
     "DHT_LOOKUP_FAILED": grpc.StatusCode.UNAVAILABLE,
+    "REGISTRY_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "INTERNAL": grpc.StatusCode.INTERNAL,
     "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
     "TOO_MANY_STREAMS": grpc.StatusCode.RESOURCE_EXHAUSTED,

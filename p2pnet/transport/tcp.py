@@ -15,6 +15,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from multiaddr import Multiaddr
 
@@ -63,8 +64,8 @@ class _TcpProtocol(asyncio.Protocol):
     # -- callbacks of the event loop -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         # the selector transport asks ``recv`` for ``max_size`` bytes (256 KiB by default)
         if isinstance(getattr(transport, "max_size", None), int):
             self._read_size = MIN_READ_SIZE

@@ -1,0 +1,139 @@
+"""The RPC frame at the byte level: its encoded parts, so received messages are forwarded as the
+bytes that arrived (never decoded and encoded again), and the bytes a message signature covers.
+
+An RPC is ``repeated SubOpts subscriptions = 1; repeated Message publish = 2; optional
+ControlMessage control = 3``: all three are length-delimited, so a frame is a sequence of
+``tag, length, body``. :func:`split_rpc` returns the bodies by field; several ``control`` fields
+are concatenated, which protobuf defines as merging them (what a full decode of the RPC does).
+Unknown fields are skipped, as a protobuf decoder skips them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2pnet.wire.varint import encode_uvarint
+
+# wire types
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+#: Tag bytes of the publish field and of the message fields a signature covers, in order.
+TAG_PUBLISH = b"\x12"
+#: Message field numbers 1..6 (from, data, seqno, topic, signature, key), all length-delimited.
+_MESSAGE_TAGS = {0x0A: 1, 0x12: 2, 0x1A: 3, 0x22: 4, 0x2A: 5, 0x32: 6}
+_SIGNATURE, _KEY = 5, 6
+
+
+class MalformedRPC(ValueError):
+    """The frame is not a protobuf encoding (truncated, a bad varint, a group, a bad length)."""
+
+
+@dataclass(slots=True)
+class RPCParts:
+    """The encoded bodies of an RPC's fields (no tags, no lengths)."""
+
+    subscriptions: list[bytes] = field(default_factory=list)
+    publish: list[bytes] = field(default_factory=list)
+    control: bytes | None = None
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise MalformedRPC("truncated or overlong varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def split_rpc(frame: bytes) -> RPCParts:
+    """The parts of an RPC frame; raises :class:`MalformedRPC`."""
+    parts = RPCParts()
+    controls: list[bytes] = []
+    pos, end = 0, len(frame)
+    while pos < end:
+        key = frame[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(frame, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise MalformedRPC("field number 0")
+        if wire == _LEN:
+            length = frame[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1
+            elif pos + 1 < end and frame[pos + 1] < 0x80:  # two bytes: most messages
+                length = (length & 0x7F) | (frame[pos + 1] << 7)
+                pos += 2
+            else:
+                length, pos = _varint(frame, pos, end)
+            stop = pos + length
+            if stop > end:
+                raise MalformedRPC("field longer than the frame")
+            if number == 2:
+                parts.publish.append(frame[pos:stop])
+            elif number == 1:
+                parts.subscriptions.append(frame[pos:stop])
+            elif number == 3:
+                controls.append(frame[pos:stop])
+            pos = stop
+        elif wire == _VARINT:
+            _, pos = _varint(frame, pos, end)
+        elif wire == _I64:
+            pos += 8
+        elif wire == _I32:
+            pos += 4
+        else:
+            raise MalformedRPC(f"unsupported wire type {wire}")
+        if pos > end:
+            raise MalformedRPC("truncated field")
+    if controls:
+        parts.control = controls[0] if len(controls) == 1 else b"".join(controls)
+    return parts
+
+
+def unsigned_encoding(raw: bytes) -> bytes | None:
+    """The encoding of message ``raw`` without its signature and key fields, taken from ``raw``.
+
+    Only when ``raw`` is in the form our encoder produces (known fields in ascending order, each
+    once, one-byte tags and minimal lengths); then the result equals encoding the decoded message
+    without those fields, which is what the signature covers. Otherwise None: the caller encodes.
+    Signature (5) and key (6) are the last fields, so the result is a prefix of ``raw``.
+    """
+    pos, end, last = 0, len(raw), 0
+    cut = -1
+    while pos < end:
+        number = _MESSAGE_TAGS.get(raw[pos])
+        if number is None or number <= last:
+            return None
+        last = number
+        if number >= _SIGNATURE and cut < 0:
+            cut = pos
+        length = raw[pos + 1] if pos + 1 < end else 0
+        if length < 0x80:
+            pos += 2 + length
+            continue
+        if pos + 2 < end and 0 < raw[pos + 2] < 0x80:  # a minimal two-byte length
+            pos += 3 + ((length & 0x7F) | (raw[pos + 2] << 7))
+            continue
+        try:
+            length, body = _varint(raw, pos + 1, end)
+        except MalformedRPC:
+            return None
+        if raw[body - 1] == 0:  # a padded (non-minimal) length
+            return None
+        pos = body + length
+    if pos != end:
+        return None
+    return raw if cut < 0 else raw[:cut]
+
+
+def publish_piece(raw: bytes) -> bytes:
+    """``raw`` as one publish field of an RPC: tag, length, the message bytes."""
+    return TAG_PUBLISH + encode_uvarint(len(raw)) + raw
