@@ -91,3 +91,16 @@ class CryptoError(P2PError):
 
 class InvalidPeerID(CryptoError):
     """A peer id (bytes or text) is malformed: bad multihash, multibase, CID or key."""
+
+
+class ResourceLimitExceeded(P2PError):
+    """A reservation (connection, stream, memory, fd) would exceed a resource-manager limit.
+
+    ``scope`` names the scope that refused it (``system``, ``transient``, ``peer:<id>``,
+    ``ip:<addr>``, ``conn``, ``stream``, ``protocol:<id>``), ``resource`` what was asked.
+    """
+
+    def __init__(self, scope: str, resource: str, message: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.resource = resource

@@ -8,6 +8,8 @@ bytes, so each layer only writes ``_read_chunk``.
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 from p2pnet.errors import IncompleteRead
@@ -105,3 +107,11 @@ class ChunkReader:
                 parts.append(chunk)
                 have += len(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def deadline(seconds: float) -> AbstractAsyncContextManager[object]:
+    """``async with deadline(s):`` raises TimeoutError if the block takes longer than ``s``.
+
+    Kept here so the sans-IO framing module's adapters need not import asyncio themselves.
+    """
+    return asyncio.timeout(seconds)

@@ -107,6 +107,7 @@ class Node:
         self._bootstrap_ids = _peer_ids(cfg.bootstrap_peers)
         #: The peer IDs named in ``config.bootstrap_peers``.
         self.bootstrap_peer_ids = frozenset(self._bootstrap_ids)
+        self._tag_useful_peers()
         #: When to (re)try the bootstrap peers: the decisions; the node only waits and dials.
         self.bootstrap_schedule = BootstrapSchedule(
             ExponentialBackoff(cfg.bootstrap_retry_initial, cfg.bootstrap_retry_max, self.rng)
@@ -118,6 +119,27 @@ class Node:
         self.host.on_disconnected(self._on_disconnected)
         self.identify_service.on_identified(self._on_identified)
         self._lifecycle = Lifecycle("node")
+
+    def _tag_useful_peers(self) -> None:
+        """Tell the connection manager which peers to keep when it trims connections."""
+        connmgr = self.host.connmgr
+        for peer in self._bootstrap_ids:
+            connmgr.tag(peer, "bootstrap", 100, protect=True)
+        pubsub = self.pubsub
+        if pubsub is not None:
+
+            def in_mesh(peer: PeerID) -> int:
+                try:
+                    mesh = pubsub.router.mesh
+                except P2PError:  # not running
+                    return 0
+                return 50 if any(peer in peers for peers in mesh.values()) else 0
+
+            connmgr.add_value("pubsub-mesh", in_mesh)
+        dht = self.dht
+        if dht is not None:
+            table = dht.routing_table
+            connmgr.add_value("dht-table", lambda p: 20 if p in table else 0)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

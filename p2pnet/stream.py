@@ -11,13 +11,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from multiaddr import Multiaddr
 
 from p2pnet.clock import Clock
 from p2pnet.io import Bytes, ReadWriter
 from p2pnet.peer.peer_id import PeerID
+
+if TYPE_CHECKING:
+    from p2pnet.resources.manager import ConnectionScope
 
 
 class Direction(enum.Enum):
@@ -159,8 +162,15 @@ class StreamMuxer(Protocol):
         info: ConnectionInfo,
         on_stream: StreamCallback | None,
         clock: Clock,
+        scope: ConnectionScope | None = None,
     ) -> MuxedConnection:
-        """Multiplex ``secure``; ``info`` is what every stream reports as its ``conn``."""
+        """Multiplex ``secure``; ``info`` is what every stream reports as its ``conn``.
+
+        ``scope`` is the connection's resource scope: the muxer opens a stream scope for every
+        stream (refusing inbound ones it does not grant with a reset, before any task runs for
+        them), counts received bytes it buffers against it, and gives everything back when a
+        stream ends. A stream exposes its scope as ``stream.scope``.
+        """
         ...
 
 

@@ -147,7 +147,8 @@ async def test_validators_accept_reject_ignore_and_timeout(make_node: Factory) -
     assert sub_b.pending() == 0
     assert b.router.stats["msg_rejected"] == 1
     assert b.router.stats["msg_ignored"] == 3
-    assert b.score_breakdown(ha.peer_id).topics == {}  # T is not scored: P4 only if listed
+    # T has no parameters of its own: the default topic parameters score only P4 (the one reject)
+    assert b.score_breakdown(ha.peer_id).topics[T]["p4"] == 1.0
     b.set_validator(T, None)
     await a.publish(T, b"bad")
     # c's next message is this one: nothing else came over b -> c before it

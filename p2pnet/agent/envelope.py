@@ -121,7 +121,9 @@ def open_envelope(raw: bytes, *, now: float) -> Envelope:
     if obj["type"] != ENVELOPE_TYPE:
         raise InvalidEnvelope("payload is not an agent message")
     kind, sender, ts, nonce = obj["kind"], obj["from"], obj["ts"], obj["nonce"]
-    if kind not in KINDS or not isinstance(ts, int) or not isinstance(nonce, str):
+    if not isinstance(kind, str) or kind not in KINDS or type(ts) is not int:
+        raise InvalidEnvelope("malformed kind, ts or nonce")
+    if not isinstance(nonce, str):
         raise InvalidEnvelope("malformed kind, ts or nonce")
     if sender != signer:
         raise InvalidEnvelope(f"signed by {signer}, claims to be from {sender}")

@@ -33,6 +33,7 @@ from p2pnet.peer.peer_id import PeerID
 from p2pnet.service import Lifecycle
 from p2pnet.stream import Stream
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
+from p2pnet.wire.json_bounded import loads_bounded
 
 log = logging.getLogger("p2pnet.agent")
 
@@ -104,7 +105,7 @@ class DirectMessaging:
                 async with stream:
                     await write_length_prefixed(stream, envelope)
                     await stream.close()
-                    ack = json.loads(await read_length_prefixed(stream, MAX_ACK_SIZE))
+                    ack = loads_bounded(await read_length_prefixed(stream, MAX_ACK_SIZE))
         except TimeoutError as exc:
             raise SendFailed(f"no acknowledgement from {peer} within {self.timeout}s") from exc
         except DialError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 
 from p2pnet.crypto.eth import PERSONAL_SIGNATURE_SIZE, personal_sign, recover_personal_signer
 from p2pnet.errors import CryptoError
+from p2pnet.wire.json_bounded import loads_bounded
 
 SIGNATURE_SIZE = PERSONAL_SIGNATURE_SIZE
 
@@ -29,7 +30,10 @@ class SignedJSONTooLarge(ValueError):
 
 def canonical_json(obj: Any) -> bytes:
     """Sorted keys, no spaces, ASCII: one byte string per JSON value, so signatures match."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    # NaN and Infinity are not JSON: refused here as every parser of ours refuses them
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
 
 
 def seal_json(secret: bytes, obj: dict[str, Any], *, max_size: int) -> bytes:
@@ -67,7 +71,7 @@ def open_json(
     except CryptoError as exc:
         raise SignedJSONError(f"signature: {exc}") from None
     try:
-        obj = json.loads(payload.decode("ascii"))
+        obj = loads_bounded(payload.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise SignedJSONError("payload is not ASCII JSON") from None
     if not isinstance(obj, dict) or not fields <= set(obj) <= fields | optional:

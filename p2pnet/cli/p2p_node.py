@@ -55,6 +55,7 @@ from p2pnet.metrics.server import serve_agent_metrics
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.registry.cli import add_registry_arguments
 from p2pnet.tasks import TaskOwner
+from p2pnet.wire.json_bounded import loads_bounded
 
 if TYPE_CHECKING:
     from p2pnet.rpc.server import GrpcServer
@@ -433,8 +434,8 @@ def _recipient(value: Any) -> str:
 def parse_command(line: bytes) -> Command:
     """Parse and validate one stdin line; raises :class:`CommandError`."""
     try:
-        obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        obj = loads_bounded(line)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise CommandError("INVALID_JSON", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise CommandError("INVALID_JSON", "a command must be a JSON object")
@@ -449,10 +450,6 @@ def parse_command(line: bytes) -> Command:
         exc.command = cmd
         raise
     return cmd
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _validate(cmd: Command) -> None:

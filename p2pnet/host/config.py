@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from p2pnet.mux.yamux import YamuxConfig
+from p2pnet.resources.connmgr import ConnManagerConfig
+from p2pnet.resources.limits import ResourceLimits
 
 DEFAULT_AGENT_VERSION = "p2pnet/0.1.0"
 # The libp2p protocol version every implementation announces in identify.
@@ -30,3 +32,11 @@ class HostConfig:
     agent_version: str = DEFAULT_AGENT_VERSION
     protocol_version: str = DEFAULT_PROTOCOL_VERSION
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
+    #: The resource manager's limits (docs/limits.md); scaled from this machine by default.
+    resources: ResourceLimits = field(default_factory=ResourceLimits.for_machine)
+    #: Watermarks of the connection manager (which peers to disconnect when there are too many).
+    connmgr: ConnManagerConfig = field(default_factory=ConnManagerConfig)
+    #: After a handler returns, the remote has this long (and may send this many more bytes) to
+    #: close its side; otherwise the stream is reset, so nothing it sent stays buffered.
+    drain_timeout: float = 2.0
+    drain_limit: int = 64 * 1024

@@ -9,6 +9,7 @@ from multiaddr import Multiaddr
 from p2pnet.clock import Clock
 from p2pnet.multistream import negotiate_outbound
 from p2pnet.peer.peer_id import PeerID
+from p2pnet.resources.manager import ConnectionScope, stream_scope_of
 from p2pnet.security.base import SecureConnection
 from p2pnet.stream import Direction, MuxedConnection, Stream, StreamCallback, StreamMuxer
 
@@ -33,8 +34,11 @@ class Connection:
         clock: Clock,
         negotiate_timeout: float,
         on_stream: StreamCallback | None,
+        scope: ConnectionScope | None = None,
     ) -> None:
         self.secure = secure
+        #: The connection's resource scope (None: not accounted).
+        self.scope = scope
         self._security = security
         self._muxer_id = muxer.protocol_id
         self._direction = direction
@@ -49,6 +53,7 @@ class Connection:
             info=self,
             on_stream=on_stream,
             clock=clock,
+            scope=scope,
         )
 
     @property
@@ -94,6 +99,9 @@ class Connection:
             stream.protocol = await negotiate_outbound(
                 stream, protocols, timeout=self._negotiate_timeout
             )
+            scope = stream_scope_of(stream)
+            if scope is not None:
+                scope.set_protocol(stream.protocol)
         except BaseException:
             await stream.reset()
             raise

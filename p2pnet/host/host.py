@@ -18,17 +18,20 @@ from multiaddr import Multiaddr
 
 from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.crypto.keys import KeyPair
-from p2pnet.errors import DialError, NegotiationError, P2PError
+from p2pnet.errors import DialError, NegotiationError, P2PError, ResourceLimitExceeded
 from p2pnet.host.addresses import AddressBook, IPAddress, is_unspecified
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.interfaces import interface_ips
 from p2pnet.host.upgrader import Upgraded, upgrade
+from p2pnet.io import ReadWriter
 from p2pnet.multistream import negotiate_inbound
 from p2pnet.mux.yamux_connection import YamuxMuxer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, PeerStore
+from p2pnet.resources.connmgr import ConnManager
+from p2pnet.resources.manager import ConnectionScope, ResourceManager, stream_scope_of
 from p2pnet.security.base import SecurityTransport
 from p2pnet.security.noise_connection import NoiseSecurity
 from p2pnet.stream import Stream, StreamMuxer
@@ -62,6 +65,7 @@ class Host:
         security: Sequence[SecurityTransport] | None = None,
         muxers: Sequence[StreamMuxer] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        resources: ResourceManager | None = None,
     ) -> None:
         self.key = key
         self.clock = clock
@@ -72,7 +76,13 @@ class Host:
         self.transports: list[Transport] = list(transports or [TcpTransport()])
         self.security: list[SecurityTransport] = list(security or [NoiseSecurity()])
         self.muxers: list[StreamMuxer] = list(muxers or [YamuxMuxer(self.config.yamux)])
+        #: Accounts connections, streams and buffered bytes per peer (docs/limits.md).
+        self.resources = resources or ResourceManager(self.config.resources)
+        #: Decides which peers to disconnect above the high watermark (tags, protection).
+        self.connmgr = ConnManager(self.config.connmgr)
+        self._trimming = False
         self._handlers: dict[str, StreamHandler] = {}
+        self._keeps_stream: set[str] = set()
         self._conns: dict[PeerID, list[Connection]] = {}
         self._pending_dials: dict[PeerID, asyncio.Future[Connection]] = {}
         self._listeners: list[Listener] = []
@@ -167,11 +177,21 @@ class Host:
 
     # -- protocol handlers ------------------------------------------------------------------
 
-    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+    def set_stream_handler(
+        self, protocol: str, handler: StreamHandler, *, keeps_stream: bool = False
+    ) -> None:
+        """Serve ``protocol``. When a handler returns, the host closes its stream and resets it
+        unless the remote closes its side soon (nothing left buffered); ``keeps_stream=True``
+        is for a handler that hands the stream on (a relayed connection runs over it)."""
         self._handlers[protocol] = handler
+        if keeps_stream:
+            self._keeps_stream.add(protocol)
+        else:
+            self._keeps_stream.discard(protocol)
         self._protocols_changed()
 
     def remove_stream_handler(self, protocol: str) -> None:
+        self._keeps_stream.discard(protocol)
         if self._handlers.pop(protocol, None) is not None:
             self._protocols_changed()
 
@@ -302,26 +322,44 @@ class Host:
         transport = self.transport_for(addr)
         if transport is None:
             raise DialError(f"no transport can dial {addr}")
+        try:
+            scope = self.resources.open_connection(Direction.OUTBOUND, None, self.clock.monotonic())
+        except ResourceLimitExceeded as exc:
+            raise DialError(f"cannot dial {addr}: {exc}") from exc
         dial_addr = addr
         if peer is not None and any(p.name == "p2p-circuit" for p in addr.protocols()):
             # A relay is asked for the target by its ID: the relayed transport needs it.
             dial_addr = addr.encapsulate(Multiaddr(f"/p2p/{peer}"))
-        raw = await transport.dial(dial_addr, timeout=self.config.dial_timeout)
-        upgraded = await upgrade(
-            raw,
-            self.key,
-            self.config,
-            self.security,
-            self.muxers,
-            initiator=True,
-            expected_peer=peer,
-        )
-        conn = self._connection(upgraded, Direction.OUTBOUND, raw, addr)
+        try:
+            raw = await transport.dial(dial_addr, timeout=self.config.dial_timeout)
+            upgraded = await upgrade(
+                raw,
+                self.key,
+                self.config,
+                self.security,
+                self.muxers,
+                initiator=True,
+                expected_peer=peer,
+            )
+            try:
+                scope.set_peer(upgraded.secure.remote_peer)
+            except ResourceLimitExceeded as exc:
+                await _close_quietly(upgraded.secure)
+                raise DialError(f"cannot keep a connection to {addr}: {exc}") from exc
+        except BaseException:
+            scope.done()
+            raise
+        conn = self._connection(upgraded, Direction.OUTBOUND, raw, addr, scope)
         await self._add_connection(conn)
         return conn
 
     def _connection(
-        self, upgraded: Upgraded, direction: Direction, raw: RawConnection, remote: Multiaddr
+        self,
+        upgraded: Upgraded,
+        direction: Direction,
+        raw: RawConnection,
+        remote: Multiaddr,
+        scope: ConnectionScope,
     ) -> Connection:
         return Connection(
             upgraded.secure,
@@ -333,26 +371,54 @@ class Host:
             clock=self.clock,
             negotiate_timeout=self.config.negotiate_timeout,
             on_stream=self._on_inbound_stream,
+            scope=scope,
         )
 
     async def _on_inbound_raw(self, raw: RawConnection) -> None:
         if self._closed or len(self.connections()) >= self.config.max_connections:
-            log.info("refusing inbound connection from %s: limit reached", raw.remote_addr)
+            log.debug("refusing inbound connection from %s: limit reached", raw.remote_addr)
+            self.resources.refused["system/max_connections"] += 1
+            raw.abort()
+            return
+        ip = _ip_of(raw.remote_addr)
+        now = self.clock.monotonic()
+        if ip is not None and not self.resources.allow_connection_from(ip, now):
+            log.debug("refusing inbound connection from %s: connection rate", raw.remote_addr)
+            raw.abort()
+            return
+        try:
+            scope = self.resources.open_connection(Direction.INBOUND, ip, now)
+        except ResourceLimitExceeded as exc:
+            log.debug("refusing inbound connection from %s: %s", raw.remote_addr, exc)
             raw.abort()
             return
         # The upgrade runs in a task the host owns, so close() can cancel it.
-        task = self._tasks.spawn(self._upgrade_inbound(raw), name=f"upgrade {raw.remote_addr}")
+        task = self._tasks.spawn(
+            self._upgrade_inbound(raw, scope), name=f"upgrade {raw.remote_addr}"
+        )
         await asyncio.wait([task])
 
-    async def _upgrade_inbound(self, raw: RawConnection) -> None:
+    async def _upgrade_inbound(self, raw: RawConnection, scope: ConnectionScope) -> None:
         try:
-            upgraded = await upgrade(
-                raw, self.key, self.config, self.security, self.muxers, initiator=False
-            )
-        except P2PError as exc:
-            log.info("inbound connection from %s failed: %s", raw.remote_addr, exc)
-            return
-        conn = self._connection(upgraded, Direction.INBOUND, raw, raw.remote_addr)
+            try:
+                upgraded = await upgrade(
+                    raw, self.key, self.config, self.security, self.muxers, initiator=False
+                )
+            except P2PError as exc:
+                log.debug("inbound connection from %s failed: %s", raw.remote_addr, exc)
+                scope.done()
+                return
+            try:
+                scope.set_peer(upgraded.secure.remote_peer)
+            except ResourceLimitExceeded as exc:
+                log.debug("closing inbound connection from %s: %s", raw.remote_addr, exc)
+                scope.done()
+                await _close_quietly(upgraded.secure)
+                return
+        except BaseException:
+            scope.done()
+            raise
+        conn = self._connection(upgraded, Direction.INBOUND, raw, raw.remote_addr, scope)
         await self._add_connection(conn)
 
     async def _add_connection(self, conn: Connection) -> None:
@@ -370,11 +436,33 @@ class Host:
         log.debug("connected %r", conn)
         self._tasks.spawn(self._watch(conn), name=f"watch {peer}")
         self.bus.emit(ConnectionOpened(conn))
+        if not self._trimming and len(self._conns) > self.connmgr.config.high_water:
+            self._trimming = True
+            self._tasks.spawn(self._trim(), name="trim connections")
+
+    async def _trim(self) -> None:
+        """Above the high watermark: disconnect the least useful peers down to the low one."""
+        try:
+            now = self.clock.monotonic()
+            connected = [
+                (peer, min(c.opened_at for c in conns))
+                for peer, conns in self._conns.items()
+                if conns
+            ]
+            victims = self.connmgr.to_trim(connected, now)
+            if victims:
+                log.debug("trimming %d connections (above %d peers)", len(victims), len(connected))
+            self.connmgr.trimmed += len(victims)
+            await asyncio.gather(*(self.disconnect(p) for p in victims), return_exceptions=True)
+        finally:
+            self._trimming = False
 
     async def _watch(self, conn: Connection) -> None:
         try:
             await conn.muxed.wait_closed()
         finally:
+            if conn.scope is not None:
+                conn.scope.done()
             peer = conn.remote_peer
             self.closed_bytes_received += conn.muxed.bytes_received
             self.closed_bytes_sent += conn.muxed.bytes_sent
@@ -383,6 +471,7 @@ class Host:
                 conns.remove(conn)
             if not conns:
                 self._conns.pop(peer, None)
+                self.connmgr.forget(peer)
                 # Addresses of a peer we no longer reach expire like go's (15 min), not never.
                 self.peerstore.update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL)
             log.debug("disconnected %r", conn)
@@ -405,6 +494,7 @@ class Host:
         """Open a stream to ``peer`` (dialing if needed) speaking the first agreed protocol."""
         protos = [protocols] if isinstance(protocols, str) else list(protocols)
         conn = await self.connect_peer(peer)
+        self.connmgr.used(peer, self.clock.monotonic())
         return await conn.new_stream(protos)
 
     async def _on_inbound_stream(self, stream: Stream) -> None:
@@ -417,15 +507,75 @@ class Host:
             await stream.reset()
             return
         stream.protocol = protocol
+        self.connmgr.used(stream.conn.remote_peer, self.clock.monotonic())
         handler = self._handlers.get(protocol)
         if handler is None:  # removed while negotiating
             await stream.reset()
             return
+        scope = stream_scope_of(stream)
+        if scope is not None:
+            try:
+                scope.set_protocol(protocol)
+            except ResourceLimitExceeded as exc:
+                log.debug("refusing %s stream of %s: %s", protocol, stream.conn.remote_peer, exc)
+                await stream.reset()
+                return
         try:
             await handler(stream)
         except P2PError as exc:
             log.debug("handler for %s ended with %s", protocol, exc)
             await stream.reset()
+            return
         except Exception:
             log.exception("handler for %s failed", protocol)
             await stream.reset()
+            return
+        if protocol not in self._keeps_stream:
+            await self._finish_inbound(stream)
+
+    async def _finish_inbound(self, stream: Stream) -> None:
+        """After its handler: the remote must close its side soon, or the stream is reset.
+
+        A handler that returns without reading to EOF would otherwise leave whatever the remote
+        sends after (up to a window per stream) buffered for as long as the remote likes.
+        """
+        if stream.remote_closed and stream.local_closed:
+            return
+        try:
+            if not stream.local_closed:
+                await stream.close()
+            left = self.config.drain_limit
+            async with asyncio.timeout(self.config.drain_timeout):
+                while left > 0:
+                    data = await stream.read(left)
+                    if not data:
+                        return
+                    left -= len(data)
+        except (P2PError, TimeoutError):
+            pass
+        log.debug(
+            "%s stream of %s not closed after its handler: reset",
+            stream.protocol,
+            stream.conn.remote_peer,
+        )
+        await stream.reset()
+
+
+def _ip_of(addr: Multiaddr) -> str | None:
+    """The IP address of a transport address (None for in-process and relayed ones: a relayed
+    connection's address names the relay, not the peer)."""
+    if any(p.name == "p2p-circuit" for p in addr.protocols()):
+        return None
+    for code in ("ip4", "ip6"):
+        try:
+            return str(addr.value_for_protocol(code))
+        except Exception:  # the address has no such component
+            continue
+    return None
+
+
+async def _close_quietly(conn: ReadWriter) -> None:
+    try:
+        await conn.close()
+    except Exception as exc:  # the connection is being dropped anyway
+        log.debug("closing a refused connection: %r", exc)

@@ -38,6 +38,7 @@ from p2pnet.kad.config import KadConfig
 from p2pnet.kad.errors import InvalidRecord, KadProtocolError
 from p2pnet.kad.messages import PeerInfo
 from p2pnet.kad.providers import ProviderStore
+from p2pnet.kad.quota import StoreQuota
 from p2pnet.kad.records import (
     PK_NAMESPACE,
     NamespacedValidator,
@@ -120,6 +121,9 @@ class KadBehaviour:
         self.records = records
         self.providers = providers
         self.validator = validator
+        #: Who stored what: per-peer quotas and what a full store evicts (kad/quota.py).
+        self.record_quota = StoreQuota(config.max_records_per_peer)
+        self.provider_quota = StoreQuota(config.max_provider_entries_per_peer)
         self.mode = config.mode
         self.routing_table = RoutingTable(local, config.k, max_failures=config.max_failures)
         #: Requests sent/received by type name, failures, bad messages.
@@ -251,7 +255,7 @@ class KadBehaviour:
         if t == m.GET_VALUE:
             return self._get_value_answer(peer, key, wall)
         if t == m.PUT_VALUE:
-            return self._put_value_answer(key, msg, wall)
+            return self._put_value_answer(peer, key, msg, wall)
         if t == m.ADD_PROVIDER:
             self._add_provider(peer, key, msg, wall)
             return None
@@ -326,14 +330,23 @@ class KadBehaviour:
             return None
         return self.peers.public_key(target)
 
-    def _put_value_answer(self, key: bytes, msg: kad_pb2.Message, wall: float) -> kad_pb2.Message:
+    def _put_value_answer(
+        self, peer: PeerID, key: bytes, msg: kad_pb2.Message, wall: float
+    ) -> kad_pb2.Message:
         if not msg.HasField("record"):
             raise KadProtocolError("PUT_VALUE without a record")
         if bytes(msg.record.key) != key:
             raise KadProtocolError("PUT_VALUE record key differs from the message key")
         value = bytes(msg.record.value)
         self.validator.validate(key, value)
+        # the sender's quota decides what (of its own, or of the biggest holder) makes room
+        quota = self.record_quota
+        for old in quota.admit(peer, key, len(self.records), self.config.max_records):
+            assert isinstance(old, bytes)
+            self.records.delete(old)
+            quota.removed(old)
         self.store_local(key, value, wall)
+        quota.stored(peer, key)
         # The spec's answer: the message type, the key and the record (key, value and the time
         # it was received). Never the request as received: unknown fields a peer added (py-libp2p
         # puts its signed peer record in field 11) would make it read our answer as a refusal.
@@ -347,7 +360,15 @@ class KadBehaviour:
             if info.peer != peer:  # only the sender may announce itself
                 log.debug("%s tried to add %s as a provider: ignored", peer, info.peer)
                 continue
+            quota = self.provider_quota
+            new_key = not self.providers.get_providers(key, wall)
+            size = len(self.providers) if new_key else 0
+            for old in quota.admit(peer, (key, peer), size, self.config.max_provider_keys):
+                assert isinstance(old, tuple)
+                self.providers.remove_provider(old[0], old[1])
+                quota.removed(old)
             self.providers.add_provider(key, peer, expires, now=wall)
+            quota.stored(peer, (key, peer))
 
     def _get_providers_answer(self, peer: PeerID, key: bytes, wall: float) -> kad_pb2.Message:
         resp = m.request(m.GET_PROVIDERS, key)

@@ -66,6 +66,10 @@ class KadConfig:
     #: Provider store bounds: keys, and providers per key.
     max_provider_keys: int = 65536
     max_providers_per_key: int = 64
+    #: Records and provider entries one peer may have us store (p2pnet/kad/quota.py decides
+    #: what a full store evicts: never the entries of peers that store less).
+    max_records_per_peer: int = 1024
+    max_provider_entries_per_peer: int = 1024
     #: How often expired records and providers are dropped.
     cleanup_interval: float = 3600.0
     #: Bucket refresh: interval, and the largest common-prefix length refreshed (go: 15).

@@ -34,6 +34,7 @@ from p2pnet.errors import (
     ConnectionClosed,
     P2PError,
     ProtocolError,
+    ResourceLimitExceeded,
     StreamClosed,
     StreamLimitExceeded,
     StreamReset,
@@ -57,6 +58,7 @@ from p2pnet.mux.yamux import (
     YamuxConfig,
     YamuxSession,
 )
+from p2pnet.resources.manager import ConnectionScope, StreamScope
 from p2pnet.stream import ConnectionInfo, Direction, StreamCallback
 
 log = logging.getLogger("p2pnet.yamux")
@@ -71,9 +73,15 @@ class YamuxStream(ChunkReader):
     :class:`~p2pnet.mux.yamux.StreamRecord`.
     """
 
-    def __init__(self, connection: YamuxConnection, record: StreamRecord) -> None:
+    def __init__(
+        self, connection: YamuxConnection, record: StreamRecord, scope: StreamScope | None = None
+    ) -> None:
         super().__init__()
         self.connection = connection
+        #: What this stream holds in the resource manager (None: not accounted).
+        self.scope = scope
+        #: A handler task of the connection runs for this (inbound) stream.
+        self.handler_running = False
         self.record = record
         self.stream_id = record.stream_id
         #: The application protocol, set by the host after multistream negotiation.
@@ -117,16 +125,26 @@ class YamuxStream(ChunkReader):
 
     # ----------------------------------------------------------------- called by the connection
 
-    def deliver(self, data: bytes) -> None:
-        """Payload received for this stream."""
+    def deliver(self, data: bytes) -> bool:
+        """Payload received for this stream; False if its scope refused to hold it."""
+        scope = self.scope
+        if scope is not None:
+            try:
+                scope.reserve_memory(len(data))
+            except ResourceLimitExceeded as exc:
+                log.debug("stream %d: %s; resetting it", self.stream_id, exc)
+                return False
         chunks = self._chunks
         chunks.append(data)
         if len(chunks) == 1:
             self._readable.set()
+        return True
 
     def wake(self) -> None:
         """The core's state changed (FIN, RST, window, connection gone): re-check it."""
         if self.record.is_reset:
+            if self.scope is not None:
+                self.scope.release_memory(sum(map(len, self._chunks)))
             self._chunks.clear()
             self._pending = b""
             self._pending_pos = 0
@@ -143,6 +161,8 @@ class YamuxStream(ChunkReader):
                 raise StreamReset(f"stream {self.stream_id} was reset")
             if chunks:
                 chunk = chunks.popleft()
+                if self.scope is not None:
+                    self.scope.release_memory(len(chunk))
                 self.connection.consumed(self.stream_id, len(chunk))
                 return chunk
             if record.remote_closed:
@@ -244,8 +264,11 @@ class YamuxConnection:
         on_stream: StreamCallback | None = None,
         info: ConnectionInfo | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        scope: ConnectionScope | None = None,
     ) -> None:
         self.conn = conn
+        #: The connection's resource scope: its streams and their buffers count against it.
+        self.scope = scope
         #: What the streams report as their ``conn`` (the host's Connection).
         self.info = info
         self.initiator = initiator
@@ -338,11 +361,19 @@ class YamuxConnection:
         if not self._started:
             raise RuntimeError("YamuxConnection.start() was not called")
 
-    def _new_stream(self, record: StreamRecord) -> YamuxStream:
-        stream = YamuxStream(self, record)
+    def _new_stream(self, record: StreamRecord, scope: StreamScope | None = None) -> YamuxStream:
+        stream = YamuxStream(self, record, scope)
         if self.session.has_stream(record.stream_id):
             self._streams[record.stream_id] = stream
+        elif scope is not None:
+            scope.done()
         return stream
+
+    def _forget(self, stream: YamuxStream) -> None:
+        """The core forgot the stream: drop it, and give back its scope unless a handler runs."""
+        self._streams.pop(stream.stream_id, None)
+        if stream.scope is not None and not stream.handler_running:
+            stream.scope.done()
 
     async def open_stream(self) -> YamuxStream:
         """Open an outbound stream (its SYN is sent right away; data may follow before the ACK).
@@ -364,9 +395,17 @@ class YamuxConnection:
                     f"{session.ack_backlog} streams wait for an ACK from the remote"
                 ) from None
         self._check_open()
-        record = session.stream(session.open_stream(self._now()))
+        scope = None
+        if self.scope is not None:
+            scope = self.scope.open_stream(Direction.OUTBOUND, self._now())
+        try:
+            record = session.stream(session.open_stream(self._now()))
+        except BaseException:
+            if scope is not None:
+                scope.done()
+            raise
         assert record is not None  # just opened
-        stream = self._new_stream(record)
+        stream = self._new_stream(record, scope)
         self.flush()
         return stream
 
@@ -435,7 +474,7 @@ class YamuxConnection:
         """After a local state change: wake the stream, forget it once the core did."""
         stream.wake()
         if not self.session.has_stream(stream.stream_id):
-            self._streams.pop(stream.stream_id, None)
+            self._forget(stream)
         if self.session.outbound_size:
             self.flush()
 
@@ -490,7 +529,8 @@ class YamuxConnection:
                     if type(ev) is DataReceived:
                         stream = streams.get(ev.stream_id)
                         if stream is not None:
-                            stream.deliver(ev.data)
+                            if not stream.deliver(ev.data):
+                                self.reset_stream(stream)
                         else:  # pragma: no cover - the core only reports live streams
                             session.consume(ev.stream_id, len(ev.data), now())
                     else:
@@ -520,13 +560,13 @@ class YamuxConnection:
                 stream.wake()
         elif isinstance(ev, StreamOpened):
             assert ev.record is not None  # the core always attaches it
-            self._new_inbound(ev.record)
+            return self._new_inbound(ev.record)
         elif isinstance(ev, (StreamEnded, StreamResetByRemote)):
             stream = streams.get(ev.stream_id)
             if stream is not None:
                 stream.wake()
                 if not self.session.has_stream(ev.stream_id):
-                    del streams[ev.stream_id]
+                    self._forget(stream)
             if isinstance(ev, StreamResetByRemote):
                 self._open_room.set()
         elif isinstance(ev, StreamAcked):
@@ -543,19 +583,33 @@ class YamuxConnection:
             log.debug("remote went away: no new streams")
         return None
 
-    def _new_inbound(self, record: StreamRecord) -> None:
+    def _new_inbound(self, record: StreamRecord) -> ConnectionClosed | None:
         sid = record.stream_id
-        stream = self._new_stream(record)
+        scope = None
+        if self.scope is not None:
+            try:
+                scope = self.scope.open_stream(Direction.INBOUND, self._now())
+            except ResourceLimitExceeded as exc:
+                # Refused before any task or buffer exists for it: an RST is all it costs us.
+                log.debug("refusing inbound stream %d: %s", sid, exc)
+                self.session.reset_stream(sid)
+                if self.scope.flooding:
+                    log.debug("remote keeps opening refused streams: closing the connection")
+                    return ConnectionClosed("inbound stream flood")
+                return None
+        stream = self._new_stream(record, scope)
         if self._on_stream is None:
             self._accept_queue.append(stream)
             self._accept_event.set()
-            return
+            return None
         self.session.accept_stream(sid)
+        stream.handler_running = True
         task = asyncio.get_running_loop().create_task(
             self._run_handler(self._on_stream, stream), name=f"yamux-stream-{sid}"
         )
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)
+        return None
 
     async def _run_handler(self, handler: StreamCallback, stream: YamuxStream) -> None:
         try:
@@ -568,6 +622,12 @@ class YamuxConnection:
                 return
             log.exception("stream handler for stream %d failed; resetting it", stream.stream_id)
             await stream.reset()
+        finally:
+            stream.handler_running = False
+            if stream.scope is not None and (
+                self._closing or not self.session.has_stream(stream.stream_id)
+            ):
+                stream.scope.done()
 
     async def _timer_loop(self) -> None:
         session = self.session
@@ -597,8 +657,12 @@ class YamuxConnection:
             # wake everyone: streams, accepters, openers, pingers, waiting writers
             for stream in self._streams.values():
                 stream.wake()
+                if stream.scope is not None and not stream.handler_running:
+                    stream.scope.done()
             for stream in self._accept_queue:
                 stream.wake()
+                if stream.scope is not None:
+                    stream.scope.done()
             self._streams.clear()
             self._accept_queue.clear()
             self._accept_event.set()
@@ -659,6 +723,7 @@ class YamuxMuxer:
         info: ConnectionInfo,
         on_stream: StreamCallback | None,
         clock: Clock,
+        scope: ConnectionScope | None = None,
     ) -> YamuxConnection:
         return YamuxConnection(
             secure,
@@ -667,4 +732,5 @@ class YamuxMuxer:
             on_stream=on_stream,
             info=info,
             clock=clock,
+            scope=scope,
         )

@@ -92,6 +92,10 @@ OBSERVED_ADDR: Final = "observed_addr"
 _P2P_CODE: Final = 421
 
 
+# How many addresses of a live connection may exceed ``max_addrs_per_peer``.
+_PROTECTED_EXTRA: Final = 16
+
+
 @functools.lru_cache(maxsize=8192)
 def _split_p2p(raw: bytes) -> tuple[Multiaddr | None, str | None] | None:
     """For an address ending in ``/p2p/<id>``: (the address without it, or None when nothing is
@@ -295,7 +299,11 @@ class PeerStore:
     def _make_room(self, rec: _PeerRecord, ttl: float, now: float) -> bool:
         """Whether a new address with ``ttl`` fits in ``rec``, evicting another if needed."""
         self._drop_expired(rec, now)
-        if len(rec.addrs) < self.max_addrs_per_peer or _is_protected_ttl(ttl):
+        if len(rec.addrs) < self.max_addrs_per_peer:
+            return True
+        # Addresses of a live connection may exceed the cap, but only by a few: they come from
+        # the peer (identify, push) as much as from us, and must not grow without bound.
+        if _is_protected_ttl(ttl) and len(rec.addrs) < self.max_addrs_per_peer + _PROTECTED_EXTRA:
             return True
         victim: Multiaddr | None = None
         victim_expiry = math.inf

@@ -31,6 +31,7 @@ from p2pnet.protocols.identify_messages import (
     build_identify,
     parse_identify,
 )
+from p2pnet.resources.manager import TokenBucket
 from p2pnet.service import Lifecycle
 from p2pnet.stream import ConnectionInfo, Stream
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
@@ -39,6 +40,10 @@ PROTOCOL_ID = "/ipfs/id/1.0.0"
 PUSH_PROTOCOL_ID = "/ipfs/id/push/1.0.0"
 # go caps identify messages at 4 KiB per message and js at 8 KiB; we accept more but not unbounded.
 MAX_IDENTIFY_SIZE = 64 * 1024
+#: Identify pushes taken from one peer: a token bucket (per second, burst). Beyond it a push
+#: stream is reset unread (a peer changes its protocols or addresses rarely).
+PUSH_RATE = 1.0
+PUSH_BURST = 8
 
 log = logging.getLogger("p2pnet.identify")
 
@@ -51,6 +56,7 @@ class IdentifyService:
         self.timeout = timeout
         self._identified: dict[PeerID, asyncio.Event] = {}
         self._push_pending = False
+        self._push_budget: dict[PeerID, TokenBucket] = {}
         self._record: tuple[tuple[bytes, ...], bytes] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         # Serving from construction (what every caller relies on): the service starts here.
@@ -133,6 +139,7 @@ class IdentifyService:
     def _on_disconnected(self, conn: Connection) -> None:
         if not self.host.is_connected(conn.remote_peer):
             self._identified.pop(conn.remote_peer, None)
+            self._push_budget.pop(conn.remote_peer, None)
 
     async def _identify_quietly(self, conn: Connection) -> None:
         try:
@@ -158,6 +165,16 @@ class IdentifyService:
         return await self.identify_connection(await self.host.connect_peer(peer))
 
     async def _handle_push(self, stream: Stream) -> None:
+        peer = stream.conn.remote_peer
+        now = self.host.clock.monotonic()
+        budget = self._push_budget.get(peer)
+        if budget is None:
+            budget = self._push_budget[peer] = TokenBucket(PUSH_RATE, PUSH_BURST, now)
+        if not budget.take(now):
+            log.debug("identify push from %s beyond %s/s: reset", peer, PUSH_RATE)
+            self.host.resources.refused["identify/push_rate"] += 1
+            await stream.reset()
+            return
         async with stream:
             data = await read_length_prefixed(stream, MAX_IDENTIFY_SIZE)
         info = self._apply(parse_identify(stream.conn.remote_peer, data, push=True))

@@ -26,6 +26,13 @@ from p2pnet.wire.pb import identify_pb2
 log = logging.getLogger("p2pnet.identify")
 
 
+#: Addresses and protocols taken from one identify message (the rest is ignored), and the
+#: longest protocol id kept (multistream refuses longer ones anyway).
+MAX_IDENTIFY_ADDRS = 64
+MAX_IDENTIFY_PROTOCOLS = 128  # the peer store keeps at most 128 per peer
+MAX_PROTOCOL_ID_LENGTH = 1024
+
+
 @dataclass
 class IdentifyInfo:
     """What a peer told us about itself.
@@ -98,12 +105,18 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
         if PeerID.from_public_key(key) != peer:
             raise ProtocolError(f"identify from {peer} carries another peer's public key")
         info.public_key = key
+    # Capped however many the peer sends (a push of 6000 addresses used to be stored whole).
     # An unspecified address (0.0.0.0, ::) is nobody's address: an old or misconfigured
     # peer may send one; dialling it would reach ourselves.
-    info.listen_addrs = [
-        a for a in map(_decode_addr, msg.listenAddrs) if a is not None and not is_unspecified(a)
+    addrs = [
+        a
+        for a in map(_decode_addr, msg.listenAddrs[:MAX_IDENTIFY_ADDRS])
+        if a is not None and not is_unspecified(a)
     ]
-    info.protocols = list(msg.protocols)
+    info.listen_addrs = list(dict.fromkeys(addrs))
+    info.protocols = [
+        p for p in msg.protocols[:MAX_IDENTIFY_PROTOCOLS] if 0 < len(p) <= MAX_PROTOCOL_ID_LENGTH
+    ]
     if msg.HasField("observedAddr"):
         info.observed_addr = _decode_addr(msg.observedAddr)
     if msg.HasField("agentVersion"):

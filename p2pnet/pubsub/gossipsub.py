@@ -38,7 +38,12 @@ from typing import Any
 from multiaddr import Multiaddr
 
 from p2pnet.clock import SYSTEM_CLOCK, Clock
-from p2pnet.errors import MessageTooLargeError, P2PError, ProtocolNotSupported
+from p2pnet.errors import (
+    MessageTooLargeError,
+    P2PError,
+    ProtocolNotSupported,
+    ResourceLimitExceeded,
+)
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
@@ -61,6 +66,7 @@ from p2pnet.pubsub.router import (
     ValidateMessage,
 )
 from p2pnet.pubsub.score import PeerScoreParams, PeerScoreThresholds, ScoreBreakdown
+from p2pnet.resources.manager import stream_scope_of
 from p2pnet.service import Lifecycle
 from p2pnet.stats import DurationHistogram
 from p2pnet.stream import Stream
@@ -716,47 +722,69 @@ class Pubsub:
     async def _read_loop(self, peer: PeerID, state: _PeerState, stream: Stream) -> None:
         decoder = FrameDecoder(self.config.max_message_size)
         timeout = self.config.frame_read_timeout
-        while not self._closed:
-            try:
-                if decoder.buffered:
-                    async with asyncio.timeout(timeout):
-                        chunk = await stream.read()
-                else:
-                    chunk = await stream.read()
-                if not chunk:
-                    if decoder.buffered:
-                        raise _FrameError(BadFrame.TRUNCATED)
-                    return  # EOF: the peer closed its stream
-                decoder.feed(chunk)
-                frames = decoder.frames()
-            except TimeoutError:
-                fault = BadFrame.TRUNCATED
-            except MessageTooLargeError:
-                fault = BadFrame.OVERSIZED
-            except _FrameError as exc:
-                fault = exc.fault
-            else:
-                if self._peers.get(peer) is not state:
-                    return
-                router = self.router
+        loop = asyncio.get_running_loop()
+        # A frame must complete within ``timeout`` of its first byte (not of each read), and the
+        # bytes of a frame under assembly count against the peer's resource scope.
+        frame_deadline = 0.0
+        scope = stream_scope_of(stream)
+        held = 0
+        try:
+            while not self._closed:
                 try:
-                    for frame in frames:
-                        router.handle_rpc(peer, frame, self._now())
-                except InvalidRPC as exc:  # the router has judged it already
-                    log.info("%s", exc)
-                    self._pump()
+                    if decoder.buffered:
+                        async with asyncio.timeout_at(frame_deadline):
+                            chunk = await stream.read()
+                    else:
+                        chunk = await stream.read()
+                    if not chunk:
+                        if decoder.buffered:
+                            raise _FrameError(BadFrame.TRUNCATED)
+                        return  # EOF: the peer closed its stream
+                    if not decoder.buffered:
+                        frame_deadline = loop.time() + timeout
+                    decoder.feed(chunk)
+                    frames = decoder.frames()
+                    if scope is not None and decoder.buffered != held:
+                        if decoder.buffered > held:
+                            scope.reserve_memory(decoder.buffered - held)
+                        else:
+                            scope.release_memory(held - decoder.buffered)
+                        held = decoder.buffered
+                except ResourceLimitExceeded as exc:
+                    log.debug("pubsub stream of %s: %s", peer, exc)
                     await stream.reset()
                     return
-                self._pump_soon()
-                continue
-            # A broken frame: that stream is done (the connection and the peer's other streams
-            # are not); the router decides what it costs the peer.
-            log.info("%s frame from %s: stream reset", fault.value, peer)
-            if self._peers.get(peer) is state:
-                self.router.report_bad_frame(peer, fault, self._now())
-                self._pump()
-            await stream.reset()
-            return
+                except TimeoutError:
+                    fault = BadFrame.TRUNCATED
+                except MessageTooLargeError:
+                    fault = BadFrame.OVERSIZED
+                except _FrameError as exc:
+                    fault = exc.fault
+                else:
+                    if self._peers.get(peer) is not state:
+                        return
+                    router = self.router
+                    try:
+                        for frame in frames:
+                            router.handle_rpc(peer, frame, self._now())
+                    except InvalidRPC as exc:  # the router has judged it already
+                        log.info("%s", exc)
+                        self._pump()
+                        await stream.reset()
+                        return
+                    self._pump_soon()
+                    continue
+                # A broken frame: that stream is done (the connection and the peer's other streams
+                # are not); the router decides what it costs the peer.
+                log.info("%s frame from %s: stream reset", fault.value, peer)
+                if self._peers.get(peer) is state:
+                    self.router.report_bad_frame(peer, fault, self._now())
+                    self._pump()
+                await stream.reset()
+                return
+        finally:
+            if scope is not None and held:
+                scope.release_memory(held)
 
     # ------------------------------------------------------------------ PX and direct peers
 

@@ -136,9 +136,9 @@ class GossipsubConfig:
     # -- protocols and limits -----------------------------------------------------------------
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
     #: Topics one peer may be subscribed to (more are ignored).
-    max_topics_per_peer: int = 10_000
+    max_topics_per_peer: int = 1024
     #: Longest topic name accepted.
-    max_topic_length: int = 4096
+    max_topic_length: int = 1024
 
     # -- asyncio adapter -------------------------------------------------------------------
     #: Frames waiting for one peer's writer; more are dropped (a slow peer never blocks us).

@@ -104,6 +104,25 @@ class TopicScoreParams:
             _fail("invalid_message_deliveries_decay must be in (0, 1)")
 
 
+def default_topic_score_params() -> TopicScoreParams:
+    """What a topic without its own parameters scores: only P4, invalid messages.
+
+    Without it a peer could flood a topic nobody configured with invalid messages at no cost.
+    Every other weight is 0, so silence or mesh churn on such a topic costs nothing. Nine invalid
+    messages in a row take a peer below the default graylist threshold (-80); the counter decays
+    by 10 % per decay interval.
+    """
+    return TopicScoreParams(
+        topic_weight=1.0,
+        time_in_mesh_weight=0.0,
+        first_message_deliveries_weight=0.0,
+        mesh_message_deliveries_weight=0.0,
+        mesh_failure_penalty_weight=0.0,
+        invalid_message_deliveries_weight=-1.0,
+        invalid_message_deliveries_decay=0.9,
+    )
+
+
 def _default_whitelist() -> list[str]:
     return ["127.0.0.0/8", "::1/128"]
 
@@ -113,6 +132,8 @@ class PeerScoreParams:
     """Global score parameters (P5-P7, decay, retention) and the per-topic ones."""
 
     topics: dict[str, TopicScoreParams] = field(default_factory=dict)
+    #: Parameters of every topic not in ``topics`` (None: such topics score nothing).
+    default_topic: TopicScoreParams | None = field(default_factory=default_topic_score_params)
     #: Cap on the (positive) topic part of the score; 0 = no cap.
     topic_score_cap: float = 10.0
     #: P5: optional callback; ``Pubsub.set_app_score`` values are added to it.
@@ -134,7 +155,17 @@ class PeerScoreParams:
     #: Non-positive scores of disconnected peers are remembered this long.
     retain_score: float = 3600.0
 
+    def topic_params(self, topic: str) -> TopicScoreParams | None:
+        """The parameters ``topic`` is scored with (its own, else ``default_topic``)."""
+        tp = self.topics.get(topic)
+        return self.default_topic if tp is None else tp
+
     def validate(self) -> None:
+        if self.default_topic is not None:
+            try:
+                self.default_topic.validate()
+            except InvalidParameters as exc:
+                raise InvalidParameters(f"default topic score parameters: {exc}") from None
         for topic, tp in self.topics.items():
             try:
                 tp.validate()
@@ -323,7 +354,7 @@ class PeerScore:
         # Keep a non-positive score so that reconnecting does not reset it.
         for topic, ts in stats.topics.items():
             ts.first_deliveries = 0.0
-            tp = self.params.topics.get(topic)
+            tp = self.params.topic_params(topic)
             if tp is not None and ts.in_mesh:
                 self._apply_mesh_failure(ts, tp, now)
             ts.in_mesh = False
@@ -342,7 +373,7 @@ class PeerScore:
     # -- mesh ----------------------------------------------------------------------------------
 
     def _topic_stats(self, peer: PeerID, topic: str) -> _TopicStats | None:
-        if topic not in self.params.topics:
+        if self.params.topic_params(topic) is None:
             return None
         stats = self._peers.get(peer)
         if stats is None:
@@ -364,7 +395,7 @@ class PeerScore:
         ts = self._topic_stats(peer, topic)
         if ts is None or not ts.in_mesh:
             return
-        self._apply_mesh_failure(ts, self.params.topics[topic], now)
+        self._apply_mesh_failure(ts, _known(self.params.topic_params(topic)), now)
         ts.in_mesh = False
 
     @staticmethod
@@ -442,7 +473,7 @@ class PeerScore:
         ts = self._topic_stats(peer, topic)
         if ts is None:
             return
-        tp = self.params.topics[topic]
+        tp = _known(self.params.topic_params(topic))
         ts.first_deliveries = min(ts.first_deliveries + 1, tp.first_message_deliveries_cap)
         if ts.in_mesh:
             ts.mesh_deliveries = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
@@ -453,7 +484,7 @@ class PeerScore:
         ts = self._topic_stats(peer, topic)
         if ts is None or not ts.in_mesh:
             return
-        tp = self.params.topics[topic]
+        tp = _known(self.params.topic_params(topic))
         if validated and now > validated + tp.mesh_message_deliveries_window:
             return
         ts.mesh_deliveries = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
@@ -535,7 +566,7 @@ class PeerScore:
         p = self.params
         score = 0.0
         for topic, ts in stats.topics.items():
-            tp = p.topics.get(topic)
+            tp = p.topic_params(topic)
             if tp is None:
                 continue
             p1 = 0.0
@@ -626,7 +657,7 @@ class PeerScore:
                     self._forget(peer, stats)
                 continue  # retained scores do not decay
             for topic, ts in stats.topics.items():
-                tp = p.topics.get(topic)
+                tp = p.topic_params(topic)
                 if tp is None:
                     continue
                 ts.first_deliveries = decay(ts.first_deliveries, tp.first_message_deliveries_decay)
@@ -700,3 +731,9 @@ class GossipTracer:
             if not peers:
                 del self._promises[mid]
         return out
+
+
+def _known(tp: TopicScoreParams | None) -> TopicScoreParams:
+    # only called for topics that have stats, which exist only for topics with parameters
+    assert tp is not None
+    return tp

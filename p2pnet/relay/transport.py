@@ -144,7 +144,8 @@ class CircuitTransport:
         self.on_addrs_changed: Callable[[], None] | None = None
 
     async def start(self) -> None:
-        self.host.set_stream_handler(STOP_PROTOCOL, self._handle_stop)
+        # the stop stream carries the relayed connection after the handler returns
+        self.host.set_stream_handler(STOP_PROTOCOL, self._handle_stop, keeps_stream=True)
         self._unsubscribe = self.host.bus.subscribe(ConnectionEnded, self._on_ended)
 
     async def close(self) -> None:

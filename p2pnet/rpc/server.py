@@ -10,7 +10,6 @@ as ``p2pnet-field``).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from p2pnet.errors import P2PError
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.rpc import agent_node_pb2 as pb
 from p2pnet.rpc import convert
+from p2pnet.wire.json_bounded import loads_bounded
 
 log = logging.getLogger("p2pnet.rpc.server")
 
@@ -126,10 +126,6 @@ def check_peer_id(value: str, field: str = "peer_id") -> PeerID:
         raise invalid(field, f"not a PeerID: {exc}") from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def check_json(text: str, field: str = "data_json") -> Any:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_ENVELOPE_SIZE:
         raise CommandError(
@@ -141,7 +137,7 @@ def check_json(text: str, field: str = "data_json") -> Any:
     if not text:
         raise invalid(field, "JSON text is required (e.g. 'null')")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return loads_bounded(text)
     except ValueError as exc:
         raise invalid(field, f"not valid JSON: {exc}") from None
 

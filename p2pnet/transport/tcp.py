@@ -350,21 +350,60 @@ class TcpListener:
                 log.error("TCP connection handler %s did not stop", t.get_name())
 
 
+#: listen() backlog (the kernel caps it at net.core.somaxconn).
+ACCEPT_BACKLOG = 1024
+
+
 async def listen(addr: Multiaddr, handler: ConnectionHandler) -> TcpListener:
     host, port = host_port_of(addr)
     listener = TcpListener(handler, addr)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(listener._protocol, host, port, reuse_address=True)
+    _quiet_out_of_fds(loop)
+    # A deep accept queue: a burst of connection attempts (a flood refused one by one above)
+    # must not make the kernel drop a legitimate SYN, which costs it a 1 s retransmission.
+    server = await loop.create_server(
+        listener._protocol, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG
+    )
     listener._start(server)
     return listener
 
 
-async def dial(addr: Multiaddr, *, timeout: float = 10.0) -> TcpConnection:
+#: How often accept() ran out of file descriptors (asyncio then pauses accepting for a second).
+accept_out_of_resources = 0
+
+
+def _quiet_out_of_fds(loop: asyncio.AbstractEventLoop) -> None:
+    """Out of fds, asyncio's server pauses accepting for a second and resumes by itself, but
+    reports each time through the loop's exception handler, a traceback per pause. Unless the
+    application installed its own handler, count those and log one line instead."""
+    if loop.get_exception_handler() is not None:
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        global accept_out_of_resources
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            accept_out_of_resources += 1
+            log.warning(
+                "out of file descriptors: not accepting for a second (%s)", context.get("exception")
+            )
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+async def dial(
+    addr: Multiaddr, *, timeout: float = 10.0, local_host: str | None = None
+) -> TcpConnection:
+    """Connect to ``addr`` (from ``local_host`` if given, e.g. another loopback address)."""
     host, port = host_port_of(addr)
     loop = asyncio.get_running_loop()
+    local = (local_host, 0) if local_host is not None else None
     try:
         async with asyncio.timeout(timeout):
-            transport, proto = await loop.create_connection(_TcpProtocol, host, port)
+            transport, proto = await loop.create_connection(
+                _TcpProtocol, host, port, local_addr=local
+            )
     except TimeoutError as exc:
         raise DialError(f"TCP dial to {addr} timed out after {timeout}s") from exc
     except OSError as exc:

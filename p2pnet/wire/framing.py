@@ -15,10 +15,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from p2pnet.errors import MessageTooLargeError, ProtocolError
-from p2pnet.io import Bytes, ReadWriter
+from p2pnet.io import Bytes, ReadWriter, deadline
+from p2pnet.resources.manager import stream_scope_of
 from p2pnet.wire.varint import MAX_VARINT_BYTES, encode_uvarint
 
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+#: Once a frame's first byte arrived, the whole frame must arrive within this many seconds (a
+#: deadline for the frame, not for each read: a peer trickling a byte at a time cannot hold it).
+DEFAULT_FRAME_TIMEOUT = 30.0
+# Frames whose body is at least this long count against the stream's resource scope while they
+# are assembled (smaller ones are covered by the muxer's buffer accounting).
+_ACCOUNT_FRAMES_FROM = 4096
 
 # Below this many consumed bytes the buffer is not compacted (avoids memmove per frame).
 _COMPACT_AT = 64 * 1024
@@ -171,35 +178,71 @@ class FrameDecoder:
 
 
 async def read_frame(
-    reader: ReadWriter, decoder: FrameDecoder, max_length: int | None = None
+    reader: ReadWriter,
+    decoder: FrameDecoder,
+    max_length: int | None = None,
+    *,
+    timeout: float | None = None,
 ) -> bytes:
-    """Read until ``decoder`` has a whole frame; raises IncompleteRead at EOF."""
-    while (frame := decoder.next_frame(max_length)) is None:
-        decoder.feed(await reader.readexactly(decoder.wanted))
-    return frame
+    """Read until ``decoder`` has a whole frame; raises IncompleteRead at EOF.
+
+    ``timeout`` bounds the whole frame (TimeoutError). If ``reader`` is a stream with a resource
+    scope, a large frame's bytes count against it while the frame is assembled
+    (:class:`~p2pnet.errors.ResourceLimitExceeded` if the peer's budget is spent).
+    """
+    if timeout is None:
+        return await _read_frame(reader, decoder, max_length)
+    async with deadline(timeout):
+        return await _read_frame(reader, decoder, max_length)
+
+
+async def _read_frame(reader: ReadWriter, decoder: FrameDecoder, max_length: int | None) -> bytes:
+    scope = stream_scope_of(reader)
+    held = 0
+    try:
+        while (frame := decoder.next_frame(max_length)) is None:
+            wanted = decoder.wanted
+            if scope is not None and not held and wanted >= _ACCOUNT_FRAMES_FROM:
+                scope.reserve_memory(wanted)
+                held = wanted
+            decoder.feed(await reader.readexactly(wanted))
+        return frame
+    finally:
+        if held:
+            assert scope is not None
+            scope.release_memory(held)
 
 
 async def read_length_prefixed(
-    reader: ReadWriter, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    reader: ReadWriter,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    *,
+    timeout: float | None = DEFAULT_FRAME_TIMEOUT,
 ) -> bytes:
     """Read one length-prefixed message, refusing lengths above ``max_size``.
 
     Returns ``b""`` for a zero-length message; raises :class:`~p2pnet.errors.IncompleteRead` if
-    EOF cuts it short.
+    EOF cuts it short, TimeoutError if it does not complete within ``timeout``.
     """
-    return await read_frame(reader, FrameDecoder(max_size))
+    return await read_frame(reader, FrameDecoder(max_size), timeout=timeout)
 
 
 async def read_length_prefixed_or_eof(
-    reader: ReadWriter, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    reader: ReadWriter,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    *,
+    timeout: float | None = DEFAULT_FRAME_TIMEOUT,
 ) -> bytes | None:
-    """Like :func:`read_length_prefixed` but returns ``None`` on a clean EOF between messages."""
+    """Like :func:`read_length_prefixed` but returns ``None`` on a clean EOF between messages.
+
+    The ``timeout`` starts at the frame's first byte (waiting for a next message is unbounded).
+    """
     first = await reader.read(1)
     if not first:
         return None
     decoder = FrameDecoder(max_size)
     decoder.feed(first)
-    return await read_frame(reader, decoder)
+    return await read_frame(reader, decoder, timeout=timeout)
 
 
 async def write_length_prefixed(writer: ReadWriter, data: Bytes) -> None:

@@ -1,0 +1,83 @@
+"""The victim of the adversarial tests: one ordinary node in its own process.
+
+Run as ``python tests/adversarial/victim.py``. It prints ``{"addrs": [...]}`` once listening,
+then every 100 ms a JSON line with its RSS, peak RSS, task count, open fds and the resource
+manager's usage; it logs warnings and errors (with tracebacks) to stderr, and exits at EOF on
+stdin. Nothing else: whatever an attacker does must not show up as a traceback or a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import os
+import sys
+
+from p2pnet.config import NodeConfig
+from p2pnet.kad.config import KadConfig, Mode
+from p2pnet.node import Node
+
+TOPIC = "adversarial"
+
+
+def _status_kib(field: str) -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:  # out of fds ourselves, for a moment
+        pass
+    return 0
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # out of fds ourselves, for a moment
+        return -1
+
+
+def _pubsub_stat(node: Node, name: str) -> int:
+    return node.pubsub.router.stats.get(name, 0) if node.pubsub is not None else 0
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    nofile = os.environ.get("VICTIM_NOFILE")
+    if nofile:  # a victim short of file descriptors (the limits scale from this)
+        import resource
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(nofile), hard))
+    config = NodeConfig(kad=KadConfig(mode=Mode.SERVER))
+    async with Node(config) as node:
+        sub = node.subscribe(TOPIC)
+        print(json.dumps({"addrs": [str(a) for a in node.p2p_addrs()]}), flush=True)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        eof = asyncio.ensure_future(reader.read())
+        resources = node.host.resources
+        while not eof.done():
+            gc.collect()
+            stat = {
+                "rss_kib": _status_kib("VmRSS"),
+                "hwm_kib": _status_kib("VmHWM"),
+                "tasks": len(asyncio.all_tasks()),
+                "fds": _open_fds(),
+                "conns": len(node.host.connections()),
+                "memory": resources.system.used("memory"),
+                "streams": resources.system.used("streams_inbound"),
+                "refused": sum(resources.refused.values()),
+                "rpc_graylisted": _pubsub_stat(node, "rpc_graylisted"),
+            }
+            print(json.dumps(stat), flush=True)
+            await asyncio.wait([eof], timeout=0.1)
+        del sub
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

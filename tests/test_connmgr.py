@@ -1,0 +1,54 @@
+"""The connection manager: trims the least useful peers above the high watermark."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from p2pnet.crypto.keys import KeyPair
+from p2pnet.host.config import HostConfig
+from p2pnet.host.host import Host
+from p2pnet.peer.peer_id import PeerID
+from p2pnet.resources.connmgr import ConnManager, ConnManagerConfig
+
+
+def peer() -> PeerID:
+    return PeerID.from_public_key(KeyPair.generate().public_key)
+
+
+def test_trims_least_useful_first_and_spares_protected_and_new_peers() -> None:
+    cm = ConnManager(ConnManagerConfig(low_water=2, high_water=3, grace_period=10))
+    boot, mesh, used, idle, idle2, young = (peer() for _ in range(6))
+    cm.tag(boot, "bootstrap", 0, protect=True)
+    cm.add_value("mesh", lambda p: 50 if p == mesh else 0)
+    cm.used(used, 95.0)
+    connected = [(boot, 0.0), (mesh, 0.0), (used, 0.0), (idle, 0.0), (idle2, 1.0), (young, 95.0)]
+    trimmed = cm.to_trim(connected, 100.0)
+    assert len(trimmed) == 4 and set(trimmed) == {idle, idle2, used, mesh}
+    assert trimmed[:2] == [idle2, idle]  # no value: the newer one first
+    assert boot not in trimmed and young not in trimmed
+    assert cm.to_trim(connected[:3], 100.0) == []  # at or below the high watermark
+    with pytest.raises(ValueError):
+        ConnManagerConfig(low_water=5, high_water=4)
+
+
+async def test_a_host_above_its_high_watermark_disconnects_down_to_the_low_one() -> None:
+    config = HostConfig(connmgr=ConnManagerConfig(low_water=2, high_water=3, grace_period=0))
+    async with Host(KeyPair.generate(), config) as hub:
+        keeper = Host(KeyPair.generate())
+        others = [Host(KeyPair.generate()) for _ in range(4)]
+        for h in [keeper, *others]:
+            await h.start()
+        hub.connmgr.tag(keeper.peer_id, "bootstrap", 0, protect=True)
+        await keeper.connect(hub.p2p_addrs()[0])
+        for h in others:
+            await h.connect(hub.p2p_addrs()[0])
+        async with asyncio.timeout(5):
+            # the 4th peer crossed the high watermark (3): two were trimmed, down to 2; the 5th
+            # made it 3 again, which is allowed
+            while hub.connmgr.trimmed < 2 or len(hub.connected_peers()) > 3:
+                await asyncio.sleep(0.02)
+        assert keeper.peer_id in hub.connected_peers()
+        for h in [keeper, *others]:
+            await h.close()
