@@ -70,6 +70,7 @@ from p2pnet.crypto.eth import eth_address, is_eth_address, to_checksum_address
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import CryptoError, MessageTooLargeError, NoPeersError, P2PError
 from p2pnet.events import BootstrapSucceeded, EventBus, EventStream, NodeEvent
+from p2pnet.expiring_cache import ExpiringCache
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.errors import KadError
 from p2pnet.kad.errors import PeerNotFound as KadPeerNotFound
@@ -251,20 +252,14 @@ def topic_key(topic: str) -> bytes:
 
 
 #: Peers remembered in ``Agent.announced`` and ``Agent.statuses``; the least recently heard
-#: ones are forgotten first, so a flood of announcing identities cannot grow memory.
+#: ones are forgotten first, so a flood of announcing identities cannot grow memory, and
+#: peers that stop reporting expire.
 MAX_KNOWN_PEERS = 1024
 
 
 #: Seconds a peer named by a DHT provider record has to answer a dial before ``discover`` leaves
 #: it out as gone.
 LIVENESS_TIMEOUT = 5.0
-
-
-def _remember(known: OrderedDict[PeerID, Any], peer: PeerID, value: Any) -> None:
-    known[peer] = value
-    known.move_to_end(peer)
-    while len(known) > MAX_KNOWN_PEERS:
-        known.popitem(last=False)
 
 
 def _eth_of(peer: PeerID) -> str | None:
@@ -319,9 +314,14 @@ class Agent:
         self._verified: OrderedDict[bytes, Envelope] = OrderedDict()
         #: Agents seen on agent-announcements: PeerID -> what they announced (for discovery
         #: events and the devnet display; never used to resolve addresses).
-        self.announced: OrderedDict[PeerID, AgentDiscovered] = OrderedDict()
-        #: The latest node-status report of each node.
-        self.statuses: OrderedDict[PeerID, dict[str, Any]] = OrderedDict()
+        #: Forgotten after three missed presence announcements.
+        self.announced: ExpiringCache[PeerID, AgentDiscovered] = ExpiringCache(
+            MAX_KNOWN_PEERS, 3 * cfg.presence_interval, self.clock
+        )
+        #: The latest node-status report of each node, forgotten after three missed reports.
+        self.statuses: ExpiringCache[PeerID, dict[str, Any]] = ExpiringCache(
+            MAX_KNOWN_PEERS, 3 * cfg.status_interval, self.clock
+        )
         self.messages_in = 0
         self.messages_out = 0
         self.rejected = 0
@@ -715,7 +715,7 @@ class Agent:
                 self._on_announcement(env)
             elif topic == STATUS_TOPIC:
                 if isinstance(env.data, dict) and len(msg.data) <= MAX_STATUS_BYTES:
-                    _remember(self.statuses, env.peer_id, env.data)
+                    self.statuses.put(env.peer_id, env.data)
                 if topic in self._app_topics:
                     self._deliver(env, topic)
             else:
@@ -754,7 +754,7 @@ class Agent:
             env.peer_id, to_checksum_address(env.sender), addrs, topics, name, note
         )
         before = self.announced.get(env.peer_id)
-        _remember(self.announced, env.peer_id, info)
+        self.announced.put(env.peer_id, info)
         if before is None or before.topics != info.topics:
             self._events.emit(info)
 
