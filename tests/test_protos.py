@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from gen_protos_script import load_gen_script
 
 from p2pnet.crypto import KeyPair, KeyType
 from p2pnet.crypto.keys import unmarshal_public_key
@@ -17,18 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PB_DIR = ROOT / "p2pnet" / "wire" / "pb"
 
 
-def _load_gen_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gen_protos", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_files_are_up_to_date(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools.protoc")
-    gen = _load_gen_script()
+    gen = load_gen_script()
     written = gen.generate(tmp_path)
     names = sorted(p.name for p in written)
     committed = sorted(p.name for p in PB_DIR.iterdir() if p.name.endswith(("_pb2.py", "_pb2.pyi")))
@@ -43,7 +32,7 @@ def test_generated_files_are_up_to_date(tmp_path: Path) -> None:
 
 
 def test_fix_imports() -> None:
-    gen = _load_gen_script()
+    gen = load_gen_script()
     text = "import os\nimport keys_pb2 as keys__pb2\nfrom x import y_pb2 as z\n"
     assert gen.fix_imports(text) == (
         "import os\nfrom p2pnet.wire.pb import keys_pb2 as keys__pb2\nfrom x import y_pb2 as z\n"

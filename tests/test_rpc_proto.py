@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from gen_protos_script import load_gen_script
 
 from p2pnet.rpc import agent_node_pb2 as pb
 
@@ -16,18 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RPC_DIR = ROOT / "p2pnet" / "rpc"
 
 
-def _load_gen_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gen_protos", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_rpc_module_is_up_to_date(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools.protoc")
-    gen = _load_gen_script()
+    gen = load_gen_script()
     written = gen.generate(tmp_path, gen.RPC_DIR)
     assert sorted(p.name for p in written) == ["agent_node_pb2.py", "agent_node_pb2.pyi"]
     for path in written:
