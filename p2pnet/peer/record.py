@@ -11,7 +11,7 @@ uvarint(len(payload)) ‖ payload`` with domain ``libp2p-peer-record`` and paylo
 
 from __future__ import annotations
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from multiaddr import Multiaddr
 
 from p2pnet.crypto.keys import KeyPair, unmarshal_public_key
@@ -58,7 +58,7 @@ def verify_peer_record(
         raise InvalidPeerRecord(f"payload type {env.payload_type.hex()} is not a peer record")
     try:
         pub = unmarshal_public_key(env.public_key.SerializeToString())
-    except CryptoError as exc:
+    except (CryptoError, EncodeError) as exc:  # EncodeError: a key with an unknown type
         raise InvalidPeerRecord(f"bad envelope key: {exc}") from None
     signed = _signed_bytes(PEER_RECORD_DOMAIN, env.payload_type, env.payload)
     if not pub.verify(signed, env.signature):
