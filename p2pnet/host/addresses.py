@@ -40,11 +40,15 @@ MAX_OBSERVERS = 16
 
 def ip_of(addr: Multiaddr) -> IPAddress | None:
     """The IP address of an ``/ip4/...`` or ``/ip6/...`` multiaddr, else None."""
-    for proto in addr.protocols():
+    try:
+        protocols = list(addr.protocols())
+    except Exception:  # the multiaddr package parses lazily and raises several unrelated types
+        return None
+    for proto in protocols:
         if proto.name in ("ip4", "ip6"):
             try:
                 return ipaddress.ip_address(str(addr.value_for_protocol(proto.name)))
-            except ValueError:
+            except Exception:  # a bad address, whatever the multiaddr package raises
                 return None
         break
     return None
