@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import random
@@ -474,3 +475,61 @@ async def test_noise_writelines_over_tcp(pair: tuple[TcpConnection, TcpConnectio
     with pytest.raises(ConnectionClosed):
         await ca.writelines([b"closed"])
     await cb.close()
+
+
+class _OutOfFds:
+    """A listening socket whose ``accept`` fails with EMFILE ``failures`` times first."""
+
+    def __init__(self, sock: socket.socket, failures: int) -> None:
+        self.sock = sock
+        self.failures = failures
+        self.failed_at: list[float] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def getsockname(self) -> object:
+        return self.sock.getsockname()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.failures:
+            self.failures -= 1
+            self.failed_at.append(asyncio.get_running_loop().time())
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.sock.accept()
+
+
+async def test_listener_out_of_fds_pauses_briefly_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Out of fds the listener stops accepting for 50 ms, then 100, 200 ... while accept keeps
+    failing (one warning per series), and takes the waiting connection once it works again:
+    not asyncio's fixed second per failure."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=16)
+    server.setblocking(False)
+    flaky = _OutOfFds(server, failures=3)
+    accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
+    listener = TcpListener(accepted.put, LOCAL)
+    before = tcp.accept_out_of_resources
+    listener._start(asyncio.get_running_loop(), [flaky])  # type: ignore[list-item]
+    try:
+        start = asyncio.get_running_loop().time()
+        client = await dial(listener.multiaddrs[0], timeout=T)
+        conn = await asyncio.wait_for(accepted.get(), T)
+        took = asyncio.get_running_loop().time() - start
+        assert tcp.accept_out_of_resources - before == 3
+        gaps = [b - a for a, b in zip(flaky.failed_at, flaky.failed_at[1:], strict=False)]
+        assert gaps[0] >= tcp.ACCEPT_PAUSE and gaps[1] >= 2 * tcp.ACCEPT_PAUSE
+        # 0.05 + 0.1 + 0.2 s of pauses; far below the second asyncio pauses for each failure
+        assert took < 1.0
+        warnings = [r for r in caplog.records if "out of file descriptors" in r.getMessage()]
+        assert len([r for r in warnings if r.levelname == "WARNING"]) == 1
+        await client.write(b"hello")
+        assert await conn.read() == b"hello"
+        await client.close()
+        await conn.close()
+    finally:
+        await listener.close()

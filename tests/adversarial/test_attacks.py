@@ -264,13 +264,14 @@ async def test_gossipsub_messages_with_bad_signatures() -> None:
 
 
 async def test_connection_flood_against_a_victim_short_of_fds() -> None:
-    """A victim with 128 fds and an attacker opening 400 raw connections at once: it refuses
-    them (per address, in upgrade, fds), and when accept() runs out of fds (asyncio accepts a
-    whole backlog at once) it pauses accepting for a second and recovers: a warning, no
-    traceback, and every legitimate connection succeeds, some after that pause (hence the
-    p99 bound of 2.5 s here)."""
+    """A victim with 64 fds and an attacker opening 400 raw connections at once: it refuses
+    them (per address, in upgrade, fds), and accept() does run out of fds (the test checks the
+    listener's warning); the listener accepts in small batches, so refusals free their fds
+    between batches, and out of fds it pauses 50 ms (doubling while it keeps failing), not
+    asyncio's second: every legitimate connection succeeds, p99 under 1 s."""
 
     async def attack(victim: Victim, stop: asyncio.Event) -> None:
         await stall_connections(victim, stop, count=400)
 
-    await under_attack(attack, env={"VICTIM_NOFILE": "128"}, p99_bound=2.5)
+    victim = await under_attack(attack, env={"VICTIM_NOFILE": "64"})
+    assert "out of file descriptors" in victim.stderr.decode(errors="replace")
