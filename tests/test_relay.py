@@ -363,3 +363,27 @@ async def test_relay_counts_in_the_hosts_resource_manager_and_refuses_extra_circ
                 await asyncio.sleep(0.01)
         assert resources.stat()["relay"] == {"reservations": 1}
         assert resources.peer_usage(trio.dialer.peer_id).get("memory", 0) == 0
+
+
+async def test_a_direct_address_is_preferred_over_the_relay(trio: Trio) -> None:
+    """A peer known by a relayed and a direct address: the direct one is dialled first and the
+    relay is never asked (relayed addresses start only RELAY_DELAY after the direct ones);
+    with the direct address dead, the relay is used at once."""
+    await trio.private_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
+    (direct,) = await trio.private.host.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"))
+    relayed = trio.relay.p2p_addrs()[0].encapsulate(Multiaddr("/p2p-circuit"))
+    dialer = trio.dialer.host
+    dialer.peerstore.add_addrs(trio.private.peer_id, [relayed, direct], 60)
+    attempts = dialer.dial_attempts
+    conn = await dialer.connect_peer(trio.private.peer_id)
+    assert conn.remote_addr == direct and not is_relayed(conn.remote_addr)
+    assert dialer.dial_attempts == attempts + 1  # the relayed address was never tried
+    assert trio.service.table.circuits == 0 and trio.service.bytes_relayed == 0
+
+    await dialer.disconnect(trio.private.peer_id)
+    async with asyncio.timeout(5):
+        while dialer.is_connected(trio.private.peer_id):
+            await asyncio.sleep(0.01)
+    await trio.private.host._listeners[-1].close()  # the direct address is dead now
+    conn = await dialer.connect_peer(trio.private.peer_id)
+    assert is_relayed(conn.remote_addr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from multiaddr import Multiaddr
@@ -23,6 +24,8 @@ from p2pnet.host.addresses import AddressBook, IPAddress, is_unspecified
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
+from p2pnet.host.dial_ranker import rank_addresses
+from p2pnet.host.dialer import DialFailed, dial_first
 from p2pnet.host.interfaces import interface_ips
 from p2pnet.host.upgrader import Upgraded, upgrade
 from p2pnet.io import ReadWriter
@@ -281,25 +284,28 @@ class Host:
         fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
         self._pending_dials[peer] = fut
         try:
-            errors: list[P2PError] = []
-            for addr in addrs:
-                try:
-                    conn = await self._dial_addr(addr, peer)
-                except P2PError as exc:
-                    errors.append(exc)
-                    log.debug("dial %s at %s failed: %s", peer, addr, exc)
-                    continue
-                fut.set_result(conn)
-                return conn
-            # With one address the original error (e.g. PeerIDMismatch) says it best.
-            if len(errors) == 1:
-                err = errors[0]
-            else:
-                why = "; ".join(f"{a}: {e}" for a, e in zip(addrs, errors, strict=True))
-                err = DialError(f"could not dial {peer}: {why}")
-            fut.set_exception(err)
-            fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
-            raise err
+            # Ranked and staggered, in parallel: the first to connect wins (dial_ranker.py).
+            try:
+                dialed = await dial_first(
+                    rank_addresses(addrs),
+                    lambda addr: self._dial_attempt(addr, peer),
+                    self._discard_dialed,
+                    clock=self.clock,
+                    timeout=self.config.peer_dial_timeout,
+                    what=str(peer),
+                )
+            except DialFailed as exc:
+                # With one address the original error (e.g. PeerIDMismatch) says it best.
+                only = exc.errors[0][1] if len(exc.errors) == 1 and not exc.timed_out else None
+                err = only if isinstance(only, P2PError) else exc
+                for addr, why in exc.errors:
+                    log.debug("dial %s at %s failed: %s", peer, addr, why)
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
+                raise err from None
+            conn = await self._adopt(dialed)
+            fut.set_result(conn)
+            return conn
         except BaseException as exc:
             if not fut.done():
                 fut.set_exception(DialError(f"dial to {peer} aborted: {exc!r}"))
@@ -309,14 +315,18 @@ class Host:
             del self._pending_dials[peer]
 
     async def _dial_addr(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
+        return await self._adopt(await self._dial_attempt(addr, peer))
+
+    async def _dial_attempt(self, addr: Multiaddr, peer: PeerID | None) -> _Dialed:
+        """Dial and upgrade ``addr``; the connection is not registered yet (:meth:`_adopt`)."""
         self.dial_attempts += 1
         try:
-            return await self._dial_addr_counted(addr, peer)
-        except Exception:
+            return await self._dial_attempt_counted(addr, peer)
+        except Exception:  # not a cancellation: a parallel dial cancels the attempts it lost
             self.dial_failures += 1
             raise
 
-    async def _dial_addr_counted(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
+    async def _dial_attempt_counted(self, addr: Multiaddr, peer: PeerID | None) -> _Dialed:
         if self._closed:
             raise DialError("host is closed")
         transport = self.transport_for(addr)
@@ -349,9 +359,19 @@ class Host:
         except BaseException:
             scope.done()
             raise
-        conn = self._connection(upgraded, Direction.OUTBOUND, raw, addr, scope)
+        return _Dialed(upgraded, raw, addr, scope)
+
+    async def _adopt(self, dialed: _Dialed) -> Connection:
+        conn = self._connection(
+            dialed.upgraded, Direction.OUTBOUND, dialed.raw, dialed.addr, dialed.scope
+        )
         await self._add_connection(conn)
         return conn
+
+    async def _discard_dialed(self, dialed: _Dialed) -> None:
+        """A connection a parallel dial made after another address won: close it."""
+        dialed.scope.done()
+        await _close_quietly(dialed.upgraded.secure)
 
     def _connection(
         self,
@@ -559,6 +579,16 @@ class Host:
             stream.conn.remote_peer,
         )
         await stream.reset()
+
+
+@dataclass
+class _Dialed:
+    """An outbound connection dialled and upgraded, not yet registered with the host."""
+
+    upgraded: Upgraded
+    raw: RawConnection
+    addr: Multiaddr
+    scope: ConnectionScope
 
 
 def _ip_of(addr: Multiaddr) -> str | None:
