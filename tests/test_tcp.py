@@ -505,9 +505,9 @@ class _OutOfFds:
 async def test_listener_out_of_fds_pauses_briefly_and_recovers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Out of fds the listener stops accepting for 50 ms, then 100, 200 ... while accept keeps
-    failing (one warning per series), and takes the waiting connection once it works again:
-    not asyncio's fixed second per failure."""
+    """Out of fds the listener stops accepting for 20 ms, then 40, 80 ... while accept fails
+    at once after each pause (one warning for them all), and takes the waiting connection once
+    it works again: not asyncio's fixed second per failure."""
     server = socket.create_server(("127.0.0.1", 0), backlog=16)
     server.setblocking(False)
     flaky = _OutOfFds(server, failures=3)
@@ -523,7 +523,7 @@ async def test_listener_out_of_fds_pauses_briefly_and_recovers(
         assert tcp.accept_out_of_resources - before == 3
         gaps = [b - a for a, b in zip(flaky.failed_at, flaky.failed_at[1:], strict=False)]
         assert gaps[0] >= tcp.ACCEPT_PAUSE and gaps[1] >= 2 * tcp.ACCEPT_PAUSE
-        # 0.05 + 0.1 + 0.2 s of pauses; far below the second asyncio pauses for each failure
+        # 0.02 + 0.04 + 0.08 s of pauses; far below the second asyncio pauses for each failure
         assert took < 1.0
         warnings = [r for r in caplog.records if "out of file descriptors" in r.getMessage()]
         assert len([r for r in warnings if r.levelname == "WARNING"]) == 1

@@ -295,8 +295,11 @@ class TcpListener:
     legitimate one in the kernel's queue for seconds. Here each wake-up of a listening socket
     accepts at most :data:`ACCEPT_BATCH` connections, so the handler (the host's admission
     check, which aborts a refused connection and frees its fd at once) runs between batches;
-    out of fds, accepting pauses :data:`ACCEPT_PAUSE` (doubling while it keeps failing, up to
-    :data:`ACCEPT_PAUSE_MAX`) and resumes.
+    out of fds, accepting pauses :data:`ACCEPT_PAUSE` and resumes (the refused connections
+    give their fds back within a few loop iterations). Only while accept fails at once after
+    each pause (fds held by live connections) does the pause double, up to
+    :data:`ACCEPT_PAUSE_MAX`: the cost of trying is one failing syscall, the cost of waiting is
+    a legitimate connection's latency.
 
     The handler runs in a task the listener owns: :meth:`close` stops accepting, then cancels
     and awaits the handlers still running. The connections themselves belong to whoever the
@@ -312,6 +315,8 @@ class TcpListener:
         self._closed = False
         self._resume: asyncio.TimerHandle | None = None
         self._pause = ACCEPT_PAUSE
+        self._warned_at: float | None = None
+        self._pauses_unreported = 0
         self.multiaddrs: list[Multiaddr] = []
 
     def _start(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket]) -> None:
@@ -335,13 +340,15 @@ class TcpListener:
     def _accept(self, sock: socket.socket) -> None:
         loop = self._loop
         assert loop is not None
-        for _ in range(ACCEPT_BATCH):
+        for i in range(ACCEPT_BATCH):
             try:
                 conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 break  # the queue is empty (or the head connection left before we took it)
             except OSError as exc:
                 if exc.errno in _OUT_OF_RESOURCES:
+                    if i > 0:  # fds came back since the last pause: a short one again
+                        self._pause = ACCEPT_PAUSE
                     self._out_of_resources(exc)
                     return
                 # e.g. EPERM from a firewall rule, EPROTO: that one connection is lost
@@ -361,9 +368,21 @@ class TcpListener:
             return  # another listening socket already paused us
         pause = self._pause
         self._pause = min(ACCEPT_PAUSE_MAX, pause * 2)
-        # one warning per series of pauses (they come every few tens of ms under a flood)
-        level = logging.WARNING if pause == ACCEPT_PAUSE else logging.DEBUG
-        log.log(level, "out of file descriptors: not accepting for %.2f s (%s)", pause, exc)
+        # under a flood pauses come every few tens of ms: one warning per interval
+        now = self._loop.time()
+        self._pauses_unreported += 1
+        if self._warned_at is None or now - self._warned_at >= ACCEPT_WARNING_INTERVAL:
+            log.warning(
+                "out of file descriptors: accepting paused %d times since the last warning, "
+                "now for %.2f s (%s)",
+                self._pauses_unreported,
+                pause,
+                exc,
+            )
+            self._warned_at = now
+            self._pauses_unreported = 0
+        else:
+            log.debug("out of file descriptors: not accepting for %.2f s", pause)
         self._stop_serving()
         self._resume = self._loop.call_later(pause, self._serve)
 
@@ -415,8 +434,10 @@ ACCEPT_BACKLOG = 1024
 #: Connections accepted per wake-up of a listening socket (see :class:`TcpListener`).
 ACCEPT_BATCH = 16
 #: Out of file descriptors: the first pause of accepting, and the longest.
-ACCEPT_PAUSE = 0.05
-ACCEPT_PAUSE_MAX = 1.0
+ACCEPT_PAUSE = 0.02
+ACCEPT_PAUSE_MAX = 0.25
+#: Seconds between two warnings about running out of file descriptors.
+ACCEPT_WARNING_INTERVAL = 10.0
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 #: How often accept() ran out of file descriptors (each time accepting pauses).

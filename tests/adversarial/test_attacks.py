@@ -264,14 +264,37 @@ async def test_gossipsub_messages_with_bad_signatures() -> None:
 
 
 async def test_connection_flood_against_a_victim_short_of_fds() -> None:
-    """A victim with 64 fds and an attacker opening 400 raw connections at once: it refuses
-    them (per address, in upgrade, fds), and accept() does run out of fds (the test checks the
+    """A victim with 64 fds and an attacker keeping 400 raw connections coming: each one the
+    victim drops is opened again at once, for the whole attack. The victim refuses them (per
+    address rate, in upgrade, fds), and accept() does run out of fds (the test checks the
     listener's warning); the listener accepts in small batches, so refusals free their fds
     between batches, and out of fds it pauses 50 ms (doubling while it keeps failing), not
     asyncio's second: every legitimate connection succeeds, p99 under 1 s."""
+    opened = 0
 
     async def attack(victim: Victim, stop: asyncio.Event) -> None:
-        await stall_connections(victim, stop, count=400)
+        host = victim.addr.value_for_protocol("ip4")
+        port = int(victim.addr.value_for_protocol("tcp"))
+
+        async def again_and_again(_: int) -> None:
+            nonlocal opened
+            while not stop.is_set():
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        host, port, local_addr=(ATTACKER_IP, 0)
+                    )
+                except OSError:
+                    await asyncio.sleep(0.01)
+                    continue
+                opened += 1
+                try:
+                    with contextlib.suppress(OSError):
+                        await reader.read()  # until the victim drops it
+                finally:
+                    writer.close()
+
+        await many(400, again_and_again, stop)
 
     victim = await under_attack(attack, env={"VICTIM_NOFILE": "64"})
     assert "out of file descriptors" in victim.stderr.decode(errors="replace")
+    assert opened > 1000  # a sustained flood, not one burst
