@@ -194,6 +194,7 @@ async def test_reservations_are_limited_per_ip() -> None:
         with pytest.raises(RelayRefused, match="RESERVATION_REFUSED"):
             await trio.dialer_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
         assert trio.relay.host.resources.refused["relay_ip/reservations"] == 1
+        assert trio.service.refused == {"RESERVATION_REFUSED": 1}
         # A renewal of the existing reservation is still granted.
         await trio.private_circuit.reserve(trio.relay.peer_id)
 
@@ -356,6 +357,7 @@ async def test_relay_counts_in_the_hosts_resource_manager_and_refuses_extra_circ
             answer = decode_hop(await read_length_prefixed(stream, 4096))
             assert answer.status == RelayStatus.RESOURCE_LIMIT_EXCEEDED
             assert resources.refused["relay_peer/circuits"] == 1
+            assert service.refused == {"RESOURCE_LIMIT_EXCEEDED": 1}
 
         await trio.dialer.disconnect(trio.private.peer_id)
         async with asyncio.timeout(5):

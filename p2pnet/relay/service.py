@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from multiaddr import Multiaddr
@@ -63,6 +64,10 @@ class RelayService:
         self._unsubscribe: Callable[[], None] | None = None
         #: Bytes relayed, both directions together (for metrics and tests).
         self.bytes_relayed = 0
+        #: Hop requests answered with an error, by status name (``RESERVATION_REFUSED``,
+        #: ``RESOURCE_LIMIT_EXCEEDED``, ``NO_RESERVATION``...); the resource manager's
+        #: ``refused`` says which scope refused.
+        self.refused: Counter[str] = Counter()
 
     async def start(self) -> None:
         if not self._lifecycle.begin_start():
@@ -84,6 +89,8 @@ class RelayService:
             self.table.drop(peer)
 
     async def _answer(self, stream: Stream, status: RelayStatus, **fields: object) -> None:
+        if status is not RelayStatus.OK:
+            self.refused[status.name] += 1
         msg = HopMessage(HopType.STATUS, status=status, **fields)  # type: ignore[arg-type]
         await write_length_prefixed(stream, encode_hop(msg))
 
