@@ -11,7 +11,7 @@ from multiaddr import Multiaddr
 
 from p2pnet.config import NodeConfig
 from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.errors import DialError
+from p2pnet.errors import DialError, StreamReset
 from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyInfo
@@ -37,6 +37,7 @@ from p2pnet.relay.reservations import RelayLimits, RelayTable
 from p2pnet.relay.service import RelayService, is_relayed
 from p2pnet.relay.transport import CircuitTransport
 from p2pnet.resources import ResourceLimits, ResourceManager
+from p2pnet.resources.limits import RELAY_HOP_PROTOCOL
 from p2pnet.stream import Stream
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 from p2pnet.wire.varint import encode_uvarint
@@ -389,3 +390,31 @@ async def test_a_direct_address_is_preferred_over_the_relay(trio: Trio) -> None:
     await trio.private.host._listeners[-1].close()  # the direct address is dead now
     conn = await dialer.connect_peer(trio.private.peer_id)
     assert is_relayed(conn.remote_addr)
+
+
+def test_hop_stream_limits_follow_the_relay_limits() -> None:
+    assert RELAY_HOP_PROTOCOL == HOP_PROTOCOL
+    limits = ResourceLimits(relay=RelayLimits(max_circuits_per_peer=40))
+    hop = limits.protocol(HOP_PROTOCOL)
+    assert hop.streams_inbound_per_peer == 44  # a stream per circuit, a few for reservations
+    assert hop.streams_inbound == limits.relay.max_circuits + limits.relay.max_reservations
+    assert ResourceLimits().protocol(HOP_PROTOCOL).streams_inbound_per_peer == 20
+
+
+async def test_hop_streams_beyond_the_per_peer_limit_are_reset(trio: Trio) -> None:
+    """A peer that opens hop streams and never sends a message holds at most the per-peer hop
+    limit of them; the next is reset after negotiation."""
+    per_peer = trio.relay.host.resources.limits.protocol(HOP_PROTOCOL).streams_inbound_per_peer
+    await trio.dialer.connect(trio.relay.p2p_addrs()[0])
+    held = [
+        await trio.dialer.host.new_stream(trio.relay.peer_id, HOP_PROTOCOL) for _ in range(per_peer)
+    ]
+    refused_before = trio.relay.host.resources.refused["protocol_peer/streams_inbound"]
+    with pytest.raises(StreamReset):  # at once, or on the first read
+        async with asyncio.timeout(5):
+            extra = await trio.dialer.host.new_stream(trio.relay.peer_id, HOP_PROTOCOL)
+            await extra.read()
+    refused = trio.relay.host.resources.refused["protocol_peer/streams_inbound"]
+    assert refused == refused_before + 1
+    for stream in held:
+        await stream.reset()

@@ -15,6 +15,9 @@ MiB = 1024 * KiB
 
 #: Memory one peer may make us hold (buffers, frames under assembly), whatever it does.
 PEER_MEMORY_CAP = 64 * MiB
+#: The circuit relay's hop protocol (``p2pnet.relay.messages.HOP_PROTOCOL``; not imported, so
+#: the limits do not depend on the relay), whose stream limits follow :class:`RelayLimits`.
+RELAY_HOP_PROTOCOL = "/libp2p/circuit/relay/0.2.0/hop"
 
 
 @dataclass
@@ -124,7 +127,18 @@ class ResourceLimits:
     relay: RelayLimits = field(default_factory=RelayLimits)
 
     def protocol(self, protocol: str) -> ProtocolLimits:
-        return self.protocols.get(protocol, self.default_protocol)
+        limits = self.protocols.get(protocol)
+        if limits is not None:
+            return limits
+        if protocol == RELAY_HOP_PROTOCOL:
+            # A hop stream lasts as long as its circuit: one per circuit, and a few for
+            # reservations. Derived from the relay's limits, so a peer at its circuit limit
+            # still gets the spec's RESOURCE_LIMIT_EXCEEDED rather than a reset stream.
+            relay = self.relay
+            return ProtocolLimits(
+                relay.max_circuits + relay.max_reservations, relay.max_circuits_per_peer + 4
+            )
+        return self.default_protocol
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
