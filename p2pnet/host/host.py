@@ -10,6 +10,7 @@ It owns every connection and every background task it starts; ``close()`` ends t
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from p2pnet.stream import Stream, StreamMuxer
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.transport.base import Listener, RawConnection, Transport
-from p2pnet.transport.tcp import TcpTransport
+from p2pnet.transport.tcp import TcpConnection, TcpListener, TcpTransport
 
 log = logging.getLogger("p2pnet.host")
 
@@ -127,6 +128,9 @@ class Host:
             listener = await transport.listen(addr, self._on_inbound_raw)
         except OSError as exc:
             raise P2PError(f"cannot listen on {addr}: {exc}") from exc
+        if isinstance(listener, TcpListener):
+            # the per-address ban and rate limit, before the connection costs anything more
+            listener.admit = self._admit_address
         self._listeners.append(listener)
         log.info("%s listening on %s", self.peer_id, ", ".join(map(str, listener.multiaddrs)))
         return listener.multiaddrs
@@ -402,7 +406,9 @@ class Host:
             return
         ip = _ip_of(raw.remote_addr)
         now = self.clock.monotonic()
-        if ip is not None and not self.resources.allow_connection_from(ip, now):
+        # (a TCP listener of ours checked the ban and the rate at accept: _admit_address)
+        admitted = isinstance(raw, TcpConnection)
+        if ip is not None and not admitted and not self.resources.allow_connection_from(ip, now):
             log.debug("refusing inbound connection from %s: connection rate", raw.remote_addr)
             raw.abort()
             return
@@ -417,6 +423,17 @@ class Host:
             self._upgrade_inbound(raw, scope), name=f"upgrade {raw.remote_addr}"
         )
         await asyncio.wait([task])
+
+    def _admit_address(self, ip: str) -> bool:
+        """A TCP connection from ``ip`` was just accepted: not from a banned address, not
+        beyond the address's connection rate (refused ones are counted, not logged)."""
+        if self._closed:
+            return False
+        try:
+            ip = str(ipaddress.ip_address(ip))  # the form _ip_of gives, for IPv6 too
+        except ValueError:
+            return True  # not an IP (never for TCP): the other checks still apply
+        return self.resources.allow_connection_from(ip, self.clock.monotonic())
 
     async def _upgrade_inbound(self, raw: RawConnection, scope: ConnectionScope) -> None:
         try:

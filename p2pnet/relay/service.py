@@ -130,9 +130,7 @@ class RelayService:
         addrs = [a for a in self.host.p2p_addrs() if not is_relayed(a)]
         reservation = Reservation(expire, addrs, make_voucher(self.host.key, peer, expire))
         log.info("reservation for %s until %d", peer, expire)
-        await self._answer(
-            stream, RelayStatus.OK, reservation=reservation, limit=self.table.limit
-        )
+        await self._answer(stream, RelayStatus.OK, reservation=reservation, limit=self.table.limit)
         await stream.close()
 
     async def _connect(self, src_stream: Stream, msg: HopMessage) -> None:

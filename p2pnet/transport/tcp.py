@@ -301,6 +301,10 @@ class TcpListener:
     :data:`ACCEPT_PAUSE_MAX`: the cost of trying is one failing syscall, the cost of waiting is
     a legitimate connection's latency.
 
+    :attr:`admit`, when its owner sets it, is asked about each connection's remote IP right
+    after ``accept()``, before any transport, protocol or task exists: a connection it refuses
+    (a banned or flooding address) is closed at once, the cheapest refusal there is.
+
     The handler runs in a task the listener owns: :meth:`close` stops accepting, then cancels
     and awaits the handlers still running. The connections themselves belong to whoever the
     handler gave them to; a handler that fails with an exception gets its connection aborted.
@@ -318,6 +322,10 @@ class TcpListener:
         self._warned_at: float | None = None
         self._pauses_unreported = 0
         self.multiaddrs: list[Multiaddr] = []
+        #: May a connection from this IP go on? (None: all may.)
+        self.admit: Callable[[str], bool] | None = None
+        #: Connections closed at once because :attr:`admit` refused them.
+        self.refused = 0
 
     def _start(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket]) -> None:
         self._loop = loop
@@ -353,6 +361,10 @@ class TcpListener:
                     return
                 # e.g. EPERM from a firewall rule, EPROTO: that one connection is lost
                 log.debug("accept() on %s failed: %s", self.multiaddrs, exc)
+                continue
+            if self.admit is not None and not self.admit(addr[0]):
+                self.refused += 1
+                conn.close()
                 continue
             conn.setblocking(False)
             task = loop.create_task(self._serve_connection(conn), name=f"tcp-accept {addr}")
