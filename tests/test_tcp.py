@@ -533,3 +533,30 @@ async def test_listener_out_of_fds_pauses_briefly_and_recovers(
         await conn.close()
     finally:
         await listener.close()
+
+
+async def test_listener_admit_closes_refused_connections_before_the_handler() -> None:
+    """``admit`` sees the remote IP right after accept: a refused connection is closed at once
+    (the dialer reads EOF) and never reaches the handler; an admitted one does."""
+    accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
+    listener = await listen(LOCAL, accepted.put)
+    asked: list[str] = []
+
+    def admit(ip: str) -> bool:
+        asked.append(ip)
+        return len(asked) > 1  # the first is refused
+
+    listener.admit = admit
+    try:
+        refused = await dial(listener.multiaddrs[0], timeout=T)
+        assert await asyncio.wait_for(refused.read(), T) == b""
+        assert listener.refused == 1 and accepted.empty()
+        admitted = await dial(listener.multiaddrs[0], timeout=T)
+        server = await asyncio.wait_for(accepted.get(), T)
+        assert asked == ["127.0.0.1", "127.0.0.1"]
+        await admitted.write(b"hi")
+        assert await server.read() == b"hi"
+        for conn in (refused, admitted, server):
+            await conn.close()
+    finally:
+        await listener.close()
