@@ -343,3 +343,59 @@ async def test_concurrent_dials_share_one_attempt() -> None:
         assert all(c is conns[0] for c in conns)
         assert dialer.dial_attempts == 1
         assert len(dialer.connections(target.peer_id)) == 1
+
+
+async def test_host_closed_during_a_dial_ends_it_cleanly() -> None:
+    """close() while a dial waits on a silent address (upgrade timeout 10 s): the dial runs in a
+    task the host owns, so it ends at once with a DialError, its attempt's socket is closed and
+    nothing is left running."""
+    blackhole = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    loop = asyncio.get_running_loop()
+    blackhole.setblocking(False)
+    loop.add_reader(blackhole.fileno(), lambda: held.append(blackhole.accept()[0]))
+    target = PeerID.from_public_key(KeyPair.generate().public_key)
+    try:
+        tasks = len(asyncio.all_tasks())
+        dialer = Host(KeyPair.generate(), HostConfig(upgrade_timeout=10.0))
+        await dialer.start()
+        port = blackhole.getsockname()[1]
+        dialer.peerstore.add_addrs(target, [M(f"/ip4/127.0.0.1/tcp/{port}")], 60)
+        dials = [asyncio.ensure_future(dialer.connect_peer(target)) for _ in range(2)]
+        async with asyncio.timeout(5):
+            while not held:
+                await asyncio.sleep(0.01)
+        t0 = loop.time()
+        await dialer.close()
+        for dial in dials:
+            with pytest.raises(DialError, match="aborted"):
+                await dial
+        assert loop.time() - t0 < 2.0
+        held[0].setblocking(False)
+        async with asyncio.timeout(5):
+            while True:  # our side of the blackhole connection was closed
+                try:
+                    if held[0].recv(4096) == b"":
+                        break
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            while len(asyncio.all_tasks()) > tasks:
+                await asyncio.sleep(0.01)
+        with pytest.raises(DialError, match="closed"):
+            await dialer.connect_peer(target)
+    finally:
+        loop.remove_reader(blackhole.fileno())
+        blackhole.close()
+        for sock in held:
+            sock.close()
+
+
+async def test_a_caller_that_gives_up_does_not_end_the_dial_for_others() -> None:
+    async with Host(KeyPair.generate()) as target, Host(KeyPair.generate()) as dialer:
+        dialer.peerstore.add_addrs(target.peer_id, target.listen_addrs, 60)
+        first = asyncio.ensure_future(dialer.connect_peer(target.peer_id))
+        second = asyncio.ensure_future(dialer.connect_peer(target.peer_id))
+        await asyncio.sleep(0)
+        first.cancel()
+        conn = await asyncio.wait_for(second, 10)
+        assert conn.remote_peer == target.peer_id and dialer.dial_attempts == 1

@@ -281,42 +281,52 @@ class Host:
         return await self._dial_peer(peer, addrs)
 
     async def _dial_peer(self, peer: PeerID, addrs: Sequence[Multiaddr]) -> Connection:
-        # Concurrent dials to one peer share a single attempt.
+        """Dial ``peer`` at ``addrs`` in a task the host owns (so ``close()`` ends it and
+        its attempts); concurrent dials to one peer share that one dial."""
         pending = self._pending_dials.get(peer)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
-        self._pending_dials[peer] = fut
+        if pending is None:
+            if self._closed:
+                raise DialError("host is closed")
+            pending = asyncio.get_running_loop().create_future()
+            self._pending_dials[peer] = pending
+            self._tasks.spawn(self._run_dial(peer, addrs, pending), name=f"dial {peer}")
+        # a caller that gives up does not end the dial for the others
+        return await asyncio.shield(pending)
+
+    async def _run_dial(
+        self, peer: PeerID, addrs: Sequence[Multiaddr], fut: asyncio.Future[Connection]
+    ) -> None:
         try:
             # Ranked and staggered, in parallel: the first to connect wins (dial_ranker.py).
-            try:
-                dialed = await dial_first(
-                    rank_addresses(addrs),
-                    lambda addr: self._dial_attempt(addr, peer),
-                    self._discard_dialed,
-                    clock=self.clock,
-                    timeout=self.config.peer_dial_timeout,
-                    what=str(peer),
-                )
-            except DialFailed as exc:
-                # With one address the original error (e.g. PeerIDMismatch) says it best.
-                only = exc.errors[0][1] if len(exc.errors) == 1 and not exc.timed_out else None
-                err = only if isinstance(only, P2PError) else exc
-                for addr, why in exc.errors:
-                    log.debug("dial %s at %s failed: %s", peer, addr, why)
-                fut.set_exception(err)
-                fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
-                raise err from None
+            dialed = await dial_first(
+                rank_addresses(addrs),
+                lambda addr: self._dial_attempt(addr, peer),
+                self._discard_dialed,
+                clock=self.clock,
+                timeout=self.config.peer_dial_timeout,
+                what=str(peer),
+            )
             conn = await self._adopt(dialed)
-            fut.set_result(conn)
-            return conn
-        except BaseException as exc:
-            if not fut.done():
-                fut.set_exception(DialError(f"dial to {peer} aborted: {exc!r}"))
-                fut.exception()
+        except DialFailed as exc:
+            for addr, why in exc.errors:
+                log.debug("dial %s at %s failed: %s", peer, addr, why)
+            # With one address the original error (e.g. PeerIDMismatch) says it best.
+            only = exc.errors[0][1] if len(exc.errors) == 1 and not exc.timed_out else None
+            _fail(fut, only if isinstance(only, P2PError) else exc)
+        except asyncio.CancelledError:
+            _fail(fut, DialError(f"dial to {peer} aborted: the host is closing"))
             raise
+        except P2PError as exc:  # e.g. the host closed before the connection was registered
+            _fail(fut, exc)
+        except Exception as exc:  # pragma: no cover - a bug; the waiters still get an answer
+            _fail(fut, DialError(f"dial to {peer} failed: {exc!r}"))
+            raise
+        else:
+            if not fut.done():
+                fut.set_result(conn)
         finally:
-            del self._pending_dials[peer]
+            if self._pending_dials.get(peer) is fut:
+                del self._pending_dials[peer]
 
     async def _dial_addr(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
         return await self._adopt(await self._dial_attempt(addr, peer))
@@ -619,6 +629,12 @@ def _ip_of(addr: Multiaddr) -> str | None:
         except Exception:  # the address has no such component
             continue
     return None
+
+
+def _fail(fut: asyncio.Future[Connection], err: BaseException) -> None:
+    if not fut.done():  # close() cancels the futures of dials under way
+        fut.set_exception(err)
+        fut.exception()  # mark retrieved: the waiters re-raise it, nobody else must
 
 
 async def _close_quietly(conn: ReadWriter) -> None:
