@@ -83,10 +83,13 @@ def decode_message(data: bytes) -> Message:
 # -- addresses ---------------------------------------------------------------------------------
 
 
-def is_punchable(addr: Multiaddr, *, allow_private: bool = False) -> bool:
+def is_punchable(
+    addr: Multiaddr, *, allow_private: bool = False, allow_loopback: bool = False
+) -> bool:
     """Whether a hole punch may dial (or name) ``addr``: ``/ip4|ip6/<ip>/tcp/<port>`` (our
-    transport), never relayed, loopback, unspecified, link-local or multicast, and not a
-    private (RFC 1918, ULA, CGNAT...) address unless ``allow_private`` (a LAN or a lab)."""
+    transport), never relayed, unspecified, link-local or multicast, and not a private
+    (RFC 1918, ULA, CGNAT...) address unless ``allow_private`` (a LAN or a lab), nor a
+    loopback one unless ``allow_loopback`` (tests on one machine)."""
     try:
         names = [p.name for p in addr.protocols()]
     except Exception:  # the multiaddr package raises several unrelated types
@@ -94,8 +97,10 @@ def is_punchable(addr: Multiaddr, *, allow_private: bool = False) -> bool:
     if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
         return False
     ip = ip_of(addr)
-    if ip is None or ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast:
+    if ip is None or ip.is_unspecified or ip.is_link_local or ip.is_multicast:
         return False
+    if ip.is_loopback:
+        return allow_loopback
     try:
         if int(str(addr.value_for_protocol("tcp"))) == 0:
             return False
@@ -104,18 +109,22 @@ def is_punchable(addr: Multiaddr, *, allow_private: bool = False) -> bool:
     return allow_private or ip.is_global
 
 
-def punchable(addrs: Iterable[Multiaddr], *, allow_private: bool = False) -> list[Multiaddr]:
+def punchable(
+    addrs: Iterable[Multiaddr], *, allow_private: bool = False, allow_loopback: bool = False
+) -> list[Multiaddr]:
     """The punchable ones of ``addrs``, without duplicates, at most :data:`MAX_ADDRS`."""
     out: dict[bytes, Multiaddr] = {}
     for addr in addrs:
         if len(out) >= MAX_ADDRS:
             break
-        if is_punchable(addr, allow_private=allow_private):
+        if is_punchable(addr, allow_private=allow_private, allow_loopback=allow_loopback):
             out.setdefault(addr.to_bytes(), addr)
     return list(out.values())
 
 
-def parse_addrs(raw: Sequence[bytes], *, allow_private: bool = False) -> list[Multiaddr]:
+def parse_addrs(
+    raw: Sequence[bytes], *, allow_private: bool = False, allow_loopback: bool = False
+) -> list[Multiaddr]:
     """The punchable addresses a peer sent (undecodable, relayed and private ones dropped)."""
     decoded = []
     for data in raw[: 4 * MAX_ADDRS]:
@@ -123,7 +132,7 @@ def parse_addrs(raw: Sequence[bytes], *, allow_private: bool = False) -> list[Mu
             decoded.append(Multiaddr(data))
         except Exception:  # the multiaddr package raises several unrelated types
             continue
-    return punchable(decoded, allow_private=allow_private)
+    return punchable(decoded, allow_private=allow_private, allow_loopback=allow_loopback)
 
 
 def predicted_addrs(observed: Iterable[Multiaddr], listen_ports: Iterable[int]) -> list[Multiaddr]:
@@ -200,10 +209,11 @@ class Initiator:
         *,
         attempts: int = ATTEMPTS,
         allow_private: bool = False,
+        allow_loopback: bool = False,
     ) -> None:
-        self.our_addrs = punchable(our_addrs, allow_private=allow_private)
+        self._scope = {"allow_private": allow_private, "allow_loopback": allow_loopback}
+        self.our_addrs = punchable(our_addrs, **self._scope)
         self.attempts = attempts
-        self.allow_private = allow_private
         self.attempt = 0
         self.rtt: float | None = None
         self.their_addrs: list[Multiaddr] = []
@@ -233,7 +243,7 @@ class Initiator:
         if self._state is not _State.AWAIT_CONNECT or msg.type is not MessageType.CONNECT:
             raise DCUtRError(f"unexpected {msg.type.name} while {self._state.value}")
         self.rtt = max(0.0, now - self._sent_at)
-        self.their_addrs = parse_addrs(msg.addrs, allow_private=self.allow_private)
+        self.their_addrs = parse_addrs(msg.addrs, **self._scope)
         if not self.their_addrs:
             return self._finish(False, "the peer offered no public address")
         self._state = _State.AWAIT_TIMER
@@ -274,10 +284,11 @@ class Responder:
         *,
         attempts: int = ATTEMPTS,
         allow_private: bool = False,
+        allow_loopback: bool = False,
     ) -> None:
-        self.our_addrs = punchable(our_addrs, allow_private=allow_private)
+        self._scope = {"allow_private": allow_private, "allow_loopback": allow_loopback}
+        self.our_addrs = punchable(our_addrs, **self._scope)
         self.attempts = attempts
-        self.allow_private = allow_private
         self.attempt = 0
         self.their_addrs: list[Multiaddr] = []
         self._state = _State.AWAIT_CONNECT
@@ -292,7 +303,7 @@ class Responder:
             if self.attempt >= self.attempts:
                 raise DCUtRError(f"more than {self.attempts} hole punch attempts")
             self.attempt += 1
-            self.their_addrs = parse_addrs(msg.addrs, allow_private=self.allow_private)
+            self.their_addrs = parse_addrs(msg.addrs, **self._scope)
             if not self.their_addrs:
                 return self._finish(False, "the peer offered no public address")
             self._state = _State.AWAIT_SYNC

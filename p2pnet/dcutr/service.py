@@ -38,7 +38,7 @@ from p2pnet.dcutr.core import (
     predicted_addrs,
     punchable,
 )
-from p2pnet.errors import P2PError
+from p2pnet.errors import ConnectionClosed, P2PError, StreamError
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, PeerIdentified
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host, is_relayed_connection
@@ -73,6 +73,7 @@ class HolePunchService:
 
     ``allow_private``: private addresses (RFC 1918, ULA, CGNAT) count as punchable (a LAN, a
     lab); otherwise only global ones are sent, accepted and dialled, as go and js do.
+    ``allow_loopback``: loopback addresses too (tests on one machine).
     """
 
     def __init__(
@@ -80,12 +81,15 @@ class HolePunchService:
         host: Host,
         *,
         allow_private: bool = False,
+        allow_loopback: bool = False,
         attempts: int = ATTEMPTS,
         dial_timeout: float = DIAL_TIMEOUT,
         grace: float = GRACE,
     ) -> None:
         self.host = host
         self.allow_private = allow_private
+        self.allow_loopback = allow_loopback
+        self._scope = {"allow_private": allow_private, "allow_loopback": allow_loopback}
         self.attempts = attempts
         self.dial_timeout = dial_timeout
         self.grace = grace
@@ -128,7 +132,7 @@ class HolePunchService:
         ports = [port for _, port in tcp.listening_on()] if tcp is not None else []
         observed = [addr for addr, _, _ in self.host.addresses.observed(now)]
         candidates = [*self.host.advertised_addrs, *predicted_addrs(observed, ports)]
-        return punchable(candidates, allow_private=self.allow_private)
+        return punchable(candidates, **self._scope)
 
     # -- B: start on an inbound relayed connection -------------------------------------------
 
@@ -152,37 +156,35 @@ class HolePunchService:
         self._tasks.spawn(self._upgrade(conn), name=f"dcutr {peer}")
 
     async def _upgrade(self, relayed: Connection) -> None:
-        peer = relayed.remote_peer
         try:
-            public = punchable(self.host.peerstore.addrs(peer), allow_private=self.allow_private)
-            if public:
-                direct = await self._dial_all(peer, public, initiator=True, reuse_port=False)
-                if direct is not None:
-                    self._done(
-                        relayed,
-                        HolePunchResult(
-                            peer, "initiator", True, "unilateral direct dial", 0, direct.remote_addr
-                        ),
-                    )
-                    return
-            core = Initiator(
-                self.our_addrs(), attempts=self.attempts, allow_private=self.allow_private
-            )
-            outputs = core.start(self.host.clock.monotonic())
-            if isinstance(outputs[0], Finished):
-                self._done(relayed, self._result(peer, "initiator", outputs[0]))
-                return
-            try:
-                stream = await asyncio.wait_for(relayed.new_stream([PROTOCOL]), STREAM_TIMEOUT)
-            except (P2PError, TimeoutError) as exc:
-                self._done(
-                    relayed, HolePunchResult(peer, "initiator", False, f"no stream: {exc}", 0)
-                )
-                return
-            result, direct = await self._run(stream, core, outputs, peer, "initiator")
-            self._done(relayed, result, direct)
+            await self.upgrade(relayed)
         finally:
-            self._active.discard(peer)
+            self._active.discard(relayed.remote_peer)
+
+    async def upgrade(self, relayed: Connection, *, unilateral: bool = True) -> HolePunchResult:
+        """Upgrade ``relayed`` as B (done by itself for inbound relayed connections): a plain
+        dial first when the peer advertises punchable addresses (``unilateral``), then the
+        DCUtR exchange. On success the relayed connection is closed after the grace period."""
+        peer = relayed.remote_peer
+        if unilateral:
+            public = punchable(self.host.peerstore.addrs(peer), **self._scope)
+            direct = await self._dial_all(peer, public, initiator=True, reuse_port=False)
+            if direct is not None:
+                result = HolePunchResult(
+                    peer, "initiator", True, "unilateral direct dial", 0, direct.remote_addr
+                )
+                return self._done(relayed, result)
+        core = Initiator(self.our_addrs(), attempts=self.attempts, **self._scope)
+        outputs = core.start(self.host.clock.monotonic())
+        if isinstance(outputs[0], Finished):
+            return self._done(relayed, self._result(peer, "initiator", outputs[0]))
+        try:
+            stream = await asyncio.wait_for(relayed.new_stream([PROTOCOL]), STREAM_TIMEOUT)
+        except (P2PError, TimeoutError) as exc:
+            result = HolePunchResult(peer, "initiator", False, f"no DCUtR stream: {exc}", 0)
+            return self._done(relayed, result)
+        result, direct = await self._run(stream, core, outputs, peer, "initiator")
+        return self._done(relayed, result, direct)
 
     # -- A: answer on the stream -------------------------------------------------------------
 
@@ -194,9 +196,7 @@ class HolePunchService:
             return
         self._active.add(peer)
         try:
-            core = Responder(
-                self.our_addrs(), attempts=self.attempts, allow_private=self.allow_private
-            )
+            core = Responder(self.our_addrs(), attempts=self.attempts, **self._scope)
             result, direct = await self._run(stream, core, [], peer, "responder")
             self._done(self.host.connection_of(stream), result, direct)
         finally:
@@ -222,7 +222,7 @@ class HolePunchService:
                     if not queue:
                         try:
                             data = await read_length_prefixed(stream, MAX_MESSAGE_SIZE)
-                        except P2PError as exc:
+                        except (ConnectionClosed, StreamError) as exc:  # EOF, reset
                             queue = core.on_closed(f"stream ended: {exc}")
                             continue
                         queue = core.on_message(data, clock.monotonic())
@@ -285,6 +285,12 @@ class HolePunchService:
             for extra in results:  # a second address that connected too: one is enough
                 if isinstance(extra, Connection) and extra is not winner:
                     await extra.close()
+        if winner is None:
+            # The peer's SYN may have reached our listener first (no NAT in its way): then
+            # our own dial found the 4-tuple taken, but the host has the connection.
+            winner = next(
+                (c for c in self.host.connections(peer) if not is_relayed_connection(c)), None
+            )
         return winner
 
     def _result(
@@ -295,7 +301,7 @@ class HolePunchService:
 
     def _done(
         self, relayed: Connection, result: HolePunchResult, direct: Connection | None = None
-    ) -> None:
+    ) -> HolePunchResult:
         log.info(
             "hole punch with %s as %s: %s (%s, %d attempts)",
             result.peer,
@@ -310,6 +316,7 @@ class HolePunchService:
             self._tasks.spawn(self._close_later(relayed), name=f"close relayed {result.peer}")
         if self.on_result is not None:
             self.on_result(result)
+        return result
 
     async def _close_later(self, relayed: Connection) -> None:
         await asyncio.sleep(self.grace)
