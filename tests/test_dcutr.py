@@ -5,7 +5,9 @@ through two NATs is in test_holepunch_lab.py."""
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from multiaddr import Multiaddr
@@ -31,11 +33,13 @@ from p2pnet.dcutr.core import (
     predicted_addrs,
 )
 from p2pnet.dcutr.service import HolePunchResult, HolePunchService
-from p2pnet.errors import StreamReset
+from p2pnet.errors import P2PError, StreamReset
+from p2pnet.host.connection import Direction
 from p2pnet.host.host import is_relayed_connection, preferred
 from p2pnet.node import Node
 from p2pnet.relay.service import RelayService
 from p2pnet.relay.transport import CircuitTransport
+from p2pnet.transport import tcp
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 from p2pnet.wire.varint import encode_uvarint
 
@@ -352,3 +356,62 @@ async def test_dcutr_on_a_direct_connection_is_refused(relayed: Relayed) -> None
             await write_length_prefixed(stream, connect([PUBLIC]))
             await stream.read()
     assert r.punch_a.results == []
+
+
+# -- the TCP side: listening port reuse, upgrade roles ---------------------------------------
+
+
+async def test_a_taken_port_is_still_refused_despite_so_reuseport() -> None:
+    async def nothing(conn: Any) -> None:
+        conn.abort()
+
+    first = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), nothing)
+    try:
+        with pytest.raises(OSError) as err:
+            await tcp.listen(first.multiaddrs[0], nothing)
+        assert err.value.errno == errno.EADDRINUSE
+    finally:
+        await first.close()
+
+
+async def test_a_hole_punch_dial_leaves_from_the_listening_port() -> None:
+    accepted: asyncio.Queue[tcp.TcpConnection] = asyncio.Queue()
+
+    async def keep(conn: Any) -> None:
+        await accepted.put(conn)
+
+    ours, theirs = tcp.TcpTransport(), tcp.TcpTransport()
+    listener = await ours.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), keep)
+    other = await theirs.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), keep)
+    try:
+        (_, port), (_, other_port) = ours.listening_on()[0], theirs.listening_on()[0]
+        conn = await ours.dial_from_listen_port(other.multiaddrs[0], timeout=5)
+        assert str(conn.local_addr) == f"/ip4/127.0.0.1/tcp/{port}"
+        seen = await asyncio.wait_for(accepted.get(), 5)
+        assert str(seen.remote_addr) == f"/ip4/127.0.0.1/tcp/{port}"
+        # the listener on that port still accepts
+        back = await tcp.dial(listener.multiaddrs[0], timeout=5)
+        assert str((await asyncio.wait_for(accepted.get(), 5)).local_addr).endswith(f"/{port}")
+        for c in (conn, seen, back):
+            c.abort()
+        assert other_port != port
+    finally:
+        await listener.close()
+        await other.close()
+        assert ours.listening_on() == []
+
+
+async def test_upgrade_dialled_takes_the_role_it_is_given() -> None:
+    """The side dialled to accepts as usual (responder); the dialling side is told it is the
+    initiator: as on a hole-punched connection where DCUtR fixed the roles."""
+    a, b = bare(["/ip4/127.0.0.1/tcp/0"]), bare(["/ip4/127.0.0.1/tcp/0"])
+    async with a, b:
+        transport = next(t for t in a.host.transports if isinstance(t, tcp.TcpTransport))
+        raw = await transport.dial_from_listen_port(b.host.listen_addrs[0], timeout=5)
+        with pytest.raises(P2PError):  # not who we expected: dropped
+            await a.host.upgrade_dialled(raw, a.peer_id, initiator=True)
+        raw = await transport.dial_from_listen_port(b.host.listen_addrs[0], timeout=5)
+        conn = await a.host.upgrade_dialled(raw, b.peer_id, initiator=True)
+        assert conn.direction is Direction.OUTBOUND
+        assert a.host.connections(b.peer_id) == [conn]
+        assert await a.ping(b.peer_id) >= 0
