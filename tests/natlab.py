@@ -61,6 +61,11 @@ class NatLab:
     segments: list[Segment] = field(default_factory=list)
     #: Public host namespaces and their addresses, in creation order.
     public: list[tuple[str, str]] = field(default_factory=list)
+    #: The first three octets of the public segment's /24. 10.77.0 is private, so a node that
+    #: only dials global addresses (js-libp2p's DCUtR) needs a global one here; the lab's
+    #: namespaces have no way out, so such an address never leaves them (as in
+    #: tests/interop/test_autonat_interop.py).
+    public_net: str = "10.77.0"
 
     @property
     def core(self) -> str:
@@ -119,7 +124,7 @@ class NatLab:
         n = len(self.public) + 1
         try:
             name = self._netns(f"p2pn-{self.tag}-pub{n}")
-            ip = f"10.77.0.{n}"
+            ip = f"{self.public_net}.{n}"
             self._plug(name, "eth0", ip, n)
         except BaseException:
             self.close()
@@ -136,7 +141,7 @@ class NatLab:
         NAT picks a random source port for every mapping (a "symmetric" NAT), so no peer can
         predict where a mapping will be: hole punching fails."""
         n = len(self.segments) + 1
-        wan_ip = f"10.77.0.{100 + n}"
+        wan_ip = f"{self.public_net}.{100 + n}"
         try:
             nat = self._netns(f"p2pn-{self.tag}-nat{n}")
             host = self._netns(f"p2pn-{self.tag}-priv{n}")

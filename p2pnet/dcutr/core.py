@@ -32,6 +32,7 @@ from p2pnet.host.addresses import ip_of
 from p2pnet.wire.pb import holepunch_pb2 as pb
 
 PROTOCOL = "/libp2p/dcutr"
+P2P_CODE = 0x01A5  # the multiaddr code of /p2p
 #: Longest message accepted (bytes, without the length prefix): the spec's 4 KiB, as go and js.
 MAX_MESSAGE_SIZE = 4096
 #: Addresses taken from (and sent in) one CONNECT.
@@ -125,11 +126,16 @@ def punchable(
 def parse_addrs(
     raw: Sequence[bytes], *, allow_private: bool = False, allow_loopback: bool = False
 ) -> list[Multiaddr]:
-    """The punchable addresses a peer sent (undecodable, relayed and private ones dropped)."""
+    """The punchable addresses a peer sent (undecodable, relayed and private ones dropped; a
+    trailing ``/p2p/<id>``, which js-libp2p appends, removed: the dial checks who answers)."""
     decoded = []
     for data in raw[: 4 * MAX_ADDRS]:
         try:
-            decoded.append(Multiaddr(data))
+            addr = Multiaddr(data)
+            names = [p.name for p in addr.protocols()]
+            if names and names[-1] == "p2p":
+                addr = addr.decapsulate_code(P2P_CODE)
+            decoded.append(addr)
         except Exception:  # the multiaddr package raises several unrelated types
             continue
     return punchable(decoded, allow_private=allow_private, allow_loopback=allow_loopback)
