@@ -117,6 +117,10 @@ def test_which_addresses_a_hole_punch_may_use(addr: str, default: bool, private:
 def test_parse_addrs_drops_garbage_and_caps_the_count() -> None:
     raw = [b"\xff\x00garbage", PUBLIC.to_bytes(), PUBLIC.to_bytes(), THEIRS.to_bytes()]
     assert parse_addrs(raw) == [PUBLIC, THEIRS]  # deduplicated, garbage dropped
+    # js-libp2p sends its addresses with /p2p/<its id>: the dial checks the id anyway
+    with_id = Multiaddr(f"{PUBLIC6}/p2p/QmcgpsyWgH8Y8ajJz1Cu72KnS5uo2Aa2LpzU7kinSupNKC")
+    relayed = Multiaddr(f"{PUBLIC}/p2p/QmcgpsyWgH8Y8ajJz1Cu72KnS5uo2Aa2LpzU7kinSupNKC/p2p-circuit")
+    assert parse_addrs([with_id.to_bytes(), relayed.to_bytes()]) == [PUBLIC6]
     many = [Multiaddr(f"/ip4/1.2.3.{i}/tcp/4001").to_bytes() for i in range(1, 200)]
     assert len(parse_addrs(many)) == MAX_ADDRS
 
