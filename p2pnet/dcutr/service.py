@@ -242,6 +242,13 @@ class HolePunchService:
                         queue.extend(core.on_dial_result(direct is not None, clock.monotonic()))
                     else:
                         await _close_stream(stream)
+                        if not out.success and direct is None:
+                            # our dial failed, but the peer's may have made the connection
+                            direct = self._direct_connection(peer)
+                            if direct is not None:
+                                out = Finished(
+                                    True, "direct connection (the peer's dial)", out.attempts
+                                )
                         return self._result(peer, role, out, direct), direct
         except (P2PError, TimeoutError) as exc:  # DCUtRError is a P2PError
             log.info("DCUtR with %s (%s) failed: %s", peer, role, exc or "timeout")
@@ -288,10 +295,11 @@ class HolePunchService:
         if winner is None:
             # The peer's SYN may have reached our listener first (no NAT in its way): then
             # our own dial found the 4-tuple taken, but the host has the connection.
-            winner = next(
-                (c for c in self.host.connections(peer) if not is_relayed_connection(c)), None
-            )
+            winner = self._direct_connection(peer)
         return winner
+
+    def _direct_connection(self, peer: PeerID) -> Connection | None:
+        return next((c for c in self.host.connections(peer) if not is_relayed_connection(c)), None)
 
     def _result(
         self, peer: PeerID, role: str, out: Finished, direct: Connection | None = None
