@@ -108,3 +108,41 @@ async def test_hole_punch_fails_behind_a_symmetric_nat_and_the_relay_still_carri
     assert second["data"] == 2 and "/p2p-circuit" in second["via"], second
     await bob.ok({"type": "send", "peerId": alice.eth, "data": 3}, "sent", 20)
     assert (await alice.expect("message"))["data"] == 3
+
+
+async def test_a_public_sender_is_dialled_directly_by_the_agent_behind_nat(
+    nat_lab: NatLab,  # noqa: F811
+    spawn_in: Any,  # noqa: F811
+) -> None:
+    """The spec's unilateral upgrade: the sender has a public address, so the agent behind the
+    NAT that received the relayed connection simply dials it; no hole punch is needed."""
+    seg = nat_lab.add_private(firewall=True)
+    ip = nat_lab.public_ip
+    boot = await spawn_in(
+        nat_lab.pub,
+        "--bootstrap",
+        "--autonat-allow-private",
+        "--host",
+        ip,
+        "--bootstrap-peers",
+        "",
+        name="boot",
+    )
+    await boot.connect()
+    flags = ("--autonat-allow-private", "--log-level", "info")
+    pub = await spawn_in(nat_lab.pub, "--host", ip, *flags, name="public")
+    natted = await spawn_in(seg.host, "--host", "0.0.0.0", *flags, name="natted")
+    await pub.connect(bootstrapPeers=boot.addrs)
+    await natted.connect(bootstrapPeers=boot.addrs)
+    assert any("/p2p-circuit" in a for a in natted.addrs), natted.addrs
+
+    await pub.ok({"type": "send", "peerId": natted.eth, "data": "first"}, "sent", 40)
+    assert "/p2p-circuit" in (await natted.expect("message"))["via"]
+    done = await punch_log(natted)
+    assert "as initiator: direct (unilateral direct dial" in done["message"], done
+    await pub.ok({"type": "send", "peerId": natted.eth, "data": "second"}, "sent", 20)
+    second = await natted.expect("message")
+    assert second["data"] == "second" and second["via"].startswith(f"/ip4/{ip}/tcp/"), second
+    await natted.ok({"type": "send", "peerId": pub.eth, "data": "back"}, "sent", 20)
+    back = await pub.expect("message")
+    assert back["via"].startswith(f"/ip4/{seg.public_ip}/tcp/"), back
