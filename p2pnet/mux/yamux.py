@@ -115,6 +115,10 @@ class YamuxConfig:
     open_timeout: float = 30.0
     #: Bytes of queued outbound frames above which stream writers wait for the writer to catch up.
     write_high_water: int = 1024 * 1024
+    #: Bytes received for a connection's streams and not read by their applications above which
+    #: the adapter stops reading from the connection (TCP then pushes back on the remote); it
+    #: reads again at half of it.
+    read_high_water: int = 16 * 1024 * 1024
     #: Bytes of queued outbound frames above which a frame provoked by the remote (pong, RST of a
     #: refused stream, window update) means the remote floods us without reading: protocol error.
     max_outbound_backlog: int = 64 * 1024 * 1024
