@@ -78,6 +78,9 @@ DEFAULT_WINDOW = 256 * 1024
 MAX_U32 = 0xFFFFFFFF
 
 HEADER = struct.Struct(">BBHII")
+#: Data frame payloads up to this size are copied into the outbound buffer next to their header
+#: rather than kept by reference.
+_SMALL_PAYLOAD = 2048
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 
@@ -346,8 +349,10 @@ class YamuxSession:
         self.remote_go_away: int | None = None
         #: Set once a protocol error was detected or the session was closed.
         self.terminated = False
-        # outbound frames (headers and payload views), joined by the writer
-        self._out: list[bytes | memoryview] = []
+        # outbound frames: runs of small frames joined in a bytearray (a flood of pongs costs
+        # what it counts, not an object per frame), big payloads by reference
+        self._out: list[bytes | bytearray | memoryview] = []
+        self._run: bytearray | None = None  # the last item of ``_out`` while small frames join it
         self._out_size = 0
         # receive parser state
         self._partial = b""
@@ -361,14 +366,20 @@ class YamuxSession:
     def outbound_size(self) -> int:
         return self._out_size
 
-    def take_outbound(self) -> list[bytes | memoryview]:
+    def take_outbound(self) -> list[bytes | bytearray | memoryview]:
         out = self._out
         self._out = []
+        self._run = None
         self._out_size = 0
         return out
 
     def _queue(self, frame: bytes) -> None:
-        self._out.append(frame)
+        run = self._run
+        if run is None:
+            self._run = bytearray(frame)
+            self._out.append(self._run)
+        else:
+            run += frame
         self._out_size += len(frame)
 
     def _queue_reply(self, frame: bytes) -> None:
@@ -505,13 +516,25 @@ class YamuxSession:
             if take <= 0:
                 break
             st.send_window -= take
-            out.append(_pack_header(VERSION, TYPE_DATA, self._flags_for(st), stream_id, take))
-            if take == total:
-                out.append(data)
+            header = _pack_header(VERSION, TYPE_DATA, self._flags_for(st), stream_id, take)
+            if take <= _SMALL_PAYLOAD:
+                # copied next to its header: small frames share one buffer
+                run = self._run
+                if run is None:
+                    run = self._run = bytearray(header)
+                    out.append(run)
+                else:
+                    run += header
+                run += data if take == total else memoryview(data)[pos : pos + take]
             else:
-                if view is None:
-                    view = memoryview(data)  # slices of a view share the buffer: no copy
-                out.append(view[pos : pos + take])
+                self._run = None
+                out.append(header)
+                if take == total:
+                    out.append(data)
+                else:
+                    if view is None:
+                        view = memoryview(data)  # slices of a view share the buffer: no copy
+                    out.append(view[pos : pos + take])
             self._out_size += HEADER_SIZE + take
             pos += take
         return pos
