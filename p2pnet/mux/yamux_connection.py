@@ -344,6 +344,11 @@ class YamuxConnection:
         """Reading from ``conn`` is paused: the streams hold ``read_high_water`` unread bytes."""
         return self._read_paused
 
+    @property
+    def writing_paused(self) -> bool:
+        """The connection below asked us to stop writing (its buffer is full)."""
+        return self._write_paused
+
     async def wait_closed(self) -> None:
         await self.closed.wait()
 
@@ -517,7 +522,10 @@ class YamuxConnection:
                 self.session.outbound_size,
                 exc,
             )
-            self._terminate(ConnectionClosed(f"write backlog over the memory limit: {exc}"), None)
+            # what waits would never be read: drop it with the connection
+            self._terminate(
+                ConnectionClosed(f"write backlog over the memory limit: {exc}"), None, abort=True
+            )
             return
         self._backlog_reserved += extra
 
@@ -739,10 +747,11 @@ class YamuxConnection:
 
     # ----------------------------------------------------------------- shutdown
 
-    def _terminate(self, error: P2PError, code: int | None) -> None:
-        """End the connection now: wake everyone, write the go-away, close the channel and
-        cancel the stream handlers. :attr:`closed` is set once the channel is closed and the
-        handlers ended (or after ``close_timeout``)."""
+    def _terminate(self, error: P2PError, code: int | None, *, abort: bool = False) -> None:
+        """End the connection now: wake everyone, write what is queued and the go-away, close
+        the channel (``abort``: drop what is queued and abort it) and cancel the stream
+        handlers. :attr:`closed` is set once the channel is closed and the handlers ended (or
+        after ``close_timeout``)."""
         if self._closing:
             return
         self._closing = True
@@ -778,7 +787,10 @@ class YamuxConnection:
         channel = self._channel
         if channel is None:
             self._channel_lost = True
-        elif not self._channel_lost:
+        elif abort:
+            channel.abort()
+        else:
+            # also after the remote's EOF: it may still read, and our side must be closed
             try:
                 if frames:
                     channel.writelines(frames)
