@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from p2pnet.resources.manager import ResourceManager
 from p2pnet.security.noise_connection import NoiseConnection, noise_handshake
 from p2pnet.stream import Direction
 from p2pnet.transport import tcp
+from p2pnet.transport.addr import host_port_of
 from p2pnet.transport.memory import MemoryConnection, MemoryNetwork
 
 T = 5.0
@@ -96,9 +98,12 @@ async def read_all(stream: YamuxStream) -> bytes:
 
 async def wait_for(condition: Any, what: str) -> None:
     """Poll a condition of the code under test, failing after ``T`` seconds."""
-    async with asyncio.timeout(T):
-        while not condition():
-            await asyncio.sleep(0.005)
+    try:
+        async with asyncio.timeout(T):
+            while not condition():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @contextlib.asynccontextmanager
@@ -284,4 +289,51 @@ async def test_pings_from_a_peer_that_never_reads_close_the_connection() -> None
     scope.done()
     assert manager.system.used("memory") == 0
     await attacker.close()
+    assert await other_tasks() == set()
+
+
+async def test_tcp_pause_writing_holds_frames_until_the_remote_reads() -> None:
+    """A remote that stops reading fills our socket: the transport says pause_writing, the
+    connection stops flushing and stream writers wait; once it reads, everything goes out."""
+    accepted: asyncio.Future[tcp.TcpConnection] = asyncio.get_running_loop().create_future()
+    done = asyncio.Event()
+
+    async def handler(conn: tcp.TcpConnection) -> None:
+        accepted.set_result(conn)
+        await done.wait()
+
+    listener = await tcp.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), handler)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: we fill it fast
+    peer.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(peer, host_port_of(listener.multiaddrs[0]))
+    raw = await asyncio.wait_for(accepted, T)
+    done.set()
+    await listener.close()
+    cfg = YamuxConfig(keepalive_interval=None, write_high_water=256 * KiB)
+    conn = YamuxConnection(raw, initiator=True, config=cfg)
+    await conn.start()
+    size = 256 * KiB  # each stream's whole initial window: no ACK or window update needed
+
+    async def send() -> None:
+        stream = await conn.open_stream()
+        await stream.write(b"z" * size)
+
+    writers = [asyncio.create_task(send()) for _ in range(32)]  # 8 MiB in all
+    await wait_for(lambda: conn.writing_paused, "pause_writing")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert conn.session.outbound_size <= cfg.write_high_water + cfg.max_frame_payload
+    assert not all(t.done() for t in writers)
+    received = 0
+    async with asyncio.timeout(T):
+        while received < 32 * size:
+            received += len(await loop.sock_recv(peer, 1 << 20))
+            if all(t.done() for t in writers) and not conn.session.outbound_size:
+                break
+    await asyncio.wait_for(asyncio.gather(*writers), T)
+    assert not conn.writing_paused
+    await conn.close()
+    peer.close()
     assert await other_tasks() == set()

@@ -44,6 +44,7 @@ from p2pnet.errors import (
 )
 from p2pnet.io import Bytes, ChunkReader, ReadWriter
 from p2pnet.mux.yamux import (
+    GO_AWAY_INTERNAL_ERROR,
     GO_AWAY_NORMAL,
     GO_AWAY_PROTOCOL_ERROR,
     PROTOCOL_ID,
@@ -89,6 +90,8 @@ class YamuxStream(ChunkReader):
         #: The application protocol, set by the host after multistream negotiation.
         self.protocol: str | None = None
         self._chunks: deque[bytes] = deque()
+        #: Bytes of ``_chunks`` counted in the connection's ``unread`` (0 once it forgot us).
+        self.counted = 0
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -138,6 +141,7 @@ class YamuxStream(ChunkReader):
                 return False
         chunks = self._chunks
         chunks.append(data)
+        self.counted += len(data)
         self.connection.unread += len(data)
         if len(chunks) == 1:
             self._readable.set()
@@ -147,7 +151,7 @@ class YamuxStream(ChunkReader):
         """The core's state changed (FIN, RST, window, connection gone): re-check it."""
         if self.record.is_reset:
             dropped = sum(map(len, self._chunks))
-            self.connection.unread -= dropped
+            self.connection.uncount(self)
             if self.scope is not None:
                 self.scope.release_memory(dropped)
             self._chunks.clear()
@@ -166,9 +170,10 @@ class YamuxStream(ChunkReader):
                 raise StreamReset(f"stream {self.stream_id} was reset")
             if chunks:
                 chunk = chunks.popleft()
+                n = len(chunk)
                 if self.scope is not None:
-                    self.scope.release_memory(len(chunk))
-                self.connection.consumed(self.stream_id, len(chunk))
+                    self.scope.release_memory(n)
+                self.connection.consumed(self, n)
                 return chunk
             if record.remote_closed:
                 return b""
@@ -366,7 +371,12 @@ class YamuxConnection:
         self._arm_timer()
         self.flush()
         # last: bytes that arrived during the upgrade are delivered from in here
-        self._channel = attach(self.conn, self)
+        try:
+            self._channel = attach(self.conn, self)
+        except P2PError as exc:  # the connection below closed already
+            self._terminate(
+                ConnectionClosed(f"connection closed before the muxer ran: {exc}"), None
+            )
 
     async def close(self, code: int = GO_AWAY_NORMAL) -> None:
         """Go away with ``code``, fail every stream, close ``conn`` and await the handlers."""
@@ -399,6 +409,7 @@ class YamuxConnection:
     def _forget(self, stream: YamuxStream) -> None:
         """The core forgot the stream: drop it, and give back its scope unless a handler runs."""
         self._streams.pop(stream.stream_id, None)
+        self.uncount(stream)
         if stream.scope is not None and not stream.handler_running:
             stream.scope.done()
 
@@ -492,7 +503,8 @@ class YamuxConnection:
         if self._backlog_reserved:
             self._release_backlog()
         channel = self._channel
-        assert channel is not None
+        if channel is None:
+            return
         try:
             if len(frames) == 1:
                 channel.write(frames[0])
@@ -545,17 +557,34 @@ class YamuxConnection:
 
     # ----------------------------------------------------------------- called by streams
 
-    def consumed(self, sid: int, n: int) -> None:
-        """The application read ``n`` bytes of stream ``sid`` (window updates may follow)."""
-        self.unread -= n
-        if self._read_paused and self.unread <= self.config.read_high_water >> 1:
+    def consumed(self, stream: YamuxStream, n: int) -> None:
+        """The application read ``n`` bytes of ``stream`` (window updates may follow)."""
+        counted = stream.counted
+        if counted:
+            n_counted = n if n <= counted else counted
+            stream.counted = counted - n_counted
+            self.unread -= n_counted
+            if self._read_paused:
+                self._maybe_resume_reading()
+        session = self.session
+        session.consume(stream.stream_id, n, self._now())
+        if session.outbound_size:
+            self.flush()
+
+    def uncount(self, stream: YamuxStream) -> None:
+        """``stream``'s buffered bytes stop counting towards ``read_high_water`` (it was reset
+        or the core forgot it: no more data comes for it, whoever reads what is left)."""
+        if stream.counted:
+            self.unread -= stream.counted
+            stream.counted = 0
+            if self._read_paused:
+                self._maybe_resume_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if self.unread <= self.config.read_high_water >> 1:
             self._read_paused = False
             if self._channel is not None and not self._closing:
                 self._channel.resume_reading()
-        session = self.session
-        session.consume(sid, n, self._now())
-        if session.outbound_size:
-            self.flush()
 
     def close_stream(self, stream: YamuxStream) -> None:
         self.session.close_stream(stream.stream_id)
@@ -587,22 +616,26 @@ class YamuxConnection:
         now = self._now
         try:
             events = session.receive_data(data, now())
+            for ev in events:
+                if type(ev) is DataReceived:
+                    stream = streams.get(ev.stream_id)
+                    if stream is not None:
+                        if not stream.deliver(ev.data):
+                            self.reset_stream(stream)
+                    else:  # pragma: no cover - the core only reports live streams
+                        session.consume(ev.stream_id, len(ev.data), now())
+                else:
+                    error = self._dispatch(ev)
+                    if error is not None:
+                        self._terminate(error, None)
+                        return
         except ProtocolError as exc:
             self._terminate(ConnectionClosed(f"protocol error: {exc}"), GO_AWAY_PROTOCOL_ERROR)
             return
-        for ev in events:
-            if type(ev) is DataReceived:
-                stream = streams.get(ev.stream_id)
-                if stream is not None:
-                    if not stream.deliver(ev.data):
-                        self.reset_stream(stream)
-                else:  # pragma: no cover - the core only reports live streams
-                    session.consume(ev.stream_id, len(ev.data), now())
-            else:
-                error = self._dispatch(ev)
-                if error is not None:
-                    self._terminate(error, None)
-                    return
+        except Exception as exc:  # a bug: end this connection, not the transport's callback
+            log.exception("yamux: handling received data failed")
+            self._terminate(ConnectionClosed(f"internal error: {exc!r}"), GO_AWAY_INTERNAL_ERROR)
+            return
         if self.unread > self.config.read_high_water and not self._read_paused:
             # the applications do not keep up: let TCP push back on the remote
             self._read_paused = True
@@ -830,12 +863,17 @@ class YamuxConnection:
         tasks = [t for t in self._handler_tasks if t is not current]
         if tasks:
             await asyncio.wait(tasks, timeout=self.config.close_timeout)
-        if self._channel is not None:
-            try:
-                async with asyncio.timeout(self.config.close_timeout):
+        try:
+            async with asyncio.timeout(self.config.close_timeout):
+                if self._channel is not None:
                     await self._channel.wait_closed()
-            except TimeoutError:
+                else:  # never started: the connection below is still ours to close
+                    await self.conn.close()
+        except TimeoutError:
+            if self._channel is not None:
                 self._channel.abort()
+        except (P2PError, OSError) as exc:
+            log.debug("yamux: closing the connection below failed: %r", exc)
         self._channel_lost = True
         self._maybe_closed()
         if current not in self._handler_tasks:  # else: closed is set when this handler ends

@@ -20,6 +20,7 @@ from p2pnet.errors import P2PError
 from p2pnet.host.config import HostConfig
 from p2pnet.host.upgrader import upgrade
 from p2pnet.multistream import encode_message
+from p2pnet.mux.yamux import FLAG_SYN, HEADER, TYPE_PING
 from p2pnet.mux.yamux_connection import YamuxConnection, YamuxMuxer
 from p2pnet.protocols.identify import PUSH_PROTOCOL_ID
 from p2pnet.protocols.identify_messages import build_identify
@@ -211,6 +212,54 @@ async def test_ping_flood_without_reading_pongs() -> None:
             await many(40, flood, stop)
 
     await under_attack(attack)
+
+
+async def test_yamux_pings_without_reading_pongs() -> None:
+    """Yamux PINGs as fast as the victim takes them, and never a byte read: the pongs that queue
+    up count against the connection's memory, and at its limit the victim closes it (issue 11)."""
+    pings = b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(5000))
+    closed_by_victim = 0
+
+    async def attack(victim: Victim, stop: asyncio.Event) -> None:
+        nonlocal closed_by_victim
+        key = KeyPair.generate()
+        while not stop.is_set():
+            try:
+                raw = await tcp.dial(victim.addr, local_host=ATTACKER_IP)
+                up = await upgrade(
+                    raw, key, HostConfig(), [NoiseSecurity()], [YamuxMuxer()], initiator=True
+                )
+            except (P2PError, OSError):
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                while not stop.is_set():
+                    await unless_stopped(up.secure.write(pings), stop)
+            except (P2PError, OSError):
+                closed_by_victim += 1
+            finally:
+                raw.abort()
+
+    victim = await under_attack(attack, env={"VICTIM_CONN_MEMORY": str(8 * 1024 * 1024)})
+    assert closed_by_victim >= 1
+    assert victim.latest["write_backlog"] >= 1
+
+
+async def unless_stopped(write: Awaitable[None], stop: asyncio.Event) -> None:
+    """``write``, unless ``stop`` is set first (a write may wait for a victim that stopped
+    reading us)."""
+    task = asyncio.ensure_future(write)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+    else:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_multistream_ls_loops() -> None:
