@@ -183,12 +183,35 @@ class YamuxStream(ChunkReader):
 
     # ----------------------------------------------------------------- writing
 
-    async def write(self, data: Bytes) -> None:
-        """Send ``data``; the core splits it by send window and frame size."""
+    def write_nowait(self, data: Bytes) -> bool:
+        """Queue all of ``data`` now if that needs no waiting (one frame within the send window,
+        the connection's queue below its high-water mark, no other write in progress); False,
+        with nothing queued, if :meth:`write` would have to wait."""
         if self.record.local_closed and not self.record.is_reset:
             raise StreamClosed(f"stream {self.stream_id} was closed for writing")
         self._raise_if_dead()
-        if not data:
+        total = len(data)
+        if not total:
+            return True
+        conn = self.connection
+        session = conn.session
+        config = session.config
+        if (
+            self._write_lock.locked()
+            or total > self.record.send_window
+            or total > config.max_frame_payload
+            or session.outbound_size >= config.write_high_water
+        ):
+            return False
+        if type(data) is not bytes:
+            data = bytes(data)  # the core keeps a reference until the flush
+        session.write(self.stream_id, data)
+        conn.flush()
+        return True
+
+    async def write(self, data: Bytes) -> None:
+        """Send ``data``; the core splits it by send window and frame size."""
+        if self.write_nowait(data):
             return
         if type(data) is not bytes:
             data = bytes(data)  # the core keeps views of it until the writer sent them
