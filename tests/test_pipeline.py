@@ -16,7 +16,7 @@ from multiaddr import Multiaddr
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import ConnectionClosed, IncompleteRead, StreamReset
 from p2pnet.mux import yamux
-from p2pnet.mux.yamux import FLAG_SYN, HEADER, TYPE_GO_AWAY, TYPE_PING, YamuxConfig
+from p2pnet.mux.yamux import FLAG_ACK, FLAG_SYN, HEADER, TYPE_GO_AWAY, TYPE_PING, YamuxConfig
 from p2pnet.mux.yamux_connection import YamuxConnection, YamuxStream
 from p2pnet.resources.limits import ResourceLimits
 from p2pnet.resources.manager import ResourceManager
@@ -264,7 +264,7 @@ async def test_slow_reader_pauses_both_transports_and_resumes() -> None:
 async def test_pings_from_a_peer_that_never_reads_close_the_connection() -> None:
     """Issue 11: the pongs queued for a peer that does not read count against the connection's
     memory scope; past its limit the connection is closed, and everything is given back."""
-    limits = dataclasses.replace(ResourceLimits(), conn_memory=256 * KiB)
+    limits = dataclasses.replace(ResourceLimits(), conn_memory=128 * KiB)  # < max_reply_backlog
     manager = ResourceManager(limits)
     scope = manager.open_connection(Direction.INBOUND, None, 0.0)
     attacker, b = await memory_pair(high_water=64 * KiB)
@@ -282,9 +282,9 @@ async def test_pings_from_a_peer_that_never_reads_close_the_connection() -> None
     await asyncio.wait_for(victim.wait_closed(), T)
     assert "write backlog" in str(victim.error)
     assert manager.refused["conn/write_backlog"] == 1
-    # what the victim queued is bounded by the limit (+ one inbox of pongs and one batch)
-    assert attacker._buffered <= 64 * KiB + 48 * KiB
-    assert sent < 2 * 1024 * KiB
+    # what the victim wrote is bounded: one inbox of pongs (and a batch), the rest was dropped
+    assert attacker._buffered <= 64 * KiB + 2 * 48 * KiB
+    assert sent < 1024 * KiB
     assert scope.scope.used("memory") == 0
     scope.done()
     assert manager.system.used("memory") == 0
@@ -336,4 +336,38 @@ async def test_tcp_pause_writing_holds_frames_until_the_remote_reads() -> None:
     assert not conn.writing_paused
     await conn.close()
     peer.close()
+    assert await other_tasks() == set()
+
+
+async def test_a_peer_that_pings_but_never_reads_is_no_longer_read() -> None:
+    """Past ``max_reply_backlog`` bytes of pongs waiting behind a full transport we stop reading
+    the peer (its writes then wait); once it reads, every ping gets its pong."""
+    attacker, b = await memory_pair(high_water=64 * KiB)
+    cfg = YamuxConfig(keepalive_interval=None, max_reply_backlog=128 * KiB)
+    victim = YamuxConnection(b, initiator=False, config=cfg)
+    await victim.start()
+    batch = 4096
+    pings = b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(batch))
+    sent = 0
+    writer = None
+    async with asyncio.timeout(T):
+        while True:
+            writer = asyncio.create_task(attacker.write(pings))
+            await asyncio.wait([writer], timeout=0.2)
+            if not writer.done():
+                break  # the victim stopped reading us: our write waits
+            sent += batch
+    assert victim.reading_paused and victim.writing_paused
+    assert victim.session.reply_backlog <= 128 * KiB + 2 * len(pings)
+    # the attacker reads now: the victim flushes, reads again, and answers everything
+    pongs = 0
+    async with asyncio.timeout(T):
+        while pongs < sent + batch:
+            _, ftype, flags, _, _ = HEADER.unpack(await attacker.readexactly(HEADER.size))
+            assert ftype == TYPE_PING
+            pongs += bool(flags & FLAG_ACK)  # (the victim's own first ping has SYN)
+    await asyncio.wait_for(writer, T)
+    assert not victim.reading_paused and not victim.is_closed
+    await victim.close()
+    await attacker.close()
     assert await other_tasks() == set()

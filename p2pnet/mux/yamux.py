@@ -122,6 +122,10 @@ class YamuxConfig:
     #: the adapter stops reading from the connection (TCP then pushes back on the remote); it
     #: reads again at half of it.
     read_high_water: int = 16 * 1024 * 1024
+    #: Bytes of replies the remote provoked (pongs, RSTs of refused streams) queued while the
+    #: connection cannot write, above which the adapter stops reading the remote until it reads
+    #: (checked after each chunk received, so one chunk's replies may go beyond it).
+    max_reply_backlog: int = 256 * 1024
     #: Bytes of queued outbound frames above which a frame provoked by the remote (pong, RST of a
     #: refused stream, window update) means the remote floods us without reading: protocol error.
     max_outbound_backlog: int = 64 * 1024 * 1024
@@ -354,6 +358,7 @@ class YamuxSession:
         self._out: list[bytes | bytearray | memoryview] = []
         self._run: bytearray | None = None  # the last item of ``_out`` while small frames join it
         self._out_size = 0
+        self._reply_size = 0  # of _out_size: frames the remote provoked
         # receive parser state
         self._partial = b""
         self._data_left = 0
@@ -366,11 +371,17 @@ class YamuxSession:
     def outbound_size(self) -> int:
         return self._out_size
 
+    @property
+    def reply_backlog(self) -> int:
+        """Bytes of the queued frames that the remote provoked (pongs, RSTs of refused streams)."""
+        return self._reply_size
+
     def take_outbound(self) -> list[bytes | bytearray | memoryview]:
         out = self._out
         self._out = []
         self._run = None
         self._out_size = 0
+        self._reply_size = 0
         return out
 
     def _queue(self, frame: bytes) -> None:
@@ -387,6 +398,7 @@ class YamuxSession:
         if self._out_size > self.config.max_outbound_backlog:
             raise self._protocol_error("outbound backlog overflow: the remote never reads")
         self._queue(frame)
+        self._reply_size += len(frame)
 
     # ----------------------------------------------------------------- queries
 

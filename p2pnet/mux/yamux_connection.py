@@ -325,7 +325,10 @@ class YamuxConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
         self._write_paused = False
-        self._read_paused = False
+        # reading from the channel is paused: the streams hold too much unread, or the remote
+        # provoked too many replies that wait behind a full transport (it does not read)
+        self._unread_paused = False
+        self._replies_paused = False
         #: Bytes received for streams and not read by their applications yet.
         self.unread = 0
         #: Bytes of queued outbound frames reserved in ``scope`` (while the channel is paused).
@@ -369,8 +372,9 @@ class YamuxConnection:
 
     @property
     def reading_paused(self) -> bool:
-        """Reading from ``conn`` is paused: the streams hold ``read_high_water`` unread bytes."""
-        return self._read_paused
+        """Reading from ``conn`` is paused: the streams hold ``read_high_water`` unread bytes,
+        or ``max_reply_backlog`` bytes of replies wait for a remote that does not read."""
+        return self._unread_paused or self._replies_paused
 
     @property
     def writing_paused(self) -> bool:
@@ -540,6 +544,9 @@ class YamuxConnection:
         room = self._room
         if not room.is_set():
             room.set()
+        if self._replies_paused:
+            self._replies_paused = False
+            self._update_reading()
 
     def _account_backlog(self) -> None:
         """Reserve the bytes queued behind a paused channel; over the limit the remote is not
@@ -587,7 +594,7 @@ class YamuxConnection:
             n_counted = n if n <= counted else counted
             stream.counted = counted - n_counted
             self.unread -= n_counted
-            if self._read_paused:
+            if self._unread_paused:
                 self._maybe_resume_reading()
         session = self.session
         session.consume(stream.stream_id, n, self._now())
@@ -600,14 +607,23 @@ class YamuxConnection:
         if stream.counted:
             self.unread -= stream.counted
             stream.counted = 0
-            if self._read_paused:
+            if self._unread_paused:
                 self._maybe_resume_reading()
 
     def _maybe_resume_reading(self) -> None:
         if self.unread <= self.config.read_high_water >> 1:
-            self._read_paused = False
-            if self._channel is not None and not self._closing:
-                self._channel.resume_reading()
+            self._unread_paused = False
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Pause or resume the channel as the two reasons to stop reading say."""
+        channel = self._channel
+        if channel is None or self._closing:
+            return
+        if self._unread_paused or self._replies_paused:
+            channel.pause_reading()
+        else:
+            channel.resume_reading()
 
     def close_stream(self, stream: YamuxStream) -> None:
         self.session.close_stream(stream.stream_id)
@@ -659,14 +675,21 @@ class YamuxConnection:
             log.exception("yamux: handling received data failed")
             self._terminate(ConnectionClosed(f"internal error: {exc!r}"), GO_AWAY_INTERNAL_ERROR)
             return
-        if self.unread > self.config.read_high_water and not self._read_paused:
+        if self.unread > self.config.read_high_water and not self._unread_paused:
             # the applications do not keep up: let TCP push back on the remote
-            self._read_paused = True
-            assert self._channel is not None or not self._started
-            if self._channel is not None:
-                self._channel.pause_reading()
+            self._unread_paused = True
+            self._update_reading()
         if session.outbound_size:
             if self._write_paused:
+                if (
+                    session.reply_backlog > self.config.max_reply_backlog
+                    and not self._replies_paused
+                ):
+                    # the remote asks (pings...) but does not read the answers: stop reading
+                    # it until it does, so it cannot make us work (or queue) without bound
+                    log.debug("yamux: %d bytes of replies unread: pausing", session.reply_backlog)
+                    self._replies_paused = True
+                    self._update_reading()
                 self._account_backlog()
             else:
                 self.flush()
