@@ -400,6 +400,8 @@ class YamuxConnection:
         # last: bytes that arrived during the upgrade are delivered from in here
         try:
             self._channel = attach(self.conn, self)
+            if self.reading_paused:  # decided while the bytes of the upgrade were delivered
+                self._update_reading()
         except P2PError as exc:  # the connection below closed already
             self._terminate(
                 ConnectionClosed(f"connection closed before the muxer ran: {exc}"), None

@@ -161,19 +161,6 @@ class NoiseConnection(ChunkReader):
             out = self._transport.encrypt(data)
             await self.raw.write(out)
 
-    async def writelines(self, chunks: Sequence[Bytes]) -> None:
-        """Encrypt several buffers (without joining them first) and hand all frames to ``raw``
-        in one write; big buffers are framed in place, small ones share frames (see
-        :meth:`~p2pnet.security.noise.NoiseTransport.encrypt_many`)."""
-        if self._closed:
-            raise ConnectionClosed("write on a closed noise connection")
-        async with self._write_lock:
-            if self._closed:
-                raise ConnectionClosed("write on a closed noise connection")
-            out = self._transport.encrypt_many(chunks)
-            if out:
-                await self.raw.write(out)
-
     # -- push mode ----------------------------------------------------------------------------
 
     def attach(self, receiver: ChannelReceiver) -> NoiseChannel:

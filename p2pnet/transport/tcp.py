@@ -270,16 +270,6 @@ class TcpConnection(ChunkReader):
         if self._proto.write_paused:
             await self._drain()
 
-    async def writelines(self, chunks: list[Bytes]) -> None:
-        """Several buffers in one call (one ``sendmsg`` where asyncio supports it)."""
-        self._check_writable()
-        try:
-            self._transport.writelines(chunks)
-        except (ConnectionError, OSError) as exc:  # pragma: no cover - asyncio reports later
-            raise ConnectionClosed(f"TCP connection lost: {exc}") from exc
-        if self._proto.write_paused:
-            await self._drain()
-
     # -- push mode ----------------------------------------------------------------------------
 
     def attach(self, receiver: ChannelReceiver) -> TcpChannel:
