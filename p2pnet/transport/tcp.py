@@ -450,15 +450,40 @@ class TcpListener:
 ACCEPT_BACKLOG = 1024
 
 
+#: SO_REUSEPORT on the listener lets a hole-punching dial bind the listening port too (the NAT
+#: mapping the peer was told about is that port's). Linux and the BSDs have it.
+REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """With SO_REUSEPORT two listeners could share a port; a second node on a taken port must
+    still fail with EADDRINUSE, so bind once without it first (racy only against a process
+    starting in the same instant)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(sockaddr)  # OSError(EADDRINUSE) when taken
+
+
 async def listen(addr: Multiaddr, handler: ConnectionHandler) -> TcpListener:
     host, port = host_port_of(addr)
     listener = TcpListener(handler, addr)
     loop = asyncio.get_running_loop()
     _quiet_out_of_fds(loop)
+    if REUSE_PORT and port != 0:
+        _check_port_free(host, port)
     # A deep accept queue: a burst of connection attempts (a flood refused one by one above)
     # must not make the kernel drop a legitimate SYN, which costs it a 1 s retransmission.
     server = await loop.create_server(
-        listener._protocol, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG
+        listener._protocol,
+        host,
+        port,
+        reuse_address=True,
+        reuse_port=REUSE_PORT or None,
+        backlog=ACCEPT_BACKLOG,
     )
     listener._start(server)
     return listener
@@ -489,17 +514,28 @@ def _quiet_out_of_fds(loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def dial(
-    addr: Multiaddr, *, timeout: float = 10.0, local_host: str | None = None
+    addr: Multiaddr,
+    *,
+    timeout: float = 10.0,
+    local_host: str | None = None,
+    local_port: int | None = None,
 ) -> TcpConnection:
-    """Connect to ``addr`` (from ``local_host`` if given, e.g. another loopback address)."""
+    """Connect to ``addr`` (from ``local_host`` if given, e.g. another loopback address).
+
+    With ``local_port`` the socket is bound to that port with SO_REUSEADDR and SO_REUSEPORT,
+    beside a listener on it: the dial of a hole punch, which must leave through the port whose
+    NAT mapping the peer dials (both SYNs crossing make a TCP simultaneous open)."""
     host, port = host_port_of(addr)
     loop = asyncio.get_running_loop()
     local = (local_host, 0) if local_host is not None else None
     try:
         async with asyncio.timeout(timeout):
-            transport, proto = await loop.create_connection(
-                _TcpProtocol, host, port, local_addr=local
-            )
+            if local_port is not None:
+                transport, proto = await _dial_from_port(loop, host, port, local_host, local_port)
+            else:
+                transport, proto = await loop.create_connection(
+                    _TcpProtocol, host, port, local_addr=local
+                )
     except TimeoutError as exc:
         raise DialError(f"TCP dial to {addr} timed out after {timeout}s") from exc
     except OSError as exc:
@@ -511,8 +547,50 @@ async def dial(
         raise DialError(f"TCP dial to {addr} failed: {exc}") from exc
 
 
+async def _dial_from_port(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, local_host: str | None, local_port: int
+) -> tuple[asyncio.Transport, _TcpProtocol]:
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:  # pragma: no cover - getaddrinfo raises rather than answer nothing
+        raise OSError(f"no address for {host}")
+    family, kind, proto_num, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto_num)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if REUSE_PORT:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        any_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        sock.bind((local_host or any_host, local_port))
+        await loop.sock_connect(sock, sockaddr)
+        return await loop.create_connection(_TcpProtocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 class TcpTransport:
     """The :class:`~p2pnet.transport.base.Transport` for ``/ip4|ip6|dns4|dns6/.../tcp/N``."""
+
+    def __init__(self) -> None:
+        self._listeners: list[TcpListener] = []
+
+    def listening_on(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every socket we listen on (``0.0.0.0`` when unspecified)."""
+        self._listeners = [lst for lst in self._listeners if not lst._closed]
+        return [host_port_of(a) for lst in self._listeners for a in lst.multiaddrs]
+
+    async def dial_from_listen_port(self, addr: Multiaddr, *, timeout: float) -> TcpConnection:
+        """Dial ``addr`` from the port we listen on (same address family), for a hole punch;
+        from an ephemeral port when we listen on none of that family."""
+        host, _ = host_port_of(addr)
+        v6 = ":" in host
+        for local_host, local_port in self.listening_on():
+            if (":" in local_host) == v6:
+                return await dial(
+                    addr, timeout=timeout, local_host=local_host, local_port=local_port
+                )
+        return await dial(addr, timeout=timeout)
 
     def can_dial(self, addr: Multiaddr) -> bool:
         return is_tcp_multiaddr(addr)
@@ -524,4 +602,6 @@ class TcpTransport:
         return await dial(addr, timeout=timeout)
 
     async def listen(self, addr: Multiaddr, handler: RawConnectionHandler) -> TcpListener:
-        return await listen(addr, handler)
+        listener = await listen(addr, handler)
+        self._listeners.append(listener)
+        return listener
