@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Awaitable, Callable
 
 from multiaddr import Multiaddr
@@ -228,6 +229,10 @@ async def test_yamux_pings_without_reading_pongs() -> None:
         up = await upgrade(
             raw, KeyPair.generate(), HostConfig(), [NoiseSecurity()], [YamuxMuxer()], initiator=True
         )
+        # never read again, and keep as little as the kernel allows of what the victim sends
+        transport = raw._transport
+        transport.pause_reading()
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         try:
             while await unless_stopped(up.secure.write(pings), stop):
                 last_write = loop.time()
