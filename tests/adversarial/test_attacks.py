@@ -240,9 +240,7 @@ async def test_yamux_pings_without_reading_pongs() -> None:
             stopped = loop.time()
             raw.abort()
 
-    # p99 bound 2 s: until its socket is full the victim answers, parsing pings at ~15 MB/s in
-    # reads of up to 1 MiB (~70 ms each) that legitimate pings wait behind
-    await under_attack(attack, p99_bound=2.0)
+    await under_attack(attack)
     assert stopped - last_write > 1.0  # the victim stopped taking pings long before the end
 
 
