@@ -9,7 +9,6 @@ stdin. Nothing else: whatever an attacker does must not show up as a traceback o
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import json
 import logging
@@ -54,10 +53,6 @@ async def main() -> None:
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (int(nofile), hard))
     config = NodeConfig(kad=KadConfig(mode=Mode.SERVER))
-    conn_memory = os.environ.get("VICTIM_CONN_MEMORY")
-    if conn_memory:  # a victim that lets each connection hold less memory
-        limits = config.host.resources
-        config.host.resources = dataclasses.replace(limits, conn_memory=int(conn_memory))
     async with Node(config) as node:
         sub = node.subscribe(TOPIC)
         print(json.dumps({"addrs": [str(a) for a in node.p2p_addrs()]}), flush=True)
@@ -77,7 +72,6 @@ async def main() -> None:
                 "memory": resources.system.used("memory"),
                 "streams": resources.system.used("streams_inbound"),
                 "refused": sum(resources.refused.values()),
-                "write_backlog": resources.refused["conn/write_backlog"],
                 "rpc_graylisted": _pubsub_stat(node, "rpc_graylisted"),
             }
             print(json.dumps(stat), flush=True)
