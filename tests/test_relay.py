@@ -360,7 +360,8 @@ async def test_relay_counts_in_the_hosts_resource_manager_and_refuses_extra_circ
             assert resources.refused["relay_peer/circuits"] == 1
             assert service.refused == {"RESOURCE_LIMIT_EXCEEDED": 1}
 
-        await trio.dialer.disconnect(trio.private.peer_id)
+        # the dialer leaves the relay: its hop stream is reset and the circuit ends
+        await trio.dialer.disconnect(trio.relay.peer_id)
         async with asyncio.timeout(5):
             while trio.service.table.circuits:
                 await asyncio.sleep(0.01)
