@@ -482,6 +482,48 @@ async def test_tls(tmp_path: Path) -> None:
     assert only_cert.returncode == 2 and "go together" in event["message"]
 
 
+async def test_events_say_which_connection_carried_a_direct_message(spawn: Any) -> None:
+    """gRPC has what the JSON lines have: a direct message's ``via`` (a relayed connection here,
+    as for an agent behind NAT) and the ETH address of a peer that connects or leaves."""
+    boot = await spawn("--bootstrap")
+    alice = await spawn("--via-relay")
+    bob = await spawn()
+    boot_info = await boot.client.connect(bootstrap_peers=[])
+    a_info = await alice.client.connect(bootstrap_peers=list(boot_info.addrs))
+    assert [a for a in a_info.addrs if "/p2p-circuit" in a] == list(a_info.addrs)
+    events = await alice.client.events()
+    b_info = await bob.client.connect(bootstrap_peers=list(boot_info.addrs), private_key=ANVIL_KEY)
+    assert await bob.client.send(a_info.eth_address, {"n": 1}) == a_info.peer_id
+
+    seen: list[pb.Event] = []
+
+    def message() -> pb.Event | None:
+        return next((e for e in seen if e.WhichOneof("kind") == "message"), None)
+
+    async with asyncio.timeout(TIMEOUT):
+        while message() is None:
+            seen.append(await anext(events))
+    got = message()
+    assert got is not None and got.message.direct and got.message.from_eth == ANVIL_ADDRESS
+    # The relayed connection: the relay's address, then the sender behind the circuit.
+    relayed = {f"{a}/p2p-circuit/p2p/{b_info.peer_id}" for a in boot_info.addrs}
+    assert got.message.via in relayed, got.message
+    connected = [e.peer_connected for e in seen if e.WhichOneof("kind") == "peer_connected"]
+    from_bob = [c for c in connected if c.peer_id == b_info.peer_id]
+    assert from_bob and from_bob[0].eth_address == ANVIL_ADDRESS, connected
+    assert "/p2p-circuit" in from_bob[0].addr and from_bob[0].direction == "inbound"
+
+    await bob.client.shutdown()
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            e = await anext(events)
+            if e.WhichOneof("kind") == "peer_disconnected" and (
+                e.peer_disconnected.peer_id == b_info.peer_id
+            ):
+                break
+    assert e.peer_disconnected.eth_address == ANVIL_ADDRESS
+
+
 async def test_json_lines_and_grpc_at_once(spawn: Any) -> None:
     node = await spawn("--name", "both", "--log-level", "info")
     assert node.proc.stdin is not None and node.proc.stdout is not None

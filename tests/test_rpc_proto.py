@@ -105,6 +105,26 @@ def test_conversions_round_trip() -> None:
         "topic": "t",
     }
     assert convert.event_dict(convert.event(9, message)) == {**message, "seq": 9}
+    direct = {
+        "type": "message",
+        "from": "16Uiu2x",
+        "fromEth": None,
+        "data": None,
+        "direct": True,
+        "via": "/ip4/10.0.0.1/tcp/4001/p2p/16Uiu2r/p2p-circuit",
+    }
+    assert convert.event_dict(convert.event(10, direct)) == {**direct, "seq": 10}
+    joined = {
+        "type": "peer_connected",
+        "peerId": "16Uiu2x",
+        "ethAddress": "0xabc",
+        "addr": "/ip4/127.0.0.1/tcp/1",
+        "direction": "inbound",
+    }
+    assert convert.event_dict(convert.event(11, joined)) == {**joined, "seq": 11}
+    for eth in ("0xabc", None):  # null for a peer without a secp256k1 identity
+        left = {"type": "peer_disconnected", "peerId": "12D3x", "ethAddress": eth}
+        assert convert.event_dict(convert.event(12, left)) == {**left, "seq": 12}
     with pytest.raises(ValueError):
         convert.event(1, {"type": "sent"})
 

@@ -215,34 +215,40 @@ class MessagesRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("from_peer_id", "from_eth", "data_json", "topic", "direct")
+    __slots__ = ("from_peer_id", "from_eth", "data_json", "topic", "direct", "via")
     FROM_PEER_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ETH_FIELD_NUMBER: _ClassVar[int]
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     DIRECT_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
     from_peer_id: str
     from_eth: str
     data_json: str
     topic: str
     direct: bool
-    def __init__(self, from_peer_id: _Optional[str] = ..., from_eth: _Optional[str] = ..., data_json: _Optional[str] = ..., topic: _Optional[str] = ..., direct: _Optional[bool] = ...) -> None: ...
+    via: str
+    def __init__(self, from_peer_id: _Optional[str] = ..., from_eth: _Optional[str] = ..., data_json: _Optional[str] = ..., topic: _Optional[str] = ..., direct: _Optional[bool] = ..., via: _Optional[str] = ...) -> None: ...
 
 class PeerConnected(_message.Message):
-    __slots__ = ("peer_id", "addr", "direction")
+    __slots__ = ("peer_id", "addr", "direction", "eth_address")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    ETH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     addr: str
     direction: str
-    def __init__(self, peer_id: _Optional[str] = ..., addr: _Optional[str] = ..., direction: _Optional[str] = ...) -> None: ...
+    eth_address: str
+    def __init__(self, peer_id: _Optional[str] = ..., addr: _Optional[str] = ..., direction: _Optional[str] = ..., eth_address: _Optional[str] = ...) -> None: ...
 
 class PeerDisconnected(_message.Message):
-    __slots__ = ("peer_id",)
+    __slots__ = ("peer_id", "eth_address")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    ETH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
-    def __init__(self, peer_id: _Optional[str] = ...) -> None: ...
+    eth_address: str
+    def __init__(self, peer_id: _Optional[str] = ..., eth_address: _Optional[str] = ...) -> None: ...
 
 class ErrorEvent(_message.Message):
     __slots__ = ("code", "message", "command")

@@ -82,6 +82,7 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
                 data_json=dumps(payload.get("data")),
                 topic=str(payload.get("topic") or ""),
                 direct=bool(payload.get("direct")),
+                via=str(payload.get("via") or ""),
             ),
         )
     if kind == "peer_discovered":
@@ -93,11 +94,16 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
                 peer_id=str(payload.get("peerId", "")),
                 addr=str(payload.get("addr", "")),
                 direction=str(payload.get("direction", "")),
+                eth_address=str(payload.get("ethAddress") or ""),
             ),
         )
     if kind == "peer_disconnected":
         return pb.Event(
-            seq=seq, peer_disconnected=pb.PeerDisconnected(peer_id=str(payload.get("peerId", "")))
+            seq=seq,
+            peer_disconnected=pb.PeerDisconnected(
+                peer_id=str(payload.get("peerId", "")),
+                eth_address=str(payload.get("ethAddress") or ""),
+            ),
         )
     if kind == "error":
         return pb.Event(
@@ -210,6 +216,8 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
         }
         if m.topic:
             out["topic"] = m.topic
+        if m.via:
+            out["via"] = m.via
     elif kind == "peer_discovered":
         out = agent_dict(ev.peer_discovered)
     elif kind == "peer_connected":
@@ -217,11 +225,17 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
         out = {
             "type": "peer_connected",
             "peerId": c.peer_id,
+            "ethAddress": c.eth_address or None,
             "addr": c.addr,
             "direction": c.direction,
         }
     elif kind == "peer_disconnected":
-        out = {"type": "peer_disconnected", "peerId": ev.peer_disconnected.peer_id}
+        d = ev.peer_disconnected
+        out = {
+            "type": "peer_disconnected",
+            "peerId": d.peer_id,
+            "ethAddress": d.eth_address or None,
+        }
     elif kind == "error":
         e = ev.error
         out = {"type": "error", "code": e.code, "message": e.message}
