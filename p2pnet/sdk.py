@@ -734,6 +734,9 @@ class Message:
     topic: str | None  # None for a direct message
     direct: bool
     seq: int
+    #: Direct messages: the remote address of the connection that carried it
+    #: (``<relay>/p2p-circuit/p2p/<sender>`` through a relay); None for topic messages.
+    via: str | None = None
 
 
 class Agent:
@@ -857,6 +860,7 @@ class Agent:
                             m.topic or None,
                             m.direct,
                             event.seq,
+                            m.via or None,
                         )
                     )
                 elif kind == "lagged":

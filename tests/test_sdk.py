@@ -364,6 +364,9 @@ async def test_agent_in_the_design_flow(nodes: list[P2PNode]) -> None:
     await peer.send(agent.eth_address, {"direct": True})
     direct = await asyncio.wait_for(got.get(), TIMEOUT_S)
     assert direct.data == {"direct": True} and direct.direct and direct.from_eth == peer.eth_address
+    # Which connection carried it: a direct TCP one here (the peer dialled the agent).
+    assert direct.via is not None and direct.via.startswith("/ip4/127.0.0.1/tcp/"), direct
+    assert "/p2p-circuit" not in direct.via
     async with asyncio.timeout(TIMEOUT_S):
         while True:  # until the topic's mesh formed
             await peer.broadcast({"room": 1}, "room")
@@ -372,7 +375,7 @@ async def test_agent_in_the_design_flow(nodes: list[P2PNode]) -> None:
                 break
             except TimeoutError:
                 continue
-    assert msg.topic == "room" and msg.data == {"room": 1} and not msg.direct
+    assert msg.topic == "room" and msg.data == {"room": 1} and not msg.direct and msg.via is None
     assert peer.peer_id in await agent.peers()
     assert await agent.send(peer.eth_address, "hi") == peer.peer_id
     await agent.unsubscribe("room")
