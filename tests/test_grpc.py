@@ -15,7 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
+from test_p2p_node import free_port, peer_id_of
 
+from p2pnet.crypto.keys import KeyPair
 from p2pnet.rpc import agent_node_pb2 as pb
 from p2pnet.rpc.client import AgentNodeClient
 from p2pnet.sdk import PROCESS_EXITED, P2PNode, P2PNodeError
@@ -522,6 +524,38 @@ async def test_events_say_which_connection_carried_a_direct_message(spawn: Any) 
             ):
                 break
     assert e.peer_disconnected.eth_address == ANVIL_ADDRESS
+
+
+async def test_connect_with_retry_joins_once_a_bootstrap_node_comes_up(spawn: Any) -> None:
+    """Every bootstrap node down at Connect: without ``retry_bootstrap`` the Connect fails; with
+    it the node is ready at once, reports the failed attempt and joins by itself later."""
+    boot_key = "0x" + os.urandom(32).hex()
+    port = free_port()
+    boot_id = peer_id_of(KeyPair.from_eth_private_key(boot_key))
+    boot_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{boot_id}"
+    alice = await spawn()
+    await rpc_fails(alice.client.connect(bootstrap_peers=[boot_addr]), "UNAVAILABLE", "DIAL_FAILED")
+    assert not (await alice.client.get_info()).connected
+    events = await alice.client.events()
+    info = await alice.client.connect(bootstrap_peers=[boot_addr], retry_bootstrap=True)
+    assert info.connected
+
+    async def next_log(message: str) -> dict[str, Any]:
+        async with asyncio.timeout(30):
+            while True:
+                e = await anext(events)
+                if e.WhichOneof("kind") == "log" and e.log.message == message:
+                    meta: dict[str, Any] = json.loads(e.log.meta_json)
+                    return meta
+
+    failed = await next_log("bootstrap_failed")
+    assert failed["attempt"] == 1 and failed["retryIn"] > 0, failed
+    boot = await spawn("--bootstrap", "--port", str(port))
+    await boot.client.connect(bootstrap_peers=[], private_key=boot_key)
+    joined = await next_log("bootstrap_succeeded")
+    assert joined["attempt"] >= 2, joined
+    peers = {p.peer_id for p in await alice.client.list_peers()}
+    assert boot_id in peers
 
 
 async def test_json_lines_and_grpc_at_once(spawn: Any) -> None:

@@ -79,16 +79,18 @@ class PeerList(_message.Message):
     def __init__(self, addrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("port", "bootstrap_peers", "private_key", "name")
+    __slots__ = ("port", "bootstrap_peers", "private_key", "name", "retry_bootstrap")
     PORT_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_PEERS_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
     port: int
     bootstrap_peers: PeerList
     private_key: str
     name: str
-    def __init__(self, port: _Optional[int] = ..., bootstrap_peers: _Optional[_Union[PeerList, _Mapping]] = ..., private_key: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    retry_bootstrap: bool
+    def __init__(self, port: _Optional[int] = ..., bootstrap_peers: _Optional[_Union[PeerList, _Mapping]] = ..., private_key: _Optional[str] = ..., name: _Optional[str] = ..., retry_bootstrap: _Optional[bool] = ...) -> None: ...
 
 class DisconnectRequest(_message.Message):
     __slots__ = ("peer_id",)
