@@ -540,20 +540,19 @@ async def test_connect_with_retry_joins_once_a_bootstrap_node_comes_up(spawn: An
     info = await alice.client.connect(bootstrap_peers=[boot_addr], retry_bootstrap=True)
     assert info.connected
 
-    async def next_log(message: str) -> dict[str, Any]:
+    async def next_of(kind: str) -> pb.Event:
         async with asyncio.timeout(30):
             while True:
                 e = await anext(events)
-                if e.WhichOneof("kind") == "log" and e.log.message == message:
-                    meta: dict[str, Any] = json.loads(e.log.meta_json)
-                    return meta
+                if e.WhichOneof("kind") == kind:
+                    return e
 
-    failed = await next_log("bootstrap_failed")
-    assert failed["attempt"] == 1 and failed["retryIn"] > 0, failed
+    failed = (await next_of("bootstrap_failed")).bootstrap_failed
+    assert failed.attempt == 1 and failed.retry_in > 0 and failed.error, failed
     boot = await spawn("--bootstrap", "--port", str(port))
     await boot.client.connect(bootstrap_peers=[], private_key=boot_key)
-    joined = await next_log("bootstrap_succeeded")
-    assert joined["attempt"] >= 2, joined
+    joined = (await next_of("bootstrap_succeeded")).bootstrap_succeeded
+    assert joined.attempt >= 2 and joined.dht_table_size >= 1, joined
     peers = {p.peer_id for p in await alice.client.list_peers()}
     assert boot_id in peers
 

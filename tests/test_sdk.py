@@ -173,6 +173,22 @@ async def test_sdk_start_errors_leave_no_process(nodes: list[P2PNode], tmp_path:
     assert err.value.code == PROCESS_EXITED
 
 
+@pytest.mark.parametrize("interface", ["grpc", "json"])
+async def test_sdk_retry_bootstrap_starts_without_a_bootstrap_peer(
+    nodes: list[P2PNode], interface: str
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    dead = f"/ip4/127.0.0.1/tcp/{free}/p2p/16Uiu2HAmBUswuXdATx1MDhJ8NhisSbp2De8YyDSkHz35ZWeRfL9p"
+    patient = P2PNode("patient", bootstrap_peers=[dead], retry_bootstrap=True, interface=interface)
+    events = patient.events()
+    await start_all(nodes, patient)
+    assert patient.ready["peerId"].startswith("16Uiu2")
+    failed = await events.wait_for("bootstrap_failed")
+    assert failed["attempt"] == 1 and failed["retryIn"] > 0
+
+
 async def test_sdk_private_key_sets_the_identity(nodes: list[P2PNode]) -> None:
     key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
     node = P2PNode("keyed", private_key=key, bootstrap_peers=[])

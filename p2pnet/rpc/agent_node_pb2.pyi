@@ -274,6 +274,24 @@ class LogEvent(_message.Message):
     meta_json: str
     def __init__(self, level: _Optional[str] = ..., namespace: _Optional[str] = ..., message: _Optional[str] = ..., meta_json: _Optional[str] = ...) -> None: ...
 
+class BootstrapFailed(_message.Message):
+    __slots__ = ("attempt", "error", "retry_in")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RETRY_IN_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    error: str
+    retry_in: float
+    def __init__(self, attempt: _Optional[int] = ..., error: _Optional[str] = ..., retry_in: _Optional[float] = ...) -> None: ...
+
+class BootstrapSucceeded(_message.Message):
+    __slots__ = ("attempt", "dht_table_size")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DHT_TABLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    dht_table_size: int
+    def __init__(self, attempt: _Optional[int] = ..., dht_table_size: _Optional[int] = ...) -> None: ...
+
 class Lagged(_message.Message):
     __slots__ = ("missed",)
     MISSED_FIELD_NUMBER: _ClassVar[int]
@@ -281,7 +299,7 @@ class Lagged(_message.Message):
     def __init__(self, missed: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "ready", "message", "peer_discovered", "peer_connected", "peer_disconnected", "error", "log", "lagged")
+    __slots__ = ("seq", "ready", "message", "peer_discovered", "peer_connected", "peer_disconnected", "error", "log", "lagged", "bootstrap_failed", "bootstrap_succeeded")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +309,8 @@ class Event(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     LAGGED_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_FAILED_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     ready: NodeInfo
     message: Message
@@ -300,4 +320,6 @@ class Event(_message.Message):
     error: ErrorEvent
     log: LogEvent
     lagged: Lagged
-    def __init__(self, seq: _Optional[int] = ..., ready: _Optional[_Union[NodeInfo, _Mapping]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., peer_discovered: _Optional[_Union[AgentInfo, _Mapping]] = ..., peer_connected: _Optional[_Union[PeerConnected, _Mapping]] = ..., peer_disconnected: _Optional[_Union[PeerDisconnected, _Mapping]] = ..., error: _Optional[_Union[ErrorEvent, _Mapping]] = ..., log: _Optional[_Union[LogEvent, _Mapping]] = ..., lagged: _Optional[_Union[Lagged, _Mapping]] = ...) -> None: ...
+    bootstrap_failed: BootstrapFailed
+    bootstrap_succeeded: BootstrapSucceeded
+    def __init__(self, seq: _Optional[int] = ..., ready: _Optional[_Union[NodeInfo, _Mapping]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., peer_discovered: _Optional[_Union[AgentInfo, _Mapping]] = ..., peer_connected: _Optional[_Union[PeerConnected, _Mapping]] = ..., peer_disconnected: _Optional[_Union[PeerDisconnected, _Mapping]] = ..., error: _Optional[_Union[ErrorEvent, _Mapping]] = ..., log: _Optional[_Union[LogEvent, _Mapping]] = ..., lagged: _Optional[_Union[Lagged, _Mapping]] = ..., bootstrap_failed: _Optional[_Union[BootstrapFailed, _Mapping]] = ..., bootstrap_succeeded: _Optional[_Union[BootstrapSucceeded, _Mapping]] = ...) -> None: ...

@@ -124,17 +124,21 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
                 meta_json=json.dumps(payload.get("meta", {}), default=str),
             ),
         )
-    if kind in ("bootstrap_failed", "bootstrap_succeeded"):
-        # No Event kind of their own (yet): a log event named after them, fields in its meta,
-        # so the numbered stream has no gaps.
-        fields = {k: v for k, v in payload.items() if k != "type"}
+    if kind == "bootstrap_failed":
         return pb.Event(
             seq=seq,
-            log=pb.LogEvent(
-                level="warning" if kind == "bootstrap_failed" else "info",
-                namespace="p2pnet.node",
-                message=str(kind),
-                meta_json=json.dumps(fields, default=str),
+            bootstrap_failed=pb.BootstrapFailed(
+                attempt=int(payload.get("attempt", 0)),
+                error=str(payload.get("error") or ""),
+                retry_in=float(payload.get("retryIn", 0.0)),
+            ),
+        )
+    if kind == "bootstrap_succeeded":
+        return pb.Event(
+            seq=seq,
+            bootstrap_succeeded=pb.BootstrapSucceeded(
+                attempt=int(payload.get("attempt", 0)),
+                dht_table_size=int(payload.get("dhtTableSize", 0)),
             ),
         )
     raise ValueError(f"no gRPC form for a {kind!r} event")
@@ -252,6 +256,21 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
         }
     elif kind == "lagged":
         out = {"type": "lagged", "missed": ev.lagged.missed}
+    elif kind == "bootstrap_failed":
+        f = ev.bootstrap_failed
+        out = {
+            "type": "bootstrap_failed",
+            "attempt": f.attempt,
+            "error": f.error,
+            "retryIn": f.retry_in,
+        }
+    elif kind == "bootstrap_succeeded":
+        s = ev.bootstrap_succeeded
+        out = {
+            "type": "bootstrap_succeeded",
+            "attempt": s.attempt,
+            "dhtTableSize": s.dht_table_size,
+        }
     else:
         out = {"type": str(kind)}
     out["seq"] = ev.seq
