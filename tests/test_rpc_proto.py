@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -53,6 +52,8 @@ def test_service_shape() -> None:
         "error",
         "log",
         "lagged",
+        "bootstrap_failed",
+        "bootstrap_succeeded",
     ]
     # The registry issue fills this in; until then it is absent, and typed.
     registry = pb.NodeInfo.DESCRIPTOR.fields_by_name["registry"]
@@ -105,19 +106,41 @@ def test_conversions_round_trip() -> None:
         "topic": "t",
     }
     assert convert.event_dict(convert.event(9, message)) == {**message, "seq": 9}
+    direct = {
+        "type": "message",
+        "from": "16Uiu2x",
+        "fromEth": None,
+        "data": None,
+        "direct": True,
+        "via": "/ip4/10.0.0.1/tcp/4001/p2p/16Uiu2r/p2p-circuit",
+    }
+    assert convert.event_dict(convert.event(10, direct)) == {**direct, "seq": 10}
+    joined = {
+        "type": "peer_connected",
+        "peerId": "16Uiu2x",
+        "ethAddress": "0xabc",
+        "addr": "/ip4/127.0.0.1/tcp/1",
+        "direction": "inbound",
+    }
+    assert convert.event_dict(convert.event(11, joined)) == {**joined, "seq": 11}
+    for eth in ("0xabc", None):  # null for a peer without a secp256k1 identity
+        left = {"type": "peer_disconnected", "peerId": "12D3x", "ethAddress": eth}
+        assert convert.event_dict(convert.event(12, left)) == {**left, "seq": 12}
     with pytest.raises(ValueError):
         convert.event(1, {"type": "sent"})
 
 
-def test_bootstrap_events_travel_as_log_events() -> None:
+def test_bootstrap_events_have_kinds_of_their_own() -> None:
     from p2pnet.rpc import convert
 
-    ev = convert.event(7, {"type": "bootstrap_failed", "attempt": 2, "error": "x", "retryIn": 1.5})
-    assert ev.seq == 7 and ev.WhichOneof("kind") == "log"
-    assert ev.log.message == "bootstrap_failed" and ev.log.level == "warning"
-    assert json.loads(ev.log.meta_json) == {"attempt": 2, "error": "x", "retryIn": 1.5}
-    ok = convert.event(8, {"type": "bootstrap_succeeded", "attempt": 1, "dhtTableSize": 3})
-    assert ok.log.message == "bootstrap_succeeded" and ok.log.level == "info"
+    failed = {"type": "bootstrap_failed", "attempt": 2, "error": "x", "retryIn": 1.5}
+    ev = convert.event(7, failed)
+    assert ev.seq == 7 and ev.WhichOneof("kind") == "bootstrap_failed"
+    assert convert.event_dict(ev) == {**failed, "seq": 7}
+    joined = {"type": "bootstrap_succeeded", "attempt": 1, "dhtTableSize": 3}
+    ok = convert.event(8, joined)
+    assert ok.WhichOneof("kind") == "bootstrap_succeeded"
+    assert convert.event_dict(ok) == {**joined, "seq": 8}
 
 
 def test_every_stable_error_code_has_a_grpc_status() -> None:

@@ -82,6 +82,7 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
                 data_json=dumps(payload.get("data")),
                 topic=str(payload.get("topic") or ""),
                 direct=bool(payload.get("direct")),
+                via=str(payload.get("via") or ""),
             ),
         )
     if kind == "peer_discovered":
@@ -93,11 +94,16 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
                 peer_id=str(payload.get("peerId", "")),
                 addr=str(payload.get("addr", "")),
                 direction=str(payload.get("direction", "")),
+                eth_address=str(payload.get("ethAddress") or ""),
             ),
         )
     if kind == "peer_disconnected":
         return pb.Event(
-            seq=seq, peer_disconnected=pb.PeerDisconnected(peer_id=str(payload.get("peerId", "")))
+            seq=seq,
+            peer_disconnected=pb.PeerDisconnected(
+                peer_id=str(payload.get("peerId", "")),
+                eth_address=str(payload.get("ethAddress") or ""),
+            ),
         )
     if kind == "error":
         return pb.Event(
@@ -118,17 +124,21 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
                 meta_json=json.dumps(payload.get("meta", {}), default=str),
             ),
         )
-    if kind in ("bootstrap_failed", "bootstrap_succeeded"):
-        # No Event kind of their own (yet): a log event named after them, fields in its meta,
-        # so the numbered stream has no gaps.
-        fields = {k: v for k, v in payload.items() if k != "type"}
+    if kind == "bootstrap_failed":
         return pb.Event(
             seq=seq,
-            log=pb.LogEvent(
-                level="warning" if kind == "bootstrap_failed" else "info",
-                namespace="p2pnet.node",
-                message=str(kind),
-                meta_json=json.dumps(fields, default=str),
+            bootstrap_failed=pb.BootstrapFailed(
+                attempt=int(payload.get("attempt", 0)),
+                error=str(payload.get("error") or ""),
+                retry_in=float(payload.get("retryIn", 0.0)),
+            ),
+        )
+    if kind == "bootstrap_succeeded":
+        return pb.Event(
+            seq=seq,
+            bootstrap_succeeded=pb.BootstrapSucceeded(
+                attempt=int(payload.get("attempt", 0)),
+                dht_table_size=int(payload.get("dhtTableSize", 0)),
             ),
         )
     raise ValueError(f"no gRPC form for a {kind!r} event")
@@ -210,6 +220,8 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
         }
         if m.topic:
             out["topic"] = m.topic
+        if m.via:
+            out["via"] = m.via
     elif kind == "peer_discovered":
         out = agent_dict(ev.peer_discovered)
     elif kind == "peer_connected":
@@ -217,11 +229,17 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
         out = {
             "type": "peer_connected",
             "peerId": c.peer_id,
+            "ethAddress": c.eth_address or None,
             "addr": c.addr,
             "direction": c.direction,
         }
     elif kind == "peer_disconnected":
-        out = {"type": "peer_disconnected", "peerId": ev.peer_disconnected.peer_id}
+        d = ev.peer_disconnected
+        out = {
+            "type": "peer_disconnected",
+            "peerId": d.peer_id,
+            "ethAddress": d.eth_address or None,
+        }
     elif kind == "error":
         e = ev.error
         out = {"type": "error", "code": e.code, "message": e.message}
@@ -238,6 +256,21 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
         }
     elif kind == "lagged":
         out = {"type": "lagged", "missed": ev.lagged.missed}
+    elif kind == "bootstrap_failed":
+        f = ev.bootstrap_failed
+        out = {
+            "type": "bootstrap_failed",
+            "attempt": f.attempt,
+            "error": f.error,
+            "retryIn": f.retry_in,
+        }
+    elif kind == "bootstrap_succeeded":
+        s = ev.bootstrap_succeeded
+        out = {
+            "type": "bootstrap_succeeded",
+            "attempt": s.attempt,
+            "dhtTableSize": s.dht_table_size,
+        }
     else:
         out = {"type": str(kind)}
     out["seq"] = ev.seq
