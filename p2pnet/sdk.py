@@ -751,6 +751,9 @@ class Message:
     #: Direct messages: the remote address of the connection that carried it
     #: (``<relay>/p2p-circuit/p2p/<sender>`` through a relay); None for topic messages.
     via: str | None = None
+    #: With a registry policy, what the on-chain registry says of the sender (``registered``,
+    #: ``agentId``, ``agentRegistry``, ``agentName``/``services``: docs/cli.md); else None.
+    registry: dict[str, Any] | None = None
 
 
 class Agent:
@@ -860,6 +863,8 @@ class Agent:
         return info
 
     async def _pump_messages(self, stream: Any) -> None:
+        from p2pnet.rpc import convert
+
         try:
             async for event in stream:
                 kind = event.WhichOneof("kind")
@@ -875,6 +880,9 @@ class Agent:
                             m.direct,
                             event.seq,
                             m.via or None,
+                            convert.registration_dict(m.registry)
+                            if m.HasField("registry")
+                            else None,
                         )
                     )
                 elif kind == "lagged":

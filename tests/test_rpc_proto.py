@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gen_protos_script import load_gen_script
@@ -115,6 +116,32 @@ def test_conversions_round_trip() -> None:
         "via": "/ip4/10.0.0.1/tcp/4001/p2p/16Uiu2r/p2p-circuit",
     }
     assert convert.event_dict(convert.event(10, direct)) == {**direct, "seq": 10}
+    # With a registry policy, the sender's registration travels with the message and the
+    # discovered agent (docs/cli.md): unknown, unregistered, and registered with its file.
+    ref = "eip155:31337:0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    annotations: list[dict[str, Any]] = [
+        {"registered": None, "agentId": None, "agentRegistry": ref},
+        {"registered": False, "agentId": None, "agentRegistry": ref},
+        {
+            "registered": True,
+            "agentId": 0,
+            "agentRegistry": ref,
+            "agentName": "weather",
+            "services": [{"name": "A2A", "endpoint": "https://x.example/a2a", "version": "0.3"}],
+        },
+    ]
+    for note in annotations:
+        annotated = {**message, "registry": note}
+        assert convert.event_dict(convert.event(13, annotated)) == {**annotated, "seq": 13}
+        found = {
+            "type": "peer_discovered",
+            "peerId": "16Uiu2x",
+            "ethAddress": "0xabc",
+            "topics": ["t"],
+            "addrs": [],
+            "registry": note,
+        }
+        assert convert.event_dict(convert.event(14, found)) == {**found, "seq": 14}
     joined = {
         "type": "peer_connected",
         "peerId": "16Uiu2x",

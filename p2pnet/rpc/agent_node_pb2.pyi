@@ -178,19 +178,35 @@ class DiscoverRequest(_message.Message):
     topic: str
     def __init__(self, topic: _Optional[str] = ...) -> None: ...
 
+class AgentRegistration(_message.Message):
+    __slots__ = ("registered", "agent_id", "agent_registry", "agent_name", "services_json")
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_JSON_FIELD_NUMBER: _ClassVar[int]
+    registered: bool
+    agent_id: int
+    agent_registry: str
+    agent_name: str
+    services_json: str
+    def __init__(self, registered: _Optional[bool] = ..., agent_id: _Optional[int] = ..., agent_registry: _Optional[str] = ..., agent_name: _Optional[str] = ..., services_json: _Optional[str] = ...) -> None: ...
+
 class AgentInfo(_message.Message):
-    __slots__ = ("peer_id", "eth_address", "topics", "addrs", "name")
+    __slots__ = ("peer_id", "eth_address", "topics", "addrs", "name", "registry")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ETH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     ADDRS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     eth_address: str
     topics: _containers.RepeatedScalarFieldContainer[str]
     addrs: _containers.RepeatedScalarFieldContainer[str]
     name: str
-    def __init__(self, peer_id: _Optional[str] = ..., eth_address: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
+    registry: AgentRegistration
+    def __init__(self, peer_id: _Optional[str] = ..., eth_address: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., registry: _Optional[_Union[AgentRegistration, _Mapping]] = ...) -> None: ...
 
 class DiscoverResponse(_message.Message):
     __slots__ = ("agents",)
@@ -217,20 +233,22 @@ class MessagesRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("from_peer_id", "from_eth", "data_json", "topic", "direct", "via")
+    __slots__ = ("from_peer_id", "from_eth", "data_json", "topic", "direct", "via", "registry")
     FROM_PEER_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ETH_FIELD_NUMBER: _ClassVar[int]
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     DIRECT_FIELD_NUMBER: _ClassVar[int]
     VIA_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
     from_peer_id: str
     from_eth: str
     data_json: str
     topic: str
     direct: bool
     via: str
-    def __init__(self, from_peer_id: _Optional[str] = ..., from_eth: _Optional[str] = ..., data_json: _Optional[str] = ..., topic: _Optional[str] = ..., direct: _Optional[bool] = ..., via: _Optional[str] = ...) -> None: ...
+    registry: AgentRegistration
+    def __init__(self, from_peer_id: _Optional[str] = ..., from_eth: _Optional[str] = ..., data_json: _Optional[str] = ..., topic: _Optional[str] = ..., direct: _Optional[bool] = ..., via: _Optional[str] = ..., registry: _Optional[_Union[AgentRegistration, _Mapping]] = ...) -> None: ...
 
 class PeerConnected(_message.Message):
     __slots__ = ("peer_id", "addr", "direction", "eth_address")

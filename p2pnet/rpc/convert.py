@@ -58,14 +58,46 @@ def registry_status(r: Mapping[str, Any]) -> pb.RegistryStatus:
     return out
 
 
+def agent_registration(r: Mapping[str, Any]) -> pb.AgentRegistration:
+    """The ``registry`` annotation of a ``message``/``peer_discovered`` event (registered,
+    agentId, agentRegistry, and agentName/services when the registration file resolves)."""
+    out = pb.AgentRegistration(agent_registry=str(r.get("agentRegistry") or ""))
+    if r.get("registered") is not None:
+        out.registered = bool(r["registered"])
+    if r.get("agentId") is not None:
+        out.agent_id = int(r["agentId"])
+    if r.get("agentName") is not None:
+        out.agent_name = str(r["agentName"])
+    if "services" in r:
+        out.services_json = json.dumps(r["services"])
+    return out
+
+
+def registration_dict(r: pb.AgentRegistration) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "registered": r.registered if r.HasField("registered") else None,
+        "agentId": r.agent_id if r.HasField("agent_id") else None,
+        "agentRegistry": r.agent_registry,
+    }
+    if r.HasField("agent_name"):
+        out["agentName"] = r.agent_name
+    if r.services_json:
+        out["services"] = json.loads(r.services_json)
+    return out
+
+
 def agent_info(d: Mapping[str, Any]) -> pb.AgentInfo:
-    return pb.AgentInfo(
+    out = pb.AgentInfo(
         peer_id=str(d.get("peerId", "")),
         eth_address=str(d.get("ethAddress") or ""),
         topics=[str(t) for t in d.get("topics", [])],
         addrs=[str(a) for a in d.get("addrs", [])],
         name=str(d.get("name") or ""),
     )
+    registry = d.get("registry")
+    if isinstance(registry, Mapping):
+        out.registry.CopyFrom(agent_registration(registry))
+    return out
 
 
 def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
@@ -74,17 +106,18 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
     if kind == "ready":
         return pb.Event(seq=seq, ready=node_info(payload))
     if kind == "message":
-        return pb.Event(
-            seq=seq,
-            message=pb.Message(
-                from_peer_id=str(payload.get("from", "")),
-                from_eth=str(payload.get("fromEth") or ""),
-                data_json=dumps(payload.get("data")),
-                topic=str(payload.get("topic") or ""),
-                direct=bool(payload.get("direct")),
-                via=str(payload.get("via") or ""),
-            ),
+        message = pb.Message(
+            from_peer_id=str(payload.get("from", "")),
+            from_eth=str(payload.get("fromEth") or ""),
+            data_json=dumps(payload.get("data")),
+            topic=str(payload.get("topic") or ""),
+            direct=bool(payload.get("direct")),
+            via=str(payload.get("via") or ""),
         )
+        registry = payload.get("registry")
+        if isinstance(registry, Mapping):
+            message.registry.CopyFrom(agent_registration(registry))
+        return pb.Event(seq=seq, message=message)
     if kind == "peer_discovered":
         return pb.Event(seq=seq, peer_discovered=agent_info(payload))
     if kind == "peer_connected":
@@ -199,6 +232,8 @@ def agent_dict(a: pb.AgentInfo) -> dict[str, Any]:
     }
     if a.name:
         out["name"] = a.name
+    if a.HasField("registry"):
+        out["registry"] = registration_dict(a.registry)
     return out
 
 
@@ -222,6 +257,8 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
             out["topic"] = m.topic
         if m.via:
             out["via"] = m.via
+        if m.HasField("registry"):
+            out["registry"] = registration_dict(m.registry)
     elif kind == "peer_discovered":
         out = agent_dict(ev.peer_discovered)
     elif kind == "peer_connected":
