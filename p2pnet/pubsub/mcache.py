@@ -33,6 +33,9 @@ class MessageCache:
         self.gossip = gossip
         self.history = history
         self._msgs: dict[bytes, _Entry] = {}
+        #: the bytes of each cached message -> its ID: a duplicate arrives as the same bytes (it
+        #: is forwarded unchanged), so the router can tell it without decoding it again
+        self._ids: dict[bytes, bytes] = {}
         self._windows: deque[list[tuple[bytes, str]]] = deque([] for _ in range(history))
 
     def __len__(self) -> int:
@@ -45,7 +48,15 @@ class MessageCache:
         if msg_id in self._msgs:
             return
         self._msgs[msg_id] = _Entry(topic, data)
+        self._ids.setdefault(data, msg_id)
         self._windows[0].append((msg_id, topic))
+
+    def lookup_bytes(self, data: bytes) -> tuple[bytes, str] | None:
+        """The ID and topic of the cached message encoded as exactly ``data``, if any."""
+        msg_id = self._ids.get(data)
+        if msg_id is None:
+            return None
+        return msg_id, self._msgs[msg_id].topic
 
     def get(self, msg_id: bytes) -> bytes | None:
         entry = self._msgs.get(msg_id)
@@ -76,7 +87,9 @@ class MessageCache:
 
     def shift(self) -> None:
         for mid, _ in self._windows.pop():
-            self._msgs.pop(mid, None)
+            entry = self._msgs.pop(mid, None)
+            if entry is not None and self._ids.get(entry.data) == mid:
+                del self._ids[entry.data]
         self._windows.appendleft([])
 
 

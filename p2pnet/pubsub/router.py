@@ -642,10 +642,15 @@ class GossipsubRouter:
         # The frame is split at the byte level so that each message keeps the bytes it arrived
         # as (forwarded unchanged); every part is decoded before any is acted upon, so a frame
         # with one broken part is refused whole, as a full decode would refuse it.
+        # A message whose bytes equal a cached message's (most receptions are duplicates,
+        # forwarded unchanged) is known without decoding: those bytes decoded before.
+        lookup = self.mcache.lookup_bytes
         try:
             parts = split_rpc(data)
             subs = [rpc_pb2.RPC.SubOpts.FromString(b) for b in parts.subscriptions]
-            msgs = [(rpc_pb2.Message.FromString(b), b) for b in parts.publish]
+            msgs: list[tuple[rpc_pb2.Message | tuple[bytes, str], bytes]] = [
+                (lookup(b) or rpc_pb2.Message.FromString(b), b) for b in parts.publish
+            ]
             control = (
                 None if parts.control is None else rpc_pb2.ControlMessage.FromString(parts.control)
             )
@@ -656,7 +661,17 @@ class GossipsubRouter:
         for sub in subs:
             self._handle_subscription(p, sub)
         for msg, raw in msgs:
-            self._handle_message(p, msg, raw)
+            if isinstance(msg, tuple):
+                msg_id, topic = msg
+                if topic not in self.subscriptions:
+                    self._count("msg_not_subscribed")
+                elif msg_id in self.seen or msg_id in self.pending:
+                    self.score.duplicate_message(p.id, msg_id, topic, now)
+                    self._count("msg_duplicate")
+                else:  # cached but no longer seen (a seen TTL shorter than the history)
+                    self._handle_message(p, rpc_pb2.Message.FromString(raw), raw)
+            else:
+                self._handle_message(p, msg, raw)
         if control is not None and p.is_gossip:
             self._handle_control(p, control)
 
