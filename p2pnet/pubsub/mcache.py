@@ -99,6 +99,8 @@ class TimeCache(Generic[K]):
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._items: OrderedDict[K, float] = OrderedDict()
+        #: a live read-only view of the keys: ``key in cache.keys`` without a Python call
+        self.keys = self._items.keys()
 
     def __len__(self) -> int:
         return len(self._items)

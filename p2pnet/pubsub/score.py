@@ -479,7 +479,21 @@ class PeerScore:
             rec.peers.add(peer)  # settled when validation ends
         elif rec.status == _VALID:
             rec.peers.add(peer)
-            self._mark_duplicate_delivery(peer, topic, rec.validated, now)
+            # _mark_duplicate_delivery inlined: most messages a node receives are duplicates
+            tp = self.params.topics.get(topic) or self.params.default_topic
+            if tp is None:
+                return
+            stats = self._peers.get(peer)
+            if stats is None:
+                return
+            ts = stats.topics.get(topic)
+            if ts is None:
+                ts = stats.topics[topic] = _TopicStats()
+            validated = rec.validated
+            if ts.in_mesh and not (
+                validated and now > validated + tp.mesh_message_deliveries_window
+            ):
+                self._add_mesh_delivery(stats, ts, tp)
         elif rec.status == _INVALID:
             self._mark_invalid_delivery(peer, topic)
 
