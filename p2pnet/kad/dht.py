@@ -32,6 +32,7 @@ from p2pnet.clock import Clock
 from p2pnet.errors import ConnectionClosed, NegotiationError, P2PError, ProtocolError, StreamError
 from p2pnet.kad import messages as m
 from p2pnet.kad.behaviour import (
+    CheckLiveness,
     Failure,
     KadBehaviour,
     PutResult,
@@ -268,7 +269,6 @@ class KadDHT:
         except _REQUEST_ERRORS as exc:
             log.debug("liveness check of %s failed: %s", peer, exc)
         replacement = self.behaviour.liveness_result(peer, alive, self._now())
-        self.behaviour.count("liveness checks")
         if replacement is not None:
             log.debug("%s replaced unresponsive %s in the routing table", replacement, peer)
         self._notify()
@@ -660,6 +660,9 @@ class KadDHT:
             for action in self.behaviour.handle_timer(self._now(), self._wall()):
                 if isinstance(action, Refresh):
                     await self._guarded(self.refresh(), "refresh")
+                elif isinstance(action, CheckLiveness):
+                    for peer in action.peers:
+                        self._check(peer)
                 elif isinstance(action, Republish):
                     for key in action.keys:
                         await self._guarded(self.add_provider(key), "provider republish")

@@ -11,7 +11,8 @@ check (one check per bucket at a time). The caller checks it (sends it a request
 with :meth:`RoutingTable.liveness_result`: a live peer moves to the tail, a dead one is replaced
 by the most recently seen candidate. Peers that fail requests are penalised
 (:meth:`record_failure`) and leave after ``max_failures`` failures in a row; a peer that answers
-garbage can be removed at once.
+garbage can be removed at once. :meth:`unanswered_since` names the peers that have not answered
+a request for a while, for the periodic liveness check (the behaviour schedules it).
 
 No I/O and no clock: callers pass ``now`` (any monotonic seconds).
 """
@@ -58,6 +59,14 @@ class Entry:
     added_at: float
     last_seen: float
     failures: int = 0
+    #: When the peer last answered one of our requests (or entered the table): what the
+    #: periodic liveness check looks at. Identify alone does not refresh it: a peer that
+    #: claims server mode must also answer kad requests to stay.
+    answered_at: float = -math.inf
+
+    def __post_init__(self) -> None:
+        if self.answered_at == -math.inf:
+            self.answered_at = self.added_at
 
 
 class AddResult(enum.Enum):
@@ -216,10 +225,23 @@ class RoutingTable:
             return False
         bucket = self._buckets[cpl]
         entry = bucket[peer]
-        entry.last_seen = now
+        entry.last_seen = entry.answered_at = now
         entry.failures = 0
         bucket.move_to_end(peer)
         return True
+
+    def unanswered_since(self, before: float, count: int, skip: Iterable[PeerID] = ()) -> list[PeerID]:
+        """Up to ``count`` peers that have not answered since ``before``, longest silent first
+        (not those in ``skip``)."""
+        excluded = set(skip)
+        silent = [
+            e
+            for b in self._buckets
+            if b
+            for e in b.values()
+            if e.answered_at < before and e.peer not in excluded
+        ]
+        return [e.peer for e in heapq.nsmallest(count, silent, key=lambda e: e.answered_at)]
 
     def record_failure(self, peer: PeerID, now: float) -> bool:
         """A request to ``peer`` failed; returns True if it was removed as a result."""
