@@ -2,7 +2,8 @@
 
 A record key is ``/<namespace>/<rest>`` (bytes). Each namespace has a :class:`Validator` that
 says whether a value is acceptable for a key (``validate``, pure, called once before a record is
-stored and on every value a GET brings back; a stored record is trusted afterwards) and which of several valid values is best (``select``).
+stored and on every value a GET brings back; a stored record is trusted afterwards) and which of
+several valid values is best (``select``).
 A key without a registered namespace is refused, as in go and js.
 
 Built in: only ``/pk/`` (the value is a protobuf-encoded public key whose peer ID is the rest of

@@ -230,7 +230,9 @@ class RoutingTable:
         bucket.move_to_end(peer)
         return True
 
-    def unanswered_since(self, before: float, count: int, skip: Iterable[PeerID] = ()) -> list[PeerID]:
+    def unanswered_since(
+        self, before: float, count: int, skip: Iterable[PeerID] = ()
+    ) -> list[PeerID]:
         """Up to ``count`` peers that have not answered since ``before``, longest silent first
         (not those in ``skip``)."""
         excluded = set(skip)
