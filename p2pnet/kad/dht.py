@@ -139,7 +139,8 @@ class KadDHT:
         self._tasks = TaskOwner(f"kad {host.peer_id}")
         self._lifecycle = Lifecycle("kad")
         self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
+        #: Set and dropped on every change; created only while someone waits (wait_until).
+        self._changed: asyncio.Event | None = None
         self._idle_streams: dict[PeerID, list[tuple[Stream, float]]] = {}
         #: The most recent lookups (their cost), newest last.
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
@@ -173,8 +174,9 @@ class KadDHT:
 
     def _notify(self) -> None:
         """Something changed (table, stores, counters): wake :meth:`wait_until` callers."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait until ``predicate()`` holds, re-checking it whenever the DHT's state changes
@@ -182,6 +184,8 @@ class KadDHT:
         record correction ends). Raises TimeoutError after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
             while not predicate():
+                if self._changed is None:
+                    self._changed = asyncio.Event()
                 await self._changed.wait()
 
     def _now(self) -> float:
