@@ -97,7 +97,9 @@ class RoutingTable:
         self.max_failures = max_failures
         # Only non-empty buckets and replacement caches exist (cpl -> peers): a node of a
         # large network holds a dozen or two, not 256 of each (~70 KB per node).
-        self._buckets: dict[int, OrderedDict[PeerID, Entry]] = {}
+        # Plain dicts (insertion order = least recently seen first): iterating an OrderedDict's
+        # values looks every key up again, a Python-level PeerID hash per entry.
+        self._buckets: dict[int, dict[PeerID, Entry]] = {}
         self._replacements: dict[int, OrderedDict[PeerID, float]] = {}
         self._checking: dict[int, PeerID] = {}
         self._cpl_of: dict[PeerID, int] = {}
@@ -128,10 +130,10 @@ class RoutingTable:
         cpl = self._cpl_of.get(peer)
         return None if cpl is None else self._buckets[cpl].get(peer)
 
-    def _bucket(self, cpl: int) -> OrderedDict[PeerID, Entry]:
+    def _bucket(self, cpl: int) -> dict[PeerID, Entry]:
         bucket = self._buckets.get(cpl)
         if bucket is None:
-            bucket = self._buckets[cpl] = OrderedDict()
+            bucket = self._buckets[cpl] = {}
         return bucket
 
     def _replacement_cache(self, cpl: int) -> OrderedDict[PeerID, float]:
@@ -174,7 +176,7 @@ class RoutingTable:
         c = min(KEY_BITS - (self._local_int ^ target).bit_length(), KEY_BITS - 1)
         buckets = self._buckets
         cpls = sorted(buckets)  # the non-empty buckets
-        tiers: list[list[OrderedDict[PeerID, Entry]]] = [[buckets[c]]] if c in buckets else []
+        tiers: list[list[dict[PeerID, Entry]]] = [[buckets[c]]] if c in buckets else []
         tiers.append([buckets[j] for j in cpls if j > c])
         tiers.extend([buckets[j]] for j in reversed(cpls) if j < c)
         out: list[PeerID] = []
@@ -203,7 +205,7 @@ class RoutingTable:
         if entry is not None:
             entry.last_seen = now
             entry.failures = 0
-            bucket.move_to_end(peer)
+            bucket[peer] = bucket.pop(peer)  # to the tail: most recently seen
             return AddOutcome(AddResult.UPDATED)
         if len(bucket) < self.k:
             self._insert(peer, cpl, now)
@@ -250,7 +252,7 @@ class RoutingTable:
         entry = bucket[peer]
         entry.last_seen = entry.answered_at = now
         entry.failures = 0
-        bucket.move_to_end(peer)
+        bucket[peer] = bucket.pop(peer)  # to the tail: most recently seen
         return True
 
     def unanswered_since(
