@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import random
 import statistics
@@ -327,8 +328,16 @@ def main() -> int:
     ap.add_argument(
         "--uvloop", action="store_true", help="TCP mode on uvloop (pip install 'p2pnet[uvloop]')"
     )
+    ap.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        help="generation-0 threshold of Python's garbage collector (default: Python's, 700)",
+    )
     args = ap.parse_args()
     args.size = max(args.size, 8)
+    if args.gc_threshold is not None:
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     if args.uvloop:
         try:
             import uvloop  # type: ignore[import-not-found,unused-ignore]

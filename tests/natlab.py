@@ -61,6 +61,11 @@ class NatLab:
     segments: list[Segment] = field(default_factory=list)
     #: Public host namespaces and their addresses, in creation order.
     public: list[tuple[str, str]] = field(default_factory=list)
+    #: The first three octets of the public segment's /24. 10.77.0 is private, so a node that
+    #: only dials global addresses (js-libp2p's DCUtR) needs a global one here; the lab's
+    #: namespaces have no way out, so such an address never leaves them (as in
+    #: tests/interop/test_autonat_interop.py).
+    public_net: str = "10.77.0"
 
     @property
     def core(self) -> str:
@@ -119,7 +124,7 @@ class NatLab:
         n = len(self.public) + 1
         try:
             name = self._netns(f"p2pn-{self.tag}-pub{n}")
-            ip = f"10.77.0.{n}"
+            ip = f"{self.public_net}.{n}"
             self._plug(name, "eth0", ip, n)
         except BaseException:
             self.close()
@@ -127,10 +132,16 @@ class NatLab:
         self.public.append((name, ip))
         return name
 
-    def add_private(self) -> Segment:
-        """A new private host behind its own NAT on the public segment."""
+    def add_private(self, *, firewall: bool = False, random_ports: bool = False) -> Segment:
+        """A new private host behind its own NAT on the public segment.
+
+        ``firewall``: the router drops unsolicited inbound packets, as home routers do (without
+        it, the router's own kernel answers a SYN to an unmapped port with a RST, which aborts a
+        hole punch whose SYN arrives before the local side's has left). ``random_ports``: the
+        NAT picks a random source port for every mapping (a "symmetric" NAT), so no peer can
+        predict where a mapping will be: hole punching fails."""
         n = len(self.segments) + 1
-        wan_ip = f"10.77.0.{100 + n}"
+        wan_ip = f"{self.public_net}.{100 + n}"
         try:
             nat = self._netns(f"p2pn-{self.tag}-nat{n}")
             host = self._netns(f"p2pn-{self.tag}-priv{n}")
@@ -145,14 +156,26 @@ class NatLab:
             self.ns(host, "ip", "link", "set", host_if, "up")
             self.ns(host, "ip", "route", "add", "default", "via", f"192.168.{n}.1")
             self.ns(nat, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            masquerade = "masquerade random" if random_ports else "masquerade"
             rules = (
                 "table ip nat {\n"
                 " chain postrouting {\n"
                 "  type nat hook postrouting priority srcnat; policy accept;\n"
-                '  oifname "wan" masquerade\n'
+                f'  oifname "wan" {masquerade}\n'
                 " }\n"
                 "}\n"
             )
+            if firewall:
+                # Only what belongs to a mapping (conntrack) comes in; ICMP errors too.
+                rules += (
+                    "table ip filter {\n"
+                    " chain input {\n"
+                    "  type filter hook input priority filter; policy accept;\n"
+                    '  iifname "wan" ct state established,related accept\n'
+                    '  iifname "wan" drop\n'
+                    " }\n"
+                    "}\n"
+                )
             subprocess.run(
                 ["ip", "netns", "exec", nat, "nft", "-f", "-"],
                 input=rules,

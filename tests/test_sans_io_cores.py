@@ -44,6 +44,7 @@ CORE_MODULES = [
     "relay/messages.py",
     "relay/reservations.py",
     "autonat/messages.py",
+    "dcutr/core.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "threading"}
 

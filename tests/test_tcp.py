@@ -82,7 +82,7 @@ async def test_roundtrip_addresses_and_options(
     sock = client._transport.get_extra_info("socket")
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     await client.write(b"hello ")
-    await client.writelines([b"wor", memoryview(b"ld"), bytearray(b"!")])
+    await client.write(memoryview(b"world!"))
     assert await server.readexactly(12) == b"hello world!"
     await server.write(b"back")
     assert await client.read(2) == b"ba"
@@ -413,7 +413,7 @@ async def test_close_flushes_pending_writes(pair: tuple[TcpConnection, TcpConnec
     assert await asyncio.wait_for(reader, T) == payload
 
 
-# -- the Noise layer's writelines over TCP (the yamux writer's path) ---------------------------
+# -- the Noise layer's vectored writes over TCP (the yamux flush's path) -----------------------
 
 
 def test_encrypt_many_equals_encrypt_of_the_joined_pieces() -> None:
@@ -445,7 +445,29 @@ def test_encrypt_many_frames_big_pieces_in_place() -> None:
     assert sizes == [12] + [MAX_PLAINTEXT] * 4 + [80] + [MAX_PLAINTEXT] * 4 + [69]
 
 
-async def test_noise_writelines_over_tcp(pair: tuple[TcpConnection, TcpConnection]) -> None:
+class Recorder:
+    """A :class:`~p2pnet.channel.ChannelReceiver` that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.lost: list[object] = []
+        self.paused = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def connection_lost(self, exc: object) -> None:
+        self.lost.append(exc)
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def resume_writing(self) -> None:
+        pass
+
+
+async def test_noise_channel_writelines_over_tcp(pair: tuple[TcpConnection, TcpConnection]) -> None:
+    """The attached Noise channel (the yamux flush's path): vectored writes, in order."""
     client, server = pair
     ca, cb = await asyncio.wait_for(
         asyncio.gather(
@@ -454,14 +476,17 @@ async def test_noise_writelines_over_tcp(pair: tuple[TcpConnection, TcpConnectio
         ),
         T,
     )
+    recorder = Recorder()
+    channel = ca.attach(recorder)
     pieces = [os.urandom(n) for n in (12, 300_000, 12, 5, 70_000, 1)] * 20
     expected = b"".join(pieces)
 
     async def send() -> None:
         for i in range(0, len(pieces), 6):
-            await ca.writelines(pieces[i : i + 6])
-        await ca.write(b"tail")
-        await ca.close()
+            channel.writelines(pieces[i : i + 6])
+            await asyncio.sleep(0)
+        channel.write(b"tail")
+        channel.close()
 
     async def recv() -> bytes:
         parts = []
@@ -472,5 +497,7 @@ async def test_noise_writelines_over_tcp(pair: tuple[TcpConnection, TcpConnectio
     _, got = await asyncio.wait_for(asyncio.gather(send(), recv()), 30)
     assert got == expected + b"tail"
     with pytest.raises(ConnectionClosed):
-        await ca.writelines([b"closed"])
+        channel.writelines([b"closed"])
+    await asyncio.wait_for(channel.wait_closed(), T)
+    assert recorder.lost == [None] and recorder.data == []
     await cb.close()

@@ -68,6 +68,7 @@ from p2pnet.config import (
 )
 from p2pnet.crypto.eth import eth_address, is_eth_address, to_checksum_address
 from p2pnet.crypto.keys import KeyPair, KeyType
+from p2pnet.dcutr.service import HolePunchService
 from p2pnet.errors import CryptoError, MessageTooLargeError, NoPeersError, P2PError
 from p2pnet.events import BootstrapSucceeded, EventBus, EventStream, NodeEvent
 from p2pnet.expiring_cache import ExpiringCache
@@ -109,6 +110,9 @@ class AgentMessage:
     direct: bool
     #: With a registry policy: registered, agentId, agentRegistry (+ agentName, services).
     registry: dict[str, Any] | None = None
+    #: A direct message: the remote address of the connection that carried it (a
+    #: ``/p2p-circuit`` one when it came through a relay).
+    via: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,11 @@ class AgentConfig:
     #: the internet should not.
     autonat_server: bool | None = None
     autonat_allow_private: bool = False
+    #: Upgrade relayed connections to direct ones with DCUtR (hole punching, docs/deploy.md).
+    #: ``holepunch_allow_private``: also offer and dial private addresses (a LAN, a lab);
+    #: None: as ``autonat_allow_private``.
+    hole_punching: bool = True
+    holepunch_allow_private: bool | None = None
     #: Listen for direct TCP connections on ``listen_host:port``. False: dial out only and be
     #: reachable through relay reservations alone (with ``reserve_relay``).
     listen_direct: bool = True
@@ -305,6 +314,14 @@ class Agent:
             else None
         )
         self.autonat = AutoNATClient(self.node.host, self.node.rng)
+        punch_private = cfg.holepunch_allow_private
+        if punch_private is None:
+            punch_private = cfg.autonat_allow_private
+        self.holepunch: HolePunchService | None = (
+            HolePunchService(self.node.host, allow_private=punch_private)
+            if cfg.hole_punching
+            else None
+        )
         #: What AutoNAT concluded about our addresses (``Reachability``).
         self.reachability = Reachability.UNKNOWN
         self._events: EventBus[AgentEvent] = EventBus()
@@ -380,6 +397,8 @@ class Agent:
             # peers right after (identify push, pubsub subscription announcements).
             await self._start_node()
             await self.circuit.start()
+            if self.holepunch is not None:
+                await self.holepunch.start()
             if self.relay is not None:
                 await self.relay.start()
             await self.autonat.start()
@@ -438,6 +457,8 @@ class Agent:
             await self.registry.close()
         if self.relay is not None:
             await self.relay.close()
+        if self.holepunch is not None:
+            await self.holepunch.close()
         await self.circuit.close()
         await self.autonat.close()
         if self.autonat_server is not None:
@@ -721,14 +742,14 @@ class Agent:
             else:
                 self._deliver(env, topic)
 
-    def _deliver(self, env: Envelope, topic: str | None) -> None:
+    def _deliver(self, env: Envelope, topic: str | None, via: str | None = None) -> None:
         self.messages_in += 1
         eth = to_checksum_address(env.sender)
         note = self.registry.annotation(env.sender) if self.registry is not None else None
-        self._events.emit(AgentMessage(env.peer_id, eth, env.data, topic, topic is None, note))
+        self._events.emit(AgentMessage(env.peer_id, eth, env.data, topic, topic is None, note, via))
 
-    def _deliver_direct(self, env: Envelope) -> None:
-        self._deliver(env, None)
+    def _deliver_direct(self, env: Envelope, via: Multiaddr) -> None:
+        self._deliver(env, None, str(via))
 
     def _on_announcement(self, env: Envelope) -> None:
         data = env.data if isinstance(env.data, dict) else {}

@@ -17,6 +17,8 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
+from multiaddr import Multiaddr
+
 from p2pnet.agent.constants import DIRECT_MESSAGE_PROTOCOL
 from p2pnet.agent.envelope import (
     MAX_ENVELOPE_SIZE,
@@ -47,7 +49,7 @@ class DirectMessaging:
         self,
         host: Host,
         my_address: str,
-        deliver: Callable[[Envelope], None],
+        deliver: Callable[[Envelope, Multiaddr], None],
         *,
         clock: Clock,
         timeout: float = 10.0,
@@ -94,7 +96,7 @@ class DirectMessaging:
                 log.info("refused a direct message from %s: %s", remote, exc)
                 await write_length_prefixed(stream, _ack(False, str(exc)))
                 return
-            self.deliver(env)
+            self.deliver(env, stream.conn.remote_addr)  # which connection carried it
             await write_length_prefixed(stream, _ack(True))
 
     async def send(self, peer: PeerID, envelope: bytes) -> None:

@@ -459,6 +459,8 @@ class NodeCommands:
                     out["topic"] = event.topic
                 if event.registry is not None:
                     out["registry"] = event.registry
+                if event.via is not None:
+                    out["via"] = event.via
                 self.events.publish(out)
             elif isinstance(event, AgentDiscovered):
                 self.events.publish(discovered_event(event))

@@ -768,7 +768,8 @@ def add_node_arguments(group: argparse._ArgumentGroup) -> None:
         "--autonat-allow-private",
         action="store_true",
         help="as an AutoNAT v2 server (bootstrap nodes), also dial back private and loopback "
-        "addresses (a LAN or a lab; not on the internet)",
+        "addresses (a LAN or a lab; not on the internet); hole punching (DCUtR) then also "
+        "offers and dials private addresses",
     )
     group.add_argument(
         "--connect", action="store_true", help="connect at start, without a connect command"

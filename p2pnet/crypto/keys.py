@@ -395,18 +395,58 @@ class Secp256k1PrivateKey(PrivateKey):
 # RSA and ECDSA through `cryptography` (imported lazily: rarely needed)
 
 
+def _load_der_public(der: bytes, what: str) -> tuple[Any, bytes]:
+    """A `cryptography` public key from DER PKIX bytes, and its canonical DER encoding."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_der_public_key(bytes(der))
+    except Exception as exc:
+        raise CryptoError(f"invalid {what} public key (DER PKIX expected): {exc}") from exc
+    raw: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, raw
+
+
+def _load_der_private(der: bytes, what: str) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        return serialization.load_der_private_key(bytes(der), password=None)
+    except Exception as exc:
+        raise CryptoError(f"invalid {what} private key (DER expected): {exc}") from exc
+
+
+def _der_private_bytes(key: Any) -> bytes:
+    """The private key as libp2p carries it: PKCS#1 DER for RSA, SEC1 DER for ECDSA."""
+    from cryptography.hazmat.primitives import serialization
+
+    der: bytes = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    return der
+
+
+def _public_der(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    der: bytes = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
 class RSAPublicKey(PublicKey):
     __slots__ = ("_key", "_raw")
     key_type = KeyType.RSA
 
     def __init__(self, der: bytes) -> None:
-        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
 
-        try:
-            key = serialization.load_der_public_key(bytes(der))
-        except Exception as exc:
-            raise CryptoError(f"invalid RSA public key (DER PKIX expected): {exc}") from exc
+        key, raw = _load_der_public(der, "RSA")
         if not isinstance(key, rsa.RSAPublicKey):
             raise CryptoError("key of type RSA is not an RSA public key")
         if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
@@ -414,9 +454,7 @@ class RSAPublicKey(PublicKey):
                 f"RSA key of {key.key_size} bits (allowed {RSA_MIN_BITS}..{RSA_MAX_BITS})"
             )
         self._key: Any = key
-        self._raw: bytes = key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        self._raw = raw
         self._set_encoding()
 
     def to_bytes(self) -> bytes:
@@ -438,21 +476,15 @@ class ECDSAPublicKey(PublicKey):
     key_type = KeyType.ECDSA
 
     def __init__(self, der: bytes) -> None:
-        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        try:
-            key = serialization.load_der_public_key(bytes(der))
-        except Exception as exc:
-            raise CryptoError(f"invalid ECDSA public key (DER PKIX expected): {exc}") from exc
+        key, raw = _load_der_public(der, "ECDSA")
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise CryptoError("key of type ECDSA is not an elliptic-curve public key")
         if key.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
             raise CryptoError(f"unsupported ECDSA curve {key.curve.name}")
         self._key: Any = key
-        self._raw: bytes = key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        self._raw = raw
         self._set_encoding()
 
     def to_bytes(self) -> bytes:
@@ -476,17 +508,12 @@ class RSAPrivateKey(PrivateKey):
     key_type = KeyType.RSA
 
     def __init__(self, key: Any) -> None:
-        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         if not isinstance(key, rsa.RSAPrivateKey):
             raise CryptoError("not an RSA private key")
         self._key: Any = key
-        self._public = RSAPublicKey(
-            key.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
+        self._public = RSAPublicKey(_public_der(key))
 
     @classmethod
     def generate(cls, bits: int = RSA_MIN_BITS) -> RSAPrivateKey:
@@ -499,13 +526,7 @@ class RSAPrivateKey(PrivateKey):
     @classmethod
     def from_bytes(cls, der: bytes) -> RSAPrivateKey:
         """Decode a PKCS#1 DER RSA private key."""
-        from cryptography.hazmat.primitives import serialization
-
-        try:
-            key = serialization.load_der_private_key(bytes(der), password=None)
-        except Exception as exc:
-            raise CryptoError(f"invalid RSA private key (PKCS#1 DER expected): {exc}") from exc
-        return cls(key)
+        return cls(_load_der_private(der, "RSA"))
 
     def sign(self, data: bytes) -> bytes:
         from cryptography.hazmat.primitives import hashes
@@ -518,14 +539,7 @@ class RSAPrivateKey(PrivateKey):
         return self._public
 
     def to_bytes(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
-        der: bytes = self._key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        return der
+        return _der_private_bytes(self._key)
 
 
 class ECDSAPrivateKey(PrivateKey):
@@ -535,17 +549,12 @@ class ECDSAPrivateKey(PrivateKey):
     key_type = KeyType.ECDSA
 
     def __init__(self, key: Any) -> None:
-        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CryptoError("not an elliptic-curve private key")
         self._key: Any = key
-        self._public = ECDSAPublicKey(
-            key.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
+        self._public = ECDSAPublicKey(_public_der(key))
 
     @classmethod
     def generate(cls) -> ECDSAPrivateKey:
@@ -557,13 +566,7 @@ class ECDSAPrivateKey(PrivateKey):
     @classmethod
     def from_bytes(cls, der: bytes) -> ECDSAPrivateKey:
         """Decode a SEC1 (or PKCS#8) DER EC private key."""
-        from cryptography.hazmat.primitives import serialization
-
-        try:
-            key = serialization.load_der_private_key(bytes(der), password=None)
-        except Exception as exc:
-            raise CryptoError(f"invalid ECDSA private key (DER expected): {exc}") from exc
-        return cls(key)
+        return cls(_load_der_private(der, "ECDSA"))
 
     def sign(self, data: bytes) -> bytes:
         from cryptography.hazmat.primitives import hashes
@@ -576,14 +579,7 @@ class ECDSAPrivateKey(PrivateKey):
         return self._public
 
     def to_bytes(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
-        der: bytes = self._key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        return der
+        return _der_private_bytes(self._key)
 
 
 # --------------------------------------------------------------------------------------------

@@ -258,16 +258,17 @@ class Host:
                 raise DialError("cannot dial ourselves")
             existing = self.connections(peer)
             if existing:
-                return existing[0]
+                return preferred(existing)
             self.peerstore.add_addrs(peer, [transport_addr], RECENTLY_CONNECTED_ADDR_TTL)
             return await self._dial_peer(peer, [transport_addr])
         return await self._dial_addr(transport_addr, None)
 
     async def connect_peer(self, peer: PeerID) -> Connection:
-        """Connect to ``peer`` using the addresses in the peer store."""
+        """Connect to ``peer`` using the addresses in the peer store (a live connection is
+        reused, a direct one rather than a relayed one)."""
         existing = self.connections(peer)
         if existing:
-            return existing[0]
+            return preferred(existing)
         addrs = [a for a in self.peerstore.addrs(peer) if self.transport_for(a) is not None]
         if not addrs:
             raise DialError(f"no known dialable address for {peer}")
@@ -397,6 +398,46 @@ class Host:
             self._upgrade_inbound(raw, scope), name=f"upgrade {raw.remote_addr}"
         )
         await asyncio.wait([task])
+
+    async def upgrade_dialled(
+        self, raw: RawConnection, peer: PeerID, *, initiator: bool
+    ) -> Connection:
+        """Upgrade and add a connection to ``peer`` dialled outside the host's dialer (a hole
+        punch). On a TCP simultaneous open both sides dialled, so the role in the security and
+        muxer negotiation is given (DCUtR fixes it) rather than read from who connected; the
+        connection counts as outbound for the initiator and inbound for the other side."""
+        direction = Direction.OUTBOUND if initiator else Direction.INBOUND
+        try:
+            scope = self.resources.open_connection(
+                direction, _ip_of(raw.remote_addr), self.clock.monotonic()
+            )
+        except ResourceLimitExceeded as exc:
+            raw.abort()
+            raise DialError(f"cannot keep a connection to {raw.remote_addr}: {exc}") from exc
+        try:
+            upgraded = await upgrade(
+                raw,
+                self.key,
+                self.config,
+                self.security,
+                self.muxers,
+                initiator=initiator,
+                expected_peer=peer,
+            )
+            if upgraded.secure.remote_peer != peer:  # the responder side learns it only now
+                await _close_quietly(upgraded.secure)
+                raise DialError(f"{raw.remote_addr} is {upgraded.secure.remote_peer}, not {peer}")
+            try:
+                scope.set_peer(peer)
+            except ResourceLimitExceeded as exc:
+                await _close_quietly(upgraded.secure)
+                raise DialError(f"cannot keep a connection to {peer}: {exc}") from exc
+        except BaseException:
+            scope.done()
+            raise
+        conn = self._connection(upgraded, direction, raw, raw.remote_addr, scope)
+        await self._add_connection(conn)
+        return conn
 
     async def _upgrade_inbound(self, raw: RawConnection, scope: ConnectionScope) -> None:
         try:
@@ -559,6 +600,16 @@ class Host:
             stream.conn.remote_peer,
         )
         await stream.reset()
+
+
+def is_relayed_connection(conn: Connection) -> bool:
+    return any(p.name == "p2p-circuit" for p in conn.remote_addr.protocols())
+
+
+def preferred(conns: Sequence[Connection]) -> Connection:
+    """The connection new streams go on: the first direct one, else the first (relayed) one
+    (after a hole punch the direct connection wins over the relay, as the DCUtR spec says)."""
+    return next((c for c in conns if not is_relayed_connection(c)), conns[0])
 
 
 def _ip_of(addr: Multiaddr) -> str | None:

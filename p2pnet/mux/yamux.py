@@ -78,6 +78,9 @@ DEFAULT_WINDOW = 256 * 1024
 MAX_U32 = 0xFFFFFFFF
 
 HEADER = struct.Struct(">BBHII")
+#: Data frame payloads up to this size are copied into the outbound buffer next to their header
+#: rather than kept by reference.
+_SMALL_PAYLOAD = 2048
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 
@@ -115,6 +118,14 @@ class YamuxConfig:
     open_timeout: float = 30.0
     #: Bytes of queued outbound frames above which stream writers wait for the writer to catch up.
     write_high_water: int = 1024 * 1024
+    #: Bytes received for a connection's streams and not read by their applications above which
+    #: the adapter stops reading from the connection (TCP then pushes back on the remote); it
+    #: reads again at half of it.
+    read_high_water: int = 16 * 1024 * 1024
+    #: Bytes of replies the remote provoked (pongs, RSTs of refused streams) queued while the
+    #: connection cannot write, above which the adapter stops reading the remote until it reads
+    #: (checked after each chunk received, so one chunk's replies may go beyond it).
+    max_reply_backlog: int = 256 * 1024
     #: Bytes of queued outbound frames above which a frame provoked by the remote (pong, RST of a
     #: refused stream, window update) means the remote floods us without reading: protocol error.
     max_outbound_backlog: int = 64 * 1024 * 1024
@@ -342,9 +353,12 @@ class YamuxSession:
         self.remote_go_away: int | None = None
         #: Set once a protocol error was detected or the session was closed.
         self.terminated = False
-        # outbound frames (headers and payload views), joined by the writer
-        self._out: list[bytes | memoryview] = []
+        # outbound frames: runs of small frames joined in a bytearray (a flood of pongs costs
+        # what it counts, not an object per frame), big payloads by reference
+        self._out: list[bytes | bytearray | memoryview] = []
+        self._run: bytearray | None = None  # the last item of ``_out`` while small frames join it
         self._out_size = 0
+        self._reply_size = 0  # of _out_size: frames the remote provoked
         # receive parser state
         self._partial = b""
         self._data_left = 0
@@ -357,14 +371,26 @@ class YamuxSession:
     def outbound_size(self) -> int:
         return self._out_size
 
-    def take_outbound(self) -> list[bytes | memoryview]:
+    @property
+    def reply_backlog(self) -> int:
+        """Bytes of the queued frames that the remote provoked (pongs, RSTs of refused streams)."""
+        return self._reply_size
+
+    def take_outbound(self) -> list[bytes | bytearray | memoryview]:
         out = self._out
         self._out = []
+        self._run = None
         self._out_size = 0
+        self._reply_size = 0
         return out
 
     def _queue(self, frame: bytes) -> None:
-        self._out.append(frame)
+        run = self._run
+        if run is None:
+            self._run = bytearray(frame)
+            self._out.append(self._run)
+        else:
+            run += frame
         self._out_size += len(frame)
 
     def _queue_reply(self, frame: bytes) -> None:
@@ -372,6 +398,7 @@ class YamuxSession:
         if self._out_size > self.config.max_outbound_backlog:
             raise self._protocol_error("outbound backlog overflow: the remote never reads")
         self._queue(frame)
+        self._reply_size += len(frame)
 
     # ----------------------------------------------------------------- queries
 
@@ -501,13 +528,25 @@ class YamuxSession:
             if take <= 0:
                 break
             st.send_window -= take
-            out.append(_pack_header(VERSION, TYPE_DATA, self._flags_for(st), stream_id, take))
-            if take == total:
-                out.append(data)
+            header = _pack_header(VERSION, TYPE_DATA, self._flags_for(st), stream_id, take)
+            if take <= _SMALL_PAYLOAD:
+                # copied next to its header: small frames share one buffer
+                run = self._run
+                if run is None:
+                    run = self._run = bytearray(header)
+                    out.append(run)
+                else:
+                    run += header
+                run += data if take == total else memoryview(data)[pos : pos + take]
             else:
-                if view is None:
-                    view = memoryview(data)  # slices of a view share the buffer: no copy
-                out.append(view[pos : pos + take])
+                self._run = None
+                out.append(header)
+                if take == total:
+                    out.append(data)
+                else:
+                    if view is None:
+                        view = memoryview(data)  # slices of a view share the buffer: no copy
+                    out.append(view[pos : pos + take])
             self._out_size += HEADER_SIZE + take
             pos += take
         return pos

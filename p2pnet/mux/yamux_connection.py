@@ -2,17 +2,21 @@
 
 Every protocol decision (stream states, flow control, how a write is split into frames, keepalive,
 limits) is made by the sans-IO :class:`~p2pnet.mux.yamux.YamuxSession`; this module only moves
-bytes, timers and events. Three tasks per connection, all owned and awaited by
-:meth:`YamuxConnection.close`:
+bytes, timers and events, and it runs no task of its own (only stream handlers run in tasks):
 
-* the *reader* reads chunks from the connection below, feeds them to the session and dispatches
-  its events (payload chunks go to the stream's buffer; its readers are woken only when the buffer
-  goes from empty to non-empty);
-* the *writer* is the only code that writes to the connection: it joins every queued frame into
-  one ``write`` (so frames never interleave and small frames are batched). The reader never waits
-  for the writer, so two peers that both write a lot cannot deadlock;
-* the *timer* sleeps until :meth:`~p2pnet.mux.yamux.YamuxSession.get_timer` and runs
-  :meth:`~p2pnet.mux.yamux.YamuxSession.handle_timer` (keepalive pings and their timeout).
+* *reading* is pushed: the connection is the :class:`~p2pnet.channel.ChannelReceiver` of the
+  channel below, whose ``data_received`` (the transport's, through Noise) runs the session and
+  dispatches its events synchronously; payload chunks go to the stream's buffer, and its reader is
+  woken only when the buffer goes from empty to non-empty. While the streams hold more than
+  ``read_high_water`` unread bytes, reading from the channel is paused;
+* *writing* is gathered: whatever queues frames in the session (stream writes, window updates,
+  replies provoked by the remote) schedules one ``call_soon`` flush, which hands every queued
+  frame to the channel in one ``writelines`` (one encryption pass, one socket write). While the
+  channel says ``pause_writing`` nothing is flushed: stream writers wait at ``write_high_water``,
+  and what the remote provokes meanwhile counts against the connection's memory scope; over it
+  the connection is closed (a remote that pings but never reads cannot grow our memory);
+* the *keepalive* is one timer handle at :meth:`~p2pnet.mux.yamux.YamuxSession.get_timer`
+  running :meth:`~p2pnet.mux.yamux.YamuxSession.handle_timer`.
 
 Time is read only through the injected :class:`~p2pnet.clock.Clock`.
 
@@ -25,10 +29,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
 
+from p2pnet.channel import Channel, attach
 from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.errors import (
     ConnectionClosed,
@@ -87,6 +90,8 @@ class YamuxStream(ChunkReader):
         #: The application protocol, set by the host after multistream negotiation.
         self.protocol: str | None = None
         self._chunks: deque[bytes] = deque()
+        #: Bytes of ``_chunks`` counted in the connection's ``unread`` (0 once it forgot us).
+        self.counted = 0
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -136,6 +141,8 @@ class YamuxStream(ChunkReader):
                 return False
         chunks = self._chunks
         chunks.append(data)
+        self.counted += len(data)
+        self.connection.unread += len(data)
         if len(chunks) == 1:
             self._readable.set()
         return True
@@ -143,8 +150,10 @@ class YamuxStream(ChunkReader):
     def wake(self) -> None:
         """The core's state changed (FIN, RST, window, connection gone): re-check it."""
         if self.record.is_reset:
+            dropped = sum(map(len, self._chunks))
+            self.connection.uncount(self)
             if self.scope is not None:
-                self.scope.release_memory(sum(map(len, self._chunks)))
+                self.scope.release_memory(dropped)
             self._chunks.clear()
             self._pending = b""
             self._pending_pos = 0
@@ -161,9 +170,10 @@ class YamuxStream(ChunkReader):
                 raise StreamReset(f"stream {self.stream_id} was reset")
             if chunks:
                 chunk = chunks.popleft()
+                n = len(chunk)
                 if self.scope is not None:
-                    self.scope.release_memory(len(chunk))
-                self.connection.consumed(self.stream_id, len(chunk))
+                    self.scope.release_memory(n)
+                self.connection.consumed(self, n)
                 return chunk
             if record.remote_closed:
                 return b""
@@ -173,12 +183,35 @@ class YamuxStream(ChunkReader):
 
     # ----------------------------------------------------------------- writing
 
-    async def write(self, data: Bytes) -> None:
-        """Send ``data``; the core splits it by send window and frame size."""
+    def write_nowait(self, data: Bytes) -> bool:
+        """Queue all of ``data`` now if that needs no waiting (one frame within the send window,
+        the connection's queue below its high-water mark, no other write in progress); False,
+        with nothing queued, if :meth:`write` would have to wait."""
         if self.record.local_closed and not self.record.is_reset:
             raise StreamClosed(f"stream {self.stream_id} was closed for writing")
         self._raise_if_dead()
-        if not data:
+        total = len(data)
+        if not total:
+            return True
+        conn = self.connection
+        session = conn.session
+        config = session.config
+        if (
+            self._write_lock.locked()
+            or total > self.record.send_window
+            or total > config.max_frame_payload
+            or session.outbound_size >= config.write_high_water
+        ):
+            return False
+        if type(data) is not bytes:
+            data = bytes(data)  # the core keeps a reference until the flush
+        session.write(self.stream_id, data)
+        conn.flush()
+        return True
+
+    async def write(self, data: Bytes) -> None:
+        """Send ``data``; the core splits it by send window and frame size."""
+        if self.write_nowait(data):
             return
         if type(data) is not bytes:
             data = bytes(data)  # the core keeps views of it until the writer sent them
@@ -252,7 +285,12 @@ class YamuxConnection:
     ``initiator`` is True on the dialing side (odd stream ids). Call :meth:`start` once, then
     open streams with :meth:`open_stream` and take inbound ones with :meth:`accept_stream` or the
     ``on_stream`` callback. :meth:`close` sends a go-away, fails every stream with
-    :class:`ConnectionClosed`, closes ``conn`` and awaits every task.
+    :class:`ConnectionClosed`, closes ``conn`` and awaits the stream handlers.
+
+    After :meth:`start` the connection is the :class:`~p2pnet.channel.ChannelReceiver` of
+    ``conn``: no task reads or writes for it. ``data_received`` runs the core and fills stream
+    buffers synchronously; frames the core queues are written by one ``call_soon`` callback per
+    event-loop iteration; the keepalive is one timer handle.
     """
 
     def __init__(
@@ -279,19 +317,30 @@ class YamuxConnection:
         self._streams: dict[int, YamuxStream] = {}
         self._accept_queue: deque[YamuxStream] = deque()
         self._accept_event = asyncio.Event()
-        self._out_ready = asyncio.Event()
         self._room = asyncio.Event()
-        self._writer_idle = asyncio.Event()
         self._open_room = asyncio.Event()
         self._pong_waiters: dict[int, asyncio.Future[float]] = {}
-        self._reader_task: asyncio.Task[None] | None = None
-        self._writer_task: asyncio.Task[None] | None = None
-        self._timer_task: asyncio.Task[None] | None = None
         self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._channel: Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self._write_paused = False
+        # reading from the channel is paused: the streams hold too much unread, or the remote
+        # provoked too many replies that wait behind a full transport (it does not read)
+        self._unread_paused = False
+        self._replies_paused = False
+        #: Bytes received for streams and not read by their applications yet.
+        self.unread = 0
+        #: Bytes of queued outbound frames reserved in ``scope`` (while the channel is paused).
+        self._backlog_reserved = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._channel_lost = False
         self._started = False
         self._closing = False
         self._error: P2PError | None = None
-        #: Set once the connection is fully closed (tasks stopped, ``conn`` closed).
+        #: Set once the connection is fully closed (``conn`` closed, stream handlers ended).
         self.closed = asyncio.Event()
         #: Bytes of yamux frames read from and written to ``conn`` (for metrics).
         self.bytes_received = 0
@@ -321,30 +370,47 @@ class YamuxConnection:
         """Why the connection closed (None while open)."""
         return self._error
 
+    @property
+    def reading_paused(self) -> bool:
+        """Reading from ``conn`` is paused: the streams hold ``read_high_water`` unread bytes,
+        or ``max_reply_backlog`` bytes of replies wait for a remote that does not read."""
+        return self._unread_paused or self._replies_paused
+
+    @property
+    def writing_paused(self) -> bool:
+        """The connection below asked us to stop writing (its buffer is full)."""
+        return self._write_paused
+
     async def wait_closed(self) -> None:
         await self.closed.wait()
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Start the reader, the writer and the timer; the core queues a first ping."""
+        """Attach to ``conn`` and arm the keepalive; the core queues a first ping."""
         if self._started:
             return
         if self._closing:
             raise ConnectionClosed("yamux connection is closed")
         self._started = True
-        loop = asyncio.get_running_loop()
-        side = "client" if self.initiator else "server"
-        self._writer_task = loop.create_task(self._writer_loop(), name=f"yamux-{side}-writer")
-        self._reader_task = loop.create_task(self._reader_loop(), name=f"yamux-{side}-reader")
+        self._loop = asyncio.get_running_loop()
         self.session.start(self._now())
-        if self.session.get_timer() is not None:
-            self._timer_task = loop.create_task(self._timer_loop(), name=f"yamux-{side}-timer")
+        self._arm_timer()
         self.flush()
+        # last: bytes that arrived during the upgrade are delivered from in here
+        try:
+            self._channel = attach(self.conn, self)
+            if self.reading_paused:  # decided while the bytes of the upgrade were delivered
+                self._update_reading()
+        except P2PError as exc:  # the connection below closed already
+            self._terminate(
+                ConnectionClosed(f"connection closed before the muxer ran: {exc}"), None
+            )
 
     async def close(self, code: int = GO_AWAY_NORMAL) -> None:
-        """Go away with ``code``, fail every stream, close ``conn`` and await all tasks."""
-        await self._shutdown(ConnectionClosed("yamux connection closed locally"), code)
+        """Go away with ``code``, fail every stream, close ``conn`` and await the handlers."""
+        self._terminate(ConnectionClosed("yamux connection closed locally"), code)
+        await self._wait_terminated()
 
     async def __aenter__(self) -> YamuxConnection:
         await self.start()
@@ -372,6 +438,7 @@ class YamuxConnection:
     def _forget(self, stream: YamuxStream) -> None:
         """The core forgot the stream: drop it, and give back its scope unless a handler runs."""
         self._streams.pop(stream.stream_id, None)
+        self.uncount(stream)
         if stream.scope is not None and not stream.handler_running:
             stream.scope.done()
 
@@ -439,11 +506,77 @@ class YamuxConnection:
             self._pong_waiters.pop(opaque, None)
             self.session.forget_ping(opaque)
 
-    # ----------------------------------------------------------------- called by streams
+    # ----------------------------------------------------------------- writing
 
     def flush(self) -> None:
-        """Wake the writer: the session has frames queued."""
-        self._out_ready.set()
+        """The session has frames queued: write them at the end of this loop iteration."""
+        if not self._flush_scheduled and self._loop is not None and not self._closing:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Encrypt and write everything queued, in one write (unless the channel is paused:
+        then what waits counts against the connection's memory scope)."""
+        self._flush_scheduled = False
+        if self._closing:
+            return
+        session = self.session
+        if self._write_paused:
+            self._account_backlog()
+            return
+        size = session.outbound_size
+        if not size:
+            return
+        frames = session.take_outbound()
+        self.bytes_sent += size
+        if self._backlog_reserved:
+            self._release_backlog()
+        channel = self._channel
+        if channel is None:
+            return
+        try:
+            if len(frames) == 1:
+                channel.write(frames[0])
+            else:
+                channel.writelines(frames)
+        except (P2PError, OSError) as exc:
+            log.debug("yamux write failed: %r", exc)
+            self._terminate(ConnectionClosed(f"write failed: {exc!r}"), None)
+            return
+        room = self._room
+        if not room.is_set():
+            room.set()
+        if self._replies_paused:
+            self._replies_paused = False
+            self._update_reading()
+
+    def _account_backlog(self) -> None:
+        """Reserve the bytes queued behind a paused channel; over the limit the remote is not
+        reading what it asks for (pongs, window updates...): close the connection."""
+        scope = self.scope
+        extra = self.session.outbound_size - self._backlog_reserved
+        if scope is None or extra <= 0:
+            return
+        try:
+            scope.reserve_memory(extra)
+        except ResourceLimitExceeded as exc:
+            scope.manager.refused["conn/write_backlog"] += 1
+            log.debug(
+                "yamux: %d bytes wait for a remote that does not read (%s): closing",
+                self.session.outbound_size,
+                exc,
+            )
+            # what waits would never be read: drop it with the connection
+            self._terminate(
+                ConnectionClosed(f"write backlog over the memory limit: {exc}"), None, abort=True
+            )
+            return
+        self._backlog_reserved += extra
+
+    def _release_backlog(self) -> None:
+        if self.scope is not None:
+            self.scope.release_memory(self._backlog_reserved)
+        self._backlog_reserved = 0
 
     async def wait_room(self) -> None:
         """Wait until the outbound queue is below ``write_high_water``."""
@@ -454,12 +587,45 @@ class YamuxConnection:
             self._room.clear()
             await self._room.wait()
 
-    def consumed(self, sid: int, n: int) -> None:
-        """The application read ``n`` bytes of stream ``sid`` (window updates may follow)."""
+    # ----------------------------------------------------------------- called by streams
+
+    def consumed(self, stream: YamuxStream, n: int) -> None:
+        """The application read ``n`` bytes of ``stream`` (window updates may follow)."""
+        counted = stream.counted
+        if counted:
+            n_counted = n if n <= counted else counted
+            stream.counted = counted - n_counted
+            self.unread -= n_counted
+            if self._unread_paused:
+                self._maybe_resume_reading()
         session = self.session
-        session.consume(sid, n, self._now())
+        session.consume(stream.stream_id, n, self._now())
         if session.outbound_size:
-            self._out_ready.set()
+            self.flush()
+
+    def uncount(self, stream: YamuxStream) -> None:
+        """``stream``'s buffered bytes stop counting towards ``read_high_water`` (it was reset
+        or the core forgot it: no more data comes for it, whoever reads what is left)."""
+        if stream.counted:
+            self.unread -= stream.counted
+            stream.counted = 0
+            if self._unread_paused:
+                self._maybe_resume_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if self.unread <= self.config.read_high_water >> 1:
+            self._unread_paused = False
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Pause or resume the channel as the two reasons to stop reading say."""
+        channel = self._channel
+        if channel is None or self._closing:
+            return
+        if self._unread_paused or self._replies_paused:
+            channel.pause_reading()
+        else:
+            channel.resume_reading()
 
     def close_stream(self, stream: YamuxStream) -> None:
         self.session.close_stream(stream.stream_id)
@@ -478,78 +644,75 @@ class YamuxConnection:
         if self.session.outbound_size:
             self.flush()
 
-    # ----------------------------------------------------------------- tasks
+    # ----------------------------------------------------------------- ChannelReceiver
 
-    async def _writer_loop(self) -> None:
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        self.bytes_received += len(data)
         session = self.session
-        write = self.conn.write
-        # a connection that takes a list of buffers (e.g. TCP) spares us joining them
-        writelines: Callable[[list[Bytes]], Awaitable[None]] | None = getattr(
-            self.conn, "writelines", None
-        )
-        try:
-            while True:
-                if not session.outbound_size:
-                    self._writer_idle.set()
-                    self._out_ready.clear()
-                    await self._out_ready.wait()
-                    continue
-                self.bytes_sent += session.outbound_size
-                frames: list[Bytes] = list(session.take_outbound())
-                self._room.set()
-                if len(frames) == 1:
-                    await write(frames[0])
-                elif writelines is not None:
-                    await writelines(frames)
-                else:
-                    await write(b"".join(frames))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._writer_idle.set()  # nothing more will be flushed
-            if not self._closing:
-                log.debug("yamux write failed: %r", exc)
-                await self._shutdown(ConnectionClosed(f"write failed: {exc!r}"), None)
-
-    async def _reader_loop(self) -> None:
-        session = self.session
-        conn = self.conn
         streams = self._streams
         now = self._now
         try:
-            while True:
-                data = await conn.read(-1)
-                if not data:
-                    await self._shutdown(ConnectionClosed("connection closed by the remote"), None)
-                    return
-                if type(data) is not bytes:
-                    data = bytes(data)
-                self.bytes_received += len(data)
-                for ev in session.receive_data(data, now()):
-                    if type(ev) is DataReceived:
-                        stream = streams.get(ev.stream_id)
-                        if stream is not None:
-                            if not stream.deliver(ev.data):
-                                self.reset_stream(stream)
-                        else:  # pragma: no cover - the core only reports live streams
-                            session.consume(ev.stream_id, len(ev.data), now())
-                    else:
-                        error = self._dispatch(ev)
-                        if error is not None:
-                            await self._shutdown(error, None)
-                            return
-                if session.outbound_size:
-                    self._out_ready.set()
-        except asyncio.CancelledError:
-            raise
+            events = session.receive_data(data, now())
+            for ev in events:
+                if type(ev) is DataReceived:
+                    stream = streams.get(ev.stream_id)
+                    if stream is not None:
+                        if not stream.deliver(ev.data):
+                            self.reset_stream(stream)
+                    else:  # pragma: no cover - the core only reports live streams
+                        session.consume(ev.stream_id, len(ev.data), now())
+                else:
+                    error = self._dispatch(ev)
+                    if error is not None:
+                        self._terminate(error, None)
+                        return
         except ProtocolError as exc:
-            await self._shutdown(ConnectionClosed(f"protocol error: {exc}"), GO_AWAY_PROTOCOL_ERROR)
-        except Exception as exc:
-            if not self._closing:
-                log.debug("yamux read failed: %r", exc)
-                await self._shutdown(
-                    ConnectionClosed(f"read failed: {exc!r}"), GO_AWAY_INTERNAL_ERROR
-                )
+            self._terminate(ConnectionClosed(f"protocol error: {exc}"), GO_AWAY_PROTOCOL_ERROR)
+            return
+        except Exception as exc:  # a bug: end this connection, not the transport's callback
+            log.exception("yamux: handling received data failed")
+            self._terminate(ConnectionClosed(f"internal error: {exc!r}"), GO_AWAY_INTERNAL_ERROR)
+            return
+        if self.unread > self.config.read_high_water and not self._unread_paused:
+            # the applications do not keep up: let TCP push back on the remote
+            self._unread_paused = True
+            self._update_reading()
+        if session.outbound_size:
+            if self._write_paused:
+                if (
+                    session.reply_backlog > self.config.max_reply_backlog
+                    and not self._replies_paused
+                ):
+                    # the remote asks (pings...) but does not read the answers: stop reading
+                    # it until it does, so it cannot make us work (or queue) without bound
+                    log.debug("yamux: %d bytes of replies unread: pausing", session.reply_backlog)
+                    self._replies_paused = True
+                    self._update_reading()
+                self._account_backlog()
+            else:
+                self.flush()
+
+    def connection_lost(self, exc: P2PError | None) -> None:
+        self._channel_lost = True
+        if not self._closing:
+            if exc is None:
+                self._terminate(ConnectionClosed("connection closed by the remote"), None)
+            else:
+                log.debug("yamux connection lost: %r", exc)
+                self._terminate(ConnectionClosed(f"connection lost: {exc}"), None)
+        self._maybe_closed()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        if self._write_paused:
+            self._write_paused = False
+            self.flush()
 
     def _dispatch(self, ev: object) -> ConnectionClosed | None:
         """Handle one non-data event; returns an error when the connection must end."""
@@ -604,12 +767,18 @@ class YamuxConnection:
             return None
         self.session.accept_stream(sid)
         stream.handler_running = True
-        task = asyncio.get_running_loop().create_task(
+        assert self._loop is not None
+        task = self._loop.create_task(
             self._run_handler(self._on_stream, stream), name=f"yamux-stream-{sid}"
         )
         self._handler_tasks.add(task)
-        task.add_done_callback(self._handler_tasks.discard)
+        task.add_done_callback(self._handler_done)
         return None
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._handler_tasks.discard(task)
+        if self._closing:
+            self._maybe_closed()
 
     async def _run_handler(self, handler: StreamCallback, stream: YamuxStream) -> None:
         try:
@@ -629,82 +798,134 @@ class YamuxConnection:
             ):
                 stream.scope.done()
 
-    async def _timer_loop(self) -> None:
+    # ----------------------------------------------------------------- keepalive timer
+
+    def _arm_timer(self) -> None:
+        deadline = self.session.get_timer()
+        if deadline == self._timer_deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None and self._loop is not None:
+            self._timer = self._loop.call_later(max(deadline - self._now(), 0.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        if self._closing:
+            return
         session = self.session
-        while (deadline := session.get_timer()) is not None:
-            delay = deadline - self._now()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            for ev in session.handle_timer(self._now()):
-                if isinstance(ev, KeepaliveTimedOut):
-                    # the core queued the go-away and terminated itself
-                    await self._shutdown(ConnectionClosed("keepalive timeout"), None)
-                    return
-            if session.outbound_size:
-                self.flush()
+        for ev in session.handle_timer(self._now()):
+            if isinstance(ev, KeepaliveTimedOut):
+                # the core queued the go-away and terminated itself
+                self._terminate(ConnectionClosed("keepalive timeout"), None)
+                return
+        if session.outbound_size:
+            self.flush()
+        self._arm_timer()
 
     # ----------------------------------------------------------------- shutdown
 
-    async def _shutdown(self, error: P2PError, code: int | None) -> None:
+    def _terminate(self, error: P2PError, code: int | None, *, abort: bool = False) -> None:
+        """End the connection now: wake everyone, write what is queued and the go-away, close
+        the channel (``abort``: drop what is queued and abort it) and cancel the stream
+        handlers. :attr:`closed` is set once the channel is closed and the handlers ended (or
+        after ``close_timeout``)."""
         if self._closing:
-            await self.closed.wait()
             return
         self._closing = True
         self._error = error
         session = self.session
-        current = asyncio.current_task()
-        try:
-            # wake everyone: streams, accepters, openers, pingers, waiting writers
-            for stream in self._streams.values():
-                stream.wake()
-                if stream.scope is not None and not stream.handler_running:
-                    stream.scope.done()
-            for stream in self._accept_queue:
-                stream.wake()
-                if stream.scope is not None:
-                    stream.scope.done()
-            self._streams.clear()
-            self._accept_queue.clear()
-            self._accept_event.set()
-            self._open_room.set()
-            self._room.set()
-            for fut in self._pong_waiters.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionClosed(str(error)))
-            self._pong_waiters.clear()
-            # go-away (or the one the core already queued) and flush
-            if code is not None and not session.terminated:
-                session.go_away(code)
-            session.terminate()
-            writer = self._writer_task
-            if writer is not None and writer is not current and not writer.done():
-                self._writer_idle.clear()
-                self.flush()
-                try:
-                    async with asyncio.timeout(self.config.close_timeout):
-                        await self._writer_idle.wait()
-                except TimeoutError:
-                    log.debug("yamux close: flush timed out")
-        finally:
-            tasks: list[asyncio.Task[Any]] = [
-                t for t in (self._reader_task, self._writer_task, self._timer_task) if t is not None
-            ]
-            tasks.extend(self._handler_tasks)
-            tasks = [t for t in tasks if t is not current and not t.done()]
-            for t in tasks:
-                t.cancel()
+        # wake everyone: streams, accepters, openers, pingers, waiting writers
+        for stream in self._streams.values():
+            stream.wake()
+            if stream.scope is not None and not stream.handler_running:
+                stream.scope.done()
+        for stream in self._accept_queue:
+            stream.wake()
+            if stream.scope is not None:
+                stream.scope.done()
+        self._streams.clear()
+        self._accept_queue.clear()
+        self._accept_event.set()
+        self._open_room.set()
+        self._room.set()
+        for fut in self._pong_waiters.values():
+            if not fut.done():
+                fut.set_exception(ConnectionClosed(str(error)))
+        self._pong_waiters.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # go-away (or the one the core already queued), written ahead of the close
+        if code is not None and not session.terminated:
+            session.go_away(code)
+        session.terminate()
+        frames = session.take_outbound()
+        self._release_backlog()
+        channel = self._channel
+        if channel is None:
+            self._channel_lost = True
+        elif abort:
+            channel.abort()
+        else:
+            # also after the remote's EOF: it may still read, and our side must be closed
             try:
-                if tasks:
-                    _, pending = await asyncio.wait(tasks, timeout=self.config.close_timeout)
-                    for t in pending:
-                        log.error("yamux: task %s did not stop", t.get_name())
-                try:
-                    async with asyncio.timeout(self.config.close_timeout):
-                        await self.conn.close()
-                except Exception as exc:
-                    log.debug("yamux: closing the connection below failed: %r", exc)
-            finally:
-                self.closed.set()
+                if frames:
+                    channel.writelines(frames)
+            except (P2PError, OSError) as exc:
+                log.debug("yamux: writing the go-away failed: %r", exc)
+            channel.close()
+        current = asyncio.current_task() if self._loop is not None else None
+        for task in self._handler_tasks:
+            if task is not current:  # a handler closing its own connection finishes itself
+                task.cancel()
+        if self._loop is not None:
+            self._close_timer = self._loop.call_later(self.config.close_timeout, self._closed_late)
+        self._maybe_closed()
+
+    def _maybe_closed(self) -> None:
+        if self._closing and self._channel_lost and not self._handler_tasks:
+            self._set_closed()
+
+    def _closed_late(self) -> None:
+        self._close_timer = None
+        for task in self._handler_tasks:
+            log.error("yamux: task %s did not stop", task.get_name())
+        if not self._channel_lost and self._channel is not None:
+            log.debug("yamux close: the connection below did not close in time; aborting")
+            self._channel.abort()
+        self._set_closed()
+
+    def _set_closed(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if not self.closed.is_set():
+            self.closed.set()
+
+    async def _wait_terminated(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._handler_tasks if t is not current]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.config.close_timeout)
+        try:
+            async with asyncio.timeout(self.config.close_timeout):
+                if self._channel is not None:
+                    await self._channel.wait_closed()
+                else:  # never started: the connection below is still ours to close
+                    await self.conn.close()
+        except TimeoutError:
+            if self._channel is not None:
+                self._channel.abort()
+        except (P2PError, OSError) as exc:
+            log.debug("yamux: closing the connection below failed: %r", exc)
+        self._channel_lost = True
+        self._maybe_closed()
+        if current not in self._handler_tasks:  # else: closed is set when this handler ends
+            await self.closed.wait()
 
 
 class YamuxMuxer:

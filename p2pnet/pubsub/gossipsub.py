@@ -73,6 +73,7 @@ from p2pnet.stream import Stream
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.wire.framing import FrameDecoder, length_prefixed_parts
+from p2pnet.wire.varint import encode_uvarint
 
 log = logging.getLogger("p2pnet.pubsub")
 
@@ -213,6 +214,7 @@ class _PeerState:
         "ready",
         "reopens",
         "writer",
+        "writing",
     )
 
     def __init__(self, queue_size: int) -> None:
@@ -220,6 +222,8 @@ class _PeerState:
         self.outbound: Stream | None = None
         self.opening: asyncio.Task[Any] | None = None
         self.writer: asyncio.Task[Any] | None = None
+        #: The writer task holds frames it took from ``queue`` and has not written yet.
+        self.writing = False
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self.inbound: set[Stream] = set()
         #: Set when the link leaves OPENING: inbound streams then read (OPEN) or are dropped.
@@ -533,6 +537,14 @@ class Pubsub:
             state = self._peers.get(peer)
             if state is None or state.outbound is None:
                 continue
+            if not state.writing and state.queue.empty():
+                # nothing waits to be written to this peer: write now if the stream can take it
+                # without waiting (the usual case), sparing the writer task a wake-up
+                try:
+                    if state.outbound.write_nowait(encode_uvarint(len(frame)) + frame):
+                        continue
+                except P2PError:
+                    pass  # the writer meets the same error on this frame and drops the peer
             try:
                 state.queue.put_nowait(frame)
             except asyncio.QueueFull:
@@ -672,6 +684,7 @@ class Pubsub:
         try:
             while not self._closed:
                 frames = [await queue.get()]
+                state.writing = True
                 size = len(frames[0])
                 while size < 256 * 1024 and not queue.empty():
                     frames.append(queue.get_nowait())
@@ -679,6 +692,7 @@ class Pubsub:
                 parts = length_prefixed_parts(frames)
                 async with asyncio.timeout(self.config.write_timeout):
                     await stream.write(b"".join(parts))
+                state.writing = False
         except (P2PError, TimeoutError, OSError) as exc:
             log.debug("pubsub stream to %s failed: %s", peer, exc)
         if self._closed or self._peers.get(peer) is not state:

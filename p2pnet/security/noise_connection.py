@@ -2,7 +2,11 @@
 
 :func:`noise_handshake` drives the sans-IO :class:`~p2pnet.security.noise.NoiseHandshake` over
 any :class:`~p2pnet.io.ReadWriter` and returns a :class:`NoiseConnection`, itself a ReadWriter
-that carries plaintext. All protocol logic lives in :mod:`p2pnet.security.noise`.
+that carries plaintext (what muxer negotiation reads and writes). :meth:`NoiseConnection.attach`
+then turns it into a push :class:`~p2pnet.channel.Channel` (:class:`NoiseChannel`): each chunk
+the connection below pushes is decrypted at once and its plaintext pushed up; writes are
+encrypted and handed down in the same call. All protocol logic lives in
+:mod:`p2pnet.security.noise`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 
+from p2pnet.channel import Channel, ChannelReceiver, LostSignal
+from p2pnet.channel import attach as attach_channel
 from p2pnet.crypto.keys import KeyPair, PublicKey
 from p2pnet.errors import (
     ConnectionClosed,
@@ -24,7 +30,7 @@ from p2pnet.io import Bytes, ChunkReader, ReadWriter
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.security.noise import PROTOCOL_ID, NoiseHandshake, NoiseTransport
 
-__all__ = ["PROTOCOL_ID", "NoiseConnection", "NoiseSecurity", "noise_handshake"]
+__all__ = ["PROTOCOL_ID", "NoiseChannel", "NoiseConnection", "NoiseSecurity", "noise_handshake"]
 
 log = logging.getLogger("p2pnet.noise")
 
@@ -155,18 +161,29 @@ class NoiseConnection(ChunkReader):
             out = self._transport.encrypt(data)
             await self.raw.write(out)
 
-    async def writelines(self, chunks: Sequence[Bytes]) -> None:
-        """Encrypt several buffers (without joining them first) and hand all frames to ``raw``
-        in one write; big buffers are framed in place, small ones share frames (see
-        :meth:`~p2pnet.security.noise.NoiseTransport.encrypt_many`)."""
+    # -- push mode ----------------------------------------------------------------------------
+
+    def attach(self, receiver: ChannelReceiver) -> NoiseChannel:
+        """Push the plaintext not read yet, then the plaintext of every frame received, to
+        ``receiver``; write through the returned channel."""
         if self._closed:
-            raise ConnectionClosed("write on a closed noise connection")
-        async with self._write_lock:
-            if self._closed:
-                raise ConnectionClosed("write on a closed noise connection")
-            out = self._transport.encrypt_many(chunks)
-            if out:
-                await self.raw.write(out)
+            raise ConnectionClosed("attach to a closed noise connection")
+        channel = NoiseChannel(self, receiver)
+        leftover: list[bytes] = []
+        if self._pending_pos < len(self._pending):
+            leftover.append(self._take_pending(-1))
+        leftover.extend(self._frames)
+        self._frames.clear()
+        if leftover:
+            receiver.data_received(b"".join(leftover))
+        early, self._early = self._early, b""
+        if early:
+            channel.data_received(early)
+        if self._error is not None:
+            channel.connection_lost(self._error)
+            return channel
+        channel.lower = attach_channel(self.raw, channel)
+        return channel
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -189,6 +206,133 @@ class NoiseConnection(ChunkReader):
 
     def __repr__(self) -> str:
         return f"<NoiseConnection {self.local_peer} <-> {self.remote_peer}>"
+
+
+class NoiseChannel:
+    """An attached :class:`NoiseConnection`: the receiver of the channel below, and the
+    :class:`~p2pnet.channel.Channel` of the plaintext for the layer above.
+
+    A frame that fails authentication (or EOF inside a frame) ends the connection: the channel
+    below is aborted and the receiver gets ``connection_lost`` with the
+    :class:`~p2pnet.errors.ProtocolError` (:class:`~p2pnet.errors.IncompleteRead`).
+    """
+
+    __slots__ = ("_conn", "_lost", "_receiver", "_transport", "lower")
+
+    def __init__(self, conn: NoiseConnection, receiver: ChannelReceiver) -> None:
+        self._conn = conn
+        self._transport = conn._transport
+        self._receiver = receiver
+        self._lost = LostSignal()
+        #: The channel of the connection below (set once it is attached).
+        self.lower: Channel | None = None
+
+    # -- ChannelReceiver, for the channel below --------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._lost.lost:
+            return
+        try:
+            frames = self._transport.decrypt(data)
+        except ProtocolError as exc:
+            log.debug("noise connection to %s: %s", self._conn.remote_peer, exc)
+            self._fail(exc)
+            return
+        receiver = self._receiver
+        if len(frames) == 1:
+            if frames[0]:
+                receiver.data_received(frames[0])
+            return
+        # small frames are joined: the layer above pays its per-call cost once
+        run: list[bytes] = []
+        size = 0
+        for frame in frames:
+            if not frame:
+                continue
+            if len(frame) >= _SMALL_FRAME:
+                if run:
+                    receiver.data_received(run[0] if len(run) == 1 else b"".join(run))
+                    run = []
+                    size = 0
+                receiver.data_received(frame)
+            else:
+                run.append(frame)
+                size += len(frame)
+                if size >= _SMALL_FRAME:
+                    receiver.data_received(run[0] if len(run) == 1 else b"".join(run))
+                    run = []
+                    size = 0
+            if self._lost.lost:
+                return
+        if run:
+            receiver.data_received(run[0] if len(run) == 1 else b"".join(run))
+
+    def connection_lost(self, exc: P2PError | None) -> None:
+        transport = self._transport
+        if exc is None and transport.buffered:
+            log.debug("noise connection to %s: EOF inside a frame", self._conn.remote_peer)
+            exc = IncompleteRead(transport.partial, transport.partial_frame_length or 2)
+        self._conn._closed = True
+        self._lost.fire(self._receiver, exc)
+
+    def pause_writing(self) -> None:
+        self._receiver.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._receiver.resume_writing()
+
+    def _fail(self, exc: P2PError) -> None:
+        self._conn._error = exc
+        self._conn._closed = True
+        if self.lower is not None:
+            self.lower.abort()
+        self._lost.fire(self._receiver, exc)
+
+    # -- Channel, for the layer above ------------------------------------------------------------
+
+    def _below(self) -> Channel:
+        lower = self.lower
+        if lower is None or self._lost.lost:
+            raise ConnectionClosed("write on a closed noise connection")
+        return lower
+
+    def write(self, data: Bytes) -> None:
+        lower = self._below()
+        if data:
+            lower.write(self._transport.encrypt(data))
+
+    def writelines(self, chunks: Sequence[Bytes]) -> None:
+        lower = self._below()
+        out = self._transport.encrypt_many(chunks)
+        if out:
+            lower.write(out)
+
+    def pause_reading(self) -> None:
+        if self.lower is not None:
+            self.lower.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.lower is not None:
+            self.lower.resume_reading()
+
+    def close(self) -> None:
+        self._conn._closed = True
+        if self.lower is not None:
+            self.lower.close()
+        else:
+            self._lost.fire(self._receiver, None)
+
+    def abort(self) -> None:
+        self._conn._closed = True
+        if self.lower is not None:
+            self.lower.abort()
+        else:
+            self._lost.fire(self._receiver, None)
+
+    async def wait_closed(self) -> None:
+        if self.lower is not None:
+            await self.lower.wait_closed()
+        await self._lost.wait()
 
 
 async def noise_handshake(

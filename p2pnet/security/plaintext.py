@@ -12,6 +12,7 @@ import asyncio
 
 from google.protobuf.message import DecodeError
 
+from p2pnet.channel import Channel, ChannelReceiver, attach
 from p2pnet.crypto.keys import KeyPair, PublicKey, unmarshal_public_key
 from p2pnet.errors import CryptoError, HandshakeError, P2PError, PeerIDMismatch
 from p2pnet.io import Bytes, ReadWriter
@@ -45,6 +46,10 @@ class PlaintextConnection:
 
     async def close(self) -> None:
         await self.raw.close()
+
+    def attach(self, receiver: ChannelReceiver) -> Channel:
+        """Push mode is the connection below's: nothing to decrypt."""
+        return attach(self.raw, receiver)
 
 
 def _encode_exchange(key: KeyPair, peer: PeerID) -> bytes:

@@ -3,7 +3,8 @@
 Large simulations (hundreds of nodes in one event loop) run the real host, muxer and protocols
 over it without sockets. There is no global state: every network is its own object, so tests
 cannot see each other's nodes. Writes apply backpressure like a socket: a writer waits while the
-remote has more than ``high_water`` bytes unread.
+remote has more than ``high_water`` bytes unread. After the upgrade a connection is attached
+(:meth:`MemoryConnection.attach`) and pushes what it receives, like the TCP transport.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import asyncio
 import functools
 import itertools
 from collections import deque
+from collections.abc import Sequence
 
 from multiaddr import Multiaddr
 
+from p2pnet.channel import ChannelReceiver, LostSignal
 from p2pnet.errors import ConnectionClosed, DialError
 from p2pnet.io import Bytes, ChunkReader
 from p2pnet.transport.base import RawConnection, RawConnectionHandler
@@ -38,6 +41,14 @@ def _memory_port(raw: bytes) -> int | None:
 
 
 class MemoryConnection(ChunkReader):
+    """One end of an in-process connection.
+
+    Pull mode (the upgrade) reads the inbox; :meth:`attach` switches to push mode, where what the
+    other end writes is handed to the receiver from a ``call_soon`` callback, like a socket's
+    ``data_received``. Either way the other end is told to wait (``pause_writing`` in push mode)
+    while this inbox holds ``high_water`` bytes or more.
+    """
+
     def __init__(
         self, local_addr: Multiaddr, remote_addr: Multiaddr, *, high_water: int, initiator: bool
     ) -> None:
@@ -54,6 +65,12 @@ class MemoryConnection(ChunkReader):
         self._writable.set()
         self._remote_eof = False
         self._closed = False
+        # push mode
+        self._receiver: ChannelReceiver | None = None
+        self._lost = LostSignal()
+        self._push_scheduled = False
+        self._read_paused = False
+        self._write_paused = False
 
     # Called by the other end.
     def _deliver(self, data: bytes) -> None:
@@ -61,12 +78,30 @@ class MemoryConnection(ChunkReader):
         self._buffered += len(data)
         if self._buffered >= self._high_water:
             self._writable.clear()
-        self._readable.set()
+            writer = self.peer
+            if writer is not None and writer._receiver is not None and not writer._write_paused:
+                writer._write_paused = True
+                writer._receiver.pause_writing()
+        if self._receiver is not None:
+            self._schedule_push()
+        else:
+            self._readable.set()
 
     def _deliver_eof(self) -> None:
         self._remote_eof = True
         self._readable.set()
         self._writable.set()
+        if self._receiver is not None:
+            self._schedule_push()
+
+    def _drained(self) -> None:
+        """The inbox went down: let the other end write again if it was told to wait."""
+        if self._buffered < self._high_water:
+            self._writable.set()
+            writer = self.peer
+            if writer is not None and writer._write_paused and writer._receiver is not None:
+                writer._write_paused = False
+                writer._receiver.resume_writing()
 
     async def _read_chunk(self) -> bytes:
         while not self._inbox:
@@ -76,8 +111,7 @@ class MemoryConnection(ChunkReader):
             await self._readable.wait()
         data = self._inbox.popleft()
         self._buffered -= len(data)
-        if self._buffered < self._high_water:
-            self._writable.set()
+        self._drained()
         return data
 
     async def write(self, data: Bytes) -> None:
@@ -91,6 +125,40 @@ class MemoryConnection(ChunkReader):
             if self._closed or peer._closed:
                 raise ConnectionClosed("memory connection closed")
 
+    # -- push mode ------------------------------------------------------------------------------
+
+    def attach(self, receiver: ChannelReceiver) -> MemoryChannel:
+        """Push what is unread, then what arrives, to ``receiver``."""
+        if self._receiver is not None:
+            raise RuntimeError("this memory connection is attached already")
+        self._receiver = receiver
+        if self._pending_pos < len(self._pending):
+            receiver.data_received(self._take_pending(-1))
+        if self._closed:
+            self._lost.fire(receiver, None)
+        else:
+            self._push()
+        return MemoryChannel(self)
+
+    def _schedule_push(self) -> None:
+        if not self._push_scheduled and not self._read_paused:
+            self._push_scheduled = True
+            asyncio.get_running_loop().call_soon(self._push)
+
+    def _push(self) -> None:
+        self._push_scheduled = False
+        receiver = self._receiver
+        assert receiver is not None
+        inbox = self._inbox
+        lost = self._lost
+        while inbox and not self._read_paused and not lost.lost:
+            data = inbox.popleft()
+            self._buffered -= len(data)
+            receiver.data_received(data)
+        self._drained()
+        if not inbox and (self._remote_eof or self._closed):
+            lost.fire(receiver, None)
+
     @property
     def is_closed(self) -> bool:
         return self._closed
@@ -102,13 +170,58 @@ class MemoryConnection(ChunkReader):
         if self._closed:
             return
         self._closed = True
+        self._inbox.clear()
+        self._buffered = 0
         self._readable.set()
         self._writable.set()
         if self.peer is not None:
             self.peer._deliver_eof()
+        if self._receiver is not None:
+            self._read_paused = False
+            self._schedule_push()
 
     def __repr__(self) -> str:
         return f"<MemoryConnection {self.local_addr} <-> {self.remote_addr}>"
+
+
+class MemoryChannel:
+    """The push :class:`~p2pnet.channel.Channel` of an attached :class:`MemoryConnection`."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: MemoryConnection) -> None:
+        self._conn = conn
+
+    def write(self, data: Bytes) -> None:
+        conn = self._conn
+        peer = conn.peer
+        if conn._closed or peer is None or peer._closed:
+            raise ConnectionClosed("memory connection closed")
+        if data:
+            peer._deliver(bytes(data))
+
+    def writelines(self, chunks: Sequence[Bytes]) -> None:
+        self.write(b"".join(chunks))
+
+    def pause_reading(self) -> None:
+        self._conn._read_paused = True
+
+    def resume_reading(self) -> None:
+        conn = self._conn
+        if conn._read_paused:
+            conn._read_paused = False
+            if conn._inbox or conn._remote_eof:
+                conn._schedule_push()
+
+    def close(self) -> None:
+        # nothing is buffered on the way: what was written is in the other end's inbox already
+        self._conn.abort()
+
+    def abort(self) -> None:
+        self._conn.abort()
+
+    async def wait_closed(self) -> None:
+        await self._conn._lost.wait()
 
 
 class MemoryListener:

@@ -6,6 +6,10 @@ the reader (a StreamReader copies every byte twice, into its buffer and out of i
 Backpressure both ways: reading from the socket pauses while more than :data:`READ_HIGH_WATER`
 bytes wait unread and resumes below :data:`READ_LOW_WATER`; :meth:`TcpConnection.write` waits
 while the transport's write buffer is above its high-water mark (``pause_writing``).
+
+That pull interface serves the upgrade. Afterwards :meth:`TcpConnection.attach` turns the
+connection into a push :class:`~p2pnet.channel.Channel`: ``data_received`` hands each chunk straight
+to the receiver (the Noise layer), and flow control is the receiver's to drive.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 from multiaddr import Multiaddr
 
+from p2pnet.channel import ChannelReceiver, LostSignal
 from p2pnet.errors import ConnectionClosed, DialError
 from p2pnet.io import Bytes, ChunkReader
 from p2pnet.transport.addr import host_port_of, is_tcp_multiaddr, tcp_multiaddr
@@ -60,6 +65,10 @@ class _TcpProtocol(asyncio.Protocol):
         self._closed_waiter: asyncio.Future[None] | None = None
         self._on_made = on_made
         self._read_size = 0  # 0: the transport has no ``max_size`` we can tune
+        #: Set by :meth:`TcpConnection.attach`: received bytes go straight to it.
+        self.receiver: ChannelReceiver | None = None
+        self.receiver_lost = LostSignal()
+        self.abort_timer: asyncio.TimerHandle | None = None
 
     # -- callbacks of the event loop -----------------------------------------------------------
 
@@ -76,8 +85,6 @@ class _TcpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
-        self.chunks.append(data)
-        self.buffered += size
         read_size = self._read_size
         if read_size:
             if size >= read_size:
@@ -87,6 +94,13 @@ class _TcpProtocol(asyncio.Protocol):
             elif size <= MIN_READ_SIZE // 2 and read_size > MIN_READ_SIZE:
                 self._read_size = MIN_READ_SIZE
                 self.transport.max_size = MIN_READ_SIZE  # type: ignore[union-attr]
+        receiver = self.receiver
+        if receiver is not None:
+            if not self.receiver_lost.lost:
+                receiver.data_received(data)
+            return
+        self.chunks.append(data)
+        self.buffered += size
         waiter = self._read_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -97,12 +111,19 @@ class _TcpProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.receiver is not None:
+            self.receiver_lost.fire(self.receiver, None)
         self._wake_reader()
         return True  # half-close: we may still write
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.error = exc
+        if self.abort_timer is not None:
+            self.abort_timer.cancel()
+            self.abort_timer = None
+        if self.receiver is not None:
+            self.receiver_lost.fire(self.receiver, None if exc is None else _lost_error(self))
         self._wake_reader()
         for fut in self._drain_waiters:
             if not fut.done():
@@ -113,9 +134,13 @@ class _TcpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.receiver is not None:
+            self.receiver.pause_writing()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.receiver is not None:
+            self.receiver.resume_writing()
         for fut in self._drain_waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -245,15 +270,35 @@ class TcpConnection(ChunkReader):
         if self._proto.write_paused:
             await self._drain()
 
-    async def writelines(self, chunks: list[Bytes]) -> None:
-        """Several buffers in one call (one ``sendmsg`` where asyncio supports it)."""
-        self._check_writable()
-        try:
-            self._transport.writelines(chunks)
-        except (ConnectionError, OSError) as exc:  # pragma: no cover - asyncio reports later
-            raise ConnectionClosed(f"TCP connection lost: {exc}") from exc
-        if self._proto.write_paused:
-            await self._drain()
+    # -- push mode ----------------------------------------------------------------------------
+
+    def attach(self, receiver: ChannelReceiver) -> TcpChannel:
+        """Push every byte not read yet, then every byte received, to ``receiver``."""
+        proto = self._proto
+        if proto.receiver is not None:
+            raise RuntimeError("this TCP connection is attached already")
+        channel = TcpChannel(self)
+        pending = self._take_pending(-1) if self._pending_pos < len(self._pending) else b""
+        proto.receiver = receiver
+        if pending:
+            receiver.data_received(pending)
+        chunks = proto.chunks
+        while chunks and not proto.receiver_lost.lost:
+            chunk = chunks.popleft()
+            proto.buffered -= len(chunk)
+            receiver.data_received(chunk)
+        chunks.clear()
+        proto.buffered = 0
+        if proto.read_paused and not proto.lost:
+            proto.read_paused = False
+            self._transport.resume_reading()
+        if proto.lost:
+            proto.receiver_lost.fire(receiver, _lost_error(proto) if proto.error else None)
+        elif proto.eof:
+            proto.receiver_lost.fire(receiver, None)
+        elif proto.write_paused:
+            receiver.pause_writing()
+        return channel
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -280,6 +325,57 @@ class TcpConnection(ChunkReader):
 
     def __repr__(self) -> str:
         return f"<TcpConnection {self.local_addr} <-> {self.remote_addr}>"
+
+
+class TcpChannel:
+    """The push :class:`~p2pnet.channel.Channel` of an attached :class:`TcpConnection`."""
+
+    __slots__ = ("_conn", "_proto", "_transport")
+
+    def __init__(self, conn: TcpConnection) -> None:
+        self._conn = conn
+        self._proto = conn._proto
+        self._transport = conn._transport
+
+    def write(self, data: Bytes) -> None:
+        if self._conn._closed or self._proto.lost:
+            raise _lost_error(self._proto)
+        self._transport.write(data)
+
+    def writelines(self, chunks: Sequence[Bytes]) -> None:
+        if self._conn._closed or self._proto.lost:
+            raise _lost_error(self._proto)
+        self._transport.writelines(chunks)
+
+    def pause_reading(self) -> None:
+        proto = self._proto
+        if not proto.read_paused and not proto.lost:
+            proto.read_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        proto = self._proto
+        if proto.read_paused and not proto.lost:
+            proto.read_paused = False
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        """FIN after the write buffer is flushed; abort if that takes :data:`CLOSE_TIMEOUT`."""
+        if self._conn._closed:
+            return
+        self._conn._closed = True
+        proto = self._proto
+        self._transport.close()
+        if not proto.lost:
+            proto.abort_timer = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT, self._transport.abort
+            )
+
+    def abort(self) -> None:
+        self._conn.abort()
+
+    async def wait_closed(self) -> None:
+        await self._proto.wait_lost()
 
 
 ConnectionHandler = Callable[[TcpConnection], Awaitable[None]]
@@ -354,15 +450,40 @@ class TcpListener:
 ACCEPT_BACKLOG = 1024
 
 
+#: SO_REUSEPORT on the listener lets a hole-punching dial bind the listening port too (the NAT
+#: mapping the peer was told about is that port's). Linux and the BSDs have it.
+REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """With SO_REUSEPORT two listeners could share a port; a second node on a taken port must
+    still fail with EADDRINUSE, so bind once without it first (racy only against a process
+    starting in the same instant)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(sockaddr)  # OSError(EADDRINUSE) when taken
+
+
 async def listen(addr: Multiaddr, handler: ConnectionHandler) -> TcpListener:
     host, port = host_port_of(addr)
     listener = TcpListener(handler, addr)
     loop = asyncio.get_running_loop()
     _quiet_out_of_fds(loop)
+    if REUSE_PORT and port != 0:
+        _check_port_free(host, port)
     # A deep accept queue: a burst of connection attempts (a flood refused one by one above)
     # must not make the kernel drop a legitimate SYN, which costs it a 1 s retransmission.
     server = await loop.create_server(
-        listener._protocol, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG
+        listener._protocol,
+        host,
+        port,
+        reuse_address=True,
+        reuse_port=REUSE_PORT or None,
+        backlog=ACCEPT_BACKLOG,
     )
     listener._start(server)
     return listener
@@ -393,17 +514,28 @@ def _quiet_out_of_fds(loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def dial(
-    addr: Multiaddr, *, timeout: float = 10.0, local_host: str | None = None
+    addr: Multiaddr,
+    *,
+    timeout: float = 10.0,
+    local_host: str | None = None,
+    local_port: int | None = None,
 ) -> TcpConnection:
-    """Connect to ``addr`` (from ``local_host`` if given, e.g. another loopback address)."""
+    """Connect to ``addr`` (from ``local_host`` if given, e.g. another loopback address).
+
+    With ``local_port`` the socket is bound to that port with SO_REUSEADDR and SO_REUSEPORT,
+    beside a listener on it: the dial of a hole punch, which must leave through the port whose
+    NAT mapping the peer dials (both SYNs crossing make a TCP simultaneous open)."""
     host, port = host_port_of(addr)
     loop = asyncio.get_running_loop()
     local = (local_host, 0) if local_host is not None else None
     try:
         async with asyncio.timeout(timeout):
-            transport, proto = await loop.create_connection(
-                _TcpProtocol, host, port, local_addr=local
-            )
+            if local_port is not None:
+                transport, proto = await _dial_from_port(loop, host, port, local_host, local_port)
+            else:
+                transport, proto = await loop.create_connection(
+                    _TcpProtocol, host, port, local_addr=local
+                )
     except TimeoutError as exc:
         raise DialError(f"TCP dial to {addr} timed out after {timeout}s") from exc
     except OSError as exc:
@@ -415,8 +547,50 @@ async def dial(
         raise DialError(f"TCP dial to {addr} failed: {exc}") from exc
 
 
+async def _dial_from_port(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, local_host: str | None, local_port: int
+) -> tuple[asyncio.Transport, _TcpProtocol]:
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:  # pragma: no cover - getaddrinfo raises rather than answer nothing
+        raise OSError(f"no address for {host}")
+    family, kind, proto_num, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto_num)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if REUSE_PORT:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        any_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        sock.bind((local_host or any_host, local_port))
+        await loop.sock_connect(sock, sockaddr)
+        return await loop.create_connection(_TcpProtocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 class TcpTransport:
     """The :class:`~p2pnet.transport.base.Transport` for ``/ip4|ip6|dns4|dns6/.../tcp/N``."""
+
+    def __init__(self) -> None:
+        self._listeners: list[TcpListener] = []
+
+    def listening_on(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every socket we listen on (``0.0.0.0`` when unspecified)."""
+        self._listeners = [lst for lst in self._listeners if not lst._closed]
+        return [host_port_of(a) for lst in self._listeners for a in lst.multiaddrs]
+
+    async def dial_from_listen_port(self, addr: Multiaddr, *, timeout: float) -> TcpConnection:
+        """Dial ``addr`` from the port we listen on (same address family), for a hole punch;
+        from an ephemeral port when we listen on none of that family."""
+        host, _ = host_port_of(addr)
+        v6 = ":" in host
+        for local_host, local_port in self.listening_on():
+            if (":" in local_host) == v6:
+                return await dial(
+                    addr, timeout=timeout, local_host=local_host, local_port=local_port
+                )
+        return await dial(addr, timeout=timeout)
 
     def can_dial(self, addr: Multiaddr) -> bool:
         return is_tcp_multiaddr(addr)
@@ -428,4 +602,6 @@ class TcpTransport:
         return await dial(addr, timeout=timeout)
 
     async def listen(self, addr: Multiaddr, handler: RawConnectionHandler) -> TcpListener:
-        return await listen(addr, handler)
+        listener = await listen(addr, handler)
+        self._listeners.append(listener)
+        return listener

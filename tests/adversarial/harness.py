@@ -52,6 +52,7 @@ class SourceTcpTransport(tcp.TcpTransport):
     """TCP dialing from a chosen local address."""
 
     def __init__(self, local_host: str) -> None:
+        super().__init__()
         self.local_host = local_host
 
     async def dial(self, addr: Multiaddr, *, timeout: float) -> RawConnection:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Awaitable, Callable
 
 from multiaddr import Multiaddr
@@ -20,6 +21,7 @@ from p2pnet.errors import P2PError
 from p2pnet.host.config import HostConfig
 from p2pnet.host.upgrader import upgrade
 from p2pnet.multistream import encode_message
+from p2pnet.mux.yamux import FLAG_SYN, HEADER, TYPE_PING
 from p2pnet.mux.yamux_connection import YamuxConnection, YamuxMuxer
 from p2pnet.protocols.identify import PUSH_PROTOCOL_ID
 from p2pnet.protocols.identify_messages import build_identify
@@ -211,6 +213,53 @@ async def test_ping_flood_without_reading_pongs() -> None:
             await many(40, flood, stop)
 
     await under_attack(attack)
+
+
+async def test_yamux_pings_without_reading_pongs() -> None:
+    """Yamux PINGs as fast as the victim takes them, and never a byte read: once the victim's
+    socket is full, the pongs that queue up are bounded (``max_reply_backlog``, counted against
+    the connection's memory) and the victim stops reading the attacker, whose writes stall."""
+    pings = b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(5000))
+    loop = asyncio.get_running_loop()
+    last_write = stopped = 0.0
+
+    async def attack(victim: Victim, stop: asyncio.Event) -> None:
+        nonlocal last_write, stopped
+        raw = await tcp.dial(victim.addr, local_host=ATTACKER_IP)
+        up = await upgrade(
+            raw, KeyPair.generate(), HostConfig(), [NoiseSecurity()], [YamuxMuxer()], initiator=True
+        )
+        # never read again, and keep as little as the kernel allows of what the victim sends
+        transport = raw._transport
+        transport.pause_reading()
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            while await unless_stopped(up.secure.write(pings), stop):
+                last_write = loop.time()
+        finally:
+            stopped = loop.time()
+            raw.abort()
+
+    await under_attack(attack)
+    assert stopped - last_write > 1.0  # the victim stopped taking pings long before the end
+
+
+async def unless_stopped(write: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Whether ``write`` completed before ``stop`` was set (a write may wait for a victim that
+    stopped reading us; it is cancelled then)."""
+    task = asyncio.ensure_future(write)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+        return not stop.is_set()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 async def test_multistream_ls_loops() -> None:

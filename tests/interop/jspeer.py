@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -139,6 +139,7 @@ class JsPeer:
         env: dict[str, str] | None = None,
         name: str = "js-peer",
         options: dict[str, Any] | None = None,
+        prefix: Sequence[str] = (),
     ) -> JsPeer:
         """Spawn peer.mjs and wait for its ``ready`` event.
 
@@ -147,6 +148,7 @@ class JsPeer:
         js logs on stderr). ``connection_monitor=False`` disables js-libp2p's periodic ping of
         every connection. ``options`` are merged into peer.mjs's startup options, e.g.
         ``{"modules": ["dht"], "dhtClientMode": False}`` (see README.md, "Modules").
+        ``prefix``: a command to run node under (``ip netns exec NS``: the NAT lab).
         """
         reason = missing_requirements()
         if reason is not None:
@@ -166,6 +168,7 @@ class JsPeer:
         if env:
             proc_env.update(env)
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             node,
             str(PEER_SCRIPT),
             json.dumps(opts),

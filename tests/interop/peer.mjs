@@ -9,6 +9,7 @@
 // Startup options: JSON object in argv[2] (all optional):
 //   {"keyType": "ed25519"|"secp256k1", "seed": "<hex>", "listen": "<ma>" | ["<ma>", ...],
 //    "connectionMonitor": true, "pingInterval": 10000, "connectionManager": {...},
+//    "tcp": {...@libp2p/tcp options}, "appendAnnounce": ["<ma>", ...],
 //    "modules": ["<name>", ...]}
 // Each module ./mod_<name>.mjs adds services, transports and commands (see README.md, "Modules").
 // See README.md for the command list.
@@ -306,8 +307,13 @@ for (const mod of modules) {
 
 const node = await createLibp2p({
   privateKey,
-  addresses: { listen },
-  transports: [tcp(), ...extraTransports],
+  addresses: {
+    listen,
+    // addresses to announce besides the listening ones (a known NAT mapping: DCUtR lab test)
+    ...(options.appendAnnounce != null ? { appendAnnounce: options.appendAnnounce } : {})
+  },
+  // "tcp": @libp2p/tcp options, e.g. {"dialOpts": {"localPort": 40002}} (net.connect options)
+  transports: [tcp(options.tcp ?? {}), ...extraTransports],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   services: {
@@ -689,7 +695,7 @@ const commands = {
 
 const moduleContext = {
   node, options, event, log, errorText, target, requirePeerId, timeoutSignal, CommandError,
-  peerIdFromString, multiaddr
+  peerIdFromString, multiaddr, connSummary
 }
 for (const mod of modules) {
   if (typeof mod.commands === 'function') {
