@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from p2pnet.crypto.keys import KeyPair, KeyType
@@ -41,6 +42,7 @@ from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.protocols.ping import PingService
+from p2pnet.resources.limits import ResourceLimits
 from p2pnet.stream import Stream
 
 SINK = "/p2pnet/sink/1.0.0"
@@ -245,7 +247,14 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=args.log.upper(), stream=sys.stderr)
 
-    host = Host(KeyPair.generate(KeyType.Ed25519), HostConfig(listen_addrs=[args.listen]))
+    # The setup benchmark opens hundreds of connections a second from 127.0.0.1, which the
+    # default per-IP connection rate limit (docs/limits.md) rightly refuses from a real peer;
+    # lift it here as the js side lifts its inboundConnectionThreshold.
+    limits = replace(
+        ResourceLimits.for_machine(), conn_rate_per_ip=1_000_000.0, conn_burst_per_ip=1_000_000
+    )
+    config = HostConfig(listen_addrs=[args.listen], resources=limits)
+    host = Host(KeyPair.generate(KeyType.Ed25519), config)
     host.set_stream_handler(SINK, sink_handler)
     # Like js-libp2p, run identify (and answer ping) on every connection, so that the setup
     # figures of both stacks include the same work.

@@ -129,6 +129,7 @@ class P2PNode:
         stop_timeout: float = 10.0,
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
+        retry_bootstrap: bool = False,
     ) -> None:
         """
         ``grpc_port``: the node's gRPC port (None or 0: a free one). ``port``: its P2P (TCP)
@@ -143,6 +144,9 @@ class P2PNode:
         or a full command as a list; default :func:`default_command`. ``include_logs``:
         :meth:`events` also yields ``log`` events (they always go to the ``p2pnet.sdk``
         logger). ``private_key`` travels in the ``connect`` command, never on the command line.
+        ``retry_bootstrap``: joining succeeds even when no bootstrap peer answers yet; the node
+        keeps trying with backoff and joins by itself (``bootstrap_failed`` /
+        ``bootstrap_succeeded`` events).
         """
         if log_level not in _LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
@@ -170,6 +174,7 @@ class P2PNode:
         self.stop_timeout = stop_timeout
         self.env = dict(env) if env is not None else None
         self.extra_args = list(extra_args)
+        self.retry_bootstrap = retry_bootstrap
 
         self.ready: Event = {}
         self._proc: asyncio.subprocess.Process | None = None
@@ -465,7 +470,14 @@ class P2PNode:
             from p2pnet.rpc import convert
 
             info = await self._grpc(
-                self.client.connect(port, peers, key, name, timeout=self.start_timeout)
+                self.client.connect(
+                    port,
+                    peers,
+                    key,
+                    name,
+                    timeout=self.start_timeout,
+                    retry_bootstrap=self.retry_bootstrap,
+                )
             )
             ready = {"type": "ready", **convert.info_dict(info)}
             ready.pop("connected", None)
@@ -477,6 +489,8 @@ class P2PNode:
                 fields["privateKey"] = key
             if name and name != self.name:
                 fields["name"] = name
+            if self.retry_bootstrap:
+                fields["retryBootstrap"] = True
             ready = (await self._request("connect", fields, {"ready"}, self.start_timeout))[-1]
         self.ready = ready
         if self.name:
@@ -734,6 +748,12 @@ class Message:
     topic: str | None  # None for a direct message
     direct: bool
     seq: int
+    #: Direct messages: the remote address of the connection that carried it
+    #: (``<relay>/p2p-circuit/p2p/<sender>`` through a relay); None for topic messages.
+    via: str | None = None
+    #: With a registry policy, what the on-chain registry says of the sender (``registered``,
+    #: ``agentId``, ``agentRegistry``, ``agentName``/``services``: docs/cli.md); else None.
+    registry: dict[str, Any] | None = None
 
 
 class Agent:
@@ -843,6 +863,8 @@ class Agent:
         return info
 
     async def _pump_messages(self, stream: Any) -> None:
+        from p2pnet.rpc import convert
+
         try:
             async for event in stream:
                 kind = event.WhichOneof("kind")
@@ -857,6 +879,10 @@ class Agent:
                             m.topic or None,
                             m.direct,
                             event.seq,
+                            m.via or None,
+                            convert.registration_dict(m.registry)
+                            if m.HasField("registry")
+                            else None,
                         )
                     )
                 elif kind == "lagged":

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from multiaddr import Multiaddr
 
 from p2pnet.agent.agent import Agent, AgentConfig, AgentDiscovered, AgentMessage, topic_key
 from p2pnet.agent.envelope import (
@@ -73,6 +74,26 @@ async def test_presence_resolves_through_the_dht(network: list[Agent]) -> None:
     assert await a.resolve(b.eth_address) == b.peer_id
     with pytest.raises(PeerNotFound):
         await a.resolve("0x" + "12" * 20)
+
+
+async def test_presence_is_republished_when_our_addresses_change(network: list[Agent]) -> None:
+    """An address confirmed after the first publication (AutoNAT, a port forward) reaches the
+    DHT without waiting for the 5-minute republication."""
+    a, b = network[2], network[4]
+    async with asyncio.timeout(10):
+        while b.presence.published_seq == 0:
+            await asyncio.sleep(0.05)
+    assert b.config.presence_interval == 300.0
+    first = b.presence.published_seq
+    forwarded = Multiaddr("/ip4/203.0.113.7/tcp/4001")  # TEST-NET-3: never dialled here
+    assert forwarded not in (await a.presence.resolve(b.eth_address)).addrs
+    b.node.host.addresses.confirm(forwarded, b.clock.monotonic())
+    assert forwarded in b.node.host.advertised_addrs
+    async with asyncio.timeout(10):
+        while b.presence.published_seq == first:
+            await asyncio.sleep(0.05)
+    found = await a.presence.resolve(b.eth_address)
+    assert found.seq > first and forwarded in found.addrs
 
 
 async def test_direct_message_by_eth_address_reaches_only_the_recipient(

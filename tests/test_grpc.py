@@ -15,7 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
+from test_p2p_node import free_port, peer_id_of
 
+from p2pnet.crypto.keys import KeyPair
 from p2pnet.rpc import agent_node_pb2 as pb
 from p2pnet.rpc.client import AgentNodeClient
 from p2pnet.sdk import PROCESS_EXITED, P2PNode, P2PNodeError
@@ -480,6 +482,79 @@ async def test_tls(tmp_path: Path) -> None:
     event = await first_line(only_cert)
     await only_cert.communicate()
     assert only_cert.returncode == 2 and "go together" in event["message"]
+
+
+async def test_events_say_which_connection_carried_a_direct_message(spawn: Any) -> None:
+    """gRPC has what the JSON lines have: a direct message's ``via`` (a relayed connection here,
+    as for an agent behind NAT) and the ETH address of a peer that connects or leaves."""
+    boot = await spawn("--bootstrap")
+    alice = await spawn("--via-relay")
+    bob = await spawn()
+    boot_info = await boot.client.connect(bootstrap_peers=[])
+    a_info = await alice.client.connect(bootstrap_peers=list(boot_info.addrs))
+    assert [a for a in a_info.addrs if "/p2p-circuit" in a] == list(a_info.addrs)
+    events = await alice.client.events()
+    b_info = await bob.client.connect(bootstrap_peers=list(boot_info.addrs), private_key=ANVIL_KEY)
+    assert await bob.client.send(a_info.eth_address, {"n": 1}) == a_info.peer_id
+
+    seen: list[pb.Event] = []
+
+    def message() -> pb.Event | None:
+        return next((e for e in seen if e.WhichOneof("kind") == "message"), None)
+
+    async with asyncio.timeout(TIMEOUT):
+        while message() is None:
+            seen.append(await anext(events))
+    got = message()
+    assert got is not None and got.message.direct and got.message.from_eth == ANVIL_ADDRESS
+    # The relayed connection: the relay's address, then the sender behind the circuit.
+    relayed = {f"{a}/p2p-circuit/p2p/{b_info.peer_id}" for a in boot_info.addrs}
+    assert got.message.via in relayed, got.message
+    connected = [e.peer_connected for e in seen if e.WhichOneof("kind") == "peer_connected"]
+    from_bob = [c for c in connected if c.peer_id == b_info.peer_id]
+    assert from_bob and from_bob[0].eth_address == ANVIL_ADDRESS, connected
+    assert "/p2p-circuit" in from_bob[0].addr and from_bob[0].direction == "inbound"
+
+    await bob.client.shutdown()
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            e = await anext(events)
+            if e.WhichOneof("kind") == "peer_disconnected" and (
+                e.peer_disconnected.peer_id == b_info.peer_id
+            ):
+                break
+    assert e.peer_disconnected.eth_address == ANVIL_ADDRESS
+
+
+async def test_connect_with_retry_joins_once_a_bootstrap_node_comes_up(spawn: Any) -> None:
+    """Every bootstrap node down at Connect: without ``retry_bootstrap`` the Connect fails; with
+    it the node is ready at once, reports the failed attempt and joins by itself later."""
+    boot_key = "0x" + os.urandom(32).hex()
+    port = free_port()
+    boot_id = peer_id_of(KeyPair.from_eth_private_key(boot_key))
+    boot_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{boot_id}"
+    alice = await spawn()
+    await rpc_fails(alice.client.connect(bootstrap_peers=[boot_addr]), "UNAVAILABLE", "DIAL_FAILED")
+    assert not (await alice.client.get_info()).connected
+    events = await alice.client.events()
+    info = await alice.client.connect(bootstrap_peers=[boot_addr], retry_bootstrap=True)
+    assert info.connected
+
+    async def next_of(kind: str) -> pb.Event:
+        async with asyncio.timeout(30):
+            while True:
+                e = await anext(events)
+                if e.WhichOneof("kind") == kind:
+                    return e
+
+    failed = (await next_of("bootstrap_failed")).bootstrap_failed
+    assert failed.attempt == 1 and failed.retry_in > 0 and failed.error, failed
+    boot = await spawn("--bootstrap", "--port", str(port))
+    await boot.client.connect(bootstrap_peers=[], private_key=boot_key)
+    joined = (await next_of("bootstrap_succeeded")).bootstrap_succeeded
+    assert joined.attempt >= 2 and joined.dht_table_size >= 1, joined
+    peers = {p.peer_id for p in await alice.client.list_peers()}
+    assert boot_id in peers
 
 
 async def test_json_lines_and_grpc_at_once(spawn: Any) -> None:

@@ -16,6 +16,8 @@ import pytest
 from natlab import NatLab, lab_unavailable, leftover_namespaces
 from test_p2p_node import NodeProc
 
+from p2pnet.agent.constants import BOOTSTRAP_REGIONS
+
 P2P_NODE = [sys.executable, "-m", "p2pnet.cli.p2p_node"]
 
 
@@ -143,7 +145,8 @@ async def test_agent_learns_it_is_behind_nat_and_takes_a_relay_slot(
     assert "/p2p-circuit" in via["addr"], via
 
 
-REGIONS = ("us-east", "us-west", "eu-west", "sea")
+#: The design's four regions, as the constants name them (US East, US West, EU West, SEA).
+REGIONS = BOOTSTRAP_REGIONS
 
 
 async def test_four_regions_public_and_natted_agents_all_reach_each_other(

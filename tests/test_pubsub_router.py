@@ -483,6 +483,46 @@ def test_duplicates_never_delivered_twice() -> None:
     assert h.r.stats["msg_duplicate"] == 2
 
 
+def test_duplicate_known_by_its_bytes_is_scored_and_a_broken_frame_refused_whole() -> None:
+    # Duplicates are recognised from the message cache by their bytes, without decoding: they
+    # must still count for the sender's mesh deliveries (P3), and a frame whose other part is
+    # undecodable must still be refused whole.
+    h = Harness(scored_topic(mesh_message_deliveries_window=1.0))
+    a, b = h.add(2)
+    h.r.join(T, 0.0)
+    assert b in h.r.mesh_peers(T)
+    m = h.msg(a, b"once")
+    h.feed(a, rpc_pb2.RPC(publish=[m]))
+    raw = m.SerializeToString()
+    assert h.r.mcache.lookup_bytes(raw) is not None
+    frame = rpc_pb2.RPC(publish=[m]).SerializeToString()
+    with pytest.raises(InvalidRPC):
+        h.r.handle_rpc(b, frame + b"\x12\x05ab", h.now)  # a publish field cut short
+    assert "msg_duplicate" not in h.r.stats
+    h.r.handle_rpc(b, frame, h.now)
+    assert h.r.stats["msg_duplicate"] == 1
+    assert h.r.score._peers[b].topics[T].mesh_deliveries == 1
+    h.r.handle_rpc(b, frame, h.now)  # the same peer again: counted once
+    assert h.r.score._peers[b].topics[T].mesh_deliveries == 1
+    assert h.deliveries() == [b"once"]
+
+
+def test_cached_message_no_longer_seen_is_handled_in_full() -> None:
+    # A seen TTL shorter than the cache's history: the bytes are still cached, the ID is no
+    # longer seen, so the message is decoded, verified and delivered again (as without the cache).
+    h = Harness(seen_ttl=1.0, heartbeat_interval=1.0)
+    (a,) = h.add(1)
+    h.r.join(T, 0.0)
+    m = h.msg(a, b"again")
+    h.feed(a, rpc_pb2.RPC(publish=[m]))
+    h.heartbeat(2.0)
+    assert len(h.r.seen) == 0
+    assert h.r.mcache.lookup_bytes(m.SerializeToString()) is not None
+    h.feed(a, rpc_pb2.RPC(publish=[m]))
+    assert h.deliveries() == [b"again", b"again"]
+    assert "msg_duplicate" not in h.r.stats
+
+
 def test_message_for_unsubscribed_topic_dropped() -> None:
     h = Harness()
     (a,) = h.add(1)

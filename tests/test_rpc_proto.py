@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gen_protos_script import load_gen_script
@@ -53,6 +53,8 @@ def test_service_shape() -> None:
         "error",
         "log",
         "lagged",
+        "bootstrap_failed",
+        "bootstrap_succeeded",
     ]
     # The registry issue fills this in; until then it is absent, and typed.
     registry = pb.NodeInfo.DESCRIPTOR.fields_by_name["registry"]
@@ -105,19 +107,67 @@ def test_conversions_round_trip() -> None:
         "topic": "t",
     }
     assert convert.event_dict(convert.event(9, message)) == {**message, "seq": 9}
+    direct = {
+        "type": "message",
+        "from": "16Uiu2x",
+        "fromEth": None,
+        "data": None,
+        "direct": True,
+        "via": "/ip4/10.0.0.1/tcp/4001/p2p/16Uiu2r/p2p-circuit",
+    }
+    assert convert.event_dict(convert.event(10, direct)) == {**direct, "seq": 10}
+    # With a registry policy, the sender's registration travels with the message and the
+    # discovered agent (docs/cli.md): unknown, unregistered, and registered with its file.
+    ref = "eip155:31337:0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    annotations: list[dict[str, Any]] = [
+        {"registered": None, "agentId": None, "agentRegistry": ref},
+        {"registered": False, "agentId": None, "agentRegistry": ref},
+        {
+            "registered": True,
+            "agentId": 0,
+            "agentRegistry": ref,
+            "agentName": "weather",
+            "services": [{"name": "A2A", "endpoint": "https://x.example/a2a", "version": "0.3"}],
+        },
+    ]
+    for note in annotations:
+        annotated = {**message, "registry": note}
+        assert convert.event_dict(convert.event(13, annotated)) == {**annotated, "seq": 13}
+        found = {
+            "type": "peer_discovered",
+            "peerId": "16Uiu2x",
+            "ethAddress": "0xabc",
+            "topics": ["t"],
+            "addrs": [],
+            "registry": note,
+        }
+        assert convert.event_dict(convert.event(14, found)) == {**found, "seq": 14}
+    joined = {
+        "type": "peer_connected",
+        "peerId": "16Uiu2x",
+        "ethAddress": "0xabc",
+        "addr": "/ip4/127.0.0.1/tcp/1",
+        "direction": "inbound",
+    }
+    assert convert.event_dict(convert.event(11, joined)) == {**joined, "seq": 11}
+    for eth in ("0xabc", None):  # null for a peer without a secp256k1 identity
+        left = {"type": "peer_disconnected", "peerId": "12D3x", "ethAddress": eth}
+        assert convert.event_dict(convert.event(12, left)) == {**left, "seq": 12}
     with pytest.raises(ValueError):
         convert.event(1, {"type": "sent"})
 
 
-def test_bootstrap_events_travel_as_log_events() -> None:
+def test_bootstrap_events_have_kinds_of_their_own() -> None:
     from p2pnet.rpc import convert
 
-    ev = convert.event(7, {"type": "bootstrap_failed", "attempt": 2, "error": "x", "retryIn": 1.5})
-    assert ev.seq == 7 and ev.WhichOneof("kind") == "log"
-    assert ev.log.message == "bootstrap_failed" and ev.log.level == "warning"
-    assert json.loads(ev.log.meta_json) == {"attempt": 2, "error": "x", "retryIn": 1.5}
-    ok = convert.event(8, {"type": "bootstrap_succeeded", "attempt": 1, "dhtTableSize": 3})
-    assert ok.log.message == "bootstrap_succeeded" and ok.log.level == "info"
+    failed = {"type": "bootstrap_failed", "attempt": 2, "error": "x", "retryIn": 1.5}
+    ev = convert.event(7, failed)
+    assert ev.seq == 7 and ev.WhichOneof("kind") == "bootstrap_failed"
+    assert convert.event_dict(ev) == {**failed, "seq": 7}
+    joined = {"type": "bootstrap_succeeded", "attempt": 1, "dhtTableSize": 3}
+    ok = convert.event(8, joined)
+    assert ok.WhichOneof("kind") == "bootstrap_succeeded"
+    assert convert.event_dict(ok) == {**joined, "seq": 8}
 
 
 def test_every_stable_error_code_has_a_grpc_status() -> None:

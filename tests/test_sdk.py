@@ -173,6 +173,22 @@ async def test_sdk_start_errors_leave_no_process(nodes: list[P2PNode], tmp_path:
     assert err.value.code == PROCESS_EXITED
 
 
+@pytest.mark.parametrize("interface", ["grpc", "json"])
+async def test_sdk_retry_bootstrap_starts_without_a_bootstrap_peer(
+    nodes: list[P2PNode], interface: str
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    dead = f"/ip4/127.0.0.1/tcp/{free}/p2p/16Uiu2HAmBUswuXdATx1MDhJ8NhisSbp2De8YyDSkHz35ZWeRfL9p"
+    patient = P2PNode("patient", bootstrap_peers=[dead], retry_bootstrap=True, interface=interface)
+    events = patient.events()
+    await start_all(nodes, patient)
+    assert patient.ready["peerId"].startswith("16Uiu2")
+    failed = await events.wait_for("bootstrap_failed")
+    assert failed["attempt"] == 1 and failed["retryIn"] > 0
+
+
 async def test_sdk_private_key_sets_the_identity(nodes: list[P2PNode]) -> None:
     key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
     node = P2PNode("keyed", private_key=key, bootstrap_peers=[])
@@ -364,6 +380,9 @@ async def test_agent_in_the_design_flow(nodes: list[P2PNode]) -> None:
     await peer.send(agent.eth_address, {"direct": True})
     direct = await asyncio.wait_for(got.get(), TIMEOUT_S)
     assert direct.data == {"direct": True} and direct.direct and direct.from_eth == peer.eth_address
+    # Which connection carried it: a direct TCP one here (the peer dialled the agent).
+    assert direct.via is not None and direct.via.startswith("/ip4/127.0.0.1/tcp/"), direct
+    assert "/p2p-circuit" not in direct.via
     async with asyncio.timeout(TIMEOUT_S):
         while True:  # until the topic's mesh formed
             await peer.broadcast({"room": 1}, "room")
@@ -372,7 +391,7 @@ async def test_agent_in_the_design_flow(nodes: list[P2PNode]) -> None:
                 break
             except TimeoutError:
                 continue
-    assert msg.topic == "room" and msg.data == {"room": 1} and not msg.direct
+    assert msg.topic == "room" and msg.data == {"room": 1} and not msg.direct and msg.via is None
     assert peer.peer_id in await agent.peers()
     assert await agent.send(peer.eth_address, "hi") == peer.peer_id
     await agent.unsubscribe("room")

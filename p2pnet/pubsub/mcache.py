@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from p2pnet.peer.peer_id import PeerID
@@ -33,6 +33,12 @@ class MessageCache:
         self.gossip = gossip
         self.history = history
         self._msgs: dict[bytes, _Entry] = {}
+        #: the bytes of each cached message -> its ID: a duplicate arrives as the same bytes (it
+        #: is forwarded unchanged), so the router can tell it without decoding it again
+        self._ids: dict[bytes, tuple[bytes, str]] = {}
+        #: ``lookup_bytes(data)``: the ID and topic of the cached message encoded as exactly
+        #: ``data``, or None (the dict's own ``get``: no Python call per message received)
+        self.lookup_bytes: Callable[[bytes], tuple[bytes, str] | None] = self._ids.get
         self._windows: deque[list[tuple[bytes, str]]] = deque([] for _ in range(history))
 
     def __len__(self) -> int:
@@ -45,6 +51,7 @@ class MessageCache:
         if msg_id in self._msgs:
             return
         self._msgs[msg_id] = _Entry(topic, data)
+        self._ids.setdefault(data, (msg_id, topic))
         self._windows[0].append((msg_id, topic))
 
     def get(self, msg_id: bytes) -> bytes | None:
@@ -76,7 +83,11 @@ class MessageCache:
 
     def shift(self) -> None:
         for mid, _ in self._windows.pop():
-            self._msgs.pop(mid, None)
+            entry = self._msgs.pop(mid, None)
+            if entry is not None:
+                known = self._ids.get(entry.data)
+                if known is not None and known[0] == mid:
+                    del self._ids[entry.data]
         self._windows.appendleft([])
 
 
@@ -86,6 +97,8 @@ class TimeCache(Generic[K]):
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._items: OrderedDict[K, float] = OrderedDict()
+        #: a live read-only view of the keys: ``key in cache.keys`` without a Python call
+        self.keys = self._items.keys()
 
     def __len__(self) -> int:
         return len(self._items)

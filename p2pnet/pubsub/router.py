@@ -30,7 +30,6 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from operator import attrgetter
 
 from google.protobuf.message import DecodeError
 
@@ -76,7 +75,6 @@ log = logging.getLogger("p2pnet.pubsub")
 _TAG_SUBSCRIPTION = b"\x0a"
 _TAG_CONTROL = b"\x1a"
 #: sorts _Peer objects by peer ID bytes in C (PeerID's own comparisons are Python calls)
-_BY_KEY = attrgetter("key")
 
 #: Topics with counters of their own in ``topic_stats``; later ones share ``OTHER_TOPICS``.
 MAX_TOPIC_STATS = 64
@@ -635,17 +633,25 @@ class GossipsubRouter:
             log.debug("RPC from unknown peer %s dropped", peer)
             self._count("rpc_unknown_peer")
             return
-        if not self.accept_from(peer):
+        if (
+            peer not in self.direct
+            and self.score.score(peer, now) < self.thresholds.graylist_threshold
+        ):  # accept_from, inlined: it runs for every frame
             log.debug("RPC from graylisted peer %s ignored", peer)
             self._count("rpc_graylisted")
             return
         # The frame is split at the byte level so that each message keeps the bytes it arrived
         # as (forwarded unchanged); every part is decoded before any is acted upon, so a frame
         # with one broken part is refused whole, as a full decode would refuse it.
+        # A message whose bytes equal a cached message's (most receptions are duplicates,
+        # forwarded unchanged) is known without decoding: those bytes decoded before.
+        lookup = self.mcache.lookup_bytes
         try:
             parts = split_rpc(data)
             subs = [rpc_pb2.RPC.SubOpts.FromString(b) for b in parts.subscriptions]
-            msgs = [(rpc_pb2.Message.FromString(b), b) for b in parts.publish]
+            msgs: list[tuple[rpc_pb2.Message | tuple[bytes, str], bytes]] = [
+                (lookup(b) or rpc_pb2.Message.FromString(b), b) for b in parts.publish
+            ]
             control = (
                 None if parts.control is None else rpc_pb2.ControlMessage.FromString(parts.control)
             )
@@ -655,8 +661,19 @@ class GossipsubRouter:
         self._count("rpc_received")
         for sub in subs:
             self._handle_subscription(p, sub)
+        seen, stats = self.seen.keys, self.stats
         for msg, raw in msgs:
-            self._handle_message(p, msg, raw)
+            if isinstance(msg, tuple):
+                msg_id, topic = msg
+                if topic not in self.subscriptions:
+                    self._count("msg_not_subscribed")
+                elif msg_id in seen or msg_id in self.pending:
+                    self.score.duplicate_message(peer, msg_id, topic, now)
+                    stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
+                else:  # cached but no longer seen (a seen TTL shorter than the history)
+                    self._handle_message(p, rpc_pb2.Message.FromString(raw), raw)
+            else:
+                self._handle_message(p, msg, raw)
         if control is not None and p.is_gossip:
             self._handle_control(p, control)
 
@@ -833,7 +850,8 @@ class GossipsubRouter:
             return
         piece = publish_piece(data)  # one encoding for every peer it goes to
         dirty = self._dirty
-        for p in sorted(tosend.values(), key=_BY_KEY):  # sorted: reproducible frame order
+        for key in sorted(tosend):  # sorted: reproducible frame order
+            p = tosend[key]
             box = p.outbox  # _queue_piece, inlined: this runs for every message and peer
             if msg_id not in box.msg_ids:
                 box.msg_ids.add(msg_id)

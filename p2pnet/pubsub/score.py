@@ -372,30 +372,44 @@ class PeerScore:
 
     # -- mesh ----------------------------------------------------------------------------------
 
-    def _topic_stats(self, peer: PeerID, topic: str) -> _TopicStats | None:
-        if self.params.topic_params(topic) is None:
+    def _topic_stats(
+        self, peer: PeerID, topic: str
+    ) -> tuple[_PeerStats, _TopicStats, TopicScoreParams] | None:
+        """The peer's counters for ``topic`` (created), or None when the topic is not scored.
+
+        Callers bump ``stats.version`` when they change a counter that carries weight: a
+        message-rate call that changes nothing (a counter at its cap, a zero weight) keeps the
+        cached score.
+        """
+        tp = self.params.topic_params(topic)
+        if tp is None:
             return None
         stats = self._peers.get(peer)
         if stats is None:
             return None
-        stats.version += 1  # only mutators look up topic stats
         ts = stats.topics.get(topic)
         if ts is None:
             ts = stats.topics[topic] = _TopicStats()
-        return ts
+        return stats, ts, tp
 
     def graft(self, peer: PeerID, topic: str, now: float) -> None:
-        ts = self._topic_stats(peer, topic)
-        if ts is None:
+        found = self._topic_stats(peer, topic)
+        if found is None:
             return
+        stats, ts, _ = found
+        stats.version += 1
         ts.in_mesh = True
         ts.graft_time = now
 
     def prune(self, peer: PeerID, topic: str, now: float) -> None:
-        ts = self._topic_stats(peer, topic)
-        if ts is None or not ts.in_mesh:
+        found = self._topic_stats(peer, topic)
+        if found is None:
             return
-        self._apply_mesh_failure(ts, _known(self.params.topic_params(topic)), now)
+        stats, ts, tp = found
+        stats.version += 1
+        if not ts.in_mesh:
+            return
+        self._apply_mesh_failure(ts, tp, now)
         ts.in_mesh = False
 
     @staticmethod
@@ -465,34 +479,67 @@ class PeerScore:
             rec.peers.add(peer)  # settled when validation ends
         elif rec.status == _VALID:
             rec.peers.add(peer)
-            self._mark_duplicate_delivery(peer, topic, rec.validated, now)
+            # _mark_duplicate_delivery inlined: most messages a node receives are duplicates
+            tp = self.params.topics.get(topic) or self.params.default_topic
+            if tp is None:
+                return
+            stats = self._peers.get(peer)
+            if stats is None:
+                return
+            ts = stats.topics.get(topic)
+            if ts is None:
+                ts = stats.topics[topic] = _TopicStats()
+            validated = rec.validated
+            if ts.in_mesh and not (
+                validated and now > validated + tp.mesh_message_deliveries_window
+            ):
+                self._add_mesh_delivery(stats, ts, tp)
         elif rec.status == _INVALID:
             self._mark_invalid_delivery(peer, topic)
 
+    # These run for every message received: the version (the score cache's key) moves only when
+    # a counter the score weighs changes, so a busy peer's score is not recomputed per message.
+
     def _mark_first_delivery(self, peer: PeerID, topic: str) -> None:
-        ts = self._topic_stats(peer, topic)
-        if ts is None:
+        found = self._topic_stats(peer, topic)
+        if found is None:
             return
-        tp = _known(self.params.topic_params(topic))
-        ts.first_deliveries = min(ts.first_deliveries + 1, tp.first_message_deliveries_cap)
+        stats, ts, tp = found
+        first = min(ts.first_deliveries + 1, tp.first_message_deliveries_cap)
+        if first != ts.first_deliveries:
+            ts.first_deliveries = first
+            if tp.first_message_deliveries_weight != 0:
+                stats.version += 1
         if ts.in_mesh:
-            ts.mesh_deliveries = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
+            self._add_mesh_delivery(stats, ts, tp)
+
+    @staticmethod
+    def _add_mesh_delivery(stats: _PeerStats, ts: _TopicStats, tp: TopicScoreParams) -> None:
+        mesh = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
+        if mesh != ts.mesh_deliveries:
+            ts.mesh_deliveries = mesh
+            if tp.mesh_message_deliveries_weight != 0:
+                stats.version += 1
 
     def _mark_duplicate_delivery(
         self, peer: PeerID, topic: str, validated: float, now: float
     ) -> None:
-        ts = self._topic_stats(peer, topic)
-        if ts is None or not ts.in_mesh:
+        found = self._topic_stats(peer, topic)
+        if found is None:
             return
-        tp = _known(self.params.topic_params(topic))
+        stats, ts, tp = found
+        if not ts.in_mesh:
+            return
         if validated and now > validated + tp.mesh_message_deliveries_window:
             return
-        ts.mesh_deliveries = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
+        self._add_mesh_delivery(stats, ts, tp)
 
     def _mark_invalid_delivery(self, peer: PeerID, topic: str) -> None:
-        ts = self._topic_stats(peer, topic)
-        if ts is not None:
+        found = self._topic_stats(peer, topic)
+        if found is not None:
+            stats, ts, _ = found
             ts.invalid_deliveries += 1
+            stats.version += 1
 
     # -- P5, P7 --------------------------------------------------------------------------------
 
@@ -731,9 +778,3 @@ class GossipTracer:
             if not peers:
                 del self._promises[mid]
         return out
-
-
-def _known(tp: TopicScoreParams | None) -> TopicScoreParams:
-    # only called for topics that have stats, which exist only for topics with parameters
-    assert tp is not None
-    return tp

@@ -79,16 +79,18 @@ class PeerList(_message.Message):
     def __init__(self, addrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("port", "bootstrap_peers", "private_key", "name")
+    __slots__ = ("port", "bootstrap_peers", "private_key", "name", "retry_bootstrap")
     PORT_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_PEERS_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
     port: int
     bootstrap_peers: PeerList
     private_key: str
     name: str
-    def __init__(self, port: _Optional[int] = ..., bootstrap_peers: _Optional[_Union[PeerList, _Mapping]] = ..., private_key: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    retry_bootstrap: bool
+    def __init__(self, port: _Optional[int] = ..., bootstrap_peers: _Optional[_Union[PeerList, _Mapping]] = ..., private_key: _Optional[str] = ..., name: _Optional[str] = ..., retry_bootstrap: _Optional[bool] = ...) -> None: ...
 
 class DisconnectRequest(_message.Message):
     __slots__ = ("peer_id",)
@@ -176,19 +178,35 @@ class DiscoverRequest(_message.Message):
     topic: str
     def __init__(self, topic: _Optional[str] = ...) -> None: ...
 
+class AgentRegistration(_message.Message):
+    __slots__ = ("registered", "agent_id", "agent_registry", "agent_name", "services_json")
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_JSON_FIELD_NUMBER: _ClassVar[int]
+    registered: bool
+    agent_id: int
+    agent_registry: str
+    agent_name: str
+    services_json: str
+    def __init__(self, registered: _Optional[bool] = ..., agent_id: _Optional[int] = ..., agent_registry: _Optional[str] = ..., agent_name: _Optional[str] = ..., services_json: _Optional[str] = ...) -> None: ...
+
 class AgentInfo(_message.Message):
-    __slots__ = ("peer_id", "eth_address", "topics", "addrs", "name")
+    __slots__ = ("peer_id", "eth_address", "topics", "addrs", "name", "registry")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ETH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     ADDRS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     eth_address: str
     topics: _containers.RepeatedScalarFieldContainer[str]
     addrs: _containers.RepeatedScalarFieldContainer[str]
     name: str
-    def __init__(self, peer_id: _Optional[str] = ..., eth_address: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
+    registry: AgentRegistration
+    def __init__(self, peer_id: _Optional[str] = ..., eth_address: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., addrs: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., registry: _Optional[_Union[AgentRegistration, _Mapping]] = ...) -> None: ...
 
 class DiscoverResponse(_message.Message):
     __slots__ = ("agents",)
@@ -215,34 +233,42 @@ class MessagesRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("from_peer_id", "from_eth", "data_json", "topic", "direct")
+    __slots__ = ("from_peer_id", "from_eth", "data_json", "topic", "direct", "via", "registry")
     FROM_PEER_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ETH_FIELD_NUMBER: _ClassVar[int]
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     DIRECT_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
     from_peer_id: str
     from_eth: str
     data_json: str
     topic: str
     direct: bool
-    def __init__(self, from_peer_id: _Optional[str] = ..., from_eth: _Optional[str] = ..., data_json: _Optional[str] = ..., topic: _Optional[str] = ..., direct: _Optional[bool] = ...) -> None: ...
+    via: str
+    registry: AgentRegistration
+    def __init__(self, from_peer_id: _Optional[str] = ..., from_eth: _Optional[str] = ..., data_json: _Optional[str] = ..., topic: _Optional[str] = ..., direct: _Optional[bool] = ..., via: _Optional[str] = ..., registry: _Optional[_Union[AgentRegistration, _Mapping]] = ...) -> None: ...
 
 class PeerConnected(_message.Message):
-    __slots__ = ("peer_id", "addr", "direction")
+    __slots__ = ("peer_id", "addr", "direction", "eth_address")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    ETH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     addr: str
     direction: str
-    def __init__(self, peer_id: _Optional[str] = ..., addr: _Optional[str] = ..., direction: _Optional[str] = ...) -> None: ...
+    eth_address: str
+    def __init__(self, peer_id: _Optional[str] = ..., addr: _Optional[str] = ..., direction: _Optional[str] = ..., eth_address: _Optional[str] = ...) -> None: ...
 
 class PeerDisconnected(_message.Message):
-    __slots__ = ("peer_id",)
+    __slots__ = ("peer_id", "eth_address")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    ETH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
-    def __init__(self, peer_id: _Optional[str] = ...) -> None: ...
+    eth_address: str
+    def __init__(self, peer_id: _Optional[str] = ..., eth_address: _Optional[str] = ...) -> None: ...
 
 class ErrorEvent(_message.Message):
     __slots__ = ("code", "message", "command")
@@ -266,6 +292,24 @@ class LogEvent(_message.Message):
     meta_json: str
     def __init__(self, level: _Optional[str] = ..., namespace: _Optional[str] = ..., message: _Optional[str] = ..., meta_json: _Optional[str] = ...) -> None: ...
 
+class BootstrapFailed(_message.Message):
+    __slots__ = ("attempt", "error", "retry_in")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RETRY_IN_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    error: str
+    retry_in: float
+    def __init__(self, attempt: _Optional[int] = ..., error: _Optional[str] = ..., retry_in: _Optional[float] = ...) -> None: ...
+
+class BootstrapSucceeded(_message.Message):
+    __slots__ = ("attempt", "dht_table_size")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DHT_TABLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    dht_table_size: int
+    def __init__(self, attempt: _Optional[int] = ..., dht_table_size: _Optional[int] = ...) -> None: ...
+
 class Lagged(_message.Message):
     __slots__ = ("missed",)
     MISSED_FIELD_NUMBER: _ClassVar[int]
@@ -273,7 +317,7 @@ class Lagged(_message.Message):
     def __init__(self, missed: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "ready", "message", "peer_discovered", "peer_connected", "peer_disconnected", "error", "log", "lagged")
+    __slots__ = ("seq", "ready", "message", "peer_discovered", "peer_connected", "peer_disconnected", "error", "log", "lagged", "bootstrap_failed", "bootstrap_succeeded")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +327,8 @@ class Event(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     LAGGED_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_FAILED_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     ready: NodeInfo
     message: Message
@@ -292,4 +338,6 @@ class Event(_message.Message):
     error: ErrorEvent
     log: LogEvent
     lagged: Lagged
-    def __init__(self, seq: _Optional[int] = ..., ready: _Optional[_Union[NodeInfo, _Mapping]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., peer_discovered: _Optional[_Union[AgentInfo, _Mapping]] = ..., peer_connected: _Optional[_Union[PeerConnected, _Mapping]] = ..., peer_disconnected: _Optional[_Union[PeerDisconnected, _Mapping]] = ..., error: _Optional[_Union[ErrorEvent, _Mapping]] = ..., log: _Optional[_Union[LogEvent, _Mapping]] = ..., lagged: _Optional[_Union[Lagged, _Mapping]] = ...) -> None: ...
+    bootstrap_failed: BootstrapFailed
+    bootstrap_succeeded: BootstrapSucceeded
+    def __init__(self, seq: _Optional[int] = ..., ready: _Optional[_Union[NodeInfo, _Mapping]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., peer_discovered: _Optional[_Union[AgentInfo, _Mapping]] = ..., peer_connected: _Optional[_Union[PeerConnected, _Mapping]] = ..., peer_disconnected: _Optional[_Union[PeerDisconnected, _Mapping]] = ..., error: _Optional[_Union[ErrorEvent, _Mapping]] = ..., log: _Optional[_Union[LogEvent, _Mapping]] = ..., lagged: _Optional[_Union[Lagged, _Mapping]] = ..., bootstrap_failed: _Optional[_Union[BootstrapFailed, _Mapping]] = ..., bootstrap_succeeded: _Optional[_Union[BootstrapSucceeded, _Mapping]] = ...) -> None: ...

@@ -170,8 +170,11 @@ class AgentNodeClient:
         private_key: str | None = None,
         name: str = "",
         timeout: float | None = None,
+        retry_bootstrap: bool = False,
     ) -> pb.NodeInfo:
-        req = pb.ConnectRequest(port=port, private_key=private_key or "", name=name)
+        req = pb.ConnectRequest(
+            port=port, private_key=private_key or "", name=name, retry_bootstrap=retry_bootstrap
+        )
         if bootstrap_peers is not None:
             req.bootstrap_peers.CopyFrom(pb.PeerList(addrs=list(bootstrap_peers)))
         info: pb.NodeInfo = await self.call("Connect", req, timeout)

@@ -58,14 +58,46 @@ def registry_status(r: Mapping[str, Any]) -> pb.RegistryStatus:
     return out
 
 
+def agent_registration(r: Mapping[str, Any]) -> pb.AgentRegistration:
+    """The ``registry`` annotation of a ``message``/``peer_discovered`` event (registered,
+    agentId, agentRegistry, and agentName/services when the registration file resolves)."""
+    out = pb.AgentRegistration(agent_registry=str(r.get("agentRegistry") or ""))
+    if r.get("registered") is not None:
+        out.registered = bool(r["registered"])
+    if r.get("agentId") is not None:
+        out.agent_id = int(r["agentId"])
+    if r.get("agentName") is not None:
+        out.agent_name = str(r["agentName"])
+    if "services" in r:
+        out.services_json = json.dumps(r["services"])
+    return out
+
+
+def registration_dict(r: pb.AgentRegistration) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "registered": r.registered if r.HasField("registered") else None,
+        "agentId": r.agent_id if r.HasField("agent_id") else None,
+        "agentRegistry": r.agent_registry,
+    }
+    if r.HasField("agent_name"):
+        out["agentName"] = r.agent_name
+    if r.services_json:
+        out["services"] = json.loads(r.services_json)
+    return out
+
+
 def agent_info(d: Mapping[str, Any]) -> pb.AgentInfo:
-    return pb.AgentInfo(
+    out = pb.AgentInfo(
         peer_id=str(d.get("peerId", "")),
         eth_address=str(d.get("ethAddress") or ""),
         topics=[str(t) for t in d.get("topics", [])],
         addrs=[str(a) for a in d.get("addrs", [])],
         name=str(d.get("name") or ""),
     )
+    registry = d.get("registry")
+    if isinstance(registry, Mapping):
+        out.registry.CopyFrom(agent_registration(registry))
+    return out
 
 
 def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
@@ -74,16 +106,18 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
     if kind == "ready":
         return pb.Event(seq=seq, ready=node_info(payload))
     if kind == "message":
-        return pb.Event(
-            seq=seq,
-            message=pb.Message(
-                from_peer_id=str(payload.get("from", "")),
-                from_eth=str(payload.get("fromEth") or ""),
-                data_json=dumps(payload.get("data")),
-                topic=str(payload.get("topic") or ""),
-                direct=bool(payload.get("direct")),
-            ),
+        message = pb.Message(
+            from_peer_id=str(payload.get("from", "")),
+            from_eth=str(payload.get("fromEth") or ""),
+            data_json=dumps(payload.get("data")),
+            topic=str(payload.get("topic") or ""),
+            direct=bool(payload.get("direct")),
+            via=str(payload.get("via") or ""),
         )
+        registry = payload.get("registry")
+        if isinstance(registry, Mapping):
+            message.registry.CopyFrom(agent_registration(registry))
+        return pb.Event(seq=seq, message=message)
     if kind == "peer_discovered":
         return pb.Event(seq=seq, peer_discovered=agent_info(payload))
     if kind == "peer_connected":
@@ -93,11 +127,16 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
                 peer_id=str(payload.get("peerId", "")),
                 addr=str(payload.get("addr", "")),
                 direction=str(payload.get("direction", "")),
+                eth_address=str(payload.get("ethAddress") or ""),
             ),
         )
     if kind == "peer_disconnected":
         return pb.Event(
-            seq=seq, peer_disconnected=pb.PeerDisconnected(peer_id=str(payload.get("peerId", "")))
+            seq=seq,
+            peer_disconnected=pb.PeerDisconnected(
+                peer_id=str(payload.get("peerId", "")),
+                eth_address=str(payload.get("ethAddress") or ""),
+            ),
         )
     if kind == "error":
         return pb.Event(
@@ -118,17 +157,21 @@ def event(seq: int, payload: Mapping[str, Any]) -> pb.Event:
                 meta_json=json.dumps(payload.get("meta", {}), default=str),
             ),
         )
-    if kind in ("bootstrap_failed", "bootstrap_succeeded"):
-        # No Event kind of their own (yet): a log event named after them, fields in its meta,
-        # so the numbered stream has no gaps.
-        fields = {k: v for k, v in payload.items() if k != "type"}
+    if kind == "bootstrap_failed":
         return pb.Event(
             seq=seq,
-            log=pb.LogEvent(
-                level="warning" if kind == "bootstrap_failed" else "info",
-                namespace="p2pnet.node",
-                message=str(kind),
-                meta_json=json.dumps(fields, default=str),
+            bootstrap_failed=pb.BootstrapFailed(
+                attempt=int(payload.get("attempt", 0)),
+                error=str(payload.get("error") or ""),
+                retry_in=float(payload.get("retryIn", 0.0)),
+            ),
+        )
+    if kind == "bootstrap_succeeded":
+        return pb.Event(
+            seq=seq,
+            bootstrap_succeeded=pb.BootstrapSucceeded(
+                attempt=int(payload.get("attempt", 0)),
+                dht_table_size=int(payload.get("dhtTableSize", 0)),
             ),
         )
     raise ValueError(f"no gRPC form for a {kind!r} event")
@@ -189,6 +232,8 @@ def agent_dict(a: pb.AgentInfo) -> dict[str, Any]:
     }
     if a.name:
         out["name"] = a.name
+    if a.HasField("registry"):
+        out["registry"] = registration_dict(a.registry)
     return out
 
 
@@ -210,6 +255,10 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
         }
         if m.topic:
             out["topic"] = m.topic
+        if m.via:
+            out["via"] = m.via
+        if m.HasField("registry"):
+            out["registry"] = registration_dict(m.registry)
     elif kind == "peer_discovered":
         out = agent_dict(ev.peer_discovered)
     elif kind == "peer_connected":
@@ -217,11 +266,17 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
         out = {
             "type": "peer_connected",
             "peerId": c.peer_id,
+            "ethAddress": c.eth_address or None,
             "addr": c.addr,
             "direction": c.direction,
         }
     elif kind == "peer_disconnected":
-        out = {"type": "peer_disconnected", "peerId": ev.peer_disconnected.peer_id}
+        d = ev.peer_disconnected
+        out = {
+            "type": "peer_disconnected",
+            "peerId": d.peer_id,
+            "ethAddress": d.eth_address or None,
+        }
     elif kind == "error":
         e = ev.error
         out = {"type": "error", "code": e.code, "message": e.message}
@@ -238,6 +293,21 @@ def event_dict(ev: pb.Event) -> dict[str, Any]:
         }
     elif kind == "lagged":
         out = {"type": "lagged", "missed": ev.lagged.missed}
+    elif kind == "bootstrap_failed":
+        f = ev.bootstrap_failed
+        out = {
+            "type": "bootstrap_failed",
+            "attempt": f.attempt,
+            "error": f.error,
+            "retryIn": f.retry_in,
+        }
+    elif kind == "bootstrap_succeeded":
+        s = ev.bootstrap_succeeded
+        out = {
+            "type": "bootstrap_succeeded",
+            "attempt": s.attempt,
+            "dhtTableSize": s.dht_table_size,
+        }
     else:
         out = {"type": str(kind)}
     out["seq"] = ev.seq

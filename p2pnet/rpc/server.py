@@ -178,6 +178,8 @@ class AgentNodeService:
             fields["privateKey"] = request.private_key
         if request.name:
             fields["name"] = request.name
+        if request.retry_bootstrap:
+            fields["retryBootstrap"] = True
         self.commands.begin_connect()
         await self.commands.run("connect", self.commands.connect(fields, origin=self))
         return self.info()

@@ -201,7 +201,7 @@ async def test_graft_prune_and_backoff_with_js(
 
     await until(linked, what="GRAFT in both meshes")
     # we leave: js gets our PRUNE (with a 1 s backoff) and drops us from its mesh
-    await ps.unsubscribe(T)
+    ps.unsubscribe(T)
     await until(unlinked, what="PRUNE from p2pnet")
     ev = await js.next_event("ps_prune", timeout=5)
     while ev["direction"] != "inbound":
