@@ -7,6 +7,7 @@ Usage::
     .venv/bin/python bench/dht.py --sizes 50,200 --lookups 500 --k 20 --alpha 10
     .venv/bin/python bench/dht.py --sizes 50 --transport tcp   # loopback TCP + Noise
     .venv/bin/python bench/dht.py --sim --sizes 1000,2000 --k 10 --alpha 3 --join self_lookup
+    .venv/bin/python bench/dht.py --cores --sizes 1000,10000 --k 10 --alpha 3 --join bootstrap
 
 For each size N the benchmark starts N DHT servers (host + identify + KadDHT; by default on the
 in-memory transport with /plaintext/2.0.0, ``--transport tcp`` for loopback TCP + Noise), lets
@@ -25,6 +26,13 @@ CPU seconds of the build and of the lookups (``time.process_time``, steadier tha
 a shared machine), peak RSS, and the virtual time that passed. The memory transport has no
 latency, so lookup latency is not a figure there. ``--join`` picks how nodes join:
 ``bootstrap`` (KadDHT.bootstrap) or ``self_lookup`` (connect, identify, self lookup).
+
+``--cores`` simulates larger networks (``p2pnet.sim.kad_cores.KadCoreNetwork``): the real sans-IO
+``KadBehaviour`` of every node and the real ``Lookup`` state machine, exchanging real encoded kad
+messages over a simulated network (``--latency`` per message, plus up to ``--jitter``) on a
+virtual clock; no hosts, connections, yamux or identify (a first request "connects" two nodes
+and each learns the other's protocols, as identify would). Same seed, same run. Its rows say
+``cores`` in the mode column; the full-stack rows say ``full stack``.
 
 Progress goes to stderr, the table to stdout. Figures depend on the machine: compare within one run.
 """
@@ -52,6 +60,7 @@ from p2pnet.kad import KadConfig, KadDHT, LookupStats
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.security.plaintext import PlaintextSecurity
 from p2pnet.sim.dht import DhtSimulation
+from p2pnet.sim.kad_cores import KadCoreNetwork
 from p2pnet.sim.loop import run_virtual
 from p2pnet.transport.memory import MemoryNetwork
 
@@ -211,7 +220,8 @@ def sim_size(n: int, args: argparse.Namespace) -> bool:
             msgs = [float(x) for x in res.messages]
             cmsgs = [float(s.messages) for s in closest] or [float("nan")]
             print(
-                f"| {n} | {args.k}/{args.alpha} | {args.join} | {res.found}/{res.lookups} | "
+                f"| {n} | full stack | {args.k}/{args.alpha} | {args.join} | "
+                f"{res.found}/{res.lookups} | "
                 f"{statistics.mean(hops):.2f} / {pct(hops, 95):.0f} / {max(hops):.0f} | "
                 f"{statistics.mean(msgs):.1f} / {pct(msgs, 95):.0f} / {max(msgs):.0f} | "
                 f"{statistics.mean(cmsgs):.1f} | {math.log2(n):.1f} | "
@@ -228,17 +238,60 @@ def sim_size(n: int, args: argparse.Namespace) -> bool:
     return run_virtual(run(), clock)
 
 
-def sim_main(args: argparse.Namespace) -> int:
-    print(f"DHT simulation (memory transport, {args.security}, virtual clock), seed {args.seed}\n")
+def cores_size(n: int, args: argparse.Namespace) -> bool:
+    """One network of ``n`` kad cores; prints its row, returns whether every lookup succeeded."""
+    log(f"N={n}: kad cores ({args.join} join)")
+    c0 = time.process_time()
+    net = KadCoreNetwork(
+        n, seed=args.seed, k=args.k, alpha=args.alpha, latency=args.latency, jitter=args.jitter
+    )
+    c1 = time.process_time()
+    net.build(join=args.join, join_concurrency=args.join_concurrency)
+    c2 = time.process_time()
+    built_at = net.clock.monotonic()
+    log(f"N={n}: built in {c2 - c1:.1f} s CPU; {args.lookups} find_peer lookups")
+    res = net.find_peer_lookups(args.lookups)
+    c3 = time.process_time()
+    closest = [net.closest_lookup(net.rng.choice(net.nodes), net.rng.randbytes(32))[1]
+               for _ in range(args.closest)]  # fmt: skip
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hops = [float(h) for h in res.hops]
+    msgs = [float(x) for x in res.messages]
+    cmsgs = [float(s.messages) for s in closest] or [float("nan")]
     print(
-        "| N | k/alpha | join | found | hops mean / p95 / max | messages mean / p95 / max "
+        f"| {n} | cores | {args.k}/{args.alpha} | {args.join} | {res.found}/{res.lookups} | "
+        f"{statistics.mean(hops):.2f} / {pct(hops, 95):.0f} / {max(hops):.0f} | "
+        f"{statistics.mean(msgs):.1f} / {pct(msgs, 95):.0f} / {max(msgs):.0f} | "
+        f"{statistics.mean(cmsgs):.1f} | {math.log2(n):.1f} | "
+        f"{statistics.mean(net.table_sizes()):.1f} | {net.mean_connections():.1f} | "
+        f"{c1 - c0:.1f} | {c2 - c1:.1f} | {(c3 - c2) / max(1, args.lookups) * 1000:.1f} | "
+        f"{built_at:.1f} | {rss:.0f} |",
+        flush=True,
+    )
+    return res.found == res.lookups
+
+
+def sim_main(args: argparse.Namespace) -> int:
+    if args.cores:
+        print(
+            f"DHT simulation: kad cores on a simulated network ({args.latency * 1000:.0f} ms "
+            f"+ up to {args.jitter * 1000:.0f} ms per message), virtual clock, seed {args.seed}\n"
+        )
+    else:
+        print(
+            f"DHT simulation: full stack (memory transport, {args.security}), virtual clock, "
+            f"seed {args.seed}\n"
+        )
+    print(
+        "| N | mode | k/alpha | join | found | hops mean / p95 / max | messages mean / p95 / max "
         "| closest msgs | log2 N | table | conns/node | start CPU s | build CPU s "
         "| CPU ms/lookup | virtual s | peak RSS MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ok = True
     for size in args.sizes.split(","):
-        ok = sim_size(int(size), args) and ok
+        run = cores_size if args.cores else sim_size
+        ok = run(int(size), args) and ok
     return 0 if ok else 1
 
 
@@ -255,6 +308,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sim", action="store_true", help="simulate: virtual clock, seeded")
     p.add_argument("--join", choices=["bootstrap", "self_lookup"], default="bootstrap")
     p.add_argument("--security", choices=["plaintext", "noise"], default="plaintext")
+    p.add_argument(
+        "--cores", action="store_true", help="kad cores on a simulated network (10,000+ nodes)"
+    )
+    p.add_argument("--latency", type=float, default=0.010, help="--cores: seconds per message")
+    p.add_argument("--jitter", type=float, default=0.005, help="--cores: extra random delay")
     return p.parse_args()
 
 
@@ -278,4 +336,5 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    sys.exit(sim_main(arguments) if arguments.sim else asyncio.run(main(arguments)))
+    simulated = arguments.sim or arguments.cores
+    sys.exit(sim_main(arguments) if simulated else asyncio.run(main(arguments)))

@@ -14,6 +14,7 @@ from multiaddr import Multiaddr
 from p2pnet.kad import messages as m
 from p2pnet.kad.behaviour import (
     INITIAL_REFRESH_DELAY,
+    CheckLiveness,
     Failure,
     KadBehaviour,
     Refresh,
@@ -175,6 +176,44 @@ def test_penalty_policy() -> None:
     assert b.peer_answered(peer(3), 9.0) is None and peer(3) not in b.routing_table
 
 
+def test_periodic_liveness_checks_are_bounded_and_evict_the_silent() -> None:
+    """Issue 11: every ``liveness_interval`` the peers that have not answered for
+    ``liveness_grace`` are checked, longest silent first, never more than
+    ``max_liveness_checks`` in flight; a peer that fails its check leaves the table, one that
+    answers (or answered a lookup meanwhile) stays and is not checked again for a while.
+    Identify alone does not count as an answer."""
+    b, view = behaviour(
+        peer(0), auto_refresh=False, liveness_interval=60.0, liveness_grace=600.0,
+        max_liveness_checks=3,
+    )  # fmt: skip
+    for i in range(1, 11):
+        view.server(peer(i), 4000 + i)
+        b.peer_identified(peer(i), float(i))  # peer(i) entered at time i
+    assert b.get_timer(11.0) == 60.0
+    assert b.handle_timer(60.0, WALL) == []  # nobody silent for 600 s yet
+    assert b.get_timer(60.0) == 120.0
+    b.peer_answered(peer(1), 500.0)  # answered a lookup: fresh
+    b.peer_identified(peer(2), 500.0)  # identified again: still silent
+    actions = b.handle_timer(660.0, WALL)
+    assert actions == [CheckLiveness((peer(2), peer(3), peer(4)))]
+    # the next round waits for room: three checks are still in flight
+    assert b.handle_timer(720.0, WALL) == []
+    b.liveness_result(peer(2), False, 721.0)  # dead: out
+    b.liveness_result(peer(3), True, 721.0)  # alive: stays, not checked again soon
+    assert peer(2) not in b.routing_table and peer(3) in b.routing_table
+    assert b.handle_timer(780.0, WALL) == [CheckLiveness((peer(5), peer(6)))]
+    for i in (4, 5, 6):
+        b.liveness_result(peer(i), False, 781.0)
+    assert b.handle_timer(840.0, WALL) == [CheckLiveness((peer(7), peer(8), peer(9)))]
+    assert b.counters["liveness checks"] == 5 and b.counters["evicted by liveness check"] == 4
+    # off: never
+    off, view = behaviour(peer(0), auto_refresh=False, liveness_interval=0.0)
+    view.server(peer(1), 4001)
+    off.peer_identified(peer(1), 0.0)
+    assert off.get_timer(0.0) == off.config.cleanup_interval
+    assert off.handle_timer(1e9, WALL) == []
+
+
 def test_value_query_selects_and_names_outdated_and_holders() -> None:
     b, _ = behaviour(peer(0))
     b.store_local(b"/test/k", b"b", WALL)
@@ -197,8 +236,50 @@ def test_value_query_selects_and_names_outdated_and_holders() -> None:
     assert b.value_query(b"/test/k", 1, WALL).done
 
 
+def test_a_record_is_validated_once_on_store_not_on_every_get() -> None:
+    """Issue 11: validation (a signature check for agent records) runs when a record arrives;
+    GETs of the stored record and a later PUT's selection against it do not validate it again.
+    Only its age is checked again: an old record is no longer served."""
+    calls: list[bytes] = []
+
+    def validate(key: bytes, value: bytes) -> None:
+        calls.append(value)
+        if value == b"bad":
+            raise InvalidRecord("bad value")
+
+    b, _ = behaviour(peer(0))
+    b.validator.register("count", FunctionValidator(validate, max_index))
+    key = b"/count/k"
+    b.handle_request(peer(1), m.put_value(key, b"v1"), WALL)
+    assert calls == [b"v1"]
+    for _ in range(5):
+        resp = b.handle_request(peer(2), m.get_value(key), WALL + 1)
+        assert resp is not None and resp.record.value == b"v1"
+    assert b.local_value(key, WALL + 2) == b"v1"
+    assert calls == [b"v1"]  # GETs validated nothing
+    b.handle_request(peer(1), m.put_value(key, b"v2"), WALL + 3)  # better: replaces v1
+    assert calls == [b"v1", b"v2"]  # only the new value, not the stored one again
+    with pytest.raises(InvalidRecord):
+        b.handle_request(peer(1), m.put_value(key, b"bad"), WALL + 4)
+    assert b.local_value(key, WALL + 4) == b"v2"
+    # a GET's answers are validated as they arrive, and the selection trusts that
+    q = b.value_query(key, 0, WALL + 5)
+    for p, value in ((peer(3), b"v3"), (peer(4), b"v1")):
+        resp = m.get_value(key)
+        resp.record.CopyFrom(m.make_record(key, value))
+        q.on_answer(p, resp)
+    result = q.result(closest=set())
+    assert result is not None and result.value == b"v3"
+    assert calls == [b"v1", b"v2", b"bad", b"v3", b"v1"]
+    # what changes with time is checked on every read: the record's age
+    assert b.local_value(key, WALL + 3 + b.config.max_record_age + 1) is None
+    assert b.records.get(key) is None
+
+
 def test_refresh_timer_after_empty_table_and_per_bucket() -> None:
-    b, view = behaviour(peer(0), refresh_interval=600.0, cleanup_interval=3600.0)
+    b, view = behaviour(
+        peer(0), refresh_interval=600.0, cleanup_interval=3600.0, liveness_interval=0.0
+    )
     assert b.get_timer(0.0) == 3600.0  # empty table: only the cleanup
     view.server(peer(1), 4001)
     b.peer_identified(peer(1), 10.0)

@@ -20,6 +20,7 @@ peer that lies about what it observes can neither grow memory nor keep a stale a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +39,12 @@ MAX_OBSERVED = 64
 MAX_OBSERVERS = 16
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_of(addr: Multiaddr) -> IPAddress | None:
-    """The IP address of an ``/ip4/...`` or ``/ip6/...`` multiaddr, else None."""
+    """The IP address of an ``/ip4/...`` or ``/ip6/...`` multiaddr, else None.
+
+    Memoised (a bounded cache of a pure function of the address's bytes): the multiaddr
+    package parses slowly and every identify, peer record and DHT answer asks again."""
     try:
         protocols = list(addr.protocols())
     except Exception:  # the multiaddr package parses lazily and raises several unrelated types
@@ -59,6 +64,7 @@ def is_unspecified(addr: Multiaddr) -> bool:
     return ip is not None and ip.is_unspecified
 
 
+@functools.lru_cache(maxsize=4096)
 def is_advertisable(addr: Multiaddr) -> bool:
     """Whether another machine could try to dial ``addr``: not unspecified, not a link-local
     IPv6 address (meaningless without the interface's zone), not port 0."""

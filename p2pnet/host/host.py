@@ -246,7 +246,7 @@ class Host:
         return received, sent
 
     def is_connected(self, peer: PeerID) -> bool:
-        return bool(self.connections(peer))
+        return any(not c.is_closed for c in self._conns.get(peer, ()))
 
     async def connect(self, addr: Multiaddr | str, *, peer: PeerID | None = None) -> Connection:
         """Connect to the peer at ``addr`` (``.../tcp/N[/p2p/ID]``), reusing a live connection.

@@ -10,9 +10,9 @@ and decides:
 * what an answer means (:meth:`check_answer`, :meth:`closer_peers`), and for GET_VALUE which
   record wins and who holds an outdated one (:class:`ValueQuery`); for GET_PROVIDERS which
   providers are known (:class:`ProviderQuery`);
-* when to refresh which bucket, when to drop expired records, when to republish provider
-  records (:meth:`get_timer` / :meth:`handle_timer` return :class:`Refresh` and
-  :class:`Republish` actions).
+* when to refresh which bucket, which silent peers to check for liveness, when to drop expired
+  records, when to republish provider records (:meth:`get_timer` / :meth:`handle_timer` return
+  :class:`Refresh`, :class:`CheckLiveness` and :class:`Republish` actions).
 
 It reads no clock and does no I/O: ``now`` is the node's monotonic time (timers, routing
 table), ``wall`` its wall-clock time (record and provider ages, which other nodes see). What it
@@ -98,7 +98,15 @@ class Republish:
     keys: tuple[bytes, ...]
 
 
-Action = Refresh | Republish
+@dataclass(frozen=True)
+class CheckLiveness:
+    """Send each of ``peers`` a FIND_NODE and report with :meth:`KadBehaviour.liveness_result`
+    (no answer within ``liveness_timeout``: dead)."""
+
+    peers: tuple[PeerID, ...]
+
+
+Action = Refresh | Republish | CheckLiveness
 
 
 class KadBehaviour:
@@ -132,6 +140,9 @@ class KadBehaviour:
         self._initial_refresh_at: float | None = None
         self._self_lookup_at = -math.inf  # monotonic time of the last self lookup
         self._cleanup_at = now + config.cleanup_interval
+        self._liveness_at = now + config.liveness_interval if config.liveness_interval else math.inf
+        #: Peers with a liveness check in flight (periodic or of a full bucket).
+        self._probing: set[PeerID] = set()
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -169,7 +180,13 @@ class KadBehaviour:
             self.routing_table.record_failure(peer, now)
 
     def liveness_result(self, peer: PeerID, alive: bool, now: float) -> PeerID | None:
-        """The outcome of a liveness check; returns the peer that replaced a dead one."""
+        """The outcome of a liveness check (of a full bucket's oldest peer, or periodic): a
+        live peer counts as seen, a dead one leaves the table. Returns the peer that replaced
+        a dead one."""
+        self._probing.discard(peer)
+        self.count("liveness checks")
+        if not alive:
+            self.count("evicted by liveness check")
         return self.routing_table.liveness_result(peer, alive, now)
 
     def _add(self, peer: PeerID, now: float) -> PeerID | None:
@@ -179,7 +196,23 @@ class KadBehaviour:
             # A table that was empty (at start, or after every peer left) gets a self lookup
             # soon: one peer is enough to find our neighbourhood.
             self._initial_refresh_at = now + INITIAL_REFRESH_DELAY
+        if outcome.check is not None:
+            self._probing.add(outcome.check)
         return outcome.check
+
+    def _liveness_checks(self, now: float) -> CheckLiveness | None:
+        """The periodic check's next round: the peers silent for longest (beyond the grace
+        period), as many as fit under ``max_liveness_checks`` in flight."""
+        cfg = self.config
+        self._liveness_at = now + cfg.liveness_interval
+        room = cfg.max_liveness_checks - len(self._probing)
+        if room <= 0:
+            return None
+        peers = self.routing_table.unanswered_since(now - cfg.liveness_grace, room, self._probing)
+        if not peers:
+            return None
+        self._probing.update(peers)
+        return CheckLiveness(tuple(peers))
 
     def lookup_seeds(self, key: bytes, connected: Callable[[], Iterable[PeerID]]) -> list[PeerID]:
         """Where a lookup for ``key`` starts: the k closest peers of our table, else (a table
@@ -381,16 +414,16 @@ class KadBehaviour:
     # -- records ------------------------------------------------------------------------------
 
     def _local_record(self, key: bytes, wall: float) -> StoredRecord | None:
-        """Our record of ``key`` if still young enough and valid (else it is dropped)."""
+        """Our record of ``key`` if still young enough (else it is dropped).
+
+        A record was validated once, before it was stored (PUT_VALUE, our own put, a better
+        record a GET found), and is trusted afterwards: validation is a pure function of key
+        and value (for ``/agent/`` records a signature check), so only what changes with time,
+        the record's age, is checked again here."""
         rec = self.records.get(key)
         if rec is None:
             return None
         if wall - rec.time_received > self.config.max_record_age:
-            self.records.delete(key)
-            return None
-        try:
-            self.validator.validate(key, rec.value)
-        except InvalidRecord:
             self.records.delete(key)
             return None
         return rec
@@ -400,11 +433,11 @@ class KadBehaviour:
         return None if rec is None else rec.value
 
     def store_local(self, key: bytes, value: bytes, wall: float) -> None:
-        """Store a validated record unless we hold a better one (then InvalidRecord, as go).
-        Raises :class:`StoreFull` when the store cannot take a new key."""
+        """Store a record the caller validated, unless we hold a better one (then InvalidRecord,
+        as go). Raises :class:`StoreFull` when the store cannot take a new key."""
         existing = self.local_value(key, wall)
         if existing is not None and existing != value:
-            if self.validator.select(key, [value, existing]) != 0:
+            if self.validator.select(key, [value, existing], validated=True) != 0:
                 raise InvalidRecord("a better record for this key is already stored")
         self.records.put(StoredRecord(key, value, wall))
 
@@ -446,6 +479,8 @@ class KadBehaviour:
     def get_timer(self, now: float) -> float:
         """When :meth:`handle_timer` has something to do next (monotonic time)."""
         due = self._cleanup_at
+        if len(self.routing_table) > 0:
+            due = min(due, self._liveness_at)
         if self.config.auto_refresh and len(self.routing_table) > 0:
             if self._initial_refresh_at is not None:
                 due = min(due, self._initial_refresh_at)
@@ -465,10 +500,16 @@ class KadBehaviour:
         return min(max(sizes), self.config.max_refresh_cpl) if sizes else -1
 
     def handle_timer(self, now: float, wall: float) -> list[Action]:
-        """Drop expired records and providers, and say which refreshes and republishing are
-        due: the self lookup after a table was empty, then every ``refresh_interval`` the self
-        lookup and every bucket (up to the deepest non-empty one) not refreshed within it."""
+        """Drop expired records and providers, and say which refreshes, liveness checks and
+        republishing are due: the self lookup after a table was empty, then every
+        ``refresh_interval`` the self lookup and every bucket (up to the deepest non-empty
+        one) not refreshed within it; every ``liveness_interval`` a check of the peers silent
+        for ``liveness_grace``."""
         actions: list[Action] = []
+        if now >= self._liveness_at and len(self.routing_table) > 0:
+            check = self._liveness_checks(now)
+            if check is not None:
+                actions.append(check)
         if now >= self._cleanup_at:
             self._cleanup_at = now + self.config.cleanup_interval
             n = self.records.gc(wall, self.config.max_record_age) + self.providers.gc(wall)
@@ -580,7 +621,8 @@ class ValueQuery:
         peers that sent an older record, and peers among ``closest`` that had none."""
         if not self.values:
             return None
-        index = self.validator.select(self.key, [v for _, v in self.values])
+        # every value was validated on arrival (on_answer), our own one when stored
+        index = self.validator.select(self.key, [v for _, v in self.values], validated=True)
         peer, best = self.values[index]
         holders = [p for p, v in self.values if v == best]
         outdated = [p for p, v in self.values if p is not None and v != best]
@@ -622,6 +664,7 @@ class ProviderQuery:
 __all__ = [
     "INITIAL_REFRESH_DELAY",
     "Action",
+    "CheckLiveness",
     "Failure",
     "KadBehaviour",
     "PeerView",

@@ -80,8 +80,17 @@ class KadConfig:
     auto_refresh: bool = True
     #: Peers dialled by :meth:`KadDHT.bootstrap` when called without arguments.
     bootstrap_peers: list[str | Multiaddr] = field(default_factory=list)
-    #: Liveness check of the least recently seen peer of a full bucket.
+    #: Liveness check of the least recently seen peer of a full bucket, and of the periodic
+    #: check below: how long the peer has to answer (a FIND_NODE of our own ID).
     liveness_timeout: float = 5.0
+    #: Periodic liveness check: every ``liveness_interval`` seconds (0: never) the routing
+    #: table peers that have not answered a request of ours for ``liveness_grace`` seconds are
+    #: sent a FIND_NODE; those that do not answer leave the table (as go-libp2p-kad-dht evicts
+    #: peers silent for its grace period on each refresh). At most ``max_liveness_checks`` are
+    #: in flight at a time, so a table full of dead peers costs a bounded trickle of requests.
+    liveness_interval: float = 60.0
+    liveness_grace: float = 30 * 60.0
+    max_liveness_checks: int = 8
     #: Failed requests in a row after which a peer leaves the routing table.
     max_failures: int = 3
     #: GET_VALUE: valid answers to collect before stopping (go's default quorum is 0: all).
@@ -90,6 +99,8 @@ class KadConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.mode, Mode):
             self.mode = Mode(self.mode)
+        if self.liveness_interval < 0 or self.liveness_grace < 0 or self.max_liveness_checks < 1:
+            raise ValueError("liveness_interval and liveness_grace must be >= 0, checks >= 1")
         if self.k < 1 or self.alpha < 1:
             raise ValueError("k and alpha must be at least 1")
         if not self.protocol_id.startswith("/"):

@@ -32,6 +32,7 @@ from p2pnet.clock import Clock
 from p2pnet.errors import ConnectionClosed, NegotiationError, P2PError, ProtocolError, StreamError
 from p2pnet.kad import messages as m
 from p2pnet.kad.behaviour import (
+    CheckLiveness,
     Failure,
     KadBehaviour,
     PutResult,
@@ -138,7 +139,8 @@ class KadDHT:
         self._tasks = TaskOwner(f"kad {host.peer_id}")
         self._lifecycle = Lifecycle("kad")
         self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
+        #: Set and dropped on every change; created only while someone waits (wait_until).
+        self._changed: asyncio.Event | None = None
         self._idle_streams: dict[PeerID, list[tuple[Stream, float]]] = {}
         #: The most recent lookups (their cost), newest last.
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
@@ -172,8 +174,9 @@ class KadDHT:
 
     def _notify(self) -> None:
         """Something changed (table, stores, counters): wake :meth:`wait_until` callers."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait until ``predicate()`` holds, re-checking it whenever the DHT's state changes
@@ -181,6 +184,8 @@ class KadDHT:
         record correction ends). Raises TimeoutError after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
             while not predicate():
+                if self._changed is None:
+                    self._changed = asyncio.Event()
                 await self._changed.wait()
 
     def _now(self) -> float:
@@ -268,7 +273,6 @@ class KadDHT:
         except _REQUEST_ERRORS as exc:
             log.debug("liveness check of %s failed: %s", peer, exc)
         replacement = self.behaviour.liveness_result(peer, alive, self._now())
-        self.behaviour.count("liveness checks")
         if replacement is not None:
             log.debug("%s replaced unresponsive %s in the routing table", replacement, peer)
         self._notify()
@@ -660,6 +664,9 @@ class KadDHT:
             for action in self.behaviour.handle_timer(self._now(), self._wall()):
                 if isinstance(action, Refresh):
                     await self._guarded(self.refresh(), "refresh")
+                elif isinstance(action, CheckLiveness):
+                    for peer in action.peers:
+                        self._check(peer)
                 elif isinstance(action, Republish):
                     for key in action.keys:
                         await self._guarded(self.add_provider(key), "provider republish")

@@ -71,11 +71,11 @@ def decode(data: bytes) -> kad_pb2.Message:
 def peer_to_pb(
     info: PeerInfo, connection: int = kad_pb2.Message.NOT_CONNECTED
 ) -> kad_pb2.Message.Peer:
-    pb = kad_pb2.Message.Peer()
-    pb.id = info.peer.to_bytes()
-    pb.addrs.extend(a.to_bytes() for a in info.addrs)
-    pb.connection = connection  # type: ignore[assignment]
-    return pb
+    return kad_pb2.Message.Peer(
+        id=info.peer.to_bytes(),
+        addrs=[a.to_bytes() for a in info.addrs],
+        connection=connection,  # type: ignore[arg-type]
+    )
 
 
 def peers_from_pb(
@@ -93,7 +93,7 @@ def peers_from_pb(
             bad += 1
             continue
         try:
-            peer = PeerID.from_bytes(pb.id)
+            peer = parse_peer_id(pb.id)
         except (CryptoError, ValueError):
             bad += 1
             continue
@@ -105,6 +105,18 @@ def peers_from_pb(
             if addr is not None and addr not in info.addrs:
                 info.addrs.append(addr)
     return list(out.values()), bad
+
+
+def parse_peer_id(raw: bytes) -> PeerID:
+    """A binary peer ID (raises like :meth:`PeerID.from_bytes`). The same peers come back in
+    answer after answer: parsed ones are memoised (PeerIDs are immutable), which saves the
+    validation and lets every table and lookup of a process share one object per peer."""
+    return _parse_peer_id(bytes(raw))
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_peer_id(raw: bytes) -> PeerID:
+    return PeerID.from_bytes(raw)
 
 
 def parse_multiaddr(raw: bytes) -> Multiaddr | None:

@@ -138,10 +138,13 @@ class Lookup:
 
     def next_requests(self) -> list[PeerID]:
         """Peers to query now (marked as waiting); empty when none is due or the lookup is over."""
-        if self.finished:
+        if self._stopped:
             return []
+        closest = self._closest_alive()
+        if all(e.state is PeerState.SUCCEEDED for e in closest):
+            return []  # finished
         out: list[PeerID] = []
-        for entry in self._closest_alive():
+        for entry in closest:
             if self._in_flight >= self.alpha:
                 break
             if entry.state is PeerState.HEARD:

@@ -1,8 +1,9 @@
 """DHT records: validators and selectors per key namespace, and the record store.
 
 A record key is ``/<namespace>/<rest>`` (bytes). Each namespace has a :class:`Validator` that
-says whether a value is acceptable for a key (``validate``, pure, called before storing a PUT and
-on every value a GET brings back) and which of several valid values is best (``select``).
+says whether a value is acceptable for a key (``validate``, pure, called once before a record is
+stored and on every value a GET brings back; a stored record is trusted afterwards) and which of
+several valid values is best (``select``).
 A key without a registered namespace is refused, as in go and js.
 
 Built in: only ``/pk/`` (the value is a protobuf-encoded public key whose peer ID is the rest of
@@ -137,16 +138,21 @@ class NamespacedValidator:
             )
         self.validator_for(key).validate(key, value)
 
-    def select(self, key: bytes, values: Sequence[bytes]) -> int:
-        """Index of the best *valid* value; invalid ones are never chosen."""
+    def select(self, key: bytes, values: Sequence[bytes], *, validated: bool = False) -> int:
+        """Index of the best *valid* value; invalid ones are never chosen. ``validated``: the
+        caller validated every value already (the DHT does, once, when a record arrives), so
+        they are not validated again."""
         validator = self.validator_for(key)
-        valid: list[int] = []
-        for i, value in enumerate(values):
-            try:
-                self.validate(key, value)
-            except InvalidRecord:
-                continue
-            valid.append(i)
+        if validated:
+            valid = list(range(len(values)))
+        else:
+            valid = []
+            for i, value in enumerate(values):
+                try:
+                    self.validate(key, value)
+                except InvalidRecord:
+                    continue
+                valid.append(i)
         if not valid:
             raise InvalidRecord("none of the values is valid")
         best = validator.select(key, [values[i] for i in valid])

@@ -11,7 +11,8 @@ check (one check per bucket at a time). The caller checks it (sends it a request
 with :meth:`RoutingTable.liveness_result`: a live peer moves to the tail, a dead one is replaced
 by the most recently seen candidate. Peers that fail requests are penalised
 (:meth:`record_failure`) and leave after ``max_failures`` failures in a row; a peer that answers
-garbage can be removed at once.
+garbage can be removed at once. :meth:`unanswered_since` names the peers that have not answered
+a request for a while, for the periodic liveness check (the behaviour schedules it).
 
 No I/O and no clock: callers pass ``now`` (any monotonic seconds).
 """
@@ -58,6 +59,14 @@ class Entry:
     added_at: float
     last_seen: float
     failures: int = 0
+    #: When the peer last answered one of our requests (or entered the table): what the
+    #: periodic liveness check looks at. Identify alone does not refresh it: a peer that
+    #: claims server mode must also answer kad requests to stay.
+    answered_at: float = -math.inf
+
+    def __post_init__(self) -> None:
+        if self.answered_at == -math.inf:
+            self.answered_at = self.added_at
 
 
 class AddResult(enum.Enum):
@@ -86,10 +95,12 @@ class RoutingTable:
         self._local_int = key_int(self.local_key)
         self.k = k
         self.max_failures = max_failures
-        self._buckets: list[OrderedDict[PeerID, Entry]] = [OrderedDict() for _ in range(KEY_BITS)]
-        self._replacements: list[OrderedDict[PeerID, float]] = [
-            OrderedDict() for _ in range(KEY_BITS)
-        ]
+        # Only non-empty buckets and replacement caches exist (cpl -> peers): a node of a
+        # large network holds a dozen or two, not 256 of each (~70 KB per node).
+        # Plain dicts (insertion order = least recently seen first): iterating an OrderedDict's
+        # values looks every key up again, a Python-level PeerID hash per entry.
+        self._buckets: dict[int, dict[PeerID, Entry]] = {}
+        self._replacements: dict[int, OrderedDict[PeerID, float]] = {}
         self._checking: dict[int, PeerID] = {}
         self._cpl_of: dict[PeerID, int] = {}
         self._last_refresh: list[float] = [-math.inf] * KEY_BITS  # never refreshed
@@ -119,16 +130,35 @@ class RoutingTable:
         cpl = self._cpl_of.get(peer)
         return None if cpl is None else self._buckets[cpl].get(peer)
 
+    def _bucket(self, cpl: int) -> dict[PeerID, Entry]:
+        bucket = self._buckets.get(cpl)
+        if bucket is None:
+            bucket = self._buckets[cpl] = {}
+        return bucket
+
+    def _replacement_cache(self, cpl: int) -> OrderedDict[PeerID, float]:
+        cache = self._replacements.get(cpl)
+        if cache is None:
+            cache = self._replacements[cpl] = OrderedDict()
+        return cache
+
+    def _forget_replacement(self, cpl: int, peer: PeerID) -> None:
+        cache = self._replacements.get(cpl)
+        if cache is not None:
+            cache.pop(peer, None)
+            if not cache:
+                del self._replacements[cpl]
+
     def bucket(self, cpl: int) -> list[PeerID]:
         """Peers of bucket ``cpl``, least recently seen first."""
-        return list(self._buckets[cpl])
+        return list(self._buckets.get(cpl, ()))
 
     def bucket_sizes(self) -> dict[int, int]:
         """Non-empty buckets: common-prefix length -> number of peers."""
-        return {i: len(b) for i, b in enumerate(self._buckets) if b}
+        return {i: len(self._buckets[i]) for i in sorted(self._buckets)}
 
     def replacements(self, cpl: int) -> list[PeerID]:
-        return list(self._replacements[cpl])
+        return list(self._replacements.get(cpl, ()))
 
     def closest(
         self, hashed_key: bytes, count: int | None = None, *, exclude: Iterable[PeerID] = ()
@@ -144,17 +174,21 @@ class RoutingTable:
         # c-1, c-2, ..., 0 (each differs at its own, ever more significant bit). Only the tiers
         # needed to collect n peers are sorted.
         c = min(KEY_BITS - (self._local_int ^ target).bit_length(), KEY_BITS - 1)
-        tiers: list[list[OrderedDict[PeerID, Entry]]] = [[self._buckets[c]]]
-        tiers.append(self._buckets[c + 1 :])
-        tiers.extend([self._buckets[j]] for j in range(c - 1, -1, -1))
+        buckets = self._buckets
+        cpls = sorted(buckets)  # the non-empty buckets
+        tiers: list[list[dict[PeerID, Entry]]] = [[buckets[c]]] if c in buckets else []
+        tiers.append([buckets[j] for j in cpls if j > c])
+        tiers.extend([buckets[j]] for j in reversed(cpls) if j < c)
         out: list[PeerID] = []
         for tier in tiers:
-            entries = [e for b in tier if b for e in b.values() if e.peer not in skip]
+            entries = [e for b in tier for e in b.values()]
             if not entries:
                 continue
             need = n - len(out)
-            best = heapq.nsmallest(need, entries, key=lambda e: e.key ^ target)
-            out.extend(e.peer for e in best)
+            # the excluded peers (usually one: the requester) are dropped from the few best
+            # rather than tested for each entry
+            best = heapq.nsmallest(need + len(skip), entries, key=lambda e: e.key ^ target)
+            out.extend([e.peer for e in best if e.peer not in skip][:need])
             if len(out) >= n:
                 break
         return out
@@ -166,17 +200,17 @@ class RoutingTable:
         if peer == self.local:
             return AddOutcome(AddResult.REJECTED)
         cpl = self.cpl(peer)
-        bucket = self._buckets[cpl]
+        bucket = self._bucket(cpl)
         entry = bucket.get(peer)
         if entry is not None:
             entry.last_seen = now
             entry.failures = 0
-            bucket.move_to_end(peer)
+            bucket[peer] = bucket.pop(peer)  # to the tail: most recently seen
             return AddOutcome(AddResult.UPDATED)
         if len(bucket) < self.k:
             self._insert(peer, cpl, now)
             return AddOutcome(AddResult.ADDED)
-        repl = self._replacements[cpl]
+        repl = self._replacement_cache(cpl)
         repl[peer] = now
         repl.move_to_end(peer)
         while len(repl) > self.k:
@@ -188,11 +222,11 @@ class RoutingTable:
         return AddOutcome(AddResult.FULL, check=oldest)
 
     def _insert(self, peer: PeerID, cpl: int, now: float) -> None:
-        self._buckets[cpl][peer] = Entry(
+        self._bucket(cpl)[peer] = Entry(
             peer, key_int(kad_key(peer.to_bytes())), added_at=now, last_seen=now
         )
         self._cpl_of[peer] = cpl
-        self._replacements[cpl].pop(peer, None)
+        self._forget_replacement(cpl, peer)
 
     def liveness_result(self, peer: PeerID, alive: bool, now: float) -> PeerID | None:
         """Report the outcome of a liveness check named by :meth:`add`.
@@ -216,14 +250,28 @@ class RoutingTable:
             return False
         bucket = self._buckets[cpl]
         entry = bucket[peer]
-        entry.last_seen = now
+        entry.last_seen = entry.answered_at = now
         entry.failures = 0
-        bucket.move_to_end(peer)
+        bucket[peer] = bucket.pop(peer)  # to the tail: most recently seen
         return True
+
+    def unanswered_since(
+        self, before: float, count: int, skip: Iterable[PeerID] = ()
+    ) -> list[PeerID]:
+        """Up to ``count`` peers that have not answered since ``before``, longest silent first
+        (not those in ``skip``)."""
+        excluded = set(skip)
+        silent = [
+            e
+            for b in self._buckets.values()
+            for e in b.values()
+            if e.answered_at < before and e.peer not in excluded
+        ]
+        return [e.peer for e in heapq.nsmallest(count, silent, key=lambda e: e.answered_at)]
 
     def record_failure(self, peer: PeerID, now: float) -> bool:
         """A request to ``peer`` failed; returns True if it was removed as a result."""
-        self._replacements[self.cpl(peer)].pop(peer, None)
+        self._forget_replacement(self.cpl(peer), peer)
         entry = self.entry(peer)
         if entry is None:
             return False
@@ -238,18 +286,23 @@ class RoutingTable:
         (returned)."""
         cpl = self._cpl_of.pop(peer, None)
         if cpl is None:
-            self._replacements[self.cpl(peer)].pop(peer, None)
+            self._forget_replacement(self.cpl(peer), peer)
             return None
-        del self._buckets[cpl][peer]
+        bucket = self._buckets[cpl]
+        del bucket[peer]
+        if not bucket:
+            del self._buckets[cpl]
         if self._checking.get(cpl) == peer:
             del self._checking[cpl]
         return self._promote(cpl, now)
 
     def _promote(self, cpl: int, now: float) -> PeerID | None:
-        repl = self._replacements[cpl]
-        if not repl or len(self._buckets[cpl]) >= self.k:
+        repl = self._replacements.get(cpl)
+        if not repl or len(self._buckets.get(cpl, ())) >= self.k:
             return None
         peer, seen = repl.popitem(last=True)
+        if not repl:
+            del self._replacements[cpl]
         self._insert(peer, cpl, max(now, seen))
         return peer
 
