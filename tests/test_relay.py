@@ -11,7 +11,7 @@ from multiaddr import Multiaddr
 
 from p2pnet.config import NodeConfig
 from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.errors import DialError
+from p2pnet.errors import DialError, StreamReset
 from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyInfo
@@ -36,6 +36,8 @@ from p2pnet.relay.messages import (
 from p2pnet.relay.reservations import RelayLimits, RelayTable
 from p2pnet.relay.service import RelayService, is_relayed
 from p2pnet.relay.transport import CircuitTransport
+from p2pnet.resources import ResourceLimits, ResourceManager
+from p2pnet.resources.limits import RELAY_HOP_PROTOCOL
 from p2pnet.stream import Stream
 from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
 from p2pnet.wire.varint import encode_uvarint
@@ -192,6 +194,8 @@ async def test_reservations_are_limited_per_ip() -> None:
         await trio.private_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
         with pytest.raises(RelayRefused, match="RESERVATION_REFUSED"):
             await trio.dialer_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
+        assert trio.relay.host.resources.refused["relay_ip/reservations"] == 1
+        assert trio.service.refused == {"RESERVATION_REFUSED": 1}
         # A renewal of the existing reservation is still granted.
         await trio.private_circuit.reserve(trio.relay.peer_id)
 
@@ -252,13 +256,166 @@ def test_messages_roundtrip_and_reject_garbage() -> None:
 
 def test_relay_table_decisions() -> None:
     a, b, c = (PeerID.from_public_key(KeyPair.generate(KeyType.Ed25519).public_key) for _ in "abc")
-    table = RelayTable(RelayLimits(reservation_ttl=10, max_reservations=1, max_circuits_per_peer=1))
+    limits = RelayLimits(reservation_ttl=10, max_reservations=1, max_circuits_per_peer=1)
+    table = RelayTable(limits)
+    refused = table.scopes.manager.refused
     assert table.reserve(a, "10.0.0.1", 100.0) == (RelayStatus.OK, 110)
     assert table.reserve(b, "10.0.0.2", 100.0)[0] is RelayStatus.RESERVATION_REFUSED
-    assert table.open_circuit(c, b, 100.0) is RelayStatus.NO_RESERVATION
-    assert table.open_circuit(c, a, 100.0) is RelayStatus.OK
-    assert table.open_circuit(b, a, 100.0) is RelayStatus.RESOURCE_LIMIT_EXCEEDED
-    table.close_circuit(c, a)
-    assert table.open_circuit(b, a, 100.0) is RelayStatus.OK
+    assert refused["relay/reservations"] == 1
+    assert table.open_circuit(c, b, 100.0) == (RelayStatus.NO_RESERVATION, None)
+    status, circuit = table.open_circuit(c, a, 100.0)
+    assert status is RelayStatus.OK and circuit is not None
+    assert table.open_circuit(b, a, 100.0) == (RelayStatus.RESOURCE_LIMIT_EXCEEDED, None)
+    assert refused["relay_peer/circuits"] == 1
+    # the copy buffers count against both ends' peer scopes, the relay scope and the system
+    manager = table.scopes.manager
+    assert manager.peer_usage(a)["memory"] == limits.buffer
+    assert manager.peer_usage(c)["memory"] == limits.buffer
+    assert table.scopes.memory == 2 * limits.buffer == manager.system.used("memory")
+    circuit.done()
+    circuit.done()  # idempotent
+    assert manager.peer_usage(a) == manager.peer_usage(c) == {}
+    assert table.scopes.memory == manager.system.used("memory") == 0
+    status, circuit = table.open_circuit(b, a, 100.0)
+    assert status is RelayStatus.OK and circuit is not None
+    circuit.done()
     assert not table.has_reservation(a, 110.0)  # expired
     assert table.reserve(b, "10.0.0.2", 111.0)[0] is RelayStatus.OK  # room again
+    assert table.scopes.stat()["reservations"] == 1
+    table.clear()
+    assert table.scopes.stat() == {
+        "reservations": 0,
+        "circuits": 0,
+        "memory": 0,
+        "peers": 0,
+        "ips": 0,
+    }
+
+
+def test_relay_reservations_per_ip_and_renewals_from_another_address() -> None:
+    a, b, c = (PeerID.from_public_key(KeyPair.generate(KeyType.Ed25519).public_key) for _ in "abc")
+    table = RelayTable(RelayLimits(max_reservations_per_ip=1))
+    refused = table.scopes.manager.refused
+    assert table.reserve(a, "10.0.0.1", 0.0)[0] is RelayStatus.OK
+    assert table.reserve(b, "10.0.0.1", 0.0)[0] is RelayStatus.RESERVATION_REFUSED
+    assert refused["relay_ip/reservations"] == 1
+    assert table.reserve(b, "10.0.0.2", 0.0)[0] is RelayStatus.OK
+    # a renewal from an address at its limit is refused, and the old one is kept
+    assert table.reserve(a, "10.0.0.2", 1.0)[0] is RelayStatus.RESERVATION_REFUSED
+    assert table.has_reservation(a, 1.0)
+    # from a free address it moves there
+    assert table.reserve(a, "10.0.0.3", 1.0)[0] is RelayStatus.OK
+    assert table.reserve(c, "10.0.0.1", 1.0)[0] is RelayStatus.OK
+    assert table.reservations == 3
+
+
+def test_relay_buffers_refused_by_a_peer_at_its_memory_limit() -> None:
+    """A circuit whose copy buffer does not fit in an end's peer scope is refused, and leaves
+    nothing counted."""
+    a, c = (PeerID.from_public_key(KeyPair.generate(KeyType.Ed25519).public_key) for _ in "ac")
+    limits = RelayLimits()
+    manager = ResourceManager(ResourceLimits(peer_memory=limits.buffer, relay=limits))
+    table = RelayTable(limits, manager)
+    assert table.reserve(a, "10.0.0.1", 0.0)[0] is RelayStatus.OK
+    manager.reserve([manager.peer_scope(c)], "memory", 1)  # c already holds a byte
+    assert table.open_circuit(c, a, 0.0) == (RelayStatus.RESOURCE_LIMIT_EXCEEDED, None)
+    assert manager.refused["peer/memory"] == 1
+    assert table.circuits == 0 and table.scopes.memory == 0
+    assert manager.peer_usage(a) == {} and manager.peer_usage(c) == {"memory": 1}
+
+
+async def test_relay_counts_in_the_hosts_resource_manager_and_refuses_extra_circuits() -> None:
+    """Limits from ``ResourceLimits.relay``: a second circuit to a peer at its circuit limit is
+    answered RESOURCE_LIMIT_EXCEEDED and counted; the circuit's buffers count against both ends
+    while it lasts and are given back when it closes."""
+    limits = RelayLimits(max_circuits_per_peer=1)
+    async with Trio() as trio:
+        # the relay's limits come from its host's resource limits unless given
+        trio.relay.host.resources.limits.relay = limits
+        service = RelayService(trio.relay.host)
+        assert service.table.limits is limits
+        await trio.service.close()
+        trio.service = service
+        await service.start()
+        resources = trio.relay.host.resources
+        await trio.private_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
+        assert resources.stat()["relay"] == {"reservations": 1}
+        await trio.dialer.connect(trio.circuit_addr())
+        assert resources.stat()["relay"] == {
+            "reservations": 1,
+            "circuits": 1,
+            "memory": 2 * limits.buffer,
+        }
+        assert resources.peer_usage(trio.private.peer_id)["memory"] >= limits.buffer
+        assert resources.peer_usage(trio.dialer.peer_id)["memory"] >= limits.buffer
+
+        third = bare()
+        async with third:
+            await third.connect(trio.relay.p2p_addrs()[0])
+            stream = await third.host.new_stream(trio.relay.peer_id, HOP_PROTOCOL)
+            connect = HopMessage(HopType.CONNECT, peer=trio.private.peer_id)
+            await write_length_prefixed(stream, encode_hop(connect))
+            answer = decode_hop(await read_length_prefixed(stream, 4096))
+            assert answer.status == RelayStatus.RESOURCE_LIMIT_EXCEEDED
+            assert resources.refused["relay_peer/circuits"] == 1
+            assert service.refused == {"RESOURCE_LIMIT_EXCEEDED": 1}
+
+        # the dialer leaves the relay: its hop stream is reset and the circuit ends
+        await trio.dialer.disconnect(trio.relay.peer_id)
+        async with asyncio.timeout(5):
+            while trio.service.table.circuits:
+                await asyncio.sleep(0.01)
+        assert resources.stat()["relay"] == {"reservations": 1}
+        assert resources.peer_usage(trio.dialer.peer_id).get("memory", 0) == 0
+
+
+async def test_a_direct_address_is_preferred_over_the_relay(trio: Trio) -> None:
+    """A peer known by a relayed and a direct address: the direct one is dialled first and the
+    relay is never asked (relayed addresses start only RELAY_DELAY after the direct ones);
+    with the direct address dead, the relay is used at once."""
+    await trio.private_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
+    (direct,) = await trio.private.host.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"))
+    relayed = trio.relay.p2p_addrs()[0].encapsulate(Multiaddr("/p2p-circuit"))
+    dialer = trio.dialer.host
+    dialer.peerstore.add_addrs(trio.private.peer_id, [relayed, direct], 60)
+    attempts = dialer.dial_attempts
+    conn = await dialer.connect_peer(trio.private.peer_id)
+    assert conn.remote_addr == direct and not is_relayed(conn.remote_addr)
+    assert dialer.dial_attempts == attempts + 1  # the relayed address was never tried
+    assert trio.service.table.circuits == 0 and trio.service.bytes_relayed == 0
+
+    await dialer.disconnect(trio.private.peer_id)
+    async with asyncio.timeout(5):
+        while dialer.is_connected(trio.private.peer_id):
+            await asyncio.sleep(0.01)
+    await trio.private.host._listeners[-1].close()  # the direct address is dead now
+    conn = await dialer.connect_peer(trio.private.peer_id)
+    assert is_relayed(conn.remote_addr)
+
+
+def test_hop_stream_limits_follow_the_relay_limits() -> None:
+    assert RELAY_HOP_PROTOCOL == HOP_PROTOCOL
+    limits = ResourceLimits(relay=RelayLimits(max_circuits_per_peer=40))
+    hop = limits.protocol(HOP_PROTOCOL)
+    assert hop.streams_inbound_per_peer == 44  # a stream per circuit, a few for reservations
+    assert hop.streams_inbound == limits.relay.max_circuits + limits.relay.max_reservations
+    assert ResourceLimits().protocol(HOP_PROTOCOL).streams_inbound_per_peer == 20
+
+
+async def test_hop_streams_beyond_the_per_peer_limit_are_reset(trio: Trio) -> None:
+    """A peer that opens hop streams and never sends a message holds at most the per-peer hop
+    limit of them; the next is reset after negotiation."""
+    per_peer = trio.relay.host.resources.limits.protocol(HOP_PROTOCOL).streams_inbound_per_peer
+    await trio.dialer.connect(trio.relay.p2p_addrs()[0])
+    held = [
+        await trio.dialer.host.new_stream(trio.relay.peer_id, HOP_PROTOCOL) for _ in range(per_peer)
+    ]
+    refused_before = trio.relay.host.resources.refused["protocol_peer/streams_inbound"]
+    with pytest.raises(StreamReset):  # at once, or on the first read
+        async with asyncio.timeout(5):
+            extra = await trio.dialer.host.new_stream(trio.relay.peer_id, HOP_PROTOCOL)
+            await extra.read()
+    refused = trio.relay.host.resources.refused["protocol_peer/streams_inbound"]
+    assert refused == refused_before + 1
+    for stream in held:
+        await stream.reset()

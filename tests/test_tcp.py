@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import random
@@ -501,3 +502,88 @@ async def test_noise_channel_writelines_over_tcp(pair: tuple[TcpConnection, TcpC
     await asyncio.wait_for(channel.wait_closed(), T)
     assert recorder.lost == [None] and recorder.data == []
     await cb.close()
+
+
+class _OutOfFds:
+    """A listening socket whose ``accept`` fails with EMFILE ``failures`` times first."""
+
+    def __init__(self, sock: socket.socket, failures: int) -> None:
+        self.sock = sock
+        self.failures = failures
+        self.failed_at: list[float] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def getsockname(self) -> object:
+        return self.sock.getsockname()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.failures:
+            self.failures -= 1
+            self.failed_at.append(asyncio.get_running_loop().time())
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.sock.accept()
+
+
+async def test_listener_out_of_fds_pauses_briefly_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Out of fds the listener stops accepting for 20 ms, then 40, 80 ... while accept fails
+    at once after each pause (one warning for them all), and takes the waiting connection once
+    it works again: not asyncio's fixed second per failure."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=16)
+    server.setblocking(False)
+    flaky = _OutOfFds(server, failures=3)
+    accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
+    listener = TcpListener(accepted.put, LOCAL)
+    before = tcp.accept_out_of_resources
+    listener._start(asyncio.get_running_loop(), [flaky])  # type: ignore[list-item]
+    try:
+        start = asyncio.get_running_loop().time()
+        client = await dial(listener.multiaddrs[0], timeout=T)
+        conn = await asyncio.wait_for(accepted.get(), T)
+        took = asyncio.get_running_loop().time() - start
+        assert tcp.accept_out_of_resources - before == 3
+        gaps = [b - a for a, b in zip(flaky.failed_at, flaky.failed_at[1:], strict=False)]
+        assert gaps[0] >= tcp.ACCEPT_PAUSE and gaps[1] >= 2 * tcp.ACCEPT_PAUSE
+        # 0.02 + 0.04 + 0.08 s of pauses; far below the second asyncio pauses for each failure
+        assert took < 1.0
+        warnings = [r for r in caplog.records if "out of file descriptors" in r.getMessage()]
+        assert len([r for r in warnings if r.levelname == "WARNING"]) == 1
+        await client.write(b"hello")
+        assert await conn.read() == b"hello"
+        await client.close()
+        await conn.close()
+    finally:
+        await listener.close()
+
+
+async def test_listener_admit_closes_refused_connections_before_the_handler() -> None:
+    """``admit`` sees the remote IP right after accept: a refused connection is closed at once
+    (the dialer reads EOF) and never reaches the handler; an admitted one does."""
+    accepted: asyncio.Queue[TcpConnection] = asyncio.Queue()
+    listener = await listen(LOCAL, accepted.put)
+    asked: list[str] = []
+
+    def admit(ip: str) -> bool:
+        asked.append(ip)
+        return len(asked) > 1  # the first is refused
+
+    listener.admit = admit
+    try:
+        refused = await dial(listener.multiaddrs[0], timeout=T)
+        assert await asyncio.wait_for(refused.read(), T) == b""
+        assert listener.refused == 1 and accepted.empty()
+        admitted = await dial(listener.multiaddrs[0], timeout=T)
+        server = await asyncio.wait_for(accepted.get(), T)
+        assert asked == ["127.0.0.1", "127.0.0.1"]
+        await admitted.write(b"hi")
+        assert await server.read() == b"hi"
+        for conn in (refused, admitted, server):
+            await conn.close()
+    finally:
+        await listener.close()

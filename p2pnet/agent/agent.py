@@ -72,6 +72,7 @@ from p2pnet.dcutr.service import HolePunchService
 from p2pnet.errors import CryptoError, MessageTooLargeError, NoPeersError, P2PError
 from p2pnet.events import BootstrapSucceeded, EventBus, EventStream, NodeEvent
 from p2pnet.expiring_cache import ExpiringCache
+from p2pnet.host.config import HostConfig
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.errors import KadError
 from p2pnet.kad.errors import PeerNotFound as KadPeerNotFound
@@ -86,9 +87,9 @@ from p2pnet.pubsub.score import PeerScoreParams, TopicScoreParams
 from p2pnet.registry.errors import RegistrySettingsError
 from p2pnet.registry.settings import RegistrySettings
 from p2pnet.relay.messages import HOP_PROTOCOL
-from p2pnet.relay.reservations import RelayLimits
 from p2pnet.relay.service import RelayService
 from p2pnet.relay.transport import CircuitTransport
+from p2pnet.resources.limits import ResourceLimits
 from p2pnet.service import Lifecycle, ServiceState
 from p2pnet.tasks import TaskOwner
 
@@ -149,10 +150,13 @@ class AgentConfig:
     #: nodes). Bootstrap nodes never require it (they start one after another). Either way a
     #: running agent that loses every bootstrap peer bootstraps again by itself.
     require_bootstrap: bool = True
-    #: Serve as a circuit relay (``/libp2p/circuit/relay/0.2.0/hop``) with ``relay_limits``;
+    #: Serve as a circuit relay (``/libp2p/circuit/relay/0.2.0/hop``) with the limits of
+    #: ``resources.relay`` (docs/limits.md);
     #: None: on for bootstrap nodes, off for other agents.
     relay_service: bool | None = None
-    relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    #: The node's resource limits, relay limits included (docs/limits.md); None: the defaults
+    #: scaled from this machine (``ResourceLimits.for_machine``).
+    resources: ResourceLimits | None = None
     #: Reserve a relay slot on every bootstrap peer that serves as a relay, and advertise the
     #: relayed addresses (presence record, identify): for an agent others cannot dial (behind
     #: NAT). Renewed while connected, taken again after the agent rejoins.
@@ -246,6 +250,7 @@ class AgentConfig:
             pubsub_score=PeerScoreParams(topics={t: agent_topic_score() for t in AGENT_TOPICS}),
             registry_address=self.registry_address,
             rpc_url=self.rpc_url,
+            host=HostConfig() if self.resources is None else HostConfig(resources=self.resources),
         )
 
 
@@ -304,9 +309,7 @@ class Agent:
         self.node.host.transports.append(self.circuit)
         self.circuit.on_addrs_changed = self._relay_addrs_changed
         serve = cfg.relay_service if cfg.relay_service is not None else cfg.bootstrap_node
-        self.relay: RelayService | None = (
-            RelayService(self.node.host, cfg.relay_limits) if serve else None
-        )
+        self.relay: RelayService | None = RelayService(self.node.host) if serve else None
         serve_autonat = cfg.autonat_server if cfg.autonat_server is not None else cfg.bootstrap_node
         self.autonat_server: AutoNATServer | None = (
             AutoNATServer(self.node.host, allow_private=cfg.autonat_allow_private)

@@ -23,6 +23,8 @@ class HostConfig:
     listen_addrs: list[str] = field(default_factory=lambda: ["/ip4/127.0.0.1/tcp/0"])
     #: TCP connect timeout per address.
     dial_timeout: float = 10.0
+    #: A whole dial of a peer, all its addresses tried in parallel (host/dial_ranker.py).
+    peer_dial_timeout: float = 15.0
     #: Whole upgrade (multistream + Noise + multistream + yamux) of a new connection.
     upgrade_timeout: float = 10.0
     #: multistream-select on a new stream.

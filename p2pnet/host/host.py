@@ -10,8 +10,10 @@ It owns every connection and every background task it starts; ``close()`` ends t
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from multiaddr import Multiaddr
@@ -23,6 +25,8 @@ from p2pnet.host.addresses import AddressBook, IPAddress, is_unspecified
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
+from p2pnet.host.dial_ranker import rank_addresses
+from p2pnet.host.dialer import DialFailed, dial_first
 from p2pnet.host.interfaces import interface_ips
 from p2pnet.host.upgrader import Upgraded, upgrade
 from p2pnet.io import ReadWriter
@@ -38,7 +42,7 @@ from p2pnet.stream import Stream, StreamMuxer
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.transport.base import Listener, RawConnection, Transport
-from p2pnet.transport.tcp import TcpTransport
+from p2pnet.transport.tcp import TcpConnection, TcpListener, TcpTransport
 
 log = logging.getLogger("p2pnet.host")
 
@@ -124,6 +128,9 @@ class Host:
             listener = await transport.listen(addr, self._on_inbound_raw)
         except OSError as exc:
             raise P2PError(f"cannot listen on {addr}: {exc}") from exc
+        if isinstance(listener, TcpListener):
+            # the per-address ban and rate limit, before the connection costs anything more
+            listener.admit = self._admit_address
         self._listeners.append(listener)
         log.info("%s listening on %s", self.peer_id, ", ".join(map(str, listener.multiaddrs)))
         return listener.multiaddrs
@@ -275,49 +282,66 @@ class Host:
         return await self._dial_peer(peer, addrs)
 
     async def _dial_peer(self, peer: PeerID, addrs: Sequence[Multiaddr]) -> Connection:
-        # Concurrent dials to one peer share a single attempt.
+        """Dial ``peer`` at ``addrs`` in a task the host owns (so ``close()`` ends it and
+        its attempts); concurrent dials to one peer share that one dial."""
         pending = self._pending_dials.get(peer)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
-        self._pending_dials[peer] = fut
+        if pending is None:
+            if self._closed:
+                raise DialError("host is closed")
+            pending = asyncio.get_running_loop().create_future()
+            self._pending_dials[peer] = pending
+            self._tasks.spawn(self._run_dial(peer, addrs, pending), name=f"dial {peer}")
+        # a caller that gives up does not end the dial for the others
+        return await asyncio.shield(pending)
+
+    async def _run_dial(
+        self, peer: PeerID, addrs: Sequence[Multiaddr], fut: asyncio.Future[Connection]
+    ) -> None:
         try:
-            errors: list[P2PError] = []
-            for addr in addrs:
-                try:
-                    conn = await self._dial_addr(addr, peer)
-                except P2PError as exc:
-                    errors.append(exc)
-                    log.debug("dial %s at %s failed: %s", peer, addr, exc)
-                    continue
-                fut.set_result(conn)
-                return conn
+            # Ranked and staggered, in parallel: the first to connect wins (dial_ranker.py).
+            dialed = await dial_first(
+                rank_addresses(addrs),
+                lambda addr: self._dial_attempt(addr, peer),
+                self._discard_dialed,
+                clock=self.clock,
+                timeout=self.config.peer_dial_timeout,
+                what=str(peer),
+            )
+            conn = await self._adopt(dialed)
+        except DialFailed as exc:
+            for addr, why in exc.errors:
+                log.debug("dial %s at %s failed: %s", peer, addr, why)
             # With one address the original error (e.g. PeerIDMismatch) says it best.
-            if len(errors) == 1:
-                err = errors[0]
-            else:
-                why = "; ".join(f"{a}: {e}" for a, e in zip(addrs, errors, strict=True))
-                err = DialError(f"could not dial {peer}: {why}")
-            fut.set_exception(err)
-            fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
-            raise err
-        except BaseException as exc:
-            if not fut.done():
-                fut.set_exception(DialError(f"dial to {peer} aborted: {exc!r}"))
-                fut.exception()
+            only = exc.errors[0][1] if len(exc.errors) == 1 and not exc.timed_out else None
+            _fail(fut, only if isinstance(only, P2PError) else exc)
+        except asyncio.CancelledError:
+            _fail(fut, DialError(f"dial to {peer} aborted: the host is closing"))
             raise
+        except P2PError as exc:  # e.g. the host closed before the connection was registered
+            _fail(fut, exc)
+        except Exception as exc:  # pragma: no cover - a bug; the waiters still get an answer
+            _fail(fut, DialError(f"dial to {peer} failed: {exc!r}"))
+            raise
+        else:
+            if not fut.done():
+                fut.set_result(conn)
         finally:
-            del self._pending_dials[peer]
+            if self._pending_dials.get(peer) is fut:
+                del self._pending_dials[peer]
 
     async def _dial_addr(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
+        return await self._adopt(await self._dial_attempt(addr, peer))
+
+    async def _dial_attempt(self, addr: Multiaddr, peer: PeerID | None) -> _Dialed:
+        """Dial and upgrade ``addr``; the connection is not registered yet (:meth:`_adopt`)."""
         self.dial_attempts += 1
         try:
-            return await self._dial_addr_counted(addr, peer)
-        except Exception:
+            return await self._dial_attempt_counted(addr, peer)
+        except Exception:  # not a cancellation: a parallel dial cancels the attempts it lost
             self.dial_failures += 1
             raise
 
-    async def _dial_addr_counted(self, addr: Multiaddr, peer: PeerID | None) -> Connection:
+    async def _dial_attempt_counted(self, addr: Multiaddr, peer: PeerID | None) -> _Dialed:
         if self._closed:
             raise DialError("host is closed")
         transport = self.transport_for(addr)
@@ -350,9 +374,19 @@ class Host:
         except BaseException:
             scope.done()
             raise
-        conn = self._connection(upgraded, Direction.OUTBOUND, raw, addr, scope)
+        return _Dialed(upgraded, raw, addr, scope)
+
+    async def _adopt(self, dialed: _Dialed) -> Connection:
+        conn = self._connection(
+            dialed.upgraded, Direction.OUTBOUND, dialed.raw, dialed.addr, dialed.scope
+        )
         await self._add_connection(conn)
         return conn
+
+    async def _discard_dialed(self, dialed: _Dialed) -> None:
+        """A connection a parallel dial made after another address won: close it."""
+        dialed.scope.done()
+        await _close_quietly(dialed.upgraded.secure)
 
     def _connection(
         self,
@@ -383,7 +417,9 @@ class Host:
             return
         ip = _ip_of(raw.remote_addr)
         now = self.clock.monotonic()
-        if ip is not None and not self.resources.allow_connection_from(ip, now):
+        # (a TCP listener of ours checked the ban and the rate at accept: _admit_address)
+        admitted = isinstance(raw, TcpConnection)
+        if ip is not None and not admitted and not self.resources.allow_connection_from(ip, now):
             log.debug("refusing inbound connection from %s: connection rate", raw.remote_addr)
             raw.abort()
             return
@@ -398,6 +434,17 @@ class Host:
             self._upgrade_inbound(raw, scope), name=f"upgrade {raw.remote_addr}"
         )
         await asyncio.wait([task])
+
+    def _admit_address(self, ip: str) -> bool:
+        """A TCP connection from ``ip`` was just accepted: not from a banned address, not
+        beyond the address's connection rate (refused ones are counted, not logged)."""
+        if self._closed:
+            return False
+        try:
+            ip = str(ipaddress.ip_address(ip))  # the form _ip_of gives, for IPv6 too
+        except ValueError:
+            return True  # not an IP (never for TCP): the other checks still apply
+        return self.resources.allow_connection_from(ip, self.clock.monotonic())
 
     async def upgrade_dialled(
         self, raw: RawConnection, peer: PeerID, *, initiator: bool
@@ -602,6 +649,16 @@ class Host:
         await stream.reset()
 
 
+@dataclass
+class _Dialed:
+    """An outbound connection dialled and upgraded, not yet registered with the host."""
+
+    upgraded: Upgraded
+    raw: RawConnection
+    addr: Multiaddr
+    scope: ConnectionScope
+
+
 def is_relayed_connection(conn: Connection) -> bool:
     return any(p.name == "p2p-circuit" for p in conn.remote_addr.protocols())
 
@@ -623,6 +680,12 @@ def _ip_of(addr: Multiaddr) -> str | None:
         except Exception:  # the address has no such component
             continue
     return None
+
+
+def _fail(fut: asyncio.Future[Connection], err: BaseException) -> None:
+    if not fut.done():  # close() cancels the futures of dials under way
+        fut.set_exception(err)
+        fut.exception()  # mark retrieved: the waiters re-raise it, nobody else must
 
 
 async def _close_quietly(conn: ReadWriter) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from multiaddr import Multiaddr
@@ -46,8 +47,6 @@ log = logging.getLogger("p2pnet.relay")
 
 #: Seconds a peer has to send its hop message, and the destination to answer the stop message.
 MESSAGE_TIMEOUT = 10.0
-#: Bytes moved per read while relaying.
-RELAY_CHUNK = 64 * 1024
 
 
 def is_relayed(addr: Multiaddr) -> bool:
@@ -55,13 +54,20 @@ def is_relayed(addr: Multiaddr) -> bool:
 
 
 class RelayService:
+    """The hop server. Its limits are the host's ``ResourceLimits.relay`` unless ``limits``
+    are given; either way it accounts in the host's resource manager (the ``relay`` scope)."""
+
     def __init__(self, host: Host, limits: RelayLimits | None = None) -> None:
         self.host = host
-        self.table = RelayTable(limits)
+        self.table = RelayTable(limits or host.resources.limits.relay, host.resources)
         self._lifecycle = Lifecycle("relay")
         self._unsubscribe: Callable[[], None] | None = None
         #: Bytes relayed, both directions together (for metrics and tests).
         self.bytes_relayed = 0
+        #: Hop requests answered with an error, by status name (``RESERVATION_REFUSED``,
+        #: ``RESOURCE_LIMIT_EXCEEDED``, ``NO_RESERVATION``...); the resource manager's
+        #: ``refused`` says which scope refused.
+        self.refused: Counter[str] = Counter()
 
     async def start(self) -> None:
         if not self._lifecycle.begin_start():
@@ -75,6 +81,7 @@ class RelayService:
         if self._unsubscribe is not None:
             self._unsubscribe()
         self.host.remove_stream_handler(HOP_PROTOCOL)
+        self.table.clear()
 
     def _on_ended(self, event: ConnectionEnded) -> None:
         peer = event.connection.remote_peer
@@ -82,6 +89,8 @@ class RelayService:
             self.table.drop(peer)
 
     async def _answer(self, stream: Stream, status: RelayStatus, **fields: object) -> None:
+        if status is not RelayStatus.OK:
+            self.refused[status.name] += 1
         msg = HopMessage(HopType.STATUS, status=status, **fields)  # type: ignore[arg-type]
         await write_length_prefixed(stream, encode_hop(msg))
 
@@ -114,16 +123,14 @@ class RelayService:
         now = self.host.clock.time()
         status, expire = self.table.reserve(peer, str(ip), now)
         if status is not RelayStatus.OK:
-            log.info("reservation of %s refused: %s", peer, status.name)
+            log.debug("reservation of %s refused: %s", peer, status.name)
             await self._answer(stream, status)
             await stream.close()
             return
         addrs = [a for a in self.host.p2p_addrs() if not is_relayed(a)]
         reservation = Reservation(expire, addrs, make_voucher(self.host.key, peer, expire))
         log.info("reservation for %s until %d", peer, expire)
-        await self._answer(
-            stream, RelayStatus.OK, reservation=reservation, limit=self.table.limits.limit
-        )
+        await self._answer(stream, RelayStatus.OK, reservation=reservation, limit=self.table.limit)
         await stream.close()
 
     async def _connect(self, src_stream: Stream, msg: HopMessage) -> None:
@@ -137,8 +144,9 @@ class RelayService:
             await self._answer(src_stream, RelayStatus.PERMISSION_DENIED)  # no relay chains
             await src_stream.close()
             return
-        status = self.table.open_circuit(src, dst, self.host.clock.time())
-        if status is not RelayStatus.OK:
+        status, circuit = self.table.open_circuit(src, dst, self.host.clock.time())
+        if circuit is None:
+            log.debug("circuit %s -> %s refused: %s", src, dst, status.name)
             await self._answer(src_stream, status)
             await src_stream.close()
             return
@@ -148,16 +156,15 @@ class RelayService:
                 await self._answer(src_stream, RelayStatus.CONNECTION_FAILED)
                 await src_stream.close()
                 return
-            limit = self.table.limits.limit
             try:
-                await self._answer(src_stream, RelayStatus.OK, limit=limit)
+                await self._answer(src_stream, RelayStatus.OK, limit=self.table.limit)
             except P2PError:
                 await dst_stream.reset()
                 raise
             log.debug("relaying %s -> %s", src, dst)
             await self._splice(src_stream, dst_stream)
         finally:
-            self.table.close_circuit(src, dst)
+            circuit.done()
 
     async def _stop(self, src: PeerID, dst: PeerID) -> Stream | None:
         """Open the stop stream to ``dst`` and have it accept ``src``; None if it did not."""
@@ -168,7 +175,7 @@ class RelayService:
             async with asyncio.timeout(MESSAGE_TIMEOUT):
                 stream = await conns[0].new_stream([STOP_PROTOCOL])
                 try:
-                    msg = StopMessage(StopType.CONNECT, peer=src, limit=self.table.limits.limit)
+                    msg = StopMessage(StopType.CONNECT, peer=src, limit=self.table.limit)
                     await write_length_prefixed(stream, encode_stop(msg))
                     answer = decode_stop(await read_length_prefixed(stream, MAX_MESSAGE_SIZE))
                 except BaseException:
@@ -190,7 +197,8 @@ class RelayService:
         async def pump(src: Stream, dst: Stream) -> None:
             moved = 0
             while True:
-                chunk = await src.read(RELAY_CHUNK)
+                # at most one buffer's worth held here: what the circuit's scope reserved
+                chunk = await src.read(limit.buffer)
                 if not chunk:
                     await dst.close()  # pass the half-close on
                     return

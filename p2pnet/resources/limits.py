@@ -15,6 +15,9 @@ MiB = 1024 * KiB
 
 #: Memory one peer may make us hold (buffers, frames under assembly), whatever it does.
 PEER_MEMORY_CAP = 64 * MiB
+#: The circuit relay's hop protocol (``p2pnet.relay.messages.HOP_PROTOCOL``; not imported, so
+#: the limits do not depend on the relay), whose stream limits follow :class:`RelayLimits`.
+RELAY_HOP_PROTOCOL = "/libp2p/circuit/relay/0.2.0/hop"
 
 
 @dataclass
@@ -23,6 +26,40 @@ class ProtocolLimits:
 
     streams_inbound: int
     streams_inbound_per_peer: int
+
+
+@dataclass
+class RelayLimits:
+    """The circuit relay v2 service (``hop``): the ``relay`` scope of the resource manager, and
+    the per-circuit limits a relay puts in its STATUS and stop messages.
+
+    The counts and the lifetime are go-libp2p's and js-libp2p's defaults; the data limit is
+    raised so agent traffic (identify, DHT, a few direct messages) fits in one relayed
+    connection.
+    """
+
+    #: Seconds a reservation lasts (the client refreshes it before it ends).
+    reservation_ttl: int = 3600
+    #: Reservations held at once: in total, and per IP address of the reserving peers (a peer
+    #: holds at most one; a renewal replaces it).
+    max_reservations: int = 128
+    max_reservations_per_ip: int = 8
+    #: Relayed connections at once: in total, and per peer (as source or destination).
+    max_circuits: int = 256
+    max_circuits_per_peer: int = 16
+    #: Each relayed connection: seconds, and bytes in each direction (0: no limit). These go on
+    #: the wire (the ``Limit`` of the relay's STATUS and stop messages).
+    duration: int = 120
+    data: int = 1 << 20
+    #: Bytes a relay holds per direction of a circuit while copying (one read's worth), reserved
+    #: against the peer scope of the end it came from.
+    buffer: int = 64 * KiB
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            least = 0 if name in ("duration", "data") else 1
+            if value < least:
+                raise ValueError(f"RelayLimits.{name} must be at least {least}, not {value}")
 
 
 @dataclass
@@ -86,8 +123,22 @@ class ResourceLimits:
     )
     protocols: dict[str, ProtocolLimits] = field(default_factory=dict)
 
+    # -- the circuit relay service (when the node serves as a relay)
+    relay: RelayLimits = field(default_factory=RelayLimits)
+
     def protocol(self, protocol: str) -> ProtocolLimits:
-        return self.protocols.get(protocol, self.default_protocol)
+        limits = self.protocols.get(protocol)
+        if limits is not None:
+            return limits
+        if protocol == RELAY_HOP_PROTOCOL:
+            # A hop stream lasts as long as its circuit: one per circuit, and a few for
+            # reservations. Derived from the relay's limits, so a peer at its circuit limit
+            # still gets the spec's RESOURCE_LIMIT_EXCEEDED rather than a reset stream.
+            relay = self.relay
+            return ProtocolLimits(
+                relay.max_circuits + relay.max_reservations, relay.max_circuits_per_peer + 4
+            )
+        return self.default_protocol
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

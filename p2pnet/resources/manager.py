@@ -45,10 +45,12 @@ _UNLIMITED = 1 << 62
 class Scope:
     """Usage and limits of one node of the scope tree."""
 
-    __slots__ = ("forget", "limits", "name", "usage")
+    __slots__ = ("forget", "kind", "limits", "name", "usage")
 
-    def __init__(self, name: str, limits: dict[str, int]) -> None:
+    def __init__(self, name: str, limits: dict[str, int], kind: str | None = None) -> None:
         self.name = name
+        #: What the refusal counters call it (``peer``, ``ip``, ``relay_peer``...).
+        self.kind = kind or _kind_of(name)
         self.limits = limits
         self.usage: dict[str, int] = {}
         #: Called once the scope holds nothing (peer, address and protocol scopes exist only
@@ -67,6 +69,12 @@ class Scope:
 
     def __repr__(self) -> str:
         return f"<Scope {self.name} {self.usage}>"
+
+
+def _kind_of(name: str) -> str:
+    if "@" in name:
+        return "protocol_peer"
+    return name.split(":", 1)[0]
 
 
 class TokenBucket:
@@ -125,6 +133,8 @@ class ResourceManager:
         self._banned: dict[str, float] = {}
         self._protocols: dict[str, Scope] = {}
         self._protocol_peers: dict[tuple[str, PeerID], Scope] = {}
+        #: Service scopes (``relay``), by name; their owners register them here for :meth:`stat`.
+        self.services: dict[str, Scope] = {}
         #: Refusals by ``"<scope kind>/<resource>"`` (``peer/memory``, ``ip/conns``...).
         self.refused: Counter[str] = Counter()
 
@@ -188,6 +198,7 @@ class ResourceManager:
         return {
             "system": dict(self.system.usage),
             "transient": dict(self.transient.usage),
+            **{name: dict(scope.usage) for name, scope in self.services.items()},
             "scopes": {
                 "peers": len(self._peers),
                 "ips": len(self._ips),
@@ -205,10 +216,7 @@ class ResourceManager:
                 for created in chain:  # a scope made for this reservation must not linger
                     if created.idle and created.forget is not None:
                         created.forget()
-                kind = scope.name.split(":", 1)[0].split("@", 1)[-1]
-                if "@" in scope.name:
-                    kind = "protocol_peer"
-                self.refused[f"{kind}/{resource}"] += 1
+                self.refused[f"{scope.kind}/{resource}"] += 1
                 raise ResourceLimitExceeded(
                     scope.name,
                     resource,

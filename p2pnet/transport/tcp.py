@@ -15,6 +15,7 @@ to the receiver (the Noise layer), and flow control is the receiver's to drive.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections import deque
@@ -382,7 +383,23 @@ ConnectionHandler = Callable[[TcpConnection], Awaitable[None]]
 
 
 class TcpListener:
-    """A listening socket; each accepted connection is handed to ``handler``.
+    """Listening sockets; each accepted connection is handed to ``handler``.
+
+    The accept loop is our own rather than ``loop.create_server``'s, which takes the whole
+    backlog at once (up to :data:`ACCEPT_BACKLOG` sockets before any is looked at) and, out of
+    file descriptors, stops accepting for a full second: a flood of connections then holds a
+    legitimate one in the kernel's queue for seconds. Here each wake-up of a listening socket
+    accepts at most :data:`ACCEPT_BATCH` connections, so the handler (the host's admission
+    check, which aborts a refused connection and frees its fd at once) runs between batches;
+    out of fds, accepting pauses :data:`ACCEPT_PAUSE` and resumes (the refused connections
+    give their fds back within a few loop iterations). Only while accept fails at once after
+    each pause (fds held by live connections) does the pause double, up to
+    :data:`ACCEPT_PAUSE_MAX`: the cost of trying is one failing syscall, the cost of waiting is
+    a legitimate connection's latency.
+
+    :attr:`admit`, when its owner sets it, is asked about each connection's remote IP right
+    after ``accept()``, before any transport, protocol or task exists: a connection it refuses
+    (a banned or flooding address) is closed at once, the cheapest refusal there is.
 
     The handler runs in a task the listener owns: :meth:`close` stops accepting, then cancels
     and awaits the handlers still running. The connections themselves belong to whoever the
@@ -392,35 +409,107 @@ class TcpListener:
     def __init__(self, handler: ConnectionHandler, requested: Multiaddr) -> None:
         self._handler = handler
         self.requested = requested
-        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._resume: asyncio.TimerHandle | None = None
+        self._pause = ACCEPT_PAUSE
+        self._warned_at: float | None = None
+        self._pauses_unreported = 0
         self.multiaddrs: list[Multiaddr] = []
+        #: May a connection from this IP go on? (None: all may.)
+        self.admit: Callable[[str], bool] | None = None
+        #: Connections closed at once because :attr:`admit` refused them.
+        self.refused = 0
 
-    def _start(self, server: asyncio.Server) -> None:
-        self._server = server
-        self.multiaddrs = [tcp_multiaddr(s.getsockname()) for s in server.sockets]
+    def _start(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket]) -> None:
+        self._loop = loop
+        self._sockets = sockets
+        self.multiaddrs = [tcp_multiaddr(s.getsockname()) for s in sockets]
+        self._serve()
 
-    def _protocol(self) -> _TcpProtocol:
-        return _TcpProtocol(on_made=self._accepted)
+    def _serve(self) -> None:
+        self._resume = None
+        if self._closed or self._loop is None:
+            return
+        for sock in self._sockets:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
 
-    def _accepted(self, proto: _TcpProtocol) -> None:
-        assert proto.transport is not None
+    def _stop_serving(self) -> None:
+        if self._loop is not None:
+            for sock in self._sockets:
+                self._loop.remove_reader(sock.fileno())
+
+    def _accept(self, sock: socket.socket) -> None:
+        loop = self._loop
+        assert loop is not None
+        for i in range(ACCEPT_BATCH):
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                break  # the queue is empty (or the head connection left before we took it)
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    if i > 0:  # fds came back since the last pause: a short one again
+                        self._pause = ACCEPT_PAUSE
+                    self._out_of_resources(exc)
+                    return
+                # e.g. EPERM from a firewall rule, EPROTO: that one connection is lost
+                log.debug("accept() on %s failed: %s", self.multiaddrs, exc)
+                continue
+            if self.admit is not None and not self.admit(addr[0]):
+                self.refused += 1
+                conn.close()
+                continue
+            conn.setblocking(False)
+            task = loop.create_task(self._serve_connection(conn), name=f"tcp-accept {addr}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._pause = ACCEPT_PAUSE  # accepting works again: the next pause starts short
+
+    def _out_of_resources(self, exc: OSError) -> None:
+        global accept_out_of_resources
+        accept_out_of_resources += 1
+        assert self._loop is not None
+        if self._resume is not None:
+            return  # another listening socket already paused us
+        pause = self._pause
+        self._pause = min(ACCEPT_PAUSE_MAX, pause * 2)
+        # under a flood pauses come every few tens of ms: one warning per interval
+        now = self._loop.time()
+        self._pauses_unreported += 1
+        if self._warned_at is None or now - self._warned_at >= ACCEPT_WARNING_INTERVAL:
+            log.warning(
+                "out of file descriptors: accepting paused %d times since the last warning, "
+                "now for %.2f s (%s)",
+                self._pauses_unreported,
+                pause,
+                exc,
+            )
+            self._warned_at = now
+            self._pauses_unreported = 0
+        else:
+            log.debug("out of file descriptors: not accepting for %.2f s", pause)
+        self._stop_serving()
+        self._resume = self._loop.call_later(pause, self._serve)
+
+    async def _serve_connection(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, proto = await loop.connect_accepted_socket(_TcpProtocol, sock)
+        except OSError as exc:  # e.g. the peer already went away
+            log.debug("accepted TCP connection lost at once: %s", exc)
+            sock.close()
+            return
         if self._closed:
-            proto.transport.abort()
+            transport.abort()
             return
         try:
             conn = TcpConnection(proto, initiator=False)
         except OSError:  # the peer went away before we looked at it
-            proto.transport.abort()
+            transport.abort()
             return
-        task = asyncio.get_running_loop().create_task(
-            self._run_handler(conn), name=f"tcp-accept {conn.remote_addr}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_handler(self, conn: TcpConnection) -> None:
         try:
             await self._handler(conn)
         except asyncio.CancelledError:
@@ -433,10 +522,12 @@ class TcpListener:
         if self._closed:
             return
         self._closed = True
-        if self._server is not None:
-            # closes the listening sockets at once; not awaiting wait_closed(), which on newer
-            # Pythons waits for every accepted connection to end
-            self._server.close()
+        self._stop_serving()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        for sock in self._sockets:
+            sock.close()
         tasks = [t for t in self._tasks if not t.done()]
         for t in tasks:
             t.cancel()
@@ -448,6 +539,17 @@ class TcpListener:
 
 #: listen() backlog (the kernel caps it at net.core.somaxconn).
 ACCEPT_BACKLOG = 1024
+#: Connections accepted per wake-up of a listening socket (see :class:`TcpListener`).
+ACCEPT_BATCH = 16
+#: Out of file descriptors: the first pause of accepting, and the longest.
+ACCEPT_PAUSE = 0.02
+ACCEPT_PAUSE_MAX = 0.25
+#: Seconds between two warnings about running out of file descriptors.
+ACCEPT_WARNING_INTERVAL = 10.0
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+#: How often accept() ran out of file descriptors (each time accepting pauses).
+accept_out_of_resources = 0
 
 
 #: SO_REUSEPORT on the listener lets a hole-punching dial bind the listening port too (the NAT
@@ -470,47 +572,37 @@ def _check_port_free(host: str, port: int) -> None:
 
 async def listen(addr: Multiaddr, handler: ConnectionHandler) -> TcpListener:
     host, port = host_port_of(addr)
-    listener = TcpListener(handler, addr)
     loop = asyncio.get_running_loop()
-    _quiet_out_of_fds(loop)
     if REUSE_PORT and port != 0:
         _check_port_free(host, port)
-    # A deep accept queue: a burst of connection attempts (a flood refused one by one above)
-    # must not make the kernel drop a legitimate SYN, which costs it a 1 s retransmission.
-    server = await loop.create_server(
-        listener._protocol,
-        host,
-        port,
-        reuse_address=True,
-        reuse_port=REUSE_PORT or None,
-        backlog=ACCEPT_BACKLOG,
-    )
-    listener._start(server)
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, type_, proto, _name, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if REUSE_PORT:  # a hole-punching dial may bind this port too
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # like asyncio: an IPv6 socket serves IPv6 only
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot bind {sockaddr}: {exc.strerror}") from None
+            # A deep accept queue: a burst of connection attempts (a flood refused one by one
+            # above) must not make the kernel drop a legitimate SYN (a 1 s retransmission).
+            sock.listen(ACCEPT_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise OSError(f"no address to listen on for {addr}")
+    listener = TcpListener(handler, addr)
+    listener._start(loop, sockets)
     return listener
-
-
-#: How often accept() ran out of file descriptors (asyncio then pauses accepting for a second).
-accept_out_of_resources = 0
-
-
-def _quiet_out_of_fds(loop: asyncio.AbstractEventLoop) -> None:
-    """Out of fds, asyncio's server pauses accepting for a second and resumes by itself, but
-    reports each time through the loop's exception handler, a traceback per pause. Unless the
-    application installed its own handler, count those and log one line instead."""
-    if loop.get_exception_handler() is not None:
-        return
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        global accept_out_of_resources
-        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
-            accept_out_of_resources += 1
-            log.warning(
-                "out of file descriptors: not accepting for a second (%s)", context.get("exception")
-            )
-            return
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
 
 
 async def dial(

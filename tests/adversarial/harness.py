@@ -6,7 +6,8 @@ throughout, then asserts:
 
 * no traceback (and no ERROR log) in the victim's stderr, and the victim still runs;
 * the victim's peak RSS stays within :data:`ATTACKER_MEMORY_BOUND` of its RSS before the attack;
-* every legitimate ping and new connection succeeds during and after the attack, p99 under 1 s;
+* every legitimate ping and new connection succeeds during and after the attack, p99 under 1 s
+  (over every operation from the attack's start to the end, so one held up past it counts);
 * after the attacker leaves, the resource manager holds no memory, the tasks and connections
   return to what they were, and RSS falls back to within :data:`RSS_SLACK` of the baseline.
 """
@@ -265,11 +266,13 @@ async def under_attack(
         stop_attack.set()
         async with asyncio.timeout(15):
             await attack_task  # the attacker leaves: its connections close
-        during = legit.latencies[before_attack:]
         after_attack = legit.mark()
         await asyncio.sleep(1.5)
         stop_legit.set()
         await legit_task
+        # Every operation since the attack began, including those it held up until after it
+        # ended (a connection stuck in the accept queue finishes late, but it counts).
+        during = legit.latencies[before_attack:]
 
         # what the attacker made the victim hold must be given back
         async with asyncio.timeout(15):

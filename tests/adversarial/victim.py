@@ -52,6 +52,11 @@ async def main() -> None:
 
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (int(nofile), hard))
+    # fds the application holds for other things (files, its own sockets): what is left for
+    # connections is less than the resource manager's share of the limit
+    held_elsewhere = [
+        os.open(os.devnull, os.O_RDONLY) for _ in range(int(os.environ.get("VICTIM_HOLD_FDS", "0")))
+    ]
     config = NodeConfig(kad=KadConfig(mode=Mode.SERVER))
     async with Node(config) as node:
         sub = node.subscribe(TOPIC)
@@ -77,6 +82,8 @@ async def main() -> None:
             print(json.dumps(stat), flush=True)
             await asyncio.wait([eof], timeout=0.1)
         del sub
+    for fd in held_elsewhere:
+        os.close(fd)
 
 
 if __name__ == "__main__":
