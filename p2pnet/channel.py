@@ -145,6 +145,7 @@ class PulledChannel:
         self._readable.set()
         loop = asyncio.get_running_loop()
         self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._reader = loop.create_task(self._read_loop(), name=f"channel-reader {conn!r}")
 
     async def _read_loop(self) -> None:
@@ -170,10 +171,36 @@ class PulledChannel:
         self._lose(None)
 
     def _lose(self, exc: P2PError | None) -> None:
-        if not self._lost.lost:
-            self._lost.fire(self._receiver, exc)
-            if not self._closing:
-                self.abort()
+        if self._lost.lost:
+            return
+        self._lost.fire(self._receiver, exc)
+        # The receiver may have called close() from connection_lost, which does nothing once the
+        # channel is lost: the connection below must still be let go of, or (for a relayed
+        # connection) its stream stays half open and the relay keeps the circuit.
+        self._out.clear()
+        self._out_size = 0
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        if exc is None:
+            # the remote ended cleanly: end our side the same way
+            self._closer = asyncio.get_running_loop().create_task(self._close_conn())
+        else:
+            self._abort_conn()
+
+    async def _close_conn(self) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._conn.close()
+        except (TimeoutError, P2PError, OSError) as exc:
+            log.debug("channel %r: close failed (%r), aborting", self._conn, exc)
+            self._abort_conn()
+
+    def _abort_conn(self) -> None:
+        abort = getattr(self._conn, "abort", None)
+        if callable(abort):
+            abort()
+        else:
+            self._closer = asyncio.get_running_loop().create_task(self._conn.close())
 
     async def _write_loop(self) -> None:
         try:
@@ -243,16 +270,12 @@ class PulledChannel:
         self._reader.cancel()
         if self._writer is not None:
             self._writer.cancel()
-        abort = getattr(self._conn, "abort", None)
-        if callable(abort):
-            abort()
-        else:
-            asyncio.get_running_loop().create_task(self._conn.close())
+        self._abort_conn()
         self._lost.fire(self._receiver, None)
 
     async def wait_closed(self) -> None:
         await self._lost.wait()
-        for task in (self._reader, self._writer):
+        for task in (self._reader, self._writer, self._closer):
             if task is not None and task is not asyncio.current_task():
                 await asyncio.wait([task], timeout=CLOSE_TIMEOUT)
 

@@ -419,3 +419,20 @@ async def test_hop_streams_beyond_the_per_peer_limit_are_reset(trio: Trio) -> No
     assert refused == refused_before + 1
     for stream in held:
         await stream.reset()
+
+
+async def test_circuit_ends_when_its_ends_close_an_idle_relayed_connection(trio: Trio) -> None:
+    """The dialer closes a relayed connection that sat idle: the listener's side sees EOF and
+    ends its half of the stream too, so the relay's circuit (and what it holds) ends at once,
+    not at the duration limit. (The listener's channel used to drop the connection without
+    closing the stream below when the muxer closed it from ``connection_lost``.)"""
+    await trio.private_circuit.reserve(trio.relay.peer_id, trio.relay.p2p_addrs()[0])
+    await trio.dialer.connect(trio.circuit_addr())
+    assert trio.service.table.circuits == 1
+    # the scenario is the idle period itself (identify done both ways), not a wait for an event
+    await asyncio.sleep(0.6)
+    await trio.dialer.disconnect(trio.private.peer_id)
+    async with asyncio.timeout(5):
+        while trio.service.table.circuits:
+            await asyncio.sleep(0.01)
+    assert trio.private.host.connections(trio.dialer.peer_id) == []
