@@ -206,8 +206,10 @@ class _State(enum.Enum):
     DONE = "done"
 
 
-class Initiator:
-    """B's side: the peer that received the relayed connection and starts the exchange."""
+class _Side:
+    """What both sides of the exchange share: the addresses offered, the attempts, the end."""
+
+    _initial_state = _State.IDLE
 
     def __init__(
         self,
@@ -221,14 +223,30 @@ class Initiator:
         self.our_addrs = punchable(our_addrs, **self._scope)
         self.attempts = attempts
         self.attempt = 0
-        self.rtt: float | None = None
         self.their_addrs: list[Multiaddr] = []
-        self._state = _State.IDLE
-        self._sent_at = 0.0
+        self._state = self._initial_state
 
     @property
     def done(self) -> bool:
         return self._state is _State.DONE
+
+    def on_closed(self, reason: str) -> list[Output]:
+        """The stream ended (EOF, reset, timeout) before the exchange finished."""
+        if self._state is _State.DONE:
+            return []
+        return self._finish(False, reason)
+
+    def _finish(self, success: bool, reason: str) -> list[Output]:
+        self._state = _State.DONE
+        return [Finished(success, reason, self.attempt)]
+
+
+class Initiator(_Side):
+    """B's side: the peer that received the relayed connection and starts the exchange."""
+
+    #: The round trip of our last CONNECT (set when the answer arrives).
+    rtt: float | None = None
+    _sent_at = 0.0
 
     def start(self, now: float) -> list[Output]:
         if self._state is not _State.IDLE:
@@ -270,38 +288,11 @@ class Initiator:
             return self._finish(False, f"no direct connection after {self.attempt} attempts")
         return self._connect(now)
 
-    def on_closed(self, reason: str) -> list[Output]:
-        """The stream ended (EOF, reset, timeout) before the exchange finished."""
-        if self._state is _State.DONE:
-            return []
-        return self._finish(False, reason)
 
-    def _finish(self, success: bool, reason: str) -> list[Output]:
-        self._state = _State.DONE
-        return [Finished(success, reason, self.attempt)]
-
-
-class Responder:
+class Responder(_Side):
     """A's side: answers B's CONNECT with our addresses and dials when SYNC arrives."""
 
-    def __init__(
-        self,
-        our_addrs: Sequence[Multiaddr],
-        *,
-        attempts: int = ATTEMPTS,
-        allow_private: bool = False,
-        allow_loopback: bool = False,
-    ) -> None:
-        self._scope = {"allow_private": allow_private, "allow_loopback": allow_loopback}
-        self.our_addrs = punchable(our_addrs, **self._scope)
-        self.attempts = attempts
-        self.attempt = 0
-        self.their_addrs: list[Multiaddr] = []
-        self._state = _State.AWAIT_CONNECT
-
-    @property
-    def done(self) -> bool:
-        return self._state is _State.DONE
+    _initial_state = _State.AWAIT_CONNECT
 
     def on_message(self, data: bytes, now: float) -> list[Output]:
         msg = decode_message(data)
@@ -332,12 +323,3 @@ class Responder:
             return self._finish(False, f"no direct connection after {self.attempt} attempts")
         self._state = _State.AWAIT_CONNECT  # B may try again on the same stream
         return []
-
-    def on_closed(self, reason: str) -> list[Output]:
-        if self._state is _State.DONE:
-            return []
-        return self._finish(False, reason)
-
-    def _finish(self, success: bool, reason: str) -> list[Output]:
-        self._state = _State.DONE
-        return [Finished(success, reason, self.attempt)]
