@@ -41,6 +41,8 @@ from p2pnet.dcutr.core import (
 from p2pnet.errors import ConnectionClosed, P2PError, StreamError
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, PeerIdentified
 from p2pnet.host.connection import Connection, Direction
+from p2pnet.host.dial_ranker import PlannedDial
+from p2pnet.host.dialer import DialFailed, dial_first
 from p2pnet.host.host import Host, is_relayed_connection
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.stream import Stream
@@ -272,26 +274,24 @@ class HolePunchService:
                 raw = await tcp.dial(addr, timeout=self.dial_timeout)
             return await self.host.upgrade_dialled(raw, peer, initiator=initiator)
 
-        tasks = [asyncio.ensure_future(one(a)) for a in addrs]
-        winner: Connection | None = None
+        async def discard(extra: Connection) -> None:  # a second address connected too
+            await extra.close()
+
+        winner: Connection | None
         try:
-            async with asyncio.timeout(self.dial_timeout + self.host.config.upgrade_timeout):
-                for next_done in asyncio.as_completed(tasks):
-                    try:
-                        winner = await next_done
-                    except (P2PError, OSError) as exc:
-                        log.debug("hole punch dial to %s failed: %s", peer, exc)
-                        continue
-                    break
-        except TimeoutError:
-            pass
-        finally:
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for extra in results:  # a second address that connected too: one is enough
-                if isinstance(extra, Connection) and extra is not winner:
-                    await extra.close()
+            # every address at once: the punch works only while both sides' SYNs cross
+            winner = await dial_first(
+                [PlannedDial(a, 0.0) for a in addrs],
+                one,
+                discard,
+                clock=self.host.clock,
+                timeout=self.dial_timeout + self.host.config.upgrade_timeout,
+                what=f"{peer} (hole punch)",
+                max_parallel=len(addrs),
+            )
+        except DialFailed as exc:
+            log.debug("hole punch dials to %s failed: %s", peer, exc)
+            winner = None
         if winner is None:
             # The peer's SYN may have reached our listener first (no NAT in its way): then
             # our own dial found the 4-tuple taken, but the host has the connection.

@@ -17,7 +17,7 @@ from multiaddr import Multiaddr
 from p2pnet.clock import Clock
 from p2pnet.errors import DialError
 from p2pnet.host.dial_ranker import PlannedDial
-from p2pnet.host.dial_scheduler import DialScheduler, DialState
+from p2pnet.host.dial_scheduler import MAX_PARALLEL, DialScheduler, DialState
 
 T = TypeVar("T")
 
@@ -42,9 +42,10 @@ async def dial_first(
     clock: Clock,
     timeout: float,
     what: str = "peer",
+    max_parallel: int = MAX_PARALLEL,
 ) -> T:
     """The result of the first ``attempt`` to succeed, following ``plan``."""
-    scheduler = DialScheduler(plan, clock.monotonic(), timeout)
+    scheduler = DialScheduler(plan, clock.monotonic(), timeout, max_parallel=max_parallel)
     tasks: dict[asyncio.Future[T], Multiaddr] = {}
     won: list[T] = []
     try:
