@@ -12,6 +12,7 @@ from multiaddr import Multiaddr
 from p2pnet.config import NodeConfig
 from p2pnet.crypto.keys import KeyPair, KeyType
 from p2pnet.errors import DialError, StreamReset
+from p2pnet.host.addresses import is_relayed
 from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyInfo
@@ -34,7 +35,7 @@ from p2pnet.relay.messages import (
     verify_voucher,
 )
 from p2pnet.relay.reservations import RelayLimits, RelayTable
-from p2pnet.relay.service import RelayService, is_relayed
+from p2pnet.relay.service import RelayService
 from p2pnet.relay.transport import CircuitTransport
 from p2pnet.resources import ResourceLimits, ResourceManager
 from p2pnet.resources.limits import RELAY_HOP_PROTOCOL

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from multiaddr import Multiaddr
 
 from p2pnet.errors import ProtocolError
-from p2pnet.host.addresses import ip_of, is_advertisable
+from p2pnet.host.addresses import ip_of, is_advertisable, is_relayed
 from p2pnet.wire.pb import autonat_v2_pb2 as pb
 
 DIAL_REQUEST_PROTOCOL = "/libp2p/autonat/2/dial-request"
@@ -118,11 +118,5 @@ def candidate_order(addrs: Sequence[Multiaddr]) -> list[Multiaddr]:
             return 0
         return 2 if ip.is_loopback else 1
 
-    usable = [
-        a
-        for a in addrs
-        if is_advertisable(a)
-        and ip_of(a) is not None
-        and not any(p.name == "p2p-circuit" for p in a.protocols())
-    ]
+    usable = [a for a in addrs if is_advertisable(a) and ip_of(a) is not None and not is_relayed(a)]
     return sorted(usable, key=rank)

@@ -59,6 +59,14 @@ def ip_of(addr: Multiaddr) -> IPAddress | None:
     return None
 
 
+def is_relayed(addr: Multiaddr) -> bool:
+    """Whether ``addr`` goes through a circuit relay (has ``/p2p-circuit``)."""
+    try:
+        return any(p.name == "p2p-circuit" for p in addr.protocols())
+    except Exception:  # the multiaddr package parses lazily and raises unrelated types
+        return False
+
+
 def is_unspecified(addr: Multiaddr) -> bool:
     ip = ip_of(addr)
     return ip is not None and ip.is_unspecified

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from multiaddr import Multiaddr
 
-from p2pnet.host.addresses import ip_of
+from p2pnet.host.addresses import ip_of, is_relayed
 
 #: After a loopback or private address, the next starts this much later (a LAN answers fast).
 LOCAL_STAGGER = 0.03
@@ -47,13 +47,6 @@ class PlannedDial:
 
     addr: Multiaddr
     delay: float
-
-
-def is_relayed(addr: Multiaddr) -> bool:
-    try:
-        return any(p.name == "p2p-circuit" for p in addr.protocols())
-    except Exception:  # the multiaddr package parses lazily and raises unrelated types
-        return False
 
 
 def classify(addr: Multiaddr) -> tuple[AddrClass, int]:

@@ -21,7 +21,7 @@ from multiaddr import Multiaddr
 from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import DialError, NegotiationError, P2PError, ResourceLimitExceeded
-from p2pnet.host.addresses import AddressBook, IPAddress, is_unspecified
+from p2pnet.host.addresses import AddressBook, IPAddress, is_relayed, is_unspecified
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
@@ -352,7 +352,7 @@ class Host:
         except ResourceLimitExceeded as exc:
             raise DialError(f"cannot dial {addr}: {exc}") from exc
         dial_addr = addr
-        if peer is not None and any(p.name == "p2p-circuit" for p in addr.protocols()):
+        if peer is not None and is_relayed(addr):
             # A relay is asked for the target by its ID: the relayed transport needs it.
             dial_addr = addr.encapsulate(Multiaddr(f"/p2p/{peer}"))
         try:
@@ -660,7 +660,7 @@ class _Dialed:
 
 
 def is_relayed_connection(conn: Connection) -> bool:
-    return any(p.name == "p2p-circuit" for p in conn.remote_addr.protocols())
+    return is_relayed(conn.remote_addr)
 
 
 def preferred(conns: Sequence[Connection]) -> Connection:
@@ -672,7 +672,7 @@ def preferred(conns: Sequence[Connection]) -> Connection:
 def _ip_of(addr: Multiaddr) -> str | None:
     """The IP address of a transport address (None for in-process and relayed ones: a relayed
     connection's address names the relay, not the peer)."""
-    if any(p.name == "p2p-circuit" for p in addr.protocols()):
+    if is_relayed(addr):
         return None
     for code in ("ip4", "ip6"):
         try:

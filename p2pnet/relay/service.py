@@ -14,10 +14,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
-from multiaddr import Multiaddr
-
 from p2pnet.errors import P2PError
-from p2pnet.host.addresses import ip_of
+from p2pnet.host.addresses import ip_of, is_relayed
 from p2pnet.host.bus import ConnectionEnded
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
@@ -47,10 +45,6 @@ log = logging.getLogger("p2pnet.relay")
 
 #: Seconds a peer has to send its hop message, and the destination to answer the stop message.
 MESSAGE_TIMEOUT = 10.0
-
-
-def is_relayed(addr: Multiaddr) -> bool:
-    return any(p.name == "p2p-circuit" for p in addr.protocols())
 
 
 class RelayService:

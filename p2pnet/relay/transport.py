@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from multiaddr import Multiaddr
 
 from p2pnet.errors import DialError, P2PError
+from p2pnet.host.addresses import is_relayed
 from p2pnet.host.bus import AddressesChanged, ConnectionEnded
 from p2pnet.host.host import Host
 from p2pnet.io import Bytes
@@ -43,7 +44,7 @@ from p2pnet.relay.messages import (
     encode_stop,
     verify_voucher,
 )
-from p2pnet.relay.service import MESSAGE_TIMEOUT, is_relayed
+from p2pnet.relay.service import MESSAGE_TIMEOUT
 from p2pnet.stream import Stream
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.base import RawConnectionHandler

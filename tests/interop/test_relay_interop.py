@@ -10,9 +10,10 @@ import pytest
 from multiaddr import Multiaddr
 
 from p2pnet.config import NodeConfig
+from p2pnet.host.addresses import is_relayed
 from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.relay.service import RelayService, is_relayed
+from p2pnet.relay.service import RelayService
 from p2pnet.relay.transport import CircuitTransport
 from p2pnet.stream import Stream
 
