@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -12,7 +14,13 @@ from p2pnet.errors import P2PError, ResourceLimitExceeded, StreamReset
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.resources import ProtocolLimits, ResourceLimits, ResourceManager, TokenBucket
+from p2pnet.resources import (
+    ConnectionScope,
+    ProtocolLimits,
+    ResourceLimits,
+    ResourceManager,
+    TokenBucket,
+)
 from p2pnet.resources.limits import MiB
 from p2pnet.stream import Direction, Stream
 from p2pnet.wire.framing import encode_length_prefixed, read_length_prefixed
@@ -94,6 +102,94 @@ def test_memory_is_bounded_per_stream_and_per_peer() -> None:
     b.done()
     c.done()
     assert rm.system.idle
+
+
+class Aborts:
+    """What the host gives ``open_connection`` as ``on_evict``: records which were aborted."""
+
+    def __init__(self) -> None:
+        self.aborted: list[str] = []
+
+    def hook(self, name: str) -> Callable[[], None]:
+        return lambda: self.aborted.append(name)
+
+
+def test_a_full_transient_scope_evicts_the_oldest_upgrade_of_the_biggest_address() -> None:
+    rm = ResourceManager(ResourceLimits(transient_conns=6, transient_conns_per_ip=4))
+    aborts = Aborts()
+    opened: dict[str, ConnectionScope] = {}
+
+    def open_from(ip: str, name: str, now: float) -> ConnectionScope:
+        opened[name] = rm.open_connection(Direction.INBOUND, ip, now, on_evict=aborts.hook(name))
+        return opened[name]
+
+    # two stalling addresses fill the transient scope: a1..a3 and b1..b3
+    for i in range(3):
+        open_from("10.0.0.1", f"a{i + 1}", float(i))
+        open_from("10.0.0.2", f"b{i + 1}", float(i) + 0.5)
+    # an honest newcomer: the oldest upgrade of the (first of the) biggest addresses makes room
+    open_from("10.0.0.9", "honest", 10.0)
+    assert aborts.aborted == ["a1"] and opened["a1"].evicted
+    # more from a: with the newcomer a would hold 3, as many as b: a evicts its own oldest
+    open_from("10.0.0.1", "a4", 11.0)
+    assert aborts.aborted == ["a1", "a2"]
+    # a new address holding one: the oldest of b (3, the most) goes
+    open_from("10.0.0.3", "c1", 12.0)
+    assert aborts.aborted == ["a1", "a2", "b1"]
+    # a and b hold 2 each (a3 opened at 2.0, b2 at 1.5), the honest and c 1 each: from a
+    # fresh address, the older of the two biggest addresses' oldest goes
+    open_from("10.0.0.4", "d1", 13.0)
+    assert aborts.aborted == ["a1", "a2", "b1", "b2"]
+    # the honest connection, the only one of its address, is never the one evicted
+    for i in range(20):
+        open_from(f"10.0.1.{i % 2}", f"x{i}", 20.0 + i)
+    assert "honest" not in aborts.aborted
+    assert rm.transient.used("conns") == 6
+    assert rm.refused["transient/conns_evicted"] == len(aborts.aborted)
+    assert rm.stat()["evicted"] == {"transient/conns_evicted": len(aborts.aborted)}
+    # an evicted connection's upgrade may not finish; its scope gave everything back
+    with pytest.raises(ResourceLimitExceeded):
+        opened["a1"].set_peer(peer())
+    # once the honest handshake is done it leaves the transient scope: no longer evictable
+    opened["honest"].set_peer(peer())
+    for scope in opened.values():
+        scope.done()
+    assert rm.system.idle and rm.transient.idle
+    assert rm.stat()["scopes"] == {"peers": 0, "ips": 0, "protocols": 0}
+
+
+def test_an_address_at_its_share_evicts_its_own_oldest_upgrade() -> None:
+    rm = ResourceManager(ResourceLimits(transient_conns=100, transient_conns_per_ip=2))
+    aborts = Aborts()
+    scopes = [
+        rm.open_connection(Direction.INBOUND, "10.0.0.1", float(i), on_evict=aborts.hook(str(i)))
+        for i in range(5)
+    ]
+    assert aborts.aborted == ["0", "1", "2"]
+    assert [s.evicted for s in scopes] == [True, True, True, False, False]
+    assert rm.refused["ip/conns_transient_evicted"] == 3
+    assert rm.transient.used("conns") == 2
+
+
+def test_what_cannot_be_evicted_is_refused() -> None:
+    rm = ResourceManager(ResourceLimits(transient_conns=2, system_conns_inbound=3))
+    # outbound dials and connections opened without on_evict (a hole punch) stay
+    rm.open_connection(Direction.OUTBOUND, None, 0.0)
+    rm.open_connection(Direction.INBOUND, "10.0.0.1", 0.0)
+    with pytest.raises(ResourceLimitExceeded) as info:
+        rm.open_connection(Direction.INBOUND, "10.0.0.2", 1.0, on_evict=lambda: None)
+    assert info.value.scope == "transient"
+    # nothing is evicted when another limit (here the system's inbound connections) refuses
+    rm2 = ResourceManager(ResourceLimits(transient_conns=2, system_conns_inbound=3))
+    aborts = Aborts()
+    a = rm2.open_connection(Direction.INBOUND, "10.0.0.1", 0.0, on_evict=aborts.hook("a"))
+    rm2.open_connection(Direction.INBOUND, "10.0.0.1", 0.0, on_evict=aborts.hook("b"))
+    a.set_peer(peer())  # established: out of the transient scope, still a system connection
+    rm2.open_connection(Direction.INBOUND, "10.0.0.2", 0.0, on_evict=aborts.hook("c"))
+    with pytest.raises(ResourceLimitExceeded):
+        rm2.open_connection(Direction.INBOUND, "10.0.0.3", 1.0, on_evict=aborts.hook("d"))
+    assert aborts.aborted == []
+    assert rm2.refused["transient/conns"] == 1
 
 
 def test_inbound_stream_rate_and_flood_detection() -> None:
@@ -274,3 +370,26 @@ async def test_connections_per_peer_are_capped() -> None:
         for h in same + hosts:
             await h.close()
         await wait_for(lambda: victim.resources.system.idle)
+
+
+async def test_stalled_handshakes_are_evicted_for_a_new_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # two slots for connections in their upgrade, both taken by connections that never speak
+    async with host_with(ResourceLimits(transient_conns=2)) as victim:
+        addr = victim.p2p_addrs()[0]
+        host, port = addr.value_for_protocol("ip4"), int(addr.value_for_protocol("tcp"))
+        stalled = [await asyncio.open_connection(host, port) for _ in range(2)]
+        await wait_for(lambda: victim.resources.transient.used("conns") == 2)
+        async with host_with(ResourceLimits()) as honest:
+            await honest.connect(addr)  # evicts the oldest stalled one
+        assert victim.resources.refused["ip/conns_transient_evicted"] == 0
+        assert victim.resources.refused["transient/conns_evicted"] == 1
+        async with asyncio.timeout(5):  # the victim dropped it: EOF (or a reset)
+            with contextlib.suppress(ConnectionError):
+                while await stalled[0][0].read():  # (after the victim's multistream header)
+                    pass
+        for _, writer in stalled:
+            writer.close()
+        await wait_for(lambda: victim.resources.transient.idle)
+    no_tracebacks(caplog)

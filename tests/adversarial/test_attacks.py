@@ -20,7 +20,7 @@ from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import P2PError
 from p2pnet.host.config import HostConfig
 from p2pnet.host.upgrader import upgrade
-from p2pnet.multistream import encode_message
+from p2pnet.multistream import encode_message, negotiate_outbound
 from p2pnet.mux.yamux import FLAG_SYN, HEADER, TYPE_PING
 from p2pnet.mux.yamux_connection import YamuxConnection, YamuxMuxer
 from p2pnet.protocols.identify import PUSH_PROTOCOL_ID
@@ -352,3 +352,71 @@ async def test_connection_flood_against_a_victim_short_of_fds() -> None:
     victim = await under_attack(attack, env={"VICTIM_NOFILE": "64", "VICTIM_HOLD_FDS": "40"})
     assert "out of file descriptors" in victim.stderr.decode(errors="replace")
     assert opened > 1000  # a sustained flood, not one burst
+
+
+async def test_stalled_handshakes_from_several_addresses() -> None:
+    """Six addresses keep 40 handshakes each stalled, spread over every stage of the upgrade
+    (TCP only, in the multistream header, after ``/noise``, in Noise message 1, waiting for
+    Noise message 3, Noise done and no muxer chosen), each reopened as soon as the victim drops
+    it. With 1024 fds the victim has 128 slots for connections in their upgrade, 32 per
+    address: the attackers could hold all of them until their upgrade timeout (10 s) and every
+    new connection, the legitimate peer's too, was refused. The victim evicts the oldest
+    stalled handshake of the address holding the most instead: a stalled handshake only
+    delays itself, and every legitimate connection succeeds."""
+    header = encode_message(MULTISTREAM)
+    noise = header + encode_message("/noise")
+    raw_stages = [
+        b"",  # TCP only
+        header[:7],  # half a multistream header
+        noise,  # security agreed, no Noise message
+        noise + b"\x00\x20" + b"\x01" * 10,  # a partial Noise message 1
+        noise + b"\x00\x20" + os.urandom(32),  # Noise message 1 (the responder waits for 3)
+    ]
+    addresses = [f"127.0.0.{i}" for i in range(2, 8)]
+    stalled = 0
+
+    async def attack(victim: Victim, stop: asyncio.Event) -> None:
+        host = victim.addr.value_for_protocol("ip4")
+        port = int(victim.addr.value_for_protocol("tcp"))
+        key = KeyPair.generate()
+
+        async def stall_raw(source: str, stage: bytes) -> None:
+            reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+            try:
+                writer.write(stage)
+                with contextlib.suppress(OSError):
+                    while await reader.read(65536):  # until the victim drops it
+                        pass
+            finally:
+                writer.close()
+
+        async def stall_before_muxer(source: str) -> None:
+            raw = await tcp.dial(victim.addr, local_host=source)
+            try:
+                await negotiate_outbound(raw, ["/noise"])
+                secure = await NoiseSecurity().secure(
+                    raw, key, initiator=True, expected_peer=None, timeout=10
+                )
+                while await secure.read():  # never propose a muxer; until the victim drops it
+                    pass
+            finally:
+                raw.abort()
+
+        async def keep_stalling(i: int) -> None:
+            nonlocal stalled
+            source = addresses[i % len(addresses)]
+            stage = (i // len(addresses)) % (len(raw_stages) + 1)
+            while not stop.is_set():
+                with contextlib.suppress(P2PError, OSError):
+                    if stage < len(raw_stages):
+                        await stall_raw(source, raw_stages[stage])
+                    else:
+                        await stall_before_muxer(source)
+                    stalled += 1
+                await asyncio.sleep(0.05)  # the attacker's pace between reopenings
+
+        await many(40 * len(addresses), keep_stalling, stop)
+
+    victim = await under_attack(attack, env={"VICTIM_NOFILE": "1024"})
+    assert stalled > 0
+    assert victim.latest["evicted"] > 0

@@ -77,6 +77,7 @@ async def main() -> None:
                 "memory": resources.system.used("memory"),
                 "streams": resources.system.used("streams_inbound"),
                 "refused": sum(resources.refused.values()),
+                "evicted": sum(n for k, n in resources.refused.items() if k.endswith("_evicted")),
                 "rpc_graylisted": _pubsub_stat(node, "rpc_graylisted"),
             }
             print(json.dumps(stat), flush=True)
