@@ -220,7 +220,11 @@ async def test_ping_flood_without_reading_pongs() -> None:
 async def test_yamux_pings_without_reading_pongs() -> None:
     """Yamux PINGs as fast as the victim takes them, and never a byte read: once the victim's
     socket is full, the pongs that queue up are bounded (``max_reply_backlog``, counted against
-    the connection's memory) and the victim stops reading the attacker, whose writes stall."""
+    the connection's memory) and the victim stops reading the attacker, whose writes stall.
+
+    How long the victim takes to get there depends on the machine (its socket buffers fill
+    with pongs first, megabytes of them, at the CPU it gets): the attack goes on past its
+    duration until a write has waited :data:`STALLED` seconds, and ends with one waiting."""
     pings = b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(5000))
     loop = asyncio.get_running_loop()
     last_write = stopped = 0.0
@@ -235,15 +239,33 @@ async def test_yamux_pings_without_reading_pongs() -> None:
         transport = raw._transport
         transport.pause_reading()
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        give_up: float | None = None
         try:
-            while await unless_stopped(up.secure.write(pings), stop):
+            while True:
+                write = asyncio.ensure_future(up.secure.write(pings))
+                await asyncio.wait([write], timeout=STALLED)
+                if not write.done():
+                    # the victim stopped reading us: the write waits for the rest of the attack
+                    if not await unless_stopped(write, stop):
+                        break
+                write.result()
                 last_write = loop.time()
+                if stop.is_set():  # the victim still reads us after the attack's duration
+                    give_up = give_up or loop.time() + 10
+                    if loop.time() > give_up:
+                        break
         finally:
             stopped = loop.time()
             raw.abort()
 
     await under_attack(attack)
-    assert stopped - last_write > 1.0  # the victim stopped taking pings long before the end
+    # the attack ended with a write the victim had not taken for STALLED seconds (not the
+    # 10 s give-up: the victim kept reading a remote that never reads its pongs)
+    assert stopped - last_write >= STALLED, (stopped, last_write)
+
+
+#: A write to the victim that waits this long means it stopped reading us.
+STALLED = 1.0
 
 
 async def unless_stopped(write: Awaitable[None], stop: asyncio.Event) -> bool:
