@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -393,3 +394,47 @@ async def test_stalled_handshakes_are_evicted_for_a_new_connection(
             writer.close()
         await wait_for(lambda: victim.resources.transient.idle)
     no_tracebacks(caplog)
+
+
+def test_the_documented_defaults_are_the_scaled_ones() -> None:
+    """docs/limits.md's table gives the defaults of a 1 GiB machine with 1024 fds: they must be
+    what ``ResourceLimits.scaled`` makes (the table is the one place they are documented)."""
+    doc = (Path(__file__).parent.parent / "docs" / "limits.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2:
+            rows.setdefault(cells[0], cells[1])
+    lim = ResourceLimits.scaled(1 << 30, 1024)
+
+    def mib(n: int) -> str:
+        return f"{n // MiB} MiB"
+
+    expected = {
+        "system memory": mib(lim.system_memory),
+        "system fds": str(lim.system_fds),
+        "system connections in / out": f"{lim.system_conns_inbound} / {lim.system_conns_outbound}",
+        "system streams in / out": (
+            f"{lim.system_streams_inbound} / {lim.system_streams_outbound}"
+        ),
+        "transient connections (in upgrade)": str(lim.transient_conns),
+        "transient connections per address": str(lim.transient_conns_per_ip),
+        "transient streams (negotiating)": str(lim.transient_streams),
+        "transient memory": mib(lim.transient_memory),
+        "connections per address": str(lim.conns_per_ip),
+        "new connections per address": (
+            f"{lim.conn_rate_per_ip:g}/s, burst {lim.conn_burst_per_ip}"
+        ),
+        "connections per peer": str(lim.peer_conns),
+        "streams per peer in / out": f"{lim.peer_streams_inbound} / {lim.peer_streams_outbound}",
+        "memory per peer": f"{mib(lim.peer_memory)} (64 MiB at most)",
+        "streams per connection in / out": (
+            f"{lim.conn_streams_inbound} / {lim.conn_streams_outbound}"
+        ),
+        "new inbound streams per connection": (
+            f"{lim.stream_rate_per_conn:g}/s, burst {lim.stream_burst_per_conn}"
+        ),
+        "memory per stream": mib(lim.stream_memory),
+    }
+    assert {name: rows.get(name) for name in expected} == expected
+    assert rows["refused streams per connection"].startswith(f"{lim.stream_flood_close},")
