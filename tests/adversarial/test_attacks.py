@@ -19,10 +19,15 @@ from multiaddr import Multiaddr
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import P2PError
 from p2pnet.host.config import HostConfig
+from p2pnet.host.host import Host
 from p2pnet.host.upgrader import upgrade
+from p2pnet.kad import messages as kad_messages
+from p2pnet.kad.config import DEFAULT_PROTOCOL_ID as KAD
+from p2pnet.kad.messages import PeerInfo
 from p2pnet.multistream import encode_message, negotiate_outbound
 from p2pnet.mux.yamux import FLAG_SYN, HEADER, TYPE_PING
 from p2pnet.mux.yamux_connection import YamuxConnection, YamuxMuxer
+from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import PUSH_PROTOCOL_ID
 from p2pnet.protocols.identify_messages import build_identify
 from p2pnet.pubsub import SignaturePolicy
@@ -30,8 +35,8 @@ from p2pnet.pubsub.messages import build_message
 from p2pnet.security.noise_connection import NoiseSecurity
 from p2pnet.stream import Stream
 from p2pnet.transport import tcp
-from p2pnet.wire.framing import encode_length_prefixed
-from p2pnet.wire.pb import rpc_pb2
+from p2pnet.wire.framing import encode_length_prefixed, read_length_prefixed, write_length_prefixed
+from p2pnet.wire.pb import kad_pb2, rpc_pb2
 from p2pnet.wire.varint import encode_uvarint
 
 from .harness import ATTACKER_IP, Victim, attacker_host, under_attack
@@ -442,3 +447,55 @@ async def test_stalled_handshakes_from_several_addresses() -> None:
     victim = await under_attack(attack, env={"VICTIM_NOFILE": "1024"})
     assert stalled > 0
     assert victim.latest["evicted"] > 0
+
+
+async def test_dht_store_flood_from_one_peer() -> None:
+    """PUT_VALUE of ``/pk/`` records of fresh keys (all valid, all distinct) and ADD_PROVIDER
+    for distinct keys, as fast as the victim takes them on a few kad streams: the victim keeps
+    at most its per-peer quotas of them (1024 each), and an honest peer's provider record
+    stored after the flood is there and answered."""
+    keys = [KeyPair.generate() for _ in range(1500)]
+
+    async def attack(victim: Victim, stop: asyncio.Event) -> None:
+        async with attacker_host() as host:
+            conn = await host.connect(victim.addr)
+            me = PeerInfo(host.peer_id, [])
+
+            async def flood(i: int) -> None:
+                stream = await conn.new_stream([KAD])
+                n = 0
+                while True:
+                    n += 1
+                    if i % 2:
+                        msg = kad_messages.add_provider(b"flood/%d/%d" % (i, n), me)
+                        await write_length_prefixed(stream, msg.SerializeToString())
+                    else:
+                        key = keys[(n + i * 97) % len(keys)]
+                        pid = PeerID.from_public_key(key.public_key)
+                        msg = kad_messages.put_value(
+                            b"/pk/" + pid.to_bytes(), key.public_key.to_protobuf()
+                        )
+                        await write_length_prefixed(stream, msg.SerializeToString())
+                        await read_length_prefixed(stream)  # PUT_VALUE is answered
+
+            await many(8, flood, stop)
+
+    async def honest_provider(victim: Victim) -> None:
+        """An honest peer's provider record, after the flood: stored and answered."""
+        async with Host(KeyPair.generate()) as honest:
+            conn = await honest.connect(victim.addr)
+            stream = await conn.new_stream([KAD])
+            me = PeerInfo(honest.peer_id, [])
+            await write_length_prefixed(
+                stream, kad_messages.add_provider(b"honest", me).SerializeToString()
+            )
+            await write_length_prefixed(
+                stream, kad_messages.get_providers(b"honest").SerializeToString()
+            )
+            async with asyncio.timeout(5):
+                reply = kad_pb2.Message.FromString(await read_length_prefixed(stream))
+            assert [p.id for p in reply.providerPeers] == [honest.peer_id.to_bytes()]
+
+    victim = await under_attack(attack, after=honest_provider)
+    stored = victim.latest
+    assert 0 < stored["dht_records"] <= 1024 and 0 < stored["dht_providers"] <= 1024 + 1

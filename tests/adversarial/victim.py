@@ -79,6 +79,8 @@ async def main() -> None:
                 "refused": sum(resources.refused.values()),
                 "evicted": sum(n for k, n in resources.refused.items() if k.endswith("_evicted")),
                 "rpc_graylisted": _pubsub_stat(node, "rpc_graylisted"),
+                "dht_records": len(node.dht.records) if node.dht is not None else 0,
+                "dht_providers": len(node.dht.providers) if node.dht is not None else 0,
             }
             print(json.dumps(stat), flush=True)
             await asyncio.wait([eof], timeout=0.1)
