@@ -116,6 +116,46 @@ async def test_identify_push_streams_never_closed() -> None:
     await under_attack(attack)
 
 
+async def test_identify_pushes_of_thousands_of_addresses() -> None:
+    """Identify pushes of 4500 distinct addresses each (as many as fit in the 64 KiB message),
+    one after the other as fast as the victim takes them: the victim keeps at most 64 (+16 of
+    live connections) for the peer, refuses pushes beyond 1/s (burst 8) unread, and its loop
+    stays responsive (one push rescanned the address list per address: seconds)."""
+    pushed = 0
+    key = KeyPair.generate()
+    pushes = [
+        build_identify(
+            public_key=key.public_key,
+            listen_addrs=[
+                Multiaddr(f"/ip4/10.{round_}.{i // 250}.{i % 250}/tcp/1") for i in range(4500)
+            ],
+            protocols=[f"/x/{round_}/{i}" for i in range(200)],
+            observed_addr=None,
+            protocol_version="ipfs/0.1.0",
+            agent_version="attacker",
+            signed_peer_record=None,
+        )
+        for round_ in range(4)
+    ]
+    assert all(len(push) < 64 * 1024 for push in pushes)
+
+    async def attack(victim: Victim, stop: asyncio.Event) -> None:
+        nonlocal pushed
+        async with attacker_host(key) as host:
+            conn = await host.connect(victim.addr)
+            while not stop.is_set():
+                pushed += 1
+                with contextlib.suppress(P2PError):  # reset unread beyond the rate
+                    stream = await conn.new_stream([PUSH_PROTOCOL_ID])
+                    await stream.write(encode_length_prefixed(pushes[pushed % len(pushes)]))
+                    await stream.close()
+                await asyncio.sleep(0)
+
+    victim = await under_attack(attack)
+    assert pushed > 50 and victim.latest["refused"] > 40  # most were reset unread
+    assert 0 < max(s["max_peer_addrs"] for s in victim.samples) <= 64 + 16
+
+
 async def test_syn_rst_flood() -> None:
     async def attack(victim: Victim, stop: asyncio.Event) -> None:
         async with attacker_host() as host:
