@@ -25,8 +25,10 @@ from p2pnet.resources import (
 from p2pnet.resources.limits import MiB
 from p2pnet.stream import Direction, Stream
 from p2pnet.wire.framing import encode_length_prefixed, read_length_prefixed
+from p2pnet.wire.varint import encode_uvarint
 
 SINK = "/test/sink/1.0.0"
+BIG = "/test/big/1.0.0"
 ONE = "/test/one/1.0.0"
 
 
@@ -438,3 +440,49 @@ def test_the_documented_defaults_are_the_scaled_ones() -> None:
     }
     assert {name: rows.get(name) for name in expected} == expected
     assert rows["refused streams per connection"].startswith(f"{lim.stream_flood_close},")
+
+
+def test_fds_and_outbound_connections_are_limited() -> None:
+    rm = ResourceManager(ResourceLimits(system_fds=2, system_conns_outbound=1))
+    a = rm.open_connection(Direction.OUTBOUND, None, 0.0)
+    with pytest.raises(ResourceLimitExceeded) as info:
+        rm.open_connection(Direction.OUTBOUND, None, 0.0)
+    assert (info.value.scope, info.value.resource) == ("system", "conns_outbound")
+    rm.open_connection(Direction.INBOUND, "10.0.0.1", 0.0)
+    with pytest.raises(ResourceLimitExceeded) as info:
+        rm.open_connection(Direction.INBOUND, "10.0.0.2", 0.0)
+    assert (info.value.scope, info.value.resource) == ("system", "fds")
+    a.done()
+    rm.open_connection(Direction.INBOUND, "10.0.0.2", 0.0)  # its fd came back
+    assert rm.refused["system/conns_outbound"] == 1 and rm.refused["system/fds"] == 1
+
+
+async def test_a_frame_under_assembly_counts_against_the_peers_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A length-prefixed frame being read holds its announced size in the peer's scope from
+    its prefix on (not its bytes so far): a second frame beyond the peer's memory is refused and
+    its stream reset, and everything is given back."""
+    limits = ResourceLimits(peer_memory=4 * MiB, conn_memory=4 * MiB, stream_memory=4 * MiB)
+    async with host_with(limits) as victim, host_with(ResourceLimits()) as attacker:
+
+        async def read_big(stream: Stream) -> None:
+            await read_length_prefixed(stream, 16 * MiB)
+
+        victim.set_stream_handler(BIG, read_big)
+        conn = await attacker.connect(victim.p2p_addrs()[0])
+        first = await conn.new_stream([BIG])
+        await first.write(encode_uvarint(3 * MiB) + b"x" * 1000)
+        usage = victim.resources.peer_usage
+        await wait_for(lambda: usage(attacker.peer_id).get("memory", 0) >= 3 * MiB)
+        second = await conn.new_stream([BIG])
+        await second.write(encode_uvarint(2 * MiB) + b"y" * 1000)
+        with pytest.raises(StreamReset):
+            async with asyncio.timeout(5):
+                while await second.read():
+                    pass
+        refused = victim.resources.refused
+        assert refused["peer/memory"] + refused["conn/memory"] >= 1
+        await first.reset()
+        await wait_for(lambda: usage(attacker.peer_id).get("memory", 0) == 0)
+    no_tracebacks(caplog)
