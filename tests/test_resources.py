@@ -486,3 +486,17 @@ async def test_a_frame_under_assembly_counts_against_the_peers_memory(
         await first.reset()
         await wait_for(lambda: usage(attacker.peer_id).get("memory", 0) == 0)
     no_tracebacks(caplog)
+
+
+def test_new_connections_per_address_are_rate_limited_with_a_burst() -> None:
+    rm = ResourceManager(ResourceLimits(conn_rate_per_ip=2.0, conn_burst_per_ip=3))
+    assert [rm.allow_connection_from("10.0.0.1", 0.0) for _ in range(4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert rm.allow_connection_from("10.0.0.2", 0.0)  # each address has its own bucket
+    assert rm.allow_connection_from("10.0.0.1", 0.5)  # refilled at 2/s
+    assert not rm.allow_connection_from("10.0.0.1", 0.5)
+    assert rm.refused["ip/conn_rate"] == 2
