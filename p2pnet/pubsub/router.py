@@ -633,9 +633,8 @@ class GossipsubRouter:
             log.debug("RPC from unknown peer %s dropped", peer)
             self._count("rpc_unknown_peer")
             return
-        if (
-            peer not in self.direct
-            and self.score.score(peer, now) < self.thresholds.graylist_threshold
+        if peer not in self.direct and not self.score.at_least(
+            peer, self.thresholds.graylist_threshold, now
         ):  # accept_from, inlined: it runs for every frame
             log.debug("RPC from graylisted peer %s ignored", peer)
             self._count("rpc_graylisted")
