@@ -660,19 +660,24 @@ class GossipsubRouter:
         self._count("rpc_received")
         for sub in subs:
             self._handle_subscription(p, sub)
-        seen, stats = self.seen.keys, self.stats
+        seen, pending, subscriptions = self.seen.keys, self.pending, self.subscriptions
+        duplicate = self.score.duplicate_message
+        duplicates = 0
         for msg, raw in msgs:
-            if isinstance(msg, tuple):
+            if type(msg) is tuple:
                 msg_id, topic = msg
-                if topic not in self.subscriptions:
+                if topic not in subscriptions:
                     self._count("msg_not_subscribed")
-                elif msg_id in seen or msg_id in self.pending:
-                    self.score.duplicate_message(peer, msg_id, topic, now)
-                    stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
+                elif msg_id in seen or msg_id in pending:
+                    duplicate(peer, msg_id, topic, now)
+                    duplicates += 1
                 else:  # cached but no longer seen (a seen TTL shorter than the history)
                     self._handle_message(p, rpc_pb2.Message.FromString(raw), raw)
             else:
-                self._handle_message(p, msg, raw)
+                self._handle_message(p, msg, raw)  # type: ignore[arg-type]
+        if duplicates:
+            stats = self.stats
+            stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + duplicates
         if control is not None and p.is_gossip:
             self._handle_control(p, control)
 

@@ -476,29 +476,36 @@ class PeerScore:
 
     def duplicate_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
         rec = self._records.get(msg_id)
-        if rec is None or peer in rec.peers:
+        if rec is None:
             return
-        if rec.status == _UNKNOWN:
-            rec.peers.add(peer)  # settled when validation ends
-        elif rec.status == _VALID:
-            rec.peers.add(peer)
-            # _mark_duplicate_delivery inlined: most messages a node receives are duplicates
-            tp = self.params.topics.get(topic) or self.params.default_topic
-            if tp is None:
-                return
-            stats = self._peers.get(peer)
-            if stats is None:
-                return
-            ts = stats.topics.get(topic)
-            if ts is None:
-                ts = stats.topics[topic] = _TopicStats()
-            validated = rec.validated
-            if ts.in_mesh and not (
-                validated and now > validated + tp.mesh_message_deliveries_window
-            ):
-                self._add_mesh_delivery(stats, ts, tp)
-        elif rec.status == _INVALID:
-            self._mark_invalid_delivery(peer, topic)
+        status = rec.status
+        peers = rec.peers
+        if status > _VALID:  # invalid or ignored: nobody is added
+            if status == _INVALID and peer not in peers:
+                self._mark_invalid_delivery(peer, topic)
+            return
+        # most messages a node receives are duplicates: one PeerID hash tests and adds
+        known = len(peers)
+        peers.add(peer)
+        if len(peers) == known or status == _UNKNOWN:
+            return  # a duplicate from the same peer; or settled when validation ends
+        # _mark_duplicate_delivery inlined
+        tp = self.params.topics.get(topic) or self.params.default_topic
+        if tp is None:
+            return
+        stats = self._peers.get(peer)
+        if stats is None:
+            return
+        ts = stats.topics.get(topic)
+        if ts is None:
+            ts = stats.topics[topic] = _TopicStats()
+        validated = rec.validated
+        if ts.in_mesh and not (validated and now > validated + tp.mesh_message_deliveries_window):
+            mesh = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
+            if mesh != ts.mesh_deliveries:  # _add_mesh_delivery, inlined
+                ts.mesh_deliveries = mesh
+                if tp.mesh_message_deliveries_weight != 0:
+                    stats.version += 1
 
     # These run for every message received: the version (the score cache's key) moves only when
     # a counter the score weighs changes, so a busy peer's score is not recomputed per message.
