@@ -965,3 +965,49 @@ async def test_push_mode_connection_loss_is_reported() -> None:
         await client.close()
         await asyncio.wait_for(rec.ended.wait(), T)
         assert rec.ends == ["lost"] and isinstance(rec.lost[0], ConnectionClosed)
+
+
+async def test_flushes_of_many_connections_share_one_callback_and_survive_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conns = []
+    for _ in range(2):
+        a, b = memory_pipe()
+        conns += [YamuxConnection(a, initiator=True), YamuxConnection(b, initiator=False)]
+    for conn in conns:
+        await conn.start()
+    c1, s1, c2, s2 = conns
+    try:
+        st1, st2 = await c1.open_stream(), await c2.open_stream()
+        await st1.write(b"0")
+        await st2.write(b"0")
+        ss1 = await asyncio.wait_for(s1.accept_stream(), T)
+        ss2 = await asyncio.wait_for(s2.accept_stream(), T)
+        assert await ss1.readexactly(1) == await ss2.readexactly(1) == b"0"
+        loop = asyncio.get_running_loop()
+        scheduled: list[Any] = []
+        call_soon = loop.call_soon
+
+        def counting(callback: Any, *args: Any, **kw: Any) -> asyncio.Handle:
+            scheduled.append(callback)
+            return call_soon(callback, *args, **kw)
+
+        def broken() -> None:
+            raise RuntimeError("a bug in one connection")
+
+        monkeypatch.setattr(loop, "call_soon", counting)
+        monkeypatch.setattr(c1, "_flush", broken)
+        assert st1.write_nowait(b"one") and st2.write_nowait(b"two")
+        monkeypatch.setattr(loop, "call_soon", call_soon)
+        # one callback writes both connections' frames
+        assert [getattr(cb, "__qualname__", "") for cb in scheduled] == ["_Flusher._run"]
+        # the first one's failure is logged; the second one's frames still leave
+        assert await asyncio.wait_for(ss2.readexactly(3), T) == b"two"
+        monkeypatch.undo()
+        c1._flush_scheduled = False
+        c1.flush()
+        assert await asyncio.wait_for(ss1.readexactly(3), T) == b"one"
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert await settle_tasks() == set()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from types import TracebackType
 
@@ -453,6 +454,7 @@ class YamuxConnection:
         self._channel: Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
+        self._flusher: _Flusher | None = None
         self._write_paused = False
         # reading from the channel is paused: the streams hold too much unread, or the remote
         # provoked too many replies that wait behind a full transport (it does not read)
@@ -523,6 +525,7 @@ class YamuxConnection:
             raise ConnectionClosed("yamux connection is closed")
         self._started = True
         self._loop = asyncio.get_running_loop()
+        self._flusher = _flusher_of(self._loop)
         self.session.start(self._now())
         self._arm_timer()
         self.flush()
@@ -641,7 +644,8 @@ class YamuxConnection:
         """The session has frames queued: write them at the end of this loop iteration."""
         if not self._flush_scheduled and self._loop is not None and not self._closing:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            assert self._flusher is not None  # set with the loop
+            self._flusher.add(self, self._loop)
 
     def _flush(self) -> None:
         """Encrypt and write everything queued, in one write (unless the channel is paused:
@@ -1055,6 +1059,46 @@ class YamuxConnection:
         self._maybe_closed()
         if current not in self._handler_tasks:  # else: closed is set when this handler ends
             await self.closed.wait()
+
+
+class _Flusher:
+    """The connections of one event loop with frames to write, written by one callback at the
+    next loop iteration, in the order they asked: one handle per iteration instead of one per
+    connection (a node with many busy connections flushes dozens at a time)."""
+
+    # no reference to the loop: it is the key of a weak mapping to this
+    __slots__ = ("_queue", "_scheduled")
+
+    def __init__(self) -> None:
+        self._queue: list[YamuxConnection] = []
+        self._scheduled = False
+
+    def add(self, conn: YamuxConnection, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        for conn in queue:  # connections asking during this run are written next iteration
+            try:
+                conn._flush()
+            except Exception:  # a bug in one connection must not stall the others' writes
+                log.exception("yamux: writing queued frames failed")
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher_of(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _Flusher()
+    return flusher
 
 
 class YamuxMuxer:
