@@ -203,8 +203,8 @@ class YamuxStream(ChunkReader):
         if self._pending_pos < len(self._pending):
             leftover = self._take_pending(-1)
             self._push(consumer, leftover)
-        if self._consumer is consumer and not self._push_paused:
-            self._drain_to_consumer()
+        if self._consumer is consumer:
+            self._drain_to_consumer()  # (also tells a consumer that reset its stream meanwhile)
 
     def pause_reading(self) -> None:
         self._push_paused = True
