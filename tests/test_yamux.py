@@ -1011,3 +1011,23 @@ async def test_flushes_of_many_connections_share_one_callback_and_survive_a_fail
         for conn in conns:
             await conn.close()
     assert await settle_tasks() == set()
+
+
+async def test_push_mode_consumer_that_pauses_and_resets_is_told_once() -> None:
+    async with yamux_pair("memory") as (client, server):
+        cs = await client.open_stream()
+        await cs.write(b"abc")
+        ss = await asyncio.wait_for(server.accept_stream(), T)
+        assert await ss.readexactly(1) == b"a"  # "bc" left over: pushed from set_consumer
+
+        class PauseAndReset(Recorder):
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                ss.pause_reading()
+                ss.connection.reset_stream(ss)
+
+        rec = PauseAndReset(ss)
+        ss.set_consumer(rec)
+        assert rec.data == b"bc"
+        assert rec.ends == ["lost"] and isinstance(rec.lost[0], StreamReset)
+        await wait_until(lambda: cs.is_reset)
