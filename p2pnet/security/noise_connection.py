@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
 from collections import deque
 from collections.abc import Sequence
 
@@ -28,7 +30,13 @@ from p2pnet.errors import (
 )
 from p2pnet.io import Bytes, ChunkReader, ReadWriter
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.security.noise import PROTOCOL_ID, NoiseHandshake, NoiseTransport
+from p2pnet.security.noise import (
+    MAX_PLAINTEXT,
+    PROTOCOL_ID,
+    TAG_LEN,
+    NoiseHandshake,
+    NoiseTransport,
+)
 
 __all__ = ["PROTOCOL_ID", "NoiseChannel", "NoiseConnection", "NoiseSecurity", "noise_handshake"]
 
@@ -38,6 +46,42 @@ log = logging.getLogger("p2pnet.noise")
 CLOSE_TIMEOUT = 2.0
 #: Decrypted frames smaller than this are joined with their successors into one chunk.
 _SMALL_FRAME = 16 * 1024
+#: Writes that encrypt to at least this many bytes go through the thread's reusable output
+#: buffer (smaller buffers come cheaply from Python's allocator)...
+_SCRATCH_FROM = 32 * 1024
+#: ... and up to this many (a yamux flush is at most its write high-water mark and a frame).
+_SCRATCH_MAX = 4 << 20
+#: Whether ``sys.getrefcount`` can tell that nothing else holds the output buffer any more.
+_CAN_REUSE = sys.implementation.name == "cpython"
+#: Bytes a frame adds to its plaintext: the length prefix and the tag.
+_FRAME_EXTRA = 2 + TAG_LEN
+
+
+class _Scratch(threading.local):
+    """The output buffer the channels of one thread (one event loop) encrypt bulk writes into.
+
+    A fresh megabyte-sized buffer per write costs more than its encryption (zeroing it and the
+    page faults of memory the allocator gave back to the kernel between writes). The buffer is
+    reused only when nothing else references it: the connection below has sent or copied the
+    bytes (asyncio's selector transport on Python 3.11 does), so a transport that keeps a view
+    of what it could not send yet (Python 3.12) makes the next write take a new buffer.
+    """
+
+    buf: bytearray | None = None
+
+
+_scratch = _Scratch()
+
+
+def _output_buffer(size: int) -> bytearray | None:
+    """A buffer of at least ``size`` bytes nobody else holds, or None for a small write."""
+    if size < _SCRATCH_FROM or size > _SCRATCH_MAX or not _CAN_REUSE:
+        return None
+    buf = _scratch.buf
+    # three references when free: the thread-local slot, ``buf`` and getrefcount's argument
+    if buf is None or len(buf) < size or sys.getrefcount(buf) > 3:
+        buf = _scratch.buf = bytearray(size)
+    return buf
 
 
 async def _close_quietly(conn: ReadWriter) -> None:
@@ -297,13 +341,19 @@ class NoiseChannel:
         return lower
 
     def write(self, data: Bytes) -> None:
-        lower = self._below()
         if data:
-            lower.write(self._transport.encrypt(data))
+            self.writelines((data,))
+        else:
+            self._below()
 
     def writelines(self, chunks: Sequence[Bytes]) -> None:
         lower = self._below()
-        out = self._transport.encrypt_many(chunks)
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+        # the frames' prefixes and tags: at most one frame per piece and per MAX_PLAINTEXT bytes
+        scratch = _output_buffer(size + (len(chunks) + size // MAX_PLAINTEXT + 1) * _FRAME_EXTRA)
+        out = self._transport.encrypt_many(chunks, scratch)
         if out:
             lower.write(out)
 
