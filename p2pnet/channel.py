@@ -31,7 +31,12 @@ CLOSE_TIMEOUT = 2.0
 
 
 class ChannelReceiver(Protocol):
-    """What a channel calls, always from the event loop and never re-entrantly."""
+    """What a channel calls, always from the event loop and never re-entrantly.
+
+    A receiver whose class sets ``accepts_views = True`` may be given a ``memoryview`` instead
+    of ``bytes``: a view of a buffer the channel reuses for its next read, valid only during the
+    call, so the receiver must copy (or decrypt) whatever it keeps. Others always get ``bytes``.
+    """
 
     def data_received(self, data: bytes) -> None:
         """The next bytes of the connection (never empty)."""

@@ -263,6 +263,10 @@ class NoiseChannel:
 
     __slots__ = ("_conn", "_lost", "_receiver", "_transport", "lower")
 
+    #: ``data_received`` may be given a view of a buffer the channel below reuses after the call
+    #: (TCP's receive buffer): every frame is decrypted (or a partial one copied) at once.
+    accepts_views = True
+
     def __init__(self, conn: NoiseConnection, receiver: ChannelReceiver) -> None:
         self._conn = conn
         self._transport = conn._transport
@@ -273,7 +277,7 @@ class NoiseChannel:
 
     # -- ChannelReceiver, for the channel below --------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: Bytes) -> None:
         if self._lost.lost:
             return
         try:
