@@ -1,15 +1,17 @@
 """TCP transport: listen on and dial ``/ip4|ip6|dns4|dns6/<host>/tcp/<port>`` multiaddrs.
 
-The connection is an :class:`asyncio.Protocol` of our own rather than a StreamReader/StreamWriter
-pair: the ``bytes`` objects the event loop receives are queued as they are and handed whole to
-the reader (a StreamReader copies every byte twice, into its buffer and out of it again).
+The connection is an :class:`asyncio.BufferedProtocol` of our own rather than a
+StreamReader/StreamWriter pair (which copies every byte twice, into its buffer and out of it
+again): the socket is read into one receive buffer per thread, and each read is copied once into
+a ``bytes`` queued for the reader.
 Backpressure both ways: reading from the socket pauses while more than :data:`READ_HIGH_WATER`
 bytes wait unread and resumes below :data:`READ_LOW_WATER`; :meth:`TcpConnection.write` waits
 while the transport's write buffer is above its high-water mark (``pause_writing``).
 
 That pull interface serves the upgrade. Afterwards :meth:`TcpConnection.attach` turns the
-connection into a push :class:`~p2pnet.channel.Channel`: ``data_received`` hands each chunk straight
-to the receiver (the Noise layer), and flow control is the receiver's to drive.
+connection into a push :class:`~p2pnet.channel.Channel`: each read is handed straight to the
+receiver (the Noise layer decrypts it in place in the receive buffer, without a copy), and flow
+control is the receiver's to drive.
 """
 
 from __future__ import annotations
