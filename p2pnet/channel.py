@@ -53,6 +53,21 @@ class ChannelReceiver(Protocol):
     def resume_writing(self) -> None: ...
 
 
+class ViewReceiver(ChannelReceiver, Protocol):
+    """A :class:`ChannelReceiver` that takes views (its class sets ``accepts_views = True``)."""
+
+    accepts_views: bool
+
+    def data_received(self, data: Bytes) -> None:
+        """The next bytes; a view valid only during this call: copy whatever is kept."""
+        ...
+
+
+def accepts_views(receiver: ChannelReceiver) -> bool:
+    """Whether ``receiver`` may be given views of a buffer reused after the call."""
+    return getattr(receiver, "accepts_views", False) is True
+
+
 @runtime_checkable
 class Channel(Protocol):
     """The sending side and the controls of an attached connection. Nothing here blocks."""
@@ -292,5 +307,7 @@ __all__ = [
     "ChannelReceiver",
     "LostSignal",
     "PulledChannel",
+    "ViewReceiver",
+    "accepts_views",
     "attach",
 ]

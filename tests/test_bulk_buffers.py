@@ -108,7 +108,7 @@ def test_output_buffer_is_reused_once_the_connection_below_copied_it(
         return bytearray(size)
 
     monkeypatch.setattr(noise_connection, "bytearray", new_buffer, raising=False)
-    monkeypatch.setattr(noise_connection._scratch, "buf", None)
+    monkeypatch.setattr(noise_connection._scratch, "out", None)
     channel, lower, remote = _channel(copy=True)
     writes = [os.urandom(n) for n in (500_000, 400_000, 500_000, 100)]
     channel.write(writes[0])

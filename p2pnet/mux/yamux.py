@@ -51,6 +51,7 @@ from p2pnet.errors import (
     StreamClosed,
     StreamLimitExceeded,
 )
+from p2pnet.io import Bytes
 
 log = logging.getLogger("p2pnet.yamux")
 
@@ -703,8 +704,12 @@ class YamuxSession:
 
     # ----------------------------------------------------------------- input
 
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
-        """Parse ``data`` (any slice of the byte stream) and return what happened."""
+    def receive_data(self, data: Bytes, now: float) -> list[Event]:
+        """Parse ``data`` (any slice of the byte stream) and return what happened.
+
+        ``data`` may be a view of a buffer the caller reuses: every payload is handed out as a
+        ``bytes`` of its own (a slice, or ``data`` itself when it is ``bytes`` and all payload).
+        """
         if self.terminated:
             raise ConnectionClosed("yamux session is closed")
         events: list[Event] = []
@@ -728,6 +733,8 @@ class YamuxSession:
                 st = self._data_stream
                 if st is not None:
                     chunk = data if (pos == 0 and take == n) else data[pos : pos + take]
+                    if type(chunk) is not bytes:
+                        chunk = bytes(chunk)
                     events.append(DataReceived(st.stream_id, chunk))
                 pos += take
                 left -= take
@@ -736,7 +743,7 @@ class YamuxSession:
                     self._end_data_frame(events)
                 continue
             if n - pos < HEADER_SIZE:
-                self._partial = data[pos:]
+                self._partial = bytes(data[pos:])
                 break
             self._handle_header(data, pos, events, now)
             pos += HEADER_SIZE
@@ -756,7 +763,7 @@ class YamuxSession:
         if st.state in _GONE:
             self._remove(st)
 
-    def _handle_header(self, buf: bytes, pos: int, events: list[Event], now: float) -> None:
+    def _handle_header(self, buf: Bytes, pos: int, events: list[Event], now: float) -> None:
         version, ftype, flags, sid, length = _unpack_header(buf, pos)
         if version != VERSION:
             raise self._protocol_error(f"unsupported yamux version {version}")

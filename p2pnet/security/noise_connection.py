@@ -17,8 +17,9 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
+from typing import cast
 
-from p2pnet.channel import Channel, ChannelReceiver, LostSignal
+from p2pnet.channel import Channel, ChannelReceiver, LostSignal, ViewReceiver, accepts_views
 from p2pnet.channel import attach as attach_channel
 from p2pnet.crypto.keys import KeyPair, PublicKey
 from p2pnet.errors import (
@@ -58,29 +59,34 @@ _FRAME_EXTRA = 2 + TAG_LEN
 
 
 class _Scratch(threading.local):
-    """The output buffer the channels of one thread (one event loop) encrypt bulk writes into.
+    """The buffers the channels of one thread (one event loop) encrypt and decrypt bulk into.
 
     A fresh megabyte-sized buffer per write costs more than its encryption (zeroing it and the
-    page faults of memory the allocator gave back to the kernel between writes). The buffer is
-    reused only when nothing else references it: the connection below has sent or copied the
-    bytes (asyncio's selector transport on Python 3.11 does), so a transport that keeps a view
-    of what it could not send yet (Python 3.12) makes the next write take a new buffer.
+    page faults of memory the allocator gave back to the kernel between writes), and a fresh
+    ``bytes`` per received frame makes every layer above pay its per-chunk cost per 64 KiB. A
+    buffer is reused only when nothing else references it: for ``out``, once the connection
+    below has sent or copied the bytes (asyncio's selector transport on Python 3.11 does; a
+    transport that keeps a view of what it could not send yet, as on Python 3.12, makes the
+    next write take a new buffer); for ``plain``, once the receiver above copied what it keeps.
     """
 
-    buf: bytearray | None = None
+    out: bytearray | None = None
+    plain: bytearray | None = None
 
 
 _scratch = _Scratch()
 
 
-def _output_buffer(size: int) -> bytearray | None:
-    """A buffer of at least ``size`` bytes nobody else holds, or None for a small write."""
+def _free_buffer(slot: str, size: int) -> bytearray | None:
+    """The thread's ``slot`` buffer, at least ``size`` bytes and held by nobody else, or None
+    for a small or a huge size."""
     if size < _SCRATCH_FROM or size > _SCRATCH_MAX or not _CAN_REUSE:
         return None
-    buf = _scratch.buf
+    buf: bytearray | None = getattr(_scratch, slot)
     # three references when free: the thread-local slot, ``buf`` and getrefcount's argument
     if buf is None or len(buf) < size or sys.getrefcount(buf) > 3:
-        buf = _scratch.buf = bytearray(size)
+        buf = bytearray(size)
+        setattr(_scratch, slot, buf)
     return buf
 
 
@@ -261,7 +267,7 @@ class NoiseChannel:
     :class:`~p2pnet.errors.ProtocolError` (:class:`~p2pnet.errors.IncompleteRead`).
     """
 
-    __slots__ = ("_conn", "_lost", "_receiver", "_transport", "lower")
+    __slots__ = ("_conn", "_lost", "_receiver", "_transport", "_views", "lower")
 
     #: ``data_received`` may be given a view of a buffer the channel below reuses after the call
     #: (TCP's receive buffer): every frame is decrypted (or a partial one copied) at once.
@@ -271,6 +277,9 @@ class NoiseChannel:
         self._conn = conn
         self._transport = conn._transport
         self._receiver = receiver
+        #: The receiver takes a view of all the plaintext of a chunk (yamux): decrypted into
+        #: one reused buffer. Else each frame's plaintext is a ``bytes`` of its own.
+        self._views = accepts_views(receiver)
         self._lost = LostSignal()
         #: The channel of the connection below (set once it is attached).
         self.lower: Channel | None = None
@@ -280,13 +289,27 @@ class NoiseChannel:
     def data_received(self, data: Bytes) -> None:
         if self._lost.lost:
             return
+        receiver = self._receiver
+        transport = self._transport
+        if self._views:
+            # all the frames' plaintext in one view, valid during the call: one call up
+            try:
+                plain = transport.decrypt_joined(
+                    data, _free_buffer("plain", len(data) + len(transport._partial))
+                )
+            except ProtocolError as exc:
+                log.debug("noise connection to %s: %s", self._conn.remote_peer, exc)
+                self._fail(exc)
+                return
+            if plain:
+                cast(ViewReceiver, receiver).data_received(plain)
+            return
         try:
-            frames = self._transport.decrypt(data)
+            frames = transport.decrypt(data)
         except ProtocolError as exc:
             log.debug("noise connection to %s: %s", self._conn.remote_peer, exc)
             self._fail(exc)
             return
-        receiver = self._receiver
         if len(frames) == 1:
             if frames[0]:
                 receiver.data_received(frames[0])
@@ -356,7 +379,9 @@ class NoiseChannel:
         for chunk in chunks:
             size += len(chunk)
         # the frames' prefixes and tags: at most one frame per piece and per MAX_PLAINTEXT bytes
-        scratch = _output_buffer(size + (len(chunks) + size // MAX_PLAINTEXT + 1) * _FRAME_EXTRA)
+        scratch = _free_buffer(
+            "out", size + (len(chunks) + size // MAX_PLAINTEXT + 1) * _FRAME_EXTRA
+        )
         out = self._transport.encrypt_many(chunks, scratch)
         if out:
             lower.write(out)

@@ -27,7 +27,7 @@ from typing import cast
 
 from multiaddr import Multiaddr
 
-from p2pnet.channel import ChannelReceiver, LostSignal
+from p2pnet.channel import ChannelReceiver, LostSignal, ViewReceiver, accepts_views
 from p2pnet.errors import ConnectionClosed, DialError
 from p2pnet.io import Bytes, ChunkReader
 from p2pnet.transport.addr import host_port_of, is_tcp_multiaddr, tcp_multiaddr
@@ -118,7 +118,7 @@ class _TcpProtocol(asyncio.BufferedProtocol):
         if receiver is not None:
             if not self.receiver_lost.lost:
                 if self.receiver_views:
-                    receiver.data_received(view[:nbytes])  # type: ignore[arg-type]
+                    cast(ViewReceiver, receiver).data_received(view[:nbytes])
                 else:
                     receiver.data_received(bytes(view[:nbytes]))
             return
@@ -308,7 +308,7 @@ class TcpConnection(ChunkReader):
         channel = TcpChannel(self)
         pending = self._take_pending(-1) if self._pending_pos < len(self._pending) else b""
         proto.receiver = receiver
-        proto.receiver_views = getattr(receiver, "accepts_views", False) is True
+        proto.receiver_views = accepts_views(receiver)
         if pending:
             receiver.data_received(pending)
         chunks = proto.chunks
