@@ -7,15 +7,18 @@ or read overwrites.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Sequence
 
 import pytest
 
 from p2pnet.crypto.keys import KeyPair
+from p2pnet.errors import ProtocolError
 from p2pnet.io import Bytes
+from p2pnet.mux.yamux import DataReceived, YamuxSession
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.security import noise_connection
-from p2pnet.security.noise import CipherState, NoiseTransport
+from p2pnet.security.noise import MAX_PLAINTEXT, CipherState, NoiseTransport
 from p2pnet.security.noise_connection import NoiseChannel, NoiseConnection
 
 
@@ -35,6 +38,18 @@ class _Receiver:
 
     def resume_writing(self) -> None:
         pass
+
+
+class ViewTaker(_Receiver):
+    accepts_views = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.types: set[type] = set()
+
+    def data_received(self, data: bytes) -> None:
+        self.types.add(type(data))
+        super().data_received(data)
 
 
 class _Lower:
@@ -67,7 +82,9 @@ class _Lower:
         pass
 
 
-def _channel(*, copy: bool) -> tuple[NoiseChannel, _Lower, NoiseTransport]:
+def _channel(
+    *, copy: bool, receiver: _Receiver | None = None
+) -> tuple[NoiseChannel, _Lower, NoiseTransport]:
     k1, k2 = os.urandom(32), os.urandom(32)
     key = KeyPair.generate()
     peer = PeerID.from_public_key(key.public_key)
@@ -78,7 +95,7 @@ def _channel(*, copy: bool) -> tuple[NoiseChannel, _Lower, NoiseTransport]:
         remote_peer=peer,
         remote_public_key=key.public_key,
     )
-    channel = NoiseChannel(conn, _Receiver())
+    channel = NoiseChannel(conn, receiver or _Receiver())
     lower = _Lower(copy=copy)
     channel.lower = lower
     return channel, lower, NoiseTransport(CipherState(k2), CipherState(k1))
@@ -118,3 +135,108 @@ def test_output_buffer_is_reused_once_the_connection_below_copied_it(
     assert len(made) == 1 and made[0] >= 500_000
     plain = remote.decrypt(b"".join(bytes(w) for w in lower.written))
     assert b"".join(plain) == writes[0] + b"x" * 12 + writes[1] + writes[2] + writes[3]
+
+
+# -- receiving: every frame of a read decrypted into one buffer, yamux copies its payloads out --
+
+
+def _pair() -> tuple[NoiseTransport, NoiseTransport]:
+    k1, k2 = os.urandom(32), os.urandom(32)
+    return NoiseTransport(CipherState(k1), CipherState(k2)), NoiseTransport(
+        CipherState(k2), CipherState(k1)
+    )
+
+
+def _wire(a: NoiseTransport, rnd: random.Random) -> tuple[bytes, bytes]:
+    pieces = [
+        os.urandom(rnd.choice([0, 1, 15, 16, 17, 500, MAX_PLAINTEXT, 100_000])) for _ in range(8)
+    ]
+    return bytes(a.encrypt_many(pieces)), b"".join(pieces)
+
+
+@pytest.mark.parametrize("use_scratch", [False, True])
+def test_decrypt_joined_gives_the_plaintext_of_decrypt_under_any_chunking(
+    use_scratch: bool,
+) -> None:
+    rnd = random.Random(13)
+    for _ in range(60):
+        a, b = _pair()
+        wire, plain = _wire(a, rnd)
+        scratch = bytearray(len(wire) + 70_000) if use_scratch else None
+        got = bytearray()
+        pos = 0
+        while pos < len(wire):
+            step = rnd.choice([1, 2, 3, 17, 1000, 65_537, 200_000])
+            out = b.decrypt_joined(memoryview(wire)[pos : pos + step], scratch)
+            if use_scratch and len(out) >= 1:
+                assert isinstance(out, memoryview) and out.obj is scratch
+            got += out
+            pos += step
+            assert b.buffered <= 65537
+        assert got == plain
+        assert b.buffered == 0
+        assert bytes(b.decrypt_joined(a.encrypt(b"next"))) == b"next"  # nonces in step
+
+
+def test_decrypt_joined_refuses_bad_frames_for_good() -> None:
+    a, b = _pair()
+    with pytest.raises(ProtocolError, match="too short"):
+        b.decrypt_joined(b"\x00\x05hello")
+    with pytest.raises(ProtocolError):  # stays failed
+        b.decrypt_joined(b"")
+    a, b = _pair()
+    good, bad = bytes(a.encrypt(b"first")), bytearray(a.encrypt(b"second"))
+    bad[4] ^= 1
+    with pytest.raises(ProtocolError, match="authentication"):
+        b.decrypt_joined(good + bad)
+    with pytest.raises(ProtocolError):
+        b.decrypt_joined(bytes(a.encrypt(b"third")))
+
+
+def test_noise_channel_hands_view_receivers_one_view_per_read_and_others_bytes() -> None:
+    rnd = random.Random(5)
+    for receiver in (ViewTaker(), _Receiver()):
+        channel, _, remote = _channel(copy=True, receiver=receiver)
+        wire, plain = _wire(remote, rnd)
+        pos = 0
+        calls = 0
+        while pos < len(wire):
+            step = rnd.choice([5, 70_000, 300_000])
+            # a view of a buffer that is overwritten after each call, as TCP's receive buffer
+            buf = bytearray(wire[pos : pos + step])
+            channel.data_received(memoryview(buf))
+            buf[:] = bytes(len(buf))
+            pos += step
+            calls += 1
+        assert b"".join(receiver.data) == plain
+        if isinstance(receiver, ViewTaker):
+            assert memoryview in receiver.types
+            assert len(receiver.data) <= calls  # at most one call up per read
+        else:
+            assert all(type(d) is bytes for d in receiver.data)
+
+
+def test_yamux_core_copies_payloads_out_of_a_reused_buffer() -> None:
+    """The core keeps nothing of a view it is given: payloads and a split header survive the
+    buffer being overwritten by the next read."""
+    sender = YamuxSession(initiator=True)
+    receiver = YamuxSession(initiator=False)
+    sid = sender.open_stream(0.0)
+    payloads = [os.urandom(n) for n in (1, 5000, 70_000, 3)]
+    for p in payloads:
+        sender.write(sid, p)
+    wire = b"".join(bytes(f) for f in sender.take_outbound())
+    buf = bytearray(len(wire))
+    got: list[bytes] = []
+    sizes = [7, 12, 30, 5000, 40_000]  # the first two split headers across reads
+    pos = 0
+    while pos < len(wire):
+        n = min(sizes.pop(0) if sizes else len(wire), len(wire) - pos)
+        buf[:n] = wire[pos : pos + n]
+        for ev in receiver.receive_data(memoryview(buf)[:n], 0.0):
+            if isinstance(ev, DataReceived):
+                assert type(ev.data) is bytes
+                got.append(ev.data)
+        buf[:] = b"\xee" * len(buf)  # the next read overwrites the buffer
+        pos += n
+    assert b"".join(got) == b"".join(payloads)
