@@ -217,12 +217,12 @@ def test_noise_channel_hands_view_receivers_one_view_per_read_and_others_bytes()
 
 
 def test_yamux_core_copies_payloads_out_of_a_reused_buffer() -> None:
-    """The core keeps nothing of a view it is given: payloads and a split header survive the
-    buffer being overwritten by the next read."""
+    """The core keeps nothing of a view it is given: payloads (in pieces of at most 64 KiB) and
+    a split header survive the buffer being overwritten by the next read."""
     sender = YamuxSession(initiator=True)
     receiver = YamuxSession(initiator=False)
     sid = sender.open_stream(0.0)
-    payloads = [os.urandom(n) for n in (1, 5000, 70_000, 3)]
+    payloads = [os.urandom(n) for n in (1, 5000, 150_000, 3)]
     for p in payloads:
         sender.write(sid, p)
     wire = b"".join(bytes(f) for f in sender.take_outbound())
@@ -240,3 +240,5 @@ def test_yamux_core_copies_payloads_out_of_a_reused_buffer() -> None:
         buf[:] = b"\xee" * len(buf)  # the next read overwrites the buffer
         pos += n
     assert b"".join(got) == b"".join(payloads)
+    # copied in pieces the allocator serves from its heap, never one big bytes per frame
+    assert max(map(len, got)) == 64 * 1024

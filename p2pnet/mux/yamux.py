@@ -82,6 +82,10 @@ HEADER = struct.Struct(">BBHII")
 #: Data frame payloads up to this size are copied into the outbound buffer next to their header
 #: rather than kept by reference.
 _SMALL_PAYLOAD = 2048
+#: Largest ``bytes`` a payload received in a view is copied into: the size of a Noise frame's
+#: plaintext, well below glibc's default mmap threshold (128 KiB). Bigger ones (a js-libp2p
+#: sender's yamux frames reach 1 MiB) are mapped and faulted in afresh each time: measured 2 GB/s.
+_MAX_COPY = 64 * 1024
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 
@@ -732,10 +736,16 @@ class YamuxSession:
                     take = left
                 st = self._data_stream
                 if st is not None:
-                    chunk = data if (pos == 0 and take == n) else data[pos : pos + take]
-                    if type(chunk) is not bytes:
-                        chunk = bytes(chunk)
-                    events.append(DataReceived(st.stream_id, chunk))
+                    if type(data) is bytes:
+                        chunk = data if (pos == 0 and take == n) else data[pos : pos + take]
+                        events.append(DataReceived(st.stream_id, chunk))
+                    else:
+                        # copied out of a reused buffer in pieces the allocator serves from
+                        # its heap (a bigger ``bytes`` would be mapped and faulted in afresh)
+                        end = pos + take
+                        for start in range(pos, end, _MAX_COPY):
+                            piece = bytes(data[start : min(start + _MAX_COPY, end)])
+                            events.append(DataReceived(st.stream_id, piece))
                 pos += take
                 left -= take
                 self._data_left = left
