@@ -506,6 +506,11 @@ class NoiseTransport:
         self._partial_n = 0
         return exc
 
+    def joined_size(self, n: int) -> int:
+        """At most how many bytes :meth:`decrypt_joined` returns for ``n`` bytes of input: the
+        frame being completed (up to its buffered size), then no more than the input itself."""
+        return n + (self._partial_n and len(self._partial))
+
     def decrypt_joined(self, data: Bytes, scratch: bytearray | None = None) -> Bytes:
         """The plaintext of every frame completed by ``data``, joined in one buffer.
 
@@ -516,8 +521,7 @@ class NoiseTransport:
         if self._failed is not None:
             raise self._failed
         total = len(data)
-        # the plaintext of a frame completing a partial one, then at most the ciphertext's size
-        limit = total + (self._partial_n and len(self._partial))
+        limit = self.joined_size(total)
         out = scratch if scratch is not None and len(scratch) >= limit else bytearray(limit)
         dst = memoryview(out)
         opos = 0

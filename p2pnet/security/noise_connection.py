@@ -294,9 +294,8 @@ class NoiseChannel:
         if self._views:
             # all the frames' plaintext in one view, valid during the call: one call up
             try:
-                plain = transport.decrypt_joined(
-                    data, _free_buffer("plain", len(data) + len(transport._partial))
-                )
+                scratch = _free_buffer("plain", transport.joined_size(len(data)))
+                plain = transport.decrypt_joined(data, scratch)
             except ProtocolError as exc:
                 log.debug("noise connection to %s: %s", self._conn.remote_peer, exc)
                 self._fail(exc)

@@ -10,8 +10,8 @@ while the transport's write buffer is above its high-water mark (``pause_writing
 
 That pull interface serves the upgrade. Afterwards :meth:`TcpConnection.attach` turns the
 connection into a push :class:`~p2pnet.channel.Channel`: each read is handed straight to the
-receiver (the Noise layer decrypts it in place in the receive buffer, without a copy), and flow
-control is the receiver's to drive.
+receiver (the Noise layer decrypts straight out of the receive buffer, without copying it), and
+flow control is the receiver's to drive.
 """
 
 from __future__ import annotations
