@@ -779,11 +779,13 @@ class YamuxConnection:
 
     # ----------------------------------------------------------------- ChannelReceiver
 
-    def data_received(self, data: bytes) -> None:
+    #: ``data_received`` may be given a view valid only during the call (the Noise channel's
+    #: plaintext buffer): the core copies each payload into a ``bytes`` of its own.
+    accepts_views = True
+
+    def data_received(self, data: Bytes) -> None:
         if self._closing:
             return
-        if type(data) is not bytes:
-            data = bytes(data)
         self.bytes_received += len(data)
         session = self.session
         streams = self._streams
