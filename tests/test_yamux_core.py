@@ -208,3 +208,16 @@ def test_receive_data_stops_at_its_frame_budget_and_the_next_call_goes_on() -> N
     assert b"".join(e.data for e in events if isinstance(e, DataReceived)) == b"hello"
     assert calls == 4  # 14 frames, 4 at a time
     assert frames(budgeted.take_outbound()) == frames(whole.take_outbound())  # 13 pongs, ACK
+
+
+def test_what_the_frame_budget_leaves_of_a_reused_buffer_is_copied() -> None:
+    pings = b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(10))
+    buffer = bytearray(pings)
+    _, session = pair()
+    session.receive_data(memoryview(buffer), 0.0, max_frames=3)
+    assert session.unparsed == 7 * HEADER_SIZE
+    buffer[:] = bytes(len(buffer))  # the caller reuses its buffer
+    while session.unparsed:
+        session.receive_data(b"", 0.0, max_frames=3)
+    pongs = [f[3] for f in frames(session.take_outbound()) if f[0] == TYPE_PING]
+    assert pongs == list(range(10))

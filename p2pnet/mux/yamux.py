@@ -51,6 +51,7 @@ from p2pnet.errors import (
     StreamClosed,
     StreamLimitExceeded,
 )
+from p2pnet.io import Bytes
 
 log = logging.getLogger("p2pnet.yamux")
 
@@ -81,6 +82,10 @@ HEADER = struct.Struct(">BBHII")
 #: Data frame payloads up to this size are copied into the outbound buffer next to their header
 #: rather than kept by reference.
 _SMALL_PAYLOAD = 2048
+#: Largest ``bytes`` a payload received in a view is copied into: the size of a Noise frame's
+#: plaintext, well below glibc's default mmap threshold (128 KiB). Bigger ones (a js-libp2p
+#: sender's yamux frames reach 1 MiB) are mapped and faulted in afresh each time: measured 2 GB/s.
+_MAX_COPY = 64 * 1024
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 
@@ -721,11 +726,15 @@ class YamuxSession:
         :meth:`receive_data`)."""
         return len(self._unparsed) - self._unparsed_pos
 
-    def receive_data(self, data: bytes, now: float, max_frames: int = 0) -> list[Event]:
+    def receive_data(self, data: Bytes, now: float, max_frames: int = 0) -> list[Event]:
         """Parse ``data`` (any slice of the byte stream) and return what happened.
 
+        ``data`` may be a view of a buffer the caller reuses: every payload is handed out as a
+        ``bytes`` of its own (a slice, or ``data`` itself when it is ``bytes`` and all payload).
+
         With ``max_frames``, parsing stops before the frame header after that many: the rest is
-        kept (:attr:`unparsed`) and parsed first by the next call (``data`` may be empty then).
+        kept (:attr:`unparsed`, a copy if ``data`` is a view) and parsed first by the next call
+        (``data`` may be empty then).
         """
         if self.terminated:
             raise ConnectionClosed("yamux session is closed")
@@ -733,7 +742,7 @@ class YamuxSession:
         pos = 0
         if self._unparsed:
             pos = self._unparsed_pos
-            data = self._unparsed[pos:] + data if data else self._unparsed
+            data = self._unparsed[pos:] + bytes(data) if data else self._unparsed
             if data is not self._unparsed:
                 pos = 0
             self._unparsed = b""
@@ -757,8 +766,16 @@ class YamuxSession:
                     take = left
                 st = self._data_stream
                 if st is not None:
-                    chunk = data if (pos == 0 and take == n) else data[pos : pos + take]
-                    events.append(DataReceived(st.stream_id, chunk))
+                    if type(data) is bytes:
+                        chunk = data if (pos == 0 and take == n) else data[pos : pos + take]
+                        events.append(DataReceived(st.stream_id, chunk))
+                    else:
+                        # copied out of a reused buffer in pieces the allocator serves from
+                        # its heap (a bigger ``bytes`` would be mapped and faulted in afresh)
+                        end = pos + take
+                        for start in range(pos, end, _MAX_COPY):
+                            piece = bytes(data[start : min(start + _MAX_COPY, end)])
+                            events.append(DataReceived(st.stream_id, piece))
                 pos += take
                 left -= take
                 self._data_left = left
@@ -766,12 +783,14 @@ class YamuxSession:
                     self._end_data_frame(events)
                 continue
             if n - pos < HEADER_SIZE:
-                self._partial = data[pos:]
+                self._partial = bytes(data[pos:])
                 break
             if max_frames:
                 if frames == max_frames:
-                    self._unparsed = data
-                    self._unparsed_pos = pos
+                    if type(data) is bytes:
+                        self._unparsed, self._unparsed_pos = data, pos
+                    else:  # a view of a buffer the caller reuses: keep a copy
+                        self._unparsed, self._unparsed_pos = bytes(data[pos:]), 0
                     break
                 frames += 1
             self._handle_header(data, pos, events, now)
@@ -792,7 +811,7 @@ class YamuxSession:
         if st.state in _GONE:
             self._remove(st)
 
-    def _handle_header(self, buf: bytes, pos: int, events: list[Event], now: float) -> None:
+    def _handle_header(self, buf: Bytes, pos: int, events: list[Event], now: float) -> None:
         version, ftype, flags, sid, length = _unpack_header(buf, pos)
         if version != VERSION:
             raise self._protocol_error(f"unsupported yamux version {version}")

@@ -812,21 +812,24 @@ class YamuxConnection:
 
     # ----------------------------------------------------------------- ChannelReceiver
 
-    def data_received(self, data: bytes) -> None:
+    #: ``data_received`` may be given a view valid only during the call (the Noise channel's
+    #: plaintext buffer): the core copies each payload into a ``bytes`` of its own.
+    accepts_views = True
+
+    def data_received(self, data: Bytes) -> None:
         if self._closing:
             return
-        if type(data) is not bytes:
-            data = bytes(data)
         self.bytes_received += len(data)
         if self._held or self.session.unparsed:
-            # (the rest of a chunk the layer below delivers after we paused it)
-            self._held.append(data)
+            # (the rest of a chunk the layer below delivers after we paused it; a copy, as
+            # ``data`` may be a view of a buffer the layer below reuses)
+            self._held.append(bytes(data))
             return
         self._parse(data, self.config.max_frames_per_turn)
         if self.session.unparsed and not self._closing:
             self._update_reading()
 
-    def _parse(self, data: bytes, max_frames: int) -> None:
+    def _parse(self, data: Bytes, max_frames: int) -> None:
         """Parse ``data`` (after what the core kept unparsed) and act on what happened."""
         session = self.session
         streams = self._streams

@@ -225,9 +225,10 @@ class ResourceManager:
 
     def reserve(self, scopes: Iterable[Scope], resource: str, amount: int = 1) -> None:
         """Take ``amount`` of ``resource`` from every scope, or from none (and raise)."""
-        chain = list(scopes)
+        # hot: every chunk a stream receives is reserved here, and released when read
+        chain = scopes if type(scopes) is list else list(scopes)
         for scope in chain:
-            if scope.used(resource) + amount > scope.limit(resource):
+            if scope.usage.get(resource, 0) + amount > scope.limits.get(resource, _UNLIMITED):
                 for created in chain:  # a scope made for this reservation must not linger
                     if created.idle and created.forget is not None:
                         created.forget()
@@ -238,7 +239,8 @@ class ResourceManager:
                     f"{scope.name}: {resource} limit {scope.limit(resource)} reached",
                 )
         for scope in chain:
-            scope.usage[resource] = scope.used(resource) + amount
+            usage = scope.usage
+            usage[resource] = usage.get(resource, 0) + amount
 
     def reserve_all(self, steps: list[tuple[list[Scope], str]]) -> None:
         """Several reservations of one each, all or none."""
@@ -258,15 +260,16 @@ class ResourceManager:
 
     def release(self, scopes: Iterable[Scope], resource: str, amount: int = 1) -> None:
         for scope in scopes:
-            left = scope.used(resource) - amount
+            usage = scope.usage
+            left = usage.get(resource, 0) - amount
+            if left > 0:
+                usage[resource] = left
+                continue
             if left < 0:  # pragma: no cover - a bookkeeping bug, never a peer's doing
                 log.error("resource manager: %s %s below zero", scope.name, resource)
-                left = 0
-            scope.usage[resource] = left
-            if left == 0:
-                del scope.usage[resource]
-                if scope.forget is not None and not scope.usage:
-                    scope.forget()
+            usage.pop(resource, None)
+            if scope.forget is not None and not usage:
+                scope.forget()
 
     def ban_ip(self, ip: str, now: float) -> None:
         """Refuse new connections from ``ip`` for ``flood_ban`` seconds (after a flood)."""
@@ -515,11 +518,17 @@ class ConnectionScope:
         """The remote kept opening streams long after being refused: close the connection."""
         return self._flooding
 
+    def _memory_chain(self) -> list[Scope]:
+        """This connection's scope and :meth:`_upper`, built in one go (once per chunk read)."""
+        manager = self.manager
+        peer = self._peer_scope
+        return [self.scope, manager.transient if peer is None else peer, manager.system]
+
     def reserve_memory(self, amount: int) -> None:
-        self.manager.reserve([self.scope, *self._upper()], MEMORY, amount)
+        self.manager.reserve(self._memory_chain(), MEMORY, amount)
 
     def release_memory(self, amount: int) -> None:
-        self.manager.release([self.scope, *self._upper()], MEMORY, amount)
+        self.manager.release(self._memory_chain(), MEMORY, amount)
 
     def done(self) -> None:
         """The connection closed: give back everything it still holds. Idempotent."""
