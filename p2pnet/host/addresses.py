@@ -59,8 +59,10 @@ def ip_of(addr: Multiaddr) -> IPAddress | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def is_relayed(addr: Multiaddr) -> bool:
-    """Whether ``addr`` goes through a circuit relay (has ``/p2p-circuit``)."""
+    """Whether ``addr`` goes through a circuit relay (has ``/p2p-circuit``). Memoised like
+    :func:`ip_of`: every dial plan and every new stream (the preferred connection) asks."""
     try:
         return any(p.name == "p2p-circuit" for p in addr.protocols())
     except Exception:  # the multiaddr package parses lazily and raises unrelated types

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 
 from p2pnet.channel import Channel, attach
@@ -342,6 +343,7 @@ class YamuxConnection:
         self._error: P2PError | None = None
         #: Set once the connection is fully closed (``conn`` closed, stream handlers ended).
         self.closed = asyncio.Event()
+        self._close_callbacks: list[Callable[[], None]] = []
         #: Bytes of yamux frames read from and written to ``conn`` (for metrics).
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -383,6 +385,13 @@ class YamuxConnection:
 
     async def wait_closed(self) -> None:
         await self.closed.wait()
+
+    def add_close_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (with ``call_soon``) once :attr:`closed` is set."""
+        if self.closed.is_set():
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self._close_callbacks.append(callback)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -905,6 +914,11 @@ class YamuxConnection:
             self._close_timer = None
         if not self.closed.is_set():
             self.closed.set()
+            callbacks, self._close_callbacks = self._close_callbacks, []
+            if callbacks:
+                loop = asyncio.get_running_loop()
+                for callback in callbacks:
+                    loop.call_soon(callback)
 
     async def _wait_terminated(self) -> None:
         current = asyncio.current_task()
