@@ -92,12 +92,14 @@ class Connection:
     def is_closed(self) -> bool:
         return self.muxed.is_closed
 
-    async def new_stream(self, protocols: Sequence[str]) -> Stream:
-        """Open a stream and agree on the first of ``protocols`` the remote supports."""
+    async def new_stream(self, protocols: Sequence[str], *, bounded: bool = False) -> Stream:
+        """Open a stream and agree on the first of ``protocols`` the remote supports, within
+        the host's ``negotiate_timeout``; ``bounded``: the caller runs this under a timeout of
+        its own, which then bounds the negotiation instead."""
         stream = await self.muxed.open_stream()
         try:
             stream.protocol = await negotiate_outbound(
-                stream, protocols, timeout=self._negotiate_timeout
+                stream, protocols, timeout=None if bounded else self._negotiate_timeout
             )
             scope = stream_scope_of(stream)
             if scope is not None:

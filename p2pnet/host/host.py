@@ -598,12 +598,15 @@ class Host:
 
     # -- streams --------------------------------------------------------------------------------
 
-    async def new_stream(self, peer: PeerID, protocols: Iterable[str] | str) -> Stream:
-        """Open a stream to ``peer`` (dialing if needed) speaking the first agreed protocol."""
+    async def new_stream(
+        self, peer: PeerID, protocols: Iterable[str] | str, *, bounded: bool = False
+    ) -> Stream:
+        """Open a stream to ``peer`` (dialing if needed) speaking the first agreed protocol
+        (``bounded``: see :meth:`Connection.new_stream`)."""
         protos = [protocols] if isinstance(protocols, str) else list(protocols)
         conn = await self.connect_peer(peer)
         self.connmgr.used(peer, self.clock.monotonic())
-        return await conn.new_stream(protos)
+        return await conn.new_stream(protos, bounded=bounded)
 
     async def _on_inbound_stream(self, stream: Stream) -> None:
         try:

@@ -311,7 +311,7 @@ class KadDHT:
                     await stream.reset()
                     stream = None
             if stream is None:
-                stream = await self.host.new_stream(peer, [self.config.protocol_id])
+                stream = await self.host.new_stream(peer, [self.config.protocol_id], bounded=True)
                 resp = await self._exchange(stream, data, expect_response)
         if resp is None:
             await stream.close()
@@ -331,7 +331,9 @@ class KadDHT:
             await write_length_prefixed(stream, data)
             if not expect_response:
                 return None
-            return m.decode(await read_length_prefixed(stream, self.config.max_message_size))
+            # (under the request's timeout: the read needs none of its own)
+            data = await read_length_prefixed(stream, self.config.max_message_size, timeout=None)
+            return m.decode(data)
         except BaseException:
             await stream.reset()
             raise
@@ -638,7 +640,8 @@ class KadDHT:
         return len(self.routing_table)
 
     async def _connect_bootstrap(self, addr: str | Multiaddr) -> PeerID:
-        conn = await asyncio.wait_for(self.host.connect(addr), self.config.request_timeout)
+        async with asyncio.timeout(self.config.request_timeout):
+            conn = await self.host.connect(addr)
         peer = conn.remote_peer
         if self.identify is not None:
             try:
@@ -689,7 +692,9 @@ class KadDHT:
         try:
             while True:
                 async with asyncio.timeout(cfg.inbound_idle_timeout):
-                    data = await read_length_prefixed_or_eof(stream, cfg.max_message_size)
+                    data = await read_length_prefixed_or_eof(
+                        stream, cfg.max_message_size, timeout=None
+                    )
                 if data is None:
                     break
                 if self.behaviour.mode is not Mode.SERVER or self._lifecycle.closed:

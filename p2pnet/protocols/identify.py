@@ -152,10 +152,10 @@ class IdentifyService:
 
         Raises :class:`~p2pnet.errors.P2PError` (or TimeoutError after ``timeout``) on failure.
         """
-        async with asyncio.timeout(self.timeout):
-            stream = await conn.new_stream([PROTOCOL_ID])
+        async with asyncio.timeout(self.timeout):  # (bounds the negotiation and the read)
+            stream = await conn.new_stream([PROTOCOL_ID], bounded=True)
             async with stream:
-                data = await read_length_prefixed(stream, MAX_IDENTIFY_SIZE)
+                data = await read_length_prefixed(stream, MAX_IDENTIFY_SIZE, timeout=None)
         info = self._apply(parse_identify(conn.remote_peer, data, push=False))
         self._observed(conn, info)
         return info
@@ -208,7 +208,9 @@ class IdentifyService:
     async def wait_identified(self, peer: PeerID, timeout: float = 10.0) -> None:
         """Wait until the first identify exchange with ``peer`` completed."""
         event = self._identified.setdefault(peer, asyncio.Event())
-        await asyncio.wait_for(event.wait(), timeout)
+        if not event.is_set():
+            async with asyncio.timeout(timeout):  # (wait_for would wrap the wait in a task)
+                await event.wait()
 
     # -- push --------------------------------------------------------------------------------
 

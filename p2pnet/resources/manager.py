@@ -210,9 +210,10 @@ class ResourceManager:
 
     def reserve(self, scopes: Iterable[Scope], resource: str, amount: int = 1) -> None:
         """Take ``amount`` of ``resource`` from every scope, or from none (and raise)."""
-        chain = list(scopes)
+        # (dicts read directly: this runs for every chunk a stream receives and reads)
+        chain = scopes if type(scopes) is list else list(scopes)
         for scope in chain:
-            if scope.used(resource) + amount > scope.limit(resource):
+            if scope.usage.get(resource, 0) + amount > scope.limits.get(resource, _UNLIMITED):
                 for created in chain:  # a scope made for this reservation must not linger
                     if created.idle and created.forget is not None:
                         created.forget()
@@ -223,7 +224,8 @@ class ResourceManager:
                     f"{scope.name}: {resource} limit {scope.limit(resource)} reached",
                 )
         for scope in chain:
-            scope.usage[resource] = scope.used(resource) + amount
+            usage = scope.usage
+            usage[resource] = usage.get(resource, 0) + amount
 
     def reserve_all(self, steps: list[tuple[list[Scope], str]]) -> None:
         """Several reservations of one each, all or none."""
@@ -243,15 +245,16 @@ class ResourceManager:
 
     def release(self, scopes: Iterable[Scope], resource: str, amount: int = 1) -> None:
         for scope in scopes:
-            left = scope.used(resource) - amount
+            usage = scope.usage
+            left = usage.get(resource, 0) - amount
+            if left > 0:
+                usage[resource] = left
+                continue
             if left < 0:  # pragma: no cover - a bookkeeping bug, never a peer's doing
                 log.error("resource manager: %s %s below zero", scope.name, resource)
-                left = 0
-            scope.usage[resource] = left
-            if left == 0:
-                del scope.usage[resource]
-                if scope.forget is not None and not scope.usage:
-                    scope.forget()
+            usage.pop(resource, None)
+            if scope.forget is not None and not usage:
+                scope.forget()
 
     def ban_ip(self, ip: str, now: float) -> None:
         """Refuse new connections from ``ip`` for ``flood_ban`` seconds (after a flood)."""
@@ -328,6 +331,7 @@ class ConnectionScope:
         steps += [([system], conns), ([system], FDS)]
         manager.reserve_all(steps)
         self._transient = True
+        self._update_chain()
 
     def _leave_transient(self) -> None:
         manager = self.manager
@@ -341,6 +345,10 @@ class ConnectionScope:
         manager = self.manager
         owner = manager.transient if self._peer_scope is None else self._peer_scope
         return [owner, manager.system]
+
+    def _update_chain(self) -> None:
+        #: This connection's scope and those above it (what its memory counts against).
+        self._chain = [self.scope, *self._upper()]
 
     def set_peer(self, peer: PeerID) -> None:
         """The upgrade authenticated ``peer``: leave the transient scope for the peer's."""
@@ -361,6 +369,7 @@ class ConnectionScope:
             manager.release([manager.transient], resource, amount)
         self.peer = peer
         self._peer_scope = scope
+        self._update_chain()
         if self._transient:
             self._leave_transient()
 
@@ -375,7 +384,7 @@ class ConnectionScope:
             raise ResourceLimitExceeded("conn", "stream_rate", "inbound stream rate exceeded")
         resource = STREAMS_INBOUND if direction is Direction.INBOUND else STREAMS_OUTBOUND
         try:
-            manager.reserve([self.scope, *self._upper()], resource)
+            manager.reserve(self._chain, resource)
         except ResourceLimitExceeded:
             if direction is Direction.INBOUND:
                 self._refused(now)
@@ -383,7 +392,7 @@ class ConnectionScope:
         try:
             manager.reserve([manager.transient], STREAMS)
         except ResourceLimitExceeded:
-            manager.release([self.scope, *self._upper()], resource)
+            manager.release(self._chain, resource)
             if direction is Direction.INBOUND:
                 self._refused(now)
             raise
@@ -401,10 +410,10 @@ class ConnectionScope:
         return self._flooding
 
     def reserve_memory(self, amount: int) -> None:
-        self.manager.reserve([self.scope, *self._upper()], MEMORY, amount)
+        self.manager.reserve(self._chain, MEMORY, amount)
 
     def release_memory(self, amount: int) -> None:
-        self.manager.release([self.scope, *self._upper()], MEMORY, amount)
+        self.manager.release(self._chain, MEMORY, amount)
 
     def done(self) -> None:
         """The connection closed: give back everything it still holds. Idempotent."""
@@ -483,7 +492,7 @@ class StreamScope:
         manager = conn.manager
         self.release_memory(self.memory)
         if not conn._done:
-            manager.release([conn.scope, *conn._upper()], self._resource)
+            manager.release(conn._chain, self._resource)
         if self._transient:
             manager.release([manager.transient], STREAMS)
         if self._protocol_scopes:
