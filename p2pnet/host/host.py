@@ -599,14 +599,19 @@ class Host:
     # -- streams --------------------------------------------------------------------------------
 
     async def new_stream(
-        self, peer: PeerID, protocols: Iterable[str] | str, *, bounded: bool = False
+        self,
+        peer: PeerID,
+        protocols: Iterable[str] | str,
+        *,
+        bounded: bool = False,
+        early_data: bytes = b"",
     ) -> Stream:
         """Open a stream to ``peer`` (dialing if needed) speaking the first agreed protocol
-        (``bounded``: see :meth:`Connection.new_stream`)."""
+        (``bounded``, ``early_data``: see :meth:`Connection.new_stream`)."""
         protos = [protocols] if isinstance(protocols, str) else list(protocols)
         conn = await self.connect_peer(peer)
         self.connmgr.used(peer, self.clock.monotonic())
-        return await conn.new_stream(protos, bounded=bounded)
+        return await conn.new_stream(protos, bounded=bounded, early_data=early_data)
 
     async def _on_inbound_stream(self, stream: Stream) -> None:
         try:

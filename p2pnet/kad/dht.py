@@ -54,6 +54,7 @@ from p2pnet.service import Lifecycle, ServiceState
 from p2pnet.stats import DurationHistogram
 from p2pnet.tasks import TaskOwner
 from p2pnet.wire.framing import (
+    encode_length_prefixed,
     read_length_prefixed,
     read_length_prefixed_or_eof,
     write_length_prefixed,
@@ -311,8 +312,20 @@ class KadDHT:
                     await stream.reset()
                     stream = None
             if stream is None:
-                stream = await self.host.new_stream(peer, [self.config.protocol_id], bounded=True)
-                resp = await self._exchange(stream, data, expect_response)
+                proto = self.config.protocol_id
+                if self.behaviour.speaks_kad(peer):
+                    # identify said the peer serves kad: the request goes out with the
+                    # proposal (one round trip, not two), as go-libp2p's lazy negotiation
+                    # does for a protocol the peer store knows. Not otherwise: a refusal
+                    # followed by a reset would then read as a reset, not as a refusal.
+                    framed = encode_length_prefixed(data)
+                    stream = await self.host.new_stream(
+                        peer, [proto], bounded=True, early_data=framed
+                    )
+                    resp = await self._exchange(stream, None, expect_response)
+                else:
+                    stream = await self.host.new_stream(peer, [proto], bounded=True)
+                    resp = await self._exchange(stream, data, expect_response)
         if resp is None:
             await stream.close()
             return None
@@ -325,10 +338,13 @@ class KadDHT:
         return resp
 
     async def _exchange(
-        self, stream: Stream, data: bytes, expect_response: bool
+        self, stream: Stream, data: bytes | None, expect_response: bool
     ) -> kad_pb2.Message | None:
+        """Send the request ``data`` (None: it went out with the negotiation) and read the
+        answer."""
         try:
-            await write_length_prefixed(stream, data)
+            if data is not None:
+                await write_length_prefixed(stream, data)
             if not expect_response:
                 return None
             # (under the request's timeout: the read needs none of its own)

@@ -68,6 +68,7 @@ async def negotiate_outbound(
     *,
     timeout: float | None = DEFAULT_TIMEOUT,
     header_exchanged: bool = False,
+    early_data: bytes = b"",
 ) -> str:
     """Dialer side: propose ``protocols`` in order and return the first one the listener accepts.
 
@@ -77,8 +78,9 @@ async def negotiate_outbound(
     timeout of its own, for a caller that runs it under one),
     :class:`ProtocolError` on malformed messages, :class:`~p2pnet.errors.IncompleteRead` if the
     connection closes midway, and :class:`ValueError` for an unusable ``protocols`` argument.
+    ``early_data``: the protocol's first bytes, sent with the proposal (single protocol only).
     """
-    neg = MultistreamDialer(protocols, header_exchanged=header_exchanged)
+    neg = MultistreamDialer(protocols, header_exchanged=header_exchanged, early_data=early_data)
     event = await _drive(conn, neg, timeout, "dial negotiation")
     assert isinstance(event, ProtocolAgreed)
     return event.protocol
