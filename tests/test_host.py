@@ -218,6 +218,19 @@ async def test_identify_and_ping_between_hosts() -> None:
         await wait_for(lambda: "/test/late/1.0.0" in a.peerstore.get_protocols(b.peer_id))
 
 
+async def test_identify_finished_waits_for_the_exchange_answered_or_failed() -> None:
+    async with make_host() as a, make_host() as b, make_host() as c:
+        ida = IdentifyService(a)
+        IdentifyService(b)  # c runs no identify: a's exchange with it fails
+        conn = await a.connect(b.p2p_addrs()[0])
+        await asyncio.wait_for(ida.identify_finished(conn), 5)
+        assert ECHO in a.peerstore.get_protocols(b.peer_id)  # it ended by answering
+        await asyncio.wait_for(ida.identify_finished(conn), 5)  # over: returns at once
+        conn_c = await a.connect(c.p2p_addrs()[0])
+        await asyncio.wait_for(ida.identify_finished(conn_c), 5)
+        assert a.peerstore.get_protocols(c.peer_id) == []  # it ended by failing
+
+
 async def test_secp256k1_hosts() -> None:
     async with (
         Host(KeyPair.generate(KeyType.Secp256k1)) as a,

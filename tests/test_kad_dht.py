@@ -178,7 +178,7 @@ async def test_mode_switch_is_announced(net10: list[KadNode]) -> None:
         await boot.dht._rpc(client.peer_id, m.find_node(b"x"))
 
 
-async def test_a_request_to_an_identified_server_goes_with_the_proposal() -> None:
+async def test_a_request_to_a_server_goes_with_the_proposal_once_identified() -> None:
     a, b = await make_node(), await make_node()
     stranger = await make_node()
     try:
@@ -195,10 +195,15 @@ async def test_a_request_to_an_identified_server_goes_with_the_proposal() -> Non
         resp = await a.dht._rpc(b.peer_id, m.find_node(b"x"))
         assert resp is not None and resp.type == m.FIND_NODE
         assert early and early[0].endswith(m.encode(m.find_node(b"x")))
-        # a peer not identified yet (its protocols unknown): a plain negotiation first
+        # a new connection: the request waits for its identify, then goes with the proposal
         await a.host.connect(stranger.addr)
-        a.host.peerstore.set_protocols(stranger.peer_id, [])
         resp = await a.dht._rpc(stranger.peer_id, m.find_node(b"y"))
+        assert resp is not None and resp.type == m.FIND_NODE
+        assert early[-1].endswith(m.encode(m.find_node(b"y")))
+        # protocols unknown after identify (it failed, or said nothing): a plain negotiation
+        await a.dht._close_pooled_streams()
+        a.host.peerstore.set_protocols(stranger.peer_id, [])
+        resp = await a.dht._rpc(stranger.peer_id, m.find_node(b"z"))
         assert resp is not None and resp.type == m.FIND_NODE
         assert early[-1] == b""
     finally:

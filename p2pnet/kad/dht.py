@@ -313,6 +313,11 @@ class KadDHT:
                     stream = None
             if stream is None:
                 proto = self.config.protocol_id
+                if self.identify is not None and not self.behaviour.speaks_kad(peer):
+                    # A new connection: its identify exchange (started when it opened) tells
+                    # the peer's protocols within about the round trip a negotiation would
+                    # take; go-libp2p's NewStream waits for it likewise.
+                    await self.identify.identify_finished(await self.host.connect_peer(peer))
                 if self.behaviour.speaks_kad(peer):
                     # identify said the peer serves kad: the request goes out with the
                     # proposal (one round trip, not two), as go-libp2p's lazy negotiation

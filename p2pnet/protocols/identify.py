@@ -55,6 +55,8 @@ class IdentifyService:
         self.host = host
         self.timeout = timeout
         self._identified: dict[PeerID, asyncio.Event] = {}
+        #: Connections whose identify exchange runs, and who waits for its end.
+        self._running: dict[Connection, list[asyncio.Future[None]]] = {}
         self._push_pending = False
         self._push_budget: dict[PeerID, TokenBucket] = {}
         self._record: tuple[tuple[bytes, ...], bytes] | None = None
@@ -134,6 +136,7 @@ class IdentifyService:
 
     def _on_connected(self, conn: Connection) -> None:
         self._identified.setdefault(conn.remote_peer, asyncio.Event())
+        self._running[conn] = []
         self.host.spawn(self._identify_quietly(conn), name=f"identify {conn.remote_peer}")
 
     def _on_disconnected(self, conn: Connection) -> None:
@@ -146,6 +149,21 @@ class IdentifyService:
             await self.identify_connection(conn)
         except (P2PError, TimeoutError) as exc:
             log.info("identify of %s failed: %s", conn.remote_peer, exc)
+        finally:
+            for waiter in self._running.pop(conn, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def identify_finished(self, conn: Connection) -> None:
+        """Until the identify exchange this service started when ``conn`` opened has ended,
+        answered or failed (at once if none runs): what go-libp2p's ``NewStream`` waits for
+        before it picks how to negotiate a protocol (the peer store then knows the peer's)."""
+        waiters = self._running.get(conn)
+        if waiters is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        await waiter
 
     async def identify_connection(self, conn: Connection) -> IdentifyInfo:
         """Ask the peer on ``conn`` who it is, record the answer and return it.
