@@ -543,7 +543,11 @@ class Host:
         # a callback rather than a task per connection waiting for it to close
         conn.muxed.add_close_callback(lambda: self._connection_ended(conn))
         self.bus.emit(ConnectionOpened(conn))
-        if not self._trimming and len(self._conns) > self.connmgr.config.high_water:
+        if (
+            not self._trimming
+            and len(self._conns) > self.connmgr.config.high_water
+            and self.connmgr.trim_may_help(self.clock.monotonic())
+        ):
             self._trimming = True
             self._tasks.spawn(self._trim(), name="trim connections")
 
