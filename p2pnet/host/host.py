@@ -307,7 +307,7 @@ class Host:
                 raise DialError("host is closed")
             pending = asyncio.get_running_loop().create_future()
             self._pending_dials[peer] = pending
-            self._tasks.spawn(self._run_dial(peer, addrs, pending), name=f"dial {peer}")
+            self._tasks.spawn(self._run_dial(peer, addrs, pending), name="dial")
         # a caller that gives up does not end the dial for the others
         return await asyncio.shield(pending)
 
@@ -701,8 +701,21 @@ def preferred(conns: Sequence[Connection]) -> Connection:
     return next((c for c in conns if not is_relayed_connection(c)), conns[0])
 
 
-@functools.lru_cache(maxsize=4096)
+#: First bytes (protocol codes) of the addresses that can carry a peer's IP: ip4, ip6, ip6zone.
+_IP_FIRST = frozenset((0x04, 0x29, 0x2A))
+
+
 def _ip_of(addr: Multiaddr) -> str | None:
+    """See :func:`_ip_of_parsed`; an address that starts with no IP protocol (an in-process
+    one: a new port for every connection) has none, without parsing or filling the cache."""
+    raw = addr.to_bytes()
+    if not raw or raw[0] not in _IP_FIRST:
+        return None
+    return _ip_of_parsed(addr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_of_parsed(addr: Multiaddr) -> str | None:
     """The IP address of a transport address (None for in-process and relayed ones: a relayed
     connection's address names the relay, not the peer). Memoised: the multiaddr package
     parses slowly (and raises for every protocol an address lacks)."""

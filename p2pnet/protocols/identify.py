@@ -137,7 +137,8 @@ class IdentifyService:
     def _on_connected(self, conn: Connection) -> None:
         self._identified.setdefault(conn.remote_peer, asyncio.Event())
         self._running[conn] = []
-        self.host.spawn(self._identify_quietly(conn), name=f"identify {conn.remote_peer}")
+        # (a constant name: the peer's base58 text would be computed for every connection)
+        self.host.spawn(self._identify_quietly(conn), name="identify")
 
     def _on_disconnected(self, conn: Connection) -> None:
         if not self.host.is_connected(conn.remote_peer):
