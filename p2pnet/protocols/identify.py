@@ -134,8 +134,14 @@ class IdentifyService:
 
     # -- their side ------------------------------------------------------------------------------
 
+    def _event(self, peer: PeerID) -> asyncio.Event:
+        event = self._identified.get(peer)
+        if event is None:
+            event = self._identified[peer] = asyncio.Event()
+        return event
+
     def _on_connected(self, conn: Connection) -> None:
-        self._identified.setdefault(conn.remote_peer, asyncio.Event())
+        self._event(conn.remote_peer)
         self._running[conn] = []
         # (a constant name: the peer's base58 text would be computed for every connection)
         self.host.spawn(self._identify_quietly(conn), name="identify")
@@ -219,14 +225,14 @@ class IdentifyService:
 
     def _apply(self, info: IdentifyInfo) -> IdentifyInfo:
         apply_identify(self.host.peerstore, info)
-        self._identified.setdefault(info.peer, asyncio.Event()).set()
+        self._event(info.peer).set()
         log.debug("identified %s: %s", info.peer, info)
         self.host.bus.emit(PeerIdentified(info))
         return info
 
     async def wait_identified(self, peer: PeerID, timeout: float = 10.0) -> None:
         """Wait until the first identify exchange with ``peer`` completed."""
-        event = self._identified.setdefault(peer, asyncio.Event())
+        event = self._event(peer)
         if not event.is_set():
             async with asyncio.timeout(timeout):  # (wait_for would wrap the wait in a task)
                 await event.wait()
