@@ -18,6 +18,8 @@ rate the whole network sustains. Per row:
 - delivery: deliveries / (messages x (N - 1)) (the publisher's own copy is not counted),
 - p50 / p99 latency: publish -> delivery to each other node, over all deliveries,
 - frames/msg: RPC frames written per message (mesh forwarding, gossip, duplicates included),
+- CPU ms/msg: CPU time of the process (every node) during the run / messages: the figure to
+  compare on a shared machine, where the rate moves with other jobs,
 - then ``--idle-messages`` (100) more, one at a time: p50 / p99 latency without queueing.
 
 All nodes share one CPU core here, so the rate is that of the whole network on one core, not of
@@ -68,6 +70,8 @@ class Row:
     frames: int
     #: publish -> delivery with one message in flight at a time (no queueing)
     idle_latencies: list[float] | None = None
+    #: CPU seconds of the whole process (all nodes) while the messages were under way
+    cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -170,6 +174,7 @@ async def _load(
     consumers = [asyncio.create_task(consume(i, s)) for i, s in enumerate(subs)]
     payload = bytes(args.size)
     start = loop.time()
+    cpu0 = time.process_time()
     try:
         for k in range(total):
             await window.acquire()
@@ -184,12 +189,13 @@ async def _load(
         except TimeoutError:
             log(f"  {total - finished} messages not delivered everywhere after {args.drain} s")
         elapsed = loop.time() - start
+        cpu = time.process_time() - cpu0
     finally:
         for c in consumers:
             c.cancel()
         await asyncio.gather(*consumers, return_exceptions=True)
     frames = sum(ps.router.stats.get("rpc_received", 0) for ps in nodes) - frames_before
-    return Row(n, total, elapsed, delivered, total * (n - 1), latencies, frames)
+    return Row(n, total, elapsed, delivered, total * (n - 1), latencies, frames, cpu=cpu)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +292,7 @@ def print_table(rows: list[Row], mode: str, args: argparse.Namespace) -> None:
     )
     head = (
         "| nodes | messages | msgs/s | deliveries/s | delivery | p50 latency | p99 latency "
-        "| frames/msg | p50 / p99 latency, 1 in flight |"
+        "| frames/msg | CPU ms/msg | p50 / p99 latency, 1 in flight |"
     )
     print(head)
     print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
@@ -301,6 +307,7 @@ def print_table(rows: list[Row], mode: str, args: argparse.Namespace) -> None:
             f"| {100 * r.delivered / max(1, r.expected):.2f} % "
             f"| {1000 * r.percentile(0.5):.1f} ms | {1000 * r.percentile(0.99):.1f} ms "
             f"| {r.frames / max(1, r.messages):.1f} "
+            f"| {f'{1000 * r.cpu / r.messages:.1f}' if r.cpu else '-'} "
             f"| {idle} |"
         )
 

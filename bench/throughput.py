@@ -164,7 +164,7 @@ class PairResult:
     setups_per_sec: float | None = None
     setup_ms: float | None = None
     setup_phases: dict[str, float] | None = None  # mean ms per setup: dial, stream, close
-    setup_cpu_ms: float | None = None  # CPU ms per setup, both processes together
+    setup_cpu_ms: tuple[float, float] | None = None  # CPU ms per setup: sender, receiver
     send_rss_mib: float | None = None
     recv_rss_mib: float | None = None
     error: str | None = None
@@ -213,7 +213,10 @@ async def measure_pair(res: PairResult, args: argparse.Namespace) -> None:
                     sender, "dial_bench", 60.0 + args.setups, addr=addr, count=args.setups
                 )
                 s1, r1 = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
-                res.setup_cpu_ms = (s1 - s0 + r1 - r0) * 1000 / args.setups
+                res.setup_cpu_ms = (
+                    (s1 - s0) * 1000 / args.setups,
+                    (r1 - r0) * 1000 / args.setups,
+                )
                 res.setups_per_sec = out["perSecond"]
                 res.setup_ms = out["ms"] / args.setups
                 res.setup_phases = {
@@ -269,22 +272,23 @@ def table(results: list[PairResult], args: argparse.Namespace) -> str:
     if setups:
         head = (
             f"{'pair':<18}{'setups/s':>10}{'ms/setup':>10}{'dial+upgrade':>14}"
-            f"{'1st stream':>12}{'close':>8}{'CPU ms/setup':>14}"
+            f"{'1st stream':>12}{'close':>8}{'cpu ms send/recv':>18}"
         )
         lines += [
             "",
             f"Connection setups: {args.setups} sequential fresh connections per pair (TCP + Noise +"
             " yamux + a first sink stream with its reply, then close); ms per setup by phase;"
-            " CPU ms per setup of both processes (what a loaded machine distorts least)",
+            " CPU ms per setup of each process",
             head,
             "-" * len(head),
         ]
         for r in setups:
             ph = r.setup_phases or {}
+            cpu = "-" if r.setup_cpu_ms is None else "{:.2f}/{:.2f}".format(*r.setup_cpu_ms)
             lines.append(
                 f"{r.label:<18}{fmt(r.setups_per_sec, '.1f'):>10}{fmt(r.setup_ms, '.2f'):>10}"
                 f"{fmt(ph.get('dial'), '.2f'):>14}{fmt(ph.get('stream'), '.2f'):>12}"
-                f"{fmt(ph.get('close'), '.2f'):>8}{fmt(r.setup_cpu_ms, '.2f'):>14}"
+                f"{fmt(ph.get('close'), '.2f'):>8}{cpu:>18}"
             )
     failed = [r for r in results if r.error is not None and r.runs]
     for r in failed:

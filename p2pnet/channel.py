@@ -31,7 +31,12 @@ CLOSE_TIMEOUT = 2.0
 
 
 class ChannelReceiver(Protocol):
-    """What a channel calls, always from the event loop and never re-entrantly."""
+    """What a channel calls, always from the event loop and never re-entrantly.
+
+    A receiver whose class sets ``accepts_views = True`` may be given a ``memoryview`` instead
+    of ``bytes``: a view of a buffer the channel reuses for its next read, valid only during the
+    call, so the receiver must copy (or decrypt) whatever it keeps. Others always get ``bytes``.
+    """
 
     def data_received(self, data: bytes) -> None:
         """The next bytes of the connection (never empty)."""
@@ -46,6 +51,21 @@ class ChannelReceiver(Protocol):
         ...
 
     def resume_writing(self) -> None: ...
+
+
+class ViewReceiver(ChannelReceiver, Protocol):
+    """A :class:`ChannelReceiver` that takes views (its class sets ``accepts_views = True``)."""
+
+    accepts_views: bool
+
+    def data_received(self, data: Bytes) -> None:
+        """The next bytes; a view valid only during this call: copy whatever is kept."""
+        ...
+
+
+def accepts_views(receiver: ChannelReceiver) -> bool:
+    """Whether ``receiver`` may be given views of a buffer reused after the call."""
+    return getattr(receiver, "accepts_views", False) is True
 
 
 @runtime_checkable
@@ -290,5 +310,7 @@ __all__ = [
     "ChannelReceiver",
     "LostSignal",
     "PulledChannel",
+    "ViewReceiver",
+    "accepts_views",
     "attach",
 ]

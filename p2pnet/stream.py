@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from multiaddr import Multiaddr
 
 from p2pnet.clock import Clock
+from p2pnet.errors import P2PError
 from p2pnet.io import Bytes, ReadWriter
 from p2pnet.peer.peer_id import PeerID
 
@@ -66,6 +67,31 @@ class ConnectionInfo(Protocol):
     def is_closed(self) -> bool: ...
 
 
+class StreamConsumer(Protocol):
+    """Takes a stream's bytes as they arrive, instead of a task calling ``read``.
+
+    Installed with :meth:`Stream.set_consumer` (*push mode*). The muxer calls it synchronously
+    from the connection's ``data_received`` (no task is woken per chunk), never re-entrantly.
+    A consumer that cannot keep up calls :meth:`Stream.pause_reading`: the bytes then wait in
+    the stream's buffer, counted against its resource scope, and the remote runs out of send
+    window (flow control does the rest). An exception raised by a method here resets the stream.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        """The next bytes of the stream, in order (never empty)."""
+        ...
+
+    def eof_received(self) -> None:
+        """The remote half-closed the stream after every byte was delivered. The consumer is
+        detached (called once, and nothing after)."""
+        ...
+
+    def stream_lost(self, exc: P2PError) -> None:
+        """The stream was reset (either side) or its connection is gone; bytes not delivered
+        yet are dropped. The consumer is detached (called once, and nothing after)."""
+        ...
+
+
 @runtime_checkable
 class Stream(ReadWriter, Protocol):
     """One multiplexed, bidirectional byte stream.
@@ -99,6 +125,23 @@ class Stream(ReadWriter, Protocol):
         """Queue all of ``data`` at once if that needs no waiting (flow control allows it and no
         other write is in progress) and return True; else queue nothing and return False (then
         ``await write(data)``). Raises like ``write`` on a closed or reset stream."""
+        ...
+
+    def set_consumer(self, consumer: StreamConsumer | None) -> None:
+        """Push mode: hand the bytes not read yet, then each chunk as it arrives, to
+        ``consumer`` (synchronously, in order); ``read`` must not be used meanwhile. ``None``
+        goes back to pull mode (unconsumed bytes are then returned by ``read``). Raises like
+        ``read`` on a reset stream or a closed connection. A remote FIN already received is
+        reported to ``consumer`` soon after, not from within this call."""
+        ...
+
+    def pause_reading(self) -> None:
+        """Push mode: stop delivering until :meth:`resume_reading` (bytes wait in the stream's
+        buffer; the remote's send window is no longer replenished). Idempotent."""
+        ...
+
+    def resume_reading(self) -> None:
+        """Deliver what waited, then resume delivering as bytes arrive. Idempotent."""
         ...
 
     async def reset(self) -> None: ...
@@ -192,5 +235,6 @@ __all__ = [
     "MuxedConnection",
     "Stream",
     "StreamCallback",
+    "StreamConsumer",
     "StreamMuxer",
 ]

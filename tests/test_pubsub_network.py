@@ -362,3 +362,34 @@ async def test_thirty_nodes_over_tcp(make_node: Factory) -> None:
         # delivered once: the router accepted exactly the messages other nodes published
         own = sum(1 for m in got if m.from_peer == host.peer_id)
         assert sub.pending() == 0 and ps.router.stats["msg_delivered"] == 200 - own
+
+
+async def test_inbound_frames_pushed_timeouts_and_bad_prefixes(make_node: Factory) -> None:
+    """The inbound stream is read in push mode: a frame cut off mid-way times out (its held
+    bytes given back to the stream's scope), a malformed length prefix resets the stream, and
+    the peer's own stream keeps working."""
+    (ha, a), (hb, b) = await make_node(fast(frame_read_timeout=0.3)), await make_node()
+    await connect(hb, ha)
+    sub = a.subscribe(T)
+    b.subscribe(T)
+    await until(lambda: hb.peer_id in a.mesh_peers(T))
+    # a frame whose last bytes never come: reported once, the stream reset
+    conn_scope = ha.connections(hb.peer_id)[0].scope
+    assert conn_scope is not None
+    before = conn_scope.scope.used("memory")
+    raw = await hb.new_stream(ha.peer_id, [MESHSUB_V12])
+    await raw.write(encode_length_prefixed(bytes(1000))[:500])
+    # the bytes of the frame under assembly are held against the stream's (connection's) scope
+    await until(lambda: conn_scope.scope.used("memory") >= before + 490, what="bytes held")
+    await until(lambda: a.router.stats.get("frame_truncated", 0) == 1, what="timed-out frame")
+    await until(lambda: raw.is_reset, what="reset of the cut-off stream")
+    assert conn_scope.scope.used("memory") == before
+    # a length prefix that is not a minimal varint: the stream is reset, nothing reported
+    raw2 = await hb.new_stream(ha.peer_id, [MESHSUB_V12])
+    await raw2.write(b"\x80\x00")
+    await until(lambda: raw2.is_reset, what="reset after a malformed prefix")
+    assert a.router.stats.get("frame_undecodable", 0) == 0
+    # the peer's own stream still delivers
+    published = await b.publish(T, b"whole")
+    assert (await collect(sub, 1))[0].id == published
+    assert ha.is_connected(hb.peer_id)

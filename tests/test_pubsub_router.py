@@ -472,6 +472,61 @@ def test_message_delivered_and_forwarded_to_mesh_except_source() -> None:
     assert receivers == h.r.mesh_peers(T) - {src, peers[0]}
 
 
+def test_forwarding_follows_mesh_and_peer_changes() -> None:
+    """The sorted mesh kept between messages is recomputed when the mesh or the peers change:
+    a peer pruned, grafted, or gone and back (a new connection) gets exactly what it should."""
+    h = Harness()
+    peers = h.add(10)
+    h.r.join(T, 0.0)
+    h.sent()
+    author = peers[0]
+    seqno = 0
+
+    def forward_once() -> set[PeerID]:
+        nonlocal seqno
+        seqno += 1
+        src = sorted(h.r.mesh_peers(T))[0]
+        h.feed(src, rpc_pb2.RPC(publish=[h.msg(author, b"m%d" % seqno, seqno=seqno)]))
+        got = {p for p, rpc in h.sent().items() if rpc.publish}
+        assert got == h.r.mesh_peers(T) - {src, author}
+        return got
+
+    first = forward_once()
+    assert forward_once() == first
+    # the remote prunes us: it leaves the mesh at once
+    gone = sorted(first)[-1]
+    h.feed(gone, control(prune=[rpc_pb2.ControlPrune(topicID=T)]))
+    assert gone not in forward_once()
+    # a peer leaves and comes back (a new _Peer): it is grafted again and receives
+    back = sorted(h.r.mesh_peers(T) - {author})[-1]
+    h.r.remove_peer(back, h.now)
+    assert back not in forward_once()
+    h.r.add_peer(back, MESHSUB_V12, now=h.now)
+    h.feed(back, rpc_pb2.RPC(subscriptions=[sub(T)]))
+    h.feed(back, control(graft=[rpc_pb2.ControlGraft(topicID=T)]))
+    assert back in h.r.mesh_peers(T)
+    assert back in forward_once()
+    # the same, with no message in between: the mesh is the same set again, the _Peer is not
+    h.r.remove_peer(back, h.now)
+    h.r.add_peer(back, MESHSUB_V12, now=h.now)
+    h.feed(back, rpc_pb2.RPC(subscriptions=[sub(T)]))
+    h.feed(back, control(graft=[rpc_pb2.ControlGraft(topicID=T)]))
+    h.sent()
+    assert back in forward_once()
+    # a direct peer besides the mesh takes the general path, and receives too
+    direct = h.add(1)[0]
+    h.r.add_direct_peer(direct)
+    assert direct in {p for p in forward_once_with_direct(h, author, direct)}
+
+
+def forward_once_with_direct(h: Harness, author: PeerID, direct: PeerID) -> set[PeerID]:
+    src = sorted(h.r.mesh_peers(T))[0]
+    h.feed(src, rpc_pb2.RPC(publish=[h.msg(author, b"direct", seqno=999)]))
+    got = {p for p, rpc in h.sent().items() if rpc.publish}
+    assert got == (h.r.mesh_peers(T) | {direct}) - {src, author}
+    return got
+
+
 def test_duplicates_never_delivered_twice() -> None:
     h = Harness()
     a, b = h.add(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -333,3 +334,61 @@ def test_gossip_tracer_promises() -> None:
     assert tr.broken_promises(2.0) == {}
     assert tr.broken_promises(4.0) == {A: 1}
     assert len(tr) == 0
+
+
+def test_at_least_agrees_with_a_fresh_score_through_p3_activation() -> None:
+    """The graylist check (``at_least``) trusts a cached score only while time can raise it
+    (P1) and not lower it (P3 activating): compared with a fresh computation at every step
+    (steps longer than the score cache's 0.1 s, so that a fallback computes afresh too)."""
+    tp = only(
+        time_in_mesh_weight=0.5,
+        time_in_mesh_quantum=1.0,
+        time_in_mesh_cap=100.0,
+        mesh_message_deliveries_weight=-2.0,
+        mesh_message_deliveries_threshold=4.0,
+        mesh_message_deliveries_activation=3.0,
+        mesh_message_deliveries_window=0.01,
+    )
+    rng = random.Random(7)
+    for threshold in (-20.0, -5.0, -1.0, 0.0, 1.0):
+        s = scorer(tp)
+        fresh = scorer(tp)
+        computed = 0
+        compute = s._compute
+
+        def counting(*args: Any, _compute: Any = compute) -> float:
+            nonlocal computed
+            computed += 1
+            return float(_compute(*args))
+
+        s._compute = counting  # type: ignore[method-assign]
+        for sc in (s, fresh):
+            sc.add_peer(A)
+            sc.graft(A, T, 0.0)
+        now = 0.0
+        for _ in range(200):
+            now += rng.choice((0.11, 0.2, 0.5))
+            if rng.random() < 0.05:
+                for sc in (s, fresh):
+                    sc.validate_message(b"m%f" % now, now)
+                    sc.deliver_message(A, b"m%f" % now, T, now)
+            fresh._peers[A].cache_version = -1  # never cached: computed every time
+            assert s.at_least(A, threshold, now) == (fresh.score(A, now) >= threshold), now
+        if threshold <= -5.0:  # above the threshold throughout: rarely computed
+            assert computed < 30, computed
+    # P3 activates at 3 s with no deliveries: a score cached before it no longer answers
+    s = scorer(tp)
+    s.add_peer(A)
+    s.graft(A, T, 0.0)
+    assert s.at_least(A, -1.0, 2.9)  # P1 1.45, P3 not active yet
+    assert not s.at_least(A, -1.0, 3.5)  # P1 1.75, P3 -32
+    assert s.at_least(B, 0.0, 1.0) and not s.at_least(B, 0.1, 1.0)  # unknown peers score 0
+
+
+def test_at_least_with_an_application_score_function_always_asks_it() -> None:
+    answers = [5.0]
+    s = scorer(only(time_in_mesh_weight=1.0), app_specific_score=lambda _: answers[0])
+    s.add_peer(A)
+    assert s.at_least(A, 0.0, 1.0)
+    answers[0] = -5.0
+    assert not s.at_least(A, 0.0, 1.0 + 0.2)  # past the cache time: the function is asked again

@@ -245,24 +245,75 @@ async def test_big_transfer_both_ways(pair: tuple[TcpConnection, TcpConnection])
     assert results[3] == hashlib.sha256(b_to_a).hexdigest()
 
 
-async def test_read_size_follows_the_traffic(pair: tuple[TcpConnection, TcpConnection]) -> None:
+async def test_big_reads_into_the_shared_buffer_are_copied_out_before_attach(
+    pair: tuple[TcpConnection, TcpConnection],
+) -> None:
+    """Reads land in the thread's one receive buffer; the pull reader gets copies of them."""
     client, server = pair
-    proto = server._proto
-    if not proto._read_size:
-        pytest.skip("this event loop's transport has no tunable read size")
-    assert proto._read_size == tcp.MIN_READ_SIZE
     payload = os.urandom(16 << 20)
     sender = asyncio.create_task(client.write(payload))
-    # let the socket buffers fill, so reads come back full
-    await until(lambda: server._proto.read_paused)
+    await until(lambda: server._proto.read_paused)  # the socket buffers are full: big reads
+    chunks = []
     got = 0
     while got < len(payload):
-        got += len(await asyncio.wait_for(server.read(), T))
+        chunk = await asyncio.wait_for(server.read(), T)
+        chunks.append(chunk)
+        got += len(chunk)
     await sender
-    assert proto._read_size == tcp.READ_SIZE
+    assert all(type(c) is bytes for c in chunks)
+    assert max(map(len, chunks)) > 256 << 10
+    assert b"".join(chunks) == payload
     await client.write(b"small")
     assert await asyncio.wait_for(server.read(), T) == b"small"
-    assert proto._read_size == tcp.MIN_READ_SIZE
+
+
+class _ViewRecorder:
+    """A receiver that takes views of the receive buffer (and copies them, as it must)."""
+
+    accepts_views = True
+
+    def __init__(self) -> None:
+        self.types: set[type] = set()
+        self.data: list[bytes] = []
+        self.lost: list[object] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.types.add(type(data))
+        self.data.append(bytes(data))
+
+    def connection_lost(self, exc: object) -> None:
+        self.lost.append(exc)
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
+async def test_attached_receivers_get_views_only_if_they_take_them() -> None:
+    """Two connections read into the same buffer in turn: one receiver takes views of it, the
+    other (not saying it does) gets bytes; neither sees the other's data."""
+    p = Pair()
+    a_client, a_server = await p.open()
+    b_client, b_server = await p.open()
+    views, copies = _ViewRecorder(), Recorder()
+    a_server.attach(views)
+    b_server.attach(copies)
+    a_data, b_data = os.urandom(6 << 20), os.urandom(6 << 20)
+    for i in range(0, len(a_data), 1 << 20):
+        await asyncio.gather(
+            a_client.write(a_data[i : i + (1 << 20)]), b_client.write(b_data[i : i + (1 << 20)])
+        )
+    await a_client.close()
+    await b_client.close()
+    await until(lambda: views.lost and copies.lost)
+    assert views.types == {memoryview}
+    assert {type(d) for d in copies.data} == {bytes}
+    assert b"".join(views.data) == a_data
+    assert b"".join(copies.data) == b_data
+    assert p.listener is not None
+    await p.listener.close()
 
 
 async def test_many_small_writes_are_read_in_order(

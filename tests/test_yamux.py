@@ -807,3 +807,244 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError):
         YamuxConfig(max_streams=0)
     assert yamux.PROTOCOL_ID == "/yamux/1.0.0"
+
+
+# ------------------------------------------------------------------------------------------------
+# push mode: a StreamConsumer takes the bytes from the connection's data_received
+# ------------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A StreamConsumer that records what it is told; may pause or raise on demand."""
+
+    def __init__(self, stream: YamuxStream | None = None) -> None:
+        self.stream = stream
+        self.chunks: list[bytes] = []
+        self.ends: list[str] = []
+        self.lost: list[Exception] = []
+        self.pause_after: int | None = None
+        self.fail_on: bytes | None = None
+        self.ended = asyncio.Event()
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def data_received(self, data: bytes) -> None:
+        # never re-entered, and never after the end
+        assert not self.ends
+        if self.fail_on is not None and self.fail_on in data:
+            raise ValueError("consumer refuses this")
+        self.chunks.append(data)
+        if self.pause_after is not None and len(self.data) >= self.pause_after:
+            assert self.stream is not None
+            self.stream.pause_reading()
+
+    def eof_received(self) -> None:
+        self.ends.append("eof")
+        self.ended.set()
+
+    def stream_lost(self, exc: Exception) -> None:
+        self.ends.append("lost")
+        self.lost.append(exc)
+        self.ended.set()
+
+
+async def test_push_mode_delivers_in_order_then_eof_without_tasks() -> None:
+    async with yamux_pair("memory") as (client, server):
+        cs = await client.open_stream()
+        await cs.write(b"abcdef")
+        ss = await asyncio.wait_for(server.accept_stream(), T)
+        assert await ss.readexactly(2) == b"ab"  # a reader left bytes over: delivered first
+        rec = Recorder(ss)
+        tasks_before = len(asyncio.all_tasks())
+        ss.set_consumer(rec)
+        assert rec.data == b"cdef"
+        with pytest.raises(RuntimeError, match="consumer"):
+            await ss.read()
+        with pytest.raises(RuntimeError, match="consumer already"):
+            ss.set_consumer(Recorder())
+        payload = bytes(range(256)) * 2000
+        for i in range(0, len(payload), 7000):
+            await cs.write(payload[i : i + 7000])
+        await cs.close()
+        await asyncio.wait_for(rec.ended.wait(), T)
+        assert rec.data == b"cdef" + payload  # every byte, in order, across window updates
+        assert rec.ends == ["eof"]
+        assert len(asyncio.all_tasks()) == tasks_before  # no task per chunk or per stream
+        assert ss.buffered == 0 and server.unread == 0
+        await ss.close()
+
+
+async def test_push_mode_pause_is_backpressure_through_the_window() -> None:
+    async with yamux_pair("tcp") as (client, server):
+        cs = await client.open_stream()
+        await cs.write(b"x")
+        ss = await asyncio.wait_for(server.accept_stream(), T)
+        rec = Recorder(ss)
+        rec.pause_after = 1
+        ss.set_consumer(rec)
+        assert rec.data == b"x"  # paused after this one
+        total = 4 * DEFAULT_WINDOW
+        writer = asyncio.create_task(cs.write(b"w" * total))
+        # nothing is delivered while paused: the bytes wait in the stream, the window runs out
+        await wait_until(lambda: client.session.send_window(cs.stream_id) == 0)
+        assert not writer.done()
+        assert rec.data == b"x"
+        assert ss.buffered == DEFAULT_WINDOW - 1
+        rec.pause_after = None
+        ss.resume_reading()
+        await asyncio.wait_for(writer, T)
+        await cs.close()
+        await asyncio.wait_for(rec.ended.wait(), T)
+        assert rec.data == b"x" + b"w" * total and rec.ends == ["eof"]
+
+
+async def test_push_mode_fin_while_paused_waits_for_resume() -> None:
+    async with yamux_pair("memory") as (client, server):
+        cs = await client.open_stream()
+        await cs.write(b"first")
+        ss = await asyncio.wait_for(server.accept_stream(), T)
+        rec = Recorder(ss)
+        ss.pause_reading()
+        ss.set_consumer(rec)
+        await cs.write(b"second")
+        await cs.close()
+        await wait_until(lambda: ss.remote_closed)
+        await asyncio.sleep(0.01)
+        assert rec.data == b"" and rec.ends == []  # no FIN before the bytes in front of it
+        ss.resume_reading()
+        await asyncio.wait_for(rec.ended.wait(), T)
+        assert rec.data == b"firstsecond" and rec.ends == ["eof"]
+
+
+async def test_push_mode_back_to_pull_mode() -> None:
+    async with yamux_pair("memory") as (client, server):
+        cs = await client.open_stream()
+        await cs.write(b"one")
+        ss = await asyncio.wait_for(server.accept_stream(), T)
+        rec = Recorder(ss)
+        ss.set_consumer(rec)
+        ss.pause_reading()
+        await cs.write(b"two")
+        await wait_until(lambda: ss.buffered == 3)
+        ss.set_consumer(None)
+        await cs.close()
+        assert await asyncio.wait_for(read_all(ss), T) == b"two"
+        assert rec.data == b"one" and rec.ends == []
+
+
+@pytest.mark.parametrize("who", ["remote", "local"])
+async def test_push_mode_reset_is_reported_once(who: str) -> None:
+    async with yamux_pair("memory") as (client, server):
+        cs = await client.open_stream()
+        await cs.write(b"hello")
+        ss = await asyncio.wait_for(server.accept_stream(), T)
+        rec = Recorder(ss)
+        ss.set_consumer(rec)
+        await (cs if who == "remote" else ss).reset()
+        await asyncio.wait_for(rec.ended.wait(), T)
+        await asyncio.sleep(0.01)
+        assert rec.data == b"hello" and rec.ends == ["lost"]
+        assert isinstance(rec.lost[0], StreamReset)
+        with pytest.raises(StreamReset):
+            ss.set_consumer(Recorder())
+
+
+async def test_push_mode_consumer_error_resets_the_stream_only() -> None:
+    async with yamux_pair("memory") as (client, server):
+        cs = await client.open_stream()
+        await cs.write(b"ok")
+        ss = await asyncio.wait_for(server.accept_stream(), T)
+        rec = Recorder(ss)
+        rec.fail_on = b"BAD"
+        ss.set_consumer(rec)
+        await cs.write(b"BAD")
+        await asyncio.wait_for(rec.ended.wait(), T)
+        assert rec.data == b"ok" and rec.ends == ["lost"]
+        await wait_until(lambda: cs.is_reset)  # the remote sees the reset
+        with pytest.raises(StreamReset):
+            await cs.write(b"more")
+        # the connection lives on
+        other = await client.open_stream()
+        await other.write(b"ping")
+        ss2 = await asyncio.wait_for(server.accept_stream(), T)
+        assert await ss2.readexactly(4) == b"ping"
+
+
+async def test_push_mode_connection_loss_is_reported() -> None:
+    async with yamux_pair("tcp") as (client, server):
+        cs = await client.open_stream()
+        await cs.write(b"hi")
+        ss = await asyncio.wait_for(server.accept_stream(), T)
+        rec = Recorder(ss)
+        ss.set_consumer(rec)
+        await client.close()
+        await asyncio.wait_for(rec.ended.wait(), T)
+        assert rec.ends == ["lost"] and isinstance(rec.lost[0], ConnectionClosed)
+
+
+async def test_flushes_of_many_connections_share_one_callback_and_survive_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conns = []
+    for _ in range(2):
+        a, b = memory_pipe()
+        conns += [YamuxConnection(a, initiator=True), YamuxConnection(b, initiator=False)]
+    for conn in conns:
+        await conn.start()
+    c1, s1, c2, s2 = conns
+    try:
+        st1, st2 = await c1.open_stream(), await c2.open_stream()
+        await st1.write(b"0")
+        await st2.write(b"0")
+        ss1 = await asyncio.wait_for(s1.accept_stream(), T)
+        ss2 = await asyncio.wait_for(s2.accept_stream(), T)
+        assert await ss1.readexactly(1) == await ss2.readexactly(1) == b"0"
+        loop = asyncio.get_running_loop()
+        scheduled: list[Any] = []
+        call_soon = loop.call_soon
+
+        def counting(callback: Any, *args: Any, **kw: Any) -> asyncio.Handle:
+            scheduled.append(callback)
+            return call_soon(callback, *args, **kw)
+
+        def broken() -> None:
+            raise RuntimeError("a bug in one connection")
+
+        monkeypatch.setattr(loop, "call_soon", counting)
+        monkeypatch.setattr(c1, "_flush", broken)
+        assert st1.write_nowait(b"one") and st2.write_nowait(b"two")
+        monkeypatch.setattr(loop, "call_soon", call_soon)
+        # one callback writes both connections' frames
+        assert [getattr(cb, "__qualname__", "") for cb in scheduled] == ["_Flusher._run"]
+        # the first one's failure is logged; the second one's frames still leave
+        assert await asyncio.wait_for(ss2.readexactly(3), T) == b"two"
+        monkeypatch.undo()
+        c1._flush_scheduled = False
+        c1.flush()
+        assert await asyncio.wait_for(ss1.readexactly(3), T) == b"one"
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert await settle_tasks() == set()
+
+
+async def test_push_mode_consumer_that_pauses_and_resets_is_told_once() -> None:
+    async with yamux_pair("memory") as (client, server):
+        cs = await client.open_stream()
+        await cs.write(b"abc")
+        ss = await asyncio.wait_for(server.accept_stream(), T)
+        assert await ss.readexactly(1) == b"a"  # "bc" left over: pushed from set_consumer
+
+        class PauseAndReset(Recorder):
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                ss.pause_reading()
+                ss.connection.reset_stream(ss)
+
+        rec = PauseAndReset(ss)
+        ss.set_consumer(rec)
+        assert rec.data == b"bc"
+        assert rec.ends == ["lost"] and isinstance(rec.lost[0], StreamReset)
+        await wait_until(lambda: cs.is_reset)

@@ -51,6 +51,7 @@ from p2pnet.errors import (
     StreamClosed,
     StreamLimitExceeded,
 )
+from p2pnet.io import Bytes
 
 log = logging.getLogger("p2pnet.yamux")
 
@@ -81,6 +82,10 @@ HEADER = struct.Struct(">BBHII")
 #: Data frame payloads up to this size are copied into the outbound buffer next to their header
 #: rather than kept by reference.
 _SMALL_PAYLOAD = 2048
+#: Largest ``bytes`` a payload received in a view is copied into: the size of a Noise frame's
+#: plaintext, well below glibc's default mmap threshold (128 KiB). Bigger ones (a js-libp2p
+#: sender's yamux frames reach 1 MiB) are mapped and faulted in afresh each time: measured 2 GB/s.
+_MAX_COPY = 64 * 1024
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 
@@ -703,8 +708,12 @@ class YamuxSession:
 
     # ----------------------------------------------------------------- input
 
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
-        """Parse ``data`` (any slice of the byte stream) and return what happened."""
+    def receive_data(self, data: Bytes, now: float) -> list[Event]:
+        """Parse ``data`` (any slice of the byte stream) and return what happened.
+
+        ``data`` may be a view of a buffer the caller reuses: every payload is handed out as a
+        ``bytes`` of its own (a slice, or ``data`` itself when it is ``bytes`` and all payload).
+        """
         if self.terminated:
             raise ConnectionClosed("yamux session is closed")
         events: list[Event] = []
@@ -727,8 +736,16 @@ class YamuxSession:
                     take = left
                 st = self._data_stream
                 if st is not None:
-                    chunk = data if (pos == 0 and take == n) else data[pos : pos + take]
-                    events.append(DataReceived(st.stream_id, chunk))
+                    if type(data) is bytes:
+                        chunk = data if (pos == 0 and take == n) else data[pos : pos + take]
+                        events.append(DataReceived(st.stream_id, chunk))
+                    else:
+                        # copied out of a reused buffer in pieces the allocator serves from
+                        # its heap (a bigger ``bytes`` would be mapped and faulted in afresh)
+                        end = pos + take
+                        for start in range(pos, end, _MAX_COPY):
+                            piece = bytes(data[start : min(start + _MAX_COPY, end)])
+                            events.append(DataReceived(st.stream_id, piece))
                 pos += take
                 left -= take
                 self._data_left = left
@@ -736,7 +753,7 @@ class YamuxSession:
                     self._end_data_frame(events)
                 continue
             if n - pos < HEADER_SIZE:
-                self._partial = data[pos:]
+                self._partial = bytes(data[pos:])
                 break
             self._handle_header(data, pos, events, now)
             pos += HEADER_SIZE
@@ -756,7 +773,7 @@ class YamuxSession:
         if st.state in _GONE:
             self._remove(st)
 
-    def _handle_header(self, buf: bytes, pos: int, events: list[Event], now: float) -> None:
+    def _handle_header(self, buf: Bytes, pos: int, events: list[Event], now: float) -> None:
         version, ftype, flags, sid, length = _unpack_header(buf, pos)
         if version != VERSION:
             raise self._protocol_error(f"unsupported yamux version {version}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -63,7 +64,7 @@ from p2pnet.mux.yamux import (
     YamuxSession,
 )
 from p2pnet.resources.manager import ConnectionScope, StreamScope
-from p2pnet.stream import ConnectionInfo, Direction, StreamCallback
+from p2pnet.stream import ConnectionInfo, Direction, StreamCallback, StreamConsumer
 from p2pnet.waiters import Waiters
 
 log = logging.getLogger("p2pnet.yamux")
@@ -98,6 +99,13 @@ class YamuxStream(ChunkReader):
         self._readable = Waiters()
         self._writable = Waiters()
         self._write_lock: asyncio.Lock | None = None  # made by the first write that waits
+        #: push mode (set_consumer): who takes the bytes as they arrive
+        self._consumer: StreamConsumer | None = None
+        #: the consumer asked to pause (bytes wait in _chunks)
+        self._push_paused = False
+        #: a consumer call is running (bytes that arrive meanwhile wait in _chunks)
+        self._pushing = False
+        self._eof_scheduled = False
 
     # ----------------------------------------------------------------- state (the core's)
 
@@ -135,6 +143,20 @@ class YamuxStream(ChunkReader):
 
     def deliver(self, data: bytes) -> bool:
         """Payload received for this stream; False if its scope refused to hold it."""
+        consumer = self._consumer
+        if (
+            consumer is not None
+            and not self._push_paused
+            and not self._pushing
+            and not self._chunks
+            and not self.record.is_reset
+        ):
+            # push mode, nothing waiting: the consumer takes it now (never buffered here)
+            self.connection.consumed(self, len(data))
+            self._push(consumer, data)
+            if self._chunks or self.record.is_reset or self.connection.error is not None:
+                self._drain_to_consumer()  # what arrived or changed meanwhile
+            return True
         scope = self.scope
         if scope is not None:
             try:
@@ -148,6 +170,8 @@ class YamuxStream(ChunkReader):
         self.connection.unread += len(data)
         if len(chunks) == 1:
             self._readable.wake()
+        if consumer is not None and not self._push_paused and not self._pushing:
+            self._drain_to_consumer()
         return True
 
     def wake(self) -> None:
@@ -162,10 +186,116 @@ class YamuxStream(ChunkReader):
             self._pending_pos = 0
         self._readable.wake()
         self._writable.wake()
+        if self._consumer is not None and not self._pushing:
+            self._check_push_end()
+
+    # ----------------------------------------------------------------- push mode
+
+    def set_consumer(self, consumer: StreamConsumer | None) -> None:
+        """Push mode (see :meth:`p2pnet.stream.Stream.set_consumer`); ``None``: pull mode."""
+        if consumer is None:
+            self._consumer = None
+            if self._chunks:
+                self._readable.wake()
+            return
+        if self._consumer is not None:
+            raise RuntimeError(f"stream {self.stream_id} has a consumer already")
+        self._raise_if_dead()
+        self._consumer = consumer
+        # bytes a reader left over (read ahead during negotiation) were consumed already
+        if self._pending_pos < len(self._pending):
+            leftover = self._take_pending(-1)
+            self._push(consumer, leftover)
+        if self._consumer is consumer:
+            self._drain_to_consumer()  # (also tells a consumer that reset its stream meanwhile)
+
+    def pause_reading(self) -> None:
+        self._push_paused = True
+
+    def resume_reading(self) -> None:
+        if not self._push_paused:
+            return
+        self._push_paused = False
+        if self._consumer is not None and not self._pushing:
+            self._drain_to_consumer()
+
+    def _push(self, consumer: StreamConsumer, data: bytes) -> None:
+        """One consumer call; an exception resets the stream."""
+        self._pushing = True
+        try:
+            consumer.data_received(data)
+        except Exception:
+            log.exception("stream %d: its consumer failed; resetting it", self.stream_id)
+            self._pushing = False
+            self.connection.reset_stream(self)  # wakes us: stream_lost
+            return
+        self._pushing = False
+
+    def _drain_to_consumer(self) -> None:
+        """Hand the buffered chunks to the consumer while it takes them, then check the end."""
+        chunks = self._chunks
+        while chunks and not self._push_paused and not self.record.is_reset:
+            consumer = self._consumer
+            if consumer is None:
+                return
+            chunk = chunks.popleft()
+            n = len(chunk)
+            if self.scope is not None:
+                self.scope.release_memory(n)
+            self.connection.consumed(self, n)
+            self._push(consumer, chunk)
+        self._check_push_end()
+
+    def _check_push_end(self) -> None:
+        """Tell the consumer that the stream ended, once: lost at once; a FIN once every byte
+        is delivered, from a fresh callback (the frames of the data being dispatched may still
+        be on their way to :meth:`deliver`)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        error: P2PError | None = None
+        if self.record.is_reset:
+            error = StreamReset(f"stream {self.stream_id} was reset")
+        elif self.connection.error is not None:
+            error = ConnectionClosed(f"stream {self.stream_id}: {self.connection.error}")
+        if error is not None:
+            self._consumer = None
+            try:
+                consumer.stream_lost(error)
+            except Exception:
+                log.exception("stream %d: its consumer failed on stream_lost", self.stream_id)
+            return
+        if (
+            self.record.remote_closed
+            and not self._chunks
+            and not self._push_paused
+            and not self._eof_scheduled
+        ):
+            self._eof_scheduled = True
+            asyncio.get_running_loop().call_soon(self._push_eof)
+
+    def _push_eof(self) -> None:
+        self._eof_scheduled = False
+        consumer = self._consumer
+        if consumer is None or self._pushing:
+            return
+        if self.record.is_reset or self.connection.error is not None:
+            self._check_push_end()
+            return
+        if self._chunks or self._push_paused:
+            return  # delivered (and the end re-checked) when the consumer resumes
+        self._consumer = None
+        try:
+            consumer.eof_received()
+        except Exception:
+            log.exception("stream %d: its consumer failed on eof_received", self.stream_id)
+            self.connection.reset_stream(self)
 
     # ----------------------------------------------------------------- reading
 
     async def _read_chunk(self) -> bytes:
+        if self._consumer is not None:
+            raise RuntimeError(f"stream {self.stream_id} delivers to a consumer: no read()")
         chunks = self._chunks
         record = self.record
         while True:
@@ -327,6 +457,7 @@ class YamuxConnection:
         self._channel: Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
+        self._flusher: _Flusher | None = None
         self._write_paused = False
         # reading from the channel is paused: the streams hold too much unread, or the remote
         # provoked too many replies that wait behind a full transport (it does not read)
@@ -405,6 +536,7 @@ class YamuxConnection:
             raise ConnectionClosed("yamux connection is closed")
         self._started = True
         self._loop = asyncio.get_running_loop()
+        self._flusher = _flusher_of(self._loop)
         self.session.start(self._now())
         self._arm_timer()
         self.flush()
@@ -521,7 +653,8 @@ class YamuxConnection:
         """The session has frames queued: write them at the end of this loop iteration."""
         if not self._flush_scheduled and self._loop is not None and not self._closing:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            assert self._flusher is not None  # set with the loop
+            self._flusher.add(self, self._loop)
 
     def _flush(self) -> None:
         """Encrypt and write everything queued, in one write (unless the channel is paused:
@@ -652,11 +785,13 @@ class YamuxConnection:
 
     # ----------------------------------------------------------------- ChannelReceiver
 
-    def data_received(self, data: bytes) -> None:
+    #: ``data_received`` may be given a view valid only during the call (the Noise channel's
+    #: plaintext buffer): the core copies each payload into a ``bytes`` of its own.
+    accepts_views = True
+
+    def data_received(self, data: Bytes) -> None:
         if self._closing:
             return
-        if type(data) is not bytes:
-            data = bytes(data)
         self.bytes_received += len(data)
         session = self.session
         streams = self._streams
@@ -937,6 +1072,46 @@ class YamuxConnection:
         self._maybe_closed()
         if current not in self._handler_tasks:  # else: closed is set when this handler ends
             await self.closed.wait()
+
+
+class _Flusher:
+    """The connections of one event loop with frames to write, written by one callback at the
+    next loop iteration, in the order they asked: one handle per iteration instead of one per
+    connection (a node with many busy connections flushes dozens at a time)."""
+
+    # no reference to the loop: it is the key of a weak mapping to this
+    __slots__ = ("_queue", "_scheduled")
+
+    def __init__(self) -> None:
+        self._queue: list[YamuxConnection] = []
+        self._scheduled = False
+
+    def add(self, conn: YamuxConnection, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        for conn in queue:  # connections asking during this run are written next iteration
+            try:
+                conn._flush()
+            except Exception:  # a bug in one connection must not stall the others' writes
+                log.exception("yamux: writing queued frames failed")
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher_of(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _Flusher()
+    return flusher
 
 
 class YamuxMuxer:

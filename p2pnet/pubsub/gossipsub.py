@@ -41,6 +41,7 @@ from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.errors import (
     MessageTooLargeError,
     P2PError,
+    ProtocolError,
     ProtocolNotSupported,
     ResourceLimitExceeded,
 )
@@ -734,71 +735,40 @@ class Pubsub:
             state.inbound.discard(stream)
 
     async def _read_loop(self, peer: PeerID, state: _PeerState, stream: Stream) -> None:
-        decoder = FrameDecoder(self.config.max_message_size)
-        timeout = self.config.frame_read_timeout
-        loop = asyncio.get_running_loop()
-        # A frame must complete within ``timeout`` of its first byte (not of each read), and the
-        # bytes of a frame under assembly count against the peer's resource scope.
-        frame_deadline = 0.0
-        scope = stream_scope_of(stream)
-        held = 0
+        """Feed the router the frames of ``stream``: pushed to an :class:`_RPCReader` by the
+        connection as they arrive (no task wake-up per frame); this task only waits for the end.
+        """
+        reader = _RPCReader(self, peer, state, stream)
         try:
-            while not self._closed:
-                try:
-                    if decoder.buffered:
-                        async with asyncio.timeout_at(frame_deadline):
-                            chunk = await stream.read()
-                    else:
-                        chunk = await stream.read()
-                    if not chunk:
-                        if decoder.buffered:
-                            raise _FrameError(BadFrame.TRUNCATED)
-                        return  # EOF: the peer closed its stream
-                    if not decoder.buffered:
-                        frame_deadline = loop.time() + timeout
-                    decoder.feed(chunk)
-                    frames = decoder.frames()
-                    if scope is not None and decoder.buffered != held:
-                        if decoder.buffered > held:
-                            scope.reserve_memory(decoder.buffered - held)
-                        else:
-                            scope.release_memory(held - decoder.buffered)
-                        held = decoder.buffered
-                except ResourceLimitExceeded as exc:
-                    log.debug("pubsub stream of %s: %s", peer, exc)
-                    await stream.reset()
-                    return
-                except TimeoutError:
-                    fault = BadFrame.TRUNCATED
-                except MessageTooLargeError:
-                    fault = BadFrame.OVERSIZED
-                except _FrameError as exc:
-                    fault = exc.fault
-                else:
-                    if self._peers.get(peer) is not state:
-                        return
-                    router = self.router
-                    try:
-                        for frame in frames:
-                            router.handle_rpc(peer, frame, self._now())
-                    except InvalidRPC as exc:  # the router has judged it already
-                        log.info("%s", exc)
-                        self._pump()
-                        await stream.reset()
-                        return
-                    self._pump_soon()
-                    continue
-                # A broken frame: that stream is done (the connection and the peer's other streams
-                # are not); the router decides what it costs the peer.
-                log.info("%s frame from %s: stream reset", fault.value, peer)
-                if self._peers.get(peer) is state:
-                    self.router.report_bad_frame(peer, fault, self._now())
-                    self._pump()
-                await stream.reset()
-                return
+            stream.set_consumer(reader)
+            reset = await reader.ended
         finally:
-            if scope is not None and held:
-                scope.release_memory(held)
+            reader.finish(False)
+        if reset:
+            await stream.reset()
+
+    def _handle_frames(self, peer: PeerID, state: _PeerState, frames: list[bytes]) -> bool:
+        """The complete frames of one chunk, to the router; False if the stream must be reset."""
+        if self._peers.get(peer) is not state:
+            return False
+        router = self.router
+        try:
+            for frame in frames:
+                router.handle_rpc(peer, frame, self._now())
+        except InvalidRPC as exc:  # the router has judged it already
+            log.info("%s", exc)
+            self._pump()
+            return False
+        self._pump_soon()
+        return True
+
+    def _bad_frame(self, peer: PeerID, state: _PeerState, fault: BadFrame) -> None:
+        # A broken frame: that stream is done (the connection and the peer's other streams
+        # are not); the router decides what it costs the peer.
+        log.info("%s frame from %s: stream reset", fault.value, peer)
+        if self._peers.get(peer) is state and not self._closed:
+            self.router.report_bad_frame(peer, fault, self._now())
+            self._pump()
 
     # ------------------------------------------------------------------ PX and direct peers
 
@@ -835,10 +805,118 @@ class Pubsub:
             self._connecting.discard(peer)
 
 
-class _FrameError(Exception):
-    def __init__(self, fault: BadFrame) -> None:
-        super().__init__(fault.value)
-        self.fault = fault
+class _RPCReader:
+    """A peer's inbound pubsub stream in push mode (:class:`~p2pnet.stream.StreamConsumer`):
+    length-prefixed frames, split as bytes arrive and handed to the router from the
+    connection's ``data_received``.
+
+    A frame must complete within ``frame_read_timeout`` of its first byte (one timer, armed
+    only while a frame is incomplete); its bytes count against the stream's resource scope while
+    it is assembled; oversized, cut-off and undecodable frames are reported to the router and
+    reset the stream. :attr:`ended` resolves once the stream is done, True if it must be reset.
+    """
+
+    __slots__ = (
+        "_deadline",
+        "_decoder",
+        "_held",
+        "_loop",
+        "_peer",
+        "_pubsub",
+        "_scope",
+        "_state",
+        "_stream",
+        "_timeout",
+        "_timer",
+        "ended",
+    )
+
+    def __init__(self, pubsub: Pubsub, peer: PeerID, state: _PeerState, stream: Stream) -> None:
+        self._pubsub = pubsub
+        self._peer = peer
+        self._state = state
+        self._stream = stream
+        self._decoder = FrameDecoder(pubsub.config.max_message_size)
+        self._timeout = pubsub.config.frame_read_timeout
+        self._scope = stream_scope_of(stream)
+        #: bytes of the frame under assembly reserved in ``_scope``
+        self._held = 0
+        self._loop = asyncio.get_running_loop()
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.ended: asyncio.Future[bool] = self._loop.create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended.done():
+            return
+        pubsub = self._pubsub
+        if pubsub._closed:
+            self.finish(False)
+            return
+        decoder = self._decoder
+        if not decoder.buffered:
+            self._deadline = self._loop.time() + self._timeout
+        try:
+            decoder.feed(data)
+            frames = decoder.frames()
+            buffered = decoder.buffered
+            if buffered != self._held and self._scope is not None:
+                if buffered > self._held:
+                    self._scope.reserve_memory(buffered - self._held)
+                else:
+                    self._scope.release_memory(self._held - buffered)
+                self._held = buffered
+        except ResourceLimitExceeded as exc:
+            log.debug("pubsub stream of %s: %s", self._peer, exc)
+            self.finish(True)
+            return
+        except MessageTooLargeError:
+            self._fault(BadFrame.OVERSIZED)
+            return
+        except ProtocolError as exc:  # a malformed length prefix
+            log.debug("pubsub stream of %s: %s", self._peer, exc)
+            self.finish(True)
+            return
+        if frames and not pubsub._handle_frames(self._peer, self._state, frames):
+            self.finish(True)
+            return
+        if decoder.buffered and self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.ended.done() or not self._decoder.buffered:
+            return
+        if self._loop.time() < self._deadline:  # a later frame: its own deadline
+            self._timer = self._loop.call_at(self._deadline, self._timed_out)
+            return
+        self._fault(BadFrame.TRUNCATED)
+
+    def eof_received(self) -> None:
+        if self._decoder.buffered:
+            self._fault(BadFrame.TRUNCATED)
+        else:
+            self.finish(False)  # the peer closed its stream
+
+    def stream_lost(self, exc: P2PError) -> None:
+        self.finish(False)
+
+    def _fault(self, fault: BadFrame) -> None:
+        self._pubsub._bad_frame(self._peer, self._state, fault)
+        self.finish(True)
+
+    def finish(self, reset: bool) -> None:
+        """Stop: give back what is held, leave push mode, let the handler end (``reset``:
+        it resets the stream). Idempotent."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._held and self._scope is not None:
+            self._scope.release_memory(self._held)
+            self._held = 0
+        if not self.ended.done():
+            self.ended.set_result(reset)
+            self._stream.set_consumer(None)
 
 
 def _verdict(msg: Message, result: object) -> ValidationResult | ValidationFailure:

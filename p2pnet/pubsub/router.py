@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import operator
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ log = logging.getLogger("p2pnet.pubsub")
 _TAG_SUBSCRIPTION = b"\x0a"
 _TAG_CONTROL = b"\x1a"
 #: sorts _Peer objects by peer ID bytes in C (PeerID's own comparisons are Python calls)
+_peer_key = operator.attrgetter("key")
 
 #: Topics with counters of their own in ``topic_stats``; later ones share ``OTHER_TOPICS``.
 MAX_TOPIC_STATS = 64
@@ -244,6 +246,10 @@ class GossipsubRouter:
         self.score = PeerScore(self.score_params, delivery_record_ttl=self.config.seen_ttl)
         self.tracer = GossipTracer(self.config.iwant_followup_time, self.rng)
         self.pending: dict[bytes, _Pending] = {}
+        #: per topic: the mesh it was computed for, ``_peers_changes`` then, the sorted peers
+        self._mesh_sorted: dict[str, tuple[frozenset[PeerID], int, list[_Peer]]] = {}
+        #: bumped when a peer is added or removed (its _Peer object is new or gone)
+        self._peers_changes = 0
 
         self.heartbeat_ticks = 0
         self.now = 0.0
@@ -357,6 +363,7 @@ class GossipsubRouter:
         if protocol not in GOSSIPSUB_PROTOCOLS and protocol != FLOODSUB_ID:
             raise InvalidParameters(f"unknown pubsub protocol {protocol!r}")
         self.peers[peer] = _Peer(peer, protocol, outbound)
+        self._peers_changes += 1
         if protocol == FLOODSUB_ID:
             self.floodsub_peers.add(peer)
         self.score.add_peer(peer, ips)
@@ -369,6 +376,7 @@ class GossipsubRouter:
         p = self.peers.pop(peer, None)
         if p is None:
             return
+        self._peers_changes += 1
         self.floodsub_peers.discard(peer)
         for topic in p.topics:
             subs = self.topics.get(topic)
@@ -501,6 +509,7 @@ class GossipsubRouter:
         for pid in self.peers:
             self._send_subscription(pid, topic, False)
         mesh = self.mesh.pop(topic, set())
+        self._mesh_sorted.pop(topic, None)
         for p in mesh:
             self.score.prune(p, topic, now)
             self._send_prune(p, topic, px=self.config.do_px, unsubscribe=True)
@@ -633,9 +642,8 @@ class GossipsubRouter:
             log.debug("RPC from unknown peer %s dropped", peer)
             self._count("rpc_unknown_peer")
             return
-        if (
-            peer not in self.direct
-            and self.score.score(peer, now) < self.thresholds.graylist_threshold
+        if peer not in self.direct and not self.score.at_least(
+            peer, self.thresholds.graylist_threshold, now
         ):  # accept_from, inlined: it runs for every frame
             log.debug("RPC from graylisted peer %s ignored", peer)
             self._count("rpc_graylisted")
@@ -661,19 +669,24 @@ class GossipsubRouter:
         self._count("rpc_received")
         for sub in subs:
             self._handle_subscription(p, sub)
-        seen, stats = self.seen.keys, self.stats
+        seen, pending, subscriptions = self.seen.keys, self.pending, self.subscriptions
+        duplicate = self.score.duplicate_message
+        duplicates = 0
         for msg, raw in msgs:
-            if isinstance(msg, tuple):
+            if type(msg) is tuple:
                 msg_id, topic = msg
-                if topic not in self.subscriptions:
+                if topic not in subscriptions:
                     self._count("msg_not_subscribed")
-                elif msg_id in seen or msg_id in self.pending:
-                    self.score.duplicate_message(peer, msg_id, topic, now)
-                    stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
+                elif msg_id in seen or msg_id in pending:
+                    duplicate(peer, msg_id, topic, now)
+                    duplicates += 1
                 else:  # cached but no longer seen (a seen TTL shorter than the history)
                     self._handle_message(p, rpc_pb2.Message.FromString(raw), raw)
             else:
-                self._handle_message(p, msg, raw)
+                self._handle_message(p, msg, raw)  # type: ignore[arg-type]
+        if duplicates:
+            stats = self.stats
+            stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + duplicates
         if control is not None and p.is_gossip:
             self._handle_control(p, control)
 
@@ -827,6 +840,56 @@ class GossipsubRouter:
         tmap = self.topics.get(topic)
         if not tmap:
             return
+        if self.direct or self.floodsub_peers:
+            self._forward_to_all(msg_id, topic, data, source, origin, tmap)
+            return
+        mesh = self.mesh.get(topic)
+        if not mesh:
+            return
+        # the usual case: the mesh only, in the order of a sorted list kept while it holds
+        skip = source.to_bytes()
+        skip_origin = None if origin is None else origin.to_bytes()
+        piece: bytes | None = None
+        dirty = self._dirty
+        sent = 0
+        for p in self._mesh_order(topic, mesh):
+            key = p.key
+            if key == skip or key == skip_origin or msg_id in p.dont_send:
+                continue
+            sent += 1
+            if piece is None:
+                piece = publish_piece(data)  # one encoding for every peer it goes to
+            box = p.outbox  # _queue_piece, inlined: this runs for every message and peer
+            if msg_id not in box.msg_ids:
+                box.msg_ids.add(msg_id)
+                box.msgs.append(piece)
+                if len(box.msgs) == 1:
+                    dirty[p.id] = None
+        if sent:
+            self._count("msg_forwarded", sent)
+
+    def _mesh_order(self, topic: str, mesh: set[PeerID]) -> list[_Peer]:
+        """``topic``'s mesh peers sorted by peer ID bytes (reproducible frame order), computed
+        again only when the mesh or the peers changed: comparing two sets of the same PeerID
+        objects runs in C, sorting and looking every peer up does not."""
+        cached = self._mesh_sorted.get(topic)
+        if cached is not None and cached[1] == self._peers_changes and cached[0] == mesh:
+            return cached[2]
+        peers = self.peers
+        order = sorted((peers[pid] for pid in mesh), key=_peer_key)
+        self._mesh_sorted[topic] = (frozenset(mesh), self._peers_changes, order)
+        return order
+
+    def _forward_to_all(
+        self,
+        msg_id: bytes,
+        topic: str,
+        data: bytes,
+        source: PeerID,
+        origin: PeerID | None,
+        tmap: set[PeerID],
+    ) -> None:
+        """Forwarding with direct or floodsub peers besides the mesh."""
         peers = self.peers
         # keyed by peer ID bytes: hashing and comparing bytes runs in C, a PeerID's in Python
         tosend: dict[bytes, _Peer] = {}

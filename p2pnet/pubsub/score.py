@@ -250,6 +250,7 @@ class _PeerStats:
     __slots__ = (
         "behaviour_penalty",
         "cache_epoch",
+        "cache_floor_until",
         "cache_time",
         "cache_value",
         "cache_version",
@@ -266,6 +267,8 @@ class _PeerStats:
         self.cache_epoch = -1
         self.cache_time = 0.0
         self.cache_value = 0.0
+        #: until then (same version and epoch) the score is at least ``cache_value``
+        self.cache_floor_until = 0.0
         self.connected = True
         self.expire = 0.0
         self.topics: dict[str, _TopicStats] = {}
@@ -473,29 +476,36 @@ class PeerScore:
 
     def duplicate_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
         rec = self._records.get(msg_id)
-        if rec is None or peer in rec.peers:
+        if rec is None:
             return
-        if rec.status == _UNKNOWN:
-            rec.peers.add(peer)  # settled when validation ends
-        elif rec.status == _VALID:
-            rec.peers.add(peer)
-            # _mark_duplicate_delivery inlined: most messages a node receives are duplicates
-            tp = self.params.topics.get(topic) or self.params.default_topic
-            if tp is None:
-                return
-            stats = self._peers.get(peer)
-            if stats is None:
-                return
-            ts = stats.topics.get(topic)
-            if ts is None:
-                ts = stats.topics[topic] = _TopicStats()
-            validated = rec.validated
-            if ts.in_mesh and not (
-                validated and now > validated + tp.mesh_message_deliveries_window
-            ):
-                self._add_mesh_delivery(stats, ts, tp)
-        elif rec.status == _INVALID:
-            self._mark_invalid_delivery(peer, topic)
+        status = rec.status
+        peers = rec.peers
+        if status > _VALID:  # invalid or ignored: nobody is added
+            if status == _INVALID and peer not in peers:
+                self._mark_invalid_delivery(peer, topic)
+            return
+        # most messages a node receives are duplicates: one PeerID hash tests and adds
+        known = len(peers)
+        peers.add(peer)
+        if len(peers) == known or status == _UNKNOWN:
+            return  # a duplicate from the same peer; or settled when validation ends
+        # _mark_duplicate_delivery inlined
+        tp = self.params.topics.get(topic) or self.params.default_topic
+        if tp is None:
+            return
+        stats = self._peers.get(peer)
+        if stats is None:
+            return
+        ts = stats.topics.get(topic)
+        if ts is None:
+            ts = stats.topics[topic] = _TopicStats()
+        validated = rec.validated
+        if ts.in_mesh and not (validated and now > validated + tp.mesh_message_deliveries_window):
+            mesh = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
+            if mesh != ts.mesh_deliveries:  # _add_mesh_delivery, inlined
+                ts.mesh_deliveries = mesh
+                if tp.mesh_message_deliveries_weight != 0:
+                    stats.version += 1
 
     # These run for every message received: the version (the score cache's key) moves only when
     # a counter the score weighs changes, so a busy peer's score is not recomputed per message.
@@ -575,7 +585,46 @@ class PeerScore:
         stats.cache_epoch = self._epoch
         stats.cache_time = now
         stats.cache_value = value
+        stats.cache_floor_until = self._floor_until(stats, now)
         return value
+
+    def at_least(self, peer: PeerID, threshold: float, now: float) -> bool:
+        """``score(peer, now) >= threshold``, without computing the score again while the
+        cached value proves it.
+
+        With the counters unchanged (same version and epoch), the score can only move with
+        time: P1 (time in mesh) only grows it (its weights are never negative), and P3 can
+        only lower it once it activates. So a cached value at or above ``threshold`` still
+        answers until the next P3 activation (the graylist check runs for every frame).
+        """
+        stats = self._peers.get(peer)
+        if stats is None:
+            return threshold <= 0.0
+        if (
+            stats.cache_value >= threshold
+            and stats.cache_version == stats.version
+            and stats.cache_epoch == self._epoch
+            and stats.cache_time <= now <= stats.cache_floor_until
+        ):
+            return True
+        return self.score(peer, now) >= threshold
+
+    def _floor_until(self, stats: _PeerStats, now: float) -> float:
+        """Until when the score computed at ``now`` is a lower bound (counters unchanged)."""
+        if self.params.app_specific_score is not None:
+            return now  # an application's function may answer anything at any time
+        until = math.inf
+        p = self.params
+        for topic, ts in stats.topics.items():
+            if not ts.in_mesh:
+                continue
+            tp = p.topic_params(topic)
+            if tp is None or tp.mesh_message_deliveries_weight == 0:
+                continue
+            activation = ts.graft_time + tp.mesh_message_deliveries_activation
+            if activation >= now and activation < until:
+                until = activation  # P3 starts counting then (a drop, maybe)
+        return until
 
     def breakdown(self, peer: PeerID, now: float) -> ScoreBreakdown:
         parts: dict[str, dict[str, float]] = {}

@@ -210,7 +210,7 @@ class ResourceManager:
 
     def reserve(self, scopes: Iterable[Scope], resource: str, amount: int = 1) -> None:
         """Take ``amount`` of ``resource`` from every scope, or from none (and raise)."""
-        # (dicts read directly: this runs for every chunk a stream receives and reads)
+        # hot: every chunk a stream receives is reserved here, and released when read
         chain = scopes if type(scopes) is list else list(scopes)
         for scope in chain:
             if scope.usage.get(resource, 0) + amount > scope.limits.get(resource, _UNLIMITED):

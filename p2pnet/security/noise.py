@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -410,8 +410,15 @@ class NoiseTransport:
         src.release()
         return out
 
-    def encrypt_many(self, pieces: Sequence[Bytes]) -> bytearray:
+    def encrypt_many(
+        self, pieces: Sequence[Bytes], scratch: bytearray | None = None
+    ) -> bytearray | memoryview:
         """Frame and encrypt several buffers, in order, into one buffer ready for one write.
+
+        With ``scratch`` (a buffer nobody else uses) the frames are written into it when they
+        fit, and a view of its first bytes is returned: a fresh buffer of a megabyte costs more
+        than its encryption in zeroing and page faults once the allocator gave it back to the
+        kernel. Otherwise (or if they do not fit) a new buffer is returned.
 
         Unlike ``encrypt(b"".join(pieces))`` no big piece is copied: a piece of at least
         :data:`_GATHER_LIMIT` bytes is encrypted in place, cut into frames of
@@ -462,7 +469,8 @@ class NoiseTransport:
         n = self._send_n
         if n + nframes > MAX_NONCE:
             raise ProtocolError("noise nonce exhausted; the session must be closed")
-        out = bytearray(total + nframes * (2 + TAG_LEN))
+        size = total + nframes * (2 + TAG_LEN)
+        out = scratch if scratch is not None and len(scratch) >= size else bytearray(size)
         dst = memoryview(out)
         aead_encrypt_into = self._send.encrypt_into
         opos = 0
@@ -474,6 +482,8 @@ class NoiseTransport:
             n += 1
             opos += clen
         self._send_n = n
+        if out is scratch:
+            return dst[:size]
         dst.release()
         return out
 
@@ -495,6 +505,100 @@ class NoiseTransport:
         self._partial = bytearray()
         self._partial_n = 0
         return exc
+
+    def joined_size(self, n: int) -> int:
+        """At most how many bytes :meth:`decrypt_joined` returns for ``n`` bytes of input: the
+        frame being completed (up to its buffered size), then no more than the input itself."""
+        return n + (self._partial_n and len(self._partial))
+
+    def decrypt_joined(self, data: Bytes, scratch: bytearray | None = None) -> Bytes:
+        """The plaintext of every frame completed by ``data``, joined in one buffer.
+
+        What :meth:`decrypt` returns as a list, written one frame after the other into
+        ``scratch`` (a buffer nobody else uses) when it fits, and a view of it is returned; else
+        into a new buffer. No buffer per frame: the layer above (yamux) copies out what it keeps
+        in pieces cut by its own framing, not by Noise's."""
+        if self._failed is not None:
+            raise self._failed
+        total = len(data)
+        limit = self.joined_size(total)
+        out = scratch if scratch is not None and len(scratch) >= limit else bytearray(limit)
+        dst = memoryview(out)
+        opos = 0
+        pos = 0
+        aead_decrypt_into = self._recv.decrypt_into
+        with memoryview(data) as mv:
+            if self._partial_n:
+                partial = self._partial
+                have = self._partial_n
+                if have < 2:
+                    if total == 0:
+                        return b""
+                    partial += mv[:1]
+                    pos = 1
+                    have = 2
+                flen = (partial[0] << 8) | partial[1]
+                if flen < TAG_LEN:
+                    raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
+                if len(partial) < 2 + flen:
+                    full = bytearray(2 + flen)
+                    full[:have] = partial[:have]
+                    self._partial = partial = full
+                need = 2 + flen - have
+                if total - pos < need:
+                    partial[have : have + total - pos] = mv[pos:]
+                    self._partial_n = have + total - pos
+                    return b""
+                partial[have:] = mv[pos : pos + need]
+                pos += need
+                self._partial = bytearray()
+                self._partial_n = 0
+                plen = flen - TAG_LEN
+                self._open_into(memoryview(partial)[2:], dst[:plen], aead_decrypt_into)
+                opos = plen
+            while total - pos >= 2:
+                flen = (mv[pos] << 8) | mv[pos + 1]
+                if flen < TAG_LEN:
+                    raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
+                end = pos + 2 + flen
+                if end > total:
+                    partial = bytearray(2 + flen)
+                    partial[: total - pos] = mv[pos:]
+                    self._partial = partial
+                    self._partial_n = total - pos
+                    break
+                plen = flen - TAG_LEN
+                self._open_into(mv[pos + 2 : end], dst[opos : opos + plen], aead_decrypt_into)
+                opos += plen
+                pos = end
+            else:
+                if pos < total:  # one byte of a length prefix
+                    self._partial = bytearray(mv[pos:])
+                    self._partial_n = 1
+        if out is scratch:
+            return dst[:opos]
+        dst.release()
+        del out[opos:]
+        return out
+
+    def _open_into(
+        self,
+        ciphertext: memoryview,
+        plaintext: memoryview,
+        aead_decrypt_into: Callable[[bytes, memoryview, None, memoryview], int],
+    ) -> None:
+        n = self._recv_n
+        if n >= MAX_NONCE:
+            raise self._fail(ProtocolError("noise nonce exhausted; the session must be closed"))
+        try:
+            aead_decrypt_into(_pack_nonce(n), ciphertext, None, plaintext)
+        except InvalidTag:
+            raise self._fail(
+                ProtocolError(
+                    f"noise frame {n} failed authentication (tampered or corrupt ciphertext)"
+                )
+            ) from None
+        self._recv_n = n + 1
 
     def decrypt(self, data: Bytes) -> list[bytes]:
         """Plaintext of every frame completed by ``data`` (empty frames give ``b""`` entries)."""

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
 from collections import deque
 from collections.abc import Sequence
+from typing import cast
 
-from p2pnet.channel import Channel, ChannelReceiver, LostSignal
+from p2pnet.channel import Channel, ChannelReceiver, LostSignal, ViewReceiver, accepts_views
 from p2pnet.channel import attach as attach_channel
 from p2pnet.crypto.keys import KeyPair, PublicKey
 from p2pnet.errors import (
@@ -28,7 +31,13 @@ from p2pnet.errors import (
 )
 from p2pnet.io import Bytes, ChunkReader, ReadWriter
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.security.noise import PROTOCOL_ID, NoiseHandshake, NoiseTransport
+from p2pnet.security.noise import (
+    MAX_PLAINTEXT,
+    PROTOCOL_ID,
+    TAG_LEN,
+    NoiseHandshake,
+    NoiseTransport,
+)
 
 __all__ = ["PROTOCOL_ID", "NoiseChannel", "NoiseConnection", "NoiseSecurity", "noise_handshake"]
 
@@ -38,6 +47,47 @@ log = logging.getLogger("p2pnet.noise")
 CLOSE_TIMEOUT = 2.0
 #: Decrypted frames smaller than this are joined with their successors into one chunk.
 _SMALL_FRAME = 16 * 1024
+#: Writes that encrypt to at least this many bytes go through the thread's reusable output
+#: buffer (smaller buffers come cheaply from Python's allocator)...
+_SCRATCH_FROM = 32 * 1024
+#: ... and up to this many (a yamux flush is at most its write high-water mark and a frame).
+_SCRATCH_MAX = 4 << 20
+#: Whether ``sys.getrefcount`` can tell that nothing else holds the output buffer any more.
+_CAN_REUSE = sys.implementation.name == "cpython"
+#: Bytes a frame adds to its plaintext: the length prefix and the tag.
+_FRAME_EXTRA = 2 + TAG_LEN
+
+
+class _Scratch(threading.local):
+    """The buffers the channels of one thread (one event loop) encrypt and decrypt bulk into.
+
+    A fresh megabyte-sized buffer per write costs more than its encryption (zeroing it and the
+    page faults of memory the allocator gave back to the kernel between writes), and a fresh
+    ``bytes`` per received frame makes every layer above pay its per-chunk cost per 64 KiB. A
+    buffer is reused only when nothing else references it: for ``out``, once the connection
+    below has sent or copied the bytes (asyncio's selector transport on Python 3.11 does; a
+    transport that keeps a view of what it could not send yet, as on Python 3.12, makes the
+    next write take a new buffer); for ``plain``, once the receiver above copied what it keeps.
+    """
+
+    out: bytearray | None = None
+    plain: bytearray | None = None
+
+
+_scratch = _Scratch()
+
+
+def _free_buffer(slot: str, size: int) -> bytearray | None:
+    """The thread's ``slot`` buffer, at least ``size`` bytes and held by nobody else, or None
+    for a small or a huge size."""
+    if size < _SCRATCH_FROM or size > _SCRATCH_MAX or not _CAN_REUSE:
+        return None
+    buf: bytearray | None = getattr(_scratch, slot)
+    # three references when free: the thread-local slot, ``buf`` and getrefcount's argument
+    if buf is None or len(buf) < size or sys.getrefcount(buf) > 3:
+        buf = bytearray(size)
+        setattr(_scratch, slot, buf)
+    return buf
 
 
 async def _close_quietly(conn: ReadWriter) -> None:
@@ -217,28 +267,48 @@ class NoiseChannel:
     :class:`~p2pnet.errors.ProtocolError` (:class:`~p2pnet.errors.IncompleteRead`).
     """
 
-    __slots__ = ("_conn", "_lost", "_receiver", "_transport", "lower")
+    __slots__ = ("_conn", "_lost", "_receiver", "_transport", "_views", "lower")
+
+    #: ``data_received`` may be given a view of a buffer the channel below reuses after the call
+    #: (TCP's receive buffer): every frame is decrypted (or a partial one copied) at once.
+    accepts_views = True
 
     def __init__(self, conn: NoiseConnection, receiver: ChannelReceiver) -> None:
         self._conn = conn
         self._transport = conn._transport
         self._receiver = receiver
+        #: The receiver takes a view of all the plaintext of a chunk (yamux): decrypted into
+        #: one reused buffer. Else each frame's plaintext is a ``bytes`` of its own.
+        self._views = accepts_views(receiver)
         self._lost = LostSignal()
         #: The channel of the connection below (set once it is attached).
         self.lower: Channel | None = None
 
     # -- ChannelReceiver, for the channel below --------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: Bytes) -> None:
         if self._lost.lost:
             return
+        receiver = self._receiver
+        transport = self._transport
+        if self._views:
+            # all the frames' plaintext in one view, valid during the call: one call up
+            try:
+                scratch = _free_buffer("plain", transport.joined_size(len(data)))
+                plain = transport.decrypt_joined(data, scratch)
+            except ProtocolError as exc:
+                log.debug("noise connection to %s: %s", self._conn.remote_peer, exc)
+                self._fail(exc)
+                return
+            if plain:
+                cast(ViewReceiver, receiver).data_received(plain)
+            return
         try:
-            frames = self._transport.decrypt(data)
+            frames = transport.decrypt(data)
         except ProtocolError as exc:
             log.debug("noise connection to %s: %s", self._conn.remote_peer, exc)
             self._fail(exc)
             return
-        receiver = self._receiver
         if len(frames) == 1:
             if frames[0]:
                 receiver.data_received(frames[0])
@@ -297,13 +367,21 @@ class NoiseChannel:
         return lower
 
     def write(self, data: Bytes) -> None:
-        lower = self._below()
         if data:
-            lower.write(self._transport.encrypt(data))
+            self.writelines((data,))
+        else:
+            self._below()
 
     def writelines(self, chunks: Sequence[Bytes]) -> None:
         lower = self._below()
-        out = self._transport.encrypt_many(chunks)
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+        # the frames' prefixes and tags: at most one frame per piece and per MAX_PLAINTEXT bytes
+        scratch = _free_buffer(
+            "out", size + (len(chunks) + size // MAX_PLAINTEXT + 1) * _FRAME_EXTRA
+        )
+        out = self._transport.encrypt_many(chunks, scratch)
         if out:
             lower.write(out)
 

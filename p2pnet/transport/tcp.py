@@ -1,15 +1,17 @@
 """TCP transport: listen on and dial ``/ip4|ip6|dns4|dns6/<host>/tcp/<port>`` multiaddrs.
 
-The connection is an :class:`asyncio.Protocol` of our own rather than a StreamReader/StreamWriter
-pair: the ``bytes`` objects the event loop receives are queued as they are and handed whole to
-the reader (a StreamReader copies every byte twice, into its buffer and out of it again).
+The connection is an :class:`asyncio.BufferedProtocol` of our own rather than a
+StreamReader/StreamWriter pair (which copies every byte twice, into its buffer and out of it
+again): the socket is read into one receive buffer per thread, and each read is copied once into
+a ``bytes`` queued for the reader.
 Backpressure both ways: reading from the socket pauses while more than :data:`READ_HIGH_WATER`
 bytes wait unread and resumes below :data:`READ_LOW_WATER`; :meth:`TcpConnection.write` waits
 while the transport's write buffer is above its high-water mark (``pause_writing``).
 
 That pull interface serves the upgrade. Afterwards :meth:`TcpConnection.attach` turns the
-connection into a push :class:`~p2pnet.channel.Channel`: ``data_received`` hands each chunk straight
-to the receiver (the Noise layer), and flow control is the receiver's to drive.
+connection into a push :class:`~p2pnet.channel.Channel`: each read is handed straight to the
+receiver (the Noise layer decrypts straight out of the receive buffer, without copying it), and
+flow control is the receiver's to drive.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import asyncio
 import errno
 import logging
 import socket
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 from multiaddr import Multiaddr
 
-from p2pnet.channel import ChannelReceiver, LostSignal
+from p2pnet.channel import ChannelReceiver, LostSignal, ViewReceiver, accepts_views
 from p2pnet.errors import ConnectionClosed, DialError
 from p2pnet.io import Bytes, ChunkReader
 from p2pnet.transport.addr import host_port_of, is_tcp_multiaddr, tcp_multiaddr
@@ -32,13 +35,10 @@ from p2pnet.transport.base import RawConnection, RawConnectionHandler
 
 log = logging.getLogger("p2pnet.tcp")
 
-#: Bytes asked of each ``recv`` while data streams in: big reads amortise the per-call cost of
-#: the event loop and of the layers above (and split fewer Noise frames across chunks).
+#: Bytes asked of each ``recv``: big reads amortise the per-call cost of the event loop and of
+#: the layers above (and split fewer Noise frames across chunks). Every connection of a thread
+#: reads into the same buffer of this size (:class:`_ReceiveBuffer`), so no read allocates.
 READ_SIZE = 1 << 20
-#: ... and while it does not: a ``recv`` into a buffer above malloc's mmap threshold (128 KiB)
-#: costs ~15 us more per call, which small messages would pay on every read. The size grows
-#: 4x after each read that fills the buffer and drops back after a read of at most half of this.
-MIN_READ_SIZE = 64 << 10
 #: Reading from the socket pauses while this much received data waits for the reader (the
 #: remote then fills its TCP window and stops), and resumes once it is down to the low mark.
 READ_HIGH_WATER = 2 << 20
@@ -49,8 +49,37 @@ _SMALL_CHUNK = 16 << 10
 CLOSE_TIMEOUT = 2.0
 
 
-class _TcpProtocol(asyncio.Protocol):
-    """The event loop's side of a :class:`TcpConnection`: receive queue, flow-control state."""
+class _ReceiveBuffer(threading.local):
+    """The buffer every TCP connection of a thread (one event loop) receives into.
+
+    The event loop asks for a buffer, ``recv_into`` fills it and the protocol is told how much
+    arrived, all in one callback: the bytes are handed on (or copied) before the next read of
+    any connection, so one buffer serves them all. A ``recv`` into a fresh ``bytes`` of a
+    megabyte instead costs an allocation per read and, each time the allocator gave the memory
+    back to the kernel, a page fault per 4 KiB.
+    """
+
+    buf: bytearray | None = None
+    view: memoryview | None = None
+
+    def get(self) -> memoryview:
+        view = self.view
+        if view is None:
+            self.buf = bytearray(READ_SIZE)
+            view = self.view = memoryview(self.buf)
+        return view
+
+
+_receive_buffer = _ReceiveBuffer()
+
+
+class _TcpProtocol(asyncio.BufferedProtocol):
+    """The event loop's side of a :class:`TcpConnection`: receive queue, flow-control state.
+
+    Received bytes land in the thread's :class:`_ReceiveBuffer`. A receiver whose class sets
+    ``accepts_views = True`` (the Noise channel, which decrypts them at once) is given a view of
+    it, valid only during its ``data_received``; everyone else gets a ``bytes`` copy.
+    """
 
     def __init__(self, on_made: Callable[[_TcpProtocol], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -65,9 +94,9 @@ class _TcpProtocol(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._closed_waiter: asyncio.Future[None] | None = None
         self._on_made = on_made
-        self._read_size = 0  # 0: the transport has no ``max_size`` we can tune
         #: Set by :meth:`TcpConnection.attach`: received bytes go straight to it.
         self.receiver: ChannelReceiver | None = None
+        self.receiver_views = False  # the receiver takes views of the receive buffer
         self.receiver_lost = LostSignal()
         self.abort_timer: asyncio.TimerHandle | None = None
 
@@ -76,30 +105,28 @@ class _TcpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = cast(asyncio.Transport, transport)
-        # the selector transport asks ``recv`` for ``max_size`` bytes (256 KiB by default)
-        if isinstance(getattr(transport, "max_size", None), int):
-            self._read_size = MIN_READ_SIZE
-            transport.max_size = MIN_READ_SIZE  # type: ignore[attr-defined]
         if self._on_made is not None:
             on_made, self._on_made = self._on_made, None
             on_made(self)
 
-    def data_received(self, data: bytes) -> None:
-        size = len(data)
-        read_size = self._read_size
-        if read_size:
-            if size >= read_size:
-                if read_size < READ_SIZE:
-                    self._read_size = read_size = min(read_size * 4, READ_SIZE)
-                    self.transport.max_size = read_size  # type: ignore[union-attr]
-            elif size <= MIN_READ_SIZE // 2 and read_size > MIN_READ_SIZE:
-                self._read_size = MIN_READ_SIZE
-                self.transport.max_size = MIN_READ_SIZE  # type: ignore[union-attr]
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _receive_buffer.get()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = _receive_buffer.get()
         receiver = self.receiver
         if receiver is not None:
             if not self.receiver_lost.lost:
-                receiver.data_received(data)
+                if self.receiver_views:
+                    cast(ViewReceiver, receiver).data_received(view[:nbytes])
+                else:
+                    receiver.data_received(bytes(view[:nbytes]))
             return
+        self.data_received(bytes(view[:nbytes]))
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes read before the connection is attached: queued for :meth:`TcpConnection.read`."""
+        size = len(data)
         self.chunks.append(data)
         self.buffered += size
         waiter = self._read_waiter
@@ -281,6 +308,7 @@ class TcpConnection(ChunkReader):
         channel = TcpChannel(self)
         pending = self._take_pending(-1) if self._pending_pos < len(self._pending) else b""
         proto.receiver = receiver
+        proto.receiver_views = accepts_views(receiver)
         if pending:
             receiver.data_received(pending)
         chunks = proto.chunks
