@@ -26,6 +26,8 @@ CPU seconds of the build and of the lookups (``time.process_time``, steadier tha
 a shared machine), peak RSS, and the virtual time that passed. The memory transport has no
 latency, so lookup latency is not a figure there. ``--join`` picks how nodes join:
 ``bootstrap`` (KadDHT.bootstrap) or ``self_lookup`` (connect, identify, self lookup).
+The simulation keeps the nodes' state out of the collector's full collections
+(``gc.freeze()`` every 50 joins); ``--no-gc-freeze`` runs without that.
 
 ``--cores`` simulates larger networks (``p2pnet.sim.kad_cores.KadCoreNetwork``): the real sans-IO
 ``KadBehaviour`` of every node and the real ``Lookup`` state machine, exchanging real encoded kad
@@ -198,6 +200,7 @@ def sim_size(n: int, args: argparse.Namespace) -> bool:
             alpha=args.alpha,
             security=args.security,
             join_concurrency=args.join_concurrency,
+            gc_freeze=not args.no_gc_freeze,
         )
         async with sim:
             log(f"N={n}: simulating ({args.join} join, {args.security})")
@@ -308,6 +311,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sim", action="store_true", help="simulate: virtual clock, seeded")
     p.add_argument("--join", choices=["bootstrap", "self_lookup"], default="bootstrap")
     p.add_argument("--security", choices=["plaintext", "noise"], default="plaintext")
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="--sim: let full collections rescan every node's state (see p2pnet/sim/dht.py)",
+    )
     p.add_argument(
         "--cores", action="store_true", help="kad cores on a simulated network (10,000+ nodes)"
     )

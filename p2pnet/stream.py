@@ -197,6 +197,11 @@ class MuxedConnection(Protocol):
 
     async def wait_closed(self) -> None: ...
 
+    def add_close_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the connection is fully closed (what :meth:`wait_closed`
+        waits for), from the event loop: soon after, never from inside this call."""
+        ...
+
 
 class StreamMuxer(Protocol):
     """A muxer negotiated by multistream-select (``/yamux/1.0.0``)."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 log = logging.getLogger("p2pnet.tasks")
@@ -30,6 +31,21 @@ class TaskOwner:
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
+
+    @contextlib.contextmanager
+    def running_here(self) -> Iterator[None]:
+        """Own the current task while inside the block: :meth:`close` cancels it too (for work
+        that already runs in a task of its own, where :meth:`spawn` would add a second one)."""
+        if self._closed:
+            raise RuntimeError(f"{self.name}: cannot own a task after close")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("running_here() outside a task")
+        self._tasks.add(task)
+        try:
+            yield
+        finally:
+            self._tasks.discard(task)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

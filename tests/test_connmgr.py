@@ -78,3 +78,19 @@ async def test_a_node_tags_bootstrap_mesh_and_dht_table_peers() -> None:
                     await asyncio.sleep(0.05)
                     now = node.clock.monotonic()
             assert not connmgr.is_protected(other.peer_id)
+
+
+def test_no_trim_scan_until_a_grace_period_ends_or_a_protection_is_lifted() -> None:
+    cm = ConnManager(ConnManagerConfig(low_water=1, high_water=2, grace_period=10))
+    boot, a, b = peer(), peer(), peer()
+    cm.tag(boot, "bootstrap", 0, protect=True)
+    connected = [(boot, 0.0), (a, 5.0), (b, 7.0)]
+    assert cm.trim_may_help(6.0)
+    assert cm.to_trim(connected, 6.0) == []  # a and b in their grace period, boot protected
+    assert not cm.trim_may_help(14.9)  # a's grace ends at 15
+    assert cm.trim_may_help(15.0)
+    assert cm.to_trim(connected, 15.0) == [a]
+    assert not cm.trim_may_help(16.0)  # b's ends at 17 (a trim could not reach the low mark)
+    cm.untag(boot, "bootstrap")  # lifting a protection may give a trim a candidate at once
+    assert cm.trim_may_help(16.0)
+    assert set(cm.to_trim(connected, 16.0)) == {boot, a}

@@ -216,6 +216,34 @@ def test_dial_first_collects_every_error_and_times_out_on_the_virtual_clock() ->
     run_virtual(main(), clock)
 
 
+def test_dial_first_of_one_address_runs_it_in_the_callers_task() -> None:
+    clock = VirtualClock()
+
+    async def nothing(_: object) -> None:
+        return None
+
+    async def main() -> None:
+        caller = asyncio.current_task()
+
+        async def here(addr: Multiaddr) -> asyncio.Task[object] | None:
+            return asyncio.current_task()
+
+        assert await dial_first(_planned((A, 0.0)), here, nothing, clock=clock, timeout=5) is caller
+
+        # a timeout of the attempt's own (a TCP connect timeout) is that address's error,
+        # not the dial's overall timeout
+        async def own_timeout(addr: Multiaddr) -> str:
+            await asyncio.sleep(1.0)
+            raise TimeoutError("connect timed out")
+
+        with pytest.raises(DialFailed) as info:
+            await dial_first(_planned((A, 0.0)), own_timeout, nothing, clock=clock, timeout=5)
+        assert not info.value.timed_out
+        assert [(str(a), str(e)) for a, e in info.value.errors] == [(A, "connect timed out")]
+
+    run_virtual(main(), clock)
+
+
 def test_host_dial_on_a_virtual_clock_skips_a_silent_address() -> None:
     """Two hosts on a memory network, the peer's first address accepts and never speaks: the
     dial connects through the second in a fraction of a second of virtual time, not after the

@@ -218,6 +218,19 @@ async def test_identify_and_ping_between_hosts() -> None:
         await wait_for(lambda: "/test/late/1.0.0" in a.peerstore.get_protocols(b.peer_id))
 
 
+async def test_identify_finished_waits_for_the_exchange_answered_or_failed() -> None:
+    async with make_host() as a, make_host() as b, make_host() as c:
+        ida = IdentifyService(a)
+        IdentifyService(b)  # c runs no identify: a's exchange with it fails
+        conn = await a.connect(b.p2p_addrs()[0])
+        await asyncio.wait_for(ida.identify_finished(conn), 5)
+        assert ECHO in a.peerstore.get_protocols(b.peer_id)  # it ended by answering
+        await asyncio.wait_for(ida.identify_finished(conn), 5)  # over: returns at once
+        conn_c = await a.connect(c.p2p_addrs()[0])
+        await asyncio.wait_for(ida.identify_finished(conn_c), 5)
+        assert a.peerstore.get_protocols(c.peer_id) == []  # it ended by failing
+
+
 async def test_secp256k1_hosts() -> None:
     async with (
         Host(KeyPair.generate(KeyType.Secp256k1)) as a,
@@ -261,6 +274,45 @@ async def test_close_leaves_no_tasks() -> None:
     await asyncio.sleep(0)
     leaked = [t for t in asyncio.all_tasks() - before if not t.done()]
     assert not leaked, leaked
+
+
+async def test_close_reports_every_connection_ended_before_returning() -> None:
+    a, b = make_host(), make_host()
+    await a.start()
+    await b.start()
+    ended: list[PeerID] = []
+    a.on_disconnected(lambda c: ended.append(c.remote_peer))
+    await a.connect(b.p2p_addrs()[0])
+    stream = await a.new_stream(b.peer_id, ECHO)
+    await stream.write(b"hello")
+    assert await stream.read(5) == b"hello"
+    await a.close()
+    # reported by close() itself, not later from the muxer's close callback
+    assert ended == [b.peer_id]
+    assert not a.connections() and not a.is_connected(b.peer_id)
+    received, sent = a.traffic()
+    assert received > 0 and sent > 0  # the closed connection's bytes were kept
+    await asyncio.sleep(0.01)
+    assert ended == [b.peer_id]  # once
+    await b.close()
+
+
+async def test_close_cancels_an_inbound_upgrade_under_way(caplog: pytest.LogCaptureFixture) -> None:
+    before = set(asyncio.all_tasks())
+    a = make_host(upgrade_timeout=30.0)
+    await a.start()
+    reader, writer = await asyncio.open_connection(*tcp_target(a))
+    # the header and nothing else: the upgrade waits for our proposal
+    writer.write(encode_message("/multistream/1.0.0"))
+    assert await asyncio.wait_for(reader.readexactly(1), 5)
+    await asyncio.wait_for(a.close(), 5)
+    # the connection is dropped at once, not after the upgrade timeout
+    await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert a.resources.stat()["transient"] == {}
+    leaked = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert not leaked, leaked
+    no_tracebacks(caplog)
 
 
 async def test_max_connections_refuses_extra_inbound() -> None:

@@ -178,6 +178,38 @@ async def test_mode_switch_is_announced(net10: list[KadNode]) -> None:
         await boot.dht._rpc(client.peer_id, m.find_node(b"x"))
 
 
+async def test_a_request_to_a_server_goes_with_the_proposal_once_identified() -> None:
+    a, b = await make_node(), await make_node()
+    stranger = await make_node()
+    try:
+        await link(a, b)
+        # what a's kad server handler sees first on b's stream: the request already there
+        early: list[bytes] = []
+        real_new_stream = a.host.new_stream
+
+        async def spy(peer: PeerID, protocols: Any, **kw: Any) -> Stream:
+            early.append(kw.get("early_data", b""))
+            return await real_new_stream(peer, protocols, **kw)
+
+        a.host.new_stream = spy  # type: ignore[method-assign]
+        resp = await a.dht._rpc(b.peer_id, m.find_node(b"x"))
+        assert resp is not None and resp.type == m.FIND_NODE
+        assert early and early[0].endswith(m.encode(m.find_node(b"x")))
+        # a new connection: the request waits for its identify, then goes with the proposal
+        await a.host.connect(stranger.addr)
+        resp = await a.dht._rpc(stranger.peer_id, m.find_node(b"y"))
+        assert resp is not None and resp.type == m.FIND_NODE
+        assert early[-1].endswith(m.encode(m.find_node(b"y")))
+        # protocols unknown after identify (it failed, or said nothing): a plain negotiation
+        await a.dht._close_pooled_streams()
+        a.host.peerstore.set_protocols(stranger.peer_id, [])
+        resp = await a.dht._rpc(stranger.peer_id, m.find_node(b"z"))
+        assert resp is not None and resp.type == m.FIND_NODE
+        assert early[-1] == b""
+    finally:
+        await close_all([a, b, stranger])
+
+
 # -- lookups --------------------------------------------------------------------------------------
 
 

@@ -12,13 +12,14 @@ about a minute of CPU on a 2-core machine.
 
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
 
 from p2pnet.clock import VirtualClock
 from p2pnet.kad.routing_table import distance, kad_key
-from p2pnet.sim.dht import DhtSimulation
+from p2pnet.sim.dht import GC_THRESHOLD, DhtSimulation
 from p2pnet.sim.loop import run_virtual
 
 K = 10
@@ -79,3 +80,19 @@ def _fingerprint(seed: int) -> str:
 
 def test_the_same_seed_builds_the_same_network() -> None:
     assert _fingerprint(3) == _fingerprint(3)
+
+
+def test_the_collector_settings_last_only_while_the_simulation_is_open() -> None:
+    clock = VirtualClock()
+    threshold = gc.get_threshold()
+
+    async def main() -> None:
+        async with DhtSimulation(30, seed=4, clock=clock, k=5, alpha=3) as sim:
+            await sim.build()
+            assert gc.get_threshold()[0] == GC_THRESHOLD
+            assert gc.get_freeze_count() > 0  # the nodes' state, out of the full collections
+            assert (await sim.find_peer_lookups(10)).found == 10
+        assert gc.get_freeze_count() == 0  # collectable again after the close
+        assert gc.get_threshold() == threshold
+
+    run_virtual(main(), clock)

@@ -567,6 +567,40 @@ async def test_dialer_keeps_app_data_sent_with_the_echo() -> None:
     assert await dialer.read() == b"\x00\x01early data"
 
 
+async def test_early_data_goes_with_the_proposal_in_one_write() -> None:
+    dialer, listener = pipe()
+    out, inn = await asyncio.gather(
+        negotiate_outbound(dialer, ["/kad/1"], timeout=5, early_data=b"\x03req"),
+        negotiate_inbound(listener, {"/kad/1"}, timeout=5),
+    )
+    assert out == inn == "/kad/1"
+    assert dialer.writes == [HEADER + encode_message("/kad/1") + b"\x03req"]
+    # the listener left the request for the protocol handler
+    assert await listener.readexactly(4) == b"\x03req"
+
+
+async def test_early_data_needs_a_single_protocol() -> None:
+    with pytest.raises(ValueError, match="single"):
+        MultistreamDialer(["/a", "/b"], early_data=b"x")
+    dialer, _ = pipe()
+    with pytest.raises(ValueError, match="single"):
+        await negotiate_outbound(dialer, ["/a", "/b"], timeout=5, early_data=b"x")
+    assert dialer.writes == []
+
+
+async def test_early_data_refused_is_protocol_not_supported() -> None:
+    # a listener without the protocol answers na; the early data then reads as a malformed
+    # proposal there, while the dialer reports the refusal
+    dialer, listener = pipe()
+    results = await asyncio.gather(
+        negotiate_outbound(dialer, ["/kad/1"], timeout=5, early_data=b"\x03req"),
+        negotiate_inbound(listener, {"/other/1"}, timeout=5),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], ProtocolNotSupported)
+    assert isinstance(results[1], (NegotiationError, ProtocolError))
+
+
 async def test_simultaneous_pipelining_both_directions() -> None:
     # The dialer sends header + proposal + application data before hearing anything; the
     # listener answers and both sides then exchange application data.

@@ -284,6 +284,10 @@ def test_add_pubkey_checks_the_peer_id(store: PeerStore) -> None:
     assert store.pubkey(hashed) == ecdsa
     store.add_pubkey(pid(1), key(1))
     assert store.pubkey(pid(1)) == key(1)
+    store.add_pubkey(pid(1), key(1))  # the stored key again (every connection brings it)
+    with pytest.raises(PeerIDMismatch):  # another one is still checked
+        store.add_pubkey(pid(1), key(3))
+    assert store.pubkey(pid(1)) == key(1)
 
 
 # -- metadata and latency ------------------------------------------------------------------

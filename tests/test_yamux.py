@@ -449,6 +449,23 @@ async def test_write_after_connection_close_and_go_away() -> None:
             await client.ping()
 
 
+async def test_close_callbacks_run_once_after_the_close() -> None:
+    async with yamux_pair("memory") as (client, server):
+        calls: list[str] = []
+        client.add_close_callback(lambda: calls.append("client"))
+        server.add_close_callback(lambda: calls.append("server"))
+        await client.close()
+        assert client.closed.is_set()
+        await asyncio.wait_for(server.wait_closed(), T)
+        await wait_until(lambda: len(calls) == 2)
+        # one added after the close still runs: from the loop, not inside the call
+        client.add_close_callback(lambda: calls.append("late"))
+        assert "late" not in calls
+        await wait_until(lambda: "late" in calls)
+        await asyncio.sleep(0.01)
+        assert sorted(calls) == ["client", "late", "server"]
+
+
 async def test_remote_go_away_normal_forbids_new_streams() -> None:
     async with raw_pair(initiator=True) as (conn, peer):
         s = await conn.open_stream()

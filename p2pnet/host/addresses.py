@@ -39,12 +39,25 @@ MAX_OBSERVED = 64
 MAX_OBSERVERS = 16
 
 
-@functools.lru_cache(maxsize=4096)
+#: The first byte of an address whose first protocol is ip4 (code 4) or ip6 (41).
+_IP_CODES = frozenset((0x04, 0x29))
+
+
 def ip_of(addr: Multiaddr) -> IPAddress | None:
     """The IP address of an ``/ip4/...`` or ``/ip6/...`` multiaddr, else None.
 
     Memoised (a bounded cache of a pure function of the address's bytes): the multiaddr
-    package parses slowly and every identify, peer record and DHT answer asks again."""
+    package parses slowly and every identify, peer record and DHT answer asks again. An
+    address that does not start with an IP (an in-process one: each connection has its own)
+    is answered from its first byte, neither parsed nor cached."""
+    raw = addr.to_bytes()
+    if not raw or raw[0] not in _IP_CODES:
+        return None
+    return _ip_of(addr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_of(addr: Multiaddr) -> IPAddress | None:
     try:
         protocols = list(addr.protocols())
     except Exception:  # the multiaddr package parses lazily and raises several unrelated types
@@ -59,8 +72,10 @@ def ip_of(addr: Multiaddr) -> IPAddress | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def is_relayed(addr: Multiaddr) -> bool:
-    """Whether ``addr`` goes through a circuit relay (has ``/p2p-circuit``)."""
+    """Whether ``addr`` goes through a circuit relay (has ``/p2p-circuit``). Memoised like
+    :func:`ip_of`: every dial plan and every new stream (the preferred connection) asks."""
     try:
         return any(p.name == "p2p-circuit" for p in addr.protocols())
     except Exception:  # the multiaddr package parses lazily and raises unrelated types

@@ -92,12 +92,21 @@ class Connection:
     def is_closed(self) -> bool:
         return self.muxed.is_closed
 
-    async def new_stream(self, protocols: Sequence[str]) -> Stream:
-        """Open a stream and agree on the first of ``protocols`` the remote supports."""
+    async def new_stream(
+        self, protocols: Sequence[str], *, bounded: bool = False, early_data: bytes = b""
+    ) -> Stream:
+        """Open a stream and agree on the first of ``protocols`` the remote supports, within
+        the host's ``negotiate_timeout``; ``bounded``: the caller runs this under a timeout of
+        its own, which then bounds the negotiation instead. ``early_data`` (one protocol
+        only): the protocol's first bytes, sent with the proposal rather than after the
+        echo (see :class:`~p2pnet.multistream.MultistreamDialer`)."""
         stream = await self.muxed.open_stream()
         try:
             stream.protocol = await negotiate_outbound(
-                stream, protocols, timeout=self._negotiate_timeout
+                stream,
+                protocols,
+                timeout=None if bounded else self._negotiate_timeout,
+                early_data=early_data,
             )
             scope = stream_scope_of(stream)
             if scope is not None:

@@ -46,6 +46,8 @@ async def dial_first(
 ) -> T:
     """The result of the first ``attempt`` to succeed, following ``plan``."""
     scheduler = DialScheduler(plan, clock.monotonic(), timeout, max_parallel=max_parallel)
+    if len(plan) == 1:
+        return await _dial_only(scheduler, attempt, discard, clock, what)
     tasks: dict[asyncio.Future[T], Multiaddr] = {}
     won: list[T] = []
     try:
@@ -77,6 +79,36 @@ async def dial_first(
         await _end(tasks, discard)
     if won:
         return won[0]
+    timed_out = scheduler.state is DialState.TIMED_OUT
+    raise DialFailed(
+        f"could not dial {what}: {scheduler.error_summary()}", scheduler.errors, timed_out
+    )
+
+
+async def _dial_only(
+    scheduler: DialScheduler,
+    attempt: Callable[[Multiaddr], Awaitable[T]],
+    discard: Callable[[T], Awaitable[None]],
+    clock: Clock,
+    what: str,
+) -> T:
+    """A plan of one address (the usual case: one known address): the attempt runs in the
+    caller's task, with nothing to race against, under the overall timeout."""
+    step = scheduler.poll(clock.monotonic())
+    for addr in step.start:
+        try:
+            async with asyncio.timeout(max(0.0, scheduler.deadline - clock.monotonic())) as cm:
+                result = await attempt(addr)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and cm.expired():
+                scheduler.poll(max(clock.monotonic(), scheduler.deadline))  # timed out
+            else:
+                scheduler.failed(addr, exc)
+                scheduler.poll(clock.monotonic())
+        else:
+            if scheduler.succeeded(addr):
+                return result
+            await discard(result)  # pragma: no cover - nothing else can have decided the dial
     timed_out = scheduler.state is DialState.TIMED_OUT
     raise DialFailed(
         f"could not dial {what}: {scheduler.error_summary()}", scheduler.errors, timed_out

@@ -10,6 +10,7 @@ It owns every connection and every background task it starts; ``close()`` ends t
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -88,6 +89,8 @@ class Host:
         self._handlers: dict[str, StreamHandler] = {}
         self._keeps_stream: set[str] = set()
         self._conns: dict[PeerID, list[Connection]] = {}
+        #: Connections in ``_conns`` (open or closing).
+        self._registered = 0
         self._pending_dials: dict[PeerID, asyncio.Future[Connection]] = {}
         self._listeners: list[Listener] = []
         self._tasks = TaskOwner(f"host {self.peer_id}")
@@ -147,6 +150,8 @@ class Host:
         self._listeners.clear()
         conns = [c for cs in self._conns.values() for c in cs]
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        for conn in conns:  # now, not from their close callbacks after close() returned
+            self._connection_ended(conn)
         await self._tasks.close()
         for fut in self._pending_dials.values():
             if not fut.done():
@@ -231,22 +236,34 @@ class Host:
 
     def connections(self, peer: PeerID | None = None) -> list[Connection]:
         if peer is not None:
-            return [c for c in self._conns.get(peer, []) if not c.is_closed]
+            conns = self._conns.get(peer)
+            return [c for c in conns if not c.is_closed] if conns else []
         return [c for cs in self._conns.values() for c in cs if not c.is_closed]
+
+    def _connection_count(self) -> int:
+        """Open connections (what ``len(self.connections())`` says, without the list)."""
+        if self._registered < self.config.max_connections:
+            return self._registered  # registered ones include the closing: an upper bound
+        return len(self.connections())
 
     def connected_peers(self) -> list[PeerID]:
         return [p for p, cs in self._conns.items() if any(not c.is_closed for c in cs)]
 
     def traffic(self) -> tuple[int, int]:
         """Bytes received and sent over all connections since start (muxed, decrypted)."""
-        # every registered connection counts its own bytes until _watch moves them to closed_*
+        # every registered connection counts its own bytes until _connection_ended moves them
         conns = [c for cs in self._conns.values() for c in cs]
         received = self.closed_bytes_received + sum(c.muxed.bytes_received for c in conns)
         sent = self.closed_bytes_sent + sum(c.muxed.bytes_sent for c in conns)
         return received, sent
 
     def is_connected(self, peer: PeerID) -> bool:
-        return any(not c.is_closed for c in self._conns.get(peer, ()))
+        conns = self._conns.get(peer)
+        if conns:
+            for c in conns:
+                if not c.is_closed:
+                    return True
+        return False
 
     async def connect(self, addr: Multiaddr | str, *, peer: PeerID | None = None) -> Connection:
         """Connect to the peer at ``addr`` (``.../tcp/N[/p2p/ID]``), reusing a live connection.
@@ -290,7 +307,7 @@ class Host:
                 raise DialError("host is closed")
             pending = asyncio.get_running_loop().create_future()
             self._pending_dials[peer] = pending
-            self._tasks.spawn(self._run_dial(peer, addrs, pending), name=f"dial {peer}")
+            self._tasks.spawn(self._run_dial(peer, addrs, pending), name="dial")
         # a caller that gives up does not end the dial for the others
         return await asyncio.shield(pending)
 
@@ -410,7 +427,7 @@ class Host:
         )
 
     async def _on_inbound_raw(self, raw: RawConnection) -> None:
-        if self._closed or len(self.connections()) >= self.config.max_connections:
+        if self._closed or self._connection_count() >= self.config.max_connections:
             log.debug("refusing inbound connection from %s: limit reached", raw.remote_addr)
             self.resources.refused["system/max_connections"] += 1
             raw.abort()
@@ -430,11 +447,11 @@ class Host:
             log.debug("refusing inbound connection from %s: %s", raw.remote_addr, exc)
             raw.abort()
             return
-        # The upgrade runs in a task the host owns, so close() can cancel it.
-        task = self._tasks.spawn(
-            self._upgrade_inbound(raw, scope), name=f"upgrade {raw.remote_addr}"
-        )
-        await asyncio.wait([task])
+        # The upgrade runs in the transport's task for this connection (not in a second one),
+        # owned by the host meanwhile so that close() cancels it. (Not closed: checked above,
+        # and nothing was awaited since.)
+        with self._tasks.running_here():
+            await self._upgrade_inbound(raw, scope)
 
     def _admit_address(self, ip: str) -> bool:
         """A TCP connection from ``ip`` was just accepted: not from a banned address, not
@@ -520,15 +537,21 @@ class Host:
         peer = conn.remote_peer
         # Registered before the muxer starts, so its first inbound stream finds the connection.
         self._conns.setdefault(peer, []).append(conn)
+        self._registered += 1
         self.connections_opened[conn.direction] += 1
         await conn.muxed.start()
         self.peerstore.add_pubkey(peer, conn.secure.remote_public_key)
         if conn.direction is Direction.OUTBOUND:
             self.peerstore.add_addrs(peer, [conn.remote_addr], CONNECTED_ADDR_TTL)
         log.debug("connected %r", conn)
-        self._tasks.spawn(self._watch(conn), name=f"watch {peer}")
+        # a callback rather than a task per connection waiting for it to close
+        conn.muxed.add_close_callback(lambda: self._connection_ended(conn))
         self.bus.emit(ConnectionOpened(conn))
-        if not self._trimming and len(self._conns) > self.connmgr.config.high_water:
+        if (
+            not self._trimming
+            and len(self._conns) > self.connmgr.config.high_water
+            and self.connmgr.trim_may_help(self.clock.monotonic())
+        ):
             self._trimming = True
             self._tasks.spawn(self._trim(), name="trim connections")
 
@@ -549,25 +572,26 @@ class Host:
         finally:
             self._trimming = False
 
-    async def _watch(self, conn: Connection) -> None:
-        try:
-            await conn.muxed.wait_closed()
-        finally:
-            if conn.scope is not None:
-                conn.scope.done()
-            peer = conn.remote_peer
-            self.closed_bytes_received += conn.muxed.bytes_received
-            self.closed_bytes_sent += conn.muxed.bytes_sent
-            conns = self._conns.get(peer, [])
-            if conn in conns:
-                conns.remove(conn)
-            if not conns:
-                self._conns.pop(peer, None)
-                self.connmgr.forget(peer)
-                # Addresses of a peer we no longer reach expire like go's (15 min), not never.
-                self.peerstore.update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL)
-            log.debug("disconnected %r", conn)
-            self.bus.emit(ConnectionEnded(conn))
+    def _connection_ended(self, conn: Connection) -> None:
+        """``conn`` closed: forget it, give back its resources, tell the services. Once per
+        connection (the muxer's close callback, or :meth:`close`)."""
+        peer = conn.remote_peer
+        conns = self._conns.get(peer)
+        if conns is None or conn not in conns:
+            return
+        if conn.scope is not None:
+            conn.scope.done()
+        self.closed_bytes_received += conn.muxed.bytes_received
+        self.closed_bytes_sent += conn.muxed.bytes_sent
+        conns.remove(conn)
+        self._registered -= 1
+        if not conns:
+            self._conns.pop(peer, None)
+            self.connmgr.forget(peer)
+            # Addresses of a peer we no longer reach expire like go's (15 min), not never.
+            self.peerstore.update_addrs(peer, CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL)
+        log.debug("disconnected %r", conn)
+        self.bus.emit(ConnectionEnded(conn))
 
     def connection_of(self, stream: Stream) -> Connection:
         """The host connection a stream belongs to (``stream.conn``, typed as a Connection)."""
@@ -582,12 +606,20 @@ class Host:
 
     # -- streams --------------------------------------------------------------------------------
 
-    async def new_stream(self, peer: PeerID, protocols: Iterable[str] | str) -> Stream:
-        """Open a stream to ``peer`` (dialing if needed) speaking the first agreed protocol."""
+    async def new_stream(
+        self,
+        peer: PeerID,
+        protocols: Iterable[str] | str,
+        *,
+        bounded: bool = False,
+        early_data: bytes = b"",
+    ) -> Stream:
+        """Open a stream to ``peer`` (dialing if needed) speaking the first agreed protocol
+        (``bounded``, ``early_data``: see :meth:`Connection.new_stream`)."""
         protos = [protocols] if isinstance(protocols, str) else list(protocols)
         conn = await self.connect_peer(peer)
         self.connmgr.used(peer, self.clock.monotonic())
-        return await conn.new_stream(protos)
+        return await conn.new_stream(protos, bounded=bounded, early_data=early_data)
 
     async def _on_inbound_stream(self, stream: Stream) -> None:
         try:
@@ -673,9 +705,24 @@ def preferred(conns: Sequence[Connection]) -> Connection:
     return next((c for c in conns if not is_relayed_connection(c)), conns[0])
 
 
+#: First bytes (protocol codes) of the addresses that can carry a peer's IP: ip4, ip6, ip6zone.
+_IP_FIRST = frozenset((0x04, 0x29, 0x2A))
+
+
 def _ip_of(addr: Multiaddr) -> str | None:
+    """See :func:`_ip_of_parsed`; an address that starts with no IP protocol (an in-process
+    one: a new port for every connection) has none, without parsing or filling the cache."""
+    raw = addr.to_bytes()
+    if not raw or raw[0] not in _IP_FIRST:
+        return None
+    return _ip_of_parsed(addr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_of_parsed(addr: Multiaddr) -> str | None:
     """The IP address of a transport address (None for in-process and relayed ones: a relayed
-    connection's address names the relay, not the peer)."""
+    connection's address names the relay, not the peer). Memoised: the multiaddr package
+    parses slowly (and raises for every protocol an address lacks)."""
     if is_relayed(addr):
         return None
     for code in ("ip4", "ip6"):

@@ -51,10 +51,11 @@ async def upgrade(
     muxer_by_id = {m.protocol_id: m for m in muxers}
     try:
         async with asyncio.timeout(config.upgrade_timeout):
+            # (the negotiations need no timeouts of their own: this one bounds the whole)
             if initiator:
-                chosen = await negotiate_outbound(raw, list(by_id))
+                chosen = await negotiate_outbound(raw, list(by_id), timeout=None)
             else:
-                chosen = await negotiate_inbound(raw, by_id.keys())
+                chosen = await negotiate_inbound(raw, by_id.keys(), timeout=None)
             secure = await by_id[chosen].secure(
                 raw,
                 key,
@@ -63,9 +64,9 @@ async def upgrade(
                 timeout=config.upgrade_timeout,
             )
             if initiator:
-                muxer_id = await negotiate_outbound(secure, list(muxer_by_id))
+                muxer_id = await negotiate_outbound(secure, list(muxer_by_id), timeout=None)
             else:
-                muxer_id = await negotiate_inbound(secure, muxer_by_id.keys())
+                muxer_id = await negotiate_inbound(secure, muxer_by_id.keys(), timeout=None)
     except TimeoutError as exc:
         raw.abort()
         raise HandshakeError(

@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from multiaddr import Multiaddr
 
 from p2pnet.errors import P2PError
@@ -52,6 +53,9 @@ from p2pnet.peer.peer_id import PeerID
 from p2pnet.wire.pb import kad_pb2
 
 log = logging.getLogger("p2pnet.kad")
+
+#: A repeated ``Peer`` field of a message (closerPeers, providerPeers).
+PeerList = RepeatedCompositeFieldContainer[kad_pb2.Message.Peer]
 
 #: Delay between the first peer entering an empty table and the self lookup (js: 1 s), so
 #: that the peers connecting at the same moment are identified first.
@@ -280,10 +284,10 @@ class KadBehaviour:
         key = bytes(msg.key)
         if t == m.FIND_NODE:
             resp = m.request(m.FIND_NODE, key)
-            resp.closerPeers.extend(self._closer_peers_pb(key, peer))
+            named = self._add_closer_peers(resp.closerPeers, key, peer)
             target = self._known_target(key, peer)
-            if target is not None and target.id not in {p.id for p in resp.closerPeers}:
-                resp.closerPeers.append(target)
+            if target is not None and target not in named:
+                self._add_peer(resp.closerPeers, target)
             return resp
         if t == m.GET_VALUE:
             return self._get_value_answer(peer, key, wall)
@@ -312,7 +316,29 @@ class KadBehaviour:
         )
         return m.peer_to_pb(PeerInfo(peer, addrs[: self.config.max_addrs_per_peer]), conn)
 
-    def _known_target(self, key: bytes, requester: PeerID) -> kad_pb2.Message.Peer | None:
+    def _add_peer(self, field: PeerList, peer: PeerID) -> bool:
+        """Append ``peer`` with its addresses to an answer's peer list (built in place: a
+        message made apart and appended would be copied); False when no address is known."""
+        if peer == self.local:
+            addrs = self.peers.self_addrs()
+            conn = kad_pb2.Message.CONNECTED
+        else:
+            addrs = self.peers.addrs(peer)
+            if not addrs:
+                return False
+            conn = (
+                kad_pb2.Message.CONNECTED
+                if self.peers.is_connected(peer)
+                else kad_pb2.Message.NOT_CONNECTED
+            )
+        field.add(
+            id=peer.to_bytes(),
+            addrs=[a.to_bytes() for a in addrs[: self.config.max_addrs_per_peer]],
+            connection=conn,
+        )
+        return True
+
+    def _known_target(self, key: bytes, requester: PeerID) -> PeerID | None:
         """FIND_NODE for a peer we know an address of (say a connected client, which is in no
         routing table): name it too, as go does, so that clients can be found."""
         try:
@@ -321,21 +347,19 @@ class KadBehaviour:
             return None
         if target in (requester, self.local):
             return None
-        return self._peer_pb(target)
+        return target
 
-    def _closer_peers_pb(self, key: bytes, requester: PeerID) -> list[kad_pb2.Message.Peer]:
-        """The k closest peers of our table to ``key`` (never the requester), with addresses;
-        ourselves too when the key is our own peer ID (as js does)."""
-        out: list[kad_pb2.Message.Peer] = []
-        if key == self.local.to_bytes():
-            own = self._peer_pb(self.local)
-            if own is not None:
-                out.append(own)
+    def _add_closer_peers(self, field: PeerList, key: bytes, requester: PeerID) -> set[PeerID]:
+        """Add the k closest peers of our table to ``key`` (never the requester), with
+        addresses, to ``field``; ourselves too when the key is our own peer ID (as js does).
+        Returns the peers added."""
+        named: set[PeerID] = set()
+        if key == self.local.to_bytes() and self._add_peer(field, self.local):
+            named.add(self.local)
         for p in self.routing_table.closest(kad_key(key), self.config.k, exclude=(requester,)):
-            pb = self._peer_pb(p)
-            if pb is not None:
-                out.append(pb)
-        return out
+            if self._add_peer(field, p):
+                named.add(p)
+        return named
 
     def _get_value_answer(self, peer: PeerID, key: bytes, wall: float) -> kad_pb2.Message:
         resp = m.request(m.GET_VALUE, key)
@@ -346,7 +370,7 @@ class KadBehaviour:
             pk = self._public_key_value(key)
             if pk is not None:
                 resp.record.CopyFrom(m.make_record(key, pk, format_rfc3339(wall)))
-        resp.closerPeers.extend(self._closer_peers_pb(key, peer))
+        self._add_closer_peers(resp.closerPeers, key, peer)
         return resp
 
     def _public_key_value(self, key: bytes) -> bytes | None:
@@ -408,7 +432,7 @@ class KadBehaviour:
         for prov in self.providers.get_providers(key, wall)[: self.config.max_peers_per_answer]:
             pb = self._peer_pb(prov)
             resp.providerPeers.append(pb if pb is not None else m.peer_to_pb(PeerInfo(prov)))
-        resp.closerPeers.extend(self._closer_peers_pb(key, peer))
+        self._add_closer_peers(resp.closerPeers, key, peer)
         return resp
 
     # -- records ------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from p2pnet.service import Lifecycle, ServiceState
 from p2pnet.stats import DurationHistogram
 from p2pnet.tasks import TaskOwner
 from p2pnet.wire.framing import (
+    encode_length_prefixed,
     read_length_prefixed,
     read_length_prefixed_or_eof,
     write_length_prefixed,
@@ -313,8 +314,25 @@ class KadDHT:
                     await stream.reset()
                     stream = None
             if stream is None:
-                stream = await self.host.new_stream(peer, [self.config.protocol_id])
-                resp = await self._exchange(stream, data, expect_response)
+                proto = self.config.protocol_id
+                if self.identify is not None and not self.behaviour.speaks_kad(peer):
+                    # A new connection: its identify exchange (started when it opened) tells
+                    # the peer's protocols within about the round trip a negotiation would
+                    # take; go-libp2p's NewStream waits for it likewise.
+                    await self.identify.identify_finished(await self.host.connect_peer(peer))
+                if self.behaviour.speaks_kad(peer):
+                    # identify said the peer serves kad: the request goes out with the
+                    # proposal (one round trip, not two), as go-libp2p's lazy negotiation
+                    # does for a protocol the peer store knows. Not otherwise: a refusal
+                    # followed by a reset would then read as a reset, not as a refusal.
+                    framed = encode_length_prefixed(data)
+                    stream = await self.host.new_stream(
+                        peer, [proto], bounded=True, early_data=framed
+                    )
+                    resp = await self._exchange(stream, None, expect_response)
+                else:
+                    stream = await self.host.new_stream(peer, [proto], bounded=True)
+                    resp = await self._exchange(stream, data, expect_response)
         if resp is None:
             await stream.close()
             return None
@@ -327,13 +345,18 @@ class KadDHT:
         return resp
 
     async def _exchange(
-        self, stream: Stream, data: bytes, expect_response: bool
+        self, stream: Stream, data: bytes | None, expect_response: bool
     ) -> kad_pb2.Message | None:
+        """Send the request ``data`` (None: it went out with the negotiation) and read the
+        answer."""
         try:
-            await write_length_prefixed(stream, data)
+            if data is not None:
+                await write_length_prefixed(stream, data)
             if not expect_response:
                 return None
-            return m.decode(await read_length_prefixed(stream, self.config.max_message_size))
+            # (under the request's timeout: the read needs none of its own)
+            data = await read_length_prefixed(stream, self.config.max_message_size, timeout=None)
+            return m.decode(data)
         except BaseException:
             await stream.reset()
             raise
@@ -640,7 +663,8 @@ class KadDHT:
         return len(self.routing_table)
 
     async def _connect_bootstrap(self, addr: str | Multiaddr) -> PeerID:
-        conn = await asyncio.wait_for(self.host.connect(addr), self.config.request_timeout)
+        async with asyncio.timeout(self.config.request_timeout):
+            conn = await self.host.connect(addr)
         peer = conn.remote_peer
         if self.identify is not None:
             try:
@@ -692,7 +716,9 @@ class KadDHT:
         try:
             while True:
                 async with asyncio.timeout(cfg.inbound_idle_timeout):
-                    data = await read_length_prefixed_or_eof(stream, cfg.max_message_size)
+                    data = await read_length_prefixed_or_eof(
+                        stream, cfg.max_message_size, timeout=None
+                    )
                 if data is None:
                     break
                 served += 1

@@ -352,14 +352,30 @@ class MultistreamDialer(Negotiator):
     supports the first protocol costs one round trip; each ``na`` queues the next proposal.
     ``header_exchanged=True`` skips the header (after :class:`ProtocolLister` on the same
     connection). Raises :class:`ValueError` for an unusable ``protocols`` argument.
+
+    ``early_data`` (only with a single protocol) is queued right after the proposal: the
+    protocol's first bytes go out without waiting for the echo, as rust-libp2p's ``V1Lazy``
+    and go-libp2p's lazy select do (the listener reads them once it agreed; one refusal ends
+    the negotiation anyway, and a listener that refuses reads them as a malformed proposal and
+    closes the stream). Same bytes on the wire, one round trip less.
     """
 
-    def __init__(self, protocols: Sequence[str], *, header_exchanged: bool = False) -> None:
+    def __init__(
+        self,
+        protocols: Sequence[str],
+        *,
+        header_exchanged: bool = False,
+        early_data: bytes = b"",
+    ) -> None:
         self.protocols = _proposals(protocols)
+        if early_data and len(self.protocols) != 1:
+            raise ValueError("early data needs a single proposed protocol")
         self._index = 0
         first = encode_message(self.protocols[0])
         out = first if header_exchanged else HEADER_MESSAGE + first
-        super().__init__(NegotiationState.ANSWER, out, header_exchanged=header_exchanged)
+        super().__init__(
+            NegotiationState.ANSWER, out + early_data, header_exchanged=header_exchanged
+        )
 
     def _on_message(self, frame: bytes, events: list[NegotiationEvent]) -> None:
         payload = _strip_newline(frame)

@@ -31,44 +31,56 @@ __all__ = ["DEFAULT_TIMEOUT", "list_protocols", "negotiate_inbound", "negotiate_
 DEFAULT_TIMEOUT: Final = 10.0
 
 
-async def _drive(conn: ReadWriter, neg: Negotiator, timeout: float, what: str) -> NegotiationEvent:
-    """Write what ``neg`` queued, read exactly what it wants, until it agrees or lists."""
-    write = conn.write
-    readexactly = conn.readexactly
+async def _drive(
+    conn: ReadWriter, neg: Negotiator, timeout: float | None, what: str
+) -> NegotiationEvent:
+    """Write what ``neg`` queued, read exactly what it wants, until it agrees or lists
+    (``timeout`` None: the caller bounds the negotiation with a timeout of its own)."""
+    if timeout is None:
+        return await _exchange(conn, neg)
     try:
         async with asyncio.timeout(timeout):
-            if out := neg.data_to_send():
-                await write(out)
-            while True:
-                data = await readexactly(neg.bytes_wanted)
-                try:
-                    events = neg.receive_data(data)
-                finally:
-                    # what was queued before a failure (the listener's last ``na``) still goes out
-                    if out := neg.data_to_send():
-                        await write(out)
-                if neg.finished:
-                    return events[-1]
+            return await _exchange(conn, neg)
     except TimeoutError as exc:
         raise NegotiationError(f"multistream {what} timed out after {timeout:g} s") from exc
+
+
+async def _exchange(conn: ReadWriter, neg: Negotiator) -> NegotiationEvent:
+    write = conn.write
+    readexactly = conn.readexactly
+    if out := neg.data_to_send():
+        await write(out)
+    while True:
+        data = await readexactly(neg.bytes_wanted)
+        try:
+            events = neg.receive_data(data)
+        finally:
+            # what was queued before a failure (the listener's last ``na``) still goes out
+            if out := neg.data_to_send():
+                await write(out)
+        if neg.finished:
+            return events[-1]
 
 
 async def negotiate_outbound(
     conn: ReadWriter,
     protocols: Sequence[str],
     *,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = DEFAULT_TIMEOUT,
     header_exchanged: bool = False,
+    early_data: bytes = b"",
 ) -> str:
     """Dialer side: propose ``protocols`` in order and return the first one the listener accepts.
 
     See :class:`MultistreamDialer`. Raises :class:`ProtocolNotSupported` if every protocol was
     refused, :class:`NegotiationError` if the listener answers something else than the header /
-    the echo / ``na`` or the whole negotiation takes longer than ``timeout`` seconds,
+    the echo / ``na`` or the whole negotiation takes longer than ``timeout`` seconds (None: no
+    timeout of its own, for a caller that runs it under one),
     :class:`ProtocolError` on malformed messages, :class:`~p2pnet.errors.IncompleteRead` if the
     connection closes midway, and :class:`ValueError` for an unusable ``protocols`` argument.
+    ``early_data``: the protocol's first bytes, sent with the proposal (single protocol only).
     """
-    neg = MultistreamDialer(protocols, header_exchanged=header_exchanged)
+    neg = MultistreamDialer(protocols, header_exchanged=header_exchanged, early_data=early_data)
     event = await _drive(conn, neg, timeout, "dial negotiation")
     assert isinstance(event, ProtocolAgreed)
     return event.protocol
@@ -89,7 +101,7 @@ async def negotiate_inbound(
     conn: ReadWriter,
     supported: Supported,
     *,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = DEFAULT_TIMEOUT,
     max_attempts: int = MAX_NEGOTIATION_ATTEMPTS,
 ) -> str:
     """Listener side: answer the dialer's proposals and return the protocol agreed on.

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 
 from p2pnet.channel import Channel, attach
@@ -64,6 +65,7 @@ from p2pnet.mux.yamux import (
 )
 from p2pnet.resources.manager import ConnectionScope, StreamScope
 from p2pnet.stream import ConnectionInfo, Direction, StreamCallback, StreamConsumer
+from p2pnet.waiters import Waiters
 
 log = logging.getLogger("p2pnet.yamux")
 
@@ -93,9 +95,10 @@ class YamuxStream(ChunkReader):
         self._chunks: deque[bytes] = deque()
         #: Bytes of ``_chunks`` counted in the connection's ``unread`` (0 once it forgot us).
         self.counted = 0
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._write_lock = asyncio.Lock()
+        # futures only while someone waits (an asyncio.Event each cost ~800 bytes per stream)
+        self._readable = Waiters()
+        self._writable = Waiters()
+        self._write_lock: asyncio.Lock | None = None  # made by the first write that waits
         #: push mode (set_consumer): who takes the bytes as they arrive
         self._consumer: StreamConsumer | None = None
         #: the consumer asked to pause (bytes wait in _chunks)
@@ -166,7 +169,7 @@ class YamuxStream(ChunkReader):
         self.counted += len(data)
         self.connection.unread += len(data)
         if len(chunks) == 1:
-            self._readable.set()
+            self._readable.wake()
         if consumer is not None and not self._push_paused and not self._pushing:
             self._drain_to_consumer()
         return True
@@ -181,8 +184,8 @@ class YamuxStream(ChunkReader):
             self._chunks.clear()
             self._pending = b""
             self._pending_pos = 0
-        self._readable.set()
-        self._writable.set()
+        self._readable.wake()
+        self._writable.wake()
         if self._consumer is not None and not self._pushing:
             self._check_push_end()
 
@@ -193,7 +196,7 @@ class YamuxStream(ChunkReader):
         if consumer is None:
             self._consumer = None
             if self._chunks:
-                self._readable.set()
+                self._readable.wake()
             return
         if self._consumer is not None:
             raise RuntimeError(f"stream {self.stream_id} has a consumer already")
@@ -308,7 +311,6 @@ class YamuxStream(ChunkReader):
             if record.remote_closed:
                 return b""
             self._raise_if_dead()
-            self._readable.clear()
             await self._readable.wait()
 
     # ----------------------------------------------------------------- writing
@@ -327,7 +329,7 @@ class YamuxStream(ChunkReader):
         session = conn.session
         config = session.config
         if (
-            self._write_lock.locked()
+            (self._write_lock is not None and self._write_lock.locked())
             or total > self.record.send_window
             or total > config.max_frame_payload
             or session.outbound_size >= config.write_high_water
@@ -350,6 +352,8 @@ class YamuxStream(ChunkReader):
         sid = self.stream_id
         total = len(data)
         view = memoryview(data)
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
         async with self._write_lock:
             pos = 0
             while pos < total:
@@ -363,7 +367,6 @@ class YamuxStream(ChunkReader):
                 elif session.outbound_size >= session.config.write_high_water:
                     await conn.wait_room()
                 else:
-                    self._writable.clear()
                     await self._writable.wait()
 
     async def drain(self) -> None:
@@ -446,9 +449,9 @@ class YamuxConnection:
         self._on_stream = on_stream
         self._streams: dict[int, YamuxStream] = {}
         self._accept_queue: deque[YamuxStream] = deque()
-        self._accept_event = asyncio.Event()
-        self._room = asyncio.Event()
-        self._open_room = asyncio.Event()
+        self._accept_event = Waiters()
+        self._room = Waiters()
+        self._open_room = Waiters()
         self._pong_waiters: dict[int, asyncio.Future[float]] = {}
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._channel: Channel | None = None
@@ -477,6 +480,7 @@ class YamuxConnection:
         self._error: P2PError | None = None
         #: Set once the connection is fully closed (``conn`` closed, stream handlers ended).
         self.closed = asyncio.Event()
+        self._close_callbacks: list[Callable[[], None]] = []
         #: Bytes of yamux frames read from and written to ``conn`` (for metrics).
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -524,6 +528,13 @@ class YamuxConnection:
 
     async def wait_closed(self) -> None:
         await self.closed.wait()
+
+    def add_close_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (with ``call_soon``) once :attr:`closed` is set."""
+        if self.closed.is_set():
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self._close_callbacks.append(callback)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -597,7 +608,6 @@ class YamuxConnection:
                 async with asyncio.timeout(self.config.open_timeout):
                     while not session.can_open_stream():
                         self._check_open()
-                        self._open_room.clear()
                         await self._open_room.wait()
             except TimeoutError:
                 raise StreamLimitExceeded(
@@ -631,7 +641,6 @@ class YamuxConnection:
                 self.flush()
                 return stream
             self._check_open()
-            self._accept_event.clear()
             await self._accept_event.wait()
 
     async def ping(self) -> float:
@@ -687,9 +696,7 @@ class YamuxConnection:
             self._parse_all()
             self._terminate(ConnectionClosed(f"write failed: {exc!r}"), None)
             return
-        room = self._room
-        if not room.is_set():
-            room.set()
+        self._room.wake()
         if self._replies_paused:
             self._replies_paused = False
             self._update_reading()
@@ -728,7 +735,6 @@ class YamuxConnection:
         high_water = self.config.write_high_water
         while session.outbound_size >= high_water:
             self._check_open()
-            self._room.clear()
             await self._room.wait()
 
     # ----------------------------------------------------------------- called by streams
@@ -800,7 +806,7 @@ class YamuxConnection:
     def reset_stream(self, stream: YamuxStream) -> None:
         self.session.reset_stream(stream.stream_id)
         self._settle(stream)
-        self._open_room.set()
+        self._open_room.wake()
 
     def _settle(self, stream: YamuxStream) -> None:
         """After a local state change: wake the stream, forget it once the core did."""
@@ -911,15 +917,15 @@ class YamuxConnection:
                 if not self.session.has_stream(ev.stream_id):
                     self._forget(stream)
             if isinstance(ev, StreamResetByRemote):
-                self._open_room.set()
+                self._open_room.wake()
         elif isinstance(ev, StreamAcked):
-            self._open_room.set()
+            self._open_room.wake()
         elif isinstance(ev, PongReceived):
             fut = self._pong_waiters.pop(ev.opaque, None)
             if fut is not None and not fut.done():
                 fut.set_result(ev.rtt)
         elif isinstance(ev, GoAwayReceived):
-            self._open_room.set()
+            self._open_room.wake()
             if ev.code != GO_AWAY_NORMAL:
                 log.info("remote went away with error code %d", ev.code)
                 return ConnectionClosed(f"remote went away (code {ev.code})")
@@ -943,7 +949,7 @@ class YamuxConnection:
         stream = self._new_stream(record, scope)
         if self._on_stream is None:
             self._accept_queue.append(stream)
-            self._accept_event.set()
+            self._accept_event.wake()
             return None
         self.session.accept_stream(sid)
         stream.handler_running = True
@@ -1030,9 +1036,9 @@ class YamuxConnection:
         self._streams.clear()
         self._accept_queue.clear()
         self._held.clear()
-        self._accept_event.set()
-        self._open_room.set()
-        self._room.set()
+        self._accept_event.wake()
+        self._open_room.wake()
+        self._room.wake()
         for fut in self._pong_waiters.values():
             if not fut.done():
                 fut.set_exception(ConnectionClosed(str(error)))
@@ -1086,6 +1092,11 @@ class YamuxConnection:
             self._close_timer = None
         if not self.closed.is_set():
             self.closed.set()
+            callbacks, self._close_callbacks = self._close_callbacks, []
+            if callbacks:
+                loop = asyncio.get_running_loop()
+                for callback in callbacks:
+                    loop.call_soon(callback)
 
     async def _wait_terminated(self) -> None:
         current = asyncio.current_task()

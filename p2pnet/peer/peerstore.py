@@ -414,6 +414,9 @@ class PeerStore:
 
     def add_pubkey(self, peer: PeerID, key: PublicKey) -> None:
         """Store the key of ``peer``; :class:`PeerIDMismatch` if it is not that peer's key."""
+        rec = self._peers.get(peer)
+        if rec is not None and rec.pubkey is not None and rec.pubkey == key:
+            return  # checked when it was stored (each connection and identify brings it again)
         if not peer.matches_public_key(key):
             raise PeerIDMismatch(f"public key does not belong to peer {peer}")
         self._touch(peer).pubkey = key

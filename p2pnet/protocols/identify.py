@@ -57,6 +57,8 @@ class IdentifyService:
         self.host = host
         self.timeout = timeout
         self._identified: dict[PeerID, asyncio.Event] = {}
+        #: Connections whose identify exchange runs, and who waits for its end.
+        self._running: dict[Connection, list[asyncio.Future[None]]] = {}
         self._push_pending = False
         self._push_budget: dict[PeerID, TokenBucket] = {}
         self._record: tuple[tuple[bytes, ...], bytes] | None = None
@@ -134,9 +136,17 @@ class IdentifyService:
 
     # -- their side ------------------------------------------------------------------------------
 
+    def _event(self, peer: PeerID) -> asyncio.Event:
+        event = self._identified.get(peer)
+        if event is None:
+            event = self._identified[peer] = asyncio.Event()
+        return event
+
     def _on_connected(self, conn: Connection) -> None:
-        self._identified.setdefault(conn.remote_peer, asyncio.Event())
-        self.host.spawn(self._identify_quietly(conn), name=f"identify {conn.remote_peer}")
+        self._event(conn.remote_peer)
+        self._running[conn] = []
+        # (a constant name: the peer's base58 text would be computed for every connection)
+        self.host.spawn(self._identify_quietly(conn), name="identify")
 
     def _on_disconnected(self, conn: Connection) -> None:
         if not self.host.is_connected(conn.remote_peer):
@@ -148,16 +158,31 @@ class IdentifyService:
             await self.identify_connection(conn)
         except (P2PError, TimeoutError) as exc:
             log.info("identify of %s failed: %s", conn.remote_peer, exc)
+        finally:
+            for waiter in self._running.pop(conn, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def identify_finished(self, conn: Connection) -> None:
+        """Until the identify exchange this service started when ``conn`` opened has ended,
+        answered or failed (at once if none runs): what go-libp2p's ``NewStream`` waits for
+        before it picks how to negotiate a protocol (the peer store then knows the peer's)."""
+        waiters = self._running.get(conn)
+        if waiters is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        await waiter
 
     async def identify_connection(self, conn: Connection) -> IdentifyInfo:
         """Ask the peer on ``conn`` who it is, record the answer and return it.
 
         Raises :class:`~p2pnet.errors.P2PError` (or TimeoutError after ``timeout``) on failure.
         """
-        async with asyncio.timeout(self.timeout):
-            stream = await conn.new_stream([PROTOCOL_ID])
+        async with asyncio.timeout(self.timeout):  # (bounds the negotiation and the read)
+            stream = await conn.new_stream([PROTOCOL_ID], bounded=True)
             async with stream:
-                data = await read_length_prefixed(stream, MAX_IDENTIFY_SIZE)
+                data = await read_length_prefixed(stream, MAX_IDENTIFY_SIZE, timeout=None)
         info = self._apply(parse_identify(conn.remote_peer, data, push=False))
         self._observed(conn, info)
         return info
@@ -205,15 +230,17 @@ class IdentifyService:
 
     def _apply(self, info: IdentifyInfo) -> IdentifyInfo:
         apply_identify(self.host.peerstore, info)
-        self._identified.setdefault(info.peer, asyncio.Event()).set()
+        self._event(info.peer).set()
         log.debug("identified %s: %s", info.peer, info)
         self.host.bus.emit(PeerIdentified(info))
         return info
 
     async def wait_identified(self, peer: PeerID, timeout: float = 10.0) -> None:
         """Wait until the first identify exchange with ``peer`` completed."""
-        event = self._identified.setdefault(peer, asyncio.Event())
-        await asyncio.wait_for(event.wait(), timeout)
+        event = self._event(peer)
+        if not event.is_set():
+            async with asyncio.timeout(timeout):  # (wait_for would wrap the wait in a task)
+                await event.wait()
 
     # -- push --------------------------------------------------------------------------------
 

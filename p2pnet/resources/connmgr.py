@@ -9,6 +9,7 @@ Protected peers (a tag with ``protect=True``, e.g. bootstrap) and peers connecte
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -45,6 +46,10 @@ class ConnManager:
         self._values: dict[str, PeerValue] = {}
         #: Peers disconnected by trims so far.
         self.trimmed = 0
+        # After a trim that could not get down to the low watermark (the rest are protected or
+        # in their grace period): no trim can do more before this time, unless a protection
+        # is lifted. Spares a scan of every peer on each new connection meanwhile.
+        self._quiet_until = -math.inf
 
     # -- what services say about peers -------------------------------------------------------
 
@@ -64,6 +69,7 @@ class ConnManager:
             protected.discard(name)
             if not protected:
                 del self._protected[peer]
+                self._quiet_until = -math.inf  # a trim may find one more candidate now
 
     def add_value(self, name: str, value: PeerValue) -> None:
         """A service's live opinion (e.g. mesh membership), asked only when trimming."""
@@ -97,10 +103,21 @@ class ConnManager:
         if len(connected) <= cfg.high_water:
             return []
         excess = len(connected) - cfg.low_water
-        candidates = [
-            (self.value(p, now), since, p)
-            for p, since in connected
-            if not self.is_protected(p) and now - since >= cfg.grace_period
-        ]
+        candidates = []
+        grace_ends = math.inf
+        for p, since in connected:
+            if self.is_protected(p):
+                continue
+            if now - since >= cfg.grace_period:
+                candidates.append((self.value(p, now), since, p))
+            else:
+                grace_ends = min(grace_ends, since + cfg.grace_period)
         candidates.sort(key=lambda c: (c[0], -c[1]))  # least valuable, then newest, first
+        if len(candidates) < excess:
+            self._quiet_until = grace_ends
         return [p for _, _, p in candidates[:excess]]
+
+    def trim_may_help(self, now: float) -> bool:
+        """Whether a trim now could disconnect someone the last one could not: False until
+        the first grace period it waited for ends (or a protection is lifted)."""
+        return now >= self._quiet_until

@@ -442,6 +442,7 @@ class ConnectionScope:
         steps += [([system], conns), ([system], FDS)]
         manager.reserve_all(steps)
         self._transient = True
+        self._update_chain()
         if self.on_evict is not None:
             manager._track_upgrade(self)
 
@@ -459,6 +460,10 @@ class ConnectionScope:
         manager = self.manager
         owner = manager.transient if self._peer_scope is None else self._peer_scope
         return [owner, manager.system]
+
+    def _update_chain(self) -> None:
+        #: This connection's scope and those above it (what its memory counts against).
+        self._chain = [self.scope, *self._upper()]
 
     def set_peer(self, peer: PeerID) -> None:
         """The upgrade authenticated ``peer``: leave the transient scope for the peer's."""
@@ -479,6 +484,7 @@ class ConnectionScope:
             manager.release([manager.transient], resource, amount)
         self.peer = peer
         self._peer_scope = scope
+        self._update_chain()
         if self._transient:
             self._leave_transient()
 
@@ -493,7 +499,7 @@ class ConnectionScope:
             raise ResourceLimitExceeded("conn", "stream_rate", "inbound stream rate exceeded")
         resource = STREAMS_INBOUND if direction is Direction.INBOUND else STREAMS_OUTBOUND
         try:
-            manager.reserve([self.scope, *self._upper()], resource)
+            manager.reserve(self._chain, resource)
         except ResourceLimitExceeded:
             if direction is Direction.INBOUND:
                 self._refused(now)
@@ -501,7 +507,7 @@ class ConnectionScope:
         try:
             manager.reserve([manager.transient], STREAMS)
         except ResourceLimitExceeded:
-            manager.release([self.scope, *self._upper()], resource)
+            manager.release(self._chain, resource)
             if direction is Direction.INBOUND:
                 self._refused(now)
             raise
@@ -518,17 +524,11 @@ class ConnectionScope:
         """The remote kept opening streams long after being refused: close the connection."""
         return self._flooding
 
-    def _memory_chain(self) -> list[Scope]:
-        """This connection's scope and :meth:`_upper`, built in one go (once per chunk read)."""
-        manager = self.manager
-        peer = self._peer_scope
-        return [self.scope, manager.transient if peer is None else peer, manager.system]
-
     def reserve_memory(self, amount: int) -> None:
-        self.manager.reserve(self._memory_chain(), MEMORY, amount)
+        self.manager.reserve(self._chain, MEMORY, amount)
 
     def release_memory(self, amount: int) -> None:
-        self.manager.release(self._memory_chain(), MEMORY, amount)
+        self.manager.release(self._chain, MEMORY, amount)
 
     def done(self) -> None:
         """The connection closed: give back everything it still holds. Idempotent."""
@@ -607,7 +607,7 @@ class StreamScope:
         manager = conn.manager
         self.release_memory(self.memory)
         if not conn._done:
-            manager.release([conn.scope, *conn._upper()], self._resource)
+            manager.release(conn._chain, self._resource)
         if self._transient:
             manager.release([manager.transient], STREAMS)
         if self._protocol_scopes:

@@ -95,7 +95,7 @@ class PlaintextSecurity:
             async with asyncio.timeout(timeout):
                 # Both sides send first: no round trip is wasted.
                 await write_length_prefixed(conn, _encode_exchange(key, local))
-                data = await read_length_prefixed(conn, MAX_EXCHANGE_SIZE)
+                data = await read_length_prefixed(conn, MAX_EXCHANGE_SIZE, timeout=None)
         except TimeoutError as exc:
             raise HandshakeError("plaintext handshake timed out") from exc
         except HandshakeError:
