@@ -204,6 +204,8 @@ class PulledChannel:
         self._out_size = 0
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
+        if self._reader is not asyncio.current_task():
+            self._reader.cancel()  # (lost by a write: it may wait, paused, for a resume)
         if exc is None:
             # the remote ended cleanly: end our side the same way
             self._closer = asyncio.get_running_loop().create_task(self._close_conn())

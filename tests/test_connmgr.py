@@ -6,9 +6,12 @@ import asyncio
 
 import pytest
 
+from p2pnet.config import NodeConfig
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
+from p2pnet.kad.config import KadConfig, Mode
+from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.resources.connmgr import ConnManager, ConnManagerConfig
 
@@ -52,6 +55,29 @@ async def test_a_host_above_its_high_watermark_disconnects_down_to_the_low_one()
         assert keeper.peer_id in hub.connected_peers()
         for h in [keeper, *others]:
             await h.close()
+
+
+async def test_a_node_tags_bootstrap_mesh_and_dht_table_peers() -> None:
+    """The node tells its connection manager what each peer is worth: its bootstrap peers are
+    protected, a gossipsub mesh member counts 50, a DHT routing-table member 20."""
+    server = NodeConfig(kad=KadConfig(mode=Mode.SERVER))
+    async with Node(server) as boot:
+        config = NodeConfig(
+            kad=KadConfig(mode=Mode.SERVER), bootstrap_peers=[str(boot.p2p_addrs()[0])]
+        )
+        async with Node(config) as node, Node(server) as other:
+            connmgr = node.host.connmgr
+            assert connmgr.is_protected(boot.peer_id)
+            node.subscribe("t")
+            other.subscribe("t")
+            await other.connect(node.p2p_addrs()[0])
+            now = node.clock.monotonic()
+            async with asyncio.timeout(10):
+                # identify says `other` is a DHT server (table: 20) and subscribed (mesh: 50)
+                while connmgr.value(other.peer_id, now) < 70:
+                    await asyncio.sleep(0.05)
+                    now = node.clock.monotonic()
+            assert not connmgr.is_protected(other.peer_id)
 
 
 def test_no_trim_scan_until_a_grace_period_ends_or_a_protection_is_lifted() -> None:

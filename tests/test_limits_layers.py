@@ -12,10 +12,14 @@ from p2pnet.agent.envelope import (
     canonical_json,
     open_envelope,
 )
+from p2pnet.config import NodeConfig
 from p2pnet.crypto.eth import PERSONAL_SIGNATURE_SIZE, eth_address, personal_sign
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import P2PError
+from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
+from p2pnet.mux.yamux import YamuxConfig
+from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import DEFAULT_MAX_ADDRS_PER_PEER, PeerStore
 from p2pnet.protocols.identify import PUSH_BURST, PUSH_PROTOCOL_ID, IdentifyService
@@ -26,6 +30,8 @@ from p2pnet.protocols.identify_messages import (
     parse_identify,
 )
 from p2pnet.pubsub.score import PeerScore, PeerScoreParams, PeerScoreThresholds
+from p2pnet.resources import ResourceLimits
+from p2pnet.resources.connmgr import ConnManagerConfig
 from p2pnet.wire.framing import write_length_prefixed
 
 
@@ -105,3 +111,26 @@ async def test_identify_pushes_beyond_the_rate_are_reset() -> None:
                 break
             await asyncio.sleep(0.02)
         assert refused["identify/push_rate"] >= 20 - PUSH_BURST - 2
+
+
+async def test_the_limits_are_configurable_on_node_config() -> None:
+    """Issue 11: the resource manager's limits (identify's push rate among them), the connection
+    manager and yamux are set on ``NodeConfig.host`` and reach the node's host."""
+    limits = ResourceLimits(peer_conns=3, identify_push_rate=100.0, identify_push_burst=40)
+    connmgr = ConnManagerConfig(low_water=5, high_water=6)
+    yamux = YamuxConfig(max_frames_per_turn=64)
+    config = NodeConfig(host=HostConfig(resources=limits, connmgr=connmgr, yamux=yamux))
+    async with Node(config) as node, Host(KeyPair.generate()) as pusher:
+        assert node.host.resources.limits is limits
+        assert node.host.connmgr.config is connmgr
+        assert node.host.config.yamux is yamux
+        # identify takes 20 pushes in a row under this burst (8 by default: 12 reset)
+        service = IdentifyService(pusher)
+        conn = await pusher.connect(node.p2p_addrs()[0])
+        for _ in range(20):
+            stream = await conn.new_stream([PUSH_PROTOCOL_ID])
+            await write_length_prefixed(stream, service.build_message(conn))
+            await stream.close()
+            async with asyncio.timeout(5):
+                assert await stream.read() == b""  # read and closed by the node, not reset
+        assert node.host.resources.refused["identify/push_rate"] == 0

@@ -246,6 +246,12 @@ async def test_malformed_lines_unknown_commands_and_invalid_fields(spawn: Any) -
     event = await node.expect("error", code="NOT_CONNECTED")
     assert event["id"] == {"n": [1, "x"]}
 
+    # Issue 11: 1000 nested arrays ended the node (RecursionError); now an error, the node runs.
+    await node.write(b"[" * 1000 + b"]" * 1000 + b"\n")
+    await node.expect("error", code="INVALID_JSON")
+    await node.write(b'{"type": "status", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}\n")
+    await node.expect("error", code="INVALID_JSON")
+
     # A line beyond 1 MiB is refused and skipped; the next line is read normally.
     await node.write(b'{"type": "status", "pad": "' + b"x" * (1 << 20) + b'"}\n')
     await node.expect("error", code="INVALID_JSON")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from p2pnet.crypto.keys import KeyPair
+from p2pnet.errors import P2PError
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.record import make_peer_record
@@ -28,6 +29,7 @@ from p2pnet.pubsub import (
     ValidationResult,
 )
 from p2pnet.wire.framing import encode_length_prefixed
+from p2pnet.wire.varint import encode_uvarint
 
 T = "topic"
 
@@ -362,6 +364,26 @@ async def test_thirty_nodes_over_tcp(make_node: Factory) -> None:
         # delivered once: the router accepted exactly the messages other nodes published
         own = sum(1 for m in got if m.from_peer == host.peer_id)
         assert sub.pending() == 0 and ps.router.stats["msg_delivered"] == 200 - own
+
+
+async def test_a_trickled_frame_must_complete_within_its_deadline(make_node: Factory) -> None:
+    """Issue 11: the deadline is for the whole frame from its first byte, not for each read: a
+    byte every 20 ms never lets a single read time out, yet the frame is refused after
+    ``frame_read_timeout`` (a truncated frame) and its stream reset."""
+    (ha, a), (hb, _) = await make_node(fast(frame_read_timeout=0.3)), await make_node()
+    await connect(hb, ha)
+    raw = await hb.new_stream(ha.peer_id, [MESHSUB_V12])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await raw.write(encode_uvarint(1000))
+    with pytest.raises(P2PError):  # reset while we trickle
+        async with asyncio.timeout(5):
+            for _ in range(1000):
+                await raw.write(b"x")
+                await asyncio.sleep(0.02)  # the attacker's pace: 20 s for the whole frame
+    await until(lambda: a.router.stats.get("frame_truncated", 0) == 1, what="frame deadline")
+    assert loop.time() - start < 3.0
+    assert ha.is_connected(hb.peer_id)
 
 
 async def test_inbound_frames_pushed_timeouts_and_bad_prefixes(make_node: Factory) -> None:

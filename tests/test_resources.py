@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -12,12 +15,20 @@ from p2pnet.errors import P2PError, ResourceLimitExceeded, StreamReset
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.resources import ProtocolLimits, ResourceLimits, ResourceManager, TokenBucket
+from p2pnet.resources import (
+    ConnectionScope,
+    ProtocolLimits,
+    ResourceLimits,
+    ResourceManager,
+    TokenBucket,
+)
 from p2pnet.resources.limits import MiB
 from p2pnet.stream import Direction, Stream
 from p2pnet.wire.framing import encode_length_prefixed, read_length_prefixed
+from p2pnet.wire.varint import encode_uvarint
 
 SINK = "/test/sink/1.0.0"
+BIG = "/test/big/1.0.0"
 ONE = "/test/one/1.0.0"
 
 
@@ -94,6 +105,94 @@ def test_memory_is_bounded_per_stream_and_per_peer() -> None:
     b.done()
     c.done()
     assert rm.system.idle
+
+
+class Aborts:
+    """What the host gives ``open_connection`` as ``on_evict``: records which were aborted."""
+
+    def __init__(self) -> None:
+        self.aborted: list[str] = []
+
+    def hook(self, name: str) -> Callable[[], None]:
+        return lambda: self.aborted.append(name)
+
+
+def test_a_full_transient_scope_evicts_the_oldest_upgrade_of_the_biggest_address() -> None:
+    rm = ResourceManager(ResourceLimits(transient_conns=6, transient_conns_per_ip=4))
+    aborts = Aborts()
+    opened: dict[str, ConnectionScope] = {}
+
+    def open_from(ip: str, name: str, now: float) -> ConnectionScope:
+        opened[name] = rm.open_connection(Direction.INBOUND, ip, now, on_evict=aborts.hook(name))
+        return opened[name]
+
+    # two stalling addresses fill the transient scope: a1..a3 and b1..b3
+    for i in range(3):
+        open_from("10.0.0.1", f"a{i + 1}", float(i))
+        open_from("10.0.0.2", f"b{i + 1}", float(i) + 0.5)
+    # an honest newcomer: the oldest upgrade of the (first of the) biggest addresses makes room
+    open_from("10.0.0.9", "honest", 10.0)
+    assert aborts.aborted == ["a1"] and opened["a1"].evicted
+    # more from a: with the newcomer a would hold 3, as many as b: a evicts its own oldest
+    open_from("10.0.0.1", "a4", 11.0)
+    assert aborts.aborted == ["a1", "a2"]
+    # a new address holding one: the oldest of b (3, the most) goes
+    open_from("10.0.0.3", "c1", 12.0)
+    assert aborts.aborted == ["a1", "a2", "b1"]
+    # a and b hold 2 each (a3 opened at 2.0, b2 at 1.5), the honest and c 1 each: from a
+    # fresh address, the older of the two biggest addresses' oldest goes
+    open_from("10.0.0.4", "d1", 13.0)
+    assert aborts.aborted == ["a1", "a2", "b1", "b2"]
+    # the honest connection, the only one of its address, is never the one evicted
+    for i in range(20):
+        open_from(f"10.0.1.{i % 2}", f"x{i}", 20.0 + i)
+    assert "honest" not in aborts.aborted
+    assert rm.transient.used("conns") == 6
+    assert rm.refused["transient/conns_evicted"] == len(aborts.aborted)
+    assert rm.stat()["evicted"] == {"transient/conns_evicted": len(aborts.aborted)}
+    # an evicted connection's upgrade may not finish; its scope gave everything back
+    with pytest.raises(ResourceLimitExceeded):
+        opened["a1"].set_peer(peer())
+    # once the honest handshake is done it leaves the transient scope: no longer evictable
+    opened["honest"].set_peer(peer())
+    for scope in opened.values():
+        scope.done()
+    assert rm.system.idle and rm.transient.idle
+    assert rm.stat()["scopes"] == {"peers": 0, "ips": 0, "protocols": 0}
+
+
+def test_an_address_at_its_share_evicts_its_own_oldest_upgrade() -> None:
+    rm = ResourceManager(ResourceLimits(transient_conns=100, transient_conns_per_ip=2))
+    aborts = Aborts()
+    scopes = [
+        rm.open_connection(Direction.INBOUND, "10.0.0.1", float(i), on_evict=aborts.hook(str(i)))
+        for i in range(5)
+    ]
+    assert aborts.aborted == ["0", "1", "2"]
+    assert [s.evicted for s in scopes] == [True, True, True, False, False]
+    assert rm.refused["ip/conns_transient_evicted"] == 3
+    assert rm.transient.used("conns") == 2
+
+
+def test_what_cannot_be_evicted_is_refused() -> None:
+    rm = ResourceManager(ResourceLimits(transient_conns=2, system_conns_inbound=3))
+    # outbound dials and connections opened without on_evict (a hole punch) stay
+    rm.open_connection(Direction.OUTBOUND, None, 0.0)
+    rm.open_connection(Direction.INBOUND, "10.0.0.1", 0.0)
+    with pytest.raises(ResourceLimitExceeded) as info:
+        rm.open_connection(Direction.INBOUND, "10.0.0.2", 1.0, on_evict=lambda: None)
+    assert info.value.scope == "transient"
+    # nothing is evicted when another limit (here the system's inbound connections) refuses
+    rm2 = ResourceManager(ResourceLimits(transient_conns=2, system_conns_inbound=3))
+    aborts = Aborts()
+    a = rm2.open_connection(Direction.INBOUND, "10.0.0.1", 0.0, on_evict=aborts.hook("a"))
+    rm2.open_connection(Direction.INBOUND, "10.0.0.1", 0.0, on_evict=aborts.hook("b"))
+    a.set_peer(peer())  # established: out of the transient scope, still a system connection
+    rm2.open_connection(Direction.INBOUND, "10.0.0.2", 0.0, on_evict=aborts.hook("c"))
+    with pytest.raises(ResourceLimitExceeded):
+        rm2.open_connection(Direction.INBOUND, "10.0.0.3", 1.0, on_evict=aborts.hook("d"))
+    assert aborts.aborted == []
+    assert rm2.refused["transient/conns"] == 1
 
 
 def test_inbound_stream_rate_and_flood_detection() -> None:
@@ -274,3 +373,130 @@ async def test_connections_per_peer_are_capped() -> None:
         for h in same + hosts:
             await h.close()
         await wait_for(lambda: victim.resources.system.idle)
+
+
+async def test_stalled_handshakes_are_evicted_for_a_new_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # two slots for connections in their upgrade, both taken by connections that never speak
+    async with host_with(ResourceLimits(transient_conns=2)) as victim:
+        addr = victim.p2p_addrs()[0]
+        host, port = addr.value_for_protocol("ip4"), int(addr.value_for_protocol("tcp"))
+        stalled = [await asyncio.open_connection(host, port) for _ in range(2)]
+        await wait_for(lambda: victim.resources.transient.used("conns") == 2)
+        async with host_with(ResourceLimits()) as honest:
+            await honest.connect(addr)  # evicts the oldest stalled one
+        assert victim.resources.refused["ip/conns_transient_evicted"] == 0
+        assert victim.resources.refused["transient/conns_evicted"] == 1
+        async with asyncio.timeout(5):  # the victim dropped it: EOF (or a reset)
+            with contextlib.suppress(ConnectionError):
+                while await stalled[0][0].read():  # (after the victim's multistream header)
+                    pass
+        for _, writer in stalled:
+            writer.close()
+        await wait_for(lambda: victim.resources.transient.idle)
+    no_tracebacks(caplog)
+
+
+def test_the_documented_defaults_are_the_scaled_ones() -> None:
+    """docs/limits.md's table gives the defaults of a 1 GiB machine with 1024 fds: they must be
+    what ``ResourceLimits.scaled`` makes (the table is the one place they are documented)."""
+    doc = (Path(__file__).parent.parent / "docs" / "limits.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2:
+            rows.setdefault(cells[0], cells[1])
+    lim = ResourceLimits.scaled(1 << 30, 1024)
+
+    def mib(n: int) -> str:
+        return f"{n // MiB} MiB"
+
+    expected = {
+        "system memory": mib(lim.system_memory),
+        "system fds": str(lim.system_fds),
+        "system connections in / out": f"{lim.system_conns_inbound} / {lim.system_conns_outbound}",
+        "system streams in / out": (
+            f"{lim.system_streams_inbound} / {lim.system_streams_outbound}"
+        ),
+        "transient connections (in upgrade)": str(lim.transient_conns),
+        "transient connections per address": str(lim.transient_conns_per_ip),
+        "transient streams (negotiating)": str(lim.transient_streams),
+        "transient memory": mib(lim.transient_memory),
+        "connections per address": str(lim.conns_per_ip),
+        "new connections per address": (
+            f"{lim.conn_rate_per_ip:g}/s, burst {lim.conn_burst_per_ip}"
+        ),
+        "connections per peer": str(lim.peer_conns),
+        "streams per peer in / out": f"{lim.peer_streams_inbound} / {lim.peer_streams_outbound}",
+        "memory per peer": f"{mib(lim.peer_memory)} (64 MiB at most)",
+        "streams per connection in / out": (
+            f"{lim.conn_streams_inbound} / {lim.conn_streams_outbound}"
+        ),
+        "new inbound streams per connection": (
+            f"{lim.stream_rate_per_conn:g}/s, burst {lim.stream_burst_per_conn}"
+        ),
+        "memory per stream": mib(lim.stream_memory),
+    }
+    assert {name: rows.get(name) for name in expected} == expected
+    assert rows["refused streams per connection"].startswith(f"{lim.stream_flood_close},")
+
+
+def test_fds_and_outbound_connections_are_limited() -> None:
+    rm = ResourceManager(ResourceLimits(system_fds=2, system_conns_outbound=1))
+    a = rm.open_connection(Direction.OUTBOUND, None, 0.0)
+    with pytest.raises(ResourceLimitExceeded) as info:
+        rm.open_connection(Direction.OUTBOUND, None, 0.0)
+    assert (info.value.scope, info.value.resource) == ("system", "conns_outbound")
+    rm.open_connection(Direction.INBOUND, "10.0.0.1", 0.0)
+    with pytest.raises(ResourceLimitExceeded) as info:
+        rm.open_connection(Direction.INBOUND, "10.0.0.2", 0.0)
+    assert (info.value.scope, info.value.resource) == ("system", "fds")
+    a.done()
+    rm.open_connection(Direction.INBOUND, "10.0.0.2", 0.0)  # its fd came back
+    assert rm.refused["system/conns_outbound"] == 1 and rm.refused["system/fds"] == 1
+
+
+async def test_a_frame_under_assembly_counts_against_the_peers_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A length-prefixed frame being read holds its announced size in the peer's scope from
+    its prefix on (not its bytes so far): a second frame beyond the peer's memory is refused and
+    its stream reset, and everything is given back."""
+    limits = ResourceLimits(peer_memory=4 * MiB, conn_memory=4 * MiB, stream_memory=4 * MiB)
+    async with host_with(limits) as victim, host_with(ResourceLimits()) as attacker:
+
+        async def read_big(stream: Stream) -> None:
+            await read_length_prefixed(stream, 16 * MiB)
+
+        victim.set_stream_handler(BIG, read_big)
+        conn = await attacker.connect(victim.p2p_addrs()[0])
+        first = await conn.new_stream([BIG])
+        await first.write(encode_uvarint(3 * MiB) + b"x" * 1000)
+        usage = victim.resources.peer_usage
+        await wait_for(lambda: usage(attacker.peer_id).get("memory", 0) >= 3 * MiB)
+        second = await conn.new_stream([BIG])
+        await second.write(encode_uvarint(2 * MiB) + b"y" * 1000)
+        with pytest.raises(StreamReset):
+            async with asyncio.timeout(5):
+                while await second.read():
+                    pass
+        refused = victim.resources.refused
+        assert refused["peer/memory"] + refused["conn/memory"] >= 1
+        await first.reset()
+        await wait_for(lambda: usage(attacker.peer_id).get("memory", 0) == 0)
+    no_tracebacks(caplog)
+
+
+def test_new_connections_per_address_are_rate_limited_with_a_burst() -> None:
+    rm = ResourceManager(ResourceLimits(conn_rate_per_ip=2.0, conn_burst_per_ip=3))
+    assert [rm.allow_connection_from("10.0.0.1", 0.0) for _ in range(4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert rm.allow_connection_from("10.0.0.2", 0.0)  # each address has its own bucket
+    assert rm.allow_connection_from("10.0.0.1", 0.5)  # refilled at 2/s
+    assert not rm.allow_connection_from("10.0.0.1", 0.5)
+    assert rm.refused["ip/conn_rate"] == 2

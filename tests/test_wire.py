@@ -1,3 +1,5 @@
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -143,3 +145,30 @@ def test_frame_decoder_refuses_bad_varints(data: bytes) -> None:
     dec.feed(data)
     with pytest.raises(ProtocolError):
         dec.next_frame()
+
+
+async def test_a_frame_must_complete_within_its_deadline_however_fast_each_byte_comes() -> None:
+    """Issue 11: the timeout is for the whole frame, not for each read (a peer trickling a byte
+    at a time cannot hold a frame and its buffer for ever)."""
+    a, b = memory_pipe()
+
+    async def trickle() -> None:
+        await a.write(encode_uvarint(1000))
+        for _ in range(1000):
+            await a.write(b"x")
+            await asyncio.sleep(0.01)  # the peer's pace: each byte well within the timeout
+
+    sender = asyncio.ensure_future(trickle())
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(TimeoutError):
+        await read_length_prefixed(b, timeout=0.2)
+    assert loop.time() - start < 1.0
+    sender.cancel()
+    # before the first byte of a frame, waiting is not bounded by it (an idle stream)
+    c, d = memory_pipe()
+    reader = asyncio.ensure_future(read_length_prefixed_or_eof(d, timeout=0.05))
+    await asyncio.sleep(0.2)  # idle for longer than the frame deadline
+    assert not reader.done()
+    await write_length_prefixed(c, b"late but whole")
+    assert await asyncio.wait_for(reader, 5) == b"late but whole"

@@ -809,6 +809,61 @@ def test_config_validation() -> None:
     assert yamux.PROTOCOL_ID == "/yamux/1.0.0"
 
 
+async def test_a_flood_of_small_frames_is_parsed_a_budget_per_loop_turn() -> None:
+    """5000 pings and a stream in one chunk, 100 frames per turn of the loop: other tasks run
+    between the turns (reading is paused meanwhile), and every pong and byte comes out in
+    order."""
+    cfg = YamuxConfig(max_frames_per_turn=100)
+    async with raw_pair(config=cfg) as (conn, peer):
+        turns_seen_unparsed = 0
+
+        async def watch() -> None:
+            nonlocal turns_seen_unparsed
+            while True:
+                if conn.session.unparsed:
+                    turns_seen_unparsed += 1
+                    assert conn.reading_paused
+                await asyncio.sleep(0)
+
+        watcher = asyncio.ensure_future(watch())
+        pings = b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(5000))
+        await peer.send_raw(pings + HEADER.pack(0, TYPE_DATA, FLAG_SYN | FLAG_FIN, 1, 3) + b"abc")
+        pongs: list[int] = []
+        echoed = b""
+        fin = False
+        while len(pongs) < 5000 or not fin:
+            ftype, flags, sid, length, payload = await peer.frame()
+            if ftype == TYPE_PING and flags & FLAG_ACK:
+                pongs.append(length)
+            elif sid == 1:
+                echoed += payload
+                fin = fin or bool(flags & FLAG_FIN)
+        watcher.cancel()
+        assert pongs == list(range(5000))
+        assert echoed == b"abc"
+        assert turns_seen_unparsed >= 10  # ~50 turns; the watcher ran between them
+        assert not conn.reading_paused and conn.session.unparsed == 0
+
+
+async def test_what_was_received_before_eof_is_parsed_whatever_the_budget() -> None:
+    """A reply behind a flood of frames, and the remote closes right after it: the reply is
+    parsed (into the stream we opened) before the connection ends."""
+    a, b = await tcp_pair()
+    conn = YamuxConnection(a, initiator=True, config=YamuxConfig(max_frames_per_turn=10))
+    await conn.start()
+    peer = RawPeer(b)
+    stream = await conn.open_stream()
+    await peer.expect(lambda f: f[2] == stream.stream_id)
+    pings = b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(1000))
+    reply = HEADER.pack(0, TYPE_DATA, FLAG_ACK | FLAG_FIN, stream.stream_id, 5) + b"reply"
+    await peer.send_raw(pings + reply)
+    await b.close()  # EOF right behind the frames
+    assert await asyncio.wait_for(read_all(stream), T) == b"reply"
+    await asyncio.wait_for(conn.wait_closed(), T)
+    await conn.close()
+    assert await settle_tasks() == set()
+
+
 # ------------------------------------------------------------------------------------------------
 # push mode: a StreamConsumer takes the bytes from the connection's data_received
 # ------------------------------------------------------------------------------------------------

@@ -178,3 +178,46 @@ def test_no_keepalive_timer_when_disabled() -> None:
     client.start(0.0)
     assert client.get_timer() is None
     assert client.handle_timer(1e9) == []
+
+
+def test_receive_data_stops_at_its_frame_budget_and_the_next_call_goes_on() -> None:
+    """``max_frames`` bounds the frames parsed per call; the rest is kept, parsed first by the
+    next call, and the events are those of one unbudgeted call, in order."""
+    data = (
+        b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(10))
+        + HEADER.pack(0, TYPE_DATA, FLAG_SYN, 1, 5)
+        + b"hello"
+        + b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(10, 13))
+    )
+    _, whole = pair()
+    expected = whole.receive_data(data, 0.0)
+    _, budgeted = pair()
+    events: list[Event] = []
+    calls = 0
+    # a first chunk cut inside the data frame's payload, then the rest
+    cut = 11 * HEADER_SIZE + 2
+    events += budgeted.receive_data(data[:cut], 0.0, max_frames=4)
+    calls += 1
+    assert budgeted.unparsed == cut - 4 * HEADER_SIZE
+    events += budgeted.receive_data(data[cut:], 0.0, max_frames=4)  # appended to what is kept
+    calls += 1
+    while budgeted.unparsed:
+        events += budgeted.receive_data(b"", 0.0, max_frames=4)
+        calls += 1
+    assert [type(e) for e in events] == [type(e) for e in expected]
+    assert b"".join(e.data for e in events if isinstance(e, DataReceived)) == b"hello"
+    assert calls == 4  # 14 frames, 4 at a time
+    assert frames(budgeted.take_outbound()) == frames(whole.take_outbound())  # 13 pongs, ACK
+
+
+def test_what_the_frame_budget_leaves_of_a_reused_buffer_is_copied() -> None:
+    pings = b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(10))
+    buffer = bytearray(pings)
+    _, session = pair()
+    session.receive_data(memoryview(buffer), 0.0, max_frames=3)
+    assert session.unparsed == 7 * HEADER_SIZE
+    buffer[:] = bytes(len(buffer))  # the caller reuses its buffer
+    while session.unparsed:
+        session.receive_data(b"", 0.0, max_frames=3)
+    pongs = [f[3] for f in frames(session.take_outbound()) if f[0] == TYPE_PING]
+    assert pongs == list(range(10))

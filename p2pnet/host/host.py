@@ -441,7 +441,8 @@ class Host:
             raw.abort()
             return
         try:
-            scope = self.resources.open_connection(Direction.INBOUND, ip, now)
+            # a stalled handshake may be evicted for a newer connection (docs/limits.md)
+            scope = self.resources.open_connection(Direction.INBOUND, ip, now, on_evict=raw.abort)
         except ResourceLimitExceeded as exc:
             log.debug("refusing inbound connection from %s: %s", raw.remote_addr, exc)
             raw.abort()
@@ -510,7 +511,10 @@ class Host:
                     raw, self.key, self.config, self.security, self.muxers, initiator=False
                 )
             except P2PError as exc:
-                log.debug("inbound connection from %s failed: %s", raw.remote_addr, exc)
+                if scope.evicted:
+                    log.debug("inbound connection from %s evicted in its upgrade", raw.remote_addr)
+                else:
+                    log.debug("inbound connection from %s failed: %s", raw.remote_addr, exc)
                 scope.done()
                 return
             try:

@@ -70,6 +70,8 @@ log = logging.getLogger("p2pnet.kad")
 
 #: Errors that mean "this request to this peer failed" (never programming errors).
 _REQUEST_ERRORS = (P2PError, TimeoutError, OSError)
+#: Requests of one inbound stream served before the handler yields to the event loop.
+REQUESTS_PER_TURN = 16
 
 AnswerHandler = Callable[[PeerID, kad_pb2.Message, list[PeerInfo]], bool]
 
@@ -710,6 +712,7 @@ class KadDHT:
     async def _handle_stream(self, stream: Stream) -> None:
         peer = stream.conn.remote_peer
         cfg = self.config
+        served = 0
         try:
             while True:
                 async with asyncio.timeout(cfg.inbound_idle_timeout):
@@ -718,6 +721,12 @@ class KadDHT:
                     )
                 if data is None:
                     break
+                served += 1
+                if served % REQUESTS_PER_TURN == 0:
+                    # A read of buffered requests returns without suspending: a peer that
+                    # queued thousands (ADD_PROVIDER needs no answer) held the loop for
+                    # seconds. Let the other tasks run between batches.
+                    await asyncio.sleep(0)
                 if self.behaviour.mode is not Mode.SERVER or self._lifecycle.closed:
                     await stream.reset()
                     return

@@ -129,11 +129,18 @@ class YamuxConfig:
     read_high_water: int = 16 * 1024 * 1024
     #: Bytes of replies the remote provoked (pongs, RSTs of refused streams) queued while the
     #: connection cannot write, above which the adapter stops reading the remote until it reads
-    #: (checked after each chunk received, so one chunk's replies may go beyond it).
+    #: (checked after each turn of parsing, so one turn's replies may go beyond it).
     max_reply_backlog: int = 256 * 1024
     #: Bytes of queued outbound frames above which a frame provoked by the remote (pong, RST of a
     #: refused stream, window update) means the remote floods us without reading: protocol error.
     max_outbound_backlog: int = 64 * 1024 * 1024
+    #: Frames the adapter parses in one turn of the event loop; the rest of what was received
+    #: waits for the next turn (reading paused meanwhile). A read of 1 MiB of 12-byte frames
+    #: (pings, window updates) is ~87k frames, ~50 ms of parsing and replying: without this one
+    #: remote flooding tiny frames held the loop that long per read, and every other
+    #: connection's latency with it. Data frames are few per read, so bulk transfers never
+    #: reach it.
+    max_frames_per_turn: int = 2048
 
     def __post_init__(self) -> None:
         if self.initial_window < DEFAULT_WINDOW or self.initial_window > MAX_U32:
@@ -144,6 +151,8 @@ class YamuxConfig:
             raise ValueError("stream limits must be positive")
         if self.max_frame_payload < 1:
             raise ValueError("max_frame_payload must be positive")
+        if self.max_frames_per_turn < 1:
+            raise ValueError("max_frames_per_turn must be positive")
 
 
 def encode_header(ftype: int, flags: int, stream_id: int, length: int) -> bytes:
@@ -366,6 +375,9 @@ class YamuxSession:
         self._reply_size = 0  # of _out_size: frames the remote provoked
         # receive parser state
         self._partial = b""
+        # what receive_data left unparsed at its frame budget, from _unparsed_pos on
+        self._unparsed = b""
+        self._unparsed_pos = 0
         self._data_left = 0
         self._data_stream: StreamRecord | None = None
         self._data_fin = False
@@ -708,17 +720,35 @@ class YamuxSession:
 
     # ----------------------------------------------------------------- input
 
-    def receive_data(self, data: Bytes, now: float) -> list[Event]:
+    @property
+    def unparsed(self) -> int:
+        """Bytes received that :meth:`receive_data` left at its frame budget (see
+        :meth:`receive_data`)."""
+        return len(self._unparsed) - self._unparsed_pos
+
+    def receive_data(self, data: Bytes, now: float, max_frames: int = 0) -> list[Event]:
         """Parse ``data`` (any slice of the byte stream) and return what happened.
 
         ``data`` may be a view of a buffer the caller reuses: every payload is handed out as a
         ``bytes`` of its own (a slice, or ``data`` itself when it is ``bytes`` and all payload).
+
+        With ``max_frames``, parsing stops before the frame header after that many: the rest is
+        kept (:attr:`unparsed`, a copy if ``data`` is a view) and parsed first by the next call
+        (``data`` may be empty then).
         """
         if self.terminated:
             raise ConnectionClosed("yamux session is closed")
         events: list[Event] = []
-        n = len(data)
         pos = 0
+        if self._unparsed:
+            pos = self._unparsed_pos
+            data = self._unparsed[pos:] + bytes(data) if data else self._unparsed
+            if data is not self._unparsed:
+                pos = 0
+            self._unparsed = b""
+            self._unparsed_pos = 0
+        n = len(data)
+        frames = 0
         if self._partial:
             need = HEADER_SIZE - len(self._partial)
             if n < need:
@@ -755,6 +785,14 @@ class YamuxSession:
             if n - pos < HEADER_SIZE:
                 self._partial = bytes(data[pos:])
                 break
+            if max_frames:
+                if frames == max_frames:
+                    if type(data) is bytes:
+                        self._unparsed, self._unparsed_pos = data, pos
+                    else:  # a view of a buffer the caller reuses: keep a copy
+                        self._unparsed, self._unparsed_pos = bytes(data[pos:]), 0
+                    break
+                frames += 1
             self._handle_header(data, pos, events, now)
             pos += HEADER_SIZE
         return events

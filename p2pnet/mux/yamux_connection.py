@@ -463,6 +463,10 @@ class YamuxConnection:
         # provoked too many replies that wait behind a full transport (it does not read)
         self._unread_paused = False
         self._replies_paused = False
+        # received and not parsed yet: the core stopped at its frame budget for this turn of the
+        # loop (``max_frames_per_turn``); chunks received meanwhile wait here, reading paused
+        self._held: deque[bytes] = deque()
+        self._turn_scheduled = False
         #: Bytes received for streams and not read by their applications yet.
         self.unread = 0
         #: Bytes of queued outbound frames reserved in ``scope`` (while the channel is paused).
@@ -508,8 +512,14 @@ class YamuxConnection:
     @property
     def reading_paused(self) -> bool:
         """Reading from ``conn`` is paused: the streams hold ``read_high_water`` unread bytes,
-        or ``max_reply_backlog`` bytes of replies wait for a remote that does not read."""
-        return self._unread_paused or self._replies_paused
+        ``max_reply_backlog`` bytes of replies wait for a remote that does not read, or what was
+        received is parsed over several turns of the loop (``max_frames_per_turn``)."""
+        return (
+            self._unread_paused
+            or self._replies_paused
+            or bool(self._held)
+            or self.session.unparsed > 0
+        )
 
     @property
     def writing_paused(self) -> bool:
@@ -683,6 +693,7 @@ class YamuxConnection:
                 channel.writelines(frames)
         except (P2PError, OSError) as exc:
             log.debug("yamux write failed: %r", exc)
+            self._parse_all()
             self._terminate(ConnectionClosed(f"write failed: {exc!r}"), None)
             return
         self._room.wake()
@@ -763,8 +774,30 @@ class YamuxConnection:
             return
         if self._unread_paused or self._replies_paused:
             channel.pause_reading()
+        elif self._held or self.session.unparsed:
+            channel.pause_reading()  # until what was received is parsed, a turn at a time
+            if not self._turn_scheduled and self._loop is not None:
+                self._turn_scheduled = True
+                self._loop.call_soon(self._next_turn)
         else:
             channel.resume_reading()
+
+    def _parse_all(self) -> None:
+        """The connection below ends: what it received before is parsed first, whatever the
+        budget (frames and FINs the remote sent before it went are not lost)."""
+        while not self._closing and (self.session.unparsed or self._held):
+            self._parse(b"" if self.session.unparsed else self._held.popleft(), 0)
+
+    def _next_turn(self) -> None:
+        """Parse the next ``max_frames_per_turn`` frames of what was received."""
+        self._turn_scheduled = False
+        if self._closing or self._unread_paused or self._replies_paused:
+            return  # (resuming calls _update_reading, which schedules the next turn)
+        if self.session.unparsed:
+            self._parse(b"", self.config.max_frames_per_turn)
+        elif self._held:
+            self._parse(self._held.popleft(), self.config.max_frames_per_turn)
+        self._update_reading()
 
     def close_stream(self, stream: YamuxStream) -> None:
         self.session.close_stream(stream.stream_id)
@@ -793,11 +826,22 @@ class YamuxConnection:
         if self._closing:
             return
         self.bytes_received += len(data)
+        if self._held or self.session.unparsed:
+            # (the rest of a chunk the layer below delivers after we paused it; a copy, as
+            # ``data`` may be a view of a buffer the layer below reuses)
+            self._held.append(bytes(data))
+            return
+        self._parse(data, self.config.max_frames_per_turn)
+        if self.session.unparsed and not self._closing:
+            self._update_reading()
+
+    def _parse(self, data: Bytes, max_frames: int) -> None:
+        """Parse ``data`` (after what the core kept unparsed) and act on what happened."""
         session = self.session
         streams = self._streams
         now = self._now
         try:
-            events = session.receive_data(data, now())
+            events = session.receive_data(data, now(), max_frames)
             for ev in events:
                 if type(ev) is DataReceived:
                     stream = streams.get(ev.stream_id)
@@ -839,6 +883,7 @@ class YamuxConnection:
 
     def connection_lost(self, exc: P2PError | None) -> None:
         self._channel_lost = True
+        self._parse_all()
         if not self._closing:
             if exc is None:
                 self._terminate(ConnectionClosed("connection closed by the remote"), None)
@@ -990,6 +1035,7 @@ class YamuxConnection:
                 stream.scope.done()
         self._streams.clear()
         self._accept_queue.clear()
+        self._held.clear()
         self._accept_event.wake()
         self._open_room.wake()
         self._room.wake()

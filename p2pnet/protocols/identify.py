@@ -31,6 +31,7 @@ from p2pnet.protocols.identify_messages import (
     build_identify,
     parse_identify,
 )
+from p2pnet.resources.limits import ResourceLimits
 from p2pnet.resources.manager import TokenBucket
 from p2pnet.service import Lifecycle
 from p2pnet.stream import ConnectionInfo, Stream
@@ -40,10 +41,11 @@ PROTOCOL_ID = "/ipfs/id/1.0.0"
 PUSH_PROTOCOL_ID = "/ipfs/id/push/1.0.0"
 # go caps identify messages at 4 KiB per message and js at 8 KiB; we accept more but not unbounded.
 MAX_IDENTIFY_SIZE = 64 * 1024
-#: Identify pushes taken from one peer: a token bucket (per second, burst). Beyond it a push
-#: stream is reset unread (a peer changes its protocols or addresses rarely).
-PUSH_RATE = 1.0
-PUSH_BURST = 8
+#: Identify pushes taken from one peer by default: a token bucket (per second, burst). Beyond
+#: it a push stream is reset unread (a peer changes its protocols or addresses rarely). The
+#: host's ``ResourceLimits.identify_push_rate`` and ``identify_push_burst`` set them.
+PUSH_RATE = ResourceLimits.identify_push_rate
+PUSH_BURST = ResourceLimits.identify_push_burst
 
 log = logging.getLogger("p2pnet.identify")
 
@@ -193,10 +195,13 @@ class IdentifyService:
         peer = stream.conn.remote_peer
         now = self.host.clock.monotonic()
         budget = self._push_budget.get(peer)
+        limits = self.host.resources.limits
         if budget is None:
-            budget = self._push_budget[peer] = TokenBucket(PUSH_RATE, PUSH_BURST, now)
+            budget = self._push_budget[peer] = TokenBucket(
+                limits.identify_push_rate, limits.identify_push_burst, now
+            )
         if not budget.take(now):
-            log.debug("identify push from %s beyond %s/s: reset", peer, PUSH_RATE)
+            log.debug("identify push from %s beyond %s/s: reset", peer, limits.identify_push_rate)
             self.host.resources.refused["identify/push_rate"] += 1
             await stream.reset()
             return

@@ -117,6 +117,12 @@ class ResourceLimits:
     # -- per stream
     stream_memory: int = 16 * MiB
 
+    # -- per peer, of services
+    #: Identify pushes taken from one peer: a token bucket (per second, burst). Beyond it a push
+    #: stream is reset unread (a peer changes its protocols or addresses rarely).
+    identify_push_rate: float = 1.0
+    identify_push_burst: int = 8
+
     # -- per protocol (service); protocols not listed use ``default_protocol``
     default_protocol: ProtocolLimits = field(
         default_factory=lambda: ProtocolLimits(streams_inbound=4096, streams_inbound_per_peer=256)

@@ -14,6 +14,13 @@ A reservation (a connection, a stream, bytes of memory) is checked against every
 way up and taken from all of them, or from none: then :class:`~p2pnet.errors.ResourceLimitExceeded`
 names the scope that refused it, and the refusal is counted (``refused``). The caller resets the
 stream or closes the connection. It is sans-IO: the callers pass ``now`` for the rate limits.
+
+Connections in their upgrade are the one exception to "refuse the newcomer": when the transient
+scope (or the new connection's address's share of it) is full, the oldest inbound connection
+still in its upgrade of the address holding the most is evicted to make room (its owner's
+``on_evict`` aborts it). Otherwise a few addresses that stall their handshakes would hold every
+slot until their upgrade timeouts and lock everyone else out; this way a stalled handshake only
+delays itself, as an honest handshake takes milliseconds and is the newest of its address.
 """
 
 from __future__ import annotations
@@ -135,8 +142,13 @@ class ResourceManager:
         self._protocol_peers: dict[tuple[str, PeerID], Scope] = {}
         #: Service scopes (``relay``), by name; their owners register them here for :meth:`stat`.
         self.services: dict[str, Scope] = {}
-        #: Refusals by ``"<scope kind>/<resource>"`` (``peer/memory``, ``ip/conns``...).
+        #: Refusals by ``"<scope kind>/<resource>"`` (``peer/memory``, ``ip/conns``...), and
+        #: evictions of connections in their upgrade (``transient/conns_evicted``,
+        #: ``ip/conns_transient_evicted``).
         self.refused: Counter[str] = Counter()
+        #: Inbound connections in their upgrade that may be evicted, by remote address, oldest
+        #: first (dicts keep insertion order).
+        self._upgrading: dict[str | None, dict[ConnectionScope, None]] = {}
 
     # -- scopes ------------------------------------------------------------------------------
 
@@ -199,6 +211,9 @@ class ResourceManager:
             "system": dict(self.system.usage),
             "transient": dict(self.transient.usage),
             **{name: dict(scope.usage) for name, scope in self.services.items()},
+            "evicted": {
+                key: count for key, count in self.refused.items() if key.endswith("_evicted")
+            },
             "scopes": {
                 "peers": len(self._peers),
                 "ips": len(self._ips),
@@ -289,19 +304,115 @@ class ResourceManager:
         self.refused["ip/conn_rate"] += 1
         return False
 
-    def open_connection(self, direction: Direction, ip: str | None, now: float) -> ConnectionScope:
-        """A scope for a new connection (transient until :meth:`ConnectionScope.set_peer`)."""
-        return ConnectionScope(self, direction, ip, now)
+    def open_connection(
+        self,
+        direction: Direction,
+        ip: str | None,
+        now: float,
+        *,
+        on_evict: Callable[[], object] | None = None,
+    ) -> ConnectionScope:
+        """A scope for a new connection (transient until :meth:`ConnectionScope.set_peer`).
+
+        An inbound connection given ``on_evict`` may be evicted while in its upgrade to make
+        room for a newer one (``on_evict`` is called then, after its scope gave everything
+        back), and makes room itself that way when the transient limits are reached."""
+        if direction is Direction.INBOUND:
+            self._make_room_for_inbound(ip, now)
+        return ConnectionScope(self, direction, ip, now, on_evict=on_evict)
+
+    # -- eviction of stalled upgrades ---------------------------------------------------------
+
+    def _make_room_for_inbound(self, ip: str | None, now: float) -> None:
+        """Evict connections in their upgrade if the transient limits are all that stands in
+        the way of a new inbound connection from ``ip``."""
+        system, lim = self.system, self.limits
+        ip_scope = self._ips.get(ip) if ip is not None else None
+        if (
+            system.used(CONNS_INBOUND) >= system.limit(CONNS_INBOUND)
+            or system.used(FDS) >= system.limit(FDS)
+            or (ip_scope is not None and ip_scope.used(CONNS) >= ip_scope.limit(CONNS))
+        ):
+            return  # refused whatever we evict: evict nothing
+        if ip_scope is not None and ip_scope.used(CONNS_TRANSIENT) >= lim.transient_conns_per_ip:
+            # the address's own share is full: its own oldest handshake makes room
+            own = self._upgrading.get(ip)
+            if not own:
+                return
+            self._evict(next(iter(own)), f"{ip_scope.name} {CONNS_TRANSIENT}", now)
+            self.refused[f"ip/{CONNS_TRANSIENT}_evicted"] += 1
+        if self.transient.used(CONNS) >= self.transient.limit(CONNS):
+            victim = self._eviction_candidate(ip)
+            if victim is None:
+                return  # only outbound dials or non-evictable connections: refuse
+            self._evict(victim, f"transient {CONNS}", now)
+            self.refused[f"transient/{CONNS}_evicted"] += 1
+
+    def _eviction_candidate(self, ip: str | None) -> ConnectionScope | None:
+        """The oldest evictable connection of the address holding the most in their upgrade,
+        counting the newcomer from ``ip`` (so an address never grows past the others by
+        evicting them: on a tie it evicts its own). Among addresses holding as many, the one
+        whose oldest connection is oldest."""
+        other: ConnectionScope | None = None
+        other_count = 0
+        for address, conns in self._upgrading.items():
+            if address == ip or not conns:
+                continue
+            count = len(conns)
+            oldest = next(iter(conns))
+            if count > other_count or (
+                count == other_count and other is not None and oldest.opened < other.opened
+            ):
+                other, other_count = oldest, count
+        own = self._upgrading.get(ip)
+        if own and len(own) + 1 >= other_count:
+            return next(iter(own))
+        return other
+
+    def _evict(self, scope: ConnectionScope, full: str, now: float) -> None:
+        log.debug(
+            "evicting the inbound connection from %s in its upgrade for %.1f s: %s full",
+            scope.ip,
+            now - scope.opened,
+            full,
+        )
+        scope.evicted = True
+        on_evict = scope.on_evict
+        scope.done()
+        if on_evict is not None:
+            on_evict()
+
+    def _track_upgrade(self, scope: ConnectionScope) -> None:
+        self._upgrading.setdefault(scope.ip, {})[scope] = None
+
+    def _untrack_upgrade(self, scope: ConnectionScope) -> None:
+        conns = self._upgrading.get(scope.ip)
+        if conns is not None:
+            conns.pop(scope, None)
+            if not conns:
+                del self._upgrading[scope.ip]
 
 
 class ConnectionScope:
     """One connection: in the transient scope during its upgrade, then in its peer's."""
 
     def __init__(
-        self, manager: ResourceManager, direction: Direction, ip: str | None, now: float
+        self,
+        manager: ResourceManager,
+        direction: Direction,
+        ip: str | None,
+        now: float,
+        *,
+        on_evict: Callable[[], object] | None = None,
     ) -> None:
         self.manager = manager
         self.direction = direction
+        #: When the connection was opened (the oldest in-upgrade connection is evicted first).
+        self.opened = now
+        #: Called when the manager evicts this connection from its upgrade (inbound only).
+        self.on_evict = on_evict if direction is Direction.INBOUND else None
+        #: The manager evicted it to make room for a newer connection.
+        self.evicted = False
         lim = manager.limits
         self.scope = Scope(
             "conn",
@@ -332,9 +443,13 @@ class ConnectionScope:
         manager.reserve_all(steps)
         self._transient = True
         self._update_chain()
+        if self.on_evict is not None:
+            manager._track_upgrade(self)
 
     def _leave_transient(self) -> None:
         manager = self.manager
+        if self.on_evict is not None:
+            manager._untrack_upgrade(self)
         manager.release([manager.transient], CONNS)
         if self._ip_scope is not None:
             manager.release([self._ip_scope], CONNS_TRANSIENT)

@@ -246,8 +246,12 @@ async def under_attack(
     duration: float | None = None,
     env: dict[str, str] | None = None,
     p99_bound: float = 1.0,
+    after: Callable[[Victim], Awaitable[None]] | None = None,
 ) -> Victim:
-    """Run ``attack`` for ``duration`` seconds against a fresh victim; assert it stays up."""
+    """Run ``attack`` for ``duration`` seconds against a fresh victim; assert it stays up.
+
+    ``after`` runs once the attacker left, while the victim still runs (what the attack must
+    not have spoiled for others)."""
     if duration is None:
         duration = float(os.environ.get("ADVERSARIAL_DURATION", "3"))
     async with victim_process(env) as victim:
@@ -285,6 +289,8 @@ async def under_attack(
                     and s["rss_kib"] * 1024 <= baseline["rss_kib"] * 1024 + RSS_SLACK
                 ):
                     break
+        if after is not None:
+            await after(victim)
         peak = max(s["hwm_kib"] for s in victim.samples) * 1024
         print(
             f"baseline RSS {baseline['rss_kib'] // 1024} MiB, peak {peak // MiB} MiB, "

@@ -19,10 +19,15 @@ from multiaddr import Multiaddr
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import P2PError
 from p2pnet.host.config import HostConfig
+from p2pnet.host.host import Host
 from p2pnet.host.upgrader import upgrade
-from p2pnet.multistream import encode_message
+from p2pnet.kad import messages as kad_messages
+from p2pnet.kad.config import DEFAULT_PROTOCOL_ID as KAD
+from p2pnet.kad.messages import PeerInfo
+from p2pnet.multistream import encode_message, negotiate_outbound
 from p2pnet.mux.yamux import FLAG_SYN, HEADER, TYPE_PING
 from p2pnet.mux.yamux_connection import YamuxConnection, YamuxMuxer
+from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import PUSH_PROTOCOL_ID
 from p2pnet.protocols.identify_messages import build_identify
 from p2pnet.pubsub import SignaturePolicy
@@ -30,8 +35,8 @@ from p2pnet.pubsub.messages import build_message
 from p2pnet.security.noise_connection import NoiseSecurity
 from p2pnet.stream import Stream
 from p2pnet.transport import tcp
-from p2pnet.wire.framing import encode_length_prefixed
-from p2pnet.wire.pb import rpc_pb2
+from p2pnet.wire.framing import encode_length_prefixed, read_length_prefixed, write_length_prefixed
+from p2pnet.wire.pb import kad_pb2, rpc_pb2
 from p2pnet.wire.varint import encode_uvarint
 
 from .harness import ATTACKER_IP, Victim, attacker_host, under_attack
@@ -109,6 +114,46 @@ async def test_identify_push_streams_never_closed() -> None:
             await many(500, push_and_stall, stop)
 
     await under_attack(attack)
+
+
+async def test_identify_pushes_of_thousands_of_addresses() -> None:
+    """Identify pushes of 4500 distinct addresses each (as many as fit in the 64 KiB message),
+    one after the other as fast as the victim takes them: the victim keeps at most 64 (+16 of
+    live connections) for the peer, refuses pushes beyond 1/s (burst 8) unread, and its loop
+    stays responsive (one push rescanned the address list per address: seconds)."""
+    pushed = 0
+    key = KeyPair.generate()
+    pushes = [
+        build_identify(
+            public_key=key.public_key,
+            listen_addrs=[
+                Multiaddr(f"/ip4/10.{round_}.{i // 250}.{i % 250}/tcp/1") for i in range(4500)
+            ],
+            protocols=[f"/x/{round_}/{i}" for i in range(200)],
+            observed_addr=None,
+            protocol_version="ipfs/0.1.0",
+            agent_version="attacker",
+            signed_peer_record=None,
+        )
+        for round_ in range(4)
+    ]
+    assert all(len(push) < 64 * 1024 for push in pushes)
+
+    async def attack(victim: Victim, stop: asyncio.Event) -> None:
+        nonlocal pushed
+        async with attacker_host(key) as host:
+            conn = await host.connect(victim.addr)
+            while not stop.is_set():
+                pushed += 1
+                with contextlib.suppress(P2PError):  # reset unread beyond the rate
+                    stream = await conn.new_stream([PUSH_PROTOCOL_ID])
+                    await stream.write(encode_length_prefixed(pushes[pushed % len(pushes)]))
+                    await stream.close()
+                await asyncio.sleep(0)
+
+    victim = await under_attack(attack)
+    assert pushed > 50 and victim.latest["refused"] > 40  # most were reset unread
+    assert 0 < max(s["max_peer_addrs"] for s in victim.samples) <= 64 + 16
 
 
 async def test_syn_rst_flood() -> None:
@@ -220,7 +265,11 @@ async def test_ping_flood_without_reading_pongs() -> None:
 async def test_yamux_pings_without_reading_pongs() -> None:
     """Yamux PINGs as fast as the victim takes them, and never a byte read: once the victim's
     socket is full, the pongs that queue up are bounded (``max_reply_backlog``, counted against
-    the connection's memory) and the victim stops reading the attacker, whose writes stall."""
+    the connection's memory) and the victim stops reading the attacker, whose writes stall.
+
+    How long the victim takes to get there depends on the machine (its socket buffers fill
+    with pongs first, megabytes of them, at the CPU it gets): the attack goes on past its
+    duration until a write has waited :data:`STALLED` seconds, and ends with one waiting."""
     pings = b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i) for i in range(5000))
     loop = asyncio.get_running_loop()
     last_write = stopped = 0.0
@@ -235,15 +284,33 @@ async def test_yamux_pings_without_reading_pongs() -> None:
         transport = raw._transport
         transport.pause_reading()
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        give_up: float | None = None
         try:
-            while await unless_stopped(up.secure.write(pings), stop):
+            while True:
+                write = asyncio.ensure_future(up.secure.write(pings))
+                await asyncio.wait([write], timeout=STALLED)
+                if not write.done():
+                    # the victim stopped reading us: the write waits for the rest of the attack
+                    if not await unless_stopped(write, stop):
+                        break
+                write.result()
                 last_write = loop.time()
+                if stop.is_set():  # the victim still reads us after the attack's duration
+                    give_up = give_up or loop.time() + 10
+                    if loop.time() > give_up:
+                        break
         finally:
             stopped = loop.time()
             raw.abort()
 
     await under_attack(attack)
-    assert stopped - last_write > 1.0  # the victim stopped taking pings long before the end
+    # the attack ended with a write the victim had not taken for STALLED seconds (not the
+    # 10 s give-up: the victim kept reading a remote that never reads its pongs)
+    assert stopped - last_write >= STALLED, (stopped, last_write)
+
+
+#: A write to the victim that waits this long means it stopped reading us.
+STALLED = 1.0
 
 
 async def unless_stopped(write: Awaitable[None], stop: asyncio.Event) -> bool:
@@ -352,3 +419,126 @@ async def test_connection_flood_against_a_victim_short_of_fds() -> None:
     victim = await under_attack(attack, env={"VICTIM_NOFILE": "64", "VICTIM_HOLD_FDS": "40"})
     assert "out of file descriptors" in victim.stderr.decode(errors="replace")
     assert opened > 1000  # a sustained flood, not one burst
+
+
+async def test_stalled_handshakes_from_several_addresses() -> None:
+    """Five addresses keep 34 handshakes each stalled, spread over every stage of the upgrade
+    (TCP only, in the multistream header, after ``/noise``, in Noise message 1, waiting for
+    Noise message 3, Noise done and no muxer chosen), each reopened as soon as the victim drops
+    it. With 1024 fds the victim has 128 slots for connections in their upgrade, 32 per
+    address: the attackers could hold all of them until their upgrade timeout (10 s) and every
+    new connection, the legitimate peer's too, was refused. The victim evicts the oldest
+    stalled handshake of the address holding the most instead: a stalled handshake only
+    delays itself, and every legitimate connection succeeds."""
+    header = encode_message(MULTISTREAM)
+    noise = header + encode_message("/noise")
+    raw_stages = [
+        b"",  # TCP only
+        header[:7],  # half a multistream header
+        noise,  # security agreed, no Noise message
+        noise + b"\x00\x20" + b"\x01" * 10,  # a partial Noise message 1
+        noise + b"\x00\x20" + os.urandom(32),  # Noise message 1 (the responder waits for 3)
+    ]
+    addresses = [f"127.0.0.{i}" for i in range(2, 7)]
+    per_address = 34  # more than an address's share (32); 170 in all, more than the 128 slots
+    stalled = before_muxer = 0
+
+    async def attack(victim: Victim, stop: asyncio.Event) -> None:
+        host = victim.addr.value_for_protocol("ip4")
+        port = int(victim.addr.value_for_protocol("tcp"))
+        key = KeyPair.generate()
+
+        async def stall_raw(source: str, stage: bytes) -> None:
+            reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+            try:
+                writer.write(stage)
+                with contextlib.suppress(OSError):
+                    while await reader.read(65536):  # until the victim drops it
+                        pass
+            finally:
+                writer.close()
+
+        async def stall_before_muxer(source: str) -> None:
+            nonlocal before_muxer
+            raw = await tcp.dial(victim.addr, local_host=source)
+            try:
+                await negotiate_outbound(raw, ["/noise"])
+                secure = await NoiseSecurity().secure(
+                    raw, key, initiator=True, expected_peer=None, timeout=10
+                )
+                before_muxer += 1
+                while await secure.read():  # never propose a muxer; until the victim drops it
+                    pass
+            finally:
+                raw.abort()
+
+        async def keep_stalling(i: int) -> None:
+            nonlocal stalled
+            source = addresses[i % len(addresses)]
+            stage = (i // len(addresses)) % (len(raw_stages) + 1)
+            while not stop.is_set():
+                with contextlib.suppress(P2PError, OSError):
+                    if stage < len(raw_stages):
+                        await stall_raw(source, raw_stages[stage])
+                    else:
+                        await stall_before_muxer(source)
+                    stalled += 1
+                await asyncio.sleep(0.2)  # the attacker's pace between reopenings
+
+        await many(per_address * len(addresses), keep_stalling, stop)
+
+    victim = await under_attack(attack, env={"VICTIM_NOFILE": "1024"})
+    assert stalled > 0 and before_muxer > 0  # (the last stage needs a whole Noise handshake)
+    assert victim.latest["evicted"] > 0
+
+
+async def test_dht_store_flood_from_one_peer() -> None:
+    """PUT_VALUE of ``/pk/`` records of fresh keys (all valid, all distinct) and ADD_PROVIDER
+    for distinct keys, as fast as the victim takes them on a few kad streams: the victim keeps
+    at most its per-peer quotas of them (1024 each), and an honest peer's provider record
+    stored after the flood is there and answered."""
+    keys = [KeyPair.generate() for _ in range(1500)]
+
+    async def attack(victim: Victim, stop: asyncio.Event) -> None:
+        async with attacker_host() as host:
+            conn = await host.connect(victim.addr)
+            me = PeerInfo(host.peer_id, [])
+
+            async def flood(i: int) -> None:
+                stream = await conn.new_stream([KAD])
+                n = 0
+                while True:
+                    n += 1
+                    if i % 2:
+                        msg = kad_messages.add_provider(b"flood/%d/%d" % (i, n), me)
+                        await write_length_prefixed(stream, msg.SerializeToString())
+                    else:
+                        key = keys[(n + i * 97) % len(keys)]
+                        pid = PeerID.from_public_key(key.public_key)
+                        msg = kad_messages.put_value(
+                            b"/pk/" + pid.to_bytes(), key.public_key.to_protobuf()
+                        )
+                        await write_length_prefixed(stream, msg.SerializeToString())
+                        await read_length_prefixed(stream)  # PUT_VALUE is answered
+
+            await many(8, flood, stop)
+
+    async def honest_provider(victim: Victim) -> None:
+        """An honest peer's provider record, after the flood: stored and answered."""
+        async with Host(KeyPair.generate()) as honest:
+            conn = await honest.connect(victim.addr)
+            stream = await conn.new_stream([KAD])
+            me = PeerInfo(honest.peer_id, [])
+            await write_length_prefixed(
+                stream, kad_messages.add_provider(b"honest", me).SerializeToString()
+            )
+            await write_length_prefixed(
+                stream, kad_messages.get_providers(b"honest").SerializeToString()
+            )
+            async with asyncio.timeout(5):
+                reply = kad_pb2.Message.FromString(await read_length_prefixed(stream))
+            assert [p.id for p in reply.providerPeers] == [honest.peer_id.to_bytes()]
+
+    victim = await under_attack(attack, after=honest_provider)
+    stored = victim.latest
+    assert 0 < stored["dht_records"] <= 1024 and 0 < stored["dht_providers"] <= 1024 + 1

@@ -66,6 +66,7 @@ async def main() -> None:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         eof = asyncio.ensure_future(reader.read())
         resources = node.host.resources
+        store = node.host.peerstore
         while not eof.done():
             gc.collect()
             stat = {
@@ -77,7 +78,11 @@ async def main() -> None:
                 "memory": resources.system.used("memory"),
                 "streams": resources.system.used("streams_inbound"),
                 "refused": sum(resources.refused.values()),
+                "evicted": sum(n for k, n in resources.refused.items() if k.endswith("_evicted")),
                 "rpc_graylisted": _pubsub_stat(node, "rpc_graylisted"),
+                "max_peer_addrs": max((len(store.addrs(p)) for p in store.peers()), default=0),
+                "dht_records": len(node.dht.records) if node.dht is not None else 0,
+                "dht_providers": len(node.dht.providers) if node.dht is not None else 0,
             }
             print(json.dumps(stat), flush=True)
             await asyncio.wait([eof], timeout=0.1)
