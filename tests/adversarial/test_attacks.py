@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
 from multiaddr import Multiaddr
 
 from p2pnet.agent.agent import MAX_KNOWN_PEERS
@@ -569,8 +570,10 @@ async def test_dead_sybils_claiming_dht_server_mode(liveness: str = SHORT_LIVENE
     evicted = False
 
     async def silent(stream: Stream) -> None:
+        """Reads a request and never answers; the handler returns, so its host resets the
+        stream (which the victim takes as a refusal)."""
         with contextlib.suppress(P2PError):
-            await stream.read()  # never answers; ends when the asker resets
+            await stream.read()
 
     async def find_node(victim: Victim) -> None:
         """What a legitimate peer asking the victim for close peers gets: the honest servers,
@@ -631,6 +634,11 @@ async def test_dead_sybils_claiming_dht_server_mode(liveness: str = SHORT_LIVENE
     assert evicted
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11: validating a flood of valid signed agent messages from fresh keys holds "
+    "the victim's loop (legit p99 2.6-3.8 s); no per-peer validation budget yet",
+)
 async def test_agent_statuses_and_announcements_from_fresh_keys() -> None:
     """One peer relays signed ``node-status`` reports and ``agent-announcements`` (every one
     valid: envelope and message signed by its own fresh ETH key) from up to 20,000 fresh keys,
