@@ -570,10 +570,12 @@ async def test_dead_sybils_claiming_dht_server_mode(liveness: str = SHORT_LIVENE
     evicted = False
 
     async def silent(stream: Stream) -> None:
-        """Reads a request and never answers; the handler returns, so its host resets the
-        stream (which the victim takes as a refusal)."""
+        """Reads requests and never answers, nor resets (a reset would be a refusal, which
+        removes a peer at once): the asker can only time out."""
         with contextlib.suppress(P2PError):
-            await stream.read()
+            while await stream.read():
+                pass
+            await asyncio.Event().wait()  # until the host closes
 
     async def find_node(victim: Victim) -> None:
         """What a legitimate peer asking the victim for close peers gets: the honest servers,
