@@ -11,7 +11,9 @@ import pytest
 
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.errors import P2PError
+from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
+from p2pnet.mux.yamux import DEFAULT_WINDOW, YamuxConfig
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.record import make_peer_record
 from p2pnet.pubsub import (
@@ -28,6 +30,7 @@ from p2pnet.pubsub import (
     Pubsub,
     ValidationResult,
 )
+from p2pnet.resources.limits import ResourceLimits
 from p2pnet.wire.framing import encode_length_prefixed
 from p2pnet.wire.varint import encode_uvarint
 
@@ -50,7 +53,7 @@ async def make_node() -> AsyncIterator[Factory]:
 
     async def factory(config: GossipsubConfig | None = None, **kw: Any) -> Node:
         key = kw.pop("key", None) or KeyPair.generate()
-        host = Host(key)
+        host = Host(key, kw.pop("host_config", None))
         await host.start()
         ps = Pubsub(host, config or fast(), **kw)
         nodes.append((host, ps))
@@ -415,3 +418,103 @@ async def test_inbound_frames_pushed_timeouts_and_bad_prefixes(make_node: Factor
     published = await b.publish(T, b"whole")
     assert (await collect(sub, 1))[0].id == published
     assert ha.is_connected(hb.peer_id)
+
+
+#: a reader whose window stays at 256 KiB: what it does not read leaves a fixed amount in flight
+FIXED_WINDOW = HostConfig(yamux=YamuxConfig(max_window=DEFAULT_WINDOW))
+
+
+def _stop_reading(ps: Pubsub, sender: PeerID) -> list[Any]:
+    """``ps`` stops reading what ``sender`` writes to it (its inbound pubsub stream)."""
+    streams = list(ps._peers[sender].inbound)
+    assert streams
+    for s in streams:
+        s.pause_reading()
+    return streams
+
+
+async def test_queued_frames_count_against_the_peer_scope(make_node: Factory) -> None:
+    """Issue 11: the frames queued for a peer that does not read are reserved in its scope
+    (through our outbound stream's scope), given back as they are written, and all of them once
+    the stream is reset or the peer leaves; nothing dropped while the limits allow them."""
+    (ha, a), (hb, b) = await make_node(), await make_node(host_config=FIXED_WINDOW)
+    await connect(ha, hb)
+    a.subscribe(T)
+    sub = b.subscribe(T)
+    await until(lambda: hb.peer_id in a.mesh_peers(T))
+    state = a._peers[hb.peer_id]
+    scope = state.scope
+    assert scope is not None
+    tasks_before = len(a._tasks)
+    paused = _stop_reading(b, ha.peer_id)
+    payload = bytes(32 * 1024)
+    for _ in range(64):  # 2 MiB: more than the stream's send window
+        await a.publish(T, payload)
+    await until(lambda: state.queued_bytes > 256 * 1024, what="frames queued")
+    # the outbound stream buffers nothing else: its memory is exactly what waits for the peer,
+    # and it shows in the peer's scope
+    assert scope.memory == state.queued_bytes
+    assert ha.resources.peer_usage(hb.peer_id)["memory"] >= state.queued_bytes
+    assert a.dropped_frames == 0
+    for s in paused:
+        s.resume_reading()
+    got = await collect(sub, 64)
+    assert len(got) == 64
+    await until(lambda: state.queued_bytes == 0, what="queue written")
+    assert scope.memory == 0
+    # the peer stops reading again and resets our stream: every queued byte is given back
+    paused = _stop_reading(b, ha.peer_id)
+    for _ in range(32):
+        await a.publish(T, payload)
+    await until(lambda: state.queued_bytes > 256 * 1024, what="frames queued again")
+    assert scope.memory == state.queued_bytes
+    for s in paused:
+        await s.reset()
+    await until(lambda: a._peers.get(hb.peer_id) is not state, what="stream dropped")
+    assert state.queued_bytes == 0 and scope.memory == 0
+    # then it leaves: its scope holds nothing, no task of ours for it remains
+    await ha.disconnect(hb.peer_id)
+    await until(lambda: not ha.resources.peer_usage(hb.peer_id), what="peer scope released")
+    await until(lambda: len(a._tasks) < tasks_before, what="no task left for the peer")
+
+
+async def test_frames_over_the_peer_memory_limit_are_dropped(make_node: Factory) -> None:
+    """Issue 11: when the peer's scope refuses a frame's bytes, the frame is dropped like one
+    to a full queue (``dropped_frames``), no error escapes, the peer stays connected and gets
+    the later messages once it reads again; its memory returns to 0."""
+    limit = 256 * 1024
+    cfg = HostConfig(resources=ResourceLimits(stream_memory=limit))
+    (ha, a), (hb, b) = await make_node(host_config=cfg), await make_node(host_config=FIXED_WINDOW)
+    await connect(ha, hb)
+    a.subscribe(T)
+    sub = b.subscribe(T)
+    await until(lambda: hb.peer_id in a.mesh_peers(T))
+    state = a._peers[hb.peer_id]
+    assert state.scope is not None
+    paused = _stop_reading(b, ha.peer_id)
+    payload = bytes(32 * 1024)
+    for _ in range(128):  # 4 MiB: the window, then the limit, then drops
+        await a.publish(T, payload)
+    assert a.dropped_frames > 0
+    assert ha.resources.refused["stream/memory"] > 0
+    assert 0 < state.queued_bytes <= limit and state.queue.qsize() < 128
+    assert ha.is_connected(hb.peer_id)
+    for s in paused:
+        s.resume_reading()
+    await until(lambda: state.queued_bytes == 0, what="queue written")
+    assert state.scope.memory == 0
+    published = await a.publish(T, b"after")
+    received = 0
+    async with asyncio.timeout(10):
+        while (await sub.get()).id != published:
+            received += 1
+    assert 0 < received < 128  # what was queued arrived, the dropped frames did not
+    # it stops reading again and leaves while frames wait: all given back, the queue emptied
+    _stop_reading(b, ha.peer_id)
+    for _ in range(32):
+        await a.publish(T, payload)
+    await until(lambda: state.queued_bytes > 0, what="frames queued again")
+    await ha.disconnect(hb.peer_id)
+    await until(lambda: not ha.resources.peer_usage(hb.peer_id), what="peer scope released")
+    assert state.queued_bytes == 0 and state.queue.empty() and state.scope.memory == 0
+    assert hb.peer_id not in a._peers

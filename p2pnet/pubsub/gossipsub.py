@@ -3,9 +3,9 @@
 ``Pubsub(host, config)`` serves ``/meshsub/1.2.0``, ``/meshsub/1.1.0``, ``/meshsub/1.0.0`` and
 ``/floodsub/1.0.0``. For every connected peer it opens one outbound stream (write-only, the first
 of our protocols the peer accepts) and reads the peer's inbound stream; RPCs are length-prefixed
-protobuf frames. Each peer has one writer task fed by a bounded queue: a slow peer loses frames
-instead of slowing everybody down. A heartbeat task drives the router. Every task belongs to the
-service and ends with ``close()``.
+protobuf frames. Each peer has one writer task fed by a bounded queue whose bytes count against
+the peer's memory scope: a slow peer loses frames instead of slowing everybody down. A heartbeat
+task drives the router. Every task belongs to the service and ends with ``close()``.
 
 The adapter decides nothing about peers: it reports what happened (frames, bad frames,
 validation verdicts and failures, connections) to the router with the time of the node's clock,
@@ -67,7 +67,7 @@ from p2pnet.pubsub.router import (
     ValidateMessage,
 )
 from p2pnet.pubsub.score import PeerScoreParams, PeerScoreThresholds, ScoreBreakdown
-from p2pnet.resources.manager import stream_scope_of
+from p2pnet.resources.manager import StreamScope, stream_scope_of
 from p2pnet.service import Lifecycle
 from p2pnet.stats import DurationHistogram
 from p2pnet.stream import Stream
@@ -216,8 +216,10 @@ class _PeerState:
         "opening",
         "outbound",
         "queue",
+        "queued_bytes",
         "ready",
         "reopens",
+        "scope",
         "writer",
         "writing",
     )
@@ -230,6 +232,11 @@ class _PeerState:
         #: The writer task holds frames it took from ``queue`` and has not written yet.
         self.writing = False
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        #: The outbound stream's resource scope (its peer's memory): the frames in ``queue``
+        #: and those the writer holds are reserved in it, like the stream's own buffers.
+        self.scope: StreamScope | None = None
+        #: bytes of the frames in ``queue`` and of those the writer holds
+        self.queued_bytes = 0
         self.inbound: set[Stream] = set()
         #: Set when the link leaves OPENING: inbound streams then read (OPEN) or are dropped.
         self.ready = asyncio.Event()
@@ -238,7 +245,28 @@ class _PeerState:
     def opened(self, stream: Stream) -> None:
         self.link = _Link.OPEN
         self.outbound = stream
+        self.scope = stream_scope_of(stream)
         self.ready.set()
+
+    def enqueue(self, frame: bytes) -> str | None:
+        """Queue ``frame`` for the writer, its bytes reserved in the peer's scope; if it cannot
+        be queued, why (the caller drops it, as go-libp2p drops RPCs to a full queue)."""
+        if self.queue.full():
+            return "queue full"
+        if self.scope is not None:
+            try:
+                self.scope.reserve_memory(len(frame))
+            except ResourceLimitExceeded as exc:
+                return str(exc)
+        self.queue.put_nowait(frame)
+        self.queued_bytes += len(frame)
+        return None
+
+    def release(self, amount: int) -> None:
+        """``amount`` queued bytes were written or dropped: give them back to the scope."""
+        self.queued_bytes -= amount
+        if self.scope is not None:
+            self.scope.release_memory(amount)
 
     def reopen(self) -> None:
         self.link = _Link.OPENING
@@ -252,6 +280,10 @@ class _PeerState:
     def closed(self) -> None:
         self.link = _Link.CLOSED
         self.ready.set()
+        # what waits (or the writer holds) will never be written: drop it, give its bytes back
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.release(self.queued_bytes)
 
 
 def _ip_of(addr: Multiaddr) -> str | None:
@@ -297,7 +329,7 @@ class Pubsub:
         self._pump_scheduled = False
         #: Messages the router asked us to validate, not yet given to their validator.
         self._to_validate: deque[Message] = deque()
-        #: frames dropped because a peer's queue was full
+        #: frames dropped because a peer's queue was full or its scope refused their bytes
         self.dropped_frames = 0
         #: how long each heartbeat took (router work and sending its output), for metrics
         self.heartbeat_durations = DurationHistogram()
@@ -560,12 +592,14 @@ class Pubsub:
                         continue
                 except P2PError:
                     pass  # the writer meets the same error on this frame and drops the peer
-            try:
-                state.queue.put_nowait(frame)
-            except asyncio.QueueFull:
+            refused = state.enqueue(frame)
+            if refused is not None:
                 self.dropped_frames += 1
+                log.debug("frame to %s dropped: %s", peer, refused)
                 if self.dropped_frames in (1, 100) or self.dropped_frames % 10_000 == 0:
-                    log.warning("queue to %s full: %d frames dropped", peer, self.dropped_frames)
+                    log.warning(
+                        "frame to %s dropped (%s): %d in all", peer, refused, self.dropped_frames
+                    )
 
     async def _heartbeat_loop(self) -> None:
         cfg = self.config
@@ -707,6 +741,7 @@ class Pubsub:
                 parts = length_prefixed_parts(frames)
                 async with asyncio.timeout(self.config.write_timeout):
                     await stream.write(b"".join(parts))
+                state.release(size)
                 state.writing = False
         except (P2PError, TimeoutError, OSError) as exc:
             log.debug("pubsub stream to %s failed: %s", peer, exc)
