@@ -140,6 +140,10 @@ class KadDHT:
             now=self.clock.monotonic(),
         )
         self._tasks = TaskOwner(f"kad {host.peer_id}")
+        #: The refresh in flight: it runs beside the maintenance loop, so lookups stalled by
+        #: silent peers (each up to ``request_timeout``) never hold up the liveness checks
+        #: that evict those peers; at most one at a time.
+        self._refreshing: asyncio.Task[None] | None = None
         self._lifecycle = Lifecycle("kad")
         self._wake = asyncio.Event()
         #: Set and dropped on every change; created only while someone waits (wait_until).
@@ -689,7 +693,10 @@ class KadDHT:
         while True:
             for action in self.behaviour.handle_timer(self._now(), self._wall()):
                 if isinstance(action, Refresh):
-                    await self._guarded(self.refresh(), "refresh")
+                    if self._refreshing is None or self._refreshing.done():
+                        self._refreshing = self._tasks.spawn(
+                            self._guarded(self.refresh(), "refresh"), name="kad refresh"
+                        )
                 elif isinstance(action, CheckLiveness):
                     for peer in action.peers:
                         self._check(peer)

@@ -84,6 +84,10 @@ Validator = Callable[
 ]
 
 _MAX_PENDING_CONNECTS = 128
+#: Messages validated per loop turn: a flood of messages whose validators are costly (agent
+#: envelopes: signature recovery) waits its turn instead of holding the loop for every other
+#: connection. The backlog is bounded by the router's ``max_pending_validations``.
+_VALIDATIONS_PER_TURN = 8
 _REOPEN_DELAY = 1.0
 _MAX_REOPENS = 3
 
@@ -323,6 +327,8 @@ class Pubsub:
         self._lifecycle = Lifecycle("pubsub")
         #: a _pump is scheduled for the end of this loop iteration (see _pump_soon)
         self._pump_scheduled = False
+        #: Messages the router asked us to validate, not yet given to their validator.
+        self._to_validate: deque[Message] = deque()
         #: frames dropped because a peer's queue was full or its scope refused their bytes
         self.dropped_frames = 0
         #: how long each heartbeat took (router work and sending its output), for metrics
@@ -554,18 +560,26 @@ class Pubsub:
         router = self._router
         if router is None or self._closed:
             return
+        to_validate = self._to_validate
+        budget = _VALIDATIONS_PER_TURN
         for _ in range(1000):
             events = router.take_events()
-            if not events:
-                break
             for ev in events:
                 if isinstance(ev, DeliverMessage):
                     for sub in self._subs.get(ev.message.topic, ()):
                         sub._push(ev.message)
                 elif isinstance(ev, ValidateMessage):
-                    self._start_validation(ev.message)
+                    to_validate.append(ev.message)
                 elif isinstance(ev, ConnectPeer):
                     self._start_connect(ev)
+            validated = min(budget, len(to_validate))
+            for _ in range(validated):
+                self._start_validation(to_validate.popleft())
+            budget -= validated
+            if not events and not validated:
+                break
+        if to_validate:
+            self._pump_soon()  # the rest on the next loop turns, after the other connections
         for peer, frame in router.take_outgoing():
             state = self._peers.get(peer)
             if state is None or state.outbound is None:
