@@ -35,7 +35,7 @@ import gc
 import hashlib
 import random
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from multiaddr import Multiaddr
 
@@ -46,12 +46,12 @@ from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.dht import KadDHT
-from p2pnet.kad.query import LookupStats
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.security.base import SecurityTransport
 from p2pnet.security.noise_connection import NoiseSecurity
 from p2pnet.security.plaintext import PlaintextSecurity
+from p2pnet.sim.lookup_results import LookupResults
 from p2pnet.transport.memory import MemoryNetwork
 
 #: Generation-0 threshold of the garbage collector while a simulation is open.
@@ -73,28 +73,6 @@ class SimNode:
     @property
     def addr(self) -> Multiaddr:
         return self.host.p2p_addrs()[0]
-
-
-@dataclass
-class LookupResults:
-    """Outcome of a batch of find_peer lookups."""
-
-    lookups: int = 0
-    found: int = 0
-    stats: list[LookupStats] = field(default_factory=list)
-    failures: list[tuple[PeerID, PeerID, str]] = field(default_factory=list)
-
-    @property
-    def hops(self) -> list[int]:
-        return [s.hops for s in self.stats]
-
-    @property
-    def messages(self) -> list[int]:
-        return [s.messages for s in self.stats]
-
-    @property
-    def durations(self) -> list[float]:
-        return [s.duration for s in self.stats]
 
 
 def deterministic_key(seed: int, index: int) -> KeyPair:
@@ -224,10 +202,10 @@ class DhtSimulation:
         await node.identify.wait_identified(via.peer_id)
         await node.dht.get_closest_peers(node.peer_id.to_bytes())
 
-    async def find_peer_lookups(self, count: int) -> LookupResults:
+    async def find_peer_lookups(self, count: int) -> LookupResults[tuple[PeerID, PeerID, str]]:
         """``count`` find_peer lookups of random targets from random nodes, one after the other,
         always through the network (``use_cache=False``)."""
-        results = LookupResults()
+        results: LookupResults[tuple[PeerID, PeerID, str]] = LookupResults()
         for _ in range(count):
             asker, target = self.rng.sample(self.nodes, 2)
             results.lookups += 1

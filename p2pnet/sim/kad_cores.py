@@ -46,6 +46,7 @@ from p2pnet.kad.query import Lookup, LookupStats
 from p2pnet.kad.records import InMemoryRecordStore, NamespacedValidator
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import TEMP_ADDR_TTL
+from p2pnet.sim.lookup_results import LookupResults
 from p2pnet.wire.pb import kad_pb2
 
 #: Called with (sender, answer, closer peers named); True stops the lookup.
@@ -108,22 +109,8 @@ class CoreNode:
     alive: bool = True
 
 
-@dataclass
-class CoreLookupResults:
-    """Outcome of a batch of find_peer lookups."""
-
-    lookups: int = 0
-    found: int = 0
-    stats: list[LookupStats] = field(default_factory=list)
-    failures: list[tuple[int, int]] = field(default_factory=list)
-
-    @property
-    def hops(self) -> list[int]:
-        return [s.hops for s in self.stats]
-
-    @property
-    def messages(self) -> list[int]:
-        return [s.messages for s in self.stats]
+#: Failed lookups are named by (asker, target) node indexes.
+CoreLookupResults = LookupResults[tuple[int, int]]
 
 
 class _Run:
