@@ -11,13 +11,8 @@ from p2pnet.peer.peer_id import PeerID
 K = TypeVar("K", bound=Hashable)
 
 
-class _Entry:
-    __slots__ = ("counts", "data", "topic")
-
-    def __init__(self, topic: str, data: bytes) -> None:
-        self.topic = topic
-        self.data = data
-        self.counts: dict[PeerID, int] = {}
+#: A cached message: (ID, topic, encoded bytes); one tuple for the three maps that find it
+CachedMessage = tuple[bytes, str, bytes]
 
 
 class MessageCache:
@@ -32,14 +27,16 @@ class MessageCache:
             raise ValueError(f"need 1 <= gossip <= history (got {gossip}, {history})")
         self.gossip = gossip
         self.history = history
-        self._msgs: dict[bytes, _Entry] = {}
-        #: the bytes of each cached message -> its ID: a duplicate arrives as the same bytes (it
-        #: is forwarded unchanged), so the router can tell it without decoding it again
-        self._ids: dict[bytes, tuple[bytes, str]] = {}
-        #: ``lookup_bytes(data)``: the ID and topic of the cached message encoded as exactly
-        #: ``data``, or None (the dict's own ``get``: no Python call per message received)
-        self.lookup_bytes: Callable[[bytes], tuple[bytes, str] | None] = self._ids.get
-        self._windows: deque[list[tuple[bytes, str]]] = deque([] for _ in range(history))
+        self._msgs: dict[bytes, CachedMessage] = {}
+        #: the bytes of each cached message -> its entry: a duplicate arrives as the same bytes
+        #: (it is forwarded unchanged), so the router can tell it without decoding it again
+        self._ids: dict[bytes, CachedMessage] = {}
+        #: ``lookup_bytes(data)``: the entry (ID, topic, bytes) of the cached message encoded
+        #: as exactly ``data``, or None (the dict's own ``get``: no Python call per message)
+        self.lookup_bytes: Callable[[bytes], CachedMessage | None] = self._ids.get
+        self._windows: deque[list[CachedMessage]] = deque([] for _ in range(history))
+        #: how often each peer asked for a message (IWANT), for the messages asked for
+        self._asked: dict[bytes, dict[PeerID, int]] = {}
 
     def __len__(self) -> int:
         return len(self._msgs)
@@ -48,46 +45,50 @@ class MessageCache:
         return msg_id in self._msgs
 
     def put(self, msg_id: bytes, topic: str, data: bytes) -> None:
-        if msg_id in self._msgs:
+        msgs = self._msgs
+        if msg_id in msgs:
             return
-        self._msgs[msg_id] = _Entry(topic, data)
-        self._ids.setdefault(data, (msg_id, topic))
-        self._windows[0].append((msg_id, topic))
+        entry = msgs[msg_id] = (msg_id, topic, data)
+        self._ids.setdefault(data, entry)
+        self._windows[0].append(entry)
 
     def get(self, msg_id: bytes) -> bytes | None:
         entry = self._msgs.get(msg_id)
-        return None if entry is None else entry.data
+        return None if entry is None else entry[2]
 
     def topic_of(self, msg_id: bytes) -> str | None:
         entry = self._msgs.get(msg_id)
-        return None if entry is None else entry.topic
+        return None if entry is None else entry[1]
 
     def get_for_peer(self, msg_id: bytes, peer: PeerID) -> tuple[bytes, str, int] | None:
         """The message, its topic and how often ``peer`` has now asked for it (counted)."""
         entry = self._msgs.get(msg_id)
         if entry is None:
             return None
-        count = entry.counts.get(peer, 0) + 1
-        entry.counts[peer] = count
-        return entry.data, entry.topic, count
+        counts = self._asked.setdefault(msg_id, {})
+        count = counts.get(peer, 0) + 1
+        counts[peer] = count
+        return entry[2], entry[1], count
 
     def gossip_ids(self, topic: str) -> list[bytes]:
         """IDs of the messages in ``topic`` from the last ``gossip`` windows."""
         out: list[bytes] = []
         for i in range(self.gossip):
-            out.extend(mid for mid, t in self._windows[i] if t == topic)
+            out.extend(mid for mid, t, _ in self._windows[i] if t == topic)
         return out
 
     def gossip_topics(self) -> set[str]:
-        return {t for i in range(self.gossip) for _, t in self._windows[i]}
+        return {t for i in range(self.gossip) for _, t, _ in self._windows[i]}
 
     def shift(self) -> None:
-        for mid, _ in self._windows.pop():
-            entry = self._msgs.pop(mid, None)
-            if entry is not None:
-                known = self._ids.get(entry.data)
+        msgs, ids, asked = self._msgs, self._ids, self._asked
+        for mid, _, data in self._windows.pop():
+            if msgs.pop(mid, None) is not None:
+                known = ids.get(data)
                 if known is not None and known[0] == mid:
-                    del self._ids[entry.data]
+                    del ids[data]
+                if asked:
+                    asked.pop(mid, None)
         self._windows.appendleft([])
 
 
