@@ -11,15 +11,13 @@ from p2pnet.peer.peer_id import PeerID
 K = TypeVar("K", bound=Hashable)
 
 
-#: A cached message: (ID, topic, encoded bytes); one tuple for the three maps that find it
-CachedMessage = tuple[bytes, str, bytes]
-
-
 class MessageCache:
     """Full messages of the last ``history`` heartbeats; IDs of the last ``gossip`` are gossiped.
 
     ``shift()`` runs once per heartbeat: the oldest window is dropped with its messages.
-    Messages are kept encoded (the protobuf ``Message`` bytes), ready to forward.
+    Messages are kept encoded (the protobuf ``Message`` bytes), ready to forward. Every node
+    caches every message it relays, so the maps hold plain values only (bytes, str): no
+    container per message for the cyclic garbage collector to track.
     """
 
     def __init__(self, gossip: int, history: int) -> None:
@@ -27,14 +25,17 @@ class MessageCache:
             raise ValueError(f"need 1 <= gossip <= history (got {gossip}, {history})")
         self.gossip = gossip
         self.history = history
-        self._msgs: dict[bytes, CachedMessage] = {}
-        #: the bytes of each cached message -> its entry: a duplicate arrives as the same bytes
+        self._msgs: dict[bytes, bytes] = {}
+        self._topics: dict[bytes, str] = {}
+        #: the bytes of each cached message -> its ID: a duplicate arrives as the same bytes
         #: (it is forwarded unchanged), so the router can tell it without decoding it again
-        self._ids: dict[bytes, CachedMessage] = {}
-        #: ``lookup_bytes(data)``: the entry (ID, topic, bytes) of the cached message encoded
-        #: as exactly ``data``, or None (the dict's own ``get``: no Python call per message)
-        self.lookup_bytes: Callable[[bytes], CachedMessage | None] = self._ids.get
-        self._windows: deque[list[CachedMessage]] = deque([] for _ in range(history))
+        self._ids: dict[bytes, bytes] = {}
+        #: ``lookup_bytes(data)``: the ID of the cached message encoded as exactly ``data``, or
+        #: None (the dict's own ``get``: no Python call per message received)
+        self.lookup_bytes: Callable[[bytes], bytes | None] = self._ids.get
+        #: ``topic_of(msg_id)`` for a cached message (the dict's ``__getitem__``)
+        self.cached_topic: Callable[[bytes], str] = self._topics.__getitem__
+        self._windows: deque[list[bytes]] = deque([] for _ in range(history))
         #: how often each peer asked for a message (IWANT), for the messages asked for
         self._asked: dict[bytes, dict[PeerID, int]] = {}
 
@@ -48,47 +49,48 @@ class MessageCache:
         msgs = self._msgs
         if msg_id in msgs:
             return
-        entry = msgs[msg_id] = (msg_id, topic, data)
-        self._ids.setdefault(data, entry)
-        self._windows[0].append(entry)
+        msgs[msg_id] = data
+        self._topics[msg_id] = topic
+        self._ids.setdefault(data, msg_id)
+        self._windows[0].append(msg_id)
 
     def get(self, msg_id: bytes) -> bytes | None:
-        entry = self._msgs.get(msg_id)
-        return None if entry is None else entry[2]
+        return self._msgs.get(msg_id)
 
     def topic_of(self, msg_id: bytes) -> str | None:
-        entry = self._msgs.get(msg_id)
-        return None if entry is None else entry[1]
+        return self._topics.get(msg_id)
 
     def get_for_peer(self, msg_id: bytes, peer: PeerID) -> tuple[bytes, str, int] | None:
         """The message, its topic and how often ``peer`` has now asked for it (counted)."""
-        entry = self._msgs.get(msg_id)
-        if entry is None:
+        data = self._msgs.get(msg_id)
+        if data is None:
             return None
         counts = self._asked.setdefault(msg_id, {})
         count = counts.get(peer, 0) + 1
         counts[peer] = count
-        return entry[2], entry[1], count
+        return data, self._topics[msg_id], count
 
     def gossip_ids(self, topic: str) -> list[bytes]:
         """IDs of the messages in ``topic`` from the last ``gossip`` windows."""
+        topics = self._topics
         out: list[bytes] = []
         for i in range(self.gossip):
-            out.extend(mid for mid, t, _ in self._windows[i] if t == topic)
+            out.extend(mid for mid in self._windows[i] if topics[mid] == topic)
         return out
 
     def gossip_topics(self) -> set[str]:
-        return {t for i in range(self.gossip) for _, t, _ in self._windows[i]}
+        topics = self._topics
+        return {topics[mid] for i in range(self.gossip) for mid in self._windows[i]}
 
     def shift(self) -> None:
-        msgs, ids, asked = self._msgs, self._ids, self._asked
-        for mid, _, data in self._windows.pop():
-            if msgs.pop(mid, None) is not None:
-                known = ids.get(data)
-                if known is not None and known[0] == mid:
-                    del ids[data]
-                if asked:
-                    asked.pop(mid, None)
+        msgs, topics, ids, asked = self._msgs, self._topics, self._ids, self._asked
+        for mid in self._windows.pop():
+            data = msgs.pop(mid)
+            del topics[mid]
+            if ids.get(data) == mid:
+                del ids[data]
+            if asked:
+                asked.pop(mid, None)
         self._windows.appendleft([])
 
 

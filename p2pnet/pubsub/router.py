@@ -45,7 +45,7 @@ from p2pnet.pubsub.errors import (
     MessageTooLargeError,
     NoPeersError,
 )
-from p2pnet.pubsub.mcache import CachedMessage, MessageCache, TimeCache
+from p2pnet.pubsub.mcache import MessageCache, TimeCache
 from p2pnet.pubsub.messages import (
     Message,
     PublishResult,
@@ -680,9 +680,9 @@ class GossipsubRouter:
         try:
             sub_parts, publish, control_part = split_rpc_fields(data)
             subs = [rpc_pb2.RPC.SubOpts.FromString(b) for b in sub_parts] if sub_parts else ()
-            # per message: the cached (ID, topic, bytes) of a message with these bytes; else its
-            # fields read from the bytes (parse_message); else, in another form, decoded
-            msgs: list[tuple[CachedMessage | ParsedMessage | rpc_pb2.Message, bytes]] = []
+            # per message: the ID of the cached message with these bytes; else its fields read
+            # from the bytes (parse_message); else, in another form, decoded
+            msgs: list[tuple[bytes | ParsedMessage | rpc_pb2.Message, bytes]] = []
             for b in publish:
                 msgs.append((lookup(b) or parse_message(b) or rpc_pb2.Message.FromString(b), b))
             control = (
@@ -699,24 +699,24 @@ class GossipsubRouter:
         duplicate = self.score.duplicate_by_key
         key = p.key
         duplicates = 0
+        cached_topic = self.mcache.cached_topic
         for msg, raw in msgs:
-            if type(msg) is tuple:
-                if len(msg) == 3:  # known by its bytes: the cached (ID, topic, bytes)
-                    msg_id, topic, _ = msg
-                    if topic not in subscriptions:
-                        self._count("msg_not_subscribed")
-                    elif msg_id in seen or msg_id in pending:
-                        duplicate(key, msg_id, topic, now)
-                        duplicates += 1
-                    else:  # cached but no longer seen (a seen TTL shorter than the history)
-                        parsed = parse_message(raw)
-                        if parsed is None:
-                            decoded = rpc_pb2.Message.FromString(raw)
-                            self._handle_message(p, raw, message_fields(decoded, raw), decoded)
-                        else:
-                            self._handle_message(p, raw, parsed, None)
-                else:
-                    self._handle_message(p, raw, msg, None)
+            if type(msg) is bytes:  # known by its bytes: the cached message's ID
+                topic = cached_topic(msg)
+                if topic not in subscriptions:
+                    self._count("msg_not_subscribed")
+                elif msg in seen or msg in pending:
+                    duplicate(key, msg, topic, now)
+                    duplicates += 1
+                else:  # cached but no longer seen (a seen TTL shorter than the history)
+                    parsed = parse_message(raw)
+                    if parsed is None:
+                        decoded = rpc_pb2.Message.FromString(raw)
+                        self._handle_message(p, raw, message_fields(decoded, raw), decoded)
+                    else:
+                        self._handle_message(p, raw, parsed, None)
+            elif type(msg) is tuple:
+                self._handle_message(p, raw, msg, None)
             else:  # not in canonical form: decoded
                 assert isinstance(msg, rpc_pb2.Message)
                 self._handle_message(p, raw, message_fields(msg, raw), msg)

@@ -24,6 +24,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.pubsub.errors import InvalidParameters
@@ -281,9 +282,10 @@ _UNKNOWN, _VALID, _INVALID, _IGNORED = range(4)
 
 
 #: A message's delivery record: its state, when it was validated (0.0 before), and the peers that
-#: delivered it besides the first, by peer ID bytes. A tuple, replaced on each change: every node
-#: keeps one per message for the seen TTL, and a tuple of untracked values is no work for the
-#: cyclic garbage collector (an object with a set was two tracked containers per message).
+#: delivered it besides the first, by peer ID bytes. A tuple, replaced on each change; the usual
+#: record, a valid message with no other sender to remember, is stored as just its validation
+#: time (a float). Every node keeps one per message for the seen TTL: plain values are no work
+#: for the cyclic garbage collector (an object with a set was two tracked containers each).
 _Record = tuple[int, float, tuple[bytes, ...]]
 _NEW_RECORD: _Record = (_UNKNOWN, 0.0, ())
 
@@ -314,8 +316,13 @@ class PeerScore:
         self._by_key: dict[bytes, _PeerStats] = {}
         self._peer_ips: dict[str, set[PeerID]] = {}
         self._app: dict[PeerID, float] = {}
-        self._records: dict[bytes, _Record] = {}
-        self._record_queue: deque[tuple[float, bytes]] = deque()
+        #: message ID -> its record, or its validation time for a valid message with no other
+        #: sender remembered (see _Record)
+        self._records: dict[bytes, _Record | float] = {}
+        #: the records in the order they expire: their IDs and expiry times (two queues of
+        #: plain values rather than one of tuples: no object for the garbage collector)
+        self._record_ids: deque[bytes] = deque()
+        self._record_expiry: deque[float] = deque()
         self._record_ttl = delivery_record_ttl
         self._last_decay: float | None = None
         self._epoch = 0  # bumped by changes that affect every peer (decay, IPs)
@@ -436,10 +443,14 @@ class PeerScore:
 
     def _record(self, msg_id: bytes, now: float) -> _Record:
         rec = self._records.get(msg_id)
+        if type(rec) is float:
+            return (_VALID, rec, ())
         if rec is None:
-            rec = self._records[msg_id] = _NEW_RECORD
-            self._record_queue.append((now + self._record_ttl, msg_id))
-        return rec
+            self._records[msg_id] = _NEW_RECORD
+            self._record_ids.append(msg_id)
+            self._record_expiry.append(now + self._record_ttl)
+            return _NEW_RECORD
+        return cast(_Record, rec)
 
     def validate_message(self, msg_id: bytes, now: float) -> None:
         """A new message passed the signature checks and starts validation."""
@@ -452,7 +463,7 @@ class PeerScore:
         status, _, peers = self._record(msg_id, now)
         if status != _UNKNOWN:
             return
-        self._records[msg_id] = (_VALID, now, peers)
+        self._records[msg_id] = (_VALID, now, peers) if peers else now
         for other in peers:
             if other != key:
                 self._mark_duplicate_delivery(other, topic, now, now)
@@ -464,8 +475,9 @@ class PeerScore:
         if msg_id in records:  # a record from before (the seen cache forgot it sooner)
             self.deliver_message(peer, msg_id, topic, now)
             return
-        records[msg_id] = (_VALID, now, ())  # no one else has delivered it yet
-        self._record_queue.append((now + self._record_ttl, msg_id))
+        records[msg_id] = now  # valid, no one else has delivered it yet
+        self._record_ids.append(msg_id)
+        self._record_expiry.append(now + self._record_ttl)
         # _mark_first_delivery, inlined
         params = self.params
         tp = params.topics.get(topic) or params.default_topic
@@ -521,28 +533,41 @@ class PeerScore:
         rec = records.get(msg_id)
         if rec is None:
             return
-        status, validated, peers = rec
-        if status > _VALID:  # invalid or ignored: nobody is added
-            if status == _INVALID and key not in peers:
-                self._mark_invalid_delivery(key, topic)
-            return
-        if key in peers:  # (a few peers: the mesh's; mostly the same key objects)
-            return  # a duplicate from the same peer
-        records[msg_id] = (status, validated, peers + (key,))  # noqa: RUF005 (faster)
+        status: int
+        validated: float
+        peers: tuple[bytes, ...]
+        if type(rec) is float:  # valid, no other sender remembered: the usual case
+            status, validated, peers = _VALID, rec, ()
+        else:
+            status, validated, peers = cast(_Record, rec)
+            if status > _VALID:  # invalid or ignored: nobody is added
+                if status == _INVALID and key not in peers:
+                    self._mark_invalid_delivery(key, topic)
+                return
+            if key in peers:  # (a few peers: the mesh's; mostly the same key objects)
+                return  # a duplicate from the same peer
         if status == _UNKNOWN:
+            records[msg_id] = (status, validated, peers + (key,))  # noqa: RUF005 (faster)
             return  # settled when validation ends
-        # _mark_duplicate_delivery inlined
+        # valid: a mesh delivery (P3) if it comes within the window after validation. Time only
+        # moves forward, so a sender past the window is past it for every later copy too: it
+        # need not be remembered (the tuple it would take is the one allocation a duplicate
+        # would make, and most receptions are duplicates).
         params = self.params
         tp = params.topics.get(topic) or params.default_topic
         if tp is None:
-            return
+            return  # an unscored topic: nothing counts, now or later
+        late = validated and now > validated + tp.mesh_message_deliveries_window
+        if not late:
+            records[msg_id] = (status, validated, peers + (key,))  # noqa: RUF005 (faster)
+        # _mark_duplicate_delivery inlined
         stats = self._by_key.get(key)
         if stats is None:
             return
         ts = stats.topics.get(topic)
         if ts is None:
             ts = stats.topics[topic] = _TopicStats()
-        if ts.in_mesh and not (validated and now > validated + tp.mesh_message_deliveries_window):
+        if ts.in_mesh and not late:
             mesh = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
             if mesh != ts.mesh_deliveries:  # _add_mesh_delivery, inlined
                 ts.mesh_deliveries = mesh
@@ -770,9 +795,10 @@ class PeerScore:
 
     def refresh(self, now: float) -> None:
         """Apply every decay interval that has passed; expire old records (call per heartbeat)."""
-        while self._record_queue and self._record_queue[0][0] <= now:
-            _, mid = self._record_queue.popleft()
-            self._records.pop(mid, None)
+        expiry, ids = self._record_expiry, self._record_ids
+        while expiry and expiry[0] <= now:
+            expiry.popleft()
+            self._records.pop(ids.popleft(), None)
         if self._last_decay is None:
             self._last_decay = now
             return
