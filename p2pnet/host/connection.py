@@ -11,7 +11,14 @@ from p2pnet.multistream import negotiate_outbound
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.resources.manager import ConnectionScope, stream_scope_of
 from p2pnet.security.base import SecureConnection
-from p2pnet.stream import Direction, MuxedConnection, Stream, StreamCallback, StreamMuxer
+from p2pnet.stream import (
+    Direction,
+    MuxedConnection,
+    Stream,
+    StreamAcceptor,
+    StreamCallback,
+    StreamMuxer,
+)
 
 __all__ = ["Connection", "Direction"]
 
@@ -35,6 +42,7 @@ class Connection:
         negotiate_timeout: float,
         on_stream: StreamCallback | None,
         scope: ConnectionScope | None = None,
+        accept: StreamAcceptor | None = None,
     ) -> None:
         self.secure = secure
         #: The connection's resource scope (None: not accounted).
@@ -54,6 +62,7 @@ class Connection:
             on_stream=on_stream,
             clock=clock,
             scope=scope,
+            accept=accept,
         )
 
     @property

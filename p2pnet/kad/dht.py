@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from multiaddr import Multiaddr
 
 from p2pnet.clock import Clock
+from p2pnet.deadlines import DeadlineQueue
 from p2pnet.errors import ConnectionClosed, NegotiationError, P2PError, ProtocolError, StreamError
 from p2pnet.kad import messages as m
 from p2pnet.kad.behaviour import (
@@ -43,6 +44,7 @@ from p2pnet.kad.behaviour import (
 from p2pnet.kad.cid import provider_key
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.errors import KadError, KadProtocolError, PeerNotFound, RecordNotFound
+from p2pnet.kad.inbound import KadInboundStream
 from p2pnet.kad.messages import PeerInfo
 from p2pnet.kad.providers import InMemoryProviderStore, ProviderStore
 from p2pnet.kad.query import Lookup, LookupStats
@@ -56,7 +58,6 @@ from p2pnet.tasks import TaskOwner
 from p2pnet.wire.framing import (
     encode_length_prefixed,
     read_length_prefixed,
-    read_length_prefixed_or_eof,
     write_length_prefixed,
 )
 from p2pnet.wire.pb import kad_pb2
@@ -70,8 +71,6 @@ log = logging.getLogger("p2pnet.kad")
 
 #: Errors that mean "this request to this peer failed" (never programming errors).
 _REQUEST_ERRORS = (P2PError, TimeoutError, OSError)
-#: Requests of one inbound stream served before the handler yields to the event loop.
-REQUESTS_PER_TURN = 16
 
 AnswerHandler = Callable[[PeerID, kad_pb2.Message, list[PeerInfo]], bool]
 
@@ -149,6 +148,8 @@ class KadDHT:
         #: Set and dropped on every change; created only while someone waits (wait_until).
         self._changed: asyncio.Event | None = None
         self._idle_streams: dict[PeerID, list[tuple[Stream, float]]] = {}
+        #: The inbound streams' idle deadlines (one timer for all of them).
+        self._idle_deadlines = DeadlineQueue(cfg.inbound_idle_timeout)
         #: The most recent lookups (their cost), newest last.
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
         #: Durations of lookups by kind (find_peer, get_value, ...), for metrics.
@@ -209,7 +210,7 @@ class KadDHT:
         if not self._lifecycle.begin_start():
             return
         if self.behaviour.mode is Mode.SERVER:
-            self.host.set_stream_handler(self.config.protocol_id, self._handle_stream)
+            self.host.set_stream_acceptor(self.config.protocol_id, self._accept_stream)
         # Peers identified before we started.
         for peer in self.host.connected_peers():
             self._consider_peer(peer)
@@ -223,6 +224,7 @@ class KadDHT:
             self.host.remove_stream_handler(self.config.protocol_id)
         await self._tasks.close()
         await self._close_pooled_streams()
+        self._idle_deadlines.clear()
 
     async def __aenter__(self) -> KadDHT:
         await self.start()
@@ -248,7 +250,7 @@ class KadDHT:
         if not self._lifecycle.running:
             return
         if new is Mode.SERVER:
-            self.host.set_stream_handler(self.config.protocol_id, self._handle_stream)
+            self.host.set_stream_acceptor(self.config.protocol_id, self._accept_stream)
         else:
             self.host.remove_stream_handler(self.config.protocol_id)
         log.info("%s: kad mode is now %s", self.host.peer_id, new.value)
@@ -716,46 +718,12 @@ class KadDHT:
 
     # -- RPC server -----------------------------------------------------------------------------
 
-    async def _handle_stream(self, stream: Stream) -> None:
-        peer = stream.conn.remote_peer
-        cfg = self.config
-        served = 0
-        try:
-            while True:
-                async with asyncio.timeout(cfg.inbound_idle_timeout):
-                    data = await read_length_prefixed_or_eof(
-                        stream, cfg.max_message_size, timeout=None
-                    )
-                if data is None:
-                    break
-                served += 1
-                if served % REQUESTS_PER_TURN == 0:
-                    # A read of buffered requests returns without suspending: a peer that
-                    # queued thousands (ADD_PROVIDER needs no answer) held the loop for
-                    # seconds. Let the other tasks run between batches.
-                    await asyncio.sleep(0)
-                if self.behaviour.mode is not Mode.SERVER or self._lifecycle.closed:
-                    await stream.reset()
-                    return
-                try:
-                    resp = self.behaviour.handle_request(peer, m.decode(data), self._wall())
-                finally:
-                    self._notify()
-                if resp is not None:
-                    await write_length_prefixed(stream, m.encode(resp))
-        except TimeoutError:
-            log.debug("kad stream from %s idle for %.0f s: reset", peer, cfg.inbound_idle_timeout)
-            self.behaviour.count("idle inbound streams reset")
-            await stream.reset()
-            self._notify()
+    def _accept_stream(self, stream: Stream) -> None:
+        """An inbound kad stream: its requests are answered as they arrive (no task)."""
+        if self.behaviour.mode is not Mode.SERVER or self._lifecycle.closed:
+            stream.reset_nowait()
             return
-        except (KadError, ProtocolError) as exc:
-            self.behaviour.count("bad requests")
-            log.info("bad kad request from %s: %s", peer, exc)
-            await stream.reset()
-            self._notify()
-            return
-        await stream.close()
+        KadInboundStream(self, stream).start()
 
     def handle_request(self, peer: PeerID, msg: kad_pb2.Message) -> kad_pb2.Message | None:
         """Answer one request from ``peer`` now (the behaviour's server, on this node's clock)."""

@@ -64,7 +64,14 @@ from p2pnet.mux.yamux import (
     YamuxSession,
 )
 from p2pnet.resources.manager import ConnectionScope, StreamScope
-from p2pnet.stream import ConnectionInfo, Direction, StreamCallback, StreamConsumer
+from p2pnet.stream import (
+    ConnectionInfo,
+    Direction,
+    Stream,
+    StreamAcceptor,
+    StreamCallback,
+    StreamConsumer,
+)
 from p2pnet.waiters import Waiters
 
 log = logging.getLogger("p2pnet.yamux")
@@ -208,6 +215,19 @@ class YamuxStream(ChunkReader):
             self._push(consumer, leftover)
         if self._consumer is consumer:
             self._drain_to_consumer()  # (also tells a consumer that reset its stream meanwhile)
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of what the stream delivers next (``read`` or a
+        consumer): bytes a push consumer took and did not use, as what followed a protocol
+        negotiation. They were consumed already (flow control counted them once)."""
+        if self._consumer is not None:
+            raise RuntimeError(f"stream {self.stream_id} delivers to a consumer: no unread()")
+        if not data:
+            return
+        if self._pending_pos < len(self._pending):
+            data = data + self._take_pending(-1)
+        self._pending = data
+        self._pending_pos = 0
 
     def pause_reading(self) -> None:
         self._push_paused = True
@@ -380,8 +400,16 @@ class YamuxStream(ChunkReader):
         """Half-close: send FIN. Reading still works until the remote's FIN. Idempotent."""
         self.connection.close_stream(self)
 
+    def close_nowait(self) -> None:
+        """What :meth:`close` does (it never waits)."""
+        self.connection.close_stream(self)
+
     async def reset(self) -> None:
         """Abort both directions: RST to the remote, pending readers/writers get StreamReset."""
+        self.connection.reset_stream(self)
+
+    def reset_nowait(self) -> None:
+        """What :meth:`reset` does (it never waits)."""
         self.connection.reset_stream(self)
 
     async def __aenter__(self) -> YamuxStream:
@@ -436,6 +464,7 @@ class YamuxConnection:
         info: ConnectionInfo | None = None,
         clock: Clock = SYSTEM_CLOCK,
         scope: ConnectionScope | None = None,
+        accept: StreamAcceptor | None = None,
     ) -> None:
         self.conn = conn
         #: The connection's resource scope: its streams and their buffers count against it.
@@ -447,6 +476,7 @@ class YamuxConnection:
         self.session = YamuxSession(initiator=initiator, config=self.config)
         self._now = clock.monotonic
         self._on_stream = on_stream
+        self._accept = accept
         self._streams: dict[int, YamuxStream] = {}
         self._accept_queue: deque[YamuxStream] = deque()
         self._accept_event = Waiters()
@@ -947,19 +977,40 @@ class YamuxConnection:
                     return ConnectionClosed("inbound stream flood")
                 return None
         stream = self._new_stream(record, scope)
+        accept = self._accept
+        if accept is not None:
+            # push mode: no task unless the acceptor asks for one (spawn_handler)
+            self.session.accept_stream(sid)
+            try:
+                accept(stream)
+            except Exception:
+                log.exception("accepting stream %d failed; resetting it", sid)
+                self.reset_stream(stream)
+            return None
         if self._on_stream is None:
             self._accept_queue.append(stream)
             self._accept_event.wake()
             return None
         self.session.accept_stream(sid)
+        self.spawn_handler(stream, self._on_stream)
+        return None
+
+    def spawn_handler(self, stream: Stream, handler: StreamCallback) -> None:
+        """Run ``handler(stream)`` in a task the connection owns (cancelled when it closes;
+        an exception is logged and resets the stream; the stream's scope is kept until it
+        ends)."""
+        if not isinstance(stream, YamuxStream) or stream.connection is not self:
+            raise ValueError(f"{stream!r} is not a stream of this connection")
+        if self._closing:
+            # (the connection's end released the stream's scope, or will once forgotten)
+            return
         stream.handler_running = True
         assert self._loop is not None
         task = self._loop.create_task(
-            self._run_handler(self._on_stream, stream), name=f"yamux-stream-{sid}"
+            self._run_handler(handler, stream), name=f"yamux-stream-{stream.stream_id}"
         )
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_done)
-        return None
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
         self._handler_tasks.discard(task)
@@ -1177,6 +1228,7 @@ class YamuxMuxer:
         on_stream: StreamCallback | None,
         clock: Clock,
         scope: ConnectionScope | None = None,
+        accept: StreamAcceptor | None = None,
     ) -> YamuxConnection:
         return YamuxConnection(
             secure,
@@ -1186,4 +1238,5 @@ class YamuxMuxer:
             info=info,
             clock=clock,
             scope=scope,
+            accept=accept,
         )

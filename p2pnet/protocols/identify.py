@@ -35,7 +35,11 @@ from p2pnet.resources.limits import ResourceLimits
 from p2pnet.resources.manager import TokenBucket
 from p2pnet.service import Lifecycle
 from p2pnet.stream import ConnectionInfo, Stream
-from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
+from p2pnet.wire.framing import (
+    encode_length_prefixed,
+    read_length_prefixed,
+    write_length_prefixed,
+)
 
 PROTOCOL_ID = "/ipfs/id/1.0.0"
 PUSH_PROTOCOL_ID = "/ipfs/id/push/1.0.0"
@@ -72,7 +76,7 @@ class IdentifyService:
 
     def _attach(self) -> None:
         host = self.host
-        host.set_stream_handler(PROTOCOL_ID, self._handle_identify)
+        host.set_stream_acceptor(PROTOCOL_ID, self._accept_identify)
         host.set_stream_handler(PUSH_PROTOCOL_ID, self._handle_push)
         bus = host.bus
         self._unsubscribe = [
@@ -130,9 +134,9 @@ class IdentifyService:
             self._record = (key, make_peer_record(self.host.key, addrs, seq))
         return self._record[1]
 
-    async def _handle_identify(self, stream: Stream) -> None:
-        async with stream:
-            await write_length_prefixed(stream, self.build_message(stream.conn))
+    def _accept_identify(self, stream: Stream) -> None:
+        """An identify request: our message, then the stream ends (no task for it)."""
+        self.host.reply_and_finish(stream, encode_length_prefixed(self.build_message(stream.conn)))
 
     # -- their side ------------------------------------------------------------------------------
 
