@@ -210,6 +210,10 @@ class MuxedConnection(Protocol):
 
     async def open_stream(self) -> Stream: ...
 
+    def open_stream_nowait(self) -> Stream | None:
+        """``open_stream`` when that needs no waiting (else None)."""
+        ...
+
     def spawn_handler(self, stream: Stream, handler: StreamCallback) -> None:
         """Run ``handler(stream)`` (an inbound stream of this connection) in a task the
         connection owns: cancelled when it closes; an exception resets the stream."""

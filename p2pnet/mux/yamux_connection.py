@@ -643,7 +643,19 @@ class YamuxConnection:
                 raise StreamLimitExceeded(
                     f"{session.ack_backlog} streams wait for an ACK from the remote"
                 ) from None
+        return self._open_now()
+
+    def open_stream_nowait(self) -> YamuxStream | None:
+        """:meth:`open_stream` when that needs no waiting, else None (too many streams wait
+        for an ACK); raises like it otherwise."""
         self._check_open()
+        if not self.session.can_open_stream():
+            return None
+        return self._open_now()
+
+    def _open_now(self) -> YamuxStream:
+        self._check_open()
+        session = self.session
         scope = None
         if self.scope is not None:
             scope = self.scope.open_stream(Direction.OUTBOUND, self._now())

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from p2pnet.deadlines import Deadline, DeadlineQueue
 from p2pnet.errors import P2PError
 from p2pnet.host.bus import (
     AddressesChanged,
@@ -23,6 +24,7 @@ from p2pnet.host.bus import (
 )
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
+from p2pnet.multistream.core import MultistreamDialer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.record import make_peer_record
 from p2pnet.protocols.identify_messages import (
@@ -32,10 +34,11 @@ from p2pnet.protocols.identify_messages import (
     parse_identify,
 )
 from p2pnet.resources.limits import ResourceLimits
-from p2pnet.resources.manager import TokenBucket
+from p2pnet.resources.manager import TokenBucket, stream_scope_of
 from p2pnet.service import Lifecycle
 from p2pnet.stream import ConnectionInfo, Stream
 from p2pnet.wire.framing import (
+    FrameDecoder,
     encode_length_prefixed,
     read_length_prefixed,
     write_length_prefixed,
@@ -67,6 +70,8 @@ class IdentifyService:
         self._push_budget: dict[PeerID, TokenBucket] = {}
         self._record: tuple[tuple[bytes, ...], bytes] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
+        #: The deadlines of the identify requests under way (one timer for all).
+        self._deadlines = DeadlineQueue(timeout)
         # Serving from construction (what every caller relies on): the service starts here.
         self._lifecycle = Lifecycle("identify")
         self._lifecycle.begin_start()
@@ -99,6 +104,7 @@ class IdentifyService:
             stop()
         self.host.remove_stream_handler(PROTOCOL_ID)
         self.host.remove_stream_handler(PUSH_PROTOCOL_ID)
+        self._deadlines.clear()
 
     def on_identified(self, callback: Callable[[IdentifyInfo], None]) -> Callable[[], None]:
         """Call ``callback`` after every identify or push from a peer has been applied.
@@ -149,8 +155,31 @@ class IdentifyService:
     def _on_connected(self, conn: Connection) -> None:
         self._event(conn.remote_peer)
         self._running[conn] = []
+        try:
+            stream = conn.muxed.open_stream_nowait()
+        except P2PError as exc:
+            log.info("identify of %s failed: %s", conn.remote_peer, exc)
+            self._finished(conn)
+            return
+        if stream is not None:
+            # no task: the answer is read as it arrives (_IdentifyRequest)
+            _IdentifyRequest(self, conn, stream).start(self._deadlines)
+            return
         # (a constant name: the peer's base58 text would be computed for every connection)
         self.host.spawn(self._identify_quietly(conn), name="identify")
+
+    def _finished(self, conn: Connection) -> None:
+        for waiter in self._running.pop(conn, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _answered(self, conn: Connection, data: bytes) -> None:
+        """The identify message ``data`` came from the peer on ``conn``: record it."""
+        try:
+            info = self._apply(parse_identify(conn.remote_peer, data, push=False))
+            self._observed(conn, info)
+        except P2PError as exc:
+            log.info("identify of %s failed: %s", conn.remote_peer, exc)
 
     def _on_disconnected(self, conn: Connection) -> None:
         if not self.host.is_connected(conn.remote_peer):
@@ -163,9 +192,7 @@ class IdentifyService:
         except (P2PError, TimeoutError) as exc:
             log.info("identify of %s failed: %s", conn.remote_peer, exc)
         finally:
-            for waiter in self._running.pop(conn, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._finished(conn)
 
     async def identify_finished(self, conn: Connection) -> None:
         """Until the identify exchange this service started when ``conn`` opened has ended,
@@ -272,3 +299,95 @@ class IdentifyService:
                     await write_length_prefixed(stream, self.build_message(conn))
         except (P2PError, TimeoutError) as exc:
             log.debug("identify push to %s failed: %s", conn.remote_peer, exc)
+
+
+class _IdentifyRequest:
+    """Our identify request on a new connection, without a task: the stream's consumer feeds
+    the multistream dialer, then the answer's length-prefixed message, as the bytes arrive.
+
+    The same bounds as :meth:`IdentifyService.identify_connection`: the service's ``timeout``
+    for the whole exchange (a deadline of the service's queue), at most
+    :data:`MAX_IDENTIFY_SIZE` bytes, a refused or malformed negotiation, a malformed prefix or
+    a stream that ends early fails it (the stream is reset); bytes after the message are
+    ignored (we close our side once it is read). Waiters of ``identify_finished`` are released
+    when it ends, whichever way."""
+
+    __slots__ = ("_conn", "_deadline", "_decoder", "_neg", "_service", "_stream")
+
+    def __init__(self, service: IdentifyService, conn: Connection, stream: Stream) -> None:
+        self._service = service
+        self._conn = conn
+        self._stream = stream
+        self._neg: MultistreamDialer | None = MultistreamDialer([PROTOCOL_ID])
+        self._decoder = FrameDecoder(MAX_IDENTIFY_SIZE)
+        self._deadline: Deadline | None = None
+
+    def start(self, deadlines: DeadlineQueue) -> None:
+        stream = self._stream
+        assert self._neg is not None
+        try:
+            if not stream.write_nowait(self._neg.data_to_send()):
+                # (a new stream on a connection whose writes already wait: rare) a task does it
+                stream.reset_nowait()
+                self._service.host.spawn(
+                    self._service._identify_quietly(self._conn), name="identify"
+                )
+                return
+            self._deadline = deadlines.add(self._timed_out)
+            stream.set_consumer(self)
+        except P2PError as exc:
+            self._fail(str(exc))
+
+    def data_received(self, data: bytes) -> None:
+        neg = self._neg
+        try:
+            if neg is not None:
+                neg.receive_data(data)
+                if not neg.finished:
+                    return
+                self._neg = None
+                self._stream.protocol = PROTOCOL_ID
+                scope = stream_scope_of(self._stream)
+                if scope is not None:
+                    scope.set_protocol(PROTOCOL_ID)
+                data = neg.take_unused()
+                if not data:
+                    return
+            decoder = self._decoder
+            decoder.feed(data)
+            message = decoder.next_frame()
+        except P2PError as exc:
+            self._fail(str(exc))
+            return
+        if message is not None:
+            self._end()
+            try:
+                self._stream.close_nowait()
+            except P2PError as exc:  # pragma: no cover - reset meanwhile
+                log.debug("closing the identify stream: %s", exc)
+            try:
+                self._service._answered(self._conn, message)
+            finally:
+                self._service._finished(self._conn)
+
+    def eof_received(self) -> None:
+        self._fail("the stream ended before the identify message")
+
+    def stream_lost(self, exc: P2PError) -> None:
+        self._fail(str(exc))
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        self._fail(f"timed out after {self._service.timeout:g} s")
+
+    def _end(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._stream.set_consumer(None)
+
+    def _fail(self, why: str) -> None:
+        self._end()
+        log.info("identify of %s failed: %s", self._conn.remote_peer, why)
+        self._stream.reset_nowait()
+        self._service._finished(self._conn)
