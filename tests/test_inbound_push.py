@@ -294,7 +294,7 @@ async def kad_server(**kad: Any) -> AsyncIterator[tuple[Host, Host, KadDHT]]:
 
 
 async def test_kad_answers_many_requests_sent_at_once_in_order() -> None:
-    async with kad_server() as (a, b, dht):
+    async with kad_server() as (a, b, _dht):
         conn = await a.connect(b.p2p_addrs()[0])
         stream = await conn.new_stream([KAD])
         count = 3 * REQUESTS_PER_TURN + 5
@@ -308,7 +308,7 @@ async def test_kad_answers_many_requests_sent_at_once_in_order() -> None:
 
 
 async def test_kad_answers_when_writes_must_wait() -> None:
-    async with kad_server() as (a, b, dht):
+    async with kad_server() as (a, b, _dht):
         conn = await a.connect(b.p2p_addrs()[0])
         with inbound_writes_wait():
             stream = await conn.new_stream([KAD])
@@ -339,7 +339,7 @@ async def test_kad_resets_a_stream_with_a_bad_request(garbage: bytes) -> None:
 
 
 async def test_kad_resets_a_stream_that_ends_inside_a_request() -> None:
-    async with kad_server() as (a, b, dht):
+    async with kad_server() as (a, b, _dht):
         conn = await a.connect(b.p2p_addrs()[0])
         stream = await conn.new_stream([KAD])
         await stream.write(b"\x20only part of it")
