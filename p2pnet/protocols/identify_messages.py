@@ -97,6 +97,7 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
     except DecodeError as exc:
         raise ProtocolError(f"malformed identify message from {peer}") from exc
     info = IdentifyInfo(peer=peer, push=push)
+    known_key: tuple[bytes, PublicKey] | None = None
     if msg.HasField("publicKey"):
         try:
             key = unmarshal_public_key(msg.publicKey)
@@ -105,6 +106,7 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
         if PeerID.from_public_key(key) != peer:
             raise ProtocolError(f"identify from {peer} carries another peer's public key")
         info.public_key = key
+        known_key = (msg.publicKey, key)
     # Capped however many the peer sends (a push of 6000 addresses used to be stored whole).
     # An unspecified address (0.0.0.0, ::) is nobody's address: an old or misconfigured
     # peer may send one; dialling it would reach ourselves.
@@ -125,7 +127,7 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
         info.protocol_version = msg.protocolVersion
     if msg.HasField("signedPeerRecord"):
         try:
-            verify_peer_record(msg.signedPeerRecord, peer)
+            verify_peer_record(msg.signedPeerRecord, peer, expected_key=known_key)
         except InvalidPeerRecord as exc:
             log.info("identify from %s carries an invalid peer record: %s", peer, exc)
         else:
