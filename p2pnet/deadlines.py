@@ -62,7 +62,12 @@ class DeadlineQueue:
             loop = self._loop = asyncio.get_running_loop()
             self._timer = None
         entry = Deadline(loop.time() + self.delay, callback)
-        self._entries.append(entry)
+        entries = self._entries
+        # cancelled ones at the head go now (most end in the order they began), not at their
+        # time: on a virtual clock that stands still they would pile up
+        while entries and entries[0].callback is None:
+            entries.popleft()
+        entries.append(entry)
         if self._timer is None:
             self._timer = loop.call_at(entry.at, self._fire)
         return entry

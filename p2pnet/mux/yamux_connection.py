@@ -72,7 +72,7 @@ from p2pnet.stream import (
     StreamCallback,
     StreamConsumer,
 )
-from p2pnet.waiters import Waiters
+from p2pnet.waiters import Flag, Waiters
 
 log = logging.getLogger("p2pnet.yamux")
 
@@ -478,7 +478,8 @@ class YamuxConnection:
         self._on_stream = on_stream
         self._accept = accept
         self._streams: dict[int, YamuxStream] = {}
-        self._accept_queue: deque[YamuxStream] = deque()
+        # (lists, not deques: an empty deque costs ~760 bytes per connection; both stay short)
+        self._accept_queue: list[YamuxStream] = []
         self._accept_event = Waiters()
         self._room = Waiters()
         self._open_room = Waiters()
@@ -495,7 +496,7 @@ class YamuxConnection:
         self._replies_paused = False
         # received and not parsed yet: the core stopped at its frame budget for this turn of the
         # loop (``max_frames_per_turn``); chunks received meanwhile wait here, reading paused
-        self._held: deque[bytes] = deque()
+        self._held: list[bytes] = []
         self._turn_scheduled = False
         #: Bytes received for streams and not read by their applications yet.
         self.unread = 0
@@ -509,7 +510,7 @@ class YamuxConnection:
         self._closing = False
         self._error: P2PError | None = None
         #: Set once the connection is fully closed (``conn`` closed, stream handlers ended).
-        self.closed = asyncio.Event()
+        self.closed = Flag()
         self._close_callbacks: list[Callable[[], None]] = []
         #: Bytes of yamux frames read from and written to ``conn`` (for metrics).
         self.bytes_received = 0
@@ -676,7 +677,7 @@ class YamuxConnection:
             raise RuntimeError("inbound streams go to the on_stream callback")
         while True:
             while self._accept_queue:
-                stream = self._accept_queue.popleft()
+                stream = self._accept_queue.pop(0)
                 if stream.record.is_reset:
                     continue
                 self.session.accept_stream(stream.stream_id)
@@ -828,7 +829,7 @@ class YamuxConnection:
         """The connection below ends: what it received before is parsed first, whatever the
         budget (frames and FINs the remote sent before it went are not lost)."""
         while not self._closing and (self.session.unparsed or self._held):
-            self._parse(b"" if self.session.unparsed else self._held.popleft(), 0)
+            self._parse(b"" if self.session.unparsed else self._held.pop(0), 0)
 
     def _next_turn(self) -> None:
         """Parse the next ``max_frames_per_turn`` frames of what was received."""
@@ -838,7 +839,7 @@ class YamuxConnection:
         if self.session.unparsed:
             self._parse(b"", self.config.max_frames_per_turn)
         elif self._held:
-            self._parse(self._held.popleft(), self.config.max_frames_per_turn)
+            self._parse(self._held.pop(0), self.config.max_frames_per_turn)
         self._update_reading()
 
     def close_stream(self, stream: YamuxStream) -> None:

@@ -37,6 +37,7 @@ from p2pnet.resources.limits import ResourceLimits
 from p2pnet.resources.manager import TokenBucket, stream_scope_of
 from p2pnet.service import Lifecycle
 from p2pnet.stream import ConnectionInfo, Stream
+from p2pnet.waiters import Waiters
 from p2pnet.wire.framing import (
     FrameDecoder,
     encode_length_prefixed,
@@ -63,7 +64,9 @@ class IdentifyService:
     def __init__(self, host: Host, *, timeout: float = 10.0) -> None:
         self.host = host
         self.timeout = timeout
-        self._identified: dict[PeerID, asyncio.Event] = {}
+        #: Peers identified (at least once, while connected), and who waits for the others.
+        self._identified: set[PeerID] = set()
+        self._identify_waiters: dict[PeerID, Waiters] = {}
         #: Connections whose identify exchange runs, and who waits for its end.
         self._running: dict[Connection, list[asyncio.Future[None]]] = {}
         self._push_pending = False
@@ -146,14 +149,7 @@ class IdentifyService:
 
     # -- their side ------------------------------------------------------------------------------
 
-    def _event(self, peer: PeerID) -> asyncio.Event:
-        event = self._identified.get(peer)
-        if event is None:
-            event = self._identified[peer] = asyncio.Event()
-        return event
-
     def _on_connected(self, conn: Connection) -> None:
-        self._event(conn.remote_peer)
         self._running[conn] = []
         try:
             stream = conn.muxed.open_stream_nowait()
@@ -183,7 +179,7 @@ class IdentifyService:
 
     def _on_disconnected(self, conn: Connection) -> None:
         if not self.host.is_connected(conn.remote_peer):
-            self._identified.pop(conn.remote_peer, None)
+            self._identified.discard(conn.remote_peer)
             self._push_budget.pop(conn.remote_peer, None)
 
     async def _identify_quietly(self, conn: Connection) -> None:
@@ -261,17 +257,28 @@ class IdentifyService:
 
     def _apply(self, info: IdentifyInfo) -> IdentifyInfo:
         apply_identify(self.host.peerstore, info)
-        self._event(info.peer).set()
+        self._identified.add(info.peer)
+        waiters = self._identify_waiters.pop(info.peer, None)
+        if waiters is not None:
+            waiters.wake()
         log.debug("identified %s: %s", info.peer, info)
         self.host.bus.emit(PeerIdentified(info))
         return info
 
     async def wait_identified(self, peer: PeerID, timeout: float = 10.0) -> None:
         """Wait until the first identify exchange with ``peer`` completed."""
-        event = self._event(peer)
-        if not event.is_set():
+        if peer in self._identified:
+            return
+        waiters = self._identify_waiters.get(peer)
+        if waiters is None:
+            waiters = self._identify_waiters[peer] = Waiters()
+        try:
             async with asyncio.timeout(timeout):  # (wait_for would wrap the wait in a task)
-                await event.wait()
+                while peer not in self._identified:
+                    await waiters.wait()
+        finally:
+            if not waiters.waiting and self._identify_waiters.get(peer) is waiters:
+                del self._identify_waiters[peer]
 
     # -- push --------------------------------------------------------------------------------
 
