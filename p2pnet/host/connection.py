@@ -29,6 +29,20 @@ class Connection:
     Streams are opened through it; every stream of it reports it as ``stream.conn``.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_direction",
+        "_local_addr",
+        "_muxer_id",
+        "_negotiate_timeout",
+        "_opened_at",
+        "_remote_addr",
+        "_security",
+        "muxed",
+        "scope",
+        "secure",
+    )
+
     def __init__(
         self,
         secure: SecureConnection,

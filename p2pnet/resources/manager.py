@@ -409,6 +409,26 @@ class ResourceManager:
 class ConnectionScope:
     """One connection: in the transient scope during its upgrade, then in its peer's."""
 
+    __slots__ = (
+        "_chain",
+        "_conns_key",
+        "_done",
+        "_flooding",
+        "_ip_scope",
+        "_peer_scope",
+        "_refusals",
+        "_stream_rate",
+        "_transient",
+        "direction",
+        "evicted",
+        "ip",
+        "manager",
+        "on_evict",
+        "opened",
+        "peer",
+        "scope",
+    )
+
     def __init__(
         self,
         manager: ResourceManager,
@@ -565,6 +585,17 @@ class ConnectionScope:
 
 class StreamScope:
     """One stream: counted in its connection, its peer and, once negotiated, its protocol."""
+
+    __slots__ = (
+        "_done",
+        "_protocol_scopes",
+        "_resource",
+        "_transient",
+        "conn",
+        "direction",
+        "memory",
+        "protocol",
+    )
 
     def __init__(self, conn: ConnectionScope, direction: Direction, resource: str) -> None:
         self.conn = conn
