@@ -15,8 +15,9 @@ bytes, timers and events, and it runs no task of its own (only stream handlers r
   channel says ``pause_writing`` nothing is flushed: stream writers wait at ``write_high_water``,
   and what the remote provokes meanwhile counts against the connection's memory scope; over it
   the connection is closed (a remote that pings but never reads cannot grow our memory);
-* the *keepalive* is one timer handle at :meth:`~p2pnet.mux.yamux.YamuxSession.get_timer`
-  running :meth:`~p2pnet.mux.yamux.YamuxSession.handle_timer`.
+* the *keepalive* is one timer at :meth:`~p2pnet.mux.yamux.YamuxSession.get_timer` running
+  :meth:`~p2pnet.mux.yamux.YamuxSession.handle_timer`, in the loop's shared buckets
+  (:class:`_CoarseTimers`: up to 1/32 s late, one loop timer per bucket).
 
 Time is read only through the injected :class:`~p2pnet.clock.Clock`.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -544,7 +546,7 @@ class YamuxConnection:
         self.unread = 0
         #: Bytes of queued outbound frames reserved in ``scope`` (while the channel is paused).
         self._backlog_reserved = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: _CoarseTimer | None = None
         self._timer_deadline: float | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._channel_lost = False
@@ -1101,7 +1103,9 @@ class YamuxConnection:
             self._timer = None
         self._timer_deadline = deadline
         if deadline is not None and self._loop is not None:
-            self._timer = self._loop.call_later(max(deadline - self._now(), 0.0), self._on_timer)
+            self._timer = _coarse_timers_of(self._loop).add(
+                self._loop, max(deadline - self._now(), 0.0), self._on_timer
+            )
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -1252,6 +1256,71 @@ class _Flusher:
                 conn._flush()
             except Exception:  # a bug in one connection must not stall the others' writes
                 log.exception("yamux: writing queued frames failed")
+
+
+#: How late (at most) a keepalive timer fires: its bucket's width, in seconds.
+COARSE_TIMER_GRANULARITY = 1 / 32
+
+
+class _CoarseTimer:
+    """One timer of :class:`_CoarseTimers` (``cancel``: it never fires)."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback: Callable[[], None] | None = callback
+
+    def cancel(self) -> None:
+        self.callback = None
+
+
+class _CoarseTimers:
+    """The keepalive timers of every yamux connection of one event loop, in buckets of
+    :data:`COARSE_TIMER_GRANULARITY` seconds: one loop timer per bucket instead of one per
+    connection. Thousands of long-lived timer handles slow every timer operation of the loop
+    down (its heap compares them in Python); a keepalive needs no better precision. A timer
+    fires up to one bucket late, never early."""
+
+    # no reference to the loop: it is the key of a weak mapping to this
+    __slots__ = ("_buckets",)
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, list[_CoarseTimer]] = {}
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, delay: float, callback: Callable[[], None]
+    ) -> _CoarseTimer:
+        key = math.ceil((loop.time() + delay) / COARSE_TIMER_GRANULARITY)
+        timer = _CoarseTimer(callback)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._buckets[key] = [timer]
+            loop.call_at(key * COARSE_TIMER_GRANULARITY, self._fire, key)
+        else:
+            bucket.append(timer)
+        return timer
+
+    def _fire(self, key: int) -> None:
+        for timer in self._buckets.pop(key, ()):
+            callback = timer.callback
+            if callback is not None:
+                timer.callback = None
+                try:
+                    callback()
+                except Exception:  # one connection's bug must not stop the others' timers
+                    log.exception("yamux: a keepalive timer failed")
+
+
+_coarse_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _CoarseTimers] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _coarse_timers_of(loop: asyncio.AbstractEventLoop) -> _CoarseTimers:
+    timers = _coarse_timers.get(loop)
+    if timers is None:
+        timers = _coarse_timers[loop] = _CoarseTimers()
+    return timers
 
 
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
