@@ -144,3 +144,22 @@ def test_a_record_signed_with_the_identify_key_is_still_checked() -> None:
     ):
         info = parse_identify(peer, message(key, signed_peer_record=record), push=False)
         assert info.signed_peer_record is None
+
+
+def test_identify_parts_around_the_observed_address_make_the_same_bytes() -> None:
+    from p2pnet.protocols.identify_messages import identify_parts, observed_addr_field
+
+    key = KeyPair.generate()
+    for observed in (Multiaddr("/ip4/127.0.0.1/tcp/9"), None):
+        for record in (make_peer_record(key, ADDRS, 7), None):
+            fields: dict[str, object] = {
+                "public_key": key.public_key,
+                "listen_addrs": ADDRS,
+                "protocols": ["/ipfs/id/1.0.0", "/x/1"],
+                "protocol_version": "ipfs/0.1.0",
+                "agent_version": "p2pnet/test",
+                "signed_peer_record": record,
+            }
+            before, after = identify_parts(**fields)  # type: ignore[arg-type]
+            whole = build_identify(observed_addr=observed, **fields)  # type: ignore[arg-type]
+            assert before + observed_addr_field(observed) + after == whole

@@ -13,6 +13,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from multiaddr import Multiaddr
+
 from p2pnet.deadlines import Deadline, DeadlineQueue
 from p2pnet.errors import P2PError
 from p2pnet.host.bus import (
@@ -30,7 +32,8 @@ from p2pnet.peer.record import make_peer_record
 from p2pnet.protocols.identify_messages import (
     IdentifyInfo,
     apply_identify,
-    build_identify,
+    identify_parts,
+    observed_addr_field,
     parse_identify,
 )
 from p2pnet.resources.limits import ResourceLimits
@@ -72,6 +75,9 @@ class IdentifyService:
         self._push_pending = False
         self._push_budget: dict[PeerID, TokenBucket] = {}
         self._record: tuple[tuple[bytes, ...], bytes] | None = None
+        #: Our identify message but the observed address: (addresses, record, protocols,
+        #: (the bytes before it, the bytes after it)).
+        self._parts: tuple[list[Multiaddr], bytes, list[str], tuple[bytes, bytes]] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         #: The deadlines of the identify requests under way (one timer for all).
         self._deadlines = DeadlineQueue(timeout)
@@ -121,21 +127,40 @@ class IdentifyService:
     # -- our side ------------------------------------------------------------------------------
 
     def build_message(self, conn: ConnectionInfo) -> bytes:
-        """Our identify message for the peer on ``conn`` (its address is what we observe)."""
-        host = self.host
-        return build_identify(
-            public_key=host.key.public_key,
-            listen_addrs=host.advertised_addrs,
-            protocols=host.protocols,
-            observed_addr=conn.remote_addr,
-            protocol_version=host.config.protocol_version,
-            agent_version=host.config.agent_version,
-            signed_peer_record=self.signed_peer_record(),
-        )
+        """Our identify message for the peer on ``conn`` (its address is what we observe).
 
-    def signed_peer_record(self) -> bytes:
-        """Our signed peer record (RFC 0003), re-signed only when our addresses change."""
-        addrs = self.host.advertised_addrs
+        All but the observed address is the same for every peer: made again only when our
+        addresses, protocols or record change (:func:`identify_parts`; same bytes as
+        :func:`build_identify`)."""
+        host = self.host
+        addrs = host.advertised_addrs
+        record = self.signed_peer_record(addrs)
+        protocols = host.protocols
+        cached = self._parts
+        if (
+            cached is None
+            or cached[1] is not record
+            or cached[0] != addrs
+            or cached[2] != protocols
+        ):
+            config = host.config
+            parts = identify_parts(
+                public_key=host.key.public_key,
+                listen_addrs=addrs,
+                protocols=protocols,
+                protocol_version=config.protocol_version,
+                agent_version=config.agent_version,
+                signed_peer_record=record,
+            )
+            cached = self._parts = (addrs, record, protocols, parts)
+        before, after = cached[3]
+        return before + observed_addr_field(conn.remote_addr) + after
+
+    def signed_peer_record(self, addrs: list[Multiaddr] | None = None) -> bytes:
+        """Our signed peer record (RFC 0003), re-signed only when our addresses change
+        (``addrs``: the advertised addresses, when the caller has them already)."""
+        if addrs is None:
+            addrs = self.host.advertised_addrs
         key = tuple(a.to_bytes() for a in addrs)
         if self._record is None or self._record[0] != key:
             # Milliseconds since the epoch: a later record always has a higher sequence number.

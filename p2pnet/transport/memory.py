@@ -301,7 +301,7 @@ class MemoryTransport:
     async def dial(self, addr: Multiaddr, *, timeout: float) -> RawConnection:
         port = memory_port(addr)
         listener = self.network._listeners.get(port) if port is not None else None
-        if listener is None:
+        if listener is None or port is None:
             raise DialError(f"nothing listens on {addr}")
         local = memory_addr(self.network._free_port())
         remote = memory_addr(port)
