@@ -88,6 +88,25 @@ class YamuxStream(ChunkReader):
     :class:`~p2pnet.mux.yamux.StreamRecord`.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_chunks",
+        "_consumer",
+        "_eof_scheduled",
+        "_push_paused",
+        "_pushing",
+        "_readable",
+        "_writable",
+        "_write_lock",
+        "connection",
+        "counted",
+        "handler_running",
+        "protocol",
+        "record",
+        "scope",
+        "stream_id",
+    )
+
     def __init__(
         self, connection: YamuxConnection, record: StreamRecord, scope: StreamScope | None = None
     ) -> None:
