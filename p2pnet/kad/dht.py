@@ -32,6 +32,7 @@ from p2pnet.clock import Clock
 from p2pnet.deadlines import DeadlineQueue
 from p2pnet.errors import ConnectionClosed, NegotiationError, P2PError, ProtocolError, StreamError
 from p2pnet.kad import messages as m
+from p2pnet.kad.answer import AnswerReader
 from p2pnet.kad.behaviour import (
     CheckLiveness,
     Failure,
@@ -50,6 +51,7 @@ from p2pnet.kad.providers import InMemoryProviderStore, ProviderStore
 from p2pnet.kad.query import Lookup, LookupStats
 from p2pnet.kad.records import InMemoryRecordStore, NamespacedValidator, RecordStore
 from p2pnet.kad.routing_table import RoutingTable
+from p2pnet.multistream.core import MultistreamDialer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import TEMP_ADDR_TTL
 from p2pnet.service import Lifecycle, ServiceState
@@ -57,7 +59,6 @@ from p2pnet.stats import DurationHistogram
 from p2pnet.tasks import TaskOwner
 from p2pnet.wire.framing import (
     encode_length_prefixed,
-    read_length_prefixed,
     write_length_prefixed,
 )
 from p2pnet.wire.pb import kad_pb2
@@ -326,11 +327,14 @@ class KadDHT:
                     # the peer's protocols within about the round trip a negotiation would
                     # take; go-libp2p's NewStream waits for it likewise.
                     await self.identify.identify_finished(await self.host.connect_peer(peer))
-                if self.behaviour.speaks_kad(peer):
+                if self.behaviour.speaks_kad(peer) and expect_response:
                     # identify said the peer serves kad: the request goes out with the
                     # proposal (one round trip, not two), as go-libp2p's lazy negotiation
                     # does for a protocol the peer store knows. Not otherwise: a refusal
                     # followed by a reset would then read as a reset, not as a refusal.
+                    # The echo and the answer are read as they arrive (AnswerReader).
+                    stream, resp = await self._lazy_exchange(peer, proto, data)
+                elif self.behaviour.speaks_kad(peer):
                     framed = encode_length_prefixed(data)
                     stream = await self.host.new_stream(
                         peer, [proto], bounded=True, early_data=framed
@@ -354,15 +358,39 @@ class KadDHT:
         self, stream: Stream, data: bytes | None, expect_response: bool
     ) -> kad_pb2.Message | None:
         """Send the request ``data`` (None: it went out with the negotiation) and read the
-        answer."""
+        answer (by the stream's consumer, :class:`AnswerReader`)."""
         try:
             if data is not None:
                 await write_length_prefixed(stream, data)
             if not expect_response:
                 return None
             # (under the request's timeout: the read needs none of its own)
-            data = await read_length_prefixed(stream, self.config.max_message_size, timeout=None)
-            return m.decode(data)
+            reader = AnswerReader(stream, self.config.max_message_size)
+            stream.set_consumer(reader)
+            return m.decode(await reader.result)
+        except BaseException:
+            await stream.reset()
+            raise
+
+    async def _lazy_exchange(
+        self, peer: PeerID, proto: str, data: bytes
+    ) -> tuple[Stream, kad_pb2.Message]:
+        """A new stream to ``peer`` whose proposal carries the request ``data``; the echo and
+        the answer read as they arrive. What ``host.new_stream(..., early_data=...)`` and
+        :meth:`_exchange` do, without a read call per message."""
+        host = self.host
+        conn = await host.connect_peer(peer)
+        host.connmgr.used(peer, host.clock.monotonic())
+        muxed = conn.muxed
+        stream = muxed.open_stream_nowait() or await muxed.open_stream()
+        try:
+            negotiation = MultistreamDialer([proto], early_data=encode_length_prefixed(data))
+            reader = AnswerReader(stream, self.config.max_message_size, negotiation)
+            out = negotiation.data_to_send()
+            if not stream.write_nowait(out):
+                await stream.write(out)
+            stream.set_consumer(reader)
+            return stream, m.decode(await reader.result)
         except BaseException:
             await stream.reset()
             raise
