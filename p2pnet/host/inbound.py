@@ -51,7 +51,12 @@ class InboundNegotiation:
         """Send our header and take the stream's bytes from now on."""
         stream = self._stream
         header = self._neg.data_to_send()
-        if not stream.write_nowait(header):
+        try:
+            written = stream.write_nowait(header)
+        except P2PError as exc:  # reset (or its connection gone) before we answered
+            log.debug("inbound stream gone before its negotiation: %s", exc)
+            return
+        if not written:
             self._host.spawn_stream_task(stream, self._negotiate_in_task, header)
             return
         self._deadline = deadlines.add(self._timed_out)

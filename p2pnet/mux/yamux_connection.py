@@ -1055,6 +1055,8 @@ class YamuxConnection:
         stream = self._new_stream(record, scope)
         accept = self._accept
         if accept is not None:
+            if record.is_reset or not self.session.has_stream(sid):
+                return None  # reset in the same batch of frames as its SYN: nothing to serve
             # push mode: no task unless the acceptor asks for one (spawn_handler)
             self.session.accept_stream(sid)
             try:
