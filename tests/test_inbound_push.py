@@ -363,3 +363,55 @@ async def test_kad_stream_of_a_server_turned_client_is_reset() -> None:
         dht.behaviour.mode = Mode.CLIENT  # (as set_mode does, without unregistering)
         await stream.write(encode_length_prefixed(m.encode(m.find_node(b"x"))))
         await wait_reset(stream)
+
+
+async def test_a_consumer_that_resets_its_stream_when_the_connection_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Told of the connection's loss, a consumer resets its stream (which makes the muxer forget
+    it) while the muxer walks its streams: the connection still ends cleanly and gives back what
+    it held."""
+
+    class Resetter:
+        lost = 0
+
+        def __init__(self, stream: Stream) -> None:
+            self.stream = stream
+
+        def data_received(self, data: bytes) -> None:
+            pass
+
+        def eof_received(self) -> None:
+            pass
+
+        def stream_lost(self, exc: P2PError) -> None:
+            Resetter.lost += 1
+            self.stream.reset_nowait()
+
+    async with two_hosts() as (a, b):
+        b.set_stream_handler(ECHO, echo)
+        conn = await a.connect(b.p2p_addrs()[0])
+        for _ in range(3):
+            stream = await conn.new_stream([ECHO])
+            stream.set_consumer(Resetter(stream))
+        await conn.close()
+        assert Resetter.lost == 3
+        assert conn.muxed.is_closed and conn.muxed.num_streams == 0
+        assert a.resources.stat()["system"].get("memory", 0) == 0
+    assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
+
+
+async def test_identify_of_a_peer_that_leaves_before_answering() -> None:
+    async def silent(stream: Stream) -> None:
+        await asyncio.Event().wait()
+
+    async with two_hosts() as (a, b):
+        ida = IdentifyService(a)
+        b.set_stream_handler(IDENTIFY, silent)
+        conn = await a.connect(b.p2p_addrs()[0])
+        waiting = asyncio.ensure_future(ida.identify_finished(conn))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await conn.close()
+        await asyncio.wait_for(waiting, T)  # released by the stream's loss, no reset re-entry
+        assert a.resources.stat()["system"].get("memory", 0) == 0

@@ -1155,8 +1155,9 @@ class YamuxConnection:
         self._closing = True
         self._error = error
         session = self.session
-        # wake everyone: streams, accepters, openers, pingers, waiting writers
-        for stream in self._streams.values():
+        # wake everyone: streams, accepters, openers, pingers, waiting writers (a copy: a
+        # consumer told of the loss may reset its stream, which forgets it)
+        for stream in list(self._streams.values()):
             stream.wake()
             if stream.scope is not None and not stream.handler_running:
                 stream.scope.done()

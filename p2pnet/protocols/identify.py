@@ -406,7 +406,9 @@ class _IdentifyRequest:
         self._fail("the stream ended before the identify message")
 
     def stream_lost(self, exc: P2PError) -> None:
-        self._fail(str(exc))
+        # (the stream is gone already: no reset, which would re-enter the muxer while it
+        # tells its streams that the connection ended)
+        self._fail(str(exc), reset=False)
 
     def _timed_out(self) -> None:
         self._deadline = None
@@ -418,8 +420,9 @@ class _IdentifyRequest:
             self._deadline = None
         self._stream.set_consumer(None)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, *, reset: bool = True) -> None:
         self._end()
         log.info("identify of %s failed: %s", self._conn.remote_peer, why)
-        self._stream.reset_nowait()
+        if reset:
+            self._stream.reset_nowait()
         self._service._finished(self._conn)
