@@ -43,6 +43,8 @@ class ChunkReader:
     Leftover bytes of a chunk are kept for the next call, so a small read never loses data.
     """
 
+    __slots__ = ("_eof", "_pending", "_pending_pos")
+
     def __init__(self) -> None:
         self._pending = b""
         self._pending_pos = 0

@@ -135,6 +135,12 @@ class Stream(ReadWriter, Protocol):
         reported to ``consumer`` soon after, not from within this call."""
         ...
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of what ``read`` (or the next consumer) gets: bytes a
+        push consumer took and did not use (what followed a negotiation). Not while a
+        consumer is installed."""
+        ...
+
     def pause_reading(self) -> None:
         """Push mode: stop delivering until :meth:`resume_reading` (bytes wait in the stream's
         buffer; the remote's send window is no longer replenished). Idempotent."""
@@ -145,6 +151,14 @@ class Stream(ReadWriter, Protocol):
         ...
 
     async def reset(self) -> None: ...
+
+    def close_nowait(self) -> None:
+        """What ``close`` does, from synchronous code (it never waits)."""
+        ...
+
+    def reset_nowait(self) -> None:
+        """What ``reset`` does, from synchronous code (it never waits)."""
+        ...
 
     async def __aenter__(self) -> Stream: ...
 
@@ -157,6 +171,9 @@ class Stream(ReadWriter, Protocol):
 
 
 StreamCallback = Callable[[Stream], Awaitable[None]]
+#: Takes an inbound stream synchronously as the muxer accepts it (no task): it installs a
+#: consumer, or asks for a task with :meth:`MuxedConnection.spawn_handler`.
+StreamAcceptor = Callable[[Stream], None]
 
 
 class MuxedConnection(Protocol):
@@ -193,6 +210,15 @@ class MuxedConnection(Protocol):
 
     async def open_stream(self) -> Stream: ...
 
+    def open_stream_nowait(self) -> Stream | None:
+        """``open_stream`` when that needs no waiting (else None)."""
+        ...
+
+    def spawn_handler(self, stream: Stream, handler: StreamCallback) -> None:
+        """Run ``handler(stream)`` (an inbound stream of this connection) in a task the
+        connection owns: cancelled when it closes; an exception resets the stream."""
+        ...
+
     async def close(self) -> None: ...
 
     async def wait_closed(self) -> None: ...
@@ -217,8 +243,13 @@ class StreamMuxer(Protocol):
         on_stream: StreamCallback | None,
         clock: Clock,
         scope: ConnectionScope | None = None,
+        accept: StreamAcceptor | None = None,
     ) -> MuxedConnection:
         """Multiplex ``secure``; ``info`` is what every stream reports as its ``conn``.
+
+        Inbound streams go to ``accept`` when given (synchronously, from the data that opened
+        them: no task per stream unless it asks for one), else each to ``on_stream`` in a
+        task of its own.
 
         ``scope`` is the connection's resource scope: the muxer opens a stream scope for every
         stream (refusing inbound ones it does not grant with a reset, before any task runs for
@@ -234,6 +265,7 @@ __all__ = [
     "Direction",
     "MuxedConnection",
     "Stream",
+    "StreamAcceptor",
     "StreamCallback",
     "StreamConsumer",
     "StreamMuxer",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["Waiters"]
+__all__ = ["Flag", "Waiters"]
 
 
 class Waiters:
@@ -50,3 +50,25 @@ class Waiters:
     @property
     def waiting(self) -> int:
         return len(self._futures) if self._futures else 0
+
+
+class Flag:
+    """What an :class:`asyncio.Event` does (``set``, ``is_set``, ``wait``) for a flag that is
+    set once, with a future only while someone waits (an Event makes its deque up front)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters = Waiters()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        self._waiters.wake()
+
+    async def wait(self) -> None:
+        while not self._set:
+            await self._waiters.wait()

@@ -364,7 +364,7 @@ async def test_identify_ignores_a_peer_record_of_someone_else() -> None:
         ida, idb = IdentifyService(a), IdentifyService(b)
         # b lies: it hands out a record signed by another key.
         stranger = KeyPair.generate()
-        idb.signed_peer_record = lambda: make_peer_record(stranger, b.listen_addrs, 1)  # type: ignore[method-assign]
+        idb.signed_peer_record = lambda addrs=None: make_peer_record(stranger, b.listen_addrs, 1)  # type: ignore[method-assign]
         await a.connect(b.p2p_addrs()[0])
         await ida.wait_identified(b.peer_id, timeout=5)
         assert ECHO in a.peerstore.get_protocols(b.peer_id)  # identify itself still worked

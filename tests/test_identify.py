@@ -110,3 +110,56 @@ async def test_node_identify_runs_identify_again() -> None:
         assert set(info.listen_addrs) == set(b.listen_addrs)
         assert info in seen
         assert "/later/1.0.0" in a.host.peerstore.get_protocols(b.peer_id)
+
+
+def _record_naming(signer: KeyPair, named: PeerID, *, tamper: bool = False) -> bytes:
+    """A signed peer record made by ``signer`` that names ``named`` (``tamper``: its
+    signature broken)."""
+    from p2pnet.peer.record import PEER_RECORD_DOMAIN, PEER_RECORD_PAYLOAD_TYPE, _signed_bytes
+    from p2pnet.wire.pb import envelope_pb2, peer_record_pb2
+
+    payload = peer_record_pb2.PeerRecord(peer_id=named.to_bytes(), seq=1).SerializeToString()
+    signature = signer.sign(_signed_bytes(PEER_RECORD_DOMAIN, PEER_RECORD_PAYLOAD_TYPE, payload))
+    if tamper:
+        signature = bytes([signature[0] ^ 1]) + signature[1:]
+    env = envelope_pb2.Envelope(
+        payload_type=PEER_RECORD_PAYLOAD_TYPE, payload=payload, signature=signature
+    )
+    env.public_key.ParseFromString(signer.public_key.to_protobuf())
+    return env.SerializeToString()
+
+
+def test_a_record_signed_with_the_identify_key_is_still_checked() -> None:
+    """The envelope key equal to the identify message's (checked) key is not decoded again;
+    the record must still name the peer and carry a valid signature."""
+    key, other = KeyPair.generate(), KeyPair.generate()
+    peer = PeerID.from_public_key(key.public_key)
+    own = parse_identify(
+        peer, message(key, signed_peer_record=_record_naming(key, peer)), push=False
+    )
+    assert own.signed_peer_record is not None
+    for record in (
+        _record_naming(key, PeerID.from_public_key(other.public_key)),
+        _record_naming(key, peer, tamper=True),
+    ):
+        info = parse_identify(peer, message(key, signed_peer_record=record), push=False)
+        assert info.signed_peer_record is None
+
+
+def test_identify_parts_around_the_observed_address_make_the_same_bytes() -> None:
+    from p2pnet.protocols.identify_messages import identify_parts, observed_addr_field
+
+    key = KeyPair.generate()
+    for observed in (Multiaddr("/ip4/127.0.0.1/tcp/9"), None):
+        for record in (make_peer_record(key, ADDRS, 7), None):
+            fields: dict[str, object] = {
+                "public_key": key.public_key,
+                "listen_addrs": ADDRS,
+                "protocols": ["/ipfs/id/1.0.0", "/x/1"],
+                "protocol_version": "ipfs/0.1.0",
+                "agent_version": "p2pnet/test",
+                "signed_peer_record": record,
+            }
+            before, after = identify_parts(**fields)  # type: ignore[arg-type]
+            whole = build_identify(observed_addr=observed, **fields)  # type: ignore[arg-type]
+            assert before + observed_addr_field(observed) + after == whole

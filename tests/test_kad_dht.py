@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
+import p2pnet.kad.dht as kad_dht_module
 from p2pnet.agent.record import AGENT_NAMESPACE, AgentRecordValidator, sign_agent_record
 from p2pnet.crypto.keys import KeyPair, KeyType
-from p2pnet.errors import ProtocolNotSupported, StreamReset
+from p2pnet.errors import P2PError, ProtocolNotSupported, StreamReset
 from p2pnet.host.host import Host
 from p2pnet.kad import (
     InvalidRecord,
@@ -31,6 +32,7 @@ from p2pnet.kad import (
 from p2pnet.kad import messages as m
 from p2pnet.kad.records import StoredRecord
 from p2pnet.kad.routing_table import distance, kad_key
+from p2pnet.multistream.core import MultistreamDialer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.protocols.identify import IdentifyService
 from p2pnet.stream import Stream
@@ -178,20 +180,30 @@ async def test_mode_switch_is_announced(net10: list[KadNode]) -> None:
         await boot.dht._rpc(client.peer_id, m.find_node(b"x"))
 
 
-async def test_a_request_to_a_server_goes_with_the_proposal_once_identified() -> None:
+async def test_a_request_to_a_server_goes_with_the_proposal_once_identified(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     a, b = await make_node(), await make_node()
     stranger = await make_node()
     try:
         await link(a, b)
-        # what a's kad server handler sees first on b's stream: the request already there
+        # what a's kad server handler sees first on b's stream: the request already there.
+        # The lazy path opens its stream itself (what its multistream dialer is given); the
+        # plain one goes through host.new_stream.
         early: list[bytes] = []
         real_new_stream = a.host.new_stream
+        real_dialer = MultistreamDialer
 
         async def spy(peer: PeerID, protocols: Any, **kw: Any) -> Stream:
             early.append(kw.get("early_data", b""))
             return await real_new_stream(peer, protocols, **kw)
 
+        def dialer_spy(protocols: Any, **kw: Any) -> MultistreamDialer:
+            early.append(kw.get("early_data", b""))
+            return real_dialer(protocols, **kw)
+
         a.host.new_stream = spy  # type: ignore[method-assign]
+        monkeypatch.setattr(kad_dht_module, "MultistreamDialer", dialer_spy)
         resp = await a.dht._rpc(b.peer_id, m.find_node(b"x"))
         assert resp is not None and resp.type == m.FIND_NODE
         assert early and early[0].endswith(m.encode(m.find_node(b"x")))
@@ -656,3 +668,37 @@ async def test_routing_table_follows_the_network_from_an_empty_start() -> None:
         await a.dht.wait_until(lambda: f.peer_id in a.dht.routing_table)
     finally:
         await close_all([a, b, c, d, e, f])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"\xff\xff\xff\x7f",  # announces 256 MiB
+        b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",  # an over-long varint
+        b"\x20cut short",  # the stream ends inside the answer
+    ],
+    ids=["oversized", "bad varint", "cut short"],
+)
+async def test_a_bad_answer_read_as_it_arrives_fails_the_request(answer: bytes) -> None:
+    """The requester reads the echo and the answer by a push consumer: an answer it cannot
+    take fails the request (and resets the stream), and the peer is counted as failed."""
+
+    async def liar(stream: Stream) -> None:
+        await read_length_prefixed(stream)
+        await stream.write(answer)
+        await stream.close()
+
+    host, _ = await _fake_server(liar)
+    asker = await make_node()
+    try:
+        await asker.host.connect(host.p2p_addrs()[0])
+        await asker.identify.wait_identified(host.peer_id)
+        with pytest.raises(P2PError):
+            async with asyncio.timeout(5):
+                await asker.dht._rpc(host.peer_id, m.find_node(b"x"))
+        assert asker.dht._idle_streams.get(host.peer_id) in (None, [])
+        # the stream was reset, not left open (nor pooled)
+        assert asker.host.connections(host.peer_id)[0].muxed.num_streams == 0
+    finally:
+        await asker.close()
+        await host.close()

@@ -182,3 +182,14 @@ def test_hosts_on_a_virtual_clock_keepalive_and_time_their_connections() -> None
     assert opened_at == 1005.0
     assert pings == 20 and alive
     assert rtts == [0.0, 0.0]  # the memory transport has no delay, on the virtual clock
+
+
+def test_memory_addresses_built_from_bytes_equal_the_parsed_ones() -> None:
+    from multiaddr import Multiaddr
+
+    from p2pnet.transport.memory import memory_addr, memory_port
+
+    for port in (0, 1, 255, 256, 65535, 2**40):
+        addr = memory_addr(port)
+        assert addr == Multiaddr(f"/memory/{port}") and str(addr) == f"/memory/{port}"
+        assert memory_port(addr) == port

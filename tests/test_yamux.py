@@ -1064,11 +1064,15 @@ async def test_flushes_of_many_connections_share_one_callback_and_survive_a_fail
             scheduled.append(callback)
             return call_soon(callback, *args, **kw)
 
-        def broken() -> None:
-            raise RuntimeError("a bug in one connection")
+        flush = YamuxConnection._flush
+
+        def broken(conn: YamuxConnection) -> None:
+            if conn is c1:
+                raise RuntimeError("a bug in one connection")
+            flush(conn)
 
         monkeypatch.setattr(loop, "call_soon", counting)
-        monkeypatch.setattr(c1, "_flush", broken)
+        monkeypatch.setattr(YamuxConnection, "_flush", broken)  # (slotted: not per instance)
         assert st1.write_nowait(b"one") and st2.write_nowait(b"two")
         monkeypatch.setattr(loop, "call_soon", call_soon)
         # one callback writes both connections' frames

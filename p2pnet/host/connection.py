@@ -11,7 +11,14 @@ from p2pnet.multistream import negotiate_outbound
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.resources.manager import ConnectionScope, stream_scope_of
 from p2pnet.security.base import SecureConnection
-from p2pnet.stream import Direction, MuxedConnection, Stream, StreamCallback, StreamMuxer
+from p2pnet.stream import (
+    Direction,
+    MuxedConnection,
+    Stream,
+    StreamAcceptor,
+    StreamCallback,
+    StreamMuxer,
+)
 
 __all__ = ["Connection", "Direction"]
 
@@ -21,6 +28,20 @@ class Connection:
 
     Streams are opened through it; every stream of it reports it as ``stream.conn``.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_direction",
+        "_local_addr",
+        "_muxer_id",
+        "_negotiate_timeout",
+        "_opened_at",
+        "_remote_addr",
+        "_security",
+        "muxed",
+        "scope",
+        "secure",
+    )
 
     def __init__(
         self,
@@ -35,6 +56,7 @@ class Connection:
         negotiate_timeout: float,
         on_stream: StreamCallback | None,
         scope: ConnectionScope | None = None,
+        accept: StreamAcceptor | None = None,
     ) -> None:
         self.secure = secure
         #: The connection's resource scope (None: not accounted).
@@ -54,6 +76,7 @@ class Connection:
             on_stream=on_stream,
             clock=clock,
             scope=scope,
+            accept=accept,
         )
 
     @property

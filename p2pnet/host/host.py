@@ -21,17 +21,18 @@ from multiaddr import Multiaddr
 
 from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.crypto.keys import KeyPair
-from p2pnet.errors import DialError, NegotiationError, P2PError, ResourceLimitExceeded
+from p2pnet.deadlines import DeadlineQueue
+from p2pnet.errors import DialError, P2PError, ResourceLimitExceeded
 from p2pnet.host.addresses import AddressBook, IPAddress, is_relayed, is_unspecified
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.dial_ranker import rank_addresses
 from p2pnet.host.dialer import DialFailed, dial_first
+from p2pnet.host.inbound import Drain, InboundNegotiation
 from p2pnet.host.interfaces import interface_ips
 from p2pnet.host.upgrader import Upgraded, upgrade
 from p2pnet.io import ReadWriter
-from p2pnet.multistream import negotiate_inbound
 from p2pnet.mux.yamux_connection import YamuxMuxer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, RECENTLY_CONNECTED_ADDR_TTL, PeerStore
@@ -39,7 +40,7 @@ from p2pnet.resources.connmgr import ConnManager
 from p2pnet.resources.manager import ConnectionScope, ResourceManager, stream_scope_of
 from p2pnet.security.base import SecurityTransport
 from p2pnet.security.noise_connection import NoiseSecurity
-from p2pnet.stream import Stream, StreamMuxer
+from p2pnet.stream import Stream, StreamAcceptor, StreamMuxer
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
 from p2pnet.transport.base import Listener, RawConnection, Transport
@@ -87,7 +88,13 @@ class Host:
         self.connmgr = ConnManager(self.config.connmgr)
         self._trimming = False
         self._handlers: dict[str, StreamHandler] = {}
+        self._acceptors: dict[str, StreamAcceptor] = {}
+        #: What inbound negotiations accept: the keys of both (ordered: an ``ls`` answer).
+        self._supported: dict[str, None] = {}
         self._keeps_stream: set[str] = set()
+        # one timer each for every inbound stream's negotiation and drain deadlines
+        self._negotiations = DeadlineQueue(self.config.negotiate_timeout)
+        self._drains = DeadlineQueue(self.config.drain_timeout)
         self._conns: dict[PeerID, list[Connection]] = {}
         #: Connections in ``_conns`` (open or closing).
         self._registered = 0
@@ -153,6 +160,8 @@ class Host:
         for conn in conns:  # now, not from their close callbacks after close() returned
             self._connection_ended(conn)
         await self._tasks.close()
+        self._negotiations.clear()
+        self._drains.clear()
         for fut in self._pending_dials.values():
             if not fut.done():
                 fut.cancel()
@@ -195,21 +204,40 @@ class Host:
         """Serve ``protocol``. When a handler returns, the host closes its stream and resets it
         unless the remote closes its side soon (nothing left buffered); ``keeps_stream=True``
         is for a handler that hands the stream on (a relayed connection runs over it)."""
+        self._acceptors.pop(protocol, None)
         self._handlers[protocol] = handler
         if keeps_stream:
             self._keeps_stream.add(protocol)
         else:
             self._keeps_stream.discard(protocol)
+        self._supported[protocol] = None
+        self._protocols_changed()
+
+    def set_stream_acceptor(self, protocol: str, acceptor: StreamAcceptor) -> None:
+        """Serve ``protocol`` without a task per stream: ``acceptor(stream)`` is called
+        synchronously once the protocol is agreed on (from the ``data_received`` that brought
+        the proposal; bytes that came after it are delivered first to the consumer it
+        installs). It owns the stream from then: it installs a consumer
+        (:meth:`~p2pnet.stream.Stream.set_consumer`) that answers with ``write_nowait`` (or
+        a task where a write must wait), and ends the stream, usually with
+        :meth:`finish_inbound` or :meth:`reply_and_finish`. An exception it raises resets the
+        stream."""
+        self._handlers.pop(protocol, None)
+        self._keeps_stream.discard(protocol)
+        self._acceptors[protocol] = acceptor
+        self._supported[protocol] = None
         self._protocols_changed()
 
     def remove_stream_handler(self, protocol: str) -> None:
         self._keeps_stream.discard(protocol)
-        if self._handlers.pop(protocol, None) is not None:
+        removed = self._handlers.pop(protocol, None) or self._acceptors.pop(protocol, None)
+        if removed is not None:
+            self._supported.pop(protocol, None)
             self._protocols_changed()
 
     @property
     def protocols(self) -> list[str]:
-        return sorted(self._handlers)
+        return sorted(self._supported)
 
     def _protocols_changed(self) -> None:
         self.bus.emit(ProtocolsChanged(tuple(self.protocols)))
@@ -422,7 +450,8 @@ class Host:
             remote_addr=remote,
             clock=self.clock,
             negotiate_timeout=self.config.negotiate_timeout,
-            on_stream=self._on_inbound_stream,
+            on_stream=None,
+            accept=self._accept_inbound,
             scope=scope,
         )
 
@@ -621,20 +650,30 @@ class Host:
         self.connmgr.used(peer, self.clock.monotonic())
         return await conn.new_stream(protos, bounded=bounded, early_data=early_data)
 
-    async def _on_inbound_stream(self, stream: Stream) -> None:
-        try:
-            protocol = await negotiate_inbound(
-                stream, self._handlers.keys(), timeout=self.config.negotiate_timeout
-            )
-        except (P2PError, NegotiationError) as exc:
-            log.debug("inbound stream negotiation failed: %s", exc)
-            await stream.reset()
-            return
+    # -- inbound streams: negotiated and served without a task where the handler allows ----
+
+    def _accept_inbound(self, stream: Stream) -> None:
+        """The muxer accepted ``stream``: negotiate its protocol as its bytes arrive."""
+        InboundNegotiation(self, stream, self._supported).start(self._negotiations)
+
+    def spawn_stream_task(
+        self,
+        stream: Stream,
+        fn: Callable[..., Coroutine[Any, Any, None]],
+        *args: Any,
+    ) -> None:
+        """Run ``fn(stream, *args)`` for an inbound ``stream`` in a task its connection owns
+        (cancelled when the connection closes; an exception resets the stream)."""
+        self.connection_of(stream).muxed.spawn_handler(stream, lambda s: fn(s, *args))
+
+    def _agreed(self, stream: Stream, protocol: str) -> None:
+        """The negotiation of an inbound stream agreed on ``protocol``: hand it over."""
         stream.protocol = protocol
         self.connmgr.used(stream.conn.remote_peer, self.clock.monotonic())
-        handler = self._handlers.get(protocol)
-        if handler is None:  # removed while negotiating
-            await stream.reset()
+        acceptor = self._acceptors.get(protocol)
+        handler = self._handlers.get(protocol) if acceptor is None else None
+        if acceptor is None and handler is None:  # removed while negotiating
+            stream.reset_nowait()
             return
         scope = stream_scope_of(stream)
         if scope is not None:
@@ -642,8 +681,22 @@ class Host:
                 scope.set_protocol(protocol)
             except ResourceLimitExceeded as exc:
                 log.debug("refusing %s stream of %s: %s", protocol, stream.conn.remote_peer, exc)
-                await stream.reset()
+                stream.reset_nowait()
                 return
+        if acceptor is not None:
+            try:
+                acceptor(stream)
+            except P2PError as exc:
+                log.debug("handler for %s ended with %s", protocol, exc)
+                stream.reset_nowait()
+            except Exception:
+                log.exception("handler for %s failed", protocol)
+                stream.reset_nowait()
+            return
+        assert handler is not None
+        self.spawn_stream_task(stream, self._run_handler, protocol, handler)
+
+    async def _run_handler(self, stream: Stream, protocol: str, handler: StreamHandler) -> None:
         try:
             await handler(stream)
         except P2PError as exc:
@@ -655,34 +708,35 @@ class Host:
             await stream.reset()
             return
         if protocol not in self._keeps_stream:
-            await self._finish_inbound(stream)
+            self.finish_inbound(stream)
 
-    async def _finish_inbound(self, stream: Stream) -> None:
-        """After its handler: the remote must close its side soon, or the stream is reset.
-
-        A handler that returns without reading to EOF would otherwise leave whatever the remote
-        sends after (up to a window per stream) buffered for as long as the remote likes.
-        """
+    def finish_inbound(self, stream: Stream) -> None:
+        """An inbound stream's handler is done: close our side; the remote must close its side
+        within ``drain_timeout`` (at most ``drain_limit`` more bytes, dropped), or the stream
+        is reset. A handler that returns without reading to EOF would otherwise leave what the
+        remote sends after (up to a window per stream) buffered as long as the remote likes."""
         if stream.remote_closed and stream.local_closed:
             return
         try:
             if not stream.local_closed:
-                await stream.close()
-            left = self.config.drain_limit
-            async with asyncio.timeout(self.config.drain_timeout):
-                while left > 0:
-                    data = await stream.read(left)
-                    if not data:
-                        return
-                    left -= len(data)
-        except (P2PError, TimeoutError):
-            pass
-        log.debug(
-            "%s stream of %s not closed after its handler: reset",
-            stream.protocol,
-            stream.conn.remote_peer,
-        )
-        await stream.reset()
+                stream.close_nowait()
+            if stream.remote_closed:
+                return
+            Drain(stream, self.config.drain_limit).start(self._drains)
+        except P2PError as exc:  # reset meanwhile
+            log.debug("finishing an inbound %s stream: %s", stream.protocol, exc)
+
+    def reply_and_finish(self, stream: Stream, data: bytes) -> None:
+        """Send ``data`` on an inbound stream, then :meth:`finish_inbound` it (in a task of
+        the connection if the write must wait)."""
+        if stream.write_nowait(data):
+            self.finish_inbound(stream)
+        else:
+            self.spawn_stream_task(stream, self._reply_in_task, data)
+
+    async def _reply_in_task(self, stream: Stream, data: bytes) -> None:
+        await stream.write(data)
+        self.finish_inbound(stream)
 
 
 @dataclass

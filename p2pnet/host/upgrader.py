@@ -61,7 +61,7 @@ async def upgrade(
                 key,
                 initiator=initiator,
                 expected_peer=expected_peer,
-                timeout=config.upgrade_timeout,
+                timeout=None,  # (bounded by the upgrade's timeout)
             )
             if initiator:
                 muxer_id = await negotiate_outbound(secure, list(muxer_by_id), timeout=None)

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING
 from multiaddr import Multiaddr
 
 from p2pnet.clock import Clock
+from p2pnet.deadlines import DeadlineQueue
 from p2pnet.errors import ConnectionClosed, NegotiationError, P2PError, ProtocolError, StreamError
 from p2pnet.kad import messages as m
+from p2pnet.kad.answer import AnswerReader
 from p2pnet.kad.behaviour import (
     CheckLiveness,
     Failure,
@@ -43,11 +45,13 @@ from p2pnet.kad.behaviour import (
 from p2pnet.kad.cid import provider_key
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.errors import KadError, KadProtocolError, PeerNotFound, RecordNotFound
+from p2pnet.kad.inbound import KadInboundStream
 from p2pnet.kad.messages import PeerInfo
 from p2pnet.kad.providers import InMemoryProviderStore, ProviderStore
 from p2pnet.kad.query import Lookup, LookupStats
 from p2pnet.kad.records import InMemoryRecordStore, NamespacedValidator, RecordStore
 from p2pnet.kad.routing_table import RoutingTable
+from p2pnet.multistream.core import MultistreamDialer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import TEMP_ADDR_TTL
 from p2pnet.service import Lifecycle, ServiceState
@@ -55,8 +59,6 @@ from p2pnet.stats import DurationHistogram
 from p2pnet.tasks import TaskOwner
 from p2pnet.wire.framing import (
     encode_length_prefixed,
-    read_length_prefixed,
-    read_length_prefixed_or_eof,
     write_length_prefixed,
 )
 from p2pnet.wire.pb import kad_pb2
@@ -70,8 +72,6 @@ log = logging.getLogger("p2pnet.kad")
 
 #: Errors that mean "this request to this peer failed" (never programming errors).
 _REQUEST_ERRORS = (P2PError, TimeoutError, OSError)
-#: Requests of one inbound stream served before the handler yields to the event loop.
-REQUESTS_PER_TURN = 16
 
 AnswerHandler = Callable[[PeerID, kad_pb2.Message, list[PeerInfo]], bool]
 
@@ -149,6 +149,8 @@ class KadDHT:
         #: Set and dropped on every change; created only while someone waits (wait_until).
         self._changed: asyncio.Event | None = None
         self._idle_streams: dict[PeerID, list[tuple[Stream, float]]] = {}
+        #: The inbound streams' idle deadlines (one timer for all of them).
+        self._idle_deadlines = DeadlineQueue(cfg.inbound_idle_timeout)
         #: The most recent lookups (their cost), newest last.
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
         #: Durations of lookups by kind (find_peer, get_value, ...), for metrics.
@@ -209,7 +211,7 @@ class KadDHT:
         if not self._lifecycle.begin_start():
             return
         if self.behaviour.mode is Mode.SERVER:
-            self.host.set_stream_handler(self.config.protocol_id, self._handle_stream)
+            self.host.set_stream_acceptor(self.config.protocol_id, self._accept_stream)
         # Peers identified before we started.
         for peer in self.host.connected_peers():
             self._consider_peer(peer)
@@ -223,6 +225,7 @@ class KadDHT:
             self.host.remove_stream_handler(self.config.protocol_id)
         await self._tasks.close()
         await self._close_pooled_streams()
+        self._idle_deadlines.clear()
 
     async def __aenter__(self) -> KadDHT:
         await self.start()
@@ -248,7 +251,7 @@ class KadDHT:
         if not self._lifecycle.running:
             return
         if new is Mode.SERVER:
-            self.host.set_stream_handler(self.config.protocol_id, self._handle_stream)
+            self.host.set_stream_acceptor(self.config.protocol_id, self._accept_stream)
         else:
             self.host.remove_stream_handler(self.config.protocol_id)
         log.info("%s: kad mode is now %s", self.host.peer_id, new.value)
@@ -324,11 +327,14 @@ class KadDHT:
                     # the peer's protocols within about the round trip a negotiation would
                     # take; go-libp2p's NewStream waits for it likewise.
                     await self.identify.identify_finished(await self.host.connect_peer(peer))
-                if self.behaviour.speaks_kad(peer):
+                if self.behaviour.speaks_kad(peer) and expect_response:
                     # identify said the peer serves kad: the request goes out with the
                     # proposal (one round trip, not two), as go-libp2p's lazy negotiation
                     # does for a protocol the peer store knows. Not otherwise: a refusal
                     # followed by a reset would then read as a reset, not as a refusal.
+                    # The echo and the answer are read as they arrive (AnswerReader).
+                    stream, resp = await self._lazy_exchange(peer, proto, data)
+                elif self.behaviour.speaks_kad(peer):
                     framed = encode_length_prefixed(data)
                     stream = await self.host.new_stream(
                         peer, [proto], bounded=True, early_data=framed
@@ -352,15 +358,39 @@ class KadDHT:
         self, stream: Stream, data: bytes | None, expect_response: bool
     ) -> kad_pb2.Message | None:
         """Send the request ``data`` (None: it went out with the negotiation) and read the
-        answer."""
+        answer (by the stream's consumer, :class:`AnswerReader`)."""
         try:
             if data is not None:
                 await write_length_prefixed(stream, data)
             if not expect_response:
                 return None
             # (under the request's timeout: the read needs none of its own)
-            data = await read_length_prefixed(stream, self.config.max_message_size, timeout=None)
-            return m.decode(data)
+            reader = AnswerReader(stream, self.config.max_message_size)
+            stream.set_consumer(reader)
+            return m.decode(await reader.result)
+        except BaseException:
+            await stream.reset()
+            raise
+
+    async def _lazy_exchange(
+        self, peer: PeerID, proto: str, data: bytes
+    ) -> tuple[Stream, kad_pb2.Message]:
+        """A new stream to ``peer`` whose proposal carries the request ``data``; the echo and
+        the answer read as they arrive. What ``host.new_stream(..., early_data=...)`` and
+        :meth:`_exchange` do, without a read call per message."""
+        host = self.host
+        conn = await host.connect_peer(peer)
+        host.connmgr.used(peer, host.clock.monotonic())
+        muxed = conn.muxed
+        stream = muxed.open_stream_nowait() or await muxed.open_stream()
+        try:
+            negotiation = MultistreamDialer([proto], early_data=encode_length_prefixed(data))
+            reader = AnswerReader(stream, self.config.max_message_size, negotiation)
+            out = negotiation.data_to_send()
+            if not stream.write_nowait(out):
+                await stream.write(out)
+            stream.set_consumer(reader)
+            return stream, m.decode(await reader.result)
         except BaseException:
             await stream.reset()
             raise
@@ -716,46 +746,12 @@ class KadDHT:
 
     # -- RPC server -----------------------------------------------------------------------------
 
-    async def _handle_stream(self, stream: Stream) -> None:
-        peer = stream.conn.remote_peer
-        cfg = self.config
-        served = 0
-        try:
-            while True:
-                async with asyncio.timeout(cfg.inbound_idle_timeout):
-                    data = await read_length_prefixed_or_eof(
-                        stream, cfg.max_message_size, timeout=None
-                    )
-                if data is None:
-                    break
-                served += 1
-                if served % REQUESTS_PER_TURN == 0:
-                    # A read of buffered requests returns without suspending: a peer that
-                    # queued thousands (ADD_PROVIDER needs no answer) held the loop for
-                    # seconds. Let the other tasks run between batches.
-                    await asyncio.sleep(0)
-                if self.behaviour.mode is not Mode.SERVER or self._lifecycle.closed:
-                    await stream.reset()
-                    return
-                try:
-                    resp = self.behaviour.handle_request(peer, m.decode(data), self._wall())
-                finally:
-                    self._notify()
-                if resp is not None:
-                    await write_length_prefixed(stream, m.encode(resp))
-        except TimeoutError:
-            log.debug("kad stream from %s idle for %.0f s: reset", peer, cfg.inbound_idle_timeout)
-            self.behaviour.count("idle inbound streams reset")
-            await stream.reset()
-            self._notify()
+    def _accept_stream(self, stream: Stream) -> None:
+        """An inbound kad stream: its requests are answered as they arrive (no task)."""
+        if self.behaviour.mode is not Mode.SERVER or self._lifecycle.closed:
+            stream.reset_nowait()
             return
-        except (KadError, ProtocolError) as exc:
-            self.behaviour.count("bad requests")
-            log.info("bad kad request from %s: %s", peer, exc)
-            await stream.reset()
-            self._notify()
-            return
-        await stream.close()
+        KadInboundStream(self, stream).start()
 
     def handle_request(self, peer: PeerID, msg: kad_pb2.Message) -> kad_pb2.Message | None:
         """Answer one request from ``peer`` now (the behaviour's server, on this node's clock)."""

@@ -445,6 +445,8 @@ class MultistreamListener(Negotiator):
             self._listing = supported
         self.max_attempts = max_attempts
         self._attempts = 0
+        #: The protocol agreed on (None until then).
+        self.agreed: str | None = None
 
     def _on_message(self, frame: bytes, events: list[NegotiationEvent]) -> None:
         text = decode_message(frame)
@@ -453,6 +455,7 @@ class MultistreamListener(Negotiator):
         elif text not in _RESERVED and self._accepts(text):
             self._send(_encode_cached(text))
             logger.debug("accepted %r", text)
+            self.agreed = text
             self._enter(NegotiationState.AGREED)
             events.append(ProtocolAgreed(text))
             return

@@ -25,7 +25,13 @@ from p2pnet.multistream.core import (
     Supported,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "list_protocols", "negotiate_inbound", "negotiate_outbound"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "finish_negotiation",
+    "list_protocols",
+    "negotiate_inbound",
+    "negotiate_outbound",
+]
 
 #: Default bound, in seconds, on one whole negotiation.
 DEFAULT_TIMEOUT: Final = 10.0
@@ -43,6 +49,12 @@ async def _drive(
             return await _exchange(conn, neg)
     except TimeoutError as exc:
         raise NegotiationError(f"multistream {what} timed out after {timeout:g} s") from exc
+
+
+async def finish_negotiation(conn: ReadWriter, neg: Negotiator) -> NegotiationEvent:
+    """Drive ``neg`` over ``conn`` until it finishes (it may have been fed bytes already,
+    by a push consumer that had to stop: what it queued is written first); no timeout."""
+    return await _exchange(conn, neg)
 
 
 async def _exchange(conn: ReadWriter, neg: Negotiator) -> NegotiationEvent:

@@ -345,6 +345,38 @@ class YamuxSession:
     :meth:`take_outbound` hands over. Times are plain floats (seconds, a monotonic clock).
     """
 
+    __slots__ = (
+        "_data_fin",
+        "_data_left",
+        "_data_stream",
+        "_highest_remote_id",
+        "_inbound_open",
+        "_inbound_unacked",
+        "_keepalive_ping",
+        "_next_keepalive",
+        "_next_local_id",
+        "_next_ping_id",
+        "_out",
+        "_out_size",
+        "_outbound_open",
+        "_outbound_unacked",
+        "_partial",
+        "_pings",
+        "_remote_parity",
+        "_reply_size",
+        "_run",
+        "_streams",
+        "_total_recv_window",
+        "_unparsed",
+        "_unparsed_pos",
+        "config",
+        "initiator",
+        "local_go_away",
+        "remote_go_away",
+        "rtt",
+        "terminated",
+    )
+
     def __init__(self, *, initiator: bool, config: YamuxConfig | None = None) -> None:
         self.config = config or YamuxConfig()
         self.initiator = initiator

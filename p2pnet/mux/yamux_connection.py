@@ -15,8 +15,9 @@ bytes, timers and events, and it runs no task of its own (only stream handlers r
   channel says ``pause_writing`` nothing is flushed: stream writers wait at ``write_high_water``,
   and what the remote provokes meanwhile counts against the connection's memory scope; over it
   the connection is closed (a remote that pings but never reads cannot grow our memory);
-* the *keepalive* is one timer handle at :meth:`~p2pnet.mux.yamux.YamuxSession.get_timer`
-  running :meth:`~p2pnet.mux.yamux.YamuxSession.handle_timer`.
+* the *keepalive* is one timer at :meth:`~p2pnet.mux.yamux.YamuxSession.get_timer` running
+  :meth:`~p2pnet.mux.yamux.YamuxSession.handle_timer`, in the loop's shared buckets
+  (:class:`_CoarseTimers`: up to 1/32 s late, one loop timer per bucket).
 
 Time is read only through the injected :class:`~p2pnet.clock.Clock`.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -64,8 +66,15 @@ from p2pnet.mux.yamux import (
     YamuxSession,
 )
 from p2pnet.resources.manager import ConnectionScope, StreamScope
-from p2pnet.stream import ConnectionInfo, Direction, StreamCallback, StreamConsumer
-from p2pnet.waiters import Waiters
+from p2pnet.stream import (
+    ConnectionInfo,
+    Direction,
+    Stream,
+    StreamAcceptor,
+    StreamCallback,
+    StreamConsumer,
+)
+from p2pnet.waiters import Flag, Waiters
 
 log = logging.getLogger("p2pnet.yamux")
 
@@ -78,6 +87,25 @@ class YamuxStream(ChunkReader):
     :class:`ConnectionClosed` once the connection is gone. Its state is the core's
     :class:`~p2pnet.mux.yamux.StreamRecord`.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_chunks",
+        "_consumer",
+        "_eof_scheduled",
+        "_push_paused",
+        "_pushing",
+        "_readable",
+        "_writable",
+        "_write_lock",
+        "connection",
+        "counted",
+        "handler_running",
+        "protocol",
+        "record",
+        "scope",
+        "stream_id",
+    )
 
     def __init__(
         self, connection: YamuxConnection, record: StreamRecord, scope: StreamScope | None = None
@@ -208,6 +236,19 @@ class YamuxStream(ChunkReader):
             self._push(consumer, leftover)
         if self._consumer is consumer:
             self._drain_to_consumer()  # (also tells a consumer that reset its stream meanwhile)
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of what the stream delivers next (``read`` or a
+        consumer): bytes a push consumer took and did not use, as what followed a protocol
+        negotiation. They were consumed already (flow control counted them once)."""
+        if self._consumer is not None:
+            raise RuntimeError(f"stream {self.stream_id} delivers to a consumer: no unread()")
+        if not data:
+            return
+        if self._pending_pos < len(self._pending):
+            data = data + self._take_pending(-1)
+        self._pending = data
+        self._pending_pos = 0
 
     def pause_reading(self) -> None:
         self._push_paused = True
@@ -380,8 +421,16 @@ class YamuxStream(ChunkReader):
         """Half-close: send FIN. Reading still works until the remote's FIN. Idempotent."""
         self.connection.close_stream(self)
 
+    def close_nowait(self) -> None:
+        """What :meth:`close` does (it never waits)."""
+        self.connection.close_stream(self)
+
     async def reset(self) -> None:
         """Abort both directions: RST to the remote, pending readers/writers get StreamReset."""
+        self.connection.reset_stream(self)
+
+    def reset_nowait(self) -> None:
+        """What :meth:`reset` does (it never waits)."""
         self.connection.reset_stream(self)
 
     async def __aenter__(self) -> YamuxStream:
@@ -426,6 +475,48 @@ class YamuxConnection:
     event-loop iteration; the keepalive is one timer handle.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_accept",
+        "_accept_event",
+        "_accept_queue",
+        "_backlog_reserved",
+        "_channel",
+        "_channel_lost",
+        "_close_callbacks",
+        "_close_timer",
+        "_closing",
+        "_error",
+        "_flush_scheduled",
+        "_flusher",
+        "_handler_tasks",
+        "_held",
+        "_loop",
+        "_now",
+        "_on_stream",
+        "_open_room",
+        "_pong_waiters",
+        "_replies_paused",
+        "_room",
+        "_started",
+        "_streams",
+        "_timer",
+        "_timer_deadline",
+        "_turn_scheduled",
+        "_unread_paused",
+        "_write_paused",
+        "bytes_received",
+        "bytes_sent",
+        "closed",
+        "config",
+        "conn",
+        "info",
+        "initiator",
+        "scope",
+        "session",
+        "unread",
+    )
+
     def __init__(
         self,
         conn: ReadWriter,
@@ -436,6 +527,7 @@ class YamuxConnection:
         info: ConnectionInfo | None = None,
         clock: Clock = SYSTEM_CLOCK,
         scope: ConnectionScope | None = None,
+        accept: StreamAcceptor | None = None,
     ) -> None:
         self.conn = conn
         #: The connection's resource scope: its streams and their buffers count against it.
@@ -447,8 +539,10 @@ class YamuxConnection:
         self.session = YamuxSession(initiator=initiator, config=self.config)
         self._now = clock.monotonic
         self._on_stream = on_stream
+        self._accept = accept
         self._streams: dict[int, YamuxStream] = {}
-        self._accept_queue: deque[YamuxStream] = deque()
+        # (lists, not deques: an empty deque costs ~760 bytes per connection; both stay short)
+        self._accept_queue: list[YamuxStream] = []
         self._accept_event = Waiters()
         self._room = Waiters()
         self._open_room = Waiters()
@@ -465,13 +559,13 @@ class YamuxConnection:
         self._replies_paused = False
         # received and not parsed yet: the core stopped at its frame budget for this turn of the
         # loop (``max_frames_per_turn``); chunks received meanwhile wait here, reading paused
-        self._held: deque[bytes] = deque()
+        self._held: list[bytes] = []
         self._turn_scheduled = False
         #: Bytes received for streams and not read by their applications yet.
         self.unread = 0
         #: Bytes of queued outbound frames reserved in ``scope`` (while the channel is paused).
         self._backlog_reserved = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: _CoarseTimer | None = None
         self._timer_deadline: float | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._channel_lost = False
@@ -479,7 +573,7 @@ class YamuxConnection:
         self._closing = False
         self._error: P2PError | None = None
         #: Set once the connection is fully closed (``conn`` closed, stream handlers ended).
-        self.closed = asyncio.Event()
+        self.closed = Flag()
         self._close_callbacks: list[Callable[[], None]] = []
         #: Bytes of yamux frames read from and written to ``conn`` (for metrics).
         self.bytes_received = 0
@@ -613,7 +707,19 @@ class YamuxConnection:
                 raise StreamLimitExceeded(
                     f"{session.ack_backlog} streams wait for an ACK from the remote"
                 ) from None
+        return self._open_now()
+
+    def open_stream_nowait(self) -> YamuxStream | None:
+        """:meth:`open_stream` when that needs no waiting, else None (too many streams wait
+        for an ACK); raises like it otherwise."""
         self._check_open()
+        if not self.session.can_open_stream():
+            return None
+        return self._open_now()
+
+    def _open_now(self) -> YamuxStream:
+        self._check_open()
+        session = self.session
         scope = None
         if self.scope is not None:
             scope = self.scope.open_stream(Direction.OUTBOUND, self._now())
@@ -634,7 +740,7 @@ class YamuxConnection:
             raise RuntimeError("inbound streams go to the on_stream callback")
         while True:
             while self._accept_queue:
-                stream = self._accept_queue.popleft()
+                stream = self._accept_queue.pop(0)
                 if stream.record.is_reset:
                     continue
                 self.session.accept_stream(stream.stream_id)
@@ -786,7 +892,7 @@ class YamuxConnection:
         """The connection below ends: what it received before is parsed first, whatever the
         budget (frames and FINs the remote sent before it went are not lost)."""
         while not self._closing and (self.session.unparsed or self._held):
-            self._parse(b"" if self.session.unparsed else self._held.popleft(), 0)
+            self._parse(b"" if self.session.unparsed else self._held.pop(0), 0)
 
     def _next_turn(self) -> None:
         """Parse the next ``max_frames_per_turn`` frames of what was received."""
@@ -796,7 +902,7 @@ class YamuxConnection:
         if self.session.unparsed:
             self._parse(b"", self.config.max_frames_per_turn)
         elif self._held:
-            self._parse(self._held.popleft(), self.config.max_frames_per_turn)
+            self._parse(self._held.pop(0), self.config.max_frames_per_turn)
         self._update_reading()
 
     def close_stream(self, stream: YamuxStream) -> None:
@@ -947,19 +1053,42 @@ class YamuxConnection:
                     return ConnectionClosed("inbound stream flood")
                 return None
         stream = self._new_stream(record, scope)
+        accept = self._accept
+        if accept is not None:
+            if record.is_reset or not self.session.has_stream(sid):
+                return None  # reset in the same batch of frames as its SYN: nothing to serve
+            # push mode: no task unless the acceptor asks for one (spawn_handler)
+            self.session.accept_stream(sid)
+            try:
+                accept(stream)
+            except Exception:
+                log.exception("accepting stream %d failed; resetting it", sid)
+                self.reset_stream(stream)
+            return None
         if self._on_stream is None:
             self._accept_queue.append(stream)
             self._accept_event.wake()
             return None
         self.session.accept_stream(sid)
+        self.spawn_handler(stream, self._on_stream)
+        return None
+
+    def spawn_handler(self, stream: Stream, handler: StreamCallback) -> None:
+        """Run ``handler(stream)`` in a task the connection owns (cancelled when it closes;
+        an exception is logged and resets the stream; the stream's scope is kept until it
+        ends)."""
+        if not isinstance(stream, YamuxStream) or stream.connection is not self:
+            raise ValueError(f"{stream!r} is not a stream of this connection")
+        if self._closing:
+            # (the connection's end released the stream's scope, or will once forgotten)
+            return
         stream.handler_running = True
         assert self._loop is not None
         task = self._loop.create_task(
-            self._run_handler(self._on_stream, stream), name=f"yamux-stream-{sid}"
+            self._run_handler(handler, stream), name=f"yamux-stream-{stream.stream_id}"
         )
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_done)
-        return None
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
         self._handler_tasks.discard(task)
@@ -995,7 +1124,9 @@ class YamuxConnection:
             self._timer = None
         self._timer_deadline = deadline
         if deadline is not None and self._loop is not None:
-            self._timer = self._loop.call_later(max(deadline - self._now(), 0.0), self._on_timer)
+            self._timer = _coarse_timers_of(self._loop).add(
+                self._loop, max(deadline - self._now(), 0.0), self._on_timer
+            )
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -1024,8 +1155,9 @@ class YamuxConnection:
         self._closing = True
         self._error = error
         session = self.session
-        # wake everyone: streams, accepters, openers, pingers, waiting writers
-        for stream in self._streams.values():
+        # wake everyone: streams, accepters, openers, pingers, waiting writers (a copy: a
+        # consumer told of the loss may reset its stream, which forgets it)
+        for stream in list(self._streams.values()):
             stream.wake()
             if stream.scope is not None and not stream.handler_running:
                 stream.scope.done()
@@ -1148,6 +1280,71 @@ class _Flusher:
                 log.exception("yamux: writing queued frames failed")
 
 
+#: How late (at most) a keepalive timer fires: its bucket's width, in seconds.
+COARSE_TIMER_GRANULARITY = 1 / 32
+
+
+class _CoarseTimer:
+    """One timer of :class:`_CoarseTimers` (``cancel``: it never fires)."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback: Callable[[], None] | None = callback
+
+    def cancel(self) -> None:
+        self.callback = None
+
+
+class _CoarseTimers:
+    """The keepalive timers of every yamux connection of one event loop, in buckets of
+    :data:`COARSE_TIMER_GRANULARITY` seconds: one loop timer per bucket instead of one per
+    connection. Thousands of long-lived timer handles slow every timer operation of the loop
+    down (its heap compares them in Python); a keepalive needs no better precision. A timer
+    fires up to one bucket late, never early."""
+
+    # no reference to the loop: it is the key of a weak mapping to this
+    __slots__ = ("_buckets",)
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, list[_CoarseTimer]] = {}
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, delay: float, callback: Callable[[], None]
+    ) -> _CoarseTimer:
+        key = math.ceil((loop.time() + delay) / COARSE_TIMER_GRANULARITY)
+        timer = _CoarseTimer(callback)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._buckets[key] = [timer]
+            loop.call_at(key * COARSE_TIMER_GRANULARITY, self._fire, key)
+        else:
+            bucket.append(timer)
+        return timer
+
+    def _fire(self, key: int) -> None:
+        for timer in self._buckets.pop(key, ()):
+            callback = timer.callback
+            if callback is not None:
+                timer.callback = None
+                try:
+                    callback()
+                except Exception:  # one connection's bug must not stop the others' timers
+                    log.exception("yamux: a keepalive timer failed")
+
+
+_coarse_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _CoarseTimers] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _coarse_timers_of(loop: asyncio.AbstractEventLoop) -> _CoarseTimers:
+    timers = _coarse_timers.get(loop)
+    if timers is None:
+        timers = _coarse_timers[loop] = _CoarseTimers()
+    return timers
+
+
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
     weakref.WeakKeyDictionary()
 )
@@ -1177,6 +1374,7 @@ class YamuxMuxer:
         on_stream: StreamCallback | None,
         clock: Clock,
         scope: ConnectionScope | None = None,
+        accept: StreamAcceptor | None = None,
     ) -> YamuxConnection:
         return YamuxConnection(
             secure,
@@ -1186,4 +1384,5 @@ class YamuxMuxer:
             info=info,
             clock=clock,
             scope=scope,
+            accept=accept,
         )

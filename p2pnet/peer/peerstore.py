@@ -128,10 +128,13 @@ class _AddrEntry:
 
 
 class _PeerRecord:
-    __slots__ = ("addrs", "latency", "metadata", "protocols", "pubkey")
+    __slots__ = ("addrs", "latency", "metadata", "protocols", "pubkey", "soonest")
 
     def __init__(self) -> None:
         self.addrs: dict[Multiaddr, _AddrEntry] = {}
+        #: No address expires before this (a lower bound): reads skip the expiry scan until
+        #: then (a kad answer reads the addresses of up to k peers).
+        self.soonest = math.inf
         self.protocols: dict[str, None] = {}  # an ordered set
         self.pubkey: PublicKey | None = None
         self.metadata: dict[str, Any] = {}
@@ -253,6 +256,8 @@ class PeerStore:
             if entry is None:
                 if self._make_room(rec, ttl, now):
                     rec.addrs[addr] = _AddrEntry(ttl, expiry)
+                    if expiry < rec.soonest:
+                        rec.soonest = expiry
             else:
                 entry.ttl = max(entry.ttl, ttl)
                 entry.expiry = max(entry.expiry, expiry)
@@ -279,6 +284,9 @@ class PeerStore:
                 entry.expiry = now + ttl
             elif self._make_room(rec, ttl, now):
                 rec.addrs[addr] = _AddrEntry(ttl, now + ttl)
+            else:
+                continue
+            rec.soonest = min(rec.soonest, now + ttl)
 
     def update_addrs(self, peer: PeerID, old_ttl: float, new_ttl: float) -> None:
         """Give the addresses whose TTL is ``old_ttl`` the TTL ``new_ttl`` (``<= 0``: remove)."""
@@ -294,6 +302,7 @@ class PeerStore:
             else:
                 entry.ttl = new_ttl
                 entry.expiry = now + new_ttl
+                rec.soonest = min(rec.soonest, entry.expiry)
         self._peers.move_to_end(peer)
 
     def _make_room(self, rec: _PeerRecord, ttl: float, now: float) -> bool:
@@ -317,9 +326,13 @@ class PeerStore:
 
     @staticmethod
     def _drop_expired(rec: _PeerRecord, now: float) -> None:
-        expired = [a for a, e in rec.addrs.items() if e.expiry <= now]
+        if now < rec.soonest:
+            return
+        addrs = rec.addrs
+        expired = [a for a, e in addrs.items() if e.expiry <= now]
         for addr in expired:
-            del rec.addrs[addr]
+            del addrs[addr]
+        rec.soonest = min((e.expiry for e in addrs.values()), default=math.inf)
 
     def addrs(self, peer: PeerID) -> list[Multiaddr]:
         """The unexpired addresses of ``peer``, in the order they were first added."""

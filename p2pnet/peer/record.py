@@ -14,7 +14,7 @@ from __future__ import annotations
 from google.protobuf.message import DecodeError, EncodeError
 from multiaddr import Multiaddr
 
-from p2pnet.crypto.keys import KeyPair, unmarshal_public_key
+from p2pnet.crypto.keys import KeyPair, PublicKey, unmarshal_public_key
 from p2pnet.errors import CryptoError, ProtocolError
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.wire.pb import envelope_pb2, peer_record_pb2
@@ -45,9 +45,15 @@ def _signed_bytes(domain: bytes, payload_type: bytes, payload: bytes) -> bytes:
 
 
 def verify_peer_record(
-    data: bytes, expected: PeerID | None = None
+    data: bytes,
+    expected: PeerID | None = None,
+    *,
+    expected_key: tuple[bytes, PublicKey] | None = None,
 ) -> tuple[PeerID, list[Multiaddr]]:
-    """Check a signed peer record; return its peer and addresses, or raise InvalidPeerRecord."""
+    """Check a signed peer record; return its peer and addresses, or raise InvalidPeerRecord.
+
+    ``expected_key``: ``expected``'s public key, checked already (its protobuf encoding and
+    the key): an envelope signed with it skips decoding the key again."""
     if len(data) > MAX_RECORD_SIZE:
         raise InvalidPeerRecord(f"record of {len(data)} bytes is too large")
     try:
@@ -57,7 +63,11 @@ def verify_peer_record(
     if env.payload_type != PEER_RECORD_PAYLOAD_TYPE:
         raise InvalidPeerRecord(f"payload type {env.payload_type.hex()} is not a peer record")
     try:
-        pub = unmarshal_public_key(env.public_key.SerializeToString())
+        raw_key = env.public_key.SerializeToString()
+        known = expected_key is not None and expected is not None and raw_key == expected_key[0]
+        pub = (
+            expected_key[1] if known and expected_key is not None else unmarshal_public_key(raw_key)
+        )
     except (CryptoError, EncodeError) as exc:  # EncodeError: a key with an unknown type
         raise InvalidPeerRecord(f"bad envelope key: {exc}") from None
     signed = _signed_bytes(PEER_RECORD_DOMAIN, env.payload_type, env.payload)
@@ -68,7 +78,8 @@ def verify_peer_record(
         peer = PeerID.from_bytes(record.peer_id)
     except (DecodeError, CryptoError) as exc:
         raise InvalidPeerRecord(f"undecodable peer record: {exc}") from None
-    if not peer.matches_public_key(pub):
+    # (signed with ``expected``'s known key: the record must name ``expected``, checked below)
+    if not known and not peer.matches_public_key(pub):
         raise InvalidPeerRecord("record peer ID does not match the signing key")
     if expected is not None and peer != expected:
         raise InvalidPeerRecord(f"record is for {peer}, expected {expected}")

@@ -13,6 +13,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from multiaddr import Multiaddr
+
+from p2pnet.deadlines import Deadline, DeadlineQueue
 from p2pnet.errors import P2PError
 from p2pnet.host.bus import (
     AddressesChanged,
@@ -23,19 +26,27 @@ from p2pnet.host.bus import (
 )
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
+from p2pnet.multistream.core import MultistreamDialer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.record import make_peer_record
 from p2pnet.protocols.identify_messages import (
     IdentifyInfo,
     apply_identify,
-    build_identify,
+    identify_parts,
+    observed_addr_field,
     parse_identify,
 )
 from p2pnet.resources.limits import ResourceLimits
-from p2pnet.resources.manager import TokenBucket
+from p2pnet.resources.manager import TokenBucket, stream_scope_of
 from p2pnet.service import Lifecycle
 from p2pnet.stream import ConnectionInfo, Stream
-from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
+from p2pnet.waiters import Waiters
+from p2pnet.wire.framing import (
+    FrameDecoder,
+    encode_length_prefixed,
+    read_length_prefixed,
+    write_length_prefixed,
+)
 
 PROTOCOL_ID = "/ipfs/id/1.0.0"
 PUSH_PROTOCOL_ID = "/ipfs/id/push/1.0.0"
@@ -56,13 +67,20 @@ class IdentifyService:
     def __init__(self, host: Host, *, timeout: float = 10.0) -> None:
         self.host = host
         self.timeout = timeout
-        self._identified: dict[PeerID, asyncio.Event] = {}
+        #: Peers identified (at least once, while connected), and who waits for the others.
+        self._identified: set[PeerID] = set()
+        self._identify_waiters: dict[PeerID, Waiters] = {}
         #: Connections whose identify exchange runs, and who waits for its end.
         self._running: dict[Connection, list[asyncio.Future[None]]] = {}
         self._push_pending = False
         self._push_budget: dict[PeerID, TokenBucket] = {}
         self._record: tuple[tuple[bytes, ...], bytes] | None = None
+        #: Our identify message but the observed address: (addresses, record, protocols,
+        #: (the bytes before it, the bytes after it)).
+        self._parts: tuple[list[Multiaddr], bytes, list[str], tuple[bytes, bytes]] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
+        #: The deadlines of the identify requests under way (one timer for all).
+        self._deadlines = DeadlineQueue(timeout)
         # Serving from construction (what every caller relies on): the service starts here.
         self._lifecycle = Lifecycle("identify")
         self._lifecycle.begin_start()
@@ -72,7 +90,7 @@ class IdentifyService:
 
     def _attach(self) -> None:
         host = self.host
-        host.set_stream_handler(PROTOCOL_ID, self._handle_identify)
+        host.set_stream_acceptor(PROTOCOL_ID, self._accept_identify)
         host.set_stream_handler(PUSH_PROTOCOL_ID, self._handle_push)
         bus = host.bus
         self._unsubscribe = [
@@ -95,6 +113,7 @@ class IdentifyService:
             stop()
         self.host.remove_stream_handler(PROTOCOL_ID)
         self.host.remove_stream_handler(PUSH_PROTOCOL_ID)
+        self._deadlines.clear()
 
     def on_identified(self, callback: Callable[[IdentifyInfo], None]) -> Callable[[], None]:
         """Call ``callback`` after every identify or push from a peer has been applied.
@@ -108,21 +127,40 @@ class IdentifyService:
     # -- our side ------------------------------------------------------------------------------
 
     def build_message(self, conn: ConnectionInfo) -> bytes:
-        """Our identify message for the peer on ``conn`` (its address is what we observe)."""
-        host = self.host
-        return build_identify(
-            public_key=host.key.public_key,
-            listen_addrs=host.advertised_addrs,
-            protocols=host.protocols,
-            observed_addr=conn.remote_addr,
-            protocol_version=host.config.protocol_version,
-            agent_version=host.config.agent_version,
-            signed_peer_record=self.signed_peer_record(),
-        )
+        """Our identify message for the peer on ``conn`` (its address is what we observe).
 
-    def signed_peer_record(self) -> bytes:
-        """Our signed peer record (RFC 0003), re-signed only when our addresses change."""
-        addrs = self.host.advertised_addrs
+        All but the observed address is the same for every peer: made again only when our
+        addresses, protocols or record change (:func:`identify_parts`; same bytes as
+        :func:`build_identify`)."""
+        host = self.host
+        addrs = host.advertised_addrs
+        record = self.signed_peer_record(addrs)
+        protocols = host.protocols
+        cached = self._parts
+        if (
+            cached is None
+            or cached[1] is not record
+            or cached[0] != addrs
+            or cached[2] != protocols
+        ):
+            config = host.config
+            parts = identify_parts(
+                public_key=host.key.public_key,
+                listen_addrs=addrs,
+                protocols=protocols,
+                protocol_version=config.protocol_version,
+                agent_version=config.agent_version,
+                signed_peer_record=record,
+            )
+            cached = self._parts = (addrs, record, protocols, parts)
+        before, after = cached[3]
+        return before + observed_addr_field(conn.remote_addr) + after
+
+    def signed_peer_record(self, addrs: list[Multiaddr] | None = None) -> bytes:
+        """Our signed peer record (RFC 0003), re-signed only when our addresses change
+        (``addrs``: the advertised addresses, when the caller has them already)."""
+        if addrs is None:
+            addrs = self.host.advertised_addrs
         key = tuple(a.to_bytes() for a in addrs)
         if self._record is None or self._record[0] != key:
             # Milliseconds since the epoch: a later record always has a higher sequence number.
@@ -130,27 +168,43 @@ class IdentifyService:
             self._record = (key, make_peer_record(self.host.key, addrs, seq))
         return self._record[1]
 
-    async def _handle_identify(self, stream: Stream) -> None:
-        async with stream:
-            await write_length_prefixed(stream, self.build_message(stream.conn))
+    def _accept_identify(self, stream: Stream) -> None:
+        """An identify request: our message, then the stream ends (no task for it)."""
+        self.host.reply_and_finish(stream, encode_length_prefixed(self.build_message(stream.conn)))
 
     # -- their side ------------------------------------------------------------------------------
 
-    def _event(self, peer: PeerID) -> asyncio.Event:
-        event = self._identified.get(peer)
-        if event is None:
-            event = self._identified[peer] = asyncio.Event()
-        return event
-
     def _on_connected(self, conn: Connection) -> None:
-        self._event(conn.remote_peer)
         self._running[conn] = []
+        try:
+            stream = conn.muxed.open_stream_nowait()
+        except P2PError as exc:
+            log.info("identify of %s failed: %s", conn.remote_peer, exc)
+            self._finished(conn)
+            return
+        if stream is not None:
+            # no task: the answer is read as it arrives (_IdentifyRequest)
+            _IdentifyRequest(self, conn, stream).start(self._deadlines)
+            return
         # (a constant name: the peer's base58 text would be computed for every connection)
         self.host.spawn(self._identify_quietly(conn), name="identify")
 
+    def _finished(self, conn: Connection) -> None:
+        for waiter in self._running.pop(conn, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _answered(self, conn: Connection, data: bytes) -> None:
+        """The identify message ``data`` came from the peer on ``conn``: record it."""
+        try:
+            info = self._apply(parse_identify(conn.remote_peer, data, push=False))
+            self._observed(conn, info)
+        except P2PError as exc:
+            log.info("identify of %s failed: %s", conn.remote_peer, exc)
+
     def _on_disconnected(self, conn: Connection) -> None:
         if not self.host.is_connected(conn.remote_peer):
-            self._identified.pop(conn.remote_peer, None)
+            self._identified.discard(conn.remote_peer)
             self._push_budget.pop(conn.remote_peer, None)
 
     async def _identify_quietly(self, conn: Connection) -> None:
@@ -159,9 +213,7 @@ class IdentifyService:
         except (P2PError, TimeoutError) as exc:
             log.info("identify of %s failed: %s", conn.remote_peer, exc)
         finally:
-            for waiter in self._running.pop(conn, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._finished(conn)
 
     async def identify_finished(self, conn: Connection) -> None:
         """Until the identify exchange this service started when ``conn`` opened has ended,
@@ -230,17 +282,28 @@ class IdentifyService:
 
     def _apply(self, info: IdentifyInfo) -> IdentifyInfo:
         apply_identify(self.host.peerstore, info)
-        self._event(info.peer).set()
+        self._identified.add(info.peer)
+        waiters = self._identify_waiters.pop(info.peer, None)
+        if waiters is not None:
+            waiters.wake()
         log.debug("identified %s: %s", info.peer, info)
         self.host.bus.emit(PeerIdentified(info))
         return info
 
     async def wait_identified(self, peer: PeerID, timeout: float = 10.0) -> None:
         """Wait until the first identify exchange with ``peer`` completed."""
-        event = self._event(peer)
-        if not event.is_set():
+        if peer in self._identified:
+            return
+        waiters = self._identify_waiters.get(peer)
+        if waiters is None:
+            waiters = self._identify_waiters[peer] = Waiters()
+        try:
             async with asyncio.timeout(timeout):  # (wait_for would wrap the wait in a task)
-                await event.wait()
+                while peer not in self._identified:
+                    await waiters.wait()
+        finally:
+            if not waiters.waiting and self._identify_waiters.get(peer) is waiters:
+                del self._identify_waiters[peer]
 
     # -- push --------------------------------------------------------------------------------
 
@@ -268,3 +331,98 @@ class IdentifyService:
                     await write_length_prefixed(stream, self.build_message(conn))
         except (P2PError, TimeoutError) as exc:
             log.debug("identify push to %s failed: %s", conn.remote_peer, exc)
+
+
+class _IdentifyRequest:
+    """Our identify request on a new connection, without a task: the stream's consumer feeds
+    the multistream dialer, then the answer's length-prefixed message, as the bytes arrive.
+
+    The same bounds as :meth:`IdentifyService.identify_connection`: the service's ``timeout``
+    for the whole exchange (a deadline of the service's queue), at most
+    :data:`MAX_IDENTIFY_SIZE` bytes, a refused or malformed negotiation, a malformed prefix or
+    a stream that ends early fails it (the stream is reset); bytes after the message are
+    ignored (we close our side once it is read). Waiters of ``identify_finished`` are released
+    when it ends, whichever way."""
+
+    __slots__ = ("_conn", "_deadline", "_decoder", "_neg", "_service", "_stream")
+
+    def __init__(self, service: IdentifyService, conn: Connection, stream: Stream) -> None:
+        self._service = service
+        self._conn = conn
+        self._stream = stream
+        self._neg: MultistreamDialer | None = MultistreamDialer([PROTOCOL_ID])
+        self._decoder = FrameDecoder(MAX_IDENTIFY_SIZE)
+        self._deadline: Deadline | None = None
+
+    def start(self, deadlines: DeadlineQueue) -> None:
+        stream = self._stream
+        assert self._neg is not None
+        try:
+            if not stream.write_nowait(self._neg.data_to_send()):
+                # (a new stream on a connection whose writes already wait: rare) a task does it
+                stream.reset_nowait()
+                self._service.host.spawn(
+                    self._service._identify_quietly(self._conn), name="identify"
+                )
+                return
+            self._deadline = deadlines.add(self._timed_out)
+            stream.set_consumer(self)
+        except P2PError as exc:
+            self._fail(str(exc))
+
+    def data_received(self, data: bytes) -> None:
+        neg = self._neg
+        try:
+            if neg is not None:
+                neg.receive_data(data)
+                if not neg.finished:
+                    return
+                self._neg = None
+                self._stream.protocol = PROTOCOL_ID
+                scope = stream_scope_of(self._stream)
+                if scope is not None:
+                    scope.set_protocol(PROTOCOL_ID)
+                data = neg.take_unused()
+                if not data:
+                    return
+            decoder = self._decoder
+            decoder.feed(data)
+            message = decoder.next_frame()
+        except P2PError as exc:
+            self._fail(str(exc))
+            return
+        if message is not None:
+            self._end()
+            try:
+                self._stream.close_nowait()
+            except P2PError as exc:  # pragma: no cover - reset meanwhile
+                log.debug("closing the identify stream: %s", exc)
+            try:
+                self._service._answered(self._conn, message)
+            finally:
+                self._service._finished(self._conn)
+
+    def eof_received(self) -> None:
+        self._fail("the stream ended before the identify message")
+
+    def stream_lost(self, exc: P2PError) -> None:
+        # (the stream is gone already: no reset, which would re-enter the muxer while it
+        # tells its streams that the connection ended)
+        self._fail(str(exc), reset=False)
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        self._fail(f"timed out after {self._service.timeout:g} s")
+
+    def _end(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._stream.set_consumer(None)
+
+    def _fail(self, why: str, *, reset: bool = True) -> None:
+        self._end()
+        log.info("identify of %s failed: %s", self._conn.remote_peer, why)
+        if reset:
+            self._stream.reset_nowait()
+        self._service._finished(self._conn)

@@ -85,6 +85,41 @@ def _decode_addr(raw: bytes) -> Multiaddr | None:
         return None
 
 
+def identify_parts(
+    *,
+    public_key: PublicKey,
+    listen_addrs: Sequence[Multiaddr],
+    protocols: Sequence[str],
+    protocol_version: str,
+    agent_version: str,
+    signed_peer_record: bytes | None,
+) -> tuple[bytes, bytes]:
+    """:func:`build_identify` without the observed address, in the two parts that surround
+    it: ``before + observed_addr_field(addr) + after`` is the message ``build_identify``
+    makes, byte for byte (protobuf writes fields in the order of their numbers: 1-3, then the
+    observed address, 4, then 5, 6 and 8). What a host sends every peer is made once."""
+    msg = identify_pb2.Identify()
+    msg.publicKey = public_key.to_protobuf()
+    msg.listenAddrs.extend(a.to_bytes() for a in listen_addrs)
+    msg.protocols.extend(protocols)
+    before = msg.SerializeToString()
+    msg = identify_pb2.Identify()
+    msg.protocolVersion = protocol_version
+    msg.agentVersion = agent_version
+    if signed_peer_record is not None:
+        msg.signedPeerRecord = signed_peer_record
+    return before, msg.SerializeToString()
+
+
+def observed_addr_field(addr: Multiaddr | None) -> bytes:
+    """The observed-address field of an identify message (empty for None)."""
+    if addr is None:
+        return b""
+    msg = identify_pb2.Identify()
+    msg.observedAddr = addr.to_bytes()
+    return msg.SerializeToString()
+
+
 def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
     """Decode and check ``peer``'s identify message.
 
@@ -97,6 +132,7 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
     except DecodeError as exc:
         raise ProtocolError(f"malformed identify message from {peer}") from exc
     info = IdentifyInfo(peer=peer, push=push)
+    known_key: tuple[bytes, PublicKey] | None = None
     if msg.HasField("publicKey"):
         try:
             key = unmarshal_public_key(msg.publicKey)
@@ -105,6 +141,7 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
         if PeerID.from_public_key(key) != peer:
             raise ProtocolError(f"identify from {peer} carries another peer's public key")
         info.public_key = key
+        known_key = (msg.publicKey, key)
     # Capped however many the peer sends (a push of 6000 addresses used to be stored whole).
     # An unspecified address (0.0.0.0, ::) is nobody's address: an old or misconfigured
     # peer may send one; dialling it would reach ourselves.
@@ -125,7 +162,7 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
         info.protocol_version = msg.protocolVersion
     if msg.HasField("signedPeerRecord"):
         try:
-            verify_peer_record(msg.signedPeerRecord, peer)
+            verify_peer_record(msg.signedPeerRecord, peer, expected_key=known_key)
         except InvalidPeerRecord as exc:
             log.info("identify from %s carries an invalid peer record: %s", peer, exc)
         else:

@@ -52,10 +52,15 @@ _UNLIMITED = 1 << 62
 class Scope:
     """Usage and limits of one node of the scope tree."""
 
-    __slots__ = ("forget", "kind", "limits", "name", "usage")
+    __slots__ = ("_name", "_of", "forget", "kind", "limits", "usage")
 
-    def __init__(self, name: str, limits: dict[str, int], kind: str | None = None) -> None:
-        self.name = name
+    def __init__(
+        self, name: str, limits: dict[str, int], kind: str | None = None, of: object = None
+    ) -> None:
+        # ``of``: the name is ``name`` + ``str(of)``, made when first asked for (a peer scope
+        # per connected peer would otherwise encode its peer ID in base58 every time)
+        self._name = name
+        self._of = of
         #: What the refusal counters call it (``peer``, ``ip``, ``relay_peer``...).
         self.kind = kind or _kind_of(name)
         self.limits = limits
@@ -63,6 +68,13 @@ class Scope:
         #: Called once the scope holds nothing (peer, address and protocol scopes exist only
         #: while they hold something).
         self.forget: Callable[[], object] | None = None
+
+    @property
+    def name(self) -> str:
+        if self._of is not None:
+            self._name += str(self._of)
+            self._of = None
+        return self._name
 
     def used(self, resource: str) -> int:
         return self.usage.get(resource, 0)
@@ -157,13 +169,14 @@ class ResourceManager:
         if scope is None:
             lim = self.limits
             scope = self._peers[peer] = Scope(
-                f"peer:{peer}",
+                "peer:",
                 {
                     CONNS: lim.peer_conns,
                     STREAMS_INBOUND: lim.peer_streams_inbound,
                     STREAMS_OUTBOUND: lim.peer_streams_outbound,
                     MEMORY: lim.peer_memory,
                 },
+                of=peer,
             )
             scope.forget = lambda: self._peers.pop(peer, None)
         return scope
@@ -396,6 +409,26 @@ class ResourceManager:
 class ConnectionScope:
     """One connection: in the transient scope during its upgrade, then in its peer's."""
 
+    __slots__ = (
+        "_chain",
+        "_conns_key",
+        "_done",
+        "_flooding",
+        "_ip_scope",
+        "_peer_scope",
+        "_refusals",
+        "_stream_rate",
+        "_transient",
+        "direction",
+        "evicted",
+        "ip",
+        "manager",
+        "on_evict",
+        "opened",
+        "peer",
+        "scope",
+    )
+
     def __init__(
         self,
         manager: ResourceManager,
@@ -552,6 +585,17 @@ class ConnectionScope:
 
 class StreamScope:
     """One stream: counted in its connection, its peer and, once negotiated, its protocol."""
+
+    __slots__ = (
+        "_done",
+        "_protocol_scopes",
+        "_resource",
+        "_transient",
+        "conn",
+        "direction",
+        "memory",
+        "protocol",
+    )
 
     def __init__(self, conn: ConnectionScope, direction: Direction, resource: str) -> None:
         self.conn = conn

@@ -29,5 +29,8 @@ class SecurityTransport(Protocol):
         *,
         initiator: bool,
         expected_peer: PeerID | None,
-        timeout: float,
-    ) -> SecureConnection: ...
+        timeout: float | None,
+    ) -> SecureConnection:
+        """The handshake over ``conn``, within ``timeout`` seconds (None: the caller bounds
+        it, as the upgrade does for the whole upgrade)."""
+        ...

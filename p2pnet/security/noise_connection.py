@@ -419,7 +419,7 @@ async def noise_handshake(
     *,
     initiator: bool,
     expected_peer: PeerID | None = None,
-    timeout: float = 10.0,
+    timeout: float | None = 10.0,
     stream_muxers: Sequence[str] = (),
 ) -> NoiseConnection:
     """Secure ``conn`` with libp2p Noise (XX) and return the plaintext connection.
@@ -491,7 +491,7 @@ class NoiseSecurity:
         *,
         initiator: bool,
         expected_peer: PeerID | None,
-        timeout: float,
+        timeout: float | None,
     ) -> NoiseConnection:
         return await noise_handshake(
             conn, key, initiator=initiator, expected_peer=expected_peer, timeout=timeout

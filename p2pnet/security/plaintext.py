@@ -17,7 +17,7 @@ from p2pnet.crypto.keys import KeyPair, PublicKey, unmarshal_public_key
 from p2pnet.errors import CryptoError, HandshakeError, P2PError, PeerIDMismatch
 from p2pnet.io import Bytes, ReadWriter
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.wire.framing import read_length_prefixed, write_length_prefixed
+from p2pnet.wire.framing import encode_length_prefixed, read_length_prefixed
 from p2pnet.wire.pb import keys_pb2, plaintext_pb2
 
 PROTOCOL_ID = "/plaintext/2.0.0"
@@ -81,6 +81,9 @@ class PlaintextSecurity:
 
     protocol_id = PROTOCOL_ID
 
+    def __init__(self) -> None:
+        self._ours: tuple[KeyPair, PeerID, bytes] | None = None
+
     async def secure(
         self,
         conn: ReadWriter,
@@ -88,13 +91,17 @@ class PlaintextSecurity:
         *,
         initiator: bool,
         expected_peer: PeerID | None,
-        timeout: float,
+        timeout: float | None,
     ) -> PlaintextConnection:
-        local = PeerID.from_public_key(key.public_key)
+        # (our own Exchange message is the same on every connection: made once per key)
+        if self._ours is None or self._ours[0] is not key:
+            local = PeerID.from_public_key(key.public_key)
+            self._ours = (key, local, encode_length_prefixed(_encode_exchange(key, local)))
+        _, local, exchange = self._ours
         try:
             async with asyncio.timeout(timeout):
                 # Both sides send first: no round trip is wasted.
-                await write_length_prefixed(conn, _encode_exchange(key, local))
+                await conn.write(exchange)
                 data = await read_length_prefixed(conn, MAX_EXCHANGE_SIZE, timeout=None)
         except TimeoutError as exc:
             raise HandshakeError("plaintext handshake timed out") from exc
