@@ -262,6 +262,11 @@ async def test_bad_frames_reset_the_stream_only(make_node: Factory) -> None:
     sub = a.subscribe(T)
     b.subscribe(T)
     await until(lambda: hb.peer_id in a.mesh_peers(T))
+    # two whole frames in one chunk (the decoder's path; one frame alone takes a shorter one)
+    raw0 = await hb.new_stream(ha.peer_id, [MESHSUB_V12])
+    received = a.router.stats.get("rpc_received", 0)
+    await raw0.write(encode_length_prefixed(b"") * 2)
+    await until(lambda: a.router.stats.get("rpc_received", 0) == received + 2, what="2 frames")
     raw = await hb.new_stream(ha.peer_id, [MESHSUB_V12])
     await raw.write(encode_length_prefixed(b"\xff\xff\xff\xff"))  # not a protobuf RPC
     with pytest.raises(Exception):  # noqa: B017 - reset, EOF or closed: all fine

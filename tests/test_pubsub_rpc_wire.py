@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from test_pubsub_router import Harness, T, make_key, pid
 
 from p2pnet.pubsub import SignaturePolicy
 from p2pnet.pubsub.errors import InvalidRPC
-from p2pnet.pubsub.messages import SignatureVerifier, build_message
+from p2pnet.pubsub.messages import SignatureVerifier, build_message, message_fields
+from p2pnet.pubsub.router import DeliverMessage
 from p2pnet.pubsub.rpc_wire import (
     MalformedRPC,
+    parse_message,
     publish_piece,
     split_rpc,
     unsigned_encoding,
@@ -119,3 +123,109 @@ def test_a_frame_with_one_broken_message_is_refused_whole() -> None:
         h.r.handle_rpc(a, frame, h.now)
     assert h.deliveries() == []
     assert h.r.stats["frame_undecodable"] == 1
+
+
+# -- parse_message: a message's fields read from its bytes, agreeing with a decoder ----------
+
+
+def _field(tag: int, value: bytes) -> bytes:
+    return bytes([tag]) + encode_uvarint(len(value)) + value
+
+
+def test_parse_message_agrees_with_decoding_for_canonical_messages() -> None:
+    with_key = signed(5, data=bytes(300))  # a two-byte data length
+    with_key.key = make_key(5).public_key.to_protobuf()
+    unsigned_msg = rpc_pb2.Message(data=b"", topic="")  # empty fields are present ones
+    for msg in (signed(4), signed(6, data=b""), with_key, unsigned_msg, rpc_pb2.Message()):
+        raw = msg.SerializeToString()
+        parsed = parse_message(raw)
+        assert parsed is not None
+        assert parsed == message_fields(rpc_pb2.Message.FromString(raw), raw)
+        stripped = rpc_pb2.Message()
+        stripped.CopyFrom(msg)
+        stripped.ClearField("signature")
+        stripped.ClearField("key")
+        assert parsed[6] == stripped.SerializeToString()  # the bytes the signature covers
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _field(0x12, b"d") + _field(0x0A, b"f"),  # out of order
+        _field(0x0A, b"f") + _field(0x0A, b"g"),  # a field twice (a decoder keeps the last)
+        _field(0x0A, b"f") + _field(0x3A, b"x"),  # an unknown field
+        b"\x08\x01",  # an unknown varint field
+        b"\x12\x81\x00" + b"x",  # a padded length
+        b"\x12\x05abc",  # a body longer than the message
+        b"\x12",  # a tag without a length
+        _field(0x22, b"\xff\xfe"),  # a topic that is not UTF-8 (a decoder gives bytes)
+        _field(0x22, b"\xed\xa0\x80"),  # an encoded surrogate
+    ],
+)
+def test_parse_message_leaves_other_forms_to_the_decoder(raw: bytes) -> None:
+    assert parse_message(raw) is None
+
+
+def test_parse_message_on_mutated_bytes_never_disagrees_with_a_decoder() -> None:
+    rng = random.Random(11)
+    base = [signed(i, data=bytes(rng.randrange(200))).SerializeToString() for i in range(4)]
+    agreed = 0
+    for _ in range(3000):
+        raw = bytearray(rng.choice(base))
+        for _ in range(rng.randrange(1, 4)):
+            what = rng.randrange(3)
+            pos = rng.randrange(len(raw) + 1)
+            if what == 0 and pos < len(raw):
+                raw[pos] = rng.randrange(256)
+            elif what == 1:
+                raw[pos:pos] = bytes([rng.randrange(256)])
+            else:
+                del raw[pos : pos + rng.randrange(1, 8)]
+        data = bytes(raw)
+        parsed = parse_message(data)
+        if parsed is None:
+            continue
+        decoded = rpc_pb2.Message.FromString(data)  # never raises on what parse_message took
+        assert parsed == message_fields(decoded, data)
+        agreed += 1
+    assert agreed > 100  # (the mutations kept many messages in canonical form)
+
+
+def test_a_message_in_another_form_takes_the_decoding_path_with_the_same_outcome() -> None:
+    h = Harness()
+    h.r.join(T, h.now)
+    a, b = h.add(2)
+    h.sent()
+    msg = signed(0, data=b"reordered")
+    raw = msg.SerializeToString()
+    from_field = _field(0x0A, msg.from_)
+    data_field = _field(0x12, msg.data)
+    assert raw.startswith(from_field + data_field)
+    other_form = data_field + from_field + raw[len(from_field + data_field) :]
+    assert parse_message(other_form) is None
+    h.r.handle_rpc(a, publish_piece(other_form), h.now)
+    events = h.r.take_events()
+    assert [e.message.data for e in events if isinstance(e, DeliverMessage)] == [b"reordered"]
+    delivered = next(e.message for e in events if isinstance(e, DeliverMessage))
+    assert delivered.id == msg.from_ + msg.seqno and delivered.from_peer == a
+    assert delivered.seqno == 1 and delivered.signature == msg.signature
+    assert dict(h.r.take_outgoing())[b] == publish_piece(other_form)  # forwarded as received
+    # the canonical bytes of the same message are a duplicate now, scored as one
+    h.r.handle_rpc(b, publish_piece(raw), h.now)
+    assert h.r.stats["msg_duplicate"] == 1 and h.deliveries() == []
+
+
+def test_an_application_message_id_function_gets_the_decoded_message() -> None:
+    seen: list[rpc_pb2.Message] = []
+
+    def by_data(m: rpc_pb2.Message) -> bytes:
+        seen.append(m)
+        return b"id:" + m.data
+
+    h = Harness(msg_id_fn=by_data)
+    h.r.join(T, h.now)
+    (a,) = h.add(1)
+    h.r.handle_rpc(a, publish_piece(signed(0, data=b"x").SerializeToString()), h.now)
+    events = h.r.take_events()
+    assert [e.message.id for e in events if isinstance(e, DeliverMessage)] == [b"id:x"]
+    assert len(seen) == 1 and seen[0].data == b"x"

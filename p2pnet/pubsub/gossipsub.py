@@ -904,6 +904,22 @@ class _RPCReader:
             return
         decoder = self._decoder
         if not decoder.buffered:
+            if type(data) is bytes:
+                # the usual chunk: exactly one whole frame (one write of the peer, one yamux
+                # frame) with a minimal one- or two-byte prefix, within the limit: its body is
+                # taken from the chunk (the decoder would copy it in and out of its buffer)
+                size = len(data)
+                first = data[0]
+                if first < 0x80:
+                    length, start = first, 1
+                elif size > 1 and 0 < data[1] < 0x80:
+                    length, start = (first & 0x7F) | (data[1] << 7), 2
+                else:
+                    length = start = -1
+                if start + length == size and length <= decoder.max_length:
+                    if not pubsub._handle_frames(self._peer, self._state, [data[start:]]):
+                        self.finish(True)
+                    return
             self._deadline = self._loop.time() + self._timeout
         try:
             decoder.feed(data)

@@ -11,20 +11,13 @@ from p2pnet.peer.peer_id import PeerID
 K = TypeVar("K", bound=Hashable)
 
 
-class _Entry:
-    __slots__ = ("counts", "data", "topic")
-
-    def __init__(self, topic: str, data: bytes) -> None:
-        self.topic = topic
-        self.data = data
-        self.counts: dict[PeerID, int] = {}
-
-
 class MessageCache:
     """Full messages of the last ``history`` heartbeats; IDs of the last ``gossip`` are gossiped.
 
     ``shift()`` runs once per heartbeat: the oldest window is dropped with its messages.
-    Messages are kept encoded (the protobuf ``Message`` bytes), ready to forward.
+    Messages are kept encoded (the protobuf ``Message`` bytes), ready to forward. Every node
+    caches every message it relays, so the maps hold plain values only (bytes, str): no
+    container per message for the cyclic garbage collector to track.
     """
 
     def __init__(self, gossip: int, history: int) -> None:
@@ -32,14 +25,19 @@ class MessageCache:
             raise ValueError(f"need 1 <= gossip <= history (got {gossip}, {history})")
         self.gossip = gossip
         self.history = history
-        self._msgs: dict[bytes, _Entry] = {}
-        #: the bytes of each cached message -> its ID: a duplicate arrives as the same bytes (it
-        #: is forwarded unchanged), so the router can tell it without decoding it again
-        self._ids: dict[bytes, tuple[bytes, str]] = {}
-        #: ``lookup_bytes(data)``: the ID and topic of the cached message encoded as exactly
-        #: ``data``, or None (the dict's own ``get``: no Python call per message received)
-        self.lookup_bytes: Callable[[bytes], tuple[bytes, str] | None] = self._ids.get
-        self._windows: deque[list[tuple[bytes, str]]] = deque([] for _ in range(history))
+        self._msgs: dict[bytes, bytes] = {}
+        self._topics: dict[bytes, str] = {}
+        #: the bytes of each cached message -> its ID: a duplicate arrives as the same bytes
+        #: (it is forwarded unchanged), so the router can tell it without decoding it again
+        self._ids: dict[bytes, bytes] = {}
+        #: ``lookup_bytes(data)``: the ID of the cached message encoded as exactly ``data``, or
+        #: None (the dict's own ``get``: no Python call per message received)
+        self.lookup_bytes: Callable[[bytes], bytes | None] = self._ids.get
+        #: ``topic_of(msg_id)`` for a cached message (the dict's ``__getitem__``)
+        self.cached_topic: Callable[[bytes], str] = self._topics.__getitem__
+        self._windows: deque[list[bytes]] = deque([] for _ in range(history))
+        #: how often each peer asked for a message (IWANT), for the messages asked for
+        self._asked: dict[bytes, dict[PeerID, int]] = {}
 
     def __len__(self) -> int:
         return len(self._msgs)
@@ -48,46 +46,51 @@ class MessageCache:
         return msg_id in self._msgs
 
     def put(self, msg_id: bytes, topic: str, data: bytes) -> None:
-        if msg_id in self._msgs:
+        msgs = self._msgs
+        if msg_id in msgs:
             return
-        self._msgs[msg_id] = _Entry(topic, data)
-        self._ids.setdefault(data, (msg_id, topic))
-        self._windows[0].append((msg_id, topic))
+        msgs[msg_id] = data
+        self._topics[msg_id] = topic
+        self._ids.setdefault(data, msg_id)
+        self._windows[0].append(msg_id)
 
     def get(self, msg_id: bytes) -> bytes | None:
-        entry = self._msgs.get(msg_id)
-        return None if entry is None else entry.data
+        return self._msgs.get(msg_id)
 
     def topic_of(self, msg_id: bytes) -> str | None:
-        entry = self._msgs.get(msg_id)
-        return None if entry is None else entry.topic
+        return self._topics.get(msg_id)
 
     def get_for_peer(self, msg_id: bytes, peer: PeerID) -> tuple[bytes, str, int] | None:
         """The message, its topic and how often ``peer`` has now asked for it (counted)."""
-        entry = self._msgs.get(msg_id)
-        if entry is None:
+        data = self._msgs.get(msg_id)
+        if data is None:
             return None
-        count = entry.counts.get(peer, 0) + 1
-        entry.counts[peer] = count
-        return entry.data, entry.topic, count
+        counts = self._asked.setdefault(msg_id, {})
+        count = counts.get(peer, 0) + 1
+        counts[peer] = count
+        return data, self._topics[msg_id], count
 
     def gossip_ids(self, topic: str) -> list[bytes]:
         """IDs of the messages in ``topic`` from the last ``gossip`` windows."""
+        topics = self._topics
         out: list[bytes] = []
         for i in range(self.gossip):
-            out.extend(mid for mid, t in self._windows[i] if t == topic)
+            out.extend(mid for mid in self._windows[i] if topics[mid] == topic)
         return out
 
     def gossip_topics(self) -> set[str]:
-        return {t for i in range(self.gossip) for _, t in self._windows[i]}
+        topics = self._topics
+        return {topics[mid] for i in range(self.gossip) for mid in self._windows[i]}
 
     def shift(self) -> None:
-        for mid, _ in self._windows.pop():
-            entry = self._msgs.pop(mid, None)
-            if entry is not None:
-                known = self._ids.get(entry.data)
-                if known is not None and known[0] == mid:
-                    del self._ids[entry.data]
+        msgs, topics, ids, asked = self._msgs, self._topics, self._ids, self._asked
+        for mid in self._windows.pop():
+            data = msgs.pop(mid)
+            del topics[mid]
+            if ids.get(data) == mid:
+                del ids[data]
+            if asked:
+                asked.pop(mid, None)
         self._windows.appendleft([])
 
 

@@ -25,6 +25,7 @@ once rather than at the next heartbeat, and an unsubscribing peer leaves our mes
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import math
 import operator
@@ -52,9 +53,14 @@ from p2pnet.pubsub.messages import (
     SignatureVerifier,
     ValidationFailure,
     ValidationResult,
+    app_message,
     build_message,
     default_msg_id_fn,
     get_from,
+    message_fields,
+    msg_id_from_seqno,
+    msg_id_sha256,
+    seqno_msg_id,
     to_app_message,
 )
 from p2pnet.pubsub.params import (
@@ -65,7 +71,13 @@ from p2pnet.pubsub.params import (
     supports_backoff,
     supports_idontwant,
 )
-from p2pnet.pubsub.rpc_wire import MalformedRPC, publish_piece, split_rpc
+from p2pnet.pubsub.rpc_wire import (
+    MalformedRPC,
+    ParsedMessage,
+    parse_message,
+    publish_piece,
+    split_rpc_fields,
+)
 from p2pnet.pubsub.score import GossipTracer, PeerScore, PeerScoreParams, PeerScoreThresholds
 from p2pnet.wire.pb import rpc_pb2
 from p2pnet.wire.varint import encode_uvarint
@@ -132,14 +144,14 @@ class BadFrame(enum.Enum):
 
 
 class _Outbox:
-    __slots__ = ("control", "msg_ids", "msgs", "subs")
+    __slots__ = ("control", "msgs", "subs")
 
     def __init__(self) -> None:
         self.subs: list[bytes] = []
-        #: publish fields ready to join into a frame (tag, length, message bytes), shared by all
-        #: the peers a message goes to: a message is encoded once, however many peers get it
-        self.msgs: list[bytes] = []
-        self.msg_ids: set[bytes] = set()
+        #: message ID -> publish field ready to join into a frame (tag, length, message bytes),
+        #: shared by all the peers a message goes to: a message is encoded once, however many
+        #: peers get it; queued once per peer (the keys), in order (the dict's)
+        self.msgs: dict[bytes, bytes] = {}
         self.control: rpc_pb2.ControlMessage | None = None
 
     def ctrl(self) -> rpc_pb2.ControlMessage:
@@ -220,6 +232,7 @@ class GossipsubRouter:
         if self.config.signature_policy is SignaturePolicy.STRICT_SIGN and key is None:
             raise InvalidParameters("StrictSign needs the node's key to sign messages")
         self.local_peer = local_peer
+        self._local_key = local_peer.to_bytes()
         self.key = key
         self.rng = rng if rng is not None else random.Random(local_peer.to_bytes())
         self.msg_id_fn = self.config.msg_id_fn or default_msg_id_fn(self.config.signature_policy)
@@ -253,7 +266,9 @@ class GossipsubRouter:
 
         self.heartbeat_ticks = 0
         self.now = 0.0
-        self._dirty: dict[PeerID, None] = {}
+        #: the peers with something queued, in the order they were given it (by _Peer object:
+        #: hashed in C, unlike a PeerID; a removed peer leaves it)
+        self._dirty: dict[_Peer, None] = {}
         self._events: list[RouterEvent] = []
         #: counters for tests and metrics
         self.stats: dict[str, int] = {}
@@ -266,14 +281,22 @@ class GossipsubRouter:
         """The RPC frames to send since the last call (each fits ``max_message_size``)."""
         out: list[tuple[PeerID, bytes]] = []
         limit = self.config.max_message_size
-        for pid in self._dirty:  # insertion order: reproducible
-            peer = self.peers.get(pid)
-            if peer is None:
-                continue
+        for peer in self._dirty:  # insertion order: reproducible
+            pid = peer.id
             box = peer.outbox
-            if not box.subs and not box.msgs and box.control is None:
-                continue
-            peer.outbox = _Outbox()
+            msgs = box.msgs
+            if not box.subs and box.control is None:
+                if not msgs:
+                    continue
+                # only messages, the usual case: one join if they fit in one frame
+                box.msgs = {}
+                pieces = msgs.values()
+                if sum(map(len, pieces)) <= limit:
+                    out.append((pid, b"".join(pieces)))
+                    continue
+            else:
+                peer.outbox = _Outbox()
+                pieces = msgs.values()
             parts: list[bytes] = []
             size = 0
             if box.control is not None and box.control.ByteSize() > 0:
@@ -283,7 +306,7 @@ class GossipsubRouter:
             for s in box.subs:
                 parts += (_TAG_SUBSCRIPTION, encode_uvarint(len(s)), s)
                 size += len(s) + 6
-            for piece in box.msgs:
+            for piece in pieces:
                 n = len(piece)
                 if parts and size + n > limit:
                     out.append((pid, b"".join(parts)))
@@ -312,20 +335,20 @@ class GossipsubRouter:
         self.stats[name] = self.stats.get(name, 0) + n
 
     def _box(self, pid: PeerID) -> _Outbox:
-        self._dirty[pid] = None
-        return self.peers[pid].outbox
+        p = self.peers[pid]
+        self._dirty[p] = None
+        return p.outbox
 
     def _send_message(self, pid: PeerID, msg_id: bytes, piece: bytes) -> None:
         """Queue ``piece`` (:func:`rpc_wire.publish_piece` of the message) for ``pid``."""
         self._queue_piece(self.peers[pid], msg_id, piece)
 
     def _queue_piece(self, p: _Peer, msg_id: bytes, piece: bytes) -> None:
-        box = p.outbox
-        if msg_id not in box.msg_ids:
-            box.msg_ids.add(msg_id)
-            box.msgs.append(piece)
-            if len(box.msgs) == 1:  # else the peer is marked already (saves a PeerID hash)
-                self._dirty[p.id] = None
+        msgs = p.outbox.msgs
+        if msg_id not in msgs:
+            msgs[msg_id] = piece
+            if len(msgs) == 1:  # else the peer is marked already (saves a PeerID hash)
+                self._dirty[p] = None
 
     def _send_subscription(self, pid: PeerID, topic: str, subscribe: bool) -> None:
         sub = rpc_pb2.RPC.SubOpts(subscribe=subscribe, topicid=topic)
@@ -392,7 +415,7 @@ class GossipsubRouter:
             fanout.discard(peer)
         self.tracer.remove_peer(peer)
         self.score.remove_peer(peer, now)
-        self._dirty.pop(peer, None)
+        self._dirty.pop(p, None)
         log.debug("peer %s removed", peer)
 
     def add_direct_peer(self, peer: PeerID) -> None:
@@ -642,8 +665,8 @@ class GossipsubRouter:
             log.debug("RPC from unknown peer %s dropped", peer)
             self._count("rpc_unknown_peer")
             return
-        if peer not in self.direct and not self.score.at_least(
-            peer, self.thresholds.graylist_threshold, now
+        if not (self.direct and peer in self.direct) and not self.score.at_least(
+            peer, self.thresholds.graylist_threshold, now, p.key
         ):  # accept_from, inlined: it runs for every frame
             log.debug("RPC from graylisted peer %s ignored", peer)
             self._count("rpc_graylisted")
@@ -655,37 +678,49 @@ class GossipsubRouter:
         # forwarded unchanged) is known without decoding: those bytes decoded before.
         lookup = self.mcache.lookup_bytes
         try:
-            parts = split_rpc(data)
-            subs = [rpc_pb2.RPC.SubOpts.FromString(b) for b in parts.subscriptions]
-            msgs: list[tuple[rpc_pb2.Message | tuple[bytes, str], bytes]] = [
-                (lookup(b) or rpc_pb2.Message.FromString(b), b) for b in parts.publish
-            ]
+            sub_parts, publish, control_part = split_rpc_fields(data)
+            subs = [rpc_pb2.RPC.SubOpts.FromString(b) for b in sub_parts] if sub_parts else ()
+            # per message: the ID of the cached message with these bytes; else its fields read
+            # from the bytes (parse_message); else, in another form, decoded
+            msgs: list[tuple[bytes | ParsedMessage | rpc_pb2.Message, bytes]] = []
+            for b in publish:
+                msgs.append((lookup(b) or parse_message(b) or rpc_pb2.Message.FromString(b), b))
             control = (
-                None if parts.control is None else rpc_pb2.ControlMessage.FromString(parts.control)
+                None if control_part is None else rpc_pb2.ControlMessage.FromString(control_part)
             )
         except (MalformedRPC, DecodeError) as exc:
             self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
             raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
-        self._count("rpc_received")
+        stats = self.stats
+        stats["rpc_received"] = stats.get("rpc_received", 0) + 1
         for sub in subs:
             self._handle_subscription(p, sub)
         seen, pending, subscriptions = self.seen.keys, self.pending, self.subscriptions
-        duplicate = self.score.duplicate_message
+        duplicate = self.score.duplicate_by_key
+        key = p.key
         duplicates = 0
+        cached_topic = self.mcache.cached_topic
         for msg, raw in msgs:
-            if type(msg) is tuple:
-                msg_id, topic = msg
+            if type(msg) is bytes:  # known by its bytes: the cached message's ID
+                topic = cached_topic(msg)
                 if topic not in subscriptions:
                     self._count("msg_not_subscribed")
-                elif msg_id in seen or msg_id in pending:
-                    duplicate(peer, msg_id, topic, now)
+                elif msg in seen or msg in pending:
+                    duplicate(key, msg, topic, now)
                     duplicates += 1
                 else:  # cached but no longer seen (a seen TTL shorter than the history)
-                    self._handle_message(p, rpc_pb2.Message.FromString(raw), raw)
-            else:
-                self._handle_message(p, msg, raw)  # type: ignore[arg-type]
+                    parsed = parse_message(raw)
+                    if parsed is None:
+                        decoded = rpc_pb2.Message.FromString(raw)
+                        self._handle_message(p, raw, message_fields(decoded, raw), decoded)
+                    else:
+                        self._handle_message(p, raw, parsed, None)
+            elif type(msg) is tuple:
+                self._handle_message(p, raw, msg, None)
+            else:  # not in canonical form: decoded
+                assert isinstance(msg, rpc_pb2.Message)
+                self._handle_message(p, raw, message_fields(msg, raw), msg)
         if duplicates:
-            stats = self.stats
             stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + duplicates
         if control is not None and p.is_gossip:
             self._handle_control(p, control)
@@ -739,51 +774,73 @@ class GossipsubRouter:
         self.score.graft(p.id, topic, self.now)
         self._send_graft(p.id, topic)
 
-    def _handle_message(self, p: _Peer, msg: rpc_pb2.Message, raw: bytes) -> None:
+    def _handle_message(
+        self, p: _Peer, raw: bytes, fields: ParsedMessage, msg: rpc_pb2.Message | None
+    ) -> None:
+        """A message not known by its bytes: ``fields`` as :func:`rpc_wire.parse_message` reads
+        them, ``msg`` the decoded message if it was decoded (else it is, only for a message ID
+        function of the application's)."""
         now = self.now
-        topic = msg.topic
-        if not msg.HasField("topic") or topic not in self.subscriptions:
+        from_, data, seqno, topic, signature, key, signed = fields
+        if topic is None or topic not in self.subscriptions:
             self._count("msg_not_subscribed")
             return
+        id_fn = self.msg_id_fn
         try:
-            msg_id = self.msg_id_fn(msg)
+            if id_fn is msg_id_from_seqno:
+                msg_id = seqno_msg_id(from_, seqno)
+            elif id_fn is msg_id_sha256:
+                msg_id = hashlib.sha256(data).digest()
+            else:
+                if msg is None:
+                    msg = rpc_pb2.Message.FromString(raw)
+                msg_id = id_fn(msg)
         except InvalidMessage as exc:
             log.debug("message from %s without a usable ID: %s", p.id, exc)
             self.score.reject_message(p.id, None, topic, now)
             self._count("msg_invalid")
             return
         if msg_id in self.seen or msg_id in self.pending:
-            self.score.duplicate_message(p.id, msg_id, topic, now)
+            self.score.duplicate_by_key(p.key, msg_id, topic, now)
             self._count("msg_duplicate")
             return
         try:
-            author = self.verifier.verify(msg, raw)
+            author = self.verifier.verify_fields(from_, seqno, signature, key, signed, msg)
         except InvalidMessage as exc:
             log.debug("invalid message from %s: %s", p.id, exc)
             self.score.reject_message(p.id, None, topic, now)
             self._count("msg_invalid")
             self._count_topic(topic, "invalid")
             return
-        if author == self.local_peer:
+        if author is not None and from_ == self._local_key:
             # our own message came back after the seen cache forgot it, or a forgery
             self._count("msg_self_origin")
             return
         self.seen.add(msg_id, now)
-        self.score.validate_message(msg_id, now)
         self.tracer.fulfil(msg_id)
-        data = raw  # forwarded as received: never encoded again
-        if len(msg.data) >= self.config.idontwant_message_threshold:
+        if len(data) >= self.config.idontwant_message_threshold:
             self._send_idontwant(msg_id, topic, p.id)
-        app_msg = to_app_message(msg, msg_id, author, p.id)
+        app_msg = app_message(
+            topic,
+            data,
+            author,
+            None if seqno is None else int.from_bytes(seqno, "big"),
+            msg_id,
+            p.id,
+            signature,
+            key,
+        )
+        # forwarded as received (``raw``): never encoded again
         if topic in self.validated_topics:
+            self.score.validate_message(msg_id, now)
             if len(self.pending) >= self.config.max_pending_validations:
                 self.score.ignore_message(msg_id, now)
                 self._count("msg_throttled")
                 return
-            self.pending[msg_id] = _Pending(p.id, data, app_msg)
+            self.pending[msg_id] = _Pending(p.id, raw, app_msg)
             self._events.append(ValidateMessage(app_msg))
             return
-        self._accept(p.id, msg_id, data, app_msg)
+        self._accept(p.id, msg_id, raw, app_msg, validated=False)
 
     def set_validated(self, topic: str, validated: bool) -> None:
         """Whether messages of ``topic`` wait for the application's validator (ValidateMessage).
@@ -814,7 +871,7 @@ class GossipsubRouter:
             result = ValidationResult.IGNORE
         if result is ValidationResult.ACCEPT:
             # delivered and forwarded even if the sender left meanwhile
-            self._accept(pending.source, msg_id, pending.data, pending.message)
+            self._accept(pending.source, msg_id, pending.data, pending.message, validated=True)
         elif result is ValidationResult.REJECT:
             self.score.reject_message(pending.source, msg_id, topic, now)
             self._count("msg_rejected")
@@ -824,10 +881,17 @@ class GossipsubRouter:
             self._count("msg_ignored")
             self._count_topic(topic, "ignored")
 
-    def _accept(self, source: PeerID, msg_id: bytes, data: bytes, message: Message) -> None:
+    def _accept(
+        self, source: PeerID, msg_id: bytes, data: bytes, message: Message, *, validated: bool
+    ) -> None:
+        """Deliver and forward; ``validated``: the message went through a validator (its
+        delivery record was opened then), else it is accepted as it is received."""
         topic = message.topic
         self.mcache.put(msg_id, topic, data)
-        self.score.deliver_message(source, msg_id, topic, self.now)
+        if validated:
+            self.score.deliver_message(source, msg_id, topic, self.now)
+        else:
+            self.score.deliver_new_message(source, msg_id, topic, self.now)
         self._count("msg_delivered")
         self._count_topic(topic, "delivered")
         if topic in self.subscriptions:
@@ -859,12 +923,11 @@ class GossipsubRouter:
             sent += 1
             if piece is None:
                 piece = publish_piece(data)  # one encoding for every peer it goes to
-            box = p.outbox  # _queue_piece, inlined: this runs for every message and peer
-            if msg_id not in box.msg_ids:
-                box.msg_ids.add(msg_id)
-                box.msgs.append(piece)
-                if len(box.msgs) == 1:
-                    dirty[p.id] = None
+            msgs = p.outbox.msgs  # _queue_piece, inlined: this runs for every message and peer
+            if msg_id not in msgs:
+                msgs[msg_id] = piece
+                if len(msgs) == 1:
+                    dirty[p] = None
         if sent:
             self._count("msg_forwarded", sent)
 
@@ -915,12 +978,11 @@ class GossipsubRouter:
         dirty = self._dirty
         for key in sorted(tosend):  # sorted: reproducible frame order
             p = tosend[key]
-            box = p.outbox  # _queue_piece, inlined: this runs for every message and peer
-            if msg_id not in box.msg_ids:
-                box.msg_ids.add(msg_id)
-                box.msgs.append(piece)
-                if len(box.msgs) == 1:
-                    dirty[p.id] = None
+            msgs = p.outbox.msgs  # _queue_piece, inlined: this runs for every message and peer
+            if msg_id not in msgs:
+                msgs[msg_id] = piece
+                if len(msgs) == 1:
+                    dirty[p] = None
         self._count("msg_forwarded", len(tosend))
 
     def _send_idontwant(self, msg_id: bytes, topic: str, source: PeerID) -> None:

@@ -52,11 +52,35 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
 
 def split_rpc(frame: bytes) -> RPCParts:
     """The parts of an RPC frame; raises :class:`MalformedRPC`."""
-    parts = RPCParts()
+    subscriptions, publish, control = split_rpc_fields(frame)
+    return RPCParts(subscriptions, publish, control)
+
+
+def split_rpc_fields(frame: bytes) -> tuple[list[bytes], list[bytes], bytes | None]:
+    """:func:`split_rpc` as a tuple (subscriptions, publish, control), for the router: it runs
+    for every frame received. Raises :class:`MalformedRPC`."""
+    subscriptions: list[bytes] = []
+    publish: list[bytes] = []
     controls: list[bytes] = []
+    add_message = publish.append
     pos, end = 0, len(frame)
     while pos < end:
         key = frame[pos]
+        if key == 0x12 and pos + 2 < end:  # a message with a one- or two-byte length: most
+            length = frame[pos + 1]
+            if length < 0x80:
+                pos += 2
+            elif frame[pos + 2] < 0x80:
+                length = (length & 0x7F) | (frame[pos + 2] << 7)
+                pos += 3
+            else:
+                length, pos = _varint(frame, pos + 1, end)
+            stop = pos + length
+            if stop > end:
+                raise MalformedRPC("field longer than the frame")
+            add_message(frame[pos:stop])
+            pos = stop
+            continue
         if key < 0x80:
             pos += 1
         else:
@@ -68,7 +92,7 @@ def split_rpc(frame: bytes) -> RPCParts:
             length = frame[pos] if pos < end else 0x80
             if length < 0x80:
                 pos += 1
-            elif pos + 1 < end and frame[pos + 1] < 0x80:  # two bytes: most messages
+            elif pos + 1 < end and frame[pos + 1] < 0x80:  # two bytes
                 length = (length & 0x7F) | (frame[pos + 1] << 7)
                 pos += 2
             else:
@@ -77,9 +101,9 @@ def split_rpc(frame: bytes) -> RPCParts:
             if stop > end:
                 raise MalformedRPC("field longer than the frame")
             if number == 2:
-                parts.publish.append(frame[pos:stop])
+                publish.append(frame[pos:stop])
             elif number == 1:
-                parts.subscriptions.append(frame[pos:stop])
+                subscriptions.append(frame[pos:stop])
             elif number == 3:
                 controls.append(frame[pos:stop])
             pos = stop
@@ -93,9 +117,10 @@ def split_rpc(frame: bytes) -> RPCParts:
             raise MalformedRPC(f"unsupported wire type {wire}")
         if pos > end:
             raise MalformedRPC("truncated field")
+    control = None
     if controls:
-        parts.control = controls[0] if len(controls) == 1 else b"".join(controls)
-    return parts
+        control = controls[0] if len(controls) == 1 else b"".join(controls)
+    return subscriptions, publish, control
 
 
 def unsigned_encoding(raw: bytes) -> bytes | None:
@@ -132,6 +157,61 @@ def unsigned_encoding(raw: bytes) -> bytes | None:
     if pos != end:
         return None
     return raw if cut < 0 else raw[:cut]
+
+
+#: A message read from its encoding by :func:`parse_message`: ``from``, ``data`` (``b""`` when
+#: absent, as a decoder reads it), ``seqno``, ``topic``, ``signature``, ``key`` (None when absent)
+#: and the bytes the signature covers (the encoding without signature and key; None when they
+#: must be encoded again: see :func:`messages.message_fields`).
+ParsedMessage = tuple[
+    bytes | None, bytes, bytes | None, str | None, bytes | None, bytes | None, bytes | None
+]
+
+
+def parse_message(raw: bytes) -> ParsedMessage | None:
+    """The fields of message ``raw``, read without a protobuf decoder, when ``raw`` is in the
+    form our encoder (and go's and js's) produces: known fields in ascending order, each once,
+    one-byte tags, minimal lengths, a topic in UTF-8. Then every field equals what decoding
+    gives, and the signed bytes are a prefix of ``raw``. Anything else (unknown or repeated
+    fields, another order, a malformed encoding) gives None: the caller decodes ``raw``.
+    """
+    end = len(raw)
+    pos = last = 0
+    cut = end
+    values: list[bytes | None] = [None, None, None, None, None, None, None]
+    tags = _MESSAGE_TAGS
+    while pos < end:
+        number = tags.get(raw[pos])
+        if number is None or number <= last or pos + 1 >= end:
+            return None
+        last = number
+        length = raw[pos + 1]
+        if length < 0x80:
+            start = pos + 2
+        elif pos + 2 < end and 0 < raw[pos + 2] < 0x80:  # a minimal two-byte length
+            length = (length & 0x7F) | (raw[pos + 2] << 7)
+            start = pos + 3
+        else:
+            try:
+                length, start = _varint(raw, pos + 1, end)
+            except MalformedRPC:
+                return None
+            if raw[start - 1] == 0:  # a padded (non-minimal) length
+                return None
+        stop = start + length
+        if stop > end:
+            return None
+        if number >= _SIGNATURE and cut == end:
+            cut = pos
+        values[number] = raw[start:stop]
+        pos = stop
+    topic: str | None = None
+    if values[4] is not None:
+        try:
+            topic = values[4].decode()
+        except UnicodeDecodeError:
+            return None  # a decoder gives bytes for it: the caller's path decides
+    return values[1], values[2] or b"", values[3], topic, values[5], values[6], raw[:cut]
 
 
 def publish_piece(raw: bytes) -> bytes:

@@ -24,6 +24,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.pubsub.errors import InvalidParameters
@@ -280,14 +281,13 @@ class _PeerStats:
 _UNKNOWN, _VALID, _INVALID, _IGNORED = range(4)
 
 
-class _DeliveryRecord:
-    __slots__ = ("first_seen", "peers", "status", "validated")
-
-    def __init__(self, now: float) -> None:
-        self.status = _UNKNOWN
-        self.first_seen = now
-        self.validated = 0.0
-        self.peers: set[PeerID] = set()
+#: A message's delivery record: its state, when it was validated (0.0 before), and the peers that
+#: delivered it besides the first, by peer ID bytes. A tuple, replaced on each change; the usual
+#: record, a valid message with no other sender to remember, is stored as just its validation
+#: time (a float). Every node keeps one per message for the seen TTL: plain values are no work
+#: for the cyclic garbage collector (an object with a set was two tracked containers each).
+_Record = tuple[int, float, tuple[bytes, ...]]
+_NEW_RECORD: _Record = (_UNKNOWN, 0.0, ())
 
 
 @dataclass
@@ -312,10 +312,17 @@ class PeerScore:
     ) -> None:
         self.params = params
         self._peers: dict[PeerID, _PeerStats] = {}
+        #: the same stats by peer ID bytes, for the per-message paths
+        self._by_key: dict[bytes, _PeerStats] = {}
         self._peer_ips: dict[str, set[PeerID]] = {}
         self._app: dict[PeerID, float] = {}
-        self._records: dict[bytes, _DeliveryRecord] = {}
-        self._record_queue: deque[tuple[float, bytes]] = deque()
+        #: message ID -> its record, or its validation time for a valid message with no other
+        #: sender remembered (see _Record)
+        self._records: dict[bytes, _Record | float] = {}
+        #: the records in the order they expire: their IDs and expiry times (two queues of
+        #: plain values rather than one of tuples: no object for the garbage collector)
+        self._record_ids: deque[bytes] = deque()
+        self._record_expiry: deque[float] = deque()
         self._record_ttl = delivery_record_ttl
         self._last_decay: float | None = None
         self._epoch = 0  # bumped by changes that affect every peer (decay, IPs)
@@ -329,7 +336,7 @@ class PeerScore:
     def add_peer(self, peer: PeerID, ips: Iterable[str] = ()) -> None:
         stats = self._peers.get(peer)
         if stats is None:
-            stats = self._peers[peer] = _PeerStats()
+            stats = self._peers[peer] = self._by_key[peer.to_bytes()] = _PeerStats()
         stats.connected = True
         stats.version += 1
         self._set_ips(peer, stats, set(ips))
@@ -368,6 +375,7 @@ class PeerScore:
     def _forget(self, peer: PeerID, stats: _PeerStats) -> None:
         self._set_ips(peer, stats, set())
         del self._peers[peer]
+        del self._by_key[peer.to_bytes()]
         self._app.pop(peer, None)
 
     def known(self, peer: PeerID) -> bool:
@@ -384,10 +392,16 @@ class PeerScore:
         message-rate call that changes nothing (a counter at its cap, a zero weight) keeps the
         cached score.
         """
+        return self._topic_stats_by_key(peer.to_bytes(), topic)
+
+    def _topic_stats_by_key(
+        self, key: bytes, topic: str
+    ) -> tuple[_PeerStats, _TopicStats, TopicScoreParams] | None:
+        """:meth:`_topic_stats` of the peer whose ID bytes are ``key``."""
         tp = self.params.topic_params(topic)
         if tp is None:
             return None
-        stats = self._peers.get(peer)
+        stats = self._by_key.get(key)
         if stats is None:
             return None
         ts = stats.topics.get(topic)
@@ -427,12 +441,16 @@ class PeerScore:
 
     # -- message deliveries ----------------------------------------------------------------------
 
-    def _record(self, msg_id: bytes, now: float) -> _DeliveryRecord:
+    def _record(self, msg_id: bytes, now: float) -> _Record:
         rec = self._records.get(msg_id)
+        if type(rec) is float:
+            return (_VALID, rec, ())
         if rec is None:
-            rec = self._records[msg_id] = _DeliveryRecord(now)
-            self._record_queue.append((now + self._record_ttl, msg_id))
-        return rec
+            self._records[msg_id] = _NEW_RECORD
+            self._record_ids.append(msg_id)
+            self._record_expiry.append(now + self._record_ttl)
+            return _NEW_RECORD
+        return cast(_Record, rec)
 
     def validate_message(self, msg_id: bytes, now: float) -> None:
         """A new message passed the signature checks and starts validation."""
@@ -440,67 +458,116 @@ class PeerScore:
 
     def deliver_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
         """The message from ``peer`` (its first sender) was accepted."""
-        self._mark_first_delivery(peer, topic)
-        rec = self._record(msg_id, now)
-        if rec.status != _UNKNOWN:
+        key = peer.to_bytes()
+        self._mark_first_delivery(key, topic)
+        status, _, peers = self._record(msg_id, now)
+        if status != _UNKNOWN:
             return
-        rec.status = _VALID
-        rec.validated = now
-        for other in rec.peers:
-            if other != peer:
-                self._mark_duplicate_delivery(other, topic, rec.validated, now)
+        self._records[msg_id] = (_VALID, now, peers) if peers else now
+        for other in peers:
+            if other != key:
+                self._mark_duplicate_delivery(other, topic, now, now)
 
-    def reject_message(self, peer: PeerID, msg_id: bytes | None, topic: str, now: float) -> None:
-        """The message from ``peer`` is invalid (bad signature, or a validator rejected it)."""
-        if msg_id is None:
-            self._mark_invalid_delivery(peer, topic)
+    def deliver_new_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
+        """:meth:`validate_message` and :meth:`deliver_message` at once: a message accepted as
+        soon as it is received (no validator), the usual case."""
+        records = self._records
+        if msg_id in records:  # a record from before (the seen cache forgot it sooner)
+            self.deliver_message(peer, msg_id, topic, now)
             return
-        rec = self._record(msg_id, now)
-        if rec.status != _UNKNOWN:
-            if rec.status == _INVALID:
-                self._mark_invalid_delivery(peer, topic)
-            return
-        rec.status = _INVALID
-        self._mark_invalid_delivery(peer, topic)
-        for other in rec.peers:
-            self._mark_invalid_delivery(other, topic)
-        rec.peers.clear()
-
-    def ignore_message(self, msg_id: bytes, now: float) -> None:
-        """A validator ignored the message: no one is credited or penalised."""
-        rec = self._record(msg_id, now)
-        if rec.status != _UNKNOWN:
-            return
-        rec.status = _IGNORED
-        rec.peers.clear()
-
-    def duplicate_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
-        rec = self._records.get(msg_id)
-        if rec is None:
-            return
-        status = rec.status
-        peers = rec.peers
-        if status > _VALID:  # invalid or ignored: nobody is added
-            if status == _INVALID and peer not in peers:
-                self._mark_invalid_delivery(peer, topic)
-            return
-        # most messages a node receives are duplicates: one PeerID hash tests and adds
-        known = len(peers)
-        peers.add(peer)
-        if len(peers) == known or status == _UNKNOWN:
-            return  # a duplicate from the same peer; or settled when validation ends
-        # _mark_duplicate_delivery inlined
-        tp = self.params.topics.get(topic) or self.params.default_topic
+        records[msg_id] = now  # valid, no one else has delivered it yet
+        self._record_ids.append(msg_id)
+        self._record_expiry.append(now + self._record_ttl)
+        # _mark_first_delivery, inlined
+        params = self.params
+        tp = params.topics.get(topic) or params.default_topic
         if tp is None:
             return
-        stats = self._peers.get(peer)
+        stats = self._by_key.get(peer.to_bytes())
         if stats is None:
             return
         ts = stats.topics.get(topic)
         if ts is None:
             ts = stats.topics[topic] = _TopicStats()
-        validated = rec.validated
-        if ts.in_mesh and not (validated and now > validated + tp.mesh_message_deliveries_window):
+        first = ts.first_deliveries + 1
+        cap = tp.first_message_deliveries_cap
+        if first > cap:
+            first = cap
+        if first != ts.first_deliveries:
+            ts.first_deliveries = first
+            if tp.first_message_deliveries_weight != 0:
+                stats.version += 1
+        if ts.in_mesh:
+            self._add_mesh_delivery(stats, ts, tp)
+
+    def reject_message(self, peer: PeerID, msg_id: bytes | None, topic: str, now: float) -> None:
+        """The message from ``peer`` is invalid (bad signature, or a validator rejected it)."""
+        key = peer.to_bytes()
+        if msg_id is None:
+            self._mark_invalid_delivery(key, topic)
+            return
+        status, validated, peers = self._record(msg_id, now)
+        if status != _UNKNOWN:
+            if status == _INVALID:
+                self._mark_invalid_delivery(key, topic)
+            return
+        self._records[msg_id] = (_INVALID, validated, ())
+        self._mark_invalid_delivery(key, topic)
+        for other in peers:
+            self._mark_invalid_delivery(other, topic)
+
+    def ignore_message(self, msg_id: bytes, now: float) -> None:
+        """A validator ignored the message: no one is credited or penalised."""
+        status, validated, _ = self._record(msg_id, now)
+        if status != _UNKNOWN:
+            return
+        self._records[msg_id] = (_IGNORED, validated, ())
+
+    def duplicate_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
+        """``peer`` sent a message we have seen (a P3 mesh delivery, or P4 if it was invalid)."""
+        self.duplicate_by_key(peer.to_bytes(), msg_id, topic, now)
+
+    def duplicate_by_key(self, key: bytes, msg_id: bytes, topic: str, now: float) -> None:
+        """:meth:`duplicate_message` from the peer whose ID bytes are ``key``."""
+        records = self._records
+        rec = records.get(msg_id)
+        if rec is None:
+            return
+        status: int
+        validated: float
+        peers: tuple[bytes, ...]
+        if type(rec) is float:  # valid, no other sender remembered: the usual case
+            status, validated, peers = _VALID, rec, ()
+        else:
+            status, validated, peers = cast(_Record, rec)
+            if status > _VALID:  # invalid or ignored: nobody is added
+                if status == _INVALID and key not in peers:
+                    self._mark_invalid_delivery(key, topic)
+                return
+            if key in peers:  # (a few peers: the mesh's; mostly the same key objects)
+                return  # a duplicate from the same peer
+        if status == _UNKNOWN:
+            records[msg_id] = (status, validated, peers + (key,))  # noqa: RUF005 (faster)
+            return  # settled when validation ends
+        # valid: a mesh delivery (P3) if it comes within the window after validation. Time only
+        # moves forward, so a sender past the window is past it for every later copy too: it
+        # need not be remembered (the tuple it would take is the one allocation a duplicate
+        # would make, and most receptions are duplicates).
+        params = self.params
+        tp = params.topics.get(topic) or params.default_topic
+        if tp is None:
+            return  # an unscored topic: nothing counts, now or later
+        late = validated and now > validated + tp.mesh_message_deliveries_window
+        if not late:
+            records[msg_id] = (status, validated, peers + (key,))  # noqa: RUF005 (faster)
+        # _mark_duplicate_delivery inlined
+        stats = self._by_key.get(key)
+        if stats is None:
+            return
+        ts = stats.topics.get(topic)
+        if ts is None:
+            ts = stats.topics[topic] = _TopicStats()
+        if ts.in_mesh and not late:
             mesh = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
             if mesh != ts.mesh_deliveries:  # _add_mesh_delivery, inlined
                 ts.mesh_deliveries = mesh
@@ -510,8 +577,8 @@ class PeerScore:
     # These run for every message received: the version (the score cache's key) moves only when
     # a counter the score weighs changes, so a busy peer's score is not recomputed per message.
 
-    def _mark_first_delivery(self, peer: PeerID, topic: str) -> None:
-        found = self._topic_stats(peer, topic)
+    def _mark_first_delivery(self, key: bytes, topic: str) -> None:
+        found = self._topic_stats_by_key(key, topic)
         if found is None:
             return
         stats, ts, tp = found
@@ -532,9 +599,9 @@ class PeerScore:
                 stats.version += 1
 
     def _mark_duplicate_delivery(
-        self, peer: PeerID, topic: str, validated: float, now: float
+        self, key: bytes, topic: str, validated: float, now: float
     ) -> None:
-        found = self._topic_stats(peer, topic)
+        found = self._topic_stats_by_key(key, topic)
         if found is None:
             return
         stats, ts, tp = found
@@ -544,8 +611,8 @@ class PeerScore:
             return
         self._add_mesh_delivery(stats, ts, tp)
 
-    def _mark_invalid_delivery(self, peer: PeerID, topic: str) -> None:
-        found = self._topic_stats(peer, topic)
+    def _mark_invalid_delivery(self, key: bytes, topic: str) -> None:
+        found = self._topic_stats_by_key(key, topic)
         if found is not None:
             stats, ts, _ = found
             ts.invalid_deliveries += 1
@@ -588,7 +655,9 @@ class PeerScore:
         stats.cache_floor_until = self._floor_until(stats, now)
         return value
 
-    def at_least(self, peer: PeerID, threshold: float, now: float) -> bool:
+    def at_least(
+        self, peer: PeerID, threshold: float, now: float, key: bytes | None = None
+    ) -> bool:
         """``score(peer, now) >= threshold``, without computing the score again while the
         cached value proves it.
 
@@ -596,8 +665,9 @@ class PeerScore:
         time: P1 (time in mesh) only grows it (its weights are never negative), and P3 can
         only lower it once it activates. So a cached value at or above ``threshold`` still
         answers until the next P3 activation (the graylist check runs for every frame).
+        ``key``: the peer's ID bytes, if at hand (a lookup by bytes is cheaper).
         """
-        stats = self._peers.get(peer)
+        stats = self._peers.get(peer) if key is None else self._by_key.get(key)
         if stats is None:
             return threshold <= 0.0
         if (
@@ -725,9 +795,10 @@ class PeerScore:
 
     def refresh(self, now: float) -> None:
         """Apply every decay interval that has passed; expire old records (call per heartbeat)."""
-        while self._record_queue and self._record_queue[0][0] <= now:
-            _, mid = self._record_queue.popleft()
-            self._records.pop(mid, None)
+        expiry, ids = self._record_expiry, self._record_ids
+        while expiry and expiry[0] <= now:
+            expiry.popleft()
+            self._records.pop(ids.popleft(), None)
         if self._last_decay is None:
             self._last_decay = now
             return
