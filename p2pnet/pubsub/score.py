@@ -478,27 +478,7 @@ class PeerScore:
         records[msg_id] = now  # valid, no one else has delivered it yet
         self._record_ids.append(msg_id)
         self._record_expiry.append(now + self._record_ttl)
-        # _mark_first_delivery, inlined
-        params = self.params
-        tp = params.topics.get(topic) or params.default_topic
-        if tp is None:
-            return
-        stats = self._by_key.get(peer.to_bytes())
-        if stats is None:
-            return
-        ts = stats.topics.get(topic)
-        if ts is None:
-            ts = stats.topics[topic] = _TopicStats()
-        first = ts.first_deliveries + 1
-        cap = tp.first_message_deliveries_cap
-        if first > cap:
-            first = cap
-        if first != ts.first_deliveries:
-            ts.first_deliveries = first
-            if tp.first_message_deliveries_weight != 0:
-                stats.version += 1
-        if ts.in_mesh:
-            self._add_mesh_delivery(stats, ts, tp)
+        self._mark_first_delivery(peer.to_bytes(), topic)
 
     def reject_message(self, peer: PeerID, msg_id: bytes | None, topic: str, now: float) -> None:
         """The message from ``peer`` is invalid (bad signature, or a validator rejected it)."""
