@@ -10,7 +10,6 @@ It owns every connection and every background task it starts; ``close()`` ends t
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -23,7 +22,7 @@ from p2pnet.clock import SYSTEM_CLOCK, Clock
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.deadlines import DeadlineQueue
 from p2pnet.errors import DialError, P2PError, ResourceLimitExceeded
-from p2pnet.host.addresses import AddressBook, IPAddress, is_relayed, is_unspecified
+from p2pnet.host.addresses import AddressBook, IPAddress, ip_of, is_relayed, is_unspecified
 from p2pnet.host.bus import ConnectionEnded, ConnectionOpened, ProtocolsChanged, ServiceBus
 from p2pnet.host.config import HostConfig
 from p2pnet.host.connection import Connection, Direction
@@ -759,32 +758,15 @@ def preferred(conns: Sequence[Connection]) -> Connection:
     return next((c for c in conns if not is_relayed_connection(c)), conns[0])
 
 
-#: First bytes (protocol codes) of the addresses that can carry a peer's IP: ip4, ip6, ip6zone.
-_IP_FIRST = frozenset((0x04, 0x29, 0x2A))
-
-
 def _ip_of(addr: Multiaddr) -> str | None:
-    """See :func:`_ip_of_parsed`; an address that starts with no IP protocol (an in-process
-    one: a new port for every connection) has none, without parsing or filling the cache."""
-    raw = addr.to_bytes()
-    if not raw or raw[0] not in _IP_FIRST:
+    """The peer's IP address of a connection's remote address, in ``ipaddress``'s text form
+    (what the per-address limits are keyed by); None for in-process and relayed connections (a
+    relayed connection's address names the relay, not the peer). :func:`ip_of` answers an
+    in-process address from its first byte, and memoises the rest."""
+    ip = ip_of(addr)
+    if ip is None or is_relayed(addr):
         return None
-    return _ip_of_parsed(addr)
-
-
-@functools.lru_cache(maxsize=4096)
-def _ip_of_parsed(addr: Multiaddr) -> str | None:
-    """The IP address of a transport address (None for in-process and relayed ones: a relayed
-    connection's address names the relay, not the peer). Memoised: the multiaddr package
-    parses slowly (and raises for every protocol an address lacks)."""
-    if is_relayed(addr):
-        return None
-    for code in ("ip4", "ip6"):
-        try:
-            return str(addr.value_for_protocol(code))
-        except Exception:  # the address has no such component
-            continue
-    return None
+    return str(ip)
 
 
 def _fail(fut: asyncio.Future[Connection], err: BaseException) -> None:

@@ -303,19 +303,6 @@ class KadBehaviour:
     def self_info(self) -> PeerInfo:
         return PeerInfo(self.local, list(self.peers.self_addrs()))
 
-    def _peer_pb(self, peer: PeerID) -> kad_pb2.Message.Peer | None:
-        if peer == self.local:
-            return m.peer_to_pb(self.self_info(), kad_pb2.Message.CONNECTED)
-        addrs = self.peers.addrs(peer)
-        if not addrs:
-            return None
-        conn = (
-            kad_pb2.Message.CONNECTED
-            if self.peers.is_connected(peer)
-            else kad_pb2.Message.NOT_CONNECTED
-        )
-        return m.peer_to_pb(PeerInfo(peer, addrs[: self.config.max_addrs_per_peer]), conn)
-
     def _add_peer(self, field: PeerList, peer: PeerID) -> bool:
         """Append ``peer`` with its addresses to an answer's peer list (built in place: a
         message made apart and appended would be copied); False when no address is known."""
@@ -430,8 +417,9 @@ class KadBehaviour:
     def _get_providers_answer(self, peer: PeerID, key: bytes, wall: float) -> kad_pb2.Message:
         resp = m.request(m.GET_PROVIDERS, key)
         for prov in self.providers.get_providers(key, wall)[: self.config.max_peers_per_answer]:
-            pb = self._peer_pb(prov)
-            resp.providerPeers.append(pb if pb is not None else m.peer_to_pb(PeerInfo(prov)))
+            if not self._add_peer(resp.providerPeers, prov):
+                # a provider whose addresses we no longer know is still named
+                resp.providerPeers.add(id=prov.to_bytes(), connection=kad_pb2.Message.NOT_CONNECTED)
         self._add_closer_peers(resp.closerPeers, key, peer)
         return resp
 
