@@ -144,6 +144,9 @@ class KadDHT:
         #: silent peers (each up to ``request_timeout``) never hold up the liveness checks
         #: that evict those peers; at most one at a time.
         self._refreshing: asyncio.Task[None] | None = None
+        #: A refresh was asked for since the one in flight began (the table may have changed
+        #: under it, say emptied and then met a new server): it runs again when done.
+        self._refresh_wanted = False
         self._lifecycle = Lifecycle("kad")
         self._wake = asyncio.Event()
         #: Set and dropped on every change; created only while someone waits (wait_until).
@@ -723,9 +726,10 @@ class KadDHT:
         while True:
             for action in self.behaviour.handle_timer(self._now(), self._wall()):
                 if isinstance(action, Refresh):
+                    self._refresh_wanted = True
                     if self._refreshing is None or self._refreshing.done():
                         self._refreshing = self._tasks.spawn(
-                            self._guarded(self.refresh(), "refresh"), name="kad refresh"
+                            self._refresh_while_wanted(), name="kad refresh"
                         )
                 elif isinstance(action, CheckLiveness):
                     for peer in action.peers:
@@ -737,6 +741,13 @@ class KadDHT:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.01, wait))
+
+    async def _refresh_while_wanted(self) -> None:
+        """Refresh, and once more if another refresh was asked for meanwhile (one at a time;
+        requests during a refresh fold into one)."""
+        while self._refresh_wanted:
+            self._refresh_wanted = False
+            await self._guarded(self.refresh(), "refresh")
 
     async def _guarded(self, coro: object, what: str) -> None:
         try:
