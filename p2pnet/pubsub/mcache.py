@@ -102,6 +102,9 @@ class TimeCache(Generic[K]):
         self._items: OrderedDict[K, float] = OrderedDict()
         #: a live read-only view of the keys: ``key in cache.keys`` without a Python call
         self.keys = self._items.keys()
+        #: ``insert(key, expiry)`` for a key known to be absent (``key not in keys`` just
+        #: tested): :meth:`add` without its Python call, for the router's per-message path
+        self.insert: Callable[[K, float], None] = self._items.__setitem__
 
     def __len__(self) -> int:
         return len(self._items)

@@ -60,7 +60,6 @@ from p2pnet.pubsub.messages import (
     message_fields,
     msg_id_from_seqno,
     msg_id_sha256,
-    seqno_msg_id,
     to_app_message,
 )
 from p2pnet.pubsub.params import (
@@ -104,6 +103,18 @@ class DeliverMessage:
     """A valid message in a topic we subscribe to: hand it to the application."""
 
     message: Message
+
+
+_new_object = object.__new__
+_set_delivered = DeliverMessage.message.__set__  # type: ignore[attr-defined,misc]
+
+
+def _deliver(message: Message) -> DeliverMessage:
+    """``DeliverMessage(message)`` for every message a node delivers: the slot's setter, not a
+    frozen dataclass's ``__init__`` (which sets the field through ``object.__setattr__``)."""
+    ev = _new_object(DeliverMessage)
+    _set_delivered(ev, message)
+    return ev
 
 
 @dataclass(frozen=True, slots=True)
@@ -779,7 +790,11 @@ class GossipsubRouter:
     ) -> None:
         """A message not known by its bytes: ``fields`` as :func:`rpc_wire.parse_message` reads
         them, ``msg`` the decoded message if it was decoded (else it is, only for a message ID
-        function of the application's)."""
+        function of the application's).
+
+        This runs for every new message a node receives: the calls of the usual path (seen
+        cache, tracer, scoring, delivery, forwarding) are inlined here and in
+        :meth:`_accept_new`, each a Python call saved per message."""
         now = self.now
         from_, data, seqno, topic, signature, key, signed = fields
         if topic is None or topic not in self.subscriptions:
@@ -788,7 +803,11 @@ class GossipsubRouter:
         id_fn = self.msg_id_fn
         try:
             if id_fn is msg_id_from_seqno:
-                msg_id = seqno_msg_id(from_, seqno)
+                if from_ is None or seqno is None:  # seqno_msg_id, inlined
+                    raise InvalidMessage(
+                        "missing_from_or_seqno", "default message ID needs from and seqno"
+                    )
+                msg_id = from_ + seqno
             elif id_fn is msg_id_sha256:
                 msg_id = hashlib.sha256(data).digest()
             else:
@@ -800,7 +819,8 @@ class GossipsubRouter:
             self.score.reject_message(p.id, None, topic, now)
             self._count("msg_invalid")
             return
-        if msg_id in self.seen or msg_id in self.pending:
+        seen = self.seen
+        if msg_id in seen.keys or msg_id in self.pending:
             self.score.duplicate_by_key(p.key, msg_id, topic, now)
             self._count("msg_duplicate")
             return
@@ -816,8 +836,9 @@ class GossipsubRouter:
             # our own message came back after the seen cache forgot it, or a forgery
             self._count("msg_self_origin")
             return
-        self.seen.add(msg_id, now)
-        self.tracer.fulfil(msg_id)
+        seen.insert(msg_id, now + seen.ttl)  # seen.add: known absent (tested above)
+        if self.tracer.promised:
+            self.tracer.fulfil(msg_id)
         if len(data) >= self.config.idontwant_message_threshold:
             self._send_idontwant(msg_id, topic, p.id)
         app_msg = app_message(
@@ -840,7 +861,7 @@ class GossipsubRouter:
             self.pending[msg_id] = _Pending(p.id, raw, app_msg)
             self._events.append(ValidateMessage(app_msg))
             return
-        self._accept(p.id, msg_id, raw, app_msg, validated=False)
+        self._accept_new(p, msg_id, raw, app_msg, topic, from_ if author is not None else None)
 
     def set_validated(self, topic: str, validated: bool) -> None:
         """Whether messages of ``topic`` wait for the application's validator (ValidateMessage).
@@ -897,6 +918,57 @@ class GossipsubRouter:
         if topic in self.subscriptions:
             self._events.append(DeliverMessage(message))
         self._forward(msg_id, topic, data, source, message.from_peer)
+
+    def _accept_new(
+        self,
+        p: _Peer,
+        msg_id: bytes,
+        data: bytes,
+        message: Message,
+        topic: str,
+        origin: bytes | None,
+    ) -> None:
+        """:meth:`_accept` of a message that had no validator, from ``p`` (its first sender),
+        with :meth:`_forward` inlined for the usual case (the mesh only): this runs for every
+        message a node relays. ``origin``: the author's peer ID bytes (None when unsigned)."""
+        self.mcache.put(msg_id, topic, data)
+        self.score.deliver_new_by_key(p.key, msg_id, topic, self.now)
+        stats = self.stats
+        stats["msg_delivered"] = stats.get("msg_delivered", 0) + 1
+        tstats = self.topic_stats.get(topic)
+        if tstats is None:
+            self._count_topic(topic, "delivered")
+        else:
+            tstats["delivered"] = tstats.get("delivered", 0) + 1
+        self._events.append(_deliver(message))  # (topic is subscribed: tested on reception)
+        if self.direct or self.floodsub_peers:
+            self._forward(msg_id, topic, data, p.id, message.from_peer)
+            return
+        mesh = self.mesh.get(topic)
+        if not mesh or not self.topics.get(topic):
+            return
+        skip = p.key
+        piece: bytes | None = None
+        dirty = self._dirty
+        sent = 0
+        for q in self._mesh_order(topic, mesh):
+            key = q.key
+            if key == skip or key == origin or msg_id in q.dont_send:
+                continue
+            sent += 1
+            if piece is None:  # publish_piece, inlined: one encoding for every peer
+                n = len(data)
+                if 0x80 <= n < 0x4000:  # the usual size: a two-byte length
+                    piece = bytes((0x12, (n & 0x7F) | 0x80, n >> 7)) + data
+                else:
+                    piece = publish_piece(data)
+            msgs = q.outbox.msgs  # _queue_piece, inlined: this runs for every message and peer
+            if msg_id not in msgs:
+                msgs[msg_id] = piece
+                if len(msgs) == 1:
+                    dirty[q] = None
+        if sent:
+            stats["msg_forwarded"] = stats.get("msg_forwarded", 0) + sent
 
     def _forward(
         self, msg_id: bytes, topic: str, data: bytes, source: PeerID, origin: PeerID | None

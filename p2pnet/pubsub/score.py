@@ -458,7 +458,9 @@ class PeerScore:
 
     def deliver_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
         """The message from ``peer`` (its first sender) was accepted."""
-        key = peer.to_bytes()
+        self._deliver_by_key(peer.to_bytes(), msg_id, topic, now)
+
+    def _deliver_by_key(self, key: bytes, msg_id: bytes, topic: str, now: float) -> None:
         self._mark_first_delivery(key, topic)
         status, _, peers = self._record(msg_id, now)
         if status != _UNKNOWN:
@@ -471,14 +473,46 @@ class PeerScore:
     def deliver_new_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
         """:meth:`validate_message` and :meth:`deliver_message` at once: a message accepted as
         soon as it is received (no validator), the usual case."""
+        self.deliver_new_by_key(peer.to_bytes(), msg_id, topic, now)
+
+    def deliver_new_by_key(self, key: bytes, msg_id: bytes, topic: str, now: float) -> None:
+        """:meth:`deliver_new_message` from the peer whose ID bytes are ``key``: it runs for
+        every message a node relays, so :meth:`_mark_first_delivery` is inlined."""
         records = self._records
         if msg_id in records:  # a record from before (the seen cache forgot it sooner)
-            self.deliver_message(peer, msg_id, topic, now)
+            self._deliver_by_key(key, msg_id, topic, now)
             return
         records[msg_id] = now  # valid, no one else has delivered it yet
         self._record_ids.append(msg_id)
         self._record_expiry.append(now + self._record_ttl)
-        self._mark_first_delivery(peer.to_bytes(), topic)
+        # _mark_first_delivery, inlined
+        stats = self._by_key.get(key)
+        if stats is None:
+            return
+        params = self.params
+        tp = params.topics.get(topic)
+        if tp is None:
+            tp = params.default_topic
+            if tp is None:
+                return
+        ts = stats.topics.get(topic)
+        if ts is None:
+            ts = stats.topics[topic] = _TopicStats()
+        first = ts.first_deliveries + 1
+        if first > tp.first_message_deliveries_cap:
+            first = tp.first_message_deliveries_cap
+        if first != ts.first_deliveries:
+            ts.first_deliveries = first
+            if tp.first_message_deliveries_weight != 0:
+                stats.version += 1
+        if ts.in_mesh:  # _add_mesh_delivery, inlined
+            mesh = ts.mesh_deliveries + 1
+            if mesh > tp.mesh_message_deliveries_cap:
+                mesh = tp.mesh_message_deliveries_cap
+            if mesh != ts.mesh_deliveries:
+                ts.mesh_deliveries = mesh
+                if tp.mesh_message_deliveries_weight != 0:
+                    stats.version += 1
 
     def reject_message(self, peer: PeerID, msg_id: bytes | None, topic: str, now: float) -> None:
         """The message from ``peer`` is invalid (bad signature, or a validator rejected it)."""
@@ -828,6 +862,9 @@ class GossipTracer:
         self.followup_time = followup_time
         self._rng = rng
         self._promises: dict[bytes, dict[PeerID, float]] = {}
+        #: the same dict, read-only for the router: ``if tracer.promised`` spares a
+        #: :meth:`fulfil` call per message while no promise is open (the usual case)
+        self.promised: dict[bytes, dict[PeerID, float]] = self._promises
         self._by_peer: dict[PeerID, set[bytes]] = {}
 
     def __len__(self) -> int:
