@@ -800,10 +800,9 @@ class Pubsub:
         """The complete frames of one chunk, to the router; False if the stream must be reset."""
         if self._peers.get(peer) is not state:
             return False
-        router = self.router
         try:
-            for frame in frames:
-                router.handle_rpc(peer, frame, self._now())
+            # one clock reading for the chunk: its frames arrived together
+            self.router.handle_rpcs(peer, frames, self._now())
         except InvalidRPC as exc:  # the router has judged it already
             log.info("%s", exc)
             self._pump()

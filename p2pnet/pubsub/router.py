@@ -670,18 +670,87 @@ class GossipsubRouter:
         Raises InvalidRPC if it cannot be decoded (already judged: see :meth:`report_bad_frame`);
         the adapter then resets the stream it came from.
         """
+        self.handle_rpcs(peer, (data,), now)
+
+    def handle_rpcs(self, peer: PeerID, frames: Iterable[bytes], now: float) -> None:
+        """:meth:`handle_rpc` for each of ``frames`` in turn (what one read of a stream held):
+        the peer is looked up once, and a frame that is exactly one message (what every
+        implementation sends for a message alone) is taken without splitting it into lists.
+
+        Raises InvalidRPC at the first undecodable frame: the frames before it were handled,
+        the ones after it are not (the stream is reset), as with one call per frame.
+        """
         self.now = now
         p = self.peers.get(peer)
         if p is None:
             log.debug("RPC from unknown peer %s dropped", peer)
-            self._count("rpc_unknown_peer")
+            for _ in frames:
+                self._count("rpc_unknown_peer")
             return
-        if not (self.direct and peer in self.direct) and not self.score.at_least(
-            peer, self.thresholds.graylist_threshold, now, p.key
-        ):  # accept_from, inlined: it runs for every frame
-            log.debug("RPC from graylisted peer %s ignored", peer)
-            self._count("rpc_graylisted")
-            return
+        direct = bool(self.direct) and peer in self.direct
+        at_least = self.score.at_least
+        graylist = self.thresholds.graylist_threshold
+        key = p.key
+        stats = self.stats
+        for data in frames:
+            # the graylist check (accept_from) per frame: a frame can lower the peer's score
+            if not direct and not at_least(peer, graylist, now, key):
+                log.debug("RPC from graylisted peer %s ignored", peer)
+                self._count("rpc_graylisted")
+                continue
+            # one publish field and nothing else: tag, a one- or two-byte length, the message
+            size = len(data)
+            if size > 2 and data[0] == 0x12:
+                length = data[1]
+                if length < 0x80:
+                    start = 2
+                elif data[2] < 0x80:
+                    length = (length & 0x7F) | (data[2] << 7)
+                    start = 3
+                else:
+                    start = size
+                if start + length == size:
+                    raw = data[start:]
+                    msg_id = self.mcache.lookup_bytes(raw)
+                    if msg_id is None:
+                        parsed = parse_message(raw)
+                        if parsed is None:
+                            try:
+                                decoded = rpc_pb2.Message.FromString(raw)
+                            except DecodeError as exc:
+                                self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
+                                raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
+                            stats["rpc_received"] = stats.get("rpc_received", 0) + 1
+                            self._handle_message(p, raw, message_fields(decoded, raw), decoded)
+                            continue
+                        stats["rpc_received"] = stats.get("rpc_received", 0) + 1
+                        self._handle_message(p, raw, parsed, None)
+                        continue
+                    stats["rpc_received"] = stats.get("rpc_received", 0) + 1
+                    if self._handle_cached(p, raw, msg_id, now):
+                        stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
+                    continue
+            self._handle_frame(p, data, now)
+
+    def _handle_cached(self, p: _Peer, raw: bytes, msg_id: bytes, now: float) -> bool:
+        """A message whose bytes are a cached message's (``msg_id``); True if a duplicate."""
+        topic = self.mcache.cached_topic(msg_id)
+        if topic not in self.subscriptions:
+            self._count("msg_not_subscribed")
+        elif msg_id in self.seen.keys or msg_id in self.pending:
+            self.score.duplicate_by_key(p.key, msg_id, topic, now)
+            return True
+        else:  # cached but no longer seen (a seen TTL shorter than the history)
+            parsed = parse_message(raw)
+            if parsed is None:
+                decoded = rpc_pb2.Message.FromString(raw)
+                self._handle_message(p, raw, message_fields(decoded, raw), decoded)
+            else:
+                self._handle_message(p, raw, parsed, None)
+        return False
+
+    def _handle_frame(self, p: _Peer, data: bytes, now: float) -> None:
+        """One RPC frame from ``p`` (not graylisted), in full."""
         # The frame is split at the byte level so that each message keeps the bytes it arrived
         # as (forwarded unchanged); every part is decoded before any is acted upon, so a frame
         # with one broken part is refused whole, as a full decode would refuse it.
@@ -700,8 +769,8 @@ class GossipsubRouter:
                 None if control_part is None else rpc_pb2.ControlMessage.FromString(control_part)
             )
         except (MalformedRPC, DecodeError) as exc:
-            self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
-            raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
+            self.report_bad_frame(p.id, BadFrame.UNDECODABLE, now)
+            raise InvalidRPC(f"undecodable RPC from {p.id}: {exc}") from None
         stats = self.stats
         stats["rpc_received"] = stats.get("rpc_received", 0) + 1
         for sub in subs:
@@ -714,18 +783,11 @@ class GossipsubRouter:
         for msg, raw in msgs:
             if type(msg) is bytes:  # known by its bytes: the cached message's ID
                 topic = cached_topic(msg)
-                if topic not in subscriptions:
-                    self._count("msg_not_subscribed")
-                elif msg in seen or msg in pending:
-                    duplicate(key, msg, topic, now)
+                if topic in subscriptions and (msg in seen or msg in pending):
+                    duplicate(key, msg, topic, now)  # the usual case, inlined
                     duplicates += 1
-                else:  # cached but no longer seen (a seen TTL shorter than the history)
-                    parsed = parse_message(raw)
-                    if parsed is None:
-                        decoded = rpc_pb2.Message.FromString(raw)
-                        self._handle_message(p, raw, message_fields(decoded, raw), decoded)
-                    else:
-                        self._handle_message(p, raw, parsed, None)
+                elif self._handle_cached(p, raw, msg, now):
+                    duplicates += 1
             elif type(msg) is tuple:
                 self._handle_message(p, raw, msg, None)
             else:  # not in canonical form: decoded
