@@ -724,7 +724,10 @@ class GossipsubRouter:
                             self._handle_message(p, raw, message_fields(decoded, raw), decoded)
                             continue
                         stats["rpc_received"] = stats.get("rpc_received", 0) + 1
-                        self._handle_message(p, raw, parsed, None)
+                        # the frame is the message's publish field, forwarded as it is if its
+                        # length is minimal (as publish_piece encodes it)
+                        piece = data if start == 2 or data[2] else None
+                        self._handle_message(p, raw, parsed, None, piece)
                         continue
                     stats["rpc_received"] = stats.get("rpc_received", 0) + 1
                     if self._handle_cached(p, raw, msg_id, now):
@@ -848,11 +851,17 @@ class GossipsubRouter:
         self._send_graft(p.id, topic)
 
     def _handle_message(
-        self, p: _Peer, raw: bytes, fields: ParsedMessage, msg: rpc_pb2.Message | None
+        self,
+        p: _Peer,
+        raw: bytes,
+        fields: ParsedMessage,
+        msg: rpc_pb2.Message | None,
+        piece: bytes | None = None,
     ) -> None:
         """A message not known by its bytes: ``fields`` as :func:`rpc_wire.parse_message` reads
         them, ``msg`` the decoded message if it was decoded (else it is, only for a message ID
-        function of the application's).
+        function of the application's). ``piece``: ``raw`` as a publish field
+        (:func:`rpc_wire.publish_piece`), if at hand.
 
         This runs for every new message a node receives: the calls of the usual path (seen
         cache, tracer, scoring, delivery, forwarding) are inlined here and in
@@ -923,7 +932,9 @@ class GossipsubRouter:
             self.pending[msg_id] = _Pending(p.id, raw, app_msg)
             self._events.append(ValidateMessage(app_msg))
             return
-        self._accept_new(p, msg_id, raw, app_msg, topic, from_ if author is not None else None)
+        self._accept_new(
+            p, msg_id, raw, app_msg, topic, from_ if author is not None else None, piece
+        )
 
     def set_validated(self, topic: str, validated: bool) -> None:
         """Whether messages of ``topic`` wait for the application's validator (ValidateMessage).
@@ -989,10 +1000,12 @@ class GossipsubRouter:
         message: Message,
         topic: str,
         origin: bytes | None,
+        piece: bytes | None,
     ) -> None:
         """:meth:`_accept` of a message that had no validator, from ``p`` (its first sender),
         with :meth:`_forward` inlined for the usual case (the mesh only): this runs for every
-        message a node relays. ``origin``: the author's peer ID bytes (None when unsigned)."""
+        message a node relays. ``origin``: the author's peer ID bytes (None when unsigned);
+        ``piece``: ``data`` as a publish field, if at hand (else made here)."""
         self.mcache.put(msg_id, topic, data)
         self.score.deliver_new_by_key(p.key, msg_id, topic, self.now)
         stats = self.stats
@@ -1010,7 +1023,7 @@ class GossipsubRouter:
         if not mesh or not self.topics.get(topic):
             return
         skip = p.key
-        piece: bytes | None = None
+        # (no local "piece = None": the caller may have given it)
         dirty = self._dirty
         sent = 0
         for q in self._mesh_order(topic, mesh):
