@@ -175,6 +175,8 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Message:
+        if self._items:  # the usual case under load: no second coroutine per message
+            return self._items.popleft()
         return await self.get()
 
     def cancel(self) -> _Done:
@@ -565,9 +567,10 @@ class Pubsub:
         for _ in range(1000):
             events = router.take_events()
             for ev in events:
-                if isinstance(ev, DeliverMessage):
-                    for sub in self._subs.get(ev.message.topic, ()):
-                        sub._push(ev.message)
+                if type(ev) is DeliverMessage:
+                    msg = ev.message
+                    for sub in self._subs.get(msg.topic, ()):
+                        sub._push(msg)
                 elif isinstance(ev, ValidateMessage):
                     to_validate.append(ev.message)
                 elif isinstance(ev, ConnectPeer):
@@ -921,8 +924,7 @@ class _RPCReader:
                     return
             self._deadline = self._loop.time() + self._timeout
         try:
-            decoder.feed(data)
-            frames = decoder.frames()
+            frames = decoder.split(data)
             buffered = decoder.buffered
             if buffered != self._held and self._scope is not None:
                 if buffered > self._held:
