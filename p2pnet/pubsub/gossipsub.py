@@ -73,8 +73,7 @@ from p2pnet.stats import DurationHistogram
 from p2pnet.stream import Stream
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
-from p2pnet.wire.framing import FrameDecoder, length_prefixed_parts
-from p2pnet.wire.varint import encode_uvarint
+from p2pnet.wire.framing import FrameDecoder
 
 log = logging.getLogger("p2pnet.pubsub")
 
@@ -233,6 +232,7 @@ class _PeerState:
         self.writer: asyncio.Task[Any] | None = None
         #: The writer task holds frames it took from ``queue`` and has not written yet.
         self.writing = False
+        #: length-prefixed frames (as they go on the stream)
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         #: The outbound stream's resource scope (its peer's memory): the frames in ``queue``
         #: and those the writer holds are reserved in it, like the stream's own buffers.
@@ -594,7 +594,8 @@ class Pubsub:
                 break
         if to_validate:
             self._pump_soon()  # the rest on the next loop turns, after the other connections
-        for peer, frame in router.take_outgoing():
+        # frames with their length prefix, as they go on the stream (and into the queue)
+        for peer, frame in router.take_outgoing(prefixed=True):
             state = self._peers.get(peer)
             if state is None or state.outbound is None:
                 continue
@@ -602,7 +603,7 @@ class Pubsub:
                 # nothing waits to be written to this peer: write now if the stream can take it
                 # without waiting (the usual case), sparing the writer task a wake-up
                 try:
-                    if state.outbound.write_nowait(encode_uvarint(len(frame)) + frame):
+                    if state.outbound.write_nowait(frame):
                         continue
                 except P2PError:
                     pass  # the writer meets the same error on this frame and drops the peer
@@ -752,9 +753,8 @@ class Pubsub:
                 while size < 256 * 1024 and not queue.empty():
                     frames.append(queue.get_nowait())
                     size += len(frames[-1])
-                parts = length_prefixed_parts(frames)
                 async with asyncio.timeout(self.config.write_timeout):
-                    await stream.write(b"".join(parts))
+                    await stream.write(b"".join(frames))  # (each with its prefix)
                 state.release(size)
                 state.writing = False
         except (P2PError, TimeoutError, OSError) as exc:

@@ -105,6 +105,11 @@ class DeliverMessage:
     message: Message
 
 
+def _joined(parts: list[bytes], prefixed: bool) -> bytes:
+    frame = b"".join(parts)
+    return encode_uvarint(len(frame)) + frame if prefixed else frame
+
+
 _new_object = object.__new__
 _set_delivered = DeliverMessage.message.__set__  # type: ignore[attr-defined,misc]
 
@@ -288,8 +293,12 @@ class GossipsubRouter:
 
     # ------------------------------------------------------------------ outputs
 
-    def take_outgoing(self) -> list[tuple[PeerID, bytes]]:
-        """The RPC frames to send since the last call (each fits ``max_message_size``)."""
+    def take_outgoing(self, *, prefixed: bool = False) -> list[tuple[PeerID, bytes]]:
+        """The RPC frames to send since the last call (each fits ``max_message_size``).
+
+        ``prefixed``: each frame with its uvarint length prefix (as it goes on a stream),
+        joined in the same pass as the frame instead of copied into a new buffer after it.
+        """
         out: list[tuple[PeerID, bytes]] = []
         limit = self.config.max_message_size
         for peer in self._dirty:  # insertion order: reproducible
@@ -302,8 +311,12 @@ class GossipsubRouter:
                 # only messages, the usual case: one join if they fit in one frame
                 box.msgs = {}
                 pieces = msgs.values()
-                if sum(map(len, pieces)) <= limit:
-                    out.append((pid, b"".join(pieces)))
+                size = sum(map(len, pieces))
+                if size <= limit:
+                    if prefixed:
+                        out.append((pid, b"".join([encode_uvarint(size), *pieces])))
+                    else:
+                        out.append((pid, b"".join(pieces)))
                     continue
             else:
                 peer.outbox = _Outbox()
@@ -320,12 +333,12 @@ class GossipsubRouter:
             for piece in pieces:
                 n = len(piece)
                 if parts and size + n > limit:
-                    out.append((pid, b"".join(parts)))
+                    out.append((pid, _joined(parts, prefixed)))
                     parts, size = [], 0
                 parts.append(piece)
                 size += n
             if parts:
-                out.append((pid, b"".join(parts)))
+                out.append((pid, _joined(parts, prefixed)))
         self._dirty.clear()
         return out
 
