@@ -35,6 +35,8 @@ class MessageCache:
         self.lookup_bytes: Callable[[bytes], bytes | None] = self._ids.get
         #: ``topic_of(msg_id)`` for a cached message (the dict's ``__getitem__``)
         self.cached_topic: Callable[[bytes], str] = self._topics.__getitem__
+        #: ``msg_id in mcache.holds``: whether a message is cached (a C-level test)
+        self.holds = self._msgs.keys()
         self._windows: deque[list[bytes]] = deque([] for _ in range(history))
         #: how often each peer asked for a message (IWANT), for the messages asked for
         self._asked: dict[bytes, dict[PeerID, int]] = {}
@@ -53,6 +55,15 @@ class MessageCache:
         self._topics[msg_id] = topic
         self._ids.setdefault(data, msg_id)
         self._windows[0].append(msg_id)
+
+    def put_new(self, msg_ids: list[bytes], topic: str, datas: list[bytes]) -> None:
+        """:meth:`put` for each message in turn, none of them cached yet, all in ``topic``."""
+        self._msgs.update(zip(msg_ids, datas, strict=True))
+        self._topics.update(dict.fromkeys(msg_ids, topic))
+        ids = self._ids
+        for data, msg_id in zip(datas, msg_ids, strict=True):
+            ids.setdefault(data, msg_id)
+        self._windows[0].extend(msg_ids)
 
     def get(self, msg_id: bytes) -> bytes | None:
         return self._msgs.get(msg_id)
@@ -118,6 +129,10 @@ class TimeCache(Generic[K]):
             return False
         self._items[key] = now + self.ttl
         return True
+
+    def insert_new(self, keys: list[K], expiry: float) -> None:
+        """Remember ``keys`` (none of them here yet), in order, until ``expiry``."""
+        self._items.update(dict.fromkeys(keys, expiry))
 
     def expire(self, now: float) -> int:
         """Forget the keys whose time is up; returns how many."""

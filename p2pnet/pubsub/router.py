@@ -105,6 +105,15 @@ class DeliverMessage:
     message: Message
 
 
+#: a message of :meth:`GossipsubRouter.handle_rpcs`'s batch: ID, bytes, publish field, fields
+#: (:func:`rpc_wire.parse_message`), author (None when unsigned)
+_Batched = tuple[bytes, bytes, bytes, ParsedMessage, PeerID | None]
+
+
+def _mark_order(mark: tuple[int, int, object]) -> tuple[int, int]:
+    return mark[0], mark[1]
+
+
 def _joined(parts: list[bytes], prefixed: bool) -> bytes:
     frame = b"".join(parts)
     return encode_uvarint(len(frame)) + frame if prefixed else frame
@@ -280,6 +289,9 @@ class GossipsubRouter:
         #: bumped when a peer is added or removed (its _Peer object is new or gone)
         self._peers_changes = 0
 
+        #: new messages of a read taken together (:meth:`handle_rpcs`); off: one at a time,
+        #: the reference the batch is tested against
+        self.batch_first_deliveries = True
         self.heartbeat_ticks = 0
         self.now = 0.0
         #: the peers with something queued, in the order they were given it (by _Peer object:
@@ -690,6 +702,10 @@ class GossipsubRouter:
         the peer is looked up once, and a frame that is exactly one message (what every
         implementation sends for a message alone) is taken without splitting it into lists.
 
+        New messages of one topic in a row (the usual traffic) are gathered and taken together
+        (:meth:`_take_batch`): verified one by one, then recorded, delivered and queued for the
+        mesh in one pass per cache and per peer, with the outcome of one message at a time.
+
         Raises InvalidRPC at the first undecodable frame: the frames before it were handled,
         the ones after it are not (the stream is reset), as with one call per frame.
         """
@@ -705,12 +721,39 @@ class GossipsubRouter:
         graylist = self.thresholds.graylist_threshold
         key = p.key
         stats = self.stats
+        # the batch: new valid messages of ``batch_topic`` (see _Batched)
+        batch: list[_Batched] = []
+        batch_ids: set[bytes] = set()
+        batch_topic: str | None = None
+        batching = (
+            self.batch_first_deliveries
+            and self.msg_id_fn is msg_id_from_seqno
+            and not self.direct
+            and not self.floodsub_peers
+        )
+        seen = self.seen.keys
+        pending, subscriptions, validated = self.pending, self.subscriptions, self.validated_topics
+        cached, recorded = self.mcache.holds, self.score.recorded
+        idontwant_size = self.config.idontwant_message_threshold
+        local_key = self._local_key
+        verify = self.verifier.verify_fields
         for data in frames:
             # the graylist check (accept_from) per frame: a frame can lower the peer's score
+            # (the batch can only raise it: it is taken before a refusal is final)
             if not direct and not at_least(peer, graylist, now, key):
-                log.debug("RPC from graylisted peer %s ignored", peer)
-                self._count("rpc_graylisted")
-                continue
+                if batch:
+                    self._take_batch(p, batch, now)
+                    batch, batch_ids = [], set()
+                    if at_least(peer, graylist, now, key):
+                        pass  # accepted after all: handled below
+                    else:
+                        log.debug("RPC from graylisted peer %s ignored", peer)
+                        self._count("rpc_graylisted")
+                        continue
+                else:
+                    log.debug("RPC from graylisted peer %s ignored", peer)
+                    self._count("rpc_graylisted")
+                    continue
             # one publish field and nothing else: tag, a one- or two-byte length, the message
             size = len(data)
             if size > 2 and data[0] == 0x12:
@@ -727,26 +770,176 @@ class GossipsubRouter:
                     msg_id = self.mcache.lookup_bytes(raw)
                     if msg_id is None:
                         parsed = parse_message(raw)
-                        if parsed is None:
-                            try:
-                                decoded = rpc_pb2.Message.FromString(raw)
-                            except DecodeError as exc:
-                                self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
-                                raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
+                        if parsed is not None:
                             stats["rpc_received"] = stats.get("rpc_received", 0) + 1
-                            self._handle_message(p, raw, message_fields(decoded, raw), decoded)
+                            # the frame is the message's publish field, forwarded as it is if
+                            # its length is minimal (as publish_piece encodes it)
+                            piece = data if start == 2 or data[2] else None
+                            if batching:
+                                from_, body, seqno, topic = (
+                                    parsed[0],
+                                    parsed[1],
+                                    parsed[2],
+                                    parsed[3],
+                                )
+                                if (
+                                    from_ is not None
+                                    and seqno is not None
+                                    and topic in subscriptions
+                                    and topic not in validated
+                                    and len(body) < idontwant_size
+                                    and from_ != local_key
+                                    and (topic == batch_topic or not batch)
+                                ):
+                                    msg_id = from_ + seqno
+                                    if not (
+                                        msg_id in seen
+                                        or msg_id in pending
+                                        or msg_id in batch_ids
+                                        or msg_id in cached
+                                        or msg_id in recorded
+                                    ):
+                                        _, _, _, _, signature, pubkey, signed = parsed
+                                        try:
+                                            author = verify(
+                                                from_, seqno, signature, pubkey, signed, None
+                                            )
+                                        except InvalidMessage as exc:
+                                            # refused as _handle_message refuses it, after the
+                                            # batch (the score drops: the next frame sees it)
+                                            if batch:
+                                                self._take_batch(p, batch, now)
+                                                batch, batch_ids = [], set()
+                                            log.debug("invalid message from %s: %s", peer, exc)
+                                            self.score.reject_message(peer, None, topic, now)
+                                            self._count("msg_invalid")
+                                            self._count_topic(topic, "invalid")
+                                            continue
+                                        if piece is None:
+                                            piece = publish_piece(raw)
+                                        batch.append((msg_id, raw, piece, parsed, author))
+                                        batch_ids.add(msg_id)
+                                        batch_topic = topic
+                                        continue
+                            if batch:
+                                self._take_batch(p, batch, now)
+                                batch, batch_ids = [], set()
+                            self._handle_message(p, raw, parsed, None, piece)
                             continue
+                        if batch:
+                            self._take_batch(p, batch, now)
+                            batch, batch_ids = [], set()
+                        try:
+                            decoded = rpc_pb2.Message.FromString(raw)
+                        except DecodeError as exc:
+                            self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
+                            raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
                         stats["rpc_received"] = stats.get("rpc_received", 0) + 1
-                        # the frame is the message's publish field, forwarded as it is if its
-                        # length is minimal (as publish_piece encodes it)
-                        piece = data if start == 2 or data[2] else None
-                        self._handle_message(p, raw, parsed, None, piece)
+                        self._handle_message(p, raw, message_fields(decoded, raw), decoded)
                         continue
+                    if batch:
+                        self._take_batch(p, batch, now)
+                        batch, batch_ids = [], set()
                     stats["rpc_received"] = stats.get("rpc_received", 0) + 1
                     if self._handle_cached(p, raw, msg_id, now):
                         stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
                     continue
+            if batch:
+                self._take_batch(p, batch, now)
+                batch, batch_ids = [], set()
             self._handle_frame(p, data, now)
+        if batch:
+            self._take_batch(p, batch, now)
+
+    def _take_batch(self, p: _Peer, batch: list[_Batched], now: float) -> None:
+        """New valid messages from ``p`` gathered by :meth:`handle_rpcs`: all of one subscribed
+        topic without a validator, none seen, pending, cached or recorded, none ours, under the
+        IDONTWANT size, with seqno IDs, signatures checked; no direct or floodsub peers. What
+        :meth:`_handle_message` and :meth:`_accept_new` do for each in turn, with the same
+        outcome: recorded, delivered and queued for the mesh in one pass per cache and peer."""
+        topic = batch[0][3][3]
+        assert topic is not None
+        ids = [b[0] for b in batch]
+        n = len(ids)
+        seen = self.seen
+        seen.insert_new(ids, now + seen.ttl)
+        tracer = self.tracer
+        events = self._events
+        source = p.id
+        for msg_id, _, _, fields, author in batch:
+            if tracer.promised:
+                tracer.fulfil(msg_id)
+            _, data, seqno, _, signature, key, _ = fields
+            events.append(
+                _deliver(
+                    app_message(
+                        topic,
+                        data,
+                        author,
+                        None if seqno is None else int.from_bytes(seqno, "big"),
+                        msg_id,
+                        source,
+                        signature,
+                        key,
+                    )
+                )
+            )
+        self.mcache.put_new(ids, topic, [b[1] for b in batch])
+        self.score.deliver_new_batch(p.key, ids, topic, now)
+        stats = self.stats
+        stats["msg_delivered"] = stats.get("msg_delivered", 0) + n
+        tstats = self.topic_stats.get(topic)
+        if tstats is None:
+            self._count_topic(topic, "delivered")
+            tstats = self.topic_stats.get(topic) or self.topic_stats[OTHER_TOPICS]
+            tstats["delivered"] += n - 1
+        else:
+            tstats["delivered"] = tstats.get("delivered", 0) + n
+        mesh = self.mesh.get(topic)
+        if not mesh or not self.topics.get(topic):
+            return
+        # forwarding: per mesh peer, every message for it in one update of its outbox; the
+        # peers newly given something are marked in the order one message at a time would
+        # mark them (by their first message, then mesh order): frames leave in the same order
+        skip = p.key
+        origins = [None if b[4] is None else b[3][0] for b in batch]
+        pieces = [b[2] for b in batch]
+        marks: list[tuple[int, int, _Peer]] = []
+        sent = 0
+        for pos, q in enumerate(self._mesh_order(topic, mesh)):
+            key = q.key
+            if key == skip:
+                continue
+            dont_send = q.dont_send
+            msgs = q.outbox.msgs
+            empty = not msgs
+            if dont_send or key in origins:
+                first = -1
+                count = 0
+                for i in range(n):
+                    msg_id = ids[i]
+                    if origins[i] == key or msg_id in dont_send:
+                        continue
+                    if first < 0:
+                        first = i
+                    count += 1
+                    if msg_id not in msgs:
+                        msgs[msg_id] = pieces[i]
+                if not count:
+                    continue
+            else:
+                first, count = 0, n
+                msgs.update(zip(ids, pieces, strict=True))
+            sent += count
+            if empty:
+                marks.append((first, pos, q))
+        if marks:
+            marks.sort(key=_mark_order)
+            dirty = self._dirty
+            for _, _, q in marks:
+                dirty[q] = None
+        if sent:
+            stats["msg_forwarded"] = stats.get("msg_forwarded", 0) + sent
 
     def _handle_cached(self, p: _Peer, raw: bytes, msg_id: bytes, now: float) -> bool:
         """A message whose bytes are a cached message's (``msg_id``); True if a duplicate."""

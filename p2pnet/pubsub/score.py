@@ -24,6 +24,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import cast
 
 from p2pnet.peer.peer_id import PeerID
@@ -319,6 +320,8 @@ class PeerScore:
         #: message ID -> its record, or its validation time for a valid message with no other
         #: sender remembered (see _Record)
         self._records: dict[bytes, _Record | float] = {}
+        #: ``msg_id in score.recorded``: whether a message has a delivery record (a C-level test)
+        self.recorded = self._records.keys()
         #: the records in the order they expire: their IDs and expiry times (two queues of
         #: plain values rather than one of tuples: no object for the garbage collector)
         self._record_ids: deque[bytes] = deque()
@@ -513,6 +516,47 @@ class PeerScore:
                 ts.mesh_deliveries = mesh
                 if tp.mesh_message_deliveries_weight != 0:
                     stats.version += 1
+
+    def deliver_new_batch(self, key: bytes, msg_ids: list[bytes], topic: str, now: float) -> None:
+        """:meth:`deliver_new_by_key` for each of ``msg_ids`` in turn, all new (none recorded)
+        and from the peer whose ID bytes are ``key`` in ``topic``: the records in one pass,
+        the counters moved once per message as there."""
+        n = len(msg_ids)
+        self._records.update(dict.fromkeys(msg_ids, now))
+        self._record_ids.extend(msg_ids)
+        self._record_expiry.extend(repeat(now + self._record_ttl, n))
+        stats = self._by_key.get(key)
+        if stats is None:
+            return
+        params = self.params
+        tp = params.topics.get(topic)
+        if tp is None:
+            tp = params.default_topic
+            if tp is None:
+                return
+        ts = stats.topics.get(topic)
+        if ts is None:
+            ts = stats.topics[topic] = _TopicStats()
+        first_cap = tp.first_message_deliveries_cap
+        mesh_cap = tp.mesh_message_deliveries_cap
+        bumps = 0
+        for _ in range(n):  # (one step per message: the float sums as one at a time)
+            first = ts.first_deliveries + 1
+            if first > first_cap:
+                first = first_cap
+            if first != ts.first_deliveries:
+                ts.first_deliveries = first
+                if tp.first_message_deliveries_weight != 0:
+                    bumps += 1
+            if ts.in_mesh:
+                mesh = ts.mesh_deliveries + 1
+                if mesh > mesh_cap:
+                    mesh = mesh_cap
+                if mesh != ts.mesh_deliveries:
+                    ts.mesh_deliveries = mesh
+                    if tp.mesh_message_deliveries_weight != 0:
+                        bumps += 1
+        stats.version += bumps
 
     def reject_message(self, peer: PeerID, msg_id: bytes | None, topic: str, now: float) -> None:
         """The message from ``peer`` is invalid (bad signature, or a validator rejected it)."""
