@@ -479,8 +479,7 @@ class PeerScore:
         self.deliver_new_by_key(peer.to_bytes(), msg_id, topic, now)
 
     def deliver_new_by_key(self, key: bytes, msg_id: bytes, topic: str, now: float) -> None:
-        """:meth:`deliver_new_message` from the peer whose ID bytes are ``key``: it runs for
-        every message a node relays, so :meth:`_mark_first_delivery` is inlined."""
+        """:meth:`deliver_new_message` from the peer whose ID bytes are ``key``."""
         records = self._records
         if msg_id in records:  # a record from before (the seen cache forgot it sooner)
             self._deliver_by_key(key, msg_id, topic, now)
@@ -488,34 +487,7 @@ class PeerScore:
         records[msg_id] = now  # valid, no one else has delivered it yet
         self._record_ids.append(msg_id)
         self._record_expiry.append(now + self._record_ttl)
-        # _mark_first_delivery, inlined
-        stats = self._by_key.get(key)
-        if stats is None:
-            return
-        params = self.params
-        tp = params.topics.get(topic)
-        if tp is None:
-            tp = params.default_topic
-            if tp is None:
-                return
-        ts = stats.topics.get(topic)
-        if ts is None:
-            ts = stats.topics[topic] = _TopicStats()
-        first = ts.first_deliveries + 1
-        if first > tp.first_message_deliveries_cap:
-            first = tp.first_message_deliveries_cap
-        if first != ts.first_deliveries:
-            ts.first_deliveries = first
-            if tp.first_message_deliveries_weight != 0:
-                stats.version += 1
-        if ts.in_mesh:  # _add_mesh_delivery, inlined
-            mesh = ts.mesh_deliveries + 1
-            if mesh > tp.mesh_message_deliveries_cap:
-                mesh = tp.mesh_message_deliveries_cap
-            if mesh != ts.mesh_deliveries:
-                ts.mesh_deliveries = mesh
-                if tp.mesh_message_deliveries_weight != 0:
-                    stats.version += 1
+        self._mark_first_deliveries(key, topic, 1)
 
     def deliver_new_batch(self, key: bytes, msg_ids: list[bytes], topic: str, now: float) -> None:
         """:meth:`deliver_new_by_key` for each of ``msg_ids`` in turn, all new (none recorded)
@@ -525,38 +497,7 @@ class PeerScore:
         self._records.update(dict.fromkeys(msg_ids, now))
         self._record_ids.extend(msg_ids)
         self._record_expiry.extend(repeat(now + self._record_ttl, n))
-        stats = self._by_key.get(key)
-        if stats is None:
-            return
-        params = self.params
-        tp = params.topics.get(topic)
-        if tp is None:
-            tp = params.default_topic
-            if tp is None:
-                return
-        ts = stats.topics.get(topic)
-        if ts is None:
-            ts = stats.topics[topic] = _TopicStats()
-        first_cap = tp.first_message_deliveries_cap
-        mesh_cap = tp.mesh_message_deliveries_cap
-        bumps = 0
-        for _ in range(n):  # (one step per message: the float sums as one at a time)
-            first = ts.first_deliveries + 1
-            if first > first_cap:
-                first = first_cap
-            if first != ts.first_deliveries:
-                ts.first_deliveries = first
-                if tp.first_message_deliveries_weight != 0:
-                    bumps += 1
-            if ts.in_mesh:
-                mesh = ts.mesh_deliveries + 1
-                if mesh > mesh_cap:
-                    mesh = mesh_cap
-                if mesh != ts.mesh_deliveries:
-                    ts.mesh_deliveries = mesh
-                    if tp.mesh_message_deliveries_weight != 0:
-                        bumps += 1
-        stats.version += bumps
+        self._mark_first_deliveries(key, topic, n)
 
     def reject_message(self, peer: PeerID, msg_id: bytes | None, topic: str, now: float) -> None:
         """The message from ``peer`` is invalid (bad signature, or a validator rejected it)."""
@@ -636,17 +577,36 @@ class PeerScore:
     # a counter the score weighs changes, so a busy peer's score is not recomputed per message.
 
     def _mark_first_delivery(self, key: bytes, topic: str) -> None:
+        self._mark_first_deliveries(key, topic, 1)
+
+    def _mark_first_deliveries(self, key: bytes, topic: str, count: int) -> None:
+        """``count`` first deliveries (P2, and P3 while in the mesh) from the peer whose ID
+        bytes are ``key``: the one place of that rule, also for a batch of messages (one step
+        per message: the float counters sum as one at a time)."""
         found = self._topic_stats_by_key(key, topic)
         if found is None:
             return
         stats, ts, tp = found
-        first = min(ts.first_deliveries + 1, tp.first_message_deliveries_cap)
-        if first != ts.first_deliveries:
-            ts.first_deliveries = first
-            if tp.first_message_deliveries_weight != 0:
-                stats.version += 1
-        if ts.in_mesh:
-            self._add_mesh_delivery(stats, ts, tp)
+        first_cap = tp.first_message_deliveries_cap
+        mesh_cap = tp.mesh_message_deliveries_cap
+        bumps = 0
+        for _ in range(count):
+            first = ts.first_deliveries + 1
+            if first > first_cap:
+                first = first_cap
+            if first != ts.first_deliveries:
+                ts.first_deliveries = first
+                if tp.first_message_deliveries_weight != 0:
+                    bumps += 1
+            if ts.in_mesh:
+                mesh = ts.mesh_deliveries + 1
+                if mesh > mesh_cap:
+                    mesh = mesh_cap
+                if mesh != ts.mesh_deliveries:
+                    ts.mesh_deliveries = mesh
+                    if tp.mesh_message_deliveries_weight != 0:
+                        bumps += 1
+        stats.version += bumps
 
     @staticmethod
     def _add_mesh_delivery(stats: _PeerStats, ts: _TopicStats, tp: TopicScoreParams) -> None:
