@@ -178,6 +178,22 @@ def test_time_cache() -> None:
     assert b"x" not in tc and b"y" in tc and len(tc) == 1
 
 
+def test_time_cache_batches_expire_in_insertion_order() -> None:
+    """Keys added together (insert_new) or one by one at the same time share a batch; expiry
+    forgets batches in insertion order, stopping at the first one not due (as the key-by-key
+    cache did, even if a later key was added with an earlier expiry)."""
+    tc: TimeCache[bytes] = TimeCache(10.0)
+    tc.insert_new([b"a", b"b"], 10.0)
+    tc.insert(b"c", 10.0)  # same expiry: same batch
+    assert tc.add(b"d", 1.0)  # expiry 11
+    tc.insert(b"e", 10.5)  # an earlier expiry after a later one: waits behind it
+    assert list(tc.keys) == [b"a", b"b", b"c", b"d", b"e"]
+    assert tc.expire(10.6) == 3
+    assert list(tc.keys) == [b"d", b"e"]
+    assert tc.expire(11.0) == 2 and len(tc) == 0
+    assert tc.expire(100.0) == 0
+
+
 def test_peer_record_roundtrip_and_tampering() -> None:
     key = KeyPair.generate()
     peer = PeerID.from_public_key(key.public_key)

@@ -997,3 +997,30 @@ def test_seen_cache_ttl() -> None:
     assert len(h.r.seen) == 1
     h.heartbeat(4.0)  # 6 s > seen_ttl: forgotten
     assert len(h.r.seen) == 0
+
+
+def test_prefixed_outgoing_frames_are_the_frames_with_their_length_prefix() -> None:
+    """``take_outgoing(prefixed=True)`` (what the adapter writes) gives the same frames as
+    ``take_outgoing()``, each behind its uvarint length: for greetings and grafts (control and
+    subscriptions), for forwarded messages, and for frames split at ``max_message_size``."""
+    from p2pnet.wire.framing import FrameDecoder
+
+    def run(prefixed: bool) -> list[list[tuple[PeerID, bytes]]]:
+        h = Harness(max_message_size=2000)
+        h.r.join(T, h.now)
+        rounds = [h.r.take_outgoing(prefixed=prefixed)]
+        a, *_ = h.add(4)
+        rounds.append(h.r.take_outgoing(prefixed=prefixed))
+        for i in range(12):  # enough to split a peer's frame in two
+            h.feed(a, rpc_pb2.RPC(publish=[h.msg(a, data=bytes(300), seqno=i + 1)]))
+        rounds.append(h.r.take_outgoing(prefixed=prefixed))
+        return rounds
+
+    plain, prefixed = run(False), run(True)
+    assert [len(r) for r in plain] == [len(r) for r in prefixed]
+    assert any(len({p for p, _ in r}) < len(r) for r in plain)  # a peer got two frames
+    for plain_round, prefixed_round in zip(plain, prefixed, strict=True):
+        for (p1, frame), (p2, framed) in zip(plain_round, prefixed_round, strict=True):
+            assert p1 == p2
+            dec = FrameDecoder(max_length=4000)
+            assert dec.split(framed) == [frame] and dec.buffered == 0

@@ -13,6 +13,8 @@ from p2pnet.pubsub.messages import SignatureVerifier, build_message, message_fie
 from p2pnet.pubsub.router import DeliverMessage
 from p2pnet.pubsub.rpc_wire import (
     MalformedRPC,
+    _parse_general,
+    _parse_signed,
     parse_message,
     publish_piece,
     split_rpc,
@@ -229,3 +231,40 @@ def test_an_application_message_id_function_gets_the_decoded_message() -> None:
     events = h.r.take_events()
     assert [e.message.id for e in events if isinstance(e, DeliverMessage)] == [b"id:x"]
     assert len(seen) == 1 and seen[0].data == b"x"
+
+
+def test_the_unrolled_signed_message_parse_answers_as_the_general_one() -> None:
+    """``_parse_signed`` (the usual message, unrolled) either declines or gives exactly what the
+    general loop gives, on canonical messages (with a key, two-byte lengths, a long topic) and
+    on thousands of mutations of them."""
+    rng = random.Random(12)
+    with_key = signed(5, data=bytes(300))
+    with_key.key = make_key(5).public_key.to_protobuf()
+    long_topic = rpc_pb2.Message()
+    long_topic.CopyFrom(signed(3))
+    long_topic.topic = "t" * 200  # a two-byte topic length
+    base = [
+        m.SerializeToString()
+        for m in (signed(0), signed(1, data=b""), signed(2, data=bytes(150)), with_key, long_topic)
+    ]
+    for raw in base:
+        assert _parse_signed(raw) is not None
+        assert _parse_signed(raw) == _parse_general(raw)
+    answered = 0
+    for _ in range(4000):
+        raw = bytearray(rng.choice(base))
+        for _ in range(rng.randrange(1, 3)):
+            pos = rng.randrange(len(raw) + 1)
+            what = rng.randrange(3)
+            if what == 0 and pos < len(raw):
+                raw[pos] = rng.choice((rng.randrange(256), 0x80, 0x00, 0x7F, 0x32, 0x2A))
+            elif what == 1:
+                raw[pos:pos] = bytes([rng.randrange(256)])
+            else:
+                del raw[pos : pos + rng.randrange(1, 4)]
+        data = bytes(raw)
+        fast = _parse_signed(data)
+        if fast is not None:
+            assert fast == _parse_general(data)
+            answered += 1
+    assert answered > 200  # (many mutations, in the payloads, keep the usual form)

@@ -172,3 +172,57 @@ async def test_a_frame_must_complete_within_its_deadline_however_fast_each_byte_
     assert not reader.done()
     await write_length_prefixed(c, b"late but whole")
     assert await asyncio.wait_for(reader, 5) == b"late but whole"
+
+
+def _split_all(dec: FrameDecoder, chunks: list[bytes]) -> list[bytes] | str:
+    out: list[bytes] = []
+    try:
+        for chunk in chunks:
+            out += dec.split(chunk)
+    except (MessageTooLargeError, ProtocolError) as exc:
+        return type(exc).__name__
+    return out
+
+
+def _feed_all(dec: FrameDecoder, chunks: list[bytes]) -> list[bytes] | str:
+    out: list[bytes] = []
+    try:
+        for chunk in chunks:
+            dec.feed(chunk)
+            out += dec.frames()
+    except (MessageTooLargeError, ProtocolError) as exc:
+        return type(exc).__name__
+    return out
+
+
+@given(
+    st.lists(st.binary(max_size=300), max_size=8),
+    st.binary(max_size=6),
+    st.lists(st.integers(min_value=0, max_value=3000), max_size=6),
+)
+def test_frame_decoder_split_equals_feed_then_frames(
+    bodies: list[bytes], junk: bytes, cuts: list[int]
+) -> None:
+    """``split`` (frames cut straight from the chunk between frames) gives what feed + frames
+    gives, for any chunking, and the same error for a bad or oversized prefix."""
+    stream = b"".join(encode_uvarint(len(b)) + b for b in bodies) + junk
+    points = sorted({min(c, len(stream)) for c in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    a, b = FrameDecoder(max_length=200), FrameDecoder(max_length=200)
+    got = _split_all(a, chunks)
+    assert got == _feed_all(b, chunks)
+    if not isinstance(got, str):  # the same incomplete tail waits in both
+        assert a.buffered == b.buffered
+
+
+def test_frame_decoder_split_refuses_oversized_and_non_minimal_prefixes() -> None:
+    with pytest.raises(MessageTooLargeError):
+        FrameDecoder(max_length=100).split(b"\x03abc" + encode_uvarint(101) + bytes(101))
+    with pytest.raises(ProtocolError):
+        FrameDecoder(max_length=1000).split(b"\x03abc\x85\x00" + bytes(5))
+    dec = FrameDecoder(max_length=1000)
+    assert dec.split(b"\x03abc\x05ab") == [b"abc"]  # the rest waits in the buffer
+    assert dec.buffered == 3
+    assert dec.split(b"cde\x01") == [b"abcde"]
+    assert dec.split(b"z") == [b"z"]
+    assert dec.buffered == 0

@@ -73,8 +73,7 @@ from p2pnet.stats import DurationHistogram
 from p2pnet.stream import Stream
 from p2pnet.tasks import TaskOwner
 from p2pnet.transport.addr import split_peer_id
-from p2pnet.wire.framing import FrameDecoder, length_prefixed_parts
-from p2pnet.wire.varint import encode_uvarint
+from p2pnet.wire.framing import FrameDecoder
 
 log = logging.getLogger("p2pnet.pubsub")
 
@@ -175,6 +174,8 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Message:
+        if self._items:  # the usual case under load: no second coroutine per message
+            return self._items.popleft()
         return await self.get()
 
     def cancel(self) -> _Done:
@@ -231,6 +232,7 @@ class _PeerState:
         self.writer: asyncio.Task[Any] | None = None
         #: The writer task holds frames it took from ``queue`` and has not written yet.
         self.writing = False
+        #: length-prefixed frames (as they go on the stream)
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         #: The outbound stream's resource scope (its peer's memory): the frames in ``queue``
         #: and those the writer holds are reserved in it, like the stream's own buffers.
@@ -562,12 +564,24 @@ class Pubsub:
             return
         to_validate = self._to_validate
         budget = _VALIDATIONS_PER_TURN
+        subs_of = self._subs
+        # subscriptions given a message in this pump: their event is set (waking the
+        # consumer) at the first one, as Subscription._push would; later ones skip the call
+        woken: set[Subscription] = set()
         for _ in range(1000):
             events = router.take_events()
             for ev in events:
-                if isinstance(ev, DeliverMessage):
-                    for sub in self._subs.get(ev.message.topic, ()):
-                        sub._push(ev.message)
+                if type(ev) is DeliverMessage:
+                    msg = ev.message
+                    for sub in subs_of.get(msg.topic, ()):
+                        items = sub._items  # Subscription._push, inlined
+                        if len(items) < sub._maxsize and not sub._ended:
+                            items.append(msg)
+                            if sub not in woken:
+                                woken.add(sub)
+                                sub._event.set()
+                        else:
+                            sub._push(msg)
                 elif isinstance(ev, ValidateMessage):
                     to_validate.append(ev.message)
                 elif isinstance(ev, ConnectPeer):
@@ -580,7 +594,8 @@ class Pubsub:
                 break
         if to_validate:
             self._pump_soon()  # the rest on the next loop turns, after the other connections
-        for peer, frame in router.take_outgoing():
+        # frames with their length prefix, as they go on the stream (and into the queue)
+        for peer, frame in router.take_outgoing(prefixed=True):
             state = self._peers.get(peer)
             if state is None or state.outbound is None:
                 continue
@@ -588,7 +603,7 @@ class Pubsub:
                 # nothing waits to be written to this peer: write now if the stream can take it
                 # without waiting (the usual case), sparing the writer task a wake-up
                 try:
-                    if state.outbound.write_nowait(encode_uvarint(len(frame)) + frame):
+                    if state.outbound.write_nowait(frame):
                         continue
                 except P2PError:
                     pass  # the writer meets the same error on this frame and drops the peer
@@ -738,9 +753,8 @@ class Pubsub:
                 while size < 256 * 1024 and not queue.empty():
                     frames.append(queue.get_nowait())
                     size += len(frames[-1])
-                parts = length_prefixed_parts(frames)
                 async with asyncio.timeout(self.config.write_timeout):
-                    await stream.write(b"".join(parts))
+                    await stream.write(b"".join(frames))  # (each with its prefix)
                 state.release(size)
                 state.writing = False
         except (P2PError, TimeoutError, OSError) as exc:
@@ -800,10 +814,9 @@ class Pubsub:
         """The complete frames of one chunk, to the router; False if the stream must be reset."""
         if self._peers.get(peer) is not state:
             return False
-        router = self.router
         try:
-            for frame in frames:
-                router.handle_rpc(peer, frame, self._now())
+            # one clock reading for the chunk: its frames arrived together
+            self.router.handle_rpcs(peer, frames, self._now())
         except InvalidRPC as exc:  # the router has judged it already
             log.info("%s", exc)
             self._pump()
@@ -922,8 +935,7 @@ class _RPCReader:
                     return
             self._deadline = self._loop.time() + self._timeout
         try:
-            decoder.feed(data)
-            frames = decoder.frames()
+            frames = decoder.split(data)
             buffered = decoder.buffered
             if buffered != self._held and self._scope is not None:
                 if buffered > self._held:

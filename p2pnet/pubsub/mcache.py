@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -35,6 +35,8 @@ class MessageCache:
         self.lookup_bytes: Callable[[bytes], bytes | None] = self._ids.get
         #: ``topic_of(msg_id)`` for a cached message (the dict's ``__getitem__``)
         self.cached_topic: Callable[[bytes], str] = self._topics.__getitem__
+        #: ``msg_id in mcache.holds``: whether a message is cached (a C-level test)
+        self.holds = self._msgs.keys()
         self._windows: deque[list[bytes]] = deque([] for _ in range(history))
         #: how often each peer asked for a message (IWANT), for the messages asked for
         self._asked: dict[bytes, dict[PeerID, int]] = {}
@@ -53,6 +55,14 @@ class MessageCache:
         self._topics[msg_id] = topic
         self._ids.setdefault(data, msg_id)
         self._windows[0].append(msg_id)
+
+    def put_new(self, msg_ids: list[bytes], topic: str, datas: list[bytes]) -> None:
+        """:meth:`put` for each message in turn, none of them cached yet, all in ``topic``."""
+        self._msgs.update(zip(msg_ids, datas, strict=True))
+        self._topics.update(dict.fromkeys(msg_ids, topic))
+        # (put's setdefault: the same bytes are the same message, so they have the same ID)
+        self._ids.update(zip(datas, msg_ids, strict=True))
+        self._windows[0].extend(msg_ids)
 
     def get(self, msg_id: bytes) -> bytes | None:
         return self._msgs.get(msg_id)
@@ -95,11 +105,17 @@ class MessageCache:
 
 
 class TimeCache(Generic[K]):
-    """Keys remembered for ``ttl`` seconds (insertion order = expiry order)."""
+    """Keys remembered for ``ttl`` seconds.
+
+    A plain dict (key -> expiry) and a queue of (expiry, keys) batches in insertion order, which
+    is expiry order: a dict's insertion is cheaper than an ``OrderedDict``'s (no node per key),
+    and the keys a router adds in one go (one read's new messages) share one batch.
+    """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._items: OrderedDict[K, float] = OrderedDict()
+        self._items: dict[K, float] = {}
+        self._queue: deque[tuple[float, list[K]]] = deque()
         #: a live read-only view of the keys: ``key in cache.keys`` without a Python call
         self.keys = self._items.keys()
 
@@ -113,17 +129,31 @@ class TimeCache(Generic[K]):
         """Remember ``key``; False if it was already there (its expiry is not extended)."""
         if key in self._items:
             return False
-        self._items[key] = now + self.ttl
+        self.insert_new([key], now + self.ttl)
         return True
+
+    def insert(self, key: K, expiry: float) -> None:
+        """Remember ``key``, known to be absent (``key not in keys`` just tested), until
+        ``expiry``: :meth:`add` for the router's per-message path."""
+        self.insert_new([key], expiry)
+
+    def insert_new(self, keys: list[K], expiry: float) -> None:
+        """:meth:`insert` for each of ``keys`` (distinct, none of them here), in order."""
+        self._items.update(dict.fromkeys(keys, expiry))
+        queue = self._queue
+        if queue and queue[-1][0] == expiry:
+            queue[-1][1].extend(keys)
+        else:
+            queue.append((expiry, list(keys)))
 
     def expire(self, now: float) -> int:
         """Forget the keys whose time is up; returns how many."""
         n = 0
         items = self._items
-        while items:
-            key, expiry = next(iter(items.items()))
-            if expiry > now:
-                break
-            del items[key]
-            n += 1
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            _, keys = queue.popleft()
+            for key in keys:
+                del items[key]
+            n += len(keys)
         return n

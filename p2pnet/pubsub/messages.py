@@ -258,7 +258,12 @@ class SignatureVerifier:
             raise InvalidMessage("missing_from")
         if seqno is None or len(seqno) != SEQNO_LENGTH:
             raise InvalidMessage("invalid_seqno", "seqno must be 8 bytes")
-        author, pub = self._author(from_)
+        hit = self._keys.get(from_)  # _author's cache hit, inlined: once per message
+        if hit is not None:
+            self._keys.move_to_end(from_)
+            author, pub = hit
+        else:
+            author, pub = self._author(from_)
         if key is not None:
             try:
                 pub = unmarshal_public_key(key)

@@ -60,7 +60,6 @@ from p2pnet.pubsub.messages import (
     message_fields,
     msg_id_from_seqno,
     msg_id_sha256,
-    seqno_msg_id,
     to_app_message,
 )
 from p2pnet.pubsub.params import (
@@ -104,6 +103,32 @@ class DeliverMessage:
     """A valid message in a topic we subscribe to: hand it to the application."""
 
     message: Message
+
+
+#: a message of :meth:`GossipsubRouter.handle_rpcs`'s batch: ID, bytes, publish field, fields
+#: (:func:`rpc_wire.parse_message`), author (None when unsigned)
+_Batched = tuple[bytes, bytes, bytes, ParsedMessage, PeerID | None]
+
+
+def _mark_order(mark: tuple[int, int, object]) -> tuple[int, int]:
+    return mark[0], mark[1]
+
+
+def _joined(parts: list[bytes], prefixed: bool) -> bytes:
+    frame = b"".join(parts)
+    return encode_uvarint(len(frame)) + frame if prefixed else frame
+
+
+_new_object = object.__new__
+_set_delivered = DeliverMessage.message.__set__  # type: ignore[attr-defined,misc]
+
+
+def _deliver(message: Message) -> DeliverMessage:
+    """``DeliverMessage(message)`` for every message a node delivers: the slot's setter, not a
+    frozen dataclass's ``__init__`` (which sets the field through ``object.__setattr__``)."""
+    ev = _new_object(DeliverMessage)
+    _set_delivered(ev, message)
+    return ev
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +289,9 @@ class GossipsubRouter:
         #: bumped when a peer is added or removed (its _Peer object is new or gone)
         self._peers_changes = 0
 
+        #: new messages of a read taken together (:meth:`handle_rpcs`); off: one at a time,
+        #: the reference the batch is tested against
+        self.batch_first_deliveries = True
         self.heartbeat_ticks = 0
         self.now = 0.0
         #: the peers with something queued, in the order they were given it (by _Peer object:
@@ -277,8 +305,12 @@ class GossipsubRouter:
 
     # ------------------------------------------------------------------ outputs
 
-    def take_outgoing(self) -> list[tuple[PeerID, bytes]]:
-        """The RPC frames to send since the last call (each fits ``max_message_size``)."""
+    def take_outgoing(self, *, prefixed: bool = False) -> list[tuple[PeerID, bytes]]:
+        """The RPC frames to send since the last call (each fits ``max_message_size``).
+
+        ``prefixed``: each frame with its uvarint length prefix (as it goes on a stream),
+        joined in the same pass as the frame instead of copied into a new buffer after it.
+        """
         out: list[tuple[PeerID, bytes]] = []
         limit = self.config.max_message_size
         for peer in self._dirty:  # insertion order: reproducible
@@ -291,8 +323,12 @@ class GossipsubRouter:
                 # only messages, the usual case: one join if they fit in one frame
                 box.msgs = {}
                 pieces = msgs.values()
-                if sum(map(len, pieces)) <= limit:
-                    out.append((pid, b"".join(pieces)))
+                size = sum(map(len, pieces))
+                if size <= limit:
+                    if prefixed:
+                        out.append((pid, b"".join([encode_uvarint(size), *pieces])))
+                    else:
+                        out.append((pid, b"".join(pieces)))
                     continue
             else:
                 peer.outbox = _Outbox()
@@ -309,12 +345,12 @@ class GossipsubRouter:
             for piece in pieces:
                 n = len(piece)
                 if parts and size + n > limit:
-                    out.append((pid, b"".join(parts)))
+                    out.append((pid, _joined(parts, prefixed)))
                     parts, size = [], 0
                 parts.append(piece)
                 size += n
             if parts:
-                out.append((pid, b"".join(parts)))
+                out.append((pid, _joined(parts, prefixed)))
         self._dirty.clear()
         return out
 
@@ -659,18 +695,271 @@ class GossipsubRouter:
         Raises InvalidRPC if it cannot be decoded (already judged: see :meth:`report_bad_frame`);
         the adapter then resets the stream it came from.
         """
+        self.handle_rpcs(peer, (data,), now)
+
+    def handle_rpcs(self, peer: PeerID, frames: Iterable[bytes], now: float) -> None:
+        """:meth:`handle_rpc` for each of ``frames`` in turn (what one read of a stream held):
+        the peer is looked up once, and a frame that is exactly one message (what every
+        implementation sends for a message alone) is taken without splitting it into lists.
+
+        New messages of one topic in a row (the usual traffic) are gathered and taken together
+        (:meth:`_take_batch`): verified one by one, then recorded, delivered and queued for the
+        mesh in one pass per cache and per peer, with the outcome of one message at a time.
+
+        Raises InvalidRPC at the first undecodable frame: the frames before it were handled,
+        the ones after it are not (the stream is reset), as with one call per frame.
+        """
         self.now = now
         p = self.peers.get(peer)
         if p is None:
             log.debug("RPC from unknown peer %s dropped", peer)
-            self._count("rpc_unknown_peer")
+            for _ in frames:
+                self._count("rpc_unknown_peer")
             return
-        if not (self.direct and peer in self.direct) and not self.score.at_least(
-            peer, self.thresholds.graylist_threshold, now, p.key
-        ):  # accept_from, inlined: it runs for every frame
-            log.debug("RPC from graylisted peer %s ignored", peer)
-            self._count("rpc_graylisted")
+        direct = bool(self.direct) and peer in self.direct
+        at_least = self.score.at_least
+        graylist = self.thresholds.graylist_threshold
+        key = p.key
+        stats = self.stats
+        # the batch: new valid messages of ``batch_topic`` (see _Batched)
+        batch: list[_Batched] = []
+        batch_ids: set[bytes] = set()
+        batch_topic: str | None = None
+        batching = (
+            self.batch_first_deliveries
+            and self.msg_id_fn is msg_id_from_seqno
+            and not self.direct
+            and not self.floodsub_peers
+        )
+        seen = self.seen.keys
+        pending, subscriptions, validated = self.pending, self.subscriptions, self.validated_topics
+        cached, recorded = self.mcache.holds, self.score.recorded
+        idontwant_size = self.config.idontwant_message_threshold
+        local_key = self._local_key
+        verify = self.verifier.verify_fields
+        for data in frames:
+            # the graylist check (accept_from) per frame: a frame can lower the peer's score
+            # (the batch can only raise it: it is taken before a refusal is final)
+            if not direct and not at_least(peer, graylist, now, key):
+                if batch:
+                    self._take_batch(p, batch, now)
+                    batch, batch_ids = [], set()
+                    if at_least(peer, graylist, now, key):
+                        pass  # accepted after all: handled below
+                    else:
+                        log.debug("RPC from graylisted peer %s ignored", peer)
+                        self._count("rpc_graylisted")
+                        continue
+                else:
+                    log.debug("RPC from graylisted peer %s ignored", peer)
+                    self._count("rpc_graylisted")
+                    continue
+            # one publish field and nothing else: tag, a one- or two-byte length, the message
+            size = len(data)
+            if size > 2 and data[0] == 0x12:
+                length = data[1]
+                if length < 0x80:
+                    start = 2
+                elif data[2] < 0x80:
+                    length = (length & 0x7F) | (data[2] << 7)
+                    start = 3
+                else:
+                    start = size
+                if start + length == size:
+                    raw = data[start:]
+                    msg_id = self.mcache.lookup_bytes(raw)
+                    if msg_id is None:
+                        parsed = parse_message(raw)
+                        if parsed is not None:
+                            stats["rpc_received"] = stats.get("rpc_received", 0) + 1
+                            # the frame is the message's publish field, forwarded as it is if
+                            # its length is minimal (as publish_piece encodes it)
+                            piece = data if start == 2 or data[2] else None
+                            if batching:
+                                from_, body, seqno, topic = (
+                                    parsed[0],
+                                    parsed[1],
+                                    parsed[2],
+                                    parsed[3],
+                                )
+                                if (
+                                    from_ is not None
+                                    and seqno is not None
+                                    and topic in subscriptions
+                                    and topic not in validated
+                                    and len(body) < idontwant_size
+                                    and from_ != local_key
+                                    and (topic == batch_topic or not batch)
+                                ):
+                                    msg_id = from_ + seqno
+                                    if not (
+                                        msg_id in seen
+                                        or msg_id in pending
+                                        or msg_id in batch_ids
+                                        or msg_id in cached
+                                        or msg_id in recorded
+                                    ):
+                                        _, _, _, _, signature, pubkey, signed = parsed
+                                        try:
+                                            author = verify(
+                                                from_, seqno, signature, pubkey, signed, None
+                                            )
+                                        except InvalidMessage as exc:
+                                            # refused as _handle_message refuses it, after the
+                                            # batch (the score drops: the next frame sees it)
+                                            if batch:
+                                                self._take_batch(p, batch, now)
+                                                batch, batch_ids = [], set()
+                                            log.debug("invalid message from %s: %s", peer, exc)
+                                            self.score.reject_message(peer, None, topic, now)
+                                            self._count("msg_invalid")
+                                            self._count_topic(topic, "invalid")
+                                            continue
+                                        if piece is None:
+                                            piece = publish_piece(raw)
+                                        batch.append((msg_id, raw, piece, parsed, author))
+                                        batch_ids.add(msg_id)
+                                        batch_topic = topic
+                                        continue
+                            if batch:
+                                self._take_batch(p, batch, now)
+                                batch, batch_ids = [], set()
+                            self._handle_message(p, raw, parsed, None, piece)
+                            continue
+                        if batch:
+                            self._take_batch(p, batch, now)
+                            batch, batch_ids = [], set()
+                        try:
+                            decoded = rpc_pb2.Message.FromString(raw)
+                        except DecodeError as exc:
+                            self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
+                            raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
+                        stats["rpc_received"] = stats.get("rpc_received", 0) + 1
+                        self._handle_message(p, raw, message_fields(decoded, raw), decoded)
+                        continue
+                    if batch:
+                        self._take_batch(p, batch, now)
+                        batch, batch_ids = [], set()
+                    stats["rpc_received"] = stats.get("rpc_received", 0) + 1
+                    if self._handle_cached(p, raw, msg_id, now):
+                        stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
+                    continue
+            if batch:
+                self._take_batch(p, batch, now)
+                batch, batch_ids = [], set()
+            self._handle_frame(p, data, now)
+        if batch:
+            self._take_batch(p, batch, now)
+
+    def _take_batch(self, p: _Peer, batch: list[_Batched], now: float) -> None:
+        """New valid messages from ``p`` gathered by :meth:`handle_rpcs`: all of one subscribed
+        topic without a validator, none seen, pending, cached or recorded, none ours, under the
+        IDONTWANT size, with seqno IDs, signatures checked; no direct or floodsub peers. What
+        :meth:`_handle_message` and :meth:`_accept_new` do for each in turn, with the same
+        outcome: recorded, delivered and queued for the mesh in one pass per cache and peer."""
+        topic = batch[0][3][3]
+        assert topic is not None
+        ids = [b[0] for b in batch]
+        n = len(ids)
+        seen = self.seen
+        seen.insert_new(ids, now + seen.ttl)
+        tracer = self.tracer
+        events = self._events
+        source = p.id
+        for msg_id, _, _, fields, author in batch:
+            if tracer.promised:
+                tracer.fulfil(msg_id)
+            _, data, seqno, _, signature, key, _ = fields
+            events.append(
+                _deliver(
+                    app_message(
+                        topic,
+                        data,
+                        author,
+                        None if seqno is None else int.from_bytes(seqno, "big"),
+                        msg_id,
+                        source,
+                        signature,
+                        key,
+                    )
+                )
+            )
+        self.mcache.put_new(ids, topic, [b[1] for b in batch])
+        self.score.deliver_new_batch(p.key, ids, topic, now)
+        stats = self.stats
+        stats["msg_delivered"] = stats.get("msg_delivered", 0) + n
+        tstats = self.topic_stats.get(topic)
+        if tstats is None:
+            self._count_topic(topic, "delivered")
+            tstats = self.topic_stats.get(topic) or self.topic_stats[OTHER_TOPICS]
+            tstats["delivered"] += n - 1
+        else:
+            tstats["delivered"] = tstats.get("delivered", 0) + n
+        mesh = self.mesh.get(topic)
+        if not mesh or not self.topics.get(topic):
             return
+        # forwarding: per mesh peer, every message for it in one update of its outbox; the
+        # peers newly given something are marked in the order one message at a time would
+        # mark them (by their first message, then mesh order): frames leave in the same order
+        skip = p.key
+        origins = [None if b[4] is None else b[3][0] for b in batch]
+        pieces = [b[2] for b in batch]
+        marks: list[tuple[int, int, _Peer]] = []
+        sent = 0
+        for pos, q in enumerate(self._mesh_order(topic, mesh)):
+            key = q.key
+            if key == skip:
+                continue
+            dont_send = q.dont_send
+            msgs = q.outbox.msgs
+            empty = not msgs
+            if dont_send or key in origins:
+                first = -1
+                count = 0
+                for i in range(n):
+                    msg_id = ids[i]
+                    if origins[i] == key or msg_id in dont_send:
+                        continue
+                    if first < 0:
+                        first = i
+                    count += 1
+                    if msg_id not in msgs:
+                        msgs[msg_id] = pieces[i]
+                if not count:
+                    continue
+            else:
+                first, count = 0, n
+                msgs.update(zip(ids, pieces, strict=True))
+            sent += count
+            if empty:
+                marks.append((first, pos, q))
+        if marks:
+            marks.sort(key=_mark_order)
+            dirty = self._dirty
+            for _, _, q in marks:
+                dirty[q] = None
+        if sent:
+            stats["msg_forwarded"] = stats.get("msg_forwarded", 0) + sent
+
+    def _handle_cached(self, p: _Peer, raw: bytes, msg_id: bytes, now: float) -> bool:
+        """A message whose bytes are a cached message's (``msg_id``); True if a duplicate."""
+        topic = self.mcache.cached_topic(msg_id)
+        if topic not in self.subscriptions:
+            self._count("msg_not_subscribed")
+        elif msg_id in self.seen.keys or msg_id in self.pending:
+            self.score.duplicate_by_key(p.key, msg_id, topic, now)
+            return True
+        else:  # cached but no longer seen (a seen TTL shorter than the history)
+            parsed = parse_message(raw)
+            if parsed is None:
+                decoded = rpc_pb2.Message.FromString(raw)
+                self._handle_message(p, raw, message_fields(decoded, raw), decoded)
+            else:
+                self._handle_message(p, raw, parsed, None)
+        return False
+
+    def _handle_frame(self, p: _Peer, data: bytes, now: float) -> None:
+        """One RPC frame from ``p`` (not graylisted), in full."""
         # The frame is split at the byte level so that each message keeps the bytes it arrived
         # as (forwarded unchanged); every part is decoded before any is acted upon, so a frame
         # with one broken part is refused whole, as a full decode would refuse it.
@@ -689,8 +978,8 @@ class GossipsubRouter:
                 None if control_part is None else rpc_pb2.ControlMessage.FromString(control_part)
             )
         except (MalformedRPC, DecodeError) as exc:
-            self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
-            raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
+            self.report_bad_frame(p.id, BadFrame.UNDECODABLE, now)
+            raise InvalidRPC(f"undecodable RPC from {p.id}: {exc}") from None
         stats = self.stats
         stats["rpc_received"] = stats.get("rpc_received", 0) + 1
         for sub in subs:
@@ -703,18 +992,11 @@ class GossipsubRouter:
         for msg, raw in msgs:
             if type(msg) is bytes:  # known by its bytes: the cached message's ID
                 topic = cached_topic(msg)
-                if topic not in subscriptions:
-                    self._count("msg_not_subscribed")
-                elif msg in seen or msg in pending:
-                    duplicate(key, msg, topic, now)
+                if topic in subscriptions and (msg in seen or msg in pending):
+                    duplicate(key, msg, topic, now)  # the usual case, inlined
                     duplicates += 1
-                else:  # cached but no longer seen (a seen TTL shorter than the history)
-                    parsed = parse_message(raw)
-                    if parsed is None:
-                        decoded = rpc_pb2.Message.FromString(raw)
-                        self._handle_message(p, raw, message_fields(decoded, raw), decoded)
-                    else:
-                        self._handle_message(p, raw, parsed, None)
+                elif self._handle_cached(p, raw, msg, now):
+                    duplicates += 1
             elif type(msg) is tuple:
                 self._handle_message(p, raw, msg, None)
             else:  # not in canonical form: decoded
@@ -775,11 +1057,21 @@ class GossipsubRouter:
         self._send_graft(p.id, topic)
 
     def _handle_message(
-        self, p: _Peer, raw: bytes, fields: ParsedMessage, msg: rpc_pb2.Message | None
+        self,
+        p: _Peer,
+        raw: bytes,
+        fields: ParsedMessage,
+        msg: rpc_pb2.Message | None,
+        piece: bytes | None = None,
     ) -> None:
         """A message not known by its bytes: ``fields`` as :func:`rpc_wire.parse_message` reads
         them, ``msg`` the decoded message if it was decoded (else it is, only for a message ID
-        function of the application's)."""
+        function of the application's). ``piece``: ``raw`` as a publish field
+        (:func:`rpc_wire.publish_piece`), if at hand.
+
+        This runs for every new message a node receives: the calls of the usual path (seen
+        cache, tracer, scoring, delivery, forwarding) are inlined here and in
+        :meth:`_accept_new`, each a Python call saved per message."""
         now = self.now
         from_, data, seqno, topic, signature, key, signed = fields
         if topic is None or topic not in self.subscriptions:
@@ -788,7 +1080,11 @@ class GossipsubRouter:
         id_fn = self.msg_id_fn
         try:
             if id_fn is msg_id_from_seqno:
-                msg_id = seqno_msg_id(from_, seqno)
+                if from_ is None or seqno is None:  # seqno_msg_id, inlined
+                    raise InvalidMessage(
+                        "missing_from_or_seqno", "default message ID needs from and seqno"
+                    )
+                msg_id = from_ + seqno
             elif id_fn is msg_id_sha256:
                 msg_id = hashlib.sha256(data).digest()
             else:
@@ -800,7 +1096,8 @@ class GossipsubRouter:
             self.score.reject_message(p.id, None, topic, now)
             self._count("msg_invalid")
             return
-        if msg_id in self.seen or msg_id in self.pending:
+        seen = self.seen
+        if msg_id in seen.keys or msg_id in self.pending:
             self.score.duplicate_by_key(p.key, msg_id, topic, now)
             self._count("msg_duplicate")
             return
@@ -816,8 +1113,9 @@ class GossipsubRouter:
             # our own message came back after the seen cache forgot it, or a forgery
             self._count("msg_self_origin")
             return
-        self.seen.add(msg_id, now)
-        self.tracer.fulfil(msg_id)
+        seen.insert(msg_id, now + seen.ttl)  # seen.add: known absent (tested above)
+        if self.tracer.promised:
+            self.tracer.fulfil(msg_id)
         if len(data) >= self.config.idontwant_message_threshold:
             self._send_idontwant(msg_id, topic, p.id)
         app_msg = app_message(
@@ -840,7 +1138,9 @@ class GossipsubRouter:
             self.pending[msg_id] = _Pending(p.id, raw, app_msg)
             self._events.append(ValidateMessage(app_msg))
             return
-        self._accept(p.id, msg_id, raw, app_msg, validated=False)
+        self._accept_new(
+            p, msg_id, raw, app_msg, topic, from_ if author is not None else None, piece
+        )
 
     def set_validated(self, topic: str, validated: bool) -> None:
         """Whether messages of ``topic`` wait for the application's validator (ValidateMessage).
@@ -897,6 +1197,59 @@ class GossipsubRouter:
         if topic in self.subscriptions:
             self._events.append(DeliverMessage(message))
         self._forward(msg_id, topic, data, source, message.from_peer)
+
+    def _accept_new(
+        self,
+        p: _Peer,
+        msg_id: bytes,
+        data: bytes,
+        message: Message,
+        topic: str,
+        origin: bytes | None,
+        piece: bytes | None,
+    ) -> None:
+        """:meth:`_accept` of a message that had no validator, from ``p`` (its first sender),
+        with :meth:`_forward` inlined for the usual case (the mesh only): this runs for every
+        message a node relays. ``origin``: the author's peer ID bytes (None when unsigned);
+        ``piece``: ``data`` as a publish field, if at hand (else made here)."""
+        self.mcache.put(msg_id, topic, data)
+        self.score.deliver_new_by_key(p.key, msg_id, topic, self.now)
+        stats = self.stats
+        stats["msg_delivered"] = stats.get("msg_delivered", 0) + 1
+        tstats = self.topic_stats.get(topic)
+        if tstats is None:
+            self._count_topic(topic, "delivered")
+        else:
+            tstats["delivered"] = tstats.get("delivered", 0) + 1
+        self._events.append(_deliver(message))  # (topic is subscribed: tested on reception)
+        if self.direct or self.floodsub_peers:
+            self._forward(msg_id, topic, data, p.id, message.from_peer)
+            return
+        mesh = self.mesh.get(topic)
+        if not mesh or not self.topics.get(topic):
+            return
+        skip = p.key
+        # (no local "piece = None": the caller may have given it)
+        dirty = self._dirty
+        sent = 0
+        for q in self._mesh_order(topic, mesh):
+            key = q.key
+            if key == skip or key == origin or msg_id in q.dont_send:
+                continue
+            sent += 1
+            if piece is None:  # publish_piece, inlined: one encoding for every peer
+                n = len(data)
+                if 0x80 <= n < 0x4000:  # the usual size: a two-byte length
+                    piece = bytes((0x12, (n & 0x7F) | 0x80, n >> 7)) + data
+                else:
+                    piece = publish_piece(data)
+            msgs = q.outbox.msgs  # _queue_piece, inlined: this runs for every message and peer
+            if msg_id not in msgs:
+                msgs[msg_id] = piece
+                if len(msgs) == 1:
+                    dirty[q] = None
+        if sent:
+            stats["msg_forwarded"] = stats.get("msg_forwarded", 0) + sent
 
     def _forward(
         self, msg_id: bytes, topic: str, data: bytes, source: PeerID, origin: PeerID | None

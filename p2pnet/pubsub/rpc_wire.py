@@ -175,6 +175,11 @@ def parse_message(raw: bytes) -> ParsedMessage | None:
     gives, and the signed bytes are a prefix of ``raw``. Anything else (unknown or repeated
     fields, another order, a malformed encoding) gives None: the caller decodes ``raw``.
     """
+    return _parse_signed(raw) or _parse_general(raw)
+
+
+def _parse_general(raw: bytes) -> ParsedMessage | None:
+    """:func:`parse_message` for any canonical form (fields absent, a long length...)."""
     end = len(raw)
     pos = last = 0
     cut = end
@@ -212,6 +217,95 @@ def parse_message(raw: bytes) -> ParsedMessage | None:
         except UnicodeDecodeError:
             return None  # a decoder gives bytes for it: the caller's path decides
     return values[1], values[2] or b"", values[3], topic, values[5], values[6], raw[:cut]
+
+
+def _parse_signed(raw: bytes) -> ParsedMessage | None:
+    """:func:`parse_message` of the usual signed message, unrolled: fields 1 to 5 (from, data,
+    seqno, topic, signature) each present once in that order, an optional key (6) after them,
+    one- or two-byte minimal lengths, a UTF-8 topic. None for anything else (the caller's
+    general loop decides then). Where it answers, it answers what that loop does."""
+    end = len(raw)
+    if end < 10 or raw[0] != 0x0A:
+        return None
+    # from (1)
+    n = raw[1]
+    if n < 0x80:
+        start = 2
+    elif 0 < raw[2] < 0x80:
+        n = (n & 0x7F) | (raw[2] << 7)
+        start = 3
+    else:
+        return None
+    pos = start + n
+    if pos + 1 >= end or raw[pos] != 0x12:
+        return None
+    from_ = raw[start:pos]
+    # data (2)
+    n = raw[pos + 1]
+    if n < 0x80:
+        start = pos + 2
+    elif pos + 2 < end and 0 < raw[pos + 2] < 0x80:
+        n = (n & 0x7F) | (raw[pos + 2] << 7)
+        start = pos + 3
+    else:
+        return None
+    pos = start + n
+    if pos + 1 >= end or raw[pos] != 0x1A:
+        return None
+    data = raw[start:pos]
+    # seqno (3)
+    n = raw[pos + 1]
+    if n >= 0x80:
+        return None
+    start = pos + 2
+    pos = start + n
+    if pos + 1 >= end or raw[pos] != 0x22:
+        return None
+    seqno = raw[start:pos]
+    # topic (4)
+    n = raw[pos + 1]
+    if n < 0x80:
+        start = pos + 2
+    elif pos + 2 < end and 0 < raw[pos + 2] < 0x80:
+        n = (n & 0x7F) | (raw[pos + 2] << 7)
+        start = pos + 3
+    else:
+        return None
+    pos = start + n
+    if pos + 1 >= end or raw[pos] != 0x2A:
+        return None
+    topic_bytes = raw[start:pos]
+    # signature (5)
+    cut = pos
+    n = raw[pos + 1]
+    if n >= 0x80:
+        return None
+    start = pos + 2
+    pos = start + n
+    if pos > end:
+        return None
+    signature = raw[start:pos]
+    key: bytes | None = None
+    if pos < end:  # key (6), the last field
+        if raw[pos] != 0x32 or pos + 1 >= end:
+            return None
+        n = raw[pos + 1]
+        if n < 0x80:
+            start = pos + 2
+        elif pos + 2 < end and 0 < raw[pos + 2] < 0x80:
+            n = (n & 0x7F) | (raw[pos + 2] << 7)
+            start = pos + 3
+        else:
+            return None
+        pos = start + n
+        if pos != end:
+            return None
+        key = raw[start:pos]
+    try:
+        topic = topic_bytes.decode()
+    except UnicodeDecodeError:
+        return None
+    return from_, data, seqno, topic, signature, key, raw[:cut]
 
 
 def publish_piece(raw: bytes) -> bytes:

@@ -24,6 +24,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import cast
 
 from p2pnet.peer.peer_id import PeerID
@@ -319,6 +320,8 @@ class PeerScore:
         #: message ID -> its record, or its validation time for a valid message with no other
         #: sender remembered (see _Record)
         self._records: dict[bytes, _Record | float] = {}
+        #: ``msg_id in score.recorded``: whether a message has a delivery record (a C-level test)
+        self.recorded = self._records.keys()
         #: the records in the order they expire: their IDs and expiry times (two queues of
         #: plain values rather than one of tuples: no object for the garbage collector)
         self._record_ids: deque[bytes] = deque()
@@ -458,7 +461,9 @@ class PeerScore:
 
     def deliver_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
         """The message from ``peer`` (its first sender) was accepted."""
-        key = peer.to_bytes()
+        self._deliver_by_key(peer.to_bytes(), msg_id, topic, now)
+
+    def _deliver_by_key(self, key: bytes, msg_id: bytes, topic: str, now: float) -> None:
         self._mark_first_delivery(key, topic)
         status, _, peers = self._record(msg_id, now)
         if status != _UNKNOWN:
@@ -471,14 +476,28 @@ class PeerScore:
     def deliver_new_message(self, peer: PeerID, msg_id: bytes, topic: str, now: float) -> None:
         """:meth:`validate_message` and :meth:`deliver_message` at once: a message accepted as
         soon as it is received (no validator), the usual case."""
+        self.deliver_new_by_key(peer.to_bytes(), msg_id, topic, now)
+
+    def deliver_new_by_key(self, key: bytes, msg_id: bytes, topic: str, now: float) -> None:
+        """:meth:`deliver_new_message` from the peer whose ID bytes are ``key``."""
         records = self._records
         if msg_id in records:  # a record from before (the seen cache forgot it sooner)
-            self.deliver_message(peer, msg_id, topic, now)
+            self._deliver_by_key(key, msg_id, topic, now)
             return
         records[msg_id] = now  # valid, no one else has delivered it yet
         self._record_ids.append(msg_id)
         self._record_expiry.append(now + self._record_ttl)
-        self._mark_first_delivery(peer.to_bytes(), topic)
+        self._mark_first_deliveries(key, topic, 1)
+
+    def deliver_new_batch(self, key: bytes, msg_ids: list[bytes], topic: str, now: float) -> None:
+        """:meth:`deliver_new_by_key` for each of ``msg_ids`` in turn, all new (none recorded)
+        and from the peer whose ID bytes are ``key`` in ``topic``: the records in one pass,
+        the counters moved once per message as there."""
+        n = len(msg_ids)
+        self._records.update(dict.fromkeys(msg_ids, now))
+        self._record_ids.extend(msg_ids)
+        self._record_expiry.extend(repeat(now + self._record_ttl, n))
+        self._mark_first_deliveries(key, topic, n)
 
     def reject_message(self, peer: PeerID, msg_id: bytes | None, topic: str, now: float) -> None:
         """The message from ``peer`` is invalid (bad signature, or a validator rejected it)."""
@@ -558,17 +577,36 @@ class PeerScore:
     # a counter the score weighs changes, so a busy peer's score is not recomputed per message.
 
     def _mark_first_delivery(self, key: bytes, topic: str) -> None:
+        self._mark_first_deliveries(key, topic, 1)
+
+    def _mark_first_deliveries(self, key: bytes, topic: str, count: int) -> None:
+        """``count`` first deliveries (P2, and P3 while in the mesh) from the peer whose ID
+        bytes are ``key``: the one place of that rule, also for a batch of messages (one step
+        per message: the float counters sum as one at a time)."""
         found = self._topic_stats_by_key(key, topic)
         if found is None:
             return
         stats, ts, tp = found
-        first = min(ts.first_deliveries + 1, tp.first_message_deliveries_cap)
-        if first != ts.first_deliveries:
-            ts.first_deliveries = first
-            if tp.first_message_deliveries_weight != 0:
-                stats.version += 1
-        if ts.in_mesh:
-            self._add_mesh_delivery(stats, ts, tp)
+        first_cap = tp.first_message_deliveries_cap
+        mesh_cap = tp.mesh_message_deliveries_cap
+        bumps = 0
+        for _ in range(count):
+            first = ts.first_deliveries + 1
+            if first > first_cap:
+                first = first_cap
+            if first != ts.first_deliveries:
+                ts.first_deliveries = first
+                if tp.first_message_deliveries_weight != 0:
+                    bumps += 1
+            if ts.in_mesh:
+                mesh = ts.mesh_deliveries + 1
+                if mesh > mesh_cap:
+                    mesh = mesh_cap
+                if mesh != ts.mesh_deliveries:
+                    ts.mesh_deliveries = mesh
+                    if tp.mesh_message_deliveries_weight != 0:
+                        bumps += 1
+        stats.version += bumps
 
     @staticmethod
     def _add_mesh_delivery(stats: _PeerStats, ts: _TopicStats, tp: TopicScoreParams) -> None:
@@ -828,6 +866,9 @@ class GossipTracer:
         self.followup_time = followup_time
         self._rng = rng
         self._promises: dict[bytes, dict[PeerID, float]] = {}
+        #: the same dict, read-only for the router: ``if tracer.promised`` spares a
+        #: :meth:`fulfil` call per message while no promise is open (the usual case)
+        self.promised: dict[bytes, dict[PeerID, float]] = self._promises
         self._by_peer: dict[PeerID, set[bytes]] = {}
 
     def __len__(self) -> int:

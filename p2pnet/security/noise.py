@@ -525,61 +525,68 @@ class NoiseTransport:
         out = scratch if scratch is not None and len(scratch) >= limit else bytearray(limit)
         dst = memoryview(out)
         opos = 0
-        pos = 0
         aead_decrypt_into = self._recv.decrypt_into
         with memoryview(data) as mv:
-            if self._partial_n:
-                partial = self._partial
-                have = self._partial_n
-                if have < 2:
-                    if total == 0:
-                        return b""
-                    partial += mv[:1]
-                    pos = 1
-                    have = 2
-                flen = (partial[0] << 8) | partial[1]
-                if flen < TAG_LEN:
-                    raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
-                if len(partial) < 2 + flen:
-                    full = bytearray(2 + flen)
-                    full[:have] = partial[:have]
-                    self._partial = partial = full
-                need = 2 + flen - have
-                if total - pos < need:
-                    partial[have : have + total - pos] = mv[pos:]
-                    self._partial_n = have + total - pos
-                    return b""
-                partial[have:] = mv[pos : pos + need]
-                pos += need
-                self._partial = bytearray()
-                self._partial_n = 0
-                plen = flen - TAG_LEN
-                self._open_into(memoryview(partial)[2:], dst[:plen], aead_decrypt_into)
-                opos = plen
-            while total - pos >= 2:
-                flen = (mv[pos] << 8) | mv[pos + 1]
-                if flen < TAG_LEN:
-                    raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
-                end = pos + 2 + flen
-                if end > total:
-                    partial = bytearray(2 + flen)
-                    partial[: total - pos] = mv[pos:]
-                    self._partial = partial
-                    self._partial_n = total - pos
-                    break
-                plen = flen - TAG_LEN
-                self._open_into(mv[pos + 2 : end], dst[opos : opos + plen], aead_decrypt_into)
+            for ciphertext in self._complete_frames(mv, total):
+                plen = len(ciphertext) - TAG_LEN
+                self._open_into(ciphertext, dst[opos : opos + plen], aead_decrypt_into)
                 opos += plen
-                pos = end
-            else:
-                if pos < total:  # one byte of a length prefix
-                    self._partial = bytearray(mv[pos:])
-                    self._partial_n = 1
         if out is scratch:
             return dst[:opos]
         dst.release()
         del out[opos:]
         return out
+
+    def _complete_frames(self, mv: memoryview, total: int) -> list[memoryview]:
+        """The ciphertexts (tag included) of the frames ``mv`` completes, in order: first the
+        frame an earlier chunk started (completed in ``_partial`` with as few bytes as needed),
+        then each whole frame in ``mv``; an incomplete frame at its end is kept in ``_partial``
+        for the next chunk. Shared by :meth:`decrypt` and :meth:`decrypt_joined`."""
+        frames: list[memoryview] = []
+        pos = 0
+        if self._partial_n:
+            partial = self._partial
+            have = self._partial_n
+            if have < 2:
+                if total == 0:
+                    return frames
+                partial += mv[:1]
+                pos = 1
+                have = 2
+            flen = (partial[0] << 8) | partial[1]
+            if flen < TAG_LEN:
+                raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
+            if len(partial) < 2 + flen:
+                full = bytearray(2 + flen)
+                full[:have] = partial[:have]
+                self._partial = partial = full
+            need = 2 + flen - have
+            if total - pos < need:
+                partial[have : have + total - pos] = mv[pos:]
+                self._partial_n = have + total - pos
+                return frames
+            partial[have:] = mv[pos : pos + need]
+            pos += need
+            self._partial = bytearray()  # (the completed frame's buffer is the caller's now)
+            self._partial_n = 0
+            frames.append(memoryview(partial)[2:])
+        while total - pos >= 2:
+            flen = (mv[pos] << 8) | mv[pos + 1]
+            if flen < TAG_LEN:
+                raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
+            end = pos + 2 + flen
+            if end > total:
+                partial = bytearray(2 + flen)
+                partial[: total - pos] = mv[pos:]
+                self._partial = partial
+                self._partial_n = total - pos
+                return frames
+            frames.append(mv[pos + 2 : end])
+            pos = end
+        if pos < total:  # one byte of a length prefix
+            self._partial = bytearray(mv[pos:])
+            self._partial_n = 1
+        return frames
 
     def _open_into(
         self,
@@ -604,60 +611,12 @@ class NoiseTransport:
         """Plaintext of every frame completed by ``data`` (empty frames give ``b""`` entries)."""
         if self._failed is not None:
             raise self._failed
-        out: list[bytes] = []
-        total = len(data)
-        pos = 0
         with memoryview(data) as mv:
-            if self._partial_n:
-                # Complete the frame started by an earlier chunk with as few bytes as needed.
-                partial = self._partial
-                have = self._partial_n
-                if have < 2:
-                    if total == 0:
-                        return out
-                    partial += mv[:1]
-                    pos = 1
-                    have = 2
-                flen = (partial[0] << 8) | partial[1]
-                if flen < TAG_LEN:
-                    raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
-                if len(partial) < 2 + flen:
-                    full = bytearray(2 + flen)
-                    full[:have] = partial[:have]
-                    self._partial = partial = full
-                need = 2 + flen - have
-                if total - pos < need:
-                    partial[have : have + total - pos] = mv[pos:]
-                    self._partial_n = have + total - pos
-                    return out
-                partial[have:] = mv[pos : pos + need]
-                pos += need
-                self._partial = bytearray()
-                self._partial_n = 0
-                try:
-                    out.append(self._open(memoryview(partial)[2:]))
-                except ProtocolError as exc:
-                    raise self._fail(exc) from None
-            while total - pos >= 2:
-                flen = (mv[pos] << 8) | mv[pos + 1]
-                if flen < TAG_LEN:
-                    raise self._fail(ProtocolError(f"noise frame of {flen} bytes is too short"))
-                end = pos + 2 + flen
-                if end > total:
-                    partial = bytearray(2 + flen)
-                    partial[: total - pos] = mv[pos:]
-                    self._partial = partial
-                    self._partial_n = total - pos
-                    return out
-                try:
-                    out.append(self._open(mv[pos + 2 : end]))
-                except ProtocolError as exc:
-                    raise self._fail(exc) from None
-                pos = end
-            if pos < total:  # one byte of a length prefix
-                self._partial = bytearray(mv[pos:])
-                self._partial_n = 1
-        return out
+            frames = self._complete_frames(mv, len(data))
+            try:
+                return [self._open(ciphertext) for ciphertext in frames]
+            except ProtocolError as exc:
+                raise self._fail(exc) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,6 +165,37 @@ class FrameDecoder:
         self._prefix_bytes = count
         return None
 
+    def split(self, data: Bytes) -> list[bytes]:
+        """:meth:`feed` ``data``, then :meth:`frames`: every frame complete now.
+
+        Between frames (nothing buffered) the frames are cut straight from ``data`` (one copy
+        each, none into and out of the buffer); only an incomplete frame at its end, or a prefix
+        the plain loop does not take (over the limit, non-minimal, longer than two bytes: the
+        buffer's path raises for those as :meth:`next_frame` does), goes to the buffer.
+        """
+        if self._buf or type(data) is not bytes:
+            self._buf += data
+            return self.frames()
+        out: list[bytes] = []
+        pos, end, limit = 0, len(data), self.max_length
+        while pos < end:
+            first = data[pos]
+            if first < 0x80:
+                length, start = first, pos + 1
+            elif pos + 1 < end and 0 < data[pos + 1] < 0x80:
+                length, start = (first & 0x7F) | (data[pos + 1] << 7), pos + 2
+            else:
+                break
+            stop = start + length
+            if stop > end or length > limit:
+                break
+            out.append(data[start:stop])
+            pos = stop
+        if pos < end:
+            self._buf += memoryview(data)[pos:]
+            out += self.frames()
+        return out
+
     def frames(self) -> list[bytes]:
         """Every complete frame buffered now."""
         out: list[bytes] = []
