@@ -15,6 +15,7 @@ from p2pnet.pubsub.rpc_wire import (
     MalformedRPC,
     _parse_general,
     _parse_signed,
+    lone_message,
     parse_message,
     publish_piece,
     split_rpc,
@@ -268,3 +269,31 @@ def test_the_unrolled_signed_message_parse_answers_as_the_general_one() -> None:
             assert fast == _parse_general(data)
             answered += 1
     assert answered > 200  # (many mutations, in the payloads, keep the usual form)
+
+
+def test_lone_message_takes_exactly_the_frames_of_one_publish_field() -> None:
+    raw = signed(0).SerializeToString()
+    assert 0x80 <= len(raw) < 0x4000  # a two-byte length, as on the usual path
+    frame = publish_piece(raw)
+    assert lone_message(frame) == (raw, frame)
+    short = b"\x0a\x01x"
+    assert lone_message(publish_piece(short)) == (short, publish_piece(short))
+    # a non-minimal length: the message, but not the frame as the piece to forward
+    padded = b"\x12" + bytes([(len(short) & 0x7F) | 0x80, 0]) + short
+    assert lone_message(padded) == (short, None)
+    two = rpc_pb2.RPC(publish=[signed(0), signed(1)]).SerializeToString()
+    with_sub = rpc_pb2.RPC(
+        subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=T)], publish=[signed(0)]
+    ).SerializeToString()
+    long_length = b"\x12" + encode_uvarint(0x4000) + bytes(0x4000)
+    for other in (
+        b"",
+        b"\x12",
+        b"\x12\x00",
+        two,
+        with_sub,
+        frame[:-1],
+        frame + b"\x00",
+        long_length,
+    ):
+        assert lone_message(other) is None

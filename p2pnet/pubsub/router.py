@@ -73,6 +73,7 @@ from p2pnet.pubsub.params import (
 from p2pnet.pubsub.rpc_wire import (
     MalformedRPC,
     ParsedMessage,
+    lone_message,
     parse_message,
     publish_piece,
     split_rpc_fields,
@@ -108,6 +109,17 @@ class DeliverMessage:
 #: a message of :meth:`GossipsubRouter.handle_rpcs`'s batch: ID, bytes, publish field, fields
 #: (:func:`rpc_wire.parse_message`), author (None when unsigned)
 _Batched = tuple[bytes, bytes, bytes, ParsedMessage, PeerID | None]
+
+
+class _NewMessages:
+    """New messages of one topic gathered from one read, to be taken together."""
+
+    __slots__ = ("ids", "items", "topic")
+
+    def __init__(self) -> None:
+        self.items: list[_Batched] = []
+        self.ids: set[bytes] = set()
+        self.topic: str | None = None
 
 
 def _mark_order(mark: tuple[int, int, object]) -> tuple[int, int]:
@@ -717,147 +729,135 @@ class GossipsubRouter:
                 self._count("rpc_unknown_peer")
             return
         direct = bool(self.direct) and peer in self.direct
-        at_least = self.score.at_least
-        graylist = self.thresholds.graylist_threshold
-        key = p.key
-        stats = self.stats
-        # the batch: new valid messages of ``batch_topic`` (see _Batched)
-        batch: list[_Batched] = []
-        batch_ids: set[bytes] = set()
-        batch_topic: str | None = None
-        batching = (
+        at_least, graylist = self.score.at_least, self.thresholds.graylist_threshold
+        batch = _NewMessages() if self._batching() else None
+        for data in frames:
+            # accept_from, per frame: a frame can lower the peer's score
+            if not (direct or at_least(peer, graylist, now, p.key)) and self._refuses(
+                p, batch, now
+            ):
+                continue
+            lone = lone_message(data)
+            if lone is None:
+                self._take_batch(p, batch, now)
+                self._handle_frame(p, data, now)
+            else:
+                self._handle_lone_message(p, lone[0], lone[1], batch, now)
+        self._take_batch(p, batch, now)
+
+    def _batching(self) -> bool:
+        """Whether new messages can be taken together (:meth:`_take_batch` does not forward to
+        direct or floodsub peers, and knows only the default message ID)."""
+        return (
             self.batch_first_deliveries
             and self.msg_id_fn is msg_id_from_seqno
             and not self.direct
             and not self.floodsub_peers
         )
-        seen = self.seen.keys
-        pending, subscriptions, validated = self.pending, self.subscriptions, self.validated_topics
-        cached, recorded = self.mcache.holds, self.score.recorded
-        idontwant_size = self.config.idontwant_message_threshold
-        local_key = self._local_key
-        verify = self.verifier.verify_fields
-        for data in frames:
-            # the graylist check (accept_from) per frame: a frame can lower the peer's score
-            # (the batch can only raise it: it is taken before a refusal is final)
-            if not direct and not at_least(peer, graylist, now, key):
-                if batch:
-                    self._take_batch(p, batch, now)
-                    batch, batch_ids = [], set()
-                    if at_least(peer, graylist, now, key):
-                        pass  # accepted after all: handled below
-                    else:
-                        log.debug("RPC from graylisted peer %s ignored", peer)
-                        self._count("rpc_graylisted")
-                        continue
-                else:
-                    log.debug("RPC from graylisted peer %s ignored", peer)
-                    self._count("rpc_graylisted")
-                    continue
-            # one publish field and nothing else: tag, a one- or two-byte length, the message
-            size = len(data)
-            if size > 2 and data[0] == 0x12:
-                length = data[1]
-                if length < 0x80:
-                    start = 2
-                elif data[2] < 0x80:
-                    length = (length & 0x7F) | (data[2] << 7)
-                    start = 3
-                else:
-                    start = size
-                if start + length == size:
-                    raw = data[start:]
-                    msg_id = self.mcache.lookup_bytes(raw)
-                    if msg_id is None:
-                        parsed = parse_message(raw)
-                        if parsed is not None:
-                            stats["rpc_received"] = stats.get("rpc_received", 0) + 1
-                            # the frame is the message's publish field, forwarded as it is if
-                            # its length is minimal (as publish_piece encodes it)
-                            piece = data if start == 2 or data[2] else None
-                            if batching:
-                                from_, body, seqno, topic = (
-                                    parsed[0],
-                                    parsed[1],
-                                    parsed[2],
-                                    parsed[3],
-                                )
-                                if (
-                                    from_ is not None
-                                    and seqno is not None
-                                    and topic in subscriptions
-                                    and topic not in validated
-                                    and len(body) < idontwant_size
-                                    and from_ != local_key
-                                    and (topic == batch_topic or not batch)
-                                ):
-                                    msg_id = from_ + seqno
-                                    if not (
-                                        msg_id in seen
-                                        or msg_id in pending
-                                        or msg_id in batch_ids
-                                        or msg_id in cached
-                                        or msg_id in recorded
-                                    ):
-                                        _, _, _, _, signature, pubkey, signed = parsed
-                                        try:
-                                            author = verify(
-                                                from_, seqno, signature, pubkey, signed, None
-                                            )
-                                        except InvalidMessage as exc:
-                                            # refused as _handle_message refuses it, after the
-                                            # batch (the score drops: the next frame sees it)
-                                            if batch:
-                                                self._take_batch(p, batch, now)
-                                                batch, batch_ids = [], set()
-                                            log.debug("invalid message from %s: %s", peer, exc)
-                                            self.score.reject_message(peer, None, topic, now)
-                                            self._count("msg_invalid")
-                                            self._count_topic(topic, "invalid")
-                                            continue
-                                        if piece is None:
-                                            piece = publish_piece(raw)
-                                        batch.append((msg_id, raw, piece, parsed, author))
-                                        batch_ids.add(msg_id)
-                                        batch_topic = topic
-                                        continue
-                            if batch:
-                                self._take_batch(p, batch, now)
-                                batch, batch_ids = [], set()
-                            self._handle_message(p, raw, parsed, None, piece)
-                            continue
-                        if batch:
-                            self._take_batch(p, batch, now)
-                            batch, batch_ids = [], set()
-                        try:
-                            decoded = rpc_pb2.Message.FromString(raw)
-                        except DecodeError as exc:
-                            self.report_bad_frame(peer, BadFrame.UNDECODABLE, now)
-                            raise InvalidRPC(f"undecodable RPC from {peer}: {exc}") from None
-                        stats["rpc_received"] = stats.get("rpc_received", 0) + 1
-                        self._handle_message(p, raw, message_fields(decoded, raw), decoded)
-                        continue
-                    if batch:
-                        self._take_batch(p, batch, now)
-                        batch, batch_ids = [], set()
-                    stats["rpc_received"] = stats.get("rpc_received", 0) + 1
-                    if self._handle_cached(p, raw, msg_id, now):
-                        stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
-                    continue
-            if batch:
-                self._take_batch(p, batch, now)
-                batch, batch_ids = [], set()
-            self._handle_frame(p, data, now)
-        if batch:
-            self._take_batch(p, batch, now)
 
-    def _take_batch(self, p: _Peer, batch: list[_Batched], now: float) -> None:
+    def _refuses(self, p: _Peer, batch: _NewMessages | None, now: float) -> bool:
+        """A frame from ``p`` whose score is under the graylist threshold: refused, unless
+        taking the pending batch (which can only raise the score) brings it back over."""
+        if batch is not None and batch.items:
+            self._take_batch(p, batch, now)
+            if self.score.at_least(p.id, self.thresholds.graylist_threshold, now, p.key):
+                return False
+        log.debug("RPC from graylisted peer %s ignored", p.id)
+        self._count("rpc_graylisted")
+        return True
+
+    def _handle_lone_message(
+        self,
+        p: _Peer,
+        raw: bytes,
+        piece: bytes | None,
+        batch: _NewMessages | None,
+        now: float,
+    ) -> None:
+        """A frame that is one message ``raw`` and nothing else (``piece``: the frame, if it is
+        the publish field as :func:`rpc_wire.publish_piece` makes it)."""
+        stats = self.stats
+        msg_id = self.mcache.lookup_bytes(raw)
+        if msg_id is not None:  # a cached message's bytes: most often a duplicate
+            self._take_batch(p, batch, now)
+            stats["rpc_received"] = stats.get("rpc_received", 0) + 1
+            if self._handle_cached(p, raw, msg_id, now):
+                stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
+            return
+        parsed = parse_message(raw)
+        if parsed is None:  # not in canonical form: decoded
+            self._take_batch(p, batch, now)
+            try:
+                decoded = rpc_pb2.Message.FromString(raw)
+            except DecodeError as exc:
+                self.report_bad_frame(p.id, BadFrame.UNDECODABLE, now)
+                raise InvalidRPC(f"undecodable RPC from {p.id}: {exc}") from None
+            stats["rpc_received"] = stats.get("rpc_received", 0) + 1
+            self._handle_message(p, raw, message_fields(decoded, raw), decoded)
+            return
+        stats["rpc_received"] = stats.get("rpc_received", 0) + 1
+        if batch is not None and self._batched(p, raw, piece, parsed, batch, now):
+            return
+        self._take_batch(p, batch, now)
+        self._handle_message(p, raw, parsed, None, piece)
+
+    def _batched(
+        self,
+        p: _Peer,
+        raw: bytes,
+        piece: bytes | None,
+        parsed: ParsedMessage,
+        batch: _NewMessages,
+        now: float,
+    ) -> bool:
+        """Gather a message into ``batch`` if it is new and can be taken with the others (see
+        :meth:`_take_batch`), its signature checked now; True if it was gathered, or refused
+        for a bad signature (as :meth:`_handle_message` refuses it, after the batch)."""
+        from_, body, seqno, topic, signature, key, signed = parsed
+        if (
+            from_ is None
+            or seqno is None
+            or topic not in self.subscriptions
+            or topic in self.validated_topics
+            or len(body) >= self.config.idontwant_message_threshold
+            or from_ == self._local_key
+            or (batch.items and topic != batch.topic)
+        ):
+            return False
+        msg_id = from_ + seqno
+        if (
+            msg_id in self.seen.keys
+            or msg_id in self.pending
+            or msg_id in batch.ids
+            or msg_id in self.mcache.holds
+            or msg_id in self.score.recorded
+        ):
+            return False
+        try:
+            author = self.verifier.verify_fields(from_, seqno, signature, key, signed, None)
+        except InvalidMessage as exc:
+            self._take_batch(p, batch, now)  # (the score drops: the next frame sees it)
+            log.debug("invalid message from %s: %s", p.id, exc)
+            self.score.reject_message(p.id, None, topic, now)
+            self._count("msg_invalid")
+            self._count_topic(topic, "invalid")
+            return True
+        batch.items.append((msg_id, raw, piece or publish_piece(raw), parsed, author))
+        batch.ids.add(msg_id)
+        batch.topic = topic
+        return True
+
+    def _take_batch(self, p: _Peer, pending: _NewMessages | None, now: float) -> None:
         """New valid messages from ``p`` gathered by :meth:`handle_rpcs`: all of one subscribed
         topic without a validator, none seen, pending, cached or recorded, none ours, under the
         IDONTWANT size, with seqno IDs, signatures checked; no direct or floodsub peers. What
         :meth:`_handle_message` and :meth:`_accept_new` do for each in turn, with the same
-        outcome: recorded, delivered and queued for the mesh in one pass per cache and peer."""
-        topic = batch[0][3][3]
+        outcome: recorded, delivered and queued for the mesh in one pass per cache and peer.
+        Empties ``pending``."""
+        if pending is None or not pending.items:
+            return
+        batch, topic = pending.items, pending.topic
+        pending.items, pending.ids = [], set()
         assert topic is not None
         ids = [b[0] for b in batch]
         n = len(ids)

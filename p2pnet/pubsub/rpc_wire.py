@@ -311,3 +311,24 @@ def _parse_signed(raw: bytes) -> ParsedMessage | None:
 def publish_piece(raw: bytes) -> bytes:
     """``raw`` as one publish field of an RPC: tag, length, the message bytes."""
     return TAG_PUBLISH + encode_uvarint(len(raw)) + raw
+
+
+def lone_message(frame: bytes) -> tuple[bytes, bytes | None] | None:
+    """The message of an RPC frame that is one publish field and nothing else (what every
+    implementation sends for a message alone; its length fits two bytes), and the frame itself
+    if it is that field as :func:`publish_piece` makes it (a minimal length); None for any
+    other frame."""
+    size = len(frame)
+    if size <= 2 or frame[0] != 0x12:
+        return None
+    length = frame[1]
+    if length < 0x80:
+        start = 2
+    elif frame[2] < 0x80:
+        length = (length & 0x7F) | (frame[2] << 7)
+        start = 3
+    else:
+        return None
+    if start + length != size:
+        return None
+    return frame[start:], frame if start == 2 or frame[2] else None
