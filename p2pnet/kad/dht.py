@@ -89,16 +89,13 @@ class _HostPeers:
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        # the host's own methods (asked for every peer of every answer: no call in between)
+        self.addrs: Callable[[PeerID], list[Multiaddr]] = host.peerstore.addrs
+        self.is_connected: Callable[[PeerID], bool] = host.is_connected
 
     def self_addrs(self) -> list[Multiaddr]:
         # What we advertise: never 0.0.0.0, relayed addresses included (host/addresses.py).
         return list(self.host.advertised_addrs)
-
-    def addrs(self, peer: PeerID) -> list[Multiaddr]:
-        return self.host.peerstore.addrs(peer)
-
-    def is_connected(self, peer: PeerID) -> bool:
-        return self.host.is_connected(peer)
 
     def protocols(self, peer: PeerID) -> Collection[str]:
         return self.host.peerstore.get_protocols(peer)
