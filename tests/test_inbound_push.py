@@ -20,7 +20,13 @@ from p2pnet.kad import messages as m
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.dht import KadDHT
 from p2pnet.kad.inbound import REQUESTS_PER_TURN
-from p2pnet.multistream import HEADER_MESSAGE, encode_message, list_protocols, negotiate_outbound
+from p2pnet.multistream import (
+    HEADER_MESSAGE,
+    NA,
+    encode_message,
+    list_protocols,
+    negotiate_outbound,
+)
 from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.protocols.identify import PROTOCOL_ID as IDENTIFY
 from p2pnet.protocols.identify import IdentifyService
@@ -180,13 +186,28 @@ async def test_a_dialer_that_closes_midway_gets_reset() -> None:
 async def test_a_silent_dialer_is_reset_after_the_negotiate_timeout() -> None:
     async with two_hosts(negotiate_timeout=0.2) as (a, b):
         b.set_stream_handler(ECHO, echo)
-        stream = await raw_stream(a, b)
-        assert await stream.readexactly(len(HEADER_MESSAGE)) == HEADER_MESSAGE
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await wait_reset(stream)
+        stream = await raw_stream(a, b)
+        # (the listener's header goes out with its first answer, as go-multistream's does:
+        # a dialer that sends nothing gets nothing before the reset)
+        with pytest.raises(StreamReset):
+            await stream.read()
         assert 0.15 <= loop.time() - started < 2.0
         assert handler_tasks(b) == 0
+
+
+async def test_the_listeners_header_goes_out_with_its_first_answer() -> None:
+    async with two_hosts() as (a, b):
+        b.set_stream_handler(ECHO, echo)
+        stream = await raw_stream(a, b)
+        await stream.write(HEADER_MESSAGE + encode_message("/nope/1.0.0"))
+        # header and ``na`` in one frame, hence one chunk
+        assert await stream.read() == HEADER_MESSAGE + encode_message(NA)
+        await stream.write(encode_message(ECHO) + b"hi")
+        assert await stream.readexactly(len(encode_message(ECHO)) + 2) == (
+            encode_message(ECHO) + b"hi"
+        )
 
 
 async def test_negotiation_goes_on_in_a_task_when_writes_must_wait() -> None:
