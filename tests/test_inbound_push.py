@@ -135,6 +135,45 @@ async def test_deadline_queue_survives_a_failing_callback(
     assert "deadline callback failed" in caplog.text
 
 
+async def test_queued_timeout_is_asyncio_timeout_on_the_queues_timer() -> None:
+    queue = DeadlineQueue(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with queue.timeout() as cm:
+            await asyncio.sleep(10)
+    assert cm.expired() and 0.04 <= loop.time() - started < 1.0
+    async with queue.timeout() as cm:  # ends in time: no error, its deadline dropped
+        await asyncio.sleep(0)
+    assert not cm.expired()
+    await asyncio.sleep(0.1)
+    assert len(queue) == 0
+    # a cancellation from elsewhere stays a cancellation, and the task can go on afterwards
+    entered = asyncio.Event()
+
+    async def body() -> str:
+        try:
+            async with queue.timeout():
+                entered.set()
+                await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    task = asyncio.ensure_future(body())
+    await entered.wait()
+    task.cancel()
+    assert await task == "cancelled"
+    # nested in a shorter asyncio.timeout: the outer one's expiry is its own
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01) as outer:
+            async with queue.timeout() as inner:
+                await asyncio.sleep(10)
+    assert outer.expired() and not inner.expired()
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0
+
+
 # -- the listener's negotiation ----------------------------------------------------------------
 
 
