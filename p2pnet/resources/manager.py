@@ -195,11 +195,12 @@ class ResourceManager:
         return scope
 
     def _protocol_scopes(self, protocol: str, peer: PeerID | None) -> list[Scope]:
-        plim = self.limits.protocol(protocol)
+        # (the limits are looked up only for a scope being made: most streams find theirs)
         scope = self._protocols.get(protocol)
         if scope is None:
             scope = self._protocols[protocol] = Scope(
-                f"protocol:{protocol}", {STREAMS_INBOUND: plim.streams_inbound}
+                f"protocol:{protocol}",
+                {STREAMS_INBOUND: self.limits.protocol(protocol).streams_inbound},
             )
             scope.forget = lambda: self._protocols.pop(protocol, None)
         if peer is None:
@@ -208,7 +209,8 @@ class ResourceManager:
         per_peer = self._protocol_peers.get(key)
         if per_peer is None:
             per_peer = self._protocol_peers[key] = Scope(
-                f"protocol:{protocol}@peer", {STREAMS_INBOUND: plim.streams_inbound_per_peer}
+                f"protocol:{protocol}@peer",
+                {STREAMS_INBOUND: self.limits.protocol(protocol).streams_inbound_per_peer},
             )
             per_peer.forget = lambda: self._protocol_peers.pop(key, None)
         return [per_peer, scope]
