@@ -13,9 +13,10 @@ import pytest
 
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.deadlines import DeadlineQueue
-from p2pnet.errors import P2PError, StreamReset
+from p2pnet.errors import MessageTooLargeError, P2PError, ProtocolNotSupported, StreamReset
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
+from p2pnet.host.reply import ReplyReader
 from p2pnet.kad import messages as m
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.dht import KadDHT
@@ -23,6 +24,7 @@ from p2pnet.kad.inbound import REQUESTS_PER_TURN
 from p2pnet.multistream import (
     HEADER_MESSAGE,
     NA,
+    MultistreamDialer,
     encode_message,
     list_protocols,
     negotiate_outbound,
@@ -172,6 +174,27 @@ async def test_queued_timeout_is_asyncio_timeout_on_the_queues_timer() -> None:
     assert outer.expired() and not inner.expired()
     current = asyncio.current_task()
     assert current is not None and current.cancelling() == 0
+
+
+def test_reply_reader_takes_the_negotiation_then_one_frame_in_any_slices() -> None:
+    class FakeStream:
+        protocol: str | None = None
+
+    stream = FakeStream()
+    reader = ReplyReader(stream, 16, MultistreamDialer([KAD]))  # type: ignore[arg-type]
+    wire = HEADER_MESSAGE + encode_message(KAD) + encode_length_prefixed(b"answer")
+    got = [reader.feed(wire[i : i + 1]) for i in range(len(wire))]
+    assert got[-1] == b"answer" and got[:-1] == [None] * (len(wire) - 1)
+    assert stream.protocol == KAD
+    at_once = ReplyReader(stream, 16, MultistreamDialer([KAD]))  # type: ignore[arg-type]
+    assert at_once.feed(wire + b"more") == b"answer"
+    assert at_once.decoder.take_buffered() == b"more"  # bytes past the reply stay
+    refused = ReplyReader(stream, 16, MultistreamDialer([KAD]))  # type: ignore[arg-type]
+    with pytest.raises(ProtocolNotSupported):
+        refused.feed(HEADER_MESSAGE + encode_message(NA))
+    too_large = ReplyReader(stream, 4)  # type: ignore[arg-type]
+    with pytest.raises(MessageTooLargeError):
+        too_large.feed(encode_length_prefixed(b"answer"))
 
 
 # -- the listener's negotiation ----------------------------------------------------------------
