@@ -146,6 +146,19 @@ class ResourceManager:
                 MEMORY: lim.transient_memory,
             },
         )
+        # the limits of every connection scope and of every peer scope: one dict each, shared
+        # (read only), rather than one per connection and per peer
+        self._conn_limits = {
+            STREAMS_INBOUND: lim.conn_streams_inbound,
+            STREAMS_OUTBOUND: lim.conn_streams_outbound,
+            MEMORY: lim.conn_memory,
+        }
+        self._peer_limits = {
+            CONNS: lim.peer_conns,
+            STREAMS_INBOUND: lim.peer_streams_inbound,
+            STREAMS_OUTBOUND: lim.peer_streams_outbound,
+            MEMORY: lim.peer_memory,
+        }
         self._peers: dict[PeerID, Scope] = {}
         self._ips: dict[str, Scope] = {}
         self._ip_rates: dict[str, TokenBucket] = {}
@@ -167,17 +180,7 @@ class ResourceManager:
     def peer_scope(self, peer: PeerID) -> Scope:
         scope = self._peers.get(peer)
         if scope is None:
-            lim = self.limits
-            scope = self._peers[peer] = Scope(
-                "peer:",
-                {
-                    CONNS: lim.peer_conns,
-                    STREAMS_INBOUND: lim.peer_streams_inbound,
-                    STREAMS_OUTBOUND: lim.peer_streams_outbound,
-                    MEMORY: lim.peer_memory,
-                },
-                of=peer,
-            )
+            scope = self._peers[peer] = Scope("peer:", self._peer_limits, of=peer)
             scope.forget = lambda: self._peers.pop(peer, None)
         return scope
 
@@ -449,14 +452,7 @@ class ConnectionScope:
         #: The manager evicted it to make room for a newer connection.
         self.evicted = False
         lim = manager.limits
-        self.scope = Scope(
-            "conn",
-            {
-                STREAMS_INBOUND: lim.conn_streams_inbound,
-                STREAMS_OUTBOUND: lim.conn_streams_outbound,
-                MEMORY: lim.conn_memory,
-            },
-        )
+        self.scope = Scope("conn", manager._conn_limits)
         self.peer: PeerID | None = None
         self._peer_scope: Scope | None = None
         self.ip = ip
