@@ -246,11 +246,14 @@ def test_messages_roundtrip_and_reject_garbage() -> None:
         verify_voucher(voucher[:-1] + bytes([voucher[-1] ^ 1]), relay, peer)
     stop = StopMessage(StopType.CONNECT, peer=peer, limit=Limit(0, 10))
     assert decode_stop(encode_stop(stop)) == stop
-    for bad in (b"", b"\x08\x07", b"\x08\x01\x12\x03\x0a\x01\x00", b"\x00" * 5000):
+    # no type, a bad peer ID, not protobuf, oversized; then an unknown type of each kind
+    for bad in (b"", b"\x08\x01\x12\x03\x0a\x01\x00", b"\xff", b"\x00" * 5000):
+        for decode in (decode_hop, decode_stop):
+            with pytest.raises(RelayProtocolError):
+                decode(bad)
+    for decode, bad in ((decode_hop, b"\x08\x07"), (decode_stop, b"\x08\x05")):
         with pytest.raises(RelayProtocolError):
-            decode_hop(bad)
-    with pytest.raises(RelayProtocolError):
-        decode_stop(b"\x08\x05")
+            decode(bad)
     # An unknown status (a closed proto2 enum) reads as absent, which no one takes for OK.
     assert decode_hop(b"\x08\x02\x28\xe7\x07").status is None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 from multiaddr import Multiaddr
@@ -134,9 +135,25 @@ def _limit_pb(limit: Limit, out: circuit_pb2.Limit) -> None:
         out.data = limit.data
 
 
-def _check_size(data: bytes) -> None:
+_PB = TypeVar("_PB", circuit_pb2.HopMessage, circuit_pb2.StopMessage)
+_Type = TypeVar("_Type", HopType, StopType)
+
+
+def _parse(data: bytes, pb_type: type[_PB], kinds: type[_Type]) -> tuple[_PB, _Type]:
+    """Decode a hop or stop message and its type, or raise RelayProtocolError."""
+    name = "hop" if kinds is HopType else "stop"
     if len(data) > MAX_MESSAGE_SIZE:
         raise RelayProtocolError(f"relay message of {len(data)} bytes (max {MAX_MESSAGE_SIZE})")
+    try:
+        pb = pb_type.FromString(data)
+    except DecodeError as exc:
+        raise RelayProtocolError(f"undecodable {name} message: {exc}") from None
+    if not pb.IsInitialized():  # a required field missing (or an unknown type: not set)
+        raise RelayProtocolError(f"{name} message lacks a required field (or has an unknown type)")
+    try:
+        return pb, kinds(pb.type)
+    except ValueError:
+        raise RelayProtocolError(f"unknown {name} message type {pb.type}") from None
 
 
 def encode_hop(msg: HopMessage) -> bytes:
@@ -158,17 +175,7 @@ def encode_hop(msg: HopMessage) -> bytes:
 
 
 def decode_hop(data: bytes) -> HopMessage:
-    _check_size(data)
-    try:
-        pb = circuit_pb2.HopMessage.FromString(data)
-    except DecodeError as exc:
-        raise RelayProtocolError(f"undecodable hop message: {exc}") from None
-    if not pb.IsInitialized():  # a required field missing (or an unknown type: not set)
-        raise RelayProtocolError("hop message lacks a required field (or has an unknown type)")
-    try:
-        kind = HopType(pb.type)
-    except ValueError:
-        raise RelayProtocolError(f"unknown hop message type {pb.type}") from None
+    pb, kind = _parse(data, circuit_pb2.HopMessage, HopType)
     peer = _peer_id(pb.peer.id) if pb.HasField("peer") else None
     reservation = None
     if pb.HasField("reservation"):
@@ -201,17 +208,7 @@ def encode_stop(msg: StopMessage) -> bytes:
 
 
 def decode_stop(data: bytes) -> StopMessage:
-    _check_size(data)
-    try:
-        pb = circuit_pb2.StopMessage.FromString(data)
-    except DecodeError as exc:
-        raise RelayProtocolError(f"undecodable stop message: {exc}") from None
-    if not pb.IsInitialized():
-        raise RelayProtocolError("stop message lacks a required field (or has an unknown type)")
-    try:
-        kind = StopType(pb.type)
-    except ValueError:
-        raise RelayProtocolError(f"unknown stop message type {pb.type}") from None
+    pb, kind = _parse(data, circuit_pb2.StopMessage, StopType)
     peer = _peer_id(pb.peer.id) if pb.HasField("peer") else None
     limit = Limit(pb.limit.duration, pb.limit.data) if pb.HasField("limit") else None
     status = _status(pb.status) if pb.HasField("status") else None
