@@ -17,7 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["Deadline", "DeadlineQueue"]
+__all__ = ["Deadline", "DeadlineQueue", "QueuedTimeout"]
 
 log = logging.getLogger("p2pnet.deadlines")
 
@@ -93,6 +93,14 @@ class DeadlineQueue:
             except Exception:  # one owner's bug must not stop the other deadlines
                 log.exception("deadline callback failed")
 
+    def timeout(self) -> QueuedTimeout:
+        """``async with queue.timeout():`` is ``async with asyncio.timeout(queue.delay):``
+        on this queue's one timer: the block's task is cancelled when the deadline passes
+        and :class:`TimeoutError` raised out of the block (a cancellation from elsewhere
+        stays a cancellation). For timeouts taken per connection or per request (the
+        upgrade, a kad request): no timer handle in the loop's heap for each."""
+        return QueuedTimeout(self)
+
     def clear(self) -> None:
         """Forget every deadline (their callbacks are never called)."""
         for entry in self._entries:
@@ -101,3 +109,49 @@ class DeadlineQueue:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class QueuedTimeout:
+    """:meth:`DeadlineQueue.timeout`: what ``asyncio.timeout`` does (the same cancellation
+    bookkeeping: ``Task.cancelling``/``uncancel``), with a deadline of the queue."""
+
+    __slots__ = ("_cancelling", "_deadline", "_expired", "_queue", "_task")
+
+    def __init__(self, queue: DeadlineQueue) -> None:
+        self._queue = queue
+        self._task: asyncio.Task[object] | None = None
+        self._deadline: Deadline | None = None
+        self._expired = False
+        self._cancelling = 0
+
+    def expired(self) -> bool:
+        """The deadline passed while the block ran (it was cancelled for it)."""
+        return self._expired
+
+    async def __aenter__(self) -> QueuedTimeout:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("QueuedTimeout must be used inside a task")
+        if self._task is not None:
+            raise RuntimeError("a QueuedTimeout is entered once")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._deadline = self._queue.add(self._expire)
+        return self
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self._expired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._expired:
+            assert self._task is not None
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc

@@ -13,14 +13,22 @@ import pytest
 
 from p2pnet.crypto.keys import KeyPair
 from p2pnet.deadlines import DeadlineQueue
-from p2pnet.errors import P2PError, StreamReset
+from p2pnet.errors import MessageTooLargeError, P2PError, ProtocolNotSupported, StreamReset
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
+from p2pnet.host.reply import ReplyReader
 from p2pnet.kad import messages as m
 from p2pnet.kad.config import KadConfig, Mode
 from p2pnet.kad.dht import KadDHT
 from p2pnet.kad.inbound import REQUESTS_PER_TURN
-from p2pnet.multistream import HEADER_MESSAGE, encode_message, list_protocols, negotiate_outbound
+from p2pnet.multistream import (
+    HEADER_MESSAGE,
+    NA,
+    MultistreamDialer,
+    encode_message,
+    list_protocols,
+    negotiate_outbound,
+)
 from p2pnet.mux.yamux_connection import YamuxStream
 from p2pnet.protocols.identify import PROTOCOL_ID as IDENTIFY
 from p2pnet.protocols.identify import IdentifyService
@@ -129,6 +137,66 @@ async def test_deadline_queue_survives_a_failing_callback(
     assert "deadline callback failed" in caplog.text
 
 
+async def test_queued_timeout_is_asyncio_timeout_on_the_queues_timer() -> None:
+    queue = DeadlineQueue(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with queue.timeout() as cm:
+            await asyncio.sleep(10)
+    assert cm.expired() and 0.04 <= loop.time() - started < 1.0
+    async with queue.timeout() as cm:  # ends in time: no error, its deadline dropped
+        await asyncio.sleep(0)
+    assert not cm.expired()
+    await asyncio.sleep(0.1)
+    assert len(queue) == 0
+    # a cancellation from elsewhere stays a cancellation, and the task can go on afterwards
+    entered = asyncio.Event()
+
+    async def body() -> str:
+        try:
+            async with queue.timeout():
+                entered.set()
+                await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    task = asyncio.ensure_future(body())
+    await entered.wait()
+    task.cancel()
+    assert await task == "cancelled"
+    # nested in a shorter asyncio.timeout: the outer one's expiry is its own
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01) as outer:
+            async with queue.timeout() as inner:
+                await asyncio.sleep(10)
+    assert outer.expired() and not inner.expired()
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0
+
+
+def test_reply_reader_takes_the_negotiation_then_one_frame_in_any_slices() -> None:
+    class FakeStream:
+        protocol: str | None = None
+
+    stream = FakeStream()
+    reader = ReplyReader(stream, 16, MultistreamDialer([KAD]))  # type: ignore[arg-type]
+    wire = HEADER_MESSAGE + encode_message(KAD) + encode_length_prefixed(b"answer")
+    got = [reader.feed(wire[i : i + 1]) for i in range(len(wire))]
+    assert got[-1] == b"answer" and got[:-1] == [None] * (len(wire) - 1)
+    assert stream.protocol == KAD
+    at_once = ReplyReader(stream, 16, MultistreamDialer([KAD]))  # type: ignore[arg-type]
+    assert at_once.feed(wire + b"more") == b"answer"
+    assert at_once.decoder.take_buffered() == b"more"  # bytes past the reply stay
+    refused = ReplyReader(stream, 16, MultistreamDialer([KAD]))  # type: ignore[arg-type]
+    with pytest.raises(ProtocolNotSupported):
+        refused.feed(HEADER_MESSAGE + encode_message(NA))
+    too_large = ReplyReader(stream, 4)  # type: ignore[arg-type]
+    with pytest.raises(MessageTooLargeError):
+        too_large.feed(encode_length_prefixed(b"answer"))
+
+
 # -- the listener's negotiation ----------------------------------------------------------------
 
 
@@ -180,13 +248,28 @@ async def test_a_dialer_that_closes_midway_gets_reset() -> None:
 async def test_a_silent_dialer_is_reset_after_the_negotiate_timeout() -> None:
     async with two_hosts(negotiate_timeout=0.2) as (a, b):
         b.set_stream_handler(ECHO, echo)
-        stream = await raw_stream(a, b)
-        assert await stream.readexactly(len(HEADER_MESSAGE)) == HEADER_MESSAGE
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await wait_reset(stream)
+        stream = await raw_stream(a, b)
+        # (the listener's header goes out with its first answer, as go-multistream's does:
+        # a dialer that sends nothing gets nothing before the reset)
+        with pytest.raises(StreamReset):
+            await stream.read()
         assert 0.15 <= loop.time() - started < 2.0
         assert handler_tasks(b) == 0
+
+
+async def test_the_listeners_header_goes_out_with_its_first_answer() -> None:
+    async with two_hosts() as (a, b):
+        b.set_stream_handler(ECHO, echo)
+        stream = await raw_stream(a, b)
+        await stream.write(HEADER_MESSAGE + encode_message("/nope/1.0.0"))
+        # header and ``na`` in one frame, hence one chunk
+        assert await stream.read() == HEADER_MESSAGE + encode_message(NA)
+        await stream.write(encode_message(ECHO) + b"hi")
+        assert await stream.readexactly(len(encode_message(ECHO)) + 2) == (
+            encode_message(ECHO) + b"hi"
+        )
 
 
 async def test_negotiation_goes_on_in_a_task_when_writes_must_wait() -> None:

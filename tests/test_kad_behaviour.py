@@ -24,6 +24,7 @@ from p2pnet.kad.config import KadConfig
 from p2pnet.kad.errors import InvalidRecord, KadProtocolError
 from p2pnet.kad.providers import InMemoryProviderStore
 from p2pnet.kad.records import FunctionValidator, InMemoryRecordStore, NamespacedValidator
+from p2pnet.kad.routing_table import kad_key
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.wire.framing import encode_length_prefixed
 from p2pnet.wire.varint import decode_uvarint
@@ -116,6 +117,53 @@ def test_find_node_answer_bytes() -> None:
     assert {i.peer for i in client.closer_peers(resp)} == named
     with pytest.raises(KadProtocolError, match="answered FIND_NODE with GET_VALUE"):
         client.check_answer(peer(0), m.find_node(b"key"), m.get_value(b"key"))
+
+
+def test_answers_peer_lists_are_the_bytes_protobuf_makes() -> None:
+    """Answers' peer lists are encoded by hand (encode_peer_entry): byte for byte what the
+    protobuf API builds, for connected and unconnected peers, ourselves, a capped address
+    list, a known target outside the table and a provider without addresses."""
+    server, view = behaviour(peer(0), k=4, max_addrs_per_peer=2)
+    for i in range(1, 8):
+        view.server(peer(i), 4000 + i)
+        server.peer_identified(peer(i), 1.0)
+    view.known[peer(3)] = [Multiaddr(f"/ip4/10.0.0.3/tcp/{p}") for p in (1, 2, 3)]
+    view.connected.update({peer(2), peer(5)})
+    view.known[peer(50)] = [Multiaddr("/ip4/10.9.9.9/udp/1/quic-v1")]  # known, not in table
+
+    def entries(names: list[PeerID]) -> list[m.kad_pb2.Message.Peer]:
+        out = []
+        for p in names:
+            addrs = view.own if p == peer(0) else view.addrs(p)
+            conn = m.kad_pb2.Message.CONNECTED if p == peer(0) or p in view.connected else 0
+            out.append(m.peer_to_pb(m.PeerInfo(p, addrs[:2]), conn))
+        return out
+
+    def closest(key: bytes) -> list[PeerID]:
+        return server.routing_table.closest(kad_key(key), 4, exclude=(peer(1),))
+
+    for key, names in [
+        (b"key", closest(b"key")),
+        (peer(0).to_bytes(), [peer(0), *closest(peer(0).to_bytes())]),  # ourselves first
+        (peer(50).to_bytes(), [*closest(peer(50).to_bytes()), peer(50)]),  # a known target
+    ]:
+        resp = server.handle_request(peer(1), m.find_node(key), WALL)
+        assert resp is not None
+        want = m.find_node(key)
+        want.closerPeers.extend(entries(names))
+        assert m.encode(resp) == m.encode(want)
+        assert any(p.connection == m.kad_pb2.Message.CONNECTED for p in resp.closerPeers)
+    # providers: one with addresses, one whose addresses we no longer know (still named)
+    server.providers.add_provider(b"cid", peer(4), WALL + 100, now=WALL)
+    server.providers.add_provider(b"cid", peer(60), WALL + 100, now=WALL)
+    resp = server.handle_request(peer(1), m.get_providers(b"cid"), WALL)
+    assert resp is not None
+    want = m.get_providers(b"cid")
+    for prov in server.providers.get_providers(b"cid", WALL):
+        want.providerPeers.append(m.peer_to_pb(m.PeerInfo(prov, view.addrs(prov)[:2]), 0))
+    want.closerPeers.extend(entries(closest(b"cid")))
+    assert m.encode(resp) == m.encode(want)
+    assert len(resp.providerPeers) == 2 and len(resp.closerPeers) == 4
 
 
 def test_put_value_answer_has_only_the_spec_fields() -> None:

@@ -6,10 +6,12 @@ import asyncio
 import time
 
 import pytest
+from multiaddr import Multiaddr
 
+from p2pnet.channel import ChannelReceiver
 from p2pnet.clock import VirtualClock
 from p2pnet.crypto.keys import KeyPair
-from p2pnet.errors import DialError, PeerIDMismatch, ProtocolNotSupported
+from p2pnet.errors import DialError, P2PError, PeerIDMismatch, ProtocolNotSupported
 from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.mux.yamux_connection import YamuxConnection
@@ -134,6 +136,48 @@ async def test_memory_backpressure_bounds_buffering() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_long_backlog_of_small_writes_arrives_whole_and_in_order() -> None:
+    """The inbox (a list taken from an index, compacted as it goes) keeps order and bytes,
+    read chunk by chunk (pull mode) and pushed (attached), with a remote that closes after."""
+    net = MemoryNetwork(high_water=1 << 30)
+    accepted: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    async def handler(conn: object) -> None:
+        accepted.set_result(conn)
+
+    transport = net.transport()
+    listener = await transport.listen(Multiaddr("/memory/0"), handler)
+    client = await transport.dial(listener.multiaddrs[0], timeout=5)
+    server = await asyncio.wait_for(accepted, 5)
+    await listener.close()
+    chunks = [b"%d," % i for i in range(5000)]
+    for chunk in chunks:
+        await client.write(chunk)
+    got = b""
+    async with asyncio.timeout(5):
+        while len(got) < 3000:
+            got += await server.read()  # type: ignore[attr-defined]
+    # the rest (still more than 1024 chunks past the first) pushed to a receiver
+    pushed: list[bytes] = []
+    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    class Receiver(ChannelReceiver):
+        def data_received(self, data: bytes) -> None:
+            pushed.append(data)
+
+        def connection_lost(self, exc: P2PError | None) -> None:
+            lost.set_result(None)
+
+        def pause_writing(self) -> None: ...
+
+        def resume_writing(self) -> None: ...
+
+    server.attach(Receiver())  # type: ignore[attr-defined]
+    client.abort()
+    await asyncio.wait_for(lost, 5)
+    assert got + b"".join(pushed) == b"".join(chunks)
 
 
 async def test_hundred_hosts_in_a_ring() -> None:

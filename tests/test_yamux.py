@@ -744,6 +744,42 @@ async def test_too_many_unacked_streams_are_reset() -> None:
         assert not conn.is_closed
 
 
+async def test_push_accepted_streams_are_acked_by_their_first_answer_and_bounded() -> None:
+    """An acceptor (the host's multistream listener) acknowledges lazily: the ACK rides on its
+    first answer; streams it never answers (their opener sends nothing) stay unacked, and a
+    SYN beyond ``max_unacked_inbound`` of them is refused with RST, the connection lives on."""
+    cfg = YamuxConfig(max_unacked_inbound=2)
+    a, b = await tcp_pair()
+    accepted: list[YamuxStream] = []
+    third = asyncio.Event()
+
+    def accept(stream: YamuxStream) -> None:
+        accepted.append(stream)
+        if len(accepted) == 3:
+            third.set()
+
+    conn = YamuxConnection(a, initiator=False, config=cfg, accept=accept)
+    await conn.start()
+    peer = RawPeer(b)
+    try:
+        for sid in (1, 3, 5):
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, sid, 0)
+        f = await peer.expect(lambda f: f[2] != 0)
+        assert f[:3] == (TYPE_WINDOW_UPDATE, FLAG_RST, 5)  # no frame for 1 and 3 before it
+        assert [s.stream_id for s in accepted] == [1, 3]
+        assert accepted[0].write_nowait(b"answer")
+        f = await peer.expect(lambda f: f[2] != 0)
+        assert f == (TYPE_DATA, FLAG_ACK, 1, 6, b"answer")
+        await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 7, 0)  # a slot is free again
+        await asyncio.wait_for(third.wait(), T)
+        assert accepted[2].stream_id == 7
+        assert not conn.is_closed
+    finally:
+        await conn.close()
+        await b.close()
+    assert await settle_tasks() == set()
+
+
 async def test_too_many_streams_are_reset() -> None:
     cfg = YamuxConfig(max_streams=2)
     async with raw_pair(config=cfg) as (conn, peer):

@@ -7,6 +7,9 @@ import pytest
 from p2pnet.errors import StreamClosed
 from p2pnet.mux.yamux import (
     DEFAULT_WINDOW,
+    FLAG_ACK,
+    FLAG_FIN,
+    FLAG_RST,
     FLAG_SYN,
     GO_AWAY_INTERNAL_ERROR,
     HEADER,
@@ -15,6 +18,7 @@ from p2pnet.mux.yamux import (
     TYPE_DATA,
     TYPE_GO_AWAY,
     TYPE_PING,
+    TYPE_WINDOW_UPDATE,
     DataReceived,
     Event,
     KeepaliveTimedOut,
@@ -221,3 +225,44 @@ def test_what_the_frame_budget_leaves_of_a_reused_buffer_is_copied() -> None:
         session.receive_data(b"", 0.0, max_frames=3)
     pongs = [f[3] for f in frames(session.take_outbound()) if f[0] == TYPE_PING]
     assert pongs == list(range(10))
+
+
+def test_a_lazy_accept_acks_with_the_first_frame_sent() -> None:
+    client, server = pair()
+    sid = client.open_stream(0.0)
+    assert [e for e in move(client, server) if isinstance(e, StreamOpened)]
+    server.accept_stream(sid, lazily=True)
+    assert server.take_outbound() == []  # no Window Update of its own
+    assert server.unacked_inbound == 1 and client.ack_backlog == 1
+    server.write(sid, b"answer")
+    out = b"".join(bytes(x) for x in server.take_outbound())
+    [(ftype, flags, fsid, _, payload)] = frames([out])
+    assert (ftype, flags & FLAG_ACK, fsid, payload) == (TYPE_DATA, FLAG_ACK, sid, b"answer")
+    assert server.unacked_inbound == 0
+    client.receive_data(out, 0.0)
+    assert client.ack_backlog == 0  # the client took the ACK from the data frame
+    server.write(sid, b"more")  # once only
+    [(_, flags, _, _, _)] = frames(server.take_outbound())
+    assert flags & FLAG_ACK == 0
+
+
+def test_a_lazy_accept_of_a_larger_window_announces_it_at_once() -> None:
+    client, server = pair(YamuxConfig(initial_window=2 * DEFAULT_WINDOW))
+    sid = client.open_stream(0.0)
+    move(client, server)
+    server.accept_stream(sid, lazily=True)
+    [(ftype, flags, fsid, delta, _)] = frames(server.take_outbound())
+    assert (ftype, flags, fsid, delta) == (TYPE_WINDOW_UPDATE, FLAG_ACK, sid, DEFAULT_WINDOW)
+
+
+def test_a_lazily_accepted_stream_reset_or_closed_unanswered_carries_its_ack() -> None:
+    client, server = pair()
+    a, b = client.open_stream(0.0), client.open_stream(0.0)
+    move(client, server)
+    server.accept_stream(a, lazily=True)
+    server.accept_stream(b, lazily=True)
+    server.reset_stream(a)
+    server.close_stream(b)
+    got = {(sid, flags) for _, flags, sid, _, _ in frames(server.take_outbound())}
+    assert got == {(a, FLAG_ACK | FLAG_RST), (b, FLAG_ACK | FLAG_FIN)}
+    assert server.unacked_inbound == 0

@@ -94,6 +94,8 @@ class Host:
         # one timer each for every inbound stream's negotiation and drain deadlines
         self._negotiations = DeadlineQueue(self.config.negotiate_timeout)
         self._drains = DeadlineQueue(self.config.drain_timeout)
+        #: and the upgrade of every connection
+        self._upgrades = DeadlineQueue(self.config.upgrade_timeout)
         self._conns: dict[PeerID, list[Connection]] = {}
         #: Connections in ``_conns`` (open or closing).
         self._registered = 0
@@ -409,6 +411,7 @@ class Host:
                 self.muxers,
                 initiator=True,
                 expected_peer=peer,
+                deadlines=self._upgrades,
             )
             try:
                 scope.set_peer(upgraded.secure.remote_peer)
@@ -516,6 +519,7 @@ class Host:
                 self.muxers,
                 initiator=initiator,
                 expected_peer=peer,
+                deadlines=self._upgrades,
             )
             if upgraded.secure.remote_peer != peer:  # the responder side learns it only now
                 await _close_quietly(upgraded.secure)
@@ -536,7 +540,13 @@ class Host:
         try:
             try:
                 upgraded = await upgrade(
-                    raw, self.key, self.config, self.security, self.muxers, initiator=False
+                    raw,
+                    self.key,
+                    self.config,
+                    self.security,
+                    self.muxers,
+                    initiator=False,
+                    deadlines=self._upgrades,
                 )
             except P2PError as exc:
                 if scope.evicted:

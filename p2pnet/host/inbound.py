@@ -1,8 +1,8 @@
 """Inbound streams without a task: the listener's negotiation and the drain after a handler,
 driven by the bytes as they arrive (push consumers, :meth:`p2pnet.stream.Stream.set_consumer`).
 
-The muxer hands every inbound stream to the host synchronously (``accept``). The host writes
-the multistream header and installs an :class:`InboundNegotiation`, which feeds the sans-IO
+The muxer hands every inbound stream to the host synchronously (``accept``). The host installs
+an :class:`InboundNegotiation`, which feeds the sans-IO
 :class:`~p2pnet.multistream.core.MultistreamListener` from the stream's ``data_received``. Once a
 protocol is agreed, a push handler (``Host.set_stream_acceptor``: identify, kad) takes the
 stream in the same call; an ordinary handler gets a task then, and only then. A kad request that
@@ -48,19 +48,17 @@ class InboundNegotiation:
         self._deadline: Deadline | None = None
 
     def start(self, deadlines: DeadlineQueue) -> None:
-        """Send our header and take the stream's bytes from now on."""
-        stream = self._stream
-        header = self._neg.data_to_send()
-        try:
-            written = stream.write_nowait(header)
-        except P2PError as exc:  # reset (or its connection gone) before we answered
-            log.debug("inbound stream gone before its negotiation: %s", exc)
-            return
-        if not written:
-            self._host.spawn_stream_task(stream, self._negotiate_in_task, header)
-            return
+        """Take the stream's bytes from now on. Our header goes out with our first answer
+        (the core queued it), as go-multistream's listener sends it (buffered until its
+        answer): one frame less per stream, and a dialer never waits for our header (every
+        dialer sends its own header with its first proposal, or ``ls``)."""
+        # (the deadline first: bytes buffered already may end the negotiation in set_consumer)
         self._deadline = deadlines.add(self._timed_out)
-        stream.set_consumer(self)
+        try:
+            self._stream.set_consumer(self)
+        except P2PError as exc:  # reset (or its connection gone) before we answered
+            self._end()
+            log.debug("inbound stream gone before its negotiation: %s", exc)
 
     # -- StreamConsumer ---------------------------------------------------------------------
 

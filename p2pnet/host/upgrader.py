@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from p2pnet.crypto.keys import KeyPair
+from p2pnet.deadlines import DeadlineQueue
 from p2pnet.errors import ConnectionClosed, HandshakeError
 from p2pnet.host.config import HostConfig
 from p2pnet.multistream import negotiate_inbound, negotiate_outbound
@@ -44,13 +45,21 @@ async def upgrade(
     *,
     initiator: bool,
     expected_peer: PeerID | None = None,
+    deadlines: DeadlineQueue | None = None,
 ) -> Upgraded:
     """Secure ``raw`` and agree on a muxer; on any failure ``raw`` is aborted and the error
-    re-raised. Both lists are in order of preference (the dialer proposes them in that order)."""
+    re-raised. Both lists are in order of preference (the dialer proposes them in that order).
+    ``deadlines``: a queue of ``config.upgrade_timeout`` (the host's) whose one timer bounds
+    the upgrade, rather than a timer of its own."""
     by_id = {s.protocol_id: s for s in security}
     muxer_by_id = {m.protocol_id: m for m in muxers}
+    bound = (
+        deadlines.timeout()
+        if deadlines is not None and deadlines.delay == config.upgrade_timeout
+        else asyncio.timeout(config.upgrade_timeout)
+    )
     try:
-        async with asyncio.timeout(config.upgrade_timeout):
+        async with bound:
             # (the negotiations need no timeouts of their own: this one bounds the whole)
             if initiator:
                 chosen = await negotiate_outbound(raw, list(by_id), timeout=None)

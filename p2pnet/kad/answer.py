@@ -1,10 +1,10 @@
 """The answer to one kad request, read by the stream's consumer as it arrives (no read calls).
 
 A requester that sent its request with the multistream proposal (lazy negotiation) first gets
-the listener's header and echo, then the answer: :class:`AnswerReader` feeds the former to the
-sans-IO :class:`~p2pnet.multistream.core.MultistreamDialer` and the latter to a frame decoder,
-from the stream's ``data_received``, and resolves :attr:`AnswerReader.result` once. On a pooled
-stream it reads the answer alone.
+the listener's header and echo, then the answer: :class:`AnswerReader` feeds them to a
+:class:`~p2pnet.host.reply.ReplyReader` (the negotiation, then a frame decoder) from the
+stream's ``data_received``, and resolves :attr:`AnswerReader.result` once. On a pooled stream
+it reads the answer alone.
 
 Outcomes are those of the pull-mode reads it replaces: the frame's bytes; or the negotiation's
 error (refused, malformed), :class:`~p2pnet.errors.MessageTooLargeError` or a malformed prefix,
@@ -19,10 +19,10 @@ from __future__ import annotations
 import asyncio
 
 from p2pnet.errors import IncompleteRead, P2PError
+from p2pnet.host.reply import ReplyReader
 from p2pnet.multistream.core import MultistreamDialer
 from p2pnet.resources.manager import stream_scope_of
 from p2pnet.stream import Stream
-from p2pnet.wire.framing import FrameDecoder
 
 __all__ = ["AnswerReader"]
 
@@ -31,14 +31,13 @@ class AnswerReader:
     """One answer on ``stream`` (a :class:`~p2pnet.stream.StreamConsumer`); ``negotiation``:
     the proposal went out with the request, its answer comes first."""
 
-    __slots__ = ("_decoder", "_held", "_neg", "_scope", "_stream", "result")
+    __slots__ = ("_held", "_reader", "_scope", "_stream", "result")
 
     def __init__(
         self, stream: Stream, max_size: int, negotiation: MultistreamDialer | None = None
     ) -> None:
         self._stream = stream
-        self._neg = negotiation
-        self._decoder = FrameDecoder(max_size)
+        self._reader = ReplyReader(stream, max_size, negotiation)
         self._scope = stream_scope_of(stream)
         self._held = 0
         #: The answer's bytes, or the error that ended the exchange.
@@ -47,25 +46,12 @@ class AnswerReader:
     def data_received(self, data: bytes) -> None:
         if self.result.done():
             return
+        reader = self._reader
         try:
-            neg = self._neg
-            if neg is not None:
-                neg.receive_data(data)
-                if not neg.finished:
-                    return
-                self._neg = None
-                protocol = neg.protocols[0]
-                self._stream.protocol = protocol
-                if self._scope is not None:
-                    self._scope.set_protocol(protocol)
-                data = neg.take_unused()
-                if not data:
-                    return
-            decoder = self._decoder
-            decoder.feed(data)
-            frame = decoder.next_frame()
+            frame = reader.feed(data)
             if frame is None:
-                self._hold(decoder.buffered)
+                if not reader.negotiating:
+                    self._hold(reader.decoder.buffered)
                 return
         except P2PError as exc:
             self._finish(exc)
@@ -74,7 +60,7 @@ class AnswerReader:
 
     def eof_received(self) -> None:
         # (what the pull-mode read raised at EOF; the bytes wanted are those of the next step)
-        self._finish(IncompleteRead(b"", self._decoder.wanted))
+        self._finish(IncompleteRead(b"", self._reader.decoder.wanted))
 
     def stream_lost(self, exc: P2PError) -> None:
         self._finish(exc)
@@ -98,7 +84,8 @@ class AnswerReader:
         stream = self._stream
         stream.set_consumer(None)
         if isinstance(outcome, bytes):
-            rest = self._decoder.take_buffered() if self._decoder.buffered else b""
+            decoder = self._reader.decoder
+            rest = decoder.take_buffered() if decoder.buffered else b""
             if rest:
                 stream.unread(rest)
         if self.result.done():  # (the waiting request was cancelled)

@@ -30,7 +30,6 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from multiaddr import Multiaddr
 
 from p2pnet.errors import P2PError
@@ -53,9 +52,6 @@ from p2pnet.peer.peer_id import PeerID
 from p2pnet.wire.pb import kad_pb2
 
 log = logging.getLogger("p2pnet.kad")
-
-#: A repeated ``Peer`` field of a message (closerPeers, providerPeers).
-PeerList = RepeatedCompositeFieldContainer[kad_pb2.Message.Peer]
 
 #: Delay between the first peer entering an empty table and the self lookup (js: 1 s), so
 #: that the peers connecting at the same moment are identified first.
@@ -284,10 +280,13 @@ class KadBehaviour:
         key = bytes(msg.key)
         if t == m.FIND_NODE:
             resp = m.request(m.FIND_NODE, key)
-            named = self._add_closer_peers(resp.closerPeers, key, peer)
+            entries, named = self._closer_peers(key, peer)
             target = self._known_target(key, peer)
             if target is not None and target not in named:
-                self._add_peer(resp.closerPeers, target)
+                entry = self._peer_entry(m.CLOSER_PEERS_TAG, target)
+                if entry is not None:
+                    entries.append(entry)
+            resp.MergeFromString(b"".join(entries))
             return resp
         if t == m.GET_VALUE:
             return self._get_value_answer(peer, key, wall)
@@ -303,27 +302,28 @@ class KadBehaviour:
     def self_info(self) -> PeerInfo:
         return PeerInfo(self.local, list(self.peers.self_addrs()))
 
-    def _add_peer(self, field: PeerList, peer: PeerID) -> bool:
-        """Append ``peer`` with its addresses to an answer's peer list (built in place: a
-        message made apart and appended would be copied); False when no address is known."""
+    def _peer_entry(self, tag: bytes, peer: PeerID) -> bytes | None:
+        """``peer`` with its addresses as an entry of an answer's peer list ``tag``
+        (:func:`~p2pnet.kad.messages.encode_peer_entry`); None when no address is known."""
+        peers = self.peers
         if peer == self.local:
-            addrs = self.peers.self_addrs()
+            addrs = peers.self_addrs()
             conn = kad_pb2.Message.CONNECTED
         else:
-            addrs = self.peers.addrs(peer)
+            addrs = peers.addrs(peer)
             if not addrs:
-                return False
+                return None
             conn = (
                 kad_pb2.Message.CONNECTED
-                if self.peers.is_connected(peer)
+                if peers.is_connected(peer)
                 else kad_pb2.Message.NOT_CONNECTED
             )
-        field.add(
-            id=peer.to_bytes(),
-            addrs=[a.to_bytes() for a in addrs[: self.config.max_addrs_per_peer]],
-            connection=conn,
+        return m.encode_peer_entry(
+            tag,
+            peer.to_bytes(),
+            [a.to_bytes() for a in addrs[: self.config.max_addrs_per_peer]],
+            conn,
         )
-        return True
 
     def _known_target(self, key: bytes, requester: PeerID) -> PeerID | None:
         """FIND_NODE for a peer we know an address of (say a connected client, which is in no
@@ -336,17 +336,24 @@ class KadBehaviour:
             return None
         return target
 
-    def _add_closer_peers(self, field: PeerList, key: bytes, requester: PeerID) -> set[PeerID]:
-        """Add the k closest peers of our table to ``key`` (never the requester), with
-        addresses, to ``field``; ourselves too when the key is our own peer ID (as js does).
-        Returns the peers added."""
+    def _closer_peers(self, key: bytes, requester: PeerID) -> tuple[list[bytes], set[PeerID]]:
+        """The k closest peers of our table to ``key`` (never the requester), with addresses,
+        as closerPeers entries; ourselves too when the key is our own peer ID (as js does).
+        Returns the entries and the peers they name."""
         named: set[PeerID] = set()
-        if key == self.local.to_bytes() and self._add_peer(field, self.local):
-            named.add(self.local)
+        entries: list[bytes] = []
+        tag = m.CLOSER_PEERS_TAG
+        if key == self.local.to_bytes():
+            entry = self._peer_entry(tag, self.local)
+            if entry is not None:
+                entries.append(entry)
+                named.add(self.local)
         for p in self.routing_table.closest(kad_key(key), self.config.k, exclude=(requester,)):
-            if self._add_peer(field, p):
+            entry = self._peer_entry(tag, p)
+            if entry is not None:
+                entries.append(entry)
                 named.add(p)
-        return named
+        return entries, named
 
     def _get_value_answer(self, peer: PeerID, key: bytes, wall: float) -> kad_pb2.Message:
         resp = m.request(m.GET_VALUE, key)
@@ -357,7 +364,7 @@ class KadBehaviour:
             pk = self._public_key_value(key)
             if pk is not None:
                 resp.record.CopyFrom(m.make_record(key, pk, format_rfc3339(wall)))
-        self._add_closer_peers(resp.closerPeers, key, peer)
+        resp.MergeFromString(b"".join(self._closer_peers(key, peer)[0]))
         return resp
 
     def _public_key_value(self, key: bytes) -> bytes | None:
@@ -416,11 +423,18 @@ class KadBehaviour:
 
     def _get_providers_answer(self, peer: PeerID, key: bytes, wall: float) -> kad_pb2.Message:
         resp = m.request(m.GET_PROVIDERS, key)
+        tag = m.PROVIDER_PEERS_TAG
+        entries: list[bytes] = []
         for prov in self.providers.get_providers(key, wall)[: self.config.max_peers_per_answer]:
-            if not self._add_peer(resp.providerPeers, prov):
-                # a provider whose addresses we no longer know is still named
-                resp.providerPeers.add(id=prov.to_bytes(), connection=kad_pb2.Message.NOT_CONNECTED)
-        self._add_closer_peers(resp.closerPeers, key, peer)
+            entry = self._peer_entry(tag, prov)
+            # a provider whose addresses we no longer know is still named
+            entries.append(
+                entry
+                if entry is not None
+                else m.encode_peer_entry(tag, prov.to_bytes(), [], kad_pb2.Message.NOT_CONNECTED)
+            )
+        entries += self._closer_peers(key, peer)[0]
+        resp.MergeFromString(b"".join(entries))
         return resp
 
     # -- records ------------------------------------------------------------------------------

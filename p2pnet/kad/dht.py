@@ -89,16 +89,13 @@ class _HostPeers:
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        # the host's own methods (asked for every peer of every answer: no call in between)
+        self.addrs: Callable[[PeerID], list[Multiaddr]] = host.peerstore.addrs
+        self.is_connected: Callable[[PeerID], bool] = host.is_connected
 
     def self_addrs(self) -> list[Multiaddr]:
         # What we advertise: never 0.0.0.0, relayed addresses included (host/addresses.py).
         return list(self.host.advertised_addrs)
-
-    def addrs(self, peer: PeerID) -> list[Multiaddr]:
-        return self.host.peerstore.addrs(peer)
-
-    def is_connected(self, peer: PeerID) -> bool:
-        return self.host.is_connected(peer)
 
     def protocols(self, peer: PeerID) -> Collection[str]:
         return self.host.peerstore.get_protocols(peer)
@@ -154,6 +151,8 @@ class KadDHT:
         self._idle_streams: dict[PeerID, list[tuple[Stream, float]]] = {}
         #: The inbound streams' idle deadlines (one timer for all of them).
         self._idle_deadlines = DeadlineQueue(cfg.inbound_idle_timeout)
+        #: The deadlines of our requests under the default ``request_timeout`` (one timer).
+        self._request_deadlines = DeadlineQueue(cfg.request_timeout)
         #: The most recent lookups (their cost), newest last.
         self.lookup_history: deque[LookupStats] = deque(maxlen=1000)
         #: Durations of lookups by kind (find_peer, get_value, ...), for metrics.
@@ -312,7 +311,9 @@ class KadDHT:
         self.behaviour.count("sent " + m.type_name(msg.type))
         data = m.encode(msg)
         resp: kad_pb2.Message | None = None
-        async with asyncio.timeout(timeout or self.config.request_timeout):
+        limit = timeout or self.config.request_timeout
+        queue = self._request_deadlines
+        async with queue.timeout() if limit == queue.delay else asyncio.timeout(limit):
             stream = await self._take_stream(peer)
             if stream is not None:
                 try:

@@ -18,6 +18,7 @@ from p2pnet.errors import CryptoError
 from p2pnet.kad.errors import KadProtocolError
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.wire.pb import kad_pb2
+from p2pnet.wire.varint import encode_uvarint
 
 Message = kad_pb2.Message
 MessageType = kad_pb2.Message.MessageType
@@ -76,6 +77,25 @@ def peer_to_pb(
         addrs=[a.to_bytes() for a in info.addrs],
         connection=connection,  # type: ignore[arg-type]
     )
+
+
+#: Tags (field number << 3 | length-delimited) of a Message's peer lists.
+CLOSER_PEERS_TAG = b"\x42"  # closerPeers = 8
+PROVIDER_PEERS_TAG = b"\x4a"  # providerPeers = 9
+
+
+def encode_peer_entry(tag: bytes, peer_id: bytes, addrs: list[bytes], connection: int) -> bytes:
+    """One ``Peer`` of a Message's peer list ``tag`` as it is on the wire, for
+    ``Message.MergeFromString``: an answer's peers are encoded with a few concatenations and
+    parsed in C, where adding each to the message field by field cost ~2-3x more (answers are
+    most of what a DHT server does). Encoding then parsing gives the message
+    ``peer_to_pb`` would, and so the same bytes."""
+    body = b"\x0a" + encode_uvarint(len(peer_id)) + peer_id
+    for addr in addrs:
+        body += b"\x12" + encode_uvarint(len(addr)) + addr
+    if connection:  # proto3: the default (NOT_CONNECTED) is not sent
+        body += b"\x18" + encode_uvarint(connection)
+    return tag + encode_uvarint(len(body)) + body
 
 
 def peers_from_pb(

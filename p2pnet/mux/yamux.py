@@ -17,14 +17,15 @@ opaque value, for Go Away the error code.
 
 Choices worth knowing:
 
-* Streams are opened and acknowledged with Window Update frames (never empty Data frames); the
-  delta announces how much more than the spec's 256 KiB initial window we accept.
-* Inbound streams are acknowledged by :meth:`YamuxSession.accept_stream`; until then they count as
-  *unacked* and at most ``max_unacked_inbound`` of them may exist: a SYN beyond that, or beyond
-  ``max_streams`` open inbound streams, is answered with RST and the connection lives on. (An
-  adapter with a stream callback, as the host uses, accepts every stream at once and runs its
-  handler, so there only ``max_streams`` bounds them; ``accept_stream()`` users get the unacked
-  bound.)
+* Streams are opened with Window Update frames (never empty Data frames); the delta announces
+  how much more than the spec's 256 KiB initial window we accept.
+* Inbound streams are acknowledged by :meth:`YamuxSession.accept_stream` (a Window Update with
+  ACK, or, ``lazily`` and with the spec's window, the ACK flag of the first frame sent on the
+  stream); until then they count as *unacked* and at most ``max_unacked_inbound`` of them may
+  exist: a SYN beyond that, or beyond ``max_streams`` open inbound streams, is answered with RST
+  and the connection lives on. (The host's adapter accepts every stream at once, lazily: a
+  stream is unacked until the host answered its first multistream proposal, so the unacked
+  bound also bounds streams that never send one.)
 * ``max_streams`` bounds inbound and outbound streams separately.
 * The receive window is given back as the application *consumes* data (``consume``), once at least
   half the window is free, so a reader that stops reading stops the writer. If half a window was
@@ -528,10 +529,17 @@ class YamuxSession:
         )
         return sid
 
-    def accept_stream(self, stream_id: int) -> None:
-        """Acknowledge an inbound stream (a Window Update with ACK announcing our window)."""
+    def accept_stream(self, stream_id: int, *, lazily: bool = False) -> None:
+        """Acknowledge an inbound stream (a Window Update with ACK announcing our window).
+
+        ``lazily``: the ACK rides on the first frame we send on the stream (as rust-libp2p's
+        yamux acknowledges), unless our window is larger than the spec's (then the Window
+        Update announces it now); the stream counts as unacked until then (an adapter that
+        answers every stream as its first bytes arrive: one frame less per stream)."""
         st = self._streams.get(stream_id)
         if st is None or not st.need_ack or self.terminated:
+            return
+        if lazily and st.recv_window == DEFAULT_WINDOW:
             return
         st.need_ack = False
         self._inbound_unacked -= 1

@@ -1057,8 +1057,10 @@ class YamuxConnection:
         if accept is not None:
             if record.is_reset or not self.session.has_stream(sid):
                 return None  # reset in the same batch of frames as its SYN: nothing to serve
-            # push mode: no task unless the acceptor asks for one (spawn_handler)
-            self.session.accept_stream(sid)
+            # push mode: no task unless the acceptor asks for one (spawn_handler); the ACK
+            # goes with the acceptor's first answer (a multistream listener answers the
+            # proposal that follows the SYN at once)
+            self.session.accept_stream(sid, lazily=True)
             try:
                 accept(stream)
             except Exception:

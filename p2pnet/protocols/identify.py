@@ -26,6 +26,7 @@ from p2pnet.host.bus import (
 )
 from p2pnet.host.connection import Connection, Direction
 from p2pnet.host.host import Host
+from p2pnet.host.reply import ReplyReader
 from p2pnet.multistream.core import MultistreamDialer
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.record import make_peer_record
@@ -37,12 +38,11 @@ from p2pnet.protocols.identify_messages import (
     parse_identify,
 )
 from p2pnet.resources.limits import ResourceLimits
-from p2pnet.resources.manager import TokenBucket, stream_scope_of
+from p2pnet.resources.manager import TokenBucket
 from p2pnet.service import Lifecycle
 from p2pnet.stream import ConnectionInfo, Stream
 from p2pnet.waiters import Waiters
 from p2pnet.wire.framing import (
-    FrameDecoder,
     encode_length_prefixed,
     read_length_prefixed,
     write_length_prefixed,
@@ -344,19 +344,18 @@ class _IdentifyRequest:
     ignored (we close our side once it is read). Waiters of ``identify_finished`` are released
     when it ends, whichever way."""
 
-    __slots__ = ("_conn", "_deadline", "_decoder", "_neg", "_service", "_stream")
+    __slots__ = ("_conn", "_deadline", "_neg", "_reader", "_service", "_stream")
 
     def __init__(self, service: IdentifyService, conn: Connection, stream: Stream) -> None:
         self._service = service
         self._conn = conn
         self._stream = stream
-        self._neg: MultistreamDialer | None = MultistreamDialer([PROTOCOL_ID])
-        self._decoder = FrameDecoder(MAX_IDENTIFY_SIZE)
+        self._neg = MultistreamDialer([PROTOCOL_ID])
+        self._reader = ReplyReader(stream, MAX_IDENTIFY_SIZE, self._neg)
         self._deadline: Deadline | None = None
 
     def start(self, deadlines: DeadlineQueue) -> None:
         stream = self._stream
-        assert self._neg is not None
         try:
             if not stream.write_nowait(self._neg.data_to_send()):
                 # (a new stream on a connection whose writes already wait: rare) a task does it
@@ -371,23 +370,8 @@ class _IdentifyRequest:
             self._fail(str(exc))
 
     def data_received(self, data: bytes) -> None:
-        neg = self._neg
         try:
-            if neg is not None:
-                neg.receive_data(data)
-                if not neg.finished:
-                    return
-                self._neg = None
-                self._stream.protocol = PROTOCOL_ID
-                scope = stream_scope_of(self._stream)
-                if scope is not None:
-                    scope.set_protocol(PROTOCOL_ID)
-                data = neg.take_unused()
-                if not data:
-                    return
-            decoder = self._decoder
-            decoder.feed(data)
-            message = decoder.next_frame()
+            message = self._reader.feed(data)
         except P2PError as exc:
             self._fail(str(exc))
             return

@@ -146,6 +146,19 @@ class ResourceManager:
                 MEMORY: lim.transient_memory,
             },
         )
+        # the limits of every connection scope and of every peer scope: one dict each, shared
+        # (read only), rather than one per connection and per peer
+        self._conn_limits = {
+            STREAMS_INBOUND: lim.conn_streams_inbound,
+            STREAMS_OUTBOUND: lim.conn_streams_outbound,
+            MEMORY: lim.conn_memory,
+        }
+        self._peer_limits = {
+            CONNS: lim.peer_conns,
+            STREAMS_INBOUND: lim.peer_streams_inbound,
+            STREAMS_OUTBOUND: lim.peer_streams_outbound,
+            MEMORY: lim.peer_memory,
+        }
         self._peers: dict[PeerID, Scope] = {}
         self._ips: dict[str, Scope] = {}
         self._ip_rates: dict[str, TokenBucket] = {}
@@ -167,17 +180,7 @@ class ResourceManager:
     def peer_scope(self, peer: PeerID) -> Scope:
         scope = self._peers.get(peer)
         if scope is None:
-            lim = self.limits
-            scope = self._peers[peer] = Scope(
-                "peer:",
-                {
-                    CONNS: lim.peer_conns,
-                    STREAMS_INBOUND: lim.peer_streams_inbound,
-                    STREAMS_OUTBOUND: lim.peer_streams_outbound,
-                    MEMORY: lim.peer_memory,
-                },
-                of=peer,
-            )
+            scope = self._peers[peer] = Scope("peer:", self._peer_limits, of=peer)
             scope.forget = lambda: self._peers.pop(peer, None)
         return scope
 
@@ -195,11 +198,12 @@ class ResourceManager:
         return scope
 
     def _protocol_scopes(self, protocol: str, peer: PeerID | None) -> list[Scope]:
-        plim = self.limits.protocol(protocol)
+        # (the limits are looked up only for a scope being made: most streams find theirs)
         scope = self._protocols.get(protocol)
         if scope is None:
             scope = self._protocols[protocol] = Scope(
-                f"protocol:{protocol}", {STREAMS_INBOUND: plim.streams_inbound}
+                f"protocol:{protocol}",
+                {STREAMS_INBOUND: self.limits.protocol(protocol).streams_inbound},
             )
             scope.forget = lambda: self._protocols.pop(protocol, None)
         if peer is None:
@@ -208,7 +212,8 @@ class ResourceManager:
         per_peer = self._protocol_peers.get(key)
         if per_peer is None:
             per_peer = self._protocol_peers[key] = Scope(
-                f"protocol:{protocol}@peer", {STREAMS_INBOUND: plim.streams_inbound_per_peer}
+                f"protocol:{protocol}@peer",
+                {STREAMS_INBOUND: self.limits.protocol(protocol).streams_inbound_per_peer},
             )
             per_peer.forget = lambda: self._protocol_peers.pop(key, None)
         return [per_peer, scope]
@@ -447,14 +452,7 @@ class ConnectionScope:
         #: The manager evicted it to make room for a newer connection.
         self.evicted = False
         lim = manager.limits
-        self.scope = Scope(
-            "conn",
-            {
-                STREAMS_INBOUND: lim.conn_streams_inbound,
-                STREAMS_OUTBOUND: lim.conn_streams_outbound,
-                MEMORY: lim.conn_memory,
-            },
-        )
+        self.scope = Scope("conn", manager._conn_limits)
         self.peer: PeerID | None = None
         self._peer_scope: Scope | None = None
         self.ip = ip

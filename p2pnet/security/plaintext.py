@@ -27,6 +27,8 @@ MAX_EXCHANGE_SIZE = 16 * 1024
 class PlaintextConnection:
     """Passes bytes through unchanged; carries the identities both sides claimed."""
 
+    __slots__ = ("local_peer", "raw", "remote_peer", "remote_public_key")
+
     def __init__(
         self, raw: ReadWriter, *, local_peer: PeerID, remote_peer: PeerID, remote_key: PublicKey
     ) -> None:
