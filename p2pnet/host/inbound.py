@@ -49,9 +49,9 @@ class InboundNegotiation:
 
     def start(self, deadlines: DeadlineQueue) -> None:
         """Take the stream's bytes from now on. Our header goes out with our first answer
-        (the core queued it), as go-multistream's listener sends it (buffered until its
-        answer): one frame less per stream, and a dialer never waits for our header (every
-        dialer sends its own header with its first proposal, or ``ls``)."""
+        (the core queued it): one frame less per stream. go-multistream's listener writes its
+        header at once instead, but no dialer waits for it: go's, js's and rust's dialers send
+        their header together with their first proposal (or ``ls``)."""
         # (the deadline first: bytes buffered already may end the negotiation in set_consumer)
         self._deadline = deadlines.add(self._timed_out)
         try:
