@@ -587,26 +587,15 @@ class PeerScore:
         if found is None:
             return
         stats, ts, tp = found
-        first_cap = tp.first_message_deliveries_cap
-        mesh_cap = tp.mesh_message_deliveries_cap
-        bumps = 0
+        cap = tp.first_message_deliveries_cap
         for _ in range(count):
-            first = ts.first_deliveries + 1
-            if first > first_cap:
-                first = first_cap
+            first = min(ts.first_deliveries + 1, cap)
             if first != ts.first_deliveries:
                 ts.first_deliveries = first
                 if tp.first_message_deliveries_weight != 0:
-                    bumps += 1
+                    stats.version += 1
             if ts.in_mesh:
-                mesh = ts.mesh_deliveries + 1
-                if mesh > mesh_cap:
-                    mesh = mesh_cap
-                if mesh != ts.mesh_deliveries:
-                    ts.mesh_deliveries = mesh
-                    if tp.mesh_message_deliveries_weight != 0:
-                        bumps += 1
-        stats.version += bumps
+                self._add_mesh_delivery(stats, ts, tp)
 
     @staticmethod
     def _add_mesh_delivery(stats: _PeerStats, ts: _TopicStats, tp: TopicScoreParams) -> None:
