@@ -1208,10 +1208,9 @@ class GossipsubRouter:
         origin: bytes | None,
         piece: bytes | None,
     ) -> None:
-        """:meth:`_accept` of a message that had no validator, from ``p`` (its first sender),
-        with :meth:`_forward` inlined for the usual case (the mesh only): this runs for every
-        message a node relays. ``origin``: the author's peer ID bytes (None when unsigned);
-        ``piece``: ``data`` as a publish field, if at hand (else made here)."""
+        """:meth:`_accept` of a message that had no validator, from ``p`` (its first sender):
+        this runs for every message a node relays. ``origin``: the author's peer ID bytes (None
+        when unsigned); ``piece``: ``data`` as a publish field, if at hand."""
         self.mcache.put(msg_id, topic, data)
         self.score.deliver_new_by_key(p.key, msg_id, topic, self.now)
         stats = self.stats
@@ -1224,32 +1223,8 @@ class GossipsubRouter:
         self._events.append(_deliver(message))  # (topic is subscribed: tested on reception)
         if self.direct or self.floodsub_peers:
             self._forward(msg_id, topic, data, p.id, message.from_peer)
-            return
-        mesh = self.mesh.get(topic)
-        if not mesh or not self.topics.get(topic):
-            return
-        skip = p.key
-        # (no local "piece = None": the caller may have given it)
-        dirty = self._dirty
-        sent = 0
-        for q in self._mesh_order(topic, mesh):
-            key = q.key
-            if key == skip or key == origin or msg_id in q.dont_send:
-                continue
-            sent += 1
-            if piece is None:  # publish_piece, inlined: one encoding for every peer
-                n = len(data)
-                if 0x80 <= n < 0x4000:  # the usual size: a two-byte length
-                    piece = bytes((0x12, (n & 0x7F) | 0x80, n >> 7)) + data
-                else:
-                    piece = publish_piece(data)
-            msgs = q.outbox.msgs  # _queue_piece, inlined: this runs for every message and peer
-            if msg_id not in msgs:
-                msgs[msg_id] = piece
-                if len(msgs) == 1:
-                    dirty[q] = None
-        if sent:
-            stats["msg_forwarded"] = stats.get("msg_forwarded", 0) + sent
+        elif self.topics.get(topic):
+            self._forward_to_mesh(msg_id, topic, data, p.key, origin, piece)
 
     def _forward(
         self, msg_id: bytes, topic: str, data: bytes, source: PeerID, origin: PeerID | None
@@ -1260,13 +1235,25 @@ class GossipsubRouter:
         if self.direct or self.floodsub_peers:
             self._forward_to_all(msg_id, topic, data, source, origin, tmap)
             return
+        skip_origin = None if origin is None else origin.to_bytes()
+        self._forward_to_mesh(msg_id, topic, data, source.to_bytes(), skip_origin)
+
+    def _forward_to_mesh(
+        self,
+        msg_id: bytes,
+        topic: str,
+        data: bytes,
+        skip: bytes,
+        skip_origin: bytes | None,
+        piece: bytes | None = None,
+    ) -> None:
+        """The usual forwarding: to the topic's mesh (in the order of a sorted list kept while
+        it holds) but the peers whose ID bytes are ``skip`` (the source) and ``skip_origin``
+        (the author) and those who said IDONTWANT. ``piece``: ``data`` as a publish field, if
+        at hand (else made once for every peer)."""
         mesh = self.mesh.get(topic)
         if not mesh:
             return
-        # the usual case: the mesh only, in the order of a sorted list kept while it holds
-        skip = source.to_bytes()
-        skip_origin = None if origin is None else origin.to_bytes()
-        piece: bytes | None = None
         dirty = self._dirty
         sent = 0
         for p in self._mesh_order(topic, mesh):
@@ -1275,7 +1262,7 @@ class GossipsubRouter:
                 continue
             sent += 1
             if piece is None:
-                piece = publish_piece(data)  # one encoding for every peer it goes to
+                piece = publish_piece(data)
             msgs = p.outbox.msgs  # _queue_piece, inlined: this runs for every message and peer
             if msg_id not in msgs:
                 msgs[msg_id] = piece
