@@ -565,23 +565,13 @@ class Pubsub:
         to_validate = self._to_validate
         budget = _VALIDATIONS_PER_TURN
         subs_of = self._subs
-        # subscriptions given a message in this pump: their event is set (waking the
-        # consumer) at the first one, as Subscription._push would; later ones skip the call
-        woken: set[Subscription] = set()
         for _ in range(1000):
             events = router.take_events()
             for ev in events:
                 if type(ev) is DeliverMessage:
                     msg = ev.message
                     for sub in subs_of.get(msg.topic, ()):
-                        items = sub._items  # Subscription._push, inlined
-                        if len(items) < sub._maxsize and not sub._ended:
-                            items.append(msg)
-                            if sub not in woken:
-                                woken.add(sub)
-                                sub._event.set()
-                        else:
-                            sub._push(msg)
+                        sub._push(msg)
                 elif isinstance(ev, ValidateMessage):
                     to_validate.append(ev.message)
                 elif isinstance(ev, ConnectPeer):
