@@ -37,6 +37,7 @@ from p2pnet.kad import messages as m
 from p2pnet.kad.config import KadConfig
 from p2pnet.kad.errors import InvalidRecord, KadProtocolError
 from p2pnet.kad.messages import PeerInfo
+from p2pnet.kad.peer_entries import PeerEntries
 from p2pnet.kad.providers import ProviderStore
 from p2pnet.kad.quota import StoreQuota
 from p2pnet.kad.records import (
@@ -64,6 +65,10 @@ class PeerView(Protocol):
     def self_addrs(self) -> list[Multiaddr]: ...
 
     def addrs(self, peer: PeerID) -> list[Multiaddr]: ...
+
+    def addr_bytes(self, peer: PeerID) -> tuple[bytes, ...]:
+        """:meth:`addrs` as binary multiaddrs."""
+        ...
 
     def is_connected(self, peer: PeerID) -> bool: ...
 
@@ -134,6 +139,7 @@ class KadBehaviour:
         self.provider_quota = StoreQuota(config.max_provider_entries_per_peer)
         self.mode = config.mode
         self.routing_table = RoutingTable(local, config.k, max_failures=config.max_failures)
+        self._entries = PeerEntries(config.max_addrs_per_peer)
         #: Requests sent/received by type name, failures, bad messages.
         self.counters: dict[str, int] = {}
         self._provided: dict[bytes, float] = {}  # keys we provide -> wall time last announced
@@ -305,25 +311,25 @@ class KadBehaviour:
     def _peer_entry(self, tag: bytes, peer: PeerID) -> bytes | None:
         """``peer`` with its addresses as an entry of an answer's peer list ``tag``
         (:func:`~p2pnet.kad.messages.encode_peer_entry`); None when no address is known."""
-        peers = self.peers
         if peer == self.local:
-            addrs = peers.self_addrs()
-            conn = kad_pb2.Message.CONNECTED
-        else:
-            addrs = peers.addrs(peer)
-            if not addrs:
-                return None
-            conn = (
-                kad_pb2.Message.CONNECTED
-                if peers.is_connected(peer)
-                else kad_pb2.Message.NOT_CONNECTED
+            return m.encode_peer_entry(
+                tag,
+                peer.to_bytes(),
+                [a.to_bytes() for a in self.peers.self_addrs()[: self.config.max_addrs_per_peer]],
+                kad_pb2.Message.CONNECTED,
             )
-        return m.encode_peer_entry(
-            tag,
-            peer.to_bytes(),
-            [a.to_bytes() for a in addrs[: self.config.max_addrs_per_peer]],
-            conn,
+        return self._remote_entry(tag, peer)
+
+    def _remote_entry(self, tag: bytes, peer: PeerID) -> bytes | None:
+        """:meth:`_peer_entry` of another peer than ourselves (cached: :class:`PeerEntries`)."""
+        peers = self.peers
+        addrs = peers.addr_bytes(peer)
+        if not addrs:
+            return None
+        conn = (
+            kad_pb2.Message.CONNECTED if peers.is_connected(peer) else kad_pb2.Message.NOT_CONNECTED
         )
+        return tag + self._entries.encoded(peer, addrs, conn)
 
     def _known_target(self, key: bytes, requester: PeerID) -> PeerID | None:
         """FIND_NODE for a peer we know an address of (say a connected client, which is in no
@@ -349,7 +355,7 @@ class KadBehaviour:
                 entries.append(entry)
                 named.add(self.local)
         for p in self.routing_table.closest(kad_key(key), self.config.k, exclude=(requester,)):
-            entry = self._peer_entry(tag, p)
+            entry = self._remote_entry(tag, p)  # (never ourselves: not in our table)
             if entry is not None:
                 entries.append(entry)
                 named.add(p)

@@ -8,7 +8,7 @@ are skipped (and counted), a message that does not decode raises :class:`KadProt
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -84,18 +84,23 @@ CLOSER_PEERS_TAG = b"\x42"  # closerPeers = 8
 PROVIDER_PEERS_TAG = b"\x4a"  # providerPeers = 9
 
 
-def encode_peer_entry(tag: bytes, peer_id: bytes, addrs: list[bytes], connection: int) -> bytes:
+def encode_peer_entry(tag: bytes, peer_id: bytes, addrs: Sequence[bytes], connection: int) -> bytes:
     """One ``Peer`` of a Message's peer list ``tag`` as it is on the wire, for
     ``Message.MergeFromString``: an answer's peers are encoded with a few concatenations and
     parsed in C, where adding each to the message field by field cost ~2-3x more (answers are
     most of what a DHT server does). Encoding then parsing gives the message
     ``peer_to_pb`` would, and so the same bytes."""
+    return tag + encode_peer(peer_id, addrs, connection)
+
+
+def encode_peer(peer_id: bytes, addrs: Sequence[bytes], connection: int) -> bytes:
+    """:func:`encode_peer_entry` without the list's tag: the length-prefixed ``Peer``."""
     body = b"\x0a" + encode_uvarint(len(peer_id)) + peer_id
     for addr in addrs:
         body += b"\x12" + encode_uvarint(len(addr)) + addr
     if connection:  # proto3: the default (NOT_CONNECTED) is not sent
         body += b"\x18" + encode_uvarint(connection)
-    return tag + encode_uvarint(len(body)) + body
+    return encode_uvarint(len(body)) + body
 
 
 def peers_from_pb(
