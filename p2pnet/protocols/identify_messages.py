@@ -20,7 +20,7 @@ from p2pnet.errors import CryptoError, ProtocolError
 from p2pnet.host.addresses import is_unspecified
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, PeerStore
-from p2pnet.peer.record import SIGNED_PEER_RECORD, InvalidPeerRecord, verify_peer_record
+from p2pnet.peer.record import SIGNED_PEER_RECORD, InvalidPeerRecord, check_peer_record
 from p2pnet.wire.pb import identify_pb2
 
 log = logging.getLogger("p2pnet.identify")
@@ -161,7 +161,7 @@ def parse_identify(
         info.protocol_version = msg.protocolVersion
     if msg.HasField("signedPeerRecord"):
         try:
-            verify_peer_record(msg.signedPeerRecord, peer, expected_key=signing_key)
+            check_peer_record(msg.signedPeerRecord, peer, expected_key=signing_key)
         except InvalidPeerRecord as exc:
             log.info("identify from %s carries an invalid peer record: %s", peer, exc)
         else:
