@@ -150,6 +150,7 @@ def test_answers_peer_lists_are_the_bytes_protobuf_makes() -> None:
         (b"key", closest(b"key")),
         (peer(0).to_bytes(), [peer(0), *closest(peer(0).to_bytes())]),  # ourselves first
         (peer(50).to_bytes(), [*closest(peer(50).to_bytes()), peer(50)]),  # a known target
+        (peer(2).to_bytes(), closest(peer(2).to_bytes())),  # a target in the table: once
     ]:
         resp = server.handle_request(peer(1), m.find_node(key), WALL)
         assert resp is not None

@@ -286,9 +286,10 @@ class KadBehaviour:
         key = bytes(msg.key)
         if t == m.FIND_NODE:
             resp = m.request(m.FIND_NODE, key)
-            entries, named = self._closer_peers(key, peer)
+            entries = self._closer_peers(key, peer)
             target = self._known_target(key, peer)
-            if target is not None and target not in named:
+            # (a target in our table is named already: at distance 0, it is the closest)
+            if target is not None and target not in self.routing_table:
                 entry = self._peer_entry(m.CLOSER_PEERS_TAG, target)
                 if entry is not None:
                     entries.append(entry)
@@ -342,24 +343,20 @@ class KadBehaviour:
             return None
         return target
 
-    def _closer_peers(self, key: bytes, requester: PeerID) -> tuple[list[bytes], set[PeerID]]:
+    def _closer_peers(self, key: bytes, requester: PeerID) -> list[bytes]:
         """The k closest peers of our table to ``key`` (never the requester), with addresses,
-        as closerPeers entries; ourselves too when the key is our own peer ID (as js does).
-        Returns the entries and the peers they name."""
-        named: set[PeerID] = set()
+        as closerPeers entries; ourselves too when the key is our own peer ID (as js does)."""
         entries: list[bytes] = []
         tag = m.CLOSER_PEERS_TAG
         if key == self.local.to_bytes():
             entry = self._peer_entry(tag, self.local)
             if entry is not None:
                 entries.append(entry)
-                named.add(self.local)
         for p in self.routing_table.closest(kad_key(key), self.config.k, exclude=(requester,)):
             entry = self._remote_entry(tag, p)  # (never ourselves: not in our table)
             if entry is not None:
                 entries.append(entry)
-                named.add(p)
-        return entries, named
+        return entries
 
     def _get_value_answer(self, peer: PeerID, key: bytes, wall: float) -> kad_pb2.Message:
         resp = m.request(m.GET_VALUE, key)
@@ -370,7 +367,7 @@ class KadBehaviour:
             pk = self._public_key_value(key)
             if pk is not None:
                 resp.record.CopyFrom(m.make_record(key, pk, format_rfc3339(wall)))
-        resp.MergeFromString(b"".join(self._closer_peers(key, peer)[0]))
+        resp.MergeFromString(b"".join(self._closer_peers(key, peer)))
         return resp
 
     def _public_key_value(self, key: bytes) -> bytes | None:
@@ -439,7 +436,7 @@ class KadBehaviour:
                 if entry is not None
                 else m.encode_peer_entry(tag, prov.to_bytes(), [], kad_pb2.Message.NOT_CONNECTED)
             )
-        entries += self._closer_peers(key, peer)[0]
+        entries += self._closer_peers(key, peer)
         resp.MergeFromString(b"".join(entries))
         return resp
 
