@@ -728,12 +728,14 @@ class GossipsubRouter:
             for _ in frames:
                 self._count("rpc_unknown_peer")
             return
-        direct = bool(self.direct) and peer in self.direct
+        # accept_from, per frame: a frame can lower the peer's score. Not asked again after a
+        # frame whose message was only gathered into the batch: that touched no score (the
+        # batch is taken later, and deliveries only raise it) and ``now`` is the same
+        direct = passed = bool(self.direct) and peer in self.direct
         at_least, graylist = self.score.at_least, self.thresholds.graylist_threshold
         batch = _NewMessages() if self._batching() else None
         for data in frames:
-            # accept_from, per frame: a frame can lower the peer's score
-            if not (direct or at_least(peer, graylist, now, p.key)) and self._refuses(
+            if not (passed or at_least(peer, graylist, now, p.key)) and self._refuses(
                 p, batch, now
             ):
                 continue
@@ -741,8 +743,9 @@ class GossipsubRouter:
             if lone is None:
                 self._take_batch(p, batch, now)
                 self._handle_frame(p, data, now)
+                passed = direct
             else:
-                self._handle_lone_message(p, lone[0], lone[1], batch, now)
+                passed = self._handle_lone_message(p, lone[0], lone[1], batch, now) or direct
         self._take_batch(p, batch, now)
 
     def _batching(self) -> bool:
@@ -773,9 +776,10 @@ class GossipsubRouter:
         piece: bytes | None,
         batch: _NewMessages | None,
         now: float,
-    ) -> None:
+    ) -> bool:
         """A frame that is one message ``raw`` and nothing else (``piece``: the frame, if it is
-        the publish field as :func:`rpc_wire.publish_piece` makes it)."""
+        the publish field as :func:`rpc_wire.publish_piece` makes it). True if the message was
+        only gathered into ``batch`` (no score touched yet)."""
         stats = self.stats
         msg_id = self.mcache.lookup_bytes(raw)
         if msg_id is not None:  # a cached message's bytes: most often a duplicate
@@ -783,7 +787,7 @@ class GossipsubRouter:
             stats["rpc_received"] = stats.get("rpc_received", 0) + 1
             if self._handle_cached(p, raw, msg_id, now):
                 stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
-            return
+            return False
         parsed = parse_message(raw)
         if parsed is None:  # not in canonical form: decoded
             self._take_batch(p, batch, now)
@@ -794,12 +798,15 @@ class GossipsubRouter:
                 raise InvalidRPC(f"undecodable RPC from {p.id}: {exc}") from None
             stats["rpc_received"] = stats.get("rpc_received", 0) + 1
             self._handle_message(p, raw, message_fields(decoded, raw), decoded)
-            return
+            return False
         stats["rpc_received"] = stats.get("rpc_received", 0) + 1
-        if batch is not None and self._batched(p, raw, piece, parsed, batch, now):
-            return
+        if batch is not None:
+            gathered = self._batched(p, raw, piece, parsed, batch, now)
+            if gathered is not None:
+                return gathered
         self._take_batch(p, batch, now)
         self._handle_message(p, raw, parsed, None, piece)
+        return False
 
     def _batched(
         self,
@@ -809,10 +816,11 @@ class GossipsubRouter:
         parsed: ParsedMessage,
         batch: _NewMessages,
         now: float,
-    ) -> bool:
+    ) -> bool | None:
         """Gather a message into ``batch`` if it is new and can be taken with the others (see
-        :meth:`_take_batch`), its signature checked now; True if it was gathered, or refused
-        for a bad signature (as :meth:`_handle_message` refuses it, after the batch)."""
+        :meth:`_take_batch`), its signature checked now: True if it was gathered, False if it
+        was refused for a bad signature (as :meth:`_handle_message` refuses it, after the
+        batch), None if it is not for the batch."""
         from_, body, seqno, topic, signature, key, signed = parsed
         if (
             from_ is None
@@ -823,7 +831,7 @@ class GossipsubRouter:
             or from_ == self._local_key
             or (batch.items and topic != batch.topic)
         ):
-            return False
+            return None
         msg_id = from_ + seqno
         if (
             msg_id in self.seen.keys
@@ -832,7 +840,7 @@ class GossipsubRouter:
             or msg_id in self.mcache.holds
             or msg_id in self.score.recorded
         ):
-            return False
+            return None
         try:
             author = self.verifier.verify_fields(from_, seqno, signature, key, signed, None)
         except InvalidMessage as exc:
@@ -841,7 +849,7 @@ class GossipsubRouter:
             self.score.reject_message(p.id, None, topic, now)
             self._count("msg_invalid")
             self._count_topic(topic, "invalid")
-            return True
+            return False
         batch.items.append((msg_id, raw, piece or publish_piece(raw), parsed, author))
         batch.ids.add(msg_id)
         batch.topic = topic
