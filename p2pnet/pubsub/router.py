@@ -304,6 +304,9 @@ class GossipsubRouter:
         #: new messages of a read taken together (:meth:`handle_rpcs`); off: one at a time,
         #: the reference the batch is tested against
         self.batch_first_deliveries = True
+        #: the batch of :meth:`handle_rpcs`, one per router (empty between calls: each read's
+        #: batch is taken before it returns), not three objects per read
+        self._new_messages = _NewMessages()
         self.heartbeat_ticks = 0
         self.now = 0.0
         #: the peers with something queued, in the order they were given it (by _Peer object:
@@ -733,20 +736,26 @@ class GossipsubRouter:
         # batch is taken later, and deliveries only raise it) and ``now`` is the same
         direct = passed = bool(self.direct) and peer in self.direct
         at_least, graylist = self.score.at_least, self.thresholds.graylist_threshold
-        batch = _NewMessages() if self._batching() else None
-        for data in frames:
-            if not (passed or at_least(peer, graylist, now, p.key)) and self._refuses(
-                p, batch, now
-            ):
-                continue
-            lone = lone_message(data)
-            if lone is None:
-                self._take_batch(p, batch, now)
-                self._handle_frame(p, data, now)
-                passed = direct
-            else:
-                passed = self._handle_lone_message(p, lone[0], lone[1], batch, now) or direct
-        self._take_batch(p, batch, now)
+        batch = self._new_messages if self._batching() else None
+        try:
+            for data in frames:
+                if not (passed or at_least(peer, graylist, now, p.key)) and self._refuses(
+                    p, batch, now
+                ):
+                    continue
+                lone = lone_message(data)
+                if lone is None:
+                    self._take_batch(p, batch, now)
+                    self._handle_frame(p, data, now)
+                    passed = direct
+                else:
+                    passed = self._handle_lone_message(p, lone[0], lone[1], batch, now) or direct
+            self._take_batch(p, batch, now)
+        except BaseException:
+            if batch is not None:  # (an undecodable frame took it first) not for the next read
+                batch.items.clear()
+                batch.ids.clear()
+            raise
 
     def _batching(self) -> bool:
         """Whether new messages can be taken together (:meth:`_take_batch` does not forward to
@@ -783,7 +792,8 @@ class GossipsubRouter:
         stats = self.stats
         msg_id = self.mcache.lookup_bytes(raw)
         if msg_id is not None:  # a cached message's bytes: most often a duplicate
-            self._take_batch(p, batch, now)
+            if batch is not None and batch.items:  # (most reads hold no batch to take)
+                self._take_batch(p, batch, now)
             stats["rpc_received"] = stats.get("rpc_received", 0) + 1
             if self._handle_cached(p, raw, msg_id, now):
                 stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
@@ -865,7 +875,8 @@ class GossipsubRouter:
         if pending is None or not pending.items:
             return
         batch, topic = pending.items, pending.topic
-        pending.items, pending.ids = [], set()
+        pending.items = []
+        pending.ids.clear()
         assert topic is not None
         ids = [b[0] for b in batch]
         n = len(ids)
