@@ -750,7 +750,8 @@ class GossipsubRouter:
                     passed = direct
                 else:
                     passed = self._handle_lone_message(p, lone[0], lone[1], batch, now) or direct
-            self._take_batch(p, batch, now)
+            if batch is not None and batch.items:  # (a read of one duplicate has none)
+                self._take_batch(p, batch, now)
         except BaseException:
             if batch is not None:  # (an undecodable frame took it first) not for the next read
                 batch.items.clear()
@@ -883,11 +884,12 @@ class GossipsubRouter:
         seen = self.seen
         seen.insert_new(ids, now + seen.ttl)
         tracer = self.tracer
+        if tracer.promised:
+            for msg_id in ids:
+                tracer.fulfil(msg_id)
         events = self._events
         source = p.id
         for msg_id, _, _, fields, author in batch:
-            if tracer.promised:
-                tracer.fulfil(msg_id)
             _, data, seqno, _, signature, key, _ = fields
             events.append(
                 _deliver(
