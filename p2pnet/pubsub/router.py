@@ -924,6 +924,7 @@ class GossipsubRouter:
         # mark them (by their first message, then mesh order): frames leave in the same order
         skip = p.key
         origins = [None if b[4] is None else b[3][0] for b in batch]
+        authors = set(origins)  # (most batches have one author: membership without a scan)
         pieces = [b[2] for b in batch]
         marks: list[tuple[int, int, _Peer]] = []
         sent = 0
@@ -934,7 +935,7 @@ class GossipsubRouter:
             dont_send = q.dont_send
             msgs = q.outbox.msgs
             empty = not msgs
-            if dont_send or key in origins:
+            if dont_send or key in authors:
                 first = -1
                 count = 0
                 for i in range(n):
