@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python bench/relay.py                          # p2pnet and js-libp2p in the middle
     .venv/bin/python bench/relay.py --middles p2pnet --peers 8 --messages 3000
     .venv/bin/python bench/relay.py --uvloop                 # the p2pnet middle on uvloop
+    .venv/bin/python bench/relay.py --middles p2pnet --messages 300 --callgrind
 
 Every peer (``--role load``, a p2pnet host in its own process) connects to the middle node only,
 subscribes to the topic and GRAFTs it, so the middle's mesh holds all K peers. Then:
@@ -26,6 +27,15 @@ One Ed25519 verification (p2pnet's ``PublicKey.verify`` on a message of the same
 what the middle calls) is timed in this process before each middle, so the CPU per message can be
 read against it. The peers are the same p2pnet program for every middle. All processes share the
 machine's cores: msgs/s depends on what else runs; CPU per message is the steadier figure.
+
+``--callgrind`` (p2pnet middle only): the middle runs under ``valgrind --tool=callgrind``, its
+counters zeroed just before the saturation phase and dumped once it ends (``callgrind_control``),
+and the instructions it executed per relayed message are printed: the whole data path (socket
+reads, Noise, yamux, framing, the router, the signature checks, delivery, frames to the 7 other
+peers, the event loop), a figure that does not depend on what else runs on the machine. The middle
+is ~50x slower there, so its reads are always full: compare versions at the same ``--messages``.
+One signature check is ~685k instructions (``bench/relay_router.py --verify real`` minus
+``--verify stub``); the rates and times printed with it mean nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import os
 import statistics
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,8 +293,16 @@ class Child:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def start(cls, *args: str, python: str = sys.executable, script: Path = SCRIPT) -> Child:
+    async def start(
+        cls,
+        *args: str,
+        python: str = sys.executable,
+        script: Path = SCRIPT,
+        prefix: tuple[str, ...] = (),
+        ready_timeout: float = 30,
+    ) -> Child:
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             python,
             str(script),
             *args,
@@ -292,7 +311,7 @@ class Child:
             limit=1 << 24,
         )
         child = cls(proc)
-        child.ready = await asyncio.wait_for(child._line(), 30)
+        child.ready = await asyncio.wait_for(child._line(), ready_timeout)
         return child
 
     @property
@@ -334,9 +353,48 @@ class Middle:
     def __init__(self, name: str, pid: int, addr: str, stats: Any, stop: Any) -> None:
         self.name, self.pid, self.addr = name, pid, addr
         self.stats, self.stop = stats, stop
+        #: where callgrind dumps the middle's counters (``--callgrind``), else None
+        self.callgrind_out: Path | None = None
 
 
-async def start_middle(kind: str, uvloop: bool, pylibp2p_python: str) -> Middle:
+class Callgrind:
+    """The middle's instruction counters under callgrind: zeroed, then dumped and read."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def prefix(self) -> tuple[str, ...]:
+        return (
+            "valgrind",
+            "--tool=callgrind",
+            "--compress-strings=no",  # each dump readable alone (callgrind_annotate)
+            f"--callgrind-out-file={self.out_dir}/middle.%p",
+        )
+
+    async def _control(self, pid: int, option: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "callgrind_control", option, str(pid), stdout=asyncio.subprocess.DEVNULL
+        )
+        if await proc.wait() != 0:
+            raise RuntimeError(f"callgrind_control {option} {pid} failed")
+
+    async def zero(self, pid: int) -> None:
+        await self._control(pid, "-z")
+
+    async def dump(self, pid: int) -> int:
+        """Dump the counters (since :meth:`zero`) and return the instructions counted."""
+        await self._control(pid, "-d")
+        # the first dump of process pid; callgrind_control returns once it is written
+        path = self.out_dir / f"middle.{pid}.1"
+        for line in path.read_text().splitlines():
+            if line.startswith(("totals:", "summary:")):
+                return int(line.split()[1])
+        raise RuntimeError(f"no totals in {path}")
+
+
+async def start_middle(
+    kind: str, uvloop: bool, pylibp2p_python: str, callgrind: Callgrind | None = None
+) -> Middle:
     if kind == "py-libp2p":
         child = await Child.start(
             python=pylibp2p_python, script=ROOT / "bench" / "pylibp2p_relay.py"
@@ -349,7 +407,13 @@ async def start_middle(kind: str, uvloop: bool, pylibp2p_python: str) -> Middle:
             child.stop,
         )
     if kind == "p2pnet":
-        child = await Child.start("--role", "middle", *(["--uvloop"] if uvloop else []))
+        child = await Child.start(
+            "--role",
+            "middle",
+            *(["--uvloop"] if uvloop else []),
+            prefix=callgrind.prefix() if callgrind else (),
+            ready_timeout=300 if callgrind else 30,
+        )
         return Middle(
             "p2pnet" + (" (uvloop)" if uvloop else ""),
             child.pid,
@@ -412,6 +476,8 @@ class Result:
     middle: str
     mesh: int
     verify_us: float
+    #: instructions of the middle per relayed message, under ``--callgrind``
+    instructions: float = 0.0
     msgs_per_s: float = 0.0
     cpu_us: float = 0.0
     delivery: float = 0.0
@@ -425,7 +491,11 @@ class Result:
 
 async def run_one(kind: str, args: argparse.Namespace) -> Result:
     k = args.peers
-    middle = await start_middle(kind, args.uvloop, args.pylibp2p_python)
+    callgrind = None
+    if args.callgrind and kind == "p2pnet":
+        out_dir = Path(tempfile.mkdtemp(prefix="relay-callgrind-"))
+        callgrind = Callgrind(out_dir)
+    middle = await start_middle(kind, args.uvloop, args.pylibp2p_python, callgrind)
     loads: list[Child] = []
     try:
         starts = (Child.start("--role", "load", "--index", str(i)) for i in range(k))
@@ -443,6 +513,10 @@ async def run_one(kind: str, args: argparse.Namespace) -> Result:
 
         # 1. saturation
         expected = args.messages * k * (k - 1)
+        idle_timeout = args.idle_timeout
+        if callgrind is not None:
+            await callgrind.zero(middle.pid)
+            idle_timeout = max(idle_timeout, 120.0)  # a middle under valgrind can stall that long
         cpu0 = cpu_seconds(middle.pid)
         blasts = [asyncio.create_task(c.command("blast", timeout=600)) for c in loads]
         total, last_change, cpu_at_last = -1, time.monotonic(), cpu0
@@ -453,7 +527,7 @@ async def run_one(kind: str, args: argparse.Namespace) -> Result:
             if now_total != total:
                 total, last_change = now_total, time.monotonic()
                 cpu_at_last = cpu_seconds(middle.pid)
-            if total >= expected or time.monotonic() - last_change > args.idle_timeout:
+            if total >= expected or time.monotonic() - last_change > idle_timeout:
                 break
         started = min(r["started"] for r in await asyncio.gather(*blasts))
         last = max(s["last"] for s in stats)
@@ -461,6 +535,15 @@ async def run_one(kind: str, args: argparse.Namespace) -> Result:
         result.msgs_per_s = relayed / max(1e-9, last - started)
         result.cpu_us = (cpu_at_last - cpu0) / max(1.0, relayed) * 1e6
         result.delivery = total / expected
+        if callgrind is not None:
+            if total < expected:
+                raise RuntimeError(f"under callgrind only {total} of {expected} receptions")
+            result.instructions = await callgrind.dump(middle.pid) / max(1.0, relayed)
+            print(
+                f"  callgrind: {result.instructions:,.0f} instructions per relayed message "
+                f"({callgrind.out_dir})",
+                file=sys.stderr,
+            )
         print(
             f"  saturation: {relayed:,.0f} relayed in {last - started:.2f} s, "
             f"delivery {result.delivery:.2%}",
@@ -535,6 +618,9 @@ async def coordinate(args: argparse.Namespace) -> int:
             f"{r.paced_cpu_us:.1f} | "
             f"{r.p50_ms:.1f} / {r.p99_ms:.1f} | {r.paced_delivery:.2%} |"
         )
+    for r in results:
+        if r.instructions:
+            print(f"\n{r.middle} under callgrind: {r.instructions:,.0f} instructions per message")
     by_name = {r.middle.split(" ")[0]: r for r in results if not r.note}
     if "p2pnet" in by_name and "js-libp2p" in by_name:
         p, j = by_name["p2pnet"], by_name["js-libp2p"]
@@ -566,6 +652,11 @@ def main() -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
     parser.add_argument("--uvloop", action="store_true", help="run the p2pnet middle on uvloop")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count the p2pnet middle's instructions per relayed message (valgrind)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.peers < 2:

@@ -14,6 +14,12 @@ instructions per message, which do not depend on what else runs on the machine::
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         .venv/bin/python bench/relay_router.py --verify stub --messages 160   # then 480
 
+``--duplicates``: the path of a node in a big network instead, where a read holds one frame and
+most receptions are duplicates: each message comes from one peer, then from the 7 others, one
+frame per ``handle_rpcs`` call, and the outgoing frames are taken after each message. Printed per
+reception (1 first + 7 duplicates); for instructions divide the difference by 8 x 8 x the
+difference of ``--messages``.
+
 Messages are signed once and kept in ``--cache`` (a pickle of the frames) so that a run under
 valgrind does not count the signing.
 """
@@ -72,11 +78,35 @@ def frames_for(count: int, cache: Path) -> list[tuple[bytes, list[bytes]]]:
     return out
 
 
+def relay_duplicates(
+    router: GossipsubRouter,
+    peers: list[PeerID],
+    data: list[tuple[bytes, list[bytes]]],
+    now: float,
+) -> tuple[int, int, int]:
+    """Every peer's messages, each from its author first, then from the 7 others (one frame
+    per read, as a node in a big network gets them); returns (delivered, bytes sent, messages)."""
+    delivered = sent = total = 0
+    for author, (_, frames) in enumerate(data):
+        order = peers[author:] + peers[:author]
+        for frame in frames:
+            for peer in order:
+                router.handle_rpcs(peer, (frame,), now)
+            delivered += sum(1 for ev in router.take_events() if isinstance(ev, DeliverMessage))
+            sent += sum(len(frame) for _, frame in router.take_outgoing())
+            now += 0.0001
+            total += 1
+    return delivered, sent, total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=3000, help="per peer")
     parser.add_argument("--chunk", type=int, default=16, help="frames per peer and round")
     parser.add_argument("--verify", choices=["real", "stub"], default="stub")
+    parser.add_argument(
+        "--duplicates", action="store_true", help="each message from every peer, one per read"
+    )
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")))
     args = parser.parse_args()
 
@@ -98,21 +128,32 @@ def main() -> None:
 
     now, delivered, sent = 1.0, 0, 0
     started = time.process_time()
-    for first in range(0, args.messages, args.chunk):
-        for peer, (_, frames) in zip(peers, data, strict=True):
-            chunk = frames[first : first + args.chunk]
-            if many is not None:
-                many(peer, chunk, now)
-            else:
-                for frame in chunk:
-                    router.handle_rpc(peer, frame, now)
-        delivered += sum(1 for ev in router.take_events() if isinstance(ev, DeliverMessage))
-        sent += sum(len(frame) for _, frame in router.take_outgoing())
-        now += 0.002
+    if args.duplicates:
+        delivered, sent, total = relay_duplicates(router, peers, data, now)
+    else:
+        for first in range(0, args.messages, args.chunk):
+            for peer, (_, frames) in zip(peers, data, strict=True):
+                chunk = frames[first : first + args.chunk]
+                if many is not None:
+                    many(peer, chunk, now)
+                else:
+                    for frame in chunk:
+                        router.handle_rpc(peer, frame, now)
+            delivered += sum(1 for ev in router.take_events() if isinstance(ev, DeliverMessage))
+            sent += sum(len(frame) for _, frame in router.take_outgoing())
+            now += 0.002
+        total = args.messages * PEERS
     cpu = time.process_time() - started
-    total = args.messages * PEERS
     if delivered != total:
         sys.exit(f"delivered {delivered} of {total} messages")
+    if args.duplicates:
+        receptions = total * PEERS
+        print(
+            f"{total} messages from every peer, verify {args.verify}: "
+            f"{cpu / receptions * 1e6:.2f} CPU µs per reception, "
+            f"{sent / total:.0f} bytes sent per message"
+        )
+        return
     print(
         f"{total} messages, verify {args.verify}: {cpu / total * 1e6:.1f} CPU µs per message, "
         f"{sent / total:.0f} bytes sent per message, mesh of {len(router.mesh_peers(TOPIC))}"

@@ -167,3 +167,36 @@ def test_the_batch_is_used_and_a_graylisted_sender_is_refused_from_the_next_fram
     assert [e.message.seqno for e in delivered] == [1, 2]
     assert h.r.stats["msg_invalid"] == 2  # two invalid: -60 < -40, the rest ignored
     assert h.r.stats["rpc_graylisted"] == 2
+
+
+def test_a_read_that_fails_midway_leaves_no_batch_for_the_next_read() -> None:
+    """The router keeps one batch object for every read: messages gathered by a read that ends
+    in an unexpected error are dropped with it, never delivered by the next read as if that
+    read's sender had sent them."""
+    h, peers = _harness(True)
+    key = make_key(0)
+    msgs = [
+        build_message(T, b"x", policy=SignaturePolicy.STRICT_SIGN, key=key, seqno=i + 1)
+        for i in range(3)
+    ]
+    frames = [rpc_pb2.RPC(publish=[m]).SerializeToString() for m in msgs]
+    verify = h.r.verifier.verify_fields
+    calls = []
+
+    def failing_second(*args: object) -> object:
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("a bug")
+        return verify(*args)  # type: ignore[arg-type]
+
+    h.r.verifier.verify_fields = failing_second  # type: ignore[method-assign]
+    try:
+        h.r.handle_rpcs(peers[0], frames[:2], h.now)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the error was swallowed")
+    h.r.verifier.verify_fields = verify  # type: ignore[method-assign]
+    h.r.handle_rpcs(peers[1], frames[2:], h.now)
+    delivered = [e.message for e in h.r.take_events() if isinstance(e, DeliverMessage)]
+    assert [(m.seqno, m.received_from) for m in delivered] == [(3, peers[1])]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 
 import pytest
@@ -192,6 +193,20 @@ def test_time_cache_batches_expire_in_insertion_order() -> None:
     assert list(tc.keys) == [b"d", b"e"]
     assert tc.expire(11.0) == 2 and len(tc) == 0
     assert tc.expire(100.0) == 0
+
+
+def test_time_cache_keeps_no_container_per_insertion() -> None:
+    """Every relayed message is remembered for the seen TTL: an insertion at a time of its own
+    (one message per read, the usual case in a big network) must not leave a container behind
+    for the cyclic garbage collector (a tuple and a list each, before)."""
+    tc: TimeCache[bytes] = TimeCache(10.0)
+    keys = [i.to_bytes(4, "big") for i in range(2000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    for i, key in enumerate(keys):
+        tc.insert(key, float(i))
+    assert len(gc.get_objects()) - before < 50
+    assert tc.expire(999.5) == 1000 and len(tc) == 1000
 
 
 def test_peer_record_roundtrip_and_tampering() -> None:

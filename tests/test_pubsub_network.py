@@ -32,6 +32,7 @@ from p2pnet.pubsub import (
 )
 from p2pnet.resources.limits import ResourceLimits
 from p2pnet.wire.framing import encode_length_prefixed
+from p2pnet.wire.pb import rpc_pb2
 from p2pnet.wire.varint import encode_uvarint
 
 T = "topic"
@@ -523,3 +524,23 @@ async def test_frames_over_the_peer_memory_limit_are_dropped(make_node: Factory)
     await until(lambda: not ha.resources.peer_usage(hb.peer_id), what="peer scope released")
     assert state.queued_bytes == 0 and state.queue.empty() and state.scope.memory == 0
     assert hb.peer_id not in a._peers
+
+
+async def test_a_dropped_peers_late_frames_are_refused(make_node: Factory) -> None:
+    """Frames that a dropped peer's inbound stream still hands over (before its reset lands)
+    are refused with that stream, even once the peer is back with a new state: the router never
+    sees them."""
+    (ha, a), (hb, b) = await make_node(), await make_node()
+    await connect(hb, ha)
+    a.subscribe(T)
+    b.subscribe(T)
+    await until(lambda: hb.peer_id in a.mesh_peers(T))
+    old = a._peers[hb.peer_id]
+    frame = rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid="x")])
+    assert a._handle_frames(hb.peer_id, old, [frame.SerializeToString()])
+    a._drop_peer(hb.peer_id)
+    a._ensure_outbound(hb.peer_id)  # the peer is back (still connected): a new state
+    assert a._peers[hb.peer_id] is not old
+    received = dict(a.router.stats)
+    assert not a._handle_frames(hb.peer_id, old, [frame.SerializeToString()])
+    assert a.router.stats == received

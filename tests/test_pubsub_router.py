@@ -785,6 +785,24 @@ def test_broken_iwant_promise_penalised() -> None:
     assert h.r.peer_score(b) == 0.0
 
 
+def test_promises_kept_by_messages_read_together_are_all_fulfilled() -> None:
+    """Three promised messages arriving in one read (taken together as a batch): every
+    promise is kept, none counted as broken."""
+    h = Harness(iwant_followup_time=3.0)
+    (b,) = h.add(1)
+    h.r.join(T, 0.0)
+    msgs = [h.msg(b, b"kept", seqno) for seqno in (5, 6, 7)]
+    ids = [b.to_bytes() + m.seqno for m in msgs]
+    for msg_id in ids:  # one IHAVE each: one IWANT and one promise each
+        h.feed(b, control(ihave=[rpc_pb2.ControlIHave(topicID=T, messageIDs=[msg_id])]))
+    assert len(h.r.tracer) == 3
+    h.r.handle_rpcs(b, [rpc_pb2.RPC(publish=[m]).SerializeToString() for m in msgs], h.now)
+    assert h.deliveries() == [b"kept"] * 3
+    assert len(h.r.tracer) == 0
+    h.heartbeat(4.0)
+    assert h.r.peer_score(b) == 0.0  # no broken promise (P7)
+
+
 def test_iwant_answered_then_retransmission_capped_and_penalised() -> None:
     h = Harness(gossip_retransmission=3)
     (a,) = h.add(1)

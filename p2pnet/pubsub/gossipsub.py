@@ -802,11 +802,15 @@ class Pubsub:
 
     def _handle_frames(self, peer: PeerID, state: _PeerState, frames: list[bytes]) -> bool:
         """The complete frames of one chunk, to the router; False if the stream must be reset."""
-        if self._peers.get(peer) is not state:
+        # A link is OPEN only while its state is the peer's (dropping the peer or closing the
+        # service closes it first), and the router is there while any link is: no lookup by
+        # PeerID (a Python-level hash) per chunk
+        router = self._router
+        if state.link is not _Link.OPEN or router is None:
             return False
         try:
             # one clock reading for the chunk: its frames arrived together
-            self.router.handle_rpcs(peer, frames, self._now())
+            router.handle_rpcs(peer, frames, self._now())
         except InvalidRPC as exc:  # the router has judged it already
             log.info("%s", exc)
             self._pump()

@@ -107,15 +107,20 @@ class MessageCache:
 class TimeCache(Generic[K]):
     """Keys remembered for ``ttl`` seconds.
 
-    A plain dict (key -> expiry) and a queue of (expiry, keys) batches in insertion order, which
-    is expiry order: a dict's insertion is cheaper than an ``OrderedDict``'s (no node per key),
-    and the keys a router adds in one go (one read's new messages) share one batch.
+    A plain dict (key -> expiry) and, in insertion order (which is expiry order), the keys in
+    one flat queue with their expiries as runs in two more (an expiry, how many keys share it):
+    a dict's insertion is cheaper than an ``OrderedDict``'s (no node per key), keys added at the
+    same time (one read's new messages) share one run, and a key costs no container of its own
+    (every relayed message is remembered for ``ttl``: a tuple or list per insertion would be
+    objects for the cyclic garbage collector to go through for that long).
     """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._items: dict[K, float] = {}
-        self._queue: deque[tuple[float, list[K]]] = deque()
+        self._keys: deque[K] = deque()
+        self._expiries: deque[float] = deque()
+        self._counts: deque[int] = deque()
         #: a live read-only view of the keys: ``key in cache.keys`` without a Python call
         self.keys = self._items.keys()
 
@@ -129,31 +134,39 @@ class TimeCache(Generic[K]):
         """Remember ``key``; False if it was already there (its expiry is not extended)."""
         if key in self._items:
             return False
-        self.insert_new([key], now + self.ttl)
+        self.insert(key, now + self.ttl)
         return True
 
     def insert(self, key: K, expiry: float) -> None:
         """Remember ``key``, known to be absent (``key not in keys`` just tested), until
         ``expiry``: :meth:`add` for the router's per-message path."""
-        self.insert_new([key], expiry)
+        self._items[key] = expiry
+        self._keys.append(key)
+        self._extend_run(expiry, 1)
 
     def insert_new(self, keys: list[K], expiry: float) -> None:
         """:meth:`insert` for each of ``keys`` (distinct, none of them here), in order."""
         self._items.update(dict.fromkeys(keys, expiry))
-        queue = self._queue
-        if queue and queue[-1][0] == expiry:
-            queue[-1][1].extend(keys)
+        self._keys.extend(keys)
+        self._extend_run(expiry, len(keys))
+
+    def _extend_run(self, expiry: float, count: int) -> None:
+        expiries = self._expiries
+        if expiries and expiries[-1] == expiry:
+            self._counts[-1] += count
         else:
-            queue.append((expiry, list(keys)))
+            expiries.append(expiry)
+            self._counts.append(count)
 
     def expire(self, now: float) -> int:
-        """Forget the keys whose time is up; returns how many."""
+        """Forget the keys whose time is up (runs in insertion order, up to the first one not
+        due); returns how many."""
         n = 0
-        items = self._items
-        queue = self._queue
-        while queue and queue[0][0] <= now:
-            _, keys = queue.popleft()
-            for key in keys:
-                del items[key]
-            n += len(keys)
+        items, keys, expiries, counts = self._items, self._keys, self._expiries, self._counts
+        while expiries and expiries[0] <= now:
+            expiries.popleft()
+            count = counts.popleft()
+            for _ in range(count):
+                del items[keys.popleft()]
+            n += count
         return n

@@ -304,6 +304,9 @@ class GossipsubRouter:
         #: new messages of a read taken together (:meth:`handle_rpcs`); off: one at a time,
         #: the reference the batch is tested against
         self.batch_first_deliveries = True
+        #: the batch of :meth:`handle_rpcs`, one per router (empty between calls: each read's
+        #: batch is taken before it returns), not three objects per read
+        self._new_messages = _NewMessages()
         self.heartbeat_ticks = 0
         self.now = 0.0
         #: the peers with something queued, in the order they were given it (by _Peer object:
@@ -728,22 +731,32 @@ class GossipsubRouter:
             for _ in frames:
                 self._count("rpc_unknown_peer")
             return
-        direct = bool(self.direct) and peer in self.direct
+        # accept_from, per frame: a frame can lower the peer's score. Not asked again after a
+        # frame whose message was only gathered into the batch: that touched no score (the
+        # batch is taken later, and deliveries only raise it) and ``now`` is the same
+        direct = passed = bool(self.direct) and peer in self.direct
         at_least, graylist = self.score.at_least, self.thresholds.graylist_threshold
-        batch = _NewMessages() if self._batching() else None
-        for data in frames:
-            # accept_from, per frame: a frame can lower the peer's score
-            if not (direct or at_least(peer, graylist, now, p.key)) and self._refuses(
-                p, batch, now
-            ):
-                continue
-            lone = lone_message(data)
-            if lone is None:
+        batch = self._new_messages if self._batching() else None
+        try:
+            for data in frames:
+                if not (passed or at_least(peer, graylist, now, p.key)) and self._refuses(
+                    p, batch, now
+                ):
+                    continue
+                lone = lone_message(data)
+                if lone is None:
+                    self._take_batch(p, batch, now)
+                    self._handle_frame(p, data, now)
+                    passed = direct
+                else:
+                    passed = self._handle_lone_message(p, lone[0], lone[1], batch, now) or direct
+            if batch is not None and batch.items:  # (a read of one duplicate has none)
                 self._take_batch(p, batch, now)
-                self._handle_frame(p, data, now)
-            else:
-                self._handle_lone_message(p, lone[0], lone[1], batch, now)
-        self._take_batch(p, batch, now)
+        except BaseException:
+            if batch is not None:  # (an undecodable frame took it first) not for the next read
+                batch.items.clear()
+                batch.ids.clear()
+            raise
 
     def _batching(self) -> bool:
         """Whether new messages can be taken together (:meth:`_take_batch` does not forward to
@@ -773,17 +786,19 @@ class GossipsubRouter:
         piece: bytes | None,
         batch: _NewMessages | None,
         now: float,
-    ) -> None:
+    ) -> bool:
         """A frame that is one message ``raw`` and nothing else (``piece``: the frame, if it is
-        the publish field as :func:`rpc_wire.publish_piece` makes it)."""
+        the publish field as :func:`rpc_wire.publish_piece` makes it). True if the message was
+        only gathered into ``batch`` (no score touched yet)."""
         stats = self.stats
         msg_id = self.mcache.lookup_bytes(raw)
         if msg_id is not None:  # a cached message's bytes: most often a duplicate
-            self._take_batch(p, batch, now)
+            if batch is not None and batch.items:  # (most reads hold no batch to take)
+                self._take_batch(p, batch, now)
             stats["rpc_received"] = stats.get("rpc_received", 0) + 1
             if self._handle_cached(p, raw, msg_id, now):
                 stats["msg_duplicate"] = stats.get("msg_duplicate", 0) + 1
-            return
+            return False
         parsed = parse_message(raw)
         if parsed is None:  # not in canonical form: decoded
             self._take_batch(p, batch, now)
@@ -794,12 +809,15 @@ class GossipsubRouter:
                 raise InvalidRPC(f"undecodable RPC from {p.id}: {exc}") from None
             stats["rpc_received"] = stats.get("rpc_received", 0) + 1
             self._handle_message(p, raw, message_fields(decoded, raw), decoded)
-            return
+            return False
         stats["rpc_received"] = stats.get("rpc_received", 0) + 1
-        if batch is not None and self._batched(p, raw, piece, parsed, batch, now):
-            return
+        if batch is not None:
+            gathered = self._batched(p, raw, piece, parsed, batch, now)
+            if gathered is not None:
+                return gathered
         self._take_batch(p, batch, now)
         self._handle_message(p, raw, parsed, None, piece)
+        return False
 
     def _batched(
         self,
@@ -809,10 +827,11 @@ class GossipsubRouter:
         parsed: ParsedMessage,
         batch: _NewMessages,
         now: float,
-    ) -> bool:
+    ) -> bool | None:
         """Gather a message into ``batch`` if it is new and can be taken with the others (see
-        :meth:`_take_batch`), its signature checked now; True if it was gathered, or refused
-        for a bad signature (as :meth:`_handle_message` refuses it, after the batch)."""
+        :meth:`_take_batch`), its signature checked now: True if it was gathered, False if it
+        was refused for a bad signature (as :meth:`_handle_message` refuses it, after the
+        batch), None if it is not for the batch."""
         from_, body, seqno, topic, signature, key, signed = parsed
         if (
             from_ is None
@@ -823,7 +842,7 @@ class GossipsubRouter:
             or from_ == self._local_key
             or (batch.items and topic != batch.topic)
         ):
-            return False
+            return None
         msg_id = from_ + seqno
         if (
             msg_id in self.seen.keys
@@ -832,7 +851,7 @@ class GossipsubRouter:
             or msg_id in self.mcache.holds
             or msg_id in self.score.recorded
         ):
-            return False
+            return None
         try:
             author = self.verifier.verify_fields(from_, seqno, signature, key, signed, None)
         except InvalidMessage as exc:
@@ -841,7 +860,7 @@ class GossipsubRouter:
             self.score.reject_message(p.id, None, topic, now)
             self._count("msg_invalid")
             self._count_topic(topic, "invalid")
-            return True
+            return False
         batch.items.append((msg_id, raw, piece or publish_piece(raw), parsed, author))
         batch.ids.add(msg_id)
         batch.topic = topic
@@ -857,18 +876,20 @@ class GossipsubRouter:
         if pending is None or not pending.items:
             return
         batch, topic = pending.items, pending.topic
-        pending.items, pending.ids = [], set()
+        pending.items = []
+        pending.ids.clear()
         assert topic is not None
         ids = [b[0] for b in batch]
         n = len(ids)
         seen = self.seen
         seen.insert_new(ids, now + seen.ttl)
         tracer = self.tracer
+        if tracer.promised:
+            for msg_id in ids:
+                tracer.fulfil(msg_id)
         events = self._events
         source = p.id
         for msg_id, _, _, fields, author in batch:
-            if tracer.promised:
-                tracer.fulfil(msg_id)
             _, data, seqno, _, signature, key, _ = fields
             events.append(
                 _deliver(
@@ -903,6 +924,7 @@ class GossipsubRouter:
         # mark them (by their first message, then mesh order): frames leave in the same order
         skip = p.key
         origins = [None if b[4] is None else b[3][0] for b in batch]
+        authors = set(origins)  # (most batches have one author: membership without a scan)
         pieces = [b[2] for b in batch]
         marks: list[tuple[int, int, _Peer]] = []
         sent = 0
@@ -913,7 +935,7 @@ class GossipsubRouter:
             dont_send = q.dont_send
             msgs = q.outbox.msgs
             empty = not msgs
-            if dont_send or key in origins:
+            if dont_send or key in authors:
                 first = -1
                 count = 0
                 for i in range(n):

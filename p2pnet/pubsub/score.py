@@ -568,7 +568,7 @@ class PeerScore:
             ts = stats.topics[topic] = _TopicStats()
         if ts.in_mesh and not late:
             mesh = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
-            if mesh != ts.mesh_deliveries:  # _add_mesh_delivery, inlined
+            if mesh != ts.mesh_deliveries:  # _add_mesh_deliveries, inlined
                 ts.mesh_deliveries = mesh
                 if tp.mesh_message_deliveries_weight != 0:
                     stats.version += 1
@@ -590,17 +590,25 @@ class PeerScore:
         cap = tp.first_message_deliveries_cap
         for _ in range(count):
             first = min(ts.first_deliveries + 1, cap)
-            if first != ts.first_deliveries:
-                ts.first_deliveries = first
-                if tp.first_message_deliveries_weight != 0:
-                    stats.version += 1
-            if ts.in_mesh:
-                self._add_mesh_delivery(stats, ts, tp)
+            if first == ts.first_deliveries:
+                break  # at the cap: the steps left change nothing
+            ts.first_deliveries = first
+            if tp.first_message_deliveries_weight != 0:
+                stats.version += 1
+        if ts.in_mesh:
+            self._add_mesh_deliveries(stats, ts, tp, count)
 
     @staticmethod
-    def _add_mesh_delivery(stats: _PeerStats, ts: _TopicStats, tp: TopicScoreParams) -> None:
-        mesh = min(ts.mesh_deliveries + 1, tp.mesh_message_deliveries_cap)
-        if mesh != ts.mesh_deliveries:
+    def _add_mesh_deliveries(
+        stats: _PeerStats, ts: _TopicStats, tp: TopicScoreParams, count: int = 1
+    ) -> None:
+        """``count`` mesh deliveries (P3), one step each (the counters are independent of the
+        first deliveries', so a batch's can follow them instead of alternating)."""
+        cap = tp.mesh_message_deliveries_cap
+        for _ in range(count):
+            mesh = min(ts.mesh_deliveries + 1, cap)
+            if mesh == ts.mesh_deliveries:
+                break  # at the cap
             ts.mesh_deliveries = mesh
             if tp.mesh_message_deliveries_weight != 0:
                 stats.version += 1
@@ -616,7 +624,7 @@ class PeerScore:
             return
         if validated and now > validated + tp.mesh_message_deliveries_window:
             return
-        self._add_mesh_delivery(stats, ts, tp)
+        self._add_mesh_deliveries(stats, ts, tp)
 
     def _mark_invalid_delivery(self, key: bytes, topic: str) -> None:
         found = self._topic_stats_by_key(key, topic)
