@@ -10,9 +10,16 @@ from p2pnet.errors import ProtocolError
 from p2pnet.node import Node
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import PeerStore
-from p2pnet.peer.record import SIGNED_PEER_RECORD, make_peer_record
+from p2pnet.peer.record import (
+    SIGNED_PEER_RECORD,
+    InvalidPeerRecord,
+    check_peer_record,
+    make_peer_record,
+    verify_peer_record,
+)
 from p2pnet.protocols.identify_messages import apply_identify, build_identify, parse_identify
 from p2pnet.stream import Stream
+from p2pnet.wire.pb import identify_pb2
 
 ADDRS = [Multiaddr("/ip4/10.0.0.1/tcp/4001"), Multiaddr("/ip4/10.0.0.2/tcp/4002")]
 
@@ -53,6 +60,35 @@ def test_parse_refuses_garbage_and_another_peers_key() -> None:
         parse_identify(peer, b"\xff\xff\xff", push=False)
     with pytest.raises(ProtocolError, match="another peer"):
         parse_identify(peer, message(other), push=False)
+
+
+def test_parse_reuses_the_authenticated_key_and_checks_any_other() -> None:
+    """The key the connection authenticated is taken as it is when the message carries the
+    same bytes; a message with another key is still decoded and checked against the peer."""
+    key, other = KeyPair.generate(), KeyPair.generate()
+    peer = PeerID.from_public_key(key.public_key)
+    info = parse_identify(peer, message(key), push=False, known_key=key.public_key)
+    assert info.public_key is key.public_key
+    assert info.signed_peer_record is not None  # verified with that key
+    with pytest.raises(ProtocolError, match="another peer"):
+        parse_identify(peer, message(other), push=False, known_key=key.public_key)
+    with pytest.raises(ProtocolError, match="bad public key"):
+        bad = identify_pb2.Identify(publicKey=b"\x08\x09\x12\x01x")  # key type 9: none
+        parse_identify(peer, bad.SerializeToString(), push=False, known_key=key.public_key)
+
+
+def test_check_peer_record_keeps_the_record_undecoded() -> None:
+    """What identify keeps of a record is checked like verify_peer_record checks it, without
+    decoding its addresses; a record for another peer than expected is refused."""
+    key, other = KeyPair.generate(), KeyPair.generate()
+    peer = PeerID.from_public_key(key.public_key)
+    record = make_peer_record(key, ADDRS, 7)
+    got, pb = check_peer_record(record, peer)
+    assert got is peer and pb.seq == 7
+    assert [a.multiaddr for a in pb.addresses] == [a.to_bytes() for a in ADDRS]
+    assert verify_peer_record(record, peer) == (peer, ADDRS)
+    with pytest.raises(InvalidPeerRecord, match="expected"):
+        check_peer_record(make_peer_record(other, ADDRS, 1), peer)
 
 
 def test_parse_drops_a_record_signed_by_someone_else() -> None:

@@ -22,6 +22,7 @@ from p2pnet.kad.behaviour import (
 )
 from p2pnet.kad.config import KadConfig
 from p2pnet.kad.errors import InvalidRecord, KadProtocolError
+from p2pnet.kad.peer_entries import PeerEntries
 from p2pnet.kad.providers import InMemoryProviderStore
 from p2pnet.kad.records import FunctionValidator, InMemoryRecordStore, NamespacedValidator
 from p2pnet.kad.routing_table import kad_key
@@ -52,6 +53,9 @@ class Peers:
 
     def addrs(self, peer: PeerID) -> list[Multiaddr]:
         return self.known.get(peer, [])
+
+    def addr_bytes(self, peer: PeerID) -> tuple[bytes, ...]:
+        return tuple(a.to_bytes() for a in self.addrs(peer))
 
     def is_connected(self, peer: PeerID) -> bool:
         return peer in self.connected
@@ -146,6 +150,7 @@ def test_answers_peer_lists_are_the_bytes_protobuf_makes() -> None:
         (b"key", closest(b"key")),
         (peer(0).to_bytes(), [peer(0), *closest(peer(0).to_bytes())]),  # ourselves first
         (peer(50).to_bytes(), [*closest(peer(50).to_bytes()), peer(50)]),  # a known target
+        (peer(2).to_bytes(), closest(peer(2).to_bytes())),  # a target in the table: once
     ]:
         resp = server.handle_request(peer(1), m.find_node(key), WALL)
         assert resp is not None
@@ -164,6 +169,36 @@ def test_answers_peer_lists_are_the_bytes_protobuf_makes() -> None:
     want.closerPeers.extend(entries(closest(b"cid")))
     assert m.encode(resp) == m.encode(want)
     assert len(resp.providerPeers) == 2 and len(resp.closerPeers) == 4
+
+
+def test_answers_name_peers_as_they_are_now() -> None:
+    """Encoded entries are reused from answer to answer, but a peer whose addresses or
+    connectedness changed is named as it is now; the cache of entries stays bounded."""
+    server, view = behaviour(peer(0), k=3)
+    for i in range(1, 4):
+        view.server(peer(i), 4000 + i)
+        server.peer_identified(peer(i), 1.0)
+
+    def named() -> dict[PeerID, tuple[list[bytes], int]]:
+        resp = server.handle_request(peer(9), m.find_node(b"key"), WALL)
+        assert resp is not None
+        return {PeerID.from_bytes(p.id): (list(p.addrs), p.connection) for p in resp.closerPeers}
+
+    assert named()[peer(2)] == ([view.known[peer(2)][0].to_bytes()], 0)
+    view.known[peer(2)] = [Multiaddr("/ip4/10.7.7.7/tcp/7")]
+    assert named()[peer(2)] == ([Multiaddr("/ip4/10.7.7.7/tcp/7").to_bytes()], 0)
+    view.connected.add(peer(2))
+    assert named()[peer(2)][1] == m.kad_pb2.Message.CONNECTED
+    view.connected.discard(peer(2))
+    assert named()[peer(2)][1] == 0
+    view.known[peer(2)] = []  # no address left: not named
+    assert peer(2) not in named()
+
+    entries = PeerEntries(max_addrs=2, max_size=2)
+    for i in range(5):
+        entry = entries.encoded(peer(i), (b"a", b"b", b"c"), 0)
+        assert entry == m.encode_peer(peer(i).to_bytes(), [b"a", b"b"], 0)
+    assert len(entries) == 2
 
 
 def test_put_value_answer_has_only_the_spec_fields() -> None:

@@ -310,3 +310,23 @@ def test_peers_from_pb_skips_bad_entries_and_bounds() -> None:
     ]
     infos, bad = m.peers_from_pb(many, max_peers=4)
     assert len(infos) == 4 and bad == 6
+
+
+def test_peer_entries_decode_the_same_memoised_or_not() -> None:
+    """Small entries are decoded once (memoised by their bytes), large ones every time and
+    only up to the address bound; both give what the entry says, duplicates removed."""
+    good = PeerID.from_public_key(KeyPair.generate().public_key)
+    a1 = Multiaddr("/ip4/1.1.1.1/tcp/1")
+    small = kad_pb2.Message.Peer(id=good.to_bytes(), addrs=[a1.to_bytes(), a1.to_bytes()])
+    assert len(small.SerializeToString()) <= m.MAX_MEMO_PEER_ENTRY
+    assert m.decode_peer(small, 32) == (good, (a1,))
+    assert m.decode_peer(small, 32) == (good, (a1,))  # from the memo
+    big_addrs = [Multiaddr(f"/ip4/10.0.{i // 256}.{i % 256}/tcp/1").to_bytes() for i in range(80)]
+    big = kad_pb2.Message.Peer(id=good.to_bytes(), addrs=big_addrs)
+    assert len(big.SerializeToString()) > m.MAX_MEMO_PEER_ENTRY
+    got = m.decode_peer(big, 5)
+    assert got is not None and got[0] == good and [a.to_bytes() for a in got[1]] == big_addrs[:5]
+    assert m.decode_peer(kad_pb2.Message.Peer(id=b"\x00garbage"), 32) is None
+    infos, bad = m.peers_from_pb([small, big, small], max_addrs=3)
+    assert bad == 0 and len(infos) == 1
+    assert [a.to_bytes() for a in infos[0].addrs] == [a1.to_bytes(), *big_addrs[:2]]

@@ -14,6 +14,8 @@ from p2pnet.kad.routing_table import (
     common_prefix_length,
     distance,
     kad_key,
+    key_int,
+    peer_key_int,
 )
 from p2pnet.peer.peer_id import PeerID
 
@@ -43,6 +45,8 @@ def test_key_space_helpers() -> None:
     c = a[:3] + bytes([a[3] ^ 0x01]) + a[4:]
     assert common_prefix_length(a, c) == 31
     assert distance(a, c) == distance(c, a) == 1 << (256 - 32)
+    p = random_peer()
+    assert peer_key_int(p.to_bytes()) == key_int(kad_key(p.to_bytes()))
 
 
 def test_add_update_and_reject_self() -> None:
@@ -185,5 +189,9 @@ def test_closest_matches_brute_force_for_any_key() -> None:
     targets = [table.local_key, kad_key(b"x")] + [rng.randbytes(32) for _ in range(50)]
     for target in targets:
         for n in (1, 8, 30, 1000):
-            want = sorted(everyone, key=lambda p: distance(kad_key(p.to_bytes()), target))[:n]
-            assert table.closest(target, n) == want
+            ranked = sorted(everyone, key=lambda p: distance(kad_key(p.to_bytes()), target))
+            assert table.closest(target, n) == ranked[:n]
+            # excluded peers (the nearest, one further out, one not in the table) are skipped
+            exclude = [ranked[0], ranked[min(5, len(ranked) - 1)], random_peer(rng)]
+            want = [p for p in ranked if p not in exclude][:n]
+            assert table.closest(target, n, exclude=exclude) == want

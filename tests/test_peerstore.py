@@ -215,6 +215,44 @@ def test_clear_and_remove(store: PeerStore) -> None:
     store.remove_peer(p)  # unknown: no error
 
 
+def test_addr_bytes_follow_every_change_of_the_addresses(clock: FakeClock) -> None:
+    """The encoded addresses are made once and reused (kad answers), but never stale: every
+    way an address comes or goes (add, the cap's eviction, expiry, TTL 0, TTL update to 0,
+    clear, removal of the peer) gives the new list."""
+    store = PeerStore(max_addrs_per_peer=2, clock=clock)
+    p = pid(1)
+
+    def encoded() -> tuple[bytes, ...]:
+        got = store.addr_bytes(p)
+        assert got == tuple(a.to_bytes() for a in store.addrs(p))
+        return got
+
+    assert encoded() == ()
+    store.add_addrs(p, [ma(1)], 10)
+    first = encoded()
+    assert first == (ma(1).to_bytes(),)
+    store.add_addrs(p, [ma(1)], 50)  # a known address: same list, same object
+    assert store.addr_bytes(p) is first
+    store.add_addrs(p, [ma(2)], 100)
+    assert encoded() == (ma(1).to_bytes(), ma(2).to_bytes())
+    store.add_addrs(p, [ma(3)], 100)  # full: the cap evicts ma(1), the nearest expiry
+    assert encoded() == (ma(2).to_bytes(), ma(3).to_bytes())
+    store.set_addrs(p, [ma(2)], 0)
+    assert encoded() == (ma(3).to_bytes(),)
+    store.add_addrs(p, [ma(4)], 5)
+    clock.advance(5)  # ma(4) expires
+    assert encoded() == (ma(3).to_bytes(),)
+    store.add_addrs(p, [ma(5)], CONNECTED_ADDR_TTL)
+    store.update_addrs(p, CONNECTED_ADDR_TTL, 0)
+    assert encoded() == (ma(3).to_bytes(),)
+    store.clear_addrs(p)
+    assert encoded() == ()
+    store.add_addrs(p, [ma(6)], 10)
+    assert encoded() == (ma(6).to_bytes(),)
+    store.remove_peer(p)
+    assert encoded() == ()
+
+
 # -- protocols -----------------------------------------------------------------------------
 
 

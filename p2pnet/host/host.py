@@ -290,7 +290,8 @@ class Host:
         conns = self._conns.get(peer)
         if conns:
             for c in conns:
-                if not c.is_closed:
+                # (Connection.is_closed is this; asked for every peer of every kad answer)
+                if not c.muxed.is_closed:
                     return True
         return False
 

@@ -37,6 +37,7 @@ from p2pnet.kad import messages as m
 from p2pnet.kad.config import KadConfig
 from p2pnet.kad.errors import InvalidRecord, KadProtocolError
 from p2pnet.kad.messages import PeerInfo
+from p2pnet.kad.peer_entries import PeerEntries
 from p2pnet.kad.providers import ProviderStore
 from p2pnet.kad.quota import StoreQuota
 from p2pnet.kad.records import (
@@ -64,6 +65,10 @@ class PeerView(Protocol):
     def self_addrs(self) -> list[Multiaddr]: ...
 
     def addrs(self, peer: PeerID) -> list[Multiaddr]: ...
+
+    def addr_bytes(self, peer: PeerID) -> tuple[bytes, ...]:
+        """:meth:`addrs` as binary multiaddrs."""
+        ...
 
     def is_connected(self, peer: PeerID) -> bool: ...
 
@@ -134,6 +139,7 @@ class KadBehaviour:
         self.provider_quota = StoreQuota(config.max_provider_entries_per_peer)
         self.mode = config.mode
         self.routing_table = RoutingTable(local, config.k, max_failures=config.max_failures)
+        self._entries = PeerEntries(config.max_addrs_per_peer)
         #: Requests sent/received by type name, failures, bad messages.
         self.counters: dict[str, int] = {}
         self._provided: dict[bytes, float] = {}  # keys we provide -> wall time last announced
@@ -280,9 +286,10 @@ class KadBehaviour:
         key = bytes(msg.key)
         if t == m.FIND_NODE:
             resp = m.request(m.FIND_NODE, key)
-            entries, named = self._closer_peers(key, peer)
+            entries = self._closer_peers(key, peer)
             target = self._known_target(key, peer)
-            if target is not None and target not in named:
+            # (a target in our table is named already: at distance 0, it is the closest)
+            if target is not None and target not in self.routing_table:
                 entry = self._peer_entry(m.CLOSER_PEERS_TAG, target)
                 if entry is not None:
                     entries.append(entry)
@@ -305,25 +312,25 @@ class KadBehaviour:
     def _peer_entry(self, tag: bytes, peer: PeerID) -> bytes | None:
         """``peer`` with its addresses as an entry of an answer's peer list ``tag``
         (:func:`~p2pnet.kad.messages.encode_peer_entry`); None when no address is known."""
-        peers = self.peers
         if peer == self.local:
-            addrs = peers.self_addrs()
-            conn = kad_pb2.Message.CONNECTED
-        else:
-            addrs = peers.addrs(peer)
-            if not addrs:
-                return None
-            conn = (
-                kad_pb2.Message.CONNECTED
-                if peers.is_connected(peer)
-                else kad_pb2.Message.NOT_CONNECTED
+            return m.encode_peer_entry(
+                tag,
+                peer.to_bytes(),
+                [a.to_bytes() for a in self.peers.self_addrs()[: self.config.max_addrs_per_peer]],
+                kad_pb2.Message.CONNECTED,
             )
-        return m.encode_peer_entry(
-            tag,
-            peer.to_bytes(),
-            [a.to_bytes() for a in addrs[: self.config.max_addrs_per_peer]],
-            conn,
+        return self._remote_entry(tag, peer)
+
+    def _remote_entry(self, tag: bytes, peer: PeerID) -> bytes | None:
+        """:meth:`_peer_entry` of another peer than ourselves (cached: :class:`PeerEntries`)."""
+        peers = self.peers
+        addrs = peers.addr_bytes(peer)
+        if not addrs:
+            return None
+        conn = (
+            kad_pb2.Message.CONNECTED if peers.is_connected(peer) else kad_pb2.Message.NOT_CONNECTED
         )
+        return tag + self._entries.encoded(peer, addrs, conn)
 
     def _known_target(self, key: bytes, requester: PeerID) -> PeerID | None:
         """FIND_NODE for a peer we know an address of (say a connected client, which is in no
@@ -336,24 +343,20 @@ class KadBehaviour:
             return None
         return target
 
-    def _closer_peers(self, key: bytes, requester: PeerID) -> tuple[list[bytes], set[PeerID]]:
+    def _closer_peers(self, key: bytes, requester: PeerID) -> list[bytes]:
         """The k closest peers of our table to ``key`` (never the requester), with addresses,
-        as closerPeers entries; ourselves too when the key is our own peer ID (as js does).
-        Returns the entries and the peers they name."""
-        named: set[PeerID] = set()
+        as closerPeers entries; ourselves too when the key is our own peer ID (as js does)."""
         entries: list[bytes] = []
         tag = m.CLOSER_PEERS_TAG
         if key == self.local.to_bytes():
             entry = self._peer_entry(tag, self.local)
             if entry is not None:
                 entries.append(entry)
-                named.add(self.local)
         for p in self.routing_table.closest(kad_key(key), self.config.k, exclude=(requester,)):
-            entry = self._peer_entry(tag, p)
+            entry = self._remote_entry(tag, p)  # (never ourselves: not in our table)
             if entry is not None:
                 entries.append(entry)
-                named.add(p)
-        return entries, named
+        return entries
 
     def _get_value_answer(self, peer: PeerID, key: bytes, wall: float) -> kad_pb2.Message:
         resp = m.request(m.GET_VALUE, key)
@@ -364,7 +367,7 @@ class KadBehaviour:
             pk = self._public_key_value(key)
             if pk is not None:
                 resp.record.CopyFrom(m.make_record(key, pk, format_rfc3339(wall)))
-        resp.MergeFromString(b"".join(self._closer_peers(key, peer)[0]))
+        resp.MergeFromString(b"".join(self._closer_peers(key, peer)))
         return resp
 
     def _public_key_value(self, key: bytes) -> bytes | None:
@@ -433,7 +436,7 @@ class KadBehaviour:
                 if entry is not None
                 else m.encode_peer_entry(tag, prov.to_bytes(), [], kad_pb2.Message.NOT_CONNECTED)
             )
-        entries += self._closer_peers(key, peer)[0]
+        entries += self._closer_peers(key, peer)
         resp.MergeFromString(b"".join(entries))
         return resp
 

@@ -91,6 +91,7 @@ class _HostPeers:
         self.host = host
         # the host's own methods (asked for every peer of every answer: no call in between)
         self.addrs: Callable[[PeerID], list[Multiaddr]] = host.peerstore.addrs
+        self.addr_bytes: Callable[[PeerID], tuple[bytes, ...]] = host.peerstore.addr_bytes
         self.is_connected: Callable[[PeerID], bool] = host.is_connected
 
     def self_addrs(self) -> list[Multiaddr]:

@@ -8,7 +8,7 @@ are skipped (and counted), a message that does not decode raises :class:`KadProt
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -84,18 +84,23 @@ CLOSER_PEERS_TAG = b"\x42"  # closerPeers = 8
 PROVIDER_PEERS_TAG = b"\x4a"  # providerPeers = 9
 
 
-def encode_peer_entry(tag: bytes, peer_id: bytes, addrs: list[bytes], connection: int) -> bytes:
+def encode_peer_entry(tag: bytes, peer_id: bytes, addrs: Sequence[bytes], connection: int) -> bytes:
     """One ``Peer`` of a Message's peer list ``tag`` as it is on the wire, for
     ``Message.MergeFromString``: an answer's peers are encoded with a few concatenations and
     parsed in C, where adding each to the message field by field cost ~2-3x more (answers are
     most of what a DHT server does). Encoding then parsing gives the message
     ``peer_to_pb`` would, and so the same bytes."""
+    return tag + encode_peer(peer_id, addrs, connection)
+
+
+def encode_peer(peer_id: bytes, addrs: Sequence[bytes], connection: int) -> bytes:
+    """:func:`encode_peer_entry` without the list's tag: the length-prefixed ``Peer``."""
     body = b"\x0a" + encode_uvarint(len(peer_id)) + peer_id
     for addr in addrs:
         body += b"\x12" + encode_uvarint(len(addr)) + addr
     if connection:  # proto3: the default (NOT_CONNECTED) is not sent
         body += b"\x18" + encode_uvarint(connection)
-    return tag + encode_uvarint(len(body)) + body
+    return encode_uvarint(len(body)) + body
 
 
 def peers_from_pb(
@@ -112,19 +117,60 @@ def peers_from_pb(
         if len(out) >= max_peers:
             bad += 1
             continue
-        try:
-            peer = parse_peer_id(pb.id)
-        except (CryptoError, ValueError):
+        decoded = decode_peer(pb, max_addrs)
+        if decoded is None:
             bad += 1
             continue
-        info = out.setdefault(peer, PeerInfo(peer))
-        for raw in pb.addrs:
+        peer, addrs = decoded
+        info = out.get(peer)
+        if info is None:
+            out[peer] = PeerInfo(peer, list(addrs[:max_addrs]))
+            continue
+        for addr in addrs:  # the same peer again: its addresses are merged
             if len(info.addrs) >= max_addrs:
                 break
-            addr = parse_multiaddr(raw)
-            if addr is not None and addr not in info.addrs:
+            if addr not in info.addrs:
                 info.addrs.append(addr)
     return list(out.values()), bad
+
+
+#: Peer entries up to this size are decoded once (a memo keyed by their bytes); larger ones,
+#: which no honest peer sends, are decoded every time and never held.
+MAX_MEMO_PEER_ENTRY = 512
+
+
+def decode_peer(
+    pb: kad_pb2.Message.Peer, max_addrs: int
+) -> tuple[PeerID, tuple[Multiaddr, ...]] | None:
+    """The peer and its distinct valid addresses (at least the first ``max_addrs``), or None
+    when its ID does not parse. The same entries come back in answer after answer (a server
+    names its closest peers to everyone), so small ones are memoised by their bytes."""
+    raw = pb.SerializeToString()
+    if len(raw) <= MAX_MEMO_PEER_ENTRY:
+        return _decode_peer_entry(raw)
+    return _decode_peer(pb, max_addrs)
+
+
+@functools.lru_cache(maxsize=8192)
+def _decode_peer_entry(raw: bytes) -> tuple[PeerID, tuple[Multiaddr, ...]] | None:
+    return _decode_peer(kad_pb2.Message.Peer.FromString(raw), MAX_MEMO_PEER_ENTRY)
+
+
+def _decode_peer(
+    pb: kad_pb2.Message.Peer, max_addrs: int
+) -> tuple[PeerID, tuple[Multiaddr, ...]] | None:
+    try:
+        peer = parse_peer_id(pb.id)
+    except (CryptoError, ValueError):
+        return None
+    addrs: list[Multiaddr] = []
+    for raw in pb.addrs:
+        if len(addrs) >= max_addrs:
+            break
+        addr = parse_multiaddr(raw)
+        if addr is not None and addr not in addrs:
+            addrs.append(addr)
+    return peer, tuple(addrs)
 
 
 def parse_peer_id(raw: bytes) -> PeerID:

@@ -22,7 +22,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from p2pnet.kad.routing_table import kad_key, key_int
+from p2pnet.kad.routing_table import kad_key, key_int, peer_key_int
 from p2pnet.peer.peer_id import PeerID
 
 
@@ -97,7 +97,7 @@ class Lookup:
             if peer == self.local or peer in self._peers:
                 continue
             raw = peer.to_bytes()
-            dist = key_int(kad_key(raw)) ^ self._target_int
+            dist = peer_key_int(raw) ^ self._target_int
             entry = _Peer(peer, dist, learned_hop)
             self._peers[peer] = entry
             self._by_bytes[raw] = entry

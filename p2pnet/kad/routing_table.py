@@ -20,6 +20,7 @@ No I/O and no clock: callers pass ``now`` (any monotonic seconds).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import heapq
 import math
@@ -40,6 +41,15 @@ def kad_key(data: bytes) -> bytes:
 
 def key_int(data: bytes) -> int:
     return int.from_bytes(data, "big")
+
+
+@functools.lru_cache(maxsize=65536)
+def peer_key_int(peer_id: bytes) -> int:
+    """The position of a peer (its ID's bytes) as an integer: ``key_int(kad_key(peer_id))``.
+
+    The same peers come back in table update after update and answer after answer, so the
+    hash of this pure function is memoised (bounded)."""
+    return int.from_bytes(hashlib.sha256(peer_id).digest(), "big")
 
 
 def distance(a: bytes, b: bytes) -> int:
@@ -109,7 +119,7 @@ class RoutingTable:
 
     def cpl(self, peer: PeerID) -> int:
         """Common-prefix length of ``peer``'s key with ours: its bucket index."""
-        return KEY_BITS - (self._local_int ^ key_int(kad_key(peer.to_bytes()))).bit_length()
+        return KEY_BITS - (self._local_int ^ peer_key_int(peer.to_bytes())).bit_length()
 
     def cpl_of_key(self, hashed_key: bytes) -> int:
         return KEY_BITS - (self._local_int ^ key_int(hashed_key)).bit_length()
@@ -168,7 +178,8 @@ class RoutingTable:
         if n <= 0:
             return []
         target = key_int(hashed_key)
-        skip = set(exclude)
+        # the excluded peers by their position (ints hash in C, PeerIDs in Python)
+        skip = {peer_key_int(p.to_bytes()) for p in exclude}
         # Buckets come in tiers of distance to the target (c = its prefix length with us):
         # bucket c is nearest, then buckets c+1.. (all differ from the target at bit c), then
         # c-1, c-2, ..., 0 (each differs at its own, ever more significant bit). Only the tiers
@@ -188,7 +199,7 @@ class RoutingTable:
             # the excluded peers (usually one: the requester) are dropped from the few best
             # rather than tested for each entry
             best = heapq.nsmallest(need + len(skip), entries, key=lambda e: e.key ^ target)
-            out.extend([e.peer for e in best if e.peer not in skip][:need])
+            out.extend([e.peer for e in best if e.key not in skip][:need])
             if len(out) >= n:
                 break
         return out
@@ -199,7 +210,9 @@ class RoutingTable:
         """Note that ``peer`` (a server-mode peer) is alive; see the module docstring."""
         if peer == self.local:
             return AddOutcome(AddResult.REJECTED)
-        cpl = self.cpl(peer)
+        cpl = self._cpl_of.get(peer)
+        if cpl is None:
+            cpl = self.cpl(peer)
         bucket = self._bucket(cpl)
         entry = bucket.get(peer)
         if entry is not None:
@@ -223,7 +236,7 @@ class RoutingTable:
 
     def _insert(self, peer: PeerID, cpl: int, now: float) -> None:
         self._bucket(cpl)[peer] = Entry(
-            peer, key_int(kad_key(peer.to_bytes())), added_at=now, last_seen=now
+            peer, peer_key_int(peer.to_bytes()), added_at=now, last_seen=now
         )
         self._cpl_of[peer] = cpl
         self._forget_replacement(cpl, peer)

@@ -128,10 +128,15 @@ class _AddrEntry:
 
 
 class _PeerRecord:
-    __slots__ = ("addrs", "latency", "metadata", "protocols", "pubkey", "soonest")
+    __slots__ = ("addrs", "encoded_addrs", "latency", "metadata", "protocols", "pubkey", "soonest")
 
     def __init__(self) -> None:
+        #: Written only through :meth:`put_addr`, :meth:`drop_addr` and :meth:`clear_addrs`,
+        #: which keep :attr:`encoded_addrs` true.
         self.addrs: dict[Multiaddr, _AddrEntry] = {}
+        #: The addresses' bytes, made when first asked for after a change (a kad server names
+        #: the same peers in answer after answer).
+        self.encoded_addrs: tuple[bytes, ...] | None = None
         #: No address expires before this (a lower bound): reads skip the expiry scan until
         #: then (a kad answer reads the addresses of up to k peers).
         self.soonest = math.inf
@@ -142,6 +147,18 @@ class _PeerRecord:
 
     def protected(self) -> bool:
         return any(_is_protected_ttl(e.ttl) for e in self.addrs.values())
+
+    def put_addr(self, addr: Multiaddr, entry: _AddrEntry) -> None:
+        self.addrs[addr] = entry
+        self.encoded_addrs = None
+
+    def drop_addr(self, addr: Multiaddr) -> None:
+        if self.addrs.pop(addr, None) is not None:
+            self.encoded_addrs = None
+
+    def clear_addrs(self) -> None:
+        self.addrs.clear()
+        self.encoded_addrs = None
 
 
 class PeerStore:
@@ -255,7 +272,7 @@ class PeerStore:
             entry = rec.addrs.get(addr)
             if entry is None:
                 if self._make_room(rec, ttl, now):
-                    rec.addrs[addr] = _AddrEntry(ttl, expiry)
+                    rec.put_addr(addr, _AddrEntry(ttl, expiry))
                     if expiry < rec.soonest:
                         rec.soonest = expiry
             else:
@@ -276,14 +293,14 @@ class PeerStore:
             if addr is None:
                 continue
             if ttl <= 0:
-                rec.addrs.pop(addr, None)
+                rec.drop_addr(addr)
                 continue
             entry = rec.addrs.get(addr)
             if entry is not None:
                 entry.ttl = ttl
                 entry.expiry = now + ttl
             elif self._make_room(rec, ttl, now):
-                rec.addrs[addr] = _AddrEntry(ttl, now + ttl)
+                rec.put_addr(addr, _AddrEntry(ttl, now + ttl))
             else:
                 continue
             rec.soonest = min(rec.soonest, now + ttl)
@@ -298,7 +315,7 @@ class PeerStore:
             if entry.ttl != old_ttl:
                 continue
             if new_ttl <= 0:
-                del rec.addrs[addr]
+                rec.drop_addr(addr)
             else:
                 entry.ttl = new_ttl
                 entry.expiry = now + new_ttl
@@ -321,18 +338,16 @@ class PeerStore:
                 victim, victim_expiry = addr, entry.expiry
         if victim is None:
             return False
-        del rec.addrs[victim]
+        rec.drop_addr(victim)
         return True
 
     @staticmethod
     def _drop_expired(rec: _PeerRecord, now: float) -> None:
         if now < rec.soonest:
             return
-        addrs = rec.addrs
-        expired = [a for a, e in addrs.items() if e.expiry <= now]
-        for addr in expired:
-            del addrs[addr]
-        rec.soonest = min((e.expiry for e in addrs.values()), default=math.inf)
+        for addr in [a for a, e in rec.addrs.items() if e.expiry <= now]:
+            rec.drop_addr(addr)
+        rec.soonest = min((e.expiry for e in rec.addrs.values()), default=math.inf)
 
     def addrs(self, peer: PeerID) -> list[Multiaddr]:
         """The unexpired addresses of ``peer``, in the order they were first added."""
@@ -341,6 +356,18 @@ class PeerStore:
             return []
         self._drop_expired(rec, self._clock())
         return list(rec.addrs)
+
+    def addr_bytes(self, peer: PeerID) -> tuple[bytes, ...]:
+        """:meth:`addrs` as binary multiaddrs (what answers carry); made once per change of the
+        peer's addresses."""
+        rec = self._peers.get(peer)
+        if rec is None:
+            return ()
+        self._drop_expired(rec, self._clock())
+        encoded = rec.encoded_addrs
+        if encoded is None:
+            encoded = rec.encoded_addrs = tuple([a.to_bytes() for a in rec.addrs])
+        return encoded
 
     def addr_ttl(self, peer: PeerID, addr: Multiaddr) -> float | None:
         """The TTL an unexpired address was stored with, or ``None``."""
@@ -355,7 +382,7 @@ class PeerStore:
     def clear_addrs(self, peer: PeerID) -> None:
         rec = self._peers.get(peer)
         if rec is not None:
-            rec.addrs.clear()
+            rec.clear_addrs()
 
     def gc(self) -> int:
         """Drop expired addresses of every peer; returns how many were dropped."""

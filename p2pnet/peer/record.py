@@ -54,6 +54,24 @@ def verify_peer_record(
 
     ``expected_key``: ``expected``'s public key, checked already (its protobuf encoding and
     the key): an envelope signed with it skips decoding the key again."""
+    peer, record = check_peer_record(data, expected, expected_key=expected_key)
+    addrs: list[Multiaddr] = []
+    for info in record.addresses:
+        try:
+            addrs.append(Multiaddr(info.multiaddr))
+        except Exception:  # the multiaddr package raises several unrelated types
+            continue
+    return peer, addrs
+
+
+def check_peer_record(
+    data: bytes,
+    expected: PeerID | None = None,
+    *,
+    expected_key: tuple[bytes, PublicKey] | None = None,
+) -> tuple[PeerID, peer_record_pb2.PeerRecord]:
+    """:func:`verify_peer_record` without decoding the addresses (for a caller that only
+    keeps the record): the record's peer and the record, or InvalidPeerRecord."""
     if len(data) > MAX_RECORD_SIZE:
         raise InvalidPeerRecord(f"record of {len(data)} bytes is too large")
     try:
@@ -75,7 +93,11 @@ def verify_peer_record(
         raise InvalidPeerRecord("bad envelope signature")
     try:
         record = peer_record_pb2.PeerRecord.FromString(env.payload)
-        peer = PeerID.from_bytes(record.peer_id)
+        peer = (
+            expected
+            if expected is not None and record.peer_id == expected.to_bytes()
+            else PeerID.from_bytes(record.peer_id)
+        )
     except (DecodeError, CryptoError) as exc:
         raise InvalidPeerRecord(f"undecodable peer record: {exc}") from None
     # (signed with ``expected``'s known key: the record must name ``expected``, checked below)
@@ -83,13 +105,7 @@ def verify_peer_record(
         raise InvalidPeerRecord("record peer ID does not match the signing key")
     if expected is not None and peer != expected:
         raise InvalidPeerRecord(f"record is for {peer}, expected {expected}")
-    addrs: list[Multiaddr] = []
-    for info in record.addresses:
-        try:
-            addrs.append(Multiaddr(info.multiaddr))
-        except Exception:  # the multiaddr package raises several unrelated types
-            continue
-    return peer, addrs
+    return peer, record
 
 
 def make_peer_record(key: KeyPair, addrs: list[Multiaddr], seq: int) -> bytes:

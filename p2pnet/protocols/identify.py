@@ -197,7 +197,7 @@ class IdentifyService:
     def _answered(self, conn: Connection, data: bytes) -> None:
         """The identify message ``data`` came from the peer on ``conn``: record it."""
         try:
-            info = self._apply(parse_identify(conn.remote_peer, data, push=False))
+            info = self._apply(self._parse_answer(conn, data))
             self._observed(conn, info)
         except P2PError as exc:
             log.info("identify of %s failed: %s", conn.remote_peer, exc)
@@ -235,9 +235,16 @@ class IdentifyService:
             stream = await conn.new_stream([PROTOCOL_ID], bounded=True)
             async with stream:
                 data = await read_length_prefixed(stream, MAX_IDENTIFY_SIZE, timeout=None)
-        info = self._apply(parse_identify(conn.remote_peer, data, push=False))
+        info = self._apply(self._parse_answer(conn, data))
         self._observed(conn, info)
         return info
+
+    @staticmethod
+    def _parse_answer(conn: Connection, data: bytes) -> IdentifyInfo:
+        """The peer's identify answer on ``conn`` (whose handshake authenticated its key)."""
+        return parse_identify(
+            conn.remote_peer, data, push=False, known_key=conn.secure.remote_public_key
+        )
 
     async def identify(self, peer: PeerID) -> IdentifyInfo:
         """Run identify again with ``peer`` (connecting if needed) and return what it said."""

@@ -20,7 +20,7 @@ from p2pnet.errors import CryptoError, ProtocolError
 from p2pnet.host.addresses import is_unspecified
 from p2pnet.peer.peer_id import PeerID
 from p2pnet.peer.peerstore import CONNECTED_ADDR_TTL, PeerStore
-from p2pnet.peer.record import SIGNED_PEER_RECORD, InvalidPeerRecord, verify_peer_record
+from p2pnet.peer.record import SIGNED_PEER_RECORD, InvalidPeerRecord, check_peer_record
 from p2pnet.wire.pb import identify_pb2
 
 log = logging.getLogger("p2pnet.identify")
@@ -120,11 +120,15 @@ def observed_addr_field(addr: Multiaddr | None) -> bytes:
     return msg.SerializeToString()
 
 
-def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
+def parse_identify(
+    peer: PeerID, data: bytes, *, push: bool, known_key: PublicKey | None = None
+) -> IdentifyInfo:
     """Decode and check ``peer``'s identify message.
 
     Raises :class:`ProtocolError` for a malformed message or a public key that is not ``peer``'s.
     Undecodable addresses are dropped; an invalid signed peer record is dropped (and logged).
+    ``known_key``: ``peer``'s key as the connection authenticated it; a message carrying the
+    same key (byte for byte) is not decoded and checked again.
     """
     msg = identify_pb2.Identify()
     try:
@@ -132,16 +136,11 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
     except DecodeError as exc:
         raise ProtocolError(f"malformed identify message from {peer}") from exc
     info = IdentifyInfo(peer=peer, push=push)
-    known_key: tuple[bytes, PublicKey] | None = None
+    signing_key: tuple[bytes, PublicKey] | None = None
     if msg.HasField("publicKey"):
-        try:
-            key = unmarshal_public_key(msg.publicKey)
-        except CryptoError as exc:
-            raise ProtocolError(f"identify from {peer} carries a bad public key") from exc
-        if PeerID.from_public_key(key) != peer:
-            raise ProtocolError(f"identify from {peer} carries another peer's public key")
+        key = _public_key_of(peer, msg.publicKey, known_key)
         info.public_key = key
-        known_key = (msg.publicKey, key)
+        signing_key = (msg.publicKey, key)
     # Capped however many the peer sends (a push of 6000 addresses used to be stored whole).
     # An unspecified address (0.0.0.0, ::) is nobody's address: an old or misconfigured
     # peer may send one; dialling it would reach ourselves.
@@ -162,12 +161,25 @@ def parse_identify(peer: PeerID, data: bytes, *, push: bool) -> IdentifyInfo:
         info.protocol_version = msg.protocolVersion
     if msg.HasField("signedPeerRecord"):
         try:
-            verify_peer_record(msg.signedPeerRecord, peer, expected_key=known_key)
+            check_peer_record(msg.signedPeerRecord, peer, expected_key=signing_key)
         except InvalidPeerRecord as exc:
             log.info("identify from %s carries an invalid peer record: %s", peer, exc)
         else:
             info.signed_peer_record = msg.signedPeerRecord
     return info
+
+
+def _public_key_of(peer: PeerID, raw: bytes, known: PublicKey | None) -> PublicKey:
+    """The public key ``raw`` (protobuf), which must be ``peer``'s (else ProtocolError)."""
+    if known is not None and raw == known.to_protobuf():
+        return known
+    try:
+        key = unmarshal_public_key(raw)
+    except CryptoError as exc:
+        raise ProtocolError(f"identify from {peer} carries a bad public key") from exc
+    if PeerID.from_public_key(key) != peer:
+        raise ProtocolError(f"identify from {peer} carries another peer's public key")
+    return key
 
 
 def apply_identify(store: PeerStore, info: IdentifyInfo) -> None:

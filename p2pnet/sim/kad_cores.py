@@ -70,18 +70,27 @@ class _Peers:
     def self_addrs(self) -> list[Multiaddr]:
         return [self.net.addrs[self.index]]
 
-    def addrs(self, peer: PeerID) -> list[Multiaddr]:
+    def _known(self, peer: PeerID) -> int | None:
+        """The index of ``peer`` if this node knows its address."""
         i = self.net.index_of.get(peer)
         if i is None:
-            return []
+            return None
         node = self.net.nodes[self.index]
         if (
             i in node.connected
             or peer in node.behaviour.routing_table
             or node.learned.get(i, -1.0) > self.net.clock.monotonic()
         ):
-            return [self.net.addrs[i]]
-        return []
+            return i
+        return None
+
+    def addrs(self, peer: PeerID) -> list[Multiaddr]:
+        i = self._known(peer)
+        return [] if i is None else [self.net.addrs[i]]
+
+    def addr_bytes(self, peer: PeerID) -> tuple[bytes, ...]:
+        i = self._known(peer)
+        return () if i is None else self.net.addr_bytes[i]
 
     def is_connected(self, peer: PeerID) -> bool:
         i = self.net.index_of.get(peer)
@@ -166,6 +175,7 @@ class KadCoreNetwork:
         self._next_sweep = TEMP_ADDR_TTL
         self.index_of: dict[PeerID, int] = {}
         self.addrs: list[Multiaddr] = []
+        self.addr_bytes: list[tuple[bytes, ...]] = []
         self.nodes: list[CoreNode] = []
         #: Requests delivered, and bytes of requests and answers.
         self.requests = 0
@@ -176,6 +186,7 @@ class KadCoreNetwork:
             self.addrs.append(
                 Multiaddr(f"/ip4/10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/tcp/4001")
             )
+            self.addr_bytes.append((self.addrs[-1].to_bytes(),))
             cfg = self.config
             behaviour = KadBehaviour(
                 pid,
