@@ -389,3 +389,51 @@ async def test_unresolvable_uri_schemes() -> None:
     for uri in ("ipfs://bafy", "http://127.0.0.1:1/x", "nothing"):
         with pytest.raises(RegistrationFileError):
             await fetch_registration(uri)
+
+
+_STARTS_ANVIL_AND_WAITS = """
+import asyncio, sys
+from p2pnet.registry.anvil import Anvil
+
+async def main():
+    anvil = await Anvil.start()
+    print(anvil.proc.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux's setpriv (Linux)")
+async def test_anvil_ends_when_the_process_that_started_it_is_killed() -> None:
+    """anvil runs in a session of its own; a SIGKILLed parent (a test killing `p2pnet devnet`,
+    an operator's kill -9) must not leave it running: the kernel sends it SIGTERM."""
+    require_anvil()
+    import os
+    import sys
+
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _STARTS_ANVIL_AND_WAITS, stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    pidfd = -1
+    try:
+        async with asyncio.timeout(30):
+            line = await parent.stdout.readline()
+        pid = int(line)
+        pidfd = os.pidfd_open(pid)  # readable once anvil has exited
+        parent.kill()
+        await parent.wait()
+        ended = asyncio.Event()
+        asyncio.get_running_loop().add_reader(pidfd, ended.set)
+        try:
+            async with asyncio.timeout(10):
+                await ended.wait()
+        finally:
+            asyncio.get_running_loop().remove_reader(pidfd)
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+        if pidfd >= 0:
+            os.close(pidfd)

@@ -49,6 +49,17 @@ def anvil_binary() -> Path | None:
     return Path(found) if found else None
 
 
+def _die_with_us() -> list[str]:
+    """A prefix that makes the kernel send anvil SIGTERM (it saves its state then) when the
+    process that started it dies, however it dies: anvil runs in a session of its own (a
+    Ctrl-C in the terminal must not stop it before us), so a SIGKILLed parent would otherwise
+    leave it running forever. util-linux's ``setpriv --pdeathsig`` sets that and execs anvil
+    (no ``preexec_fn``, which may deadlock in a process with threads); where it is missing
+    (not Linux) anvil is started as is."""
+    setpriv = shutil.which("setpriv") if platform.system() == "Linux" else None
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
 class Anvil:
     """A running anvil process: ``url`` (http), ``ws_url``, ``stop()``."""
 
@@ -82,7 +93,11 @@ class Anvil:
             raise AnvilUnavailable(
                 f"anvil not found: run `npm ci` in {CONTRACTS_DIR} (or set P2PNET_ANVIL)"
             )
-        args = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--accounts", "10"]
+        args = [
+            *_die_with_us(),
+            str(binary),
+            *("--host", "127.0.0.1", "--port", str(port), "--accounts", "10"),
+        ]
         if state is not None:
             args += ["--state", str(state)]
         if block_time is not None:
