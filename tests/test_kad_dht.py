@@ -662,8 +662,14 @@ async def test_routing_table_follows_the_network_from_an_empty_start() -> None:
             lambda: {b.peer_id, c.peer_id, d.peer_id} <= set(a.dht.routing_table)
         )
         assert a.dht.counters.get("sent FIND_NODE", 0) >= 2  # its self lookup found them
+        # the refresh that began with that self lookup goes on (bucket lookups) and would put
+        # b, c and d back after they are removed: the table must be truly empty when e comes
+        refreshing = a.dht._refreshing
+        if refreshing is not None:
+            await asyncio.wait_for(asyncio.shield(refreshing), 10)
         for x in (b, c, d):
             a.dht.routing_table.remove(x.peer_id)
+        assert len(a.dht.routing_table) == 0
         await link(a, e)
         await a.dht.wait_until(lambda: f.peer_id in a.dht.routing_table)
     finally:
