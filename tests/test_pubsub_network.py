@@ -15,7 +15,8 @@ from p2pnet.host.config import HostConfig
 from p2pnet.host.host import Host
 from p2pnet.mux.yamux import DEFAULT_WINDOW, YamuxConfig
 from p2pnet.peer.peer_id import PeerID
-from p2pnet.peer.record import make_peer_record
+from p2pnet.peer.record import SIGNED_PEER_RECORD, make_peer_record
+from p2pnet.protocols.identify import IdentifyService
 from p2pnet.pubsub import (
     FLOODSUB_ID,
     MESHSUB_V10,
@@ -232,15 +233,39 @@ async def test_direct_peers_connect_and_are_not_meshed(make_node: Factory) -> No
     await until(lambda: ha.is_connected(hb.peer_id), what="reconnect of a direct peer")
 
 
-async def test_peer_exchange_over_tcp(make_node: Factory) -> None:
+@pytest.mark.parametrize("records", ["given", "from identify"])
+async def test_peer_exchange_over_tcp(make_node: Factory, records: str) -> None:
+    """Leaves that know only the hub meet through its PRUNEs: each offered peer comes with its
+    signed peer record (the leaves have no other address for each other), given to the router
+    or the one identify verified and kept in the hub's peer store."""
     cfg = fast(do_px=True, d=2, d_lo=1, d_hi=3, d_score=1, d_out=0, prune_backoff=30.0)
     hub_host, hub = await make_node(cfg)
     leaves = [await make_node(fast(d=2, d_lo=1, d_hi=3, d_score=1, d_out=0)) for _ in range(5)]
+    identify = [IdentifyService(h) for h in (hub_host, *(h for h, _ in leaves))]
+    if records == "from identify":
+        for service in identify:
+            await service.start()
+    try:
+        await _exchange_peers(hub_host, hub, leaves, records)
+    finally:
+        for service in identify:
+            await service.close()
+
+
+async def _exchange_peers(hub_host: Host, hub: Pubsub, leaves: list[Node], records: str) -> None:
     for host, ps in leaves:
         await connect(host, hub_host)
         ps.set_app_score(hub_host.peer_id, 2.0)  # trusted enough to follow its PX (>= 10)
-        # the hub offers signed peer records (normally learnt through identify)
-        hub.router.peer_records[host.peer_id] = make_peer_record(host.key, host.listen_addrs, 1)
+        if records == "given":
+            record = make_peer_record(host.key, host.listen_addrs, 1)
+            hub.router.peer_records[host.peer_id] = record
+        else:
+            await until(
+                lambda h=host: (
+                    hub_host.peerstore.get_metadata(h.peer_id, SIGNED_PEER_RECORD) is not None
+                ),
+                what="the hub identified the leaf",
+            )
     hub.subscribe(T)
     for _, ps in leaves:
         ps.subscribe(T)
