@@ -410,6 +410,7 @@ async def test_anvil_ends_when_the_process_that_started_it_is_killed() -> None:
     an operator's kill -9) must not leave it running: the kernel sends it SIGTERM."""
     require_anvil()
     import os
+    import signal
     import sys
 
     parent = await asyncio.create_subprocess_exec(
@@ -436,4 +437,8 @@ async def test_anvil_ends_when_the_process_that_started_it_is_killed() -> None:
             parent.kill()
             await parent.wait()
         if pidfd >= 0:
+            try:  # an anvil the kernel did not stop (the test failed) is not left running
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             os.close(pidfd)

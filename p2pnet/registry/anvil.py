@@ -53,9 +53,10 @@ def _die_with_us() -> list[str]:
     """A prefix that makes the kernel send anvil SIGTERM (it saves its state then) when the
     process that started it dies, however it dies: anvil runs in a session of its own (a
     Ctrl-C in the terminal must not stop it before us), so a SIGKILLed parent would otherwise
-    leave it running forever. util-linux's ``setpriv --pdeathsig`` sets that and execs anvil
-    (no ``preexec_fn``, which may deadlock in a process with threads); where it is missing
-    (not Linux) anvil is started as is."""
+    leave it running forever. (Strictly, the signal comes when the thread that started it
+    ends: the event loop's thread, which lives at least as long as its loop.) util-linux's
+    ``setpriv --pdeathsig`` sets that and execs anvil (no ``preexec_fn``, which may deadlock
+    in a process with threads); where it is missing (not Linux) anvil is started as is."""
     setpriv = shutil.which("setpriv") if platform.system() == "Linux" else None
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
